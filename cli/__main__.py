@@ -1,0 +1,5 @@
+import sys
+
+from actrec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,40 @@
+"""Dispatch ``actrec <subcommand>`` to the package that owns the job.
+
+Each subcommand is imported only when used, so ``actrec render`` never pays for importing
+Lightning, and the viewer keeps working on machines where training is not set up.
+"""
+
+from __future__ import annotations
+
+import sys
+
+_USAGE = """usage: actrec <command> [options]
+
+commands:
+  train        train a network with LightningCLI, recording activations (actrec train --help)
+  render       render a run's activation store to GIF/MP4 animations, contact sheets and curves
+  tensorboard  export a run's activations as TensorBoard images and start TensorBoard
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``actrec`` command line; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_USAGE, end="")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from actrec.trainer.cli import train_main
+
+        return train_main(rest)
+    if command == "render":
+        from actrec.viewer.cli import render_main
+
+        return render_main(rest)
+    if command == "tensorboard":
+        from actrec.viewer.cli import tensorboard_main
+
+        return tensorboard_main(rest)
+    print(f"actrec: unknown command {command!r}; choose one of: train, render, tensorboard.", file=sys.stderr)
+    return 2

@@ -1,0 +1,423 @@
+"""Write activation stores: create, append one step at a time, resume after a checkpoint.
+
+The file is written in HDF5's single-writer/multiple-reader (SWMR) mode: every object is created up
+front, then rows are appended and flushed. SWMR orders its writes so that the file on disk is
+readable at every instant, which is what makes a store survive ``SIGKILL`` and lets the viewer read
+it while training runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from actrec.store._schema import FORMAT_NAME, FORMAT_VERSION, SCALAR_NAMES, STEP_FIELDS, StoreError
+
+_COMPRESSIONS = (None, "lzf", "gzip")
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """The fixed images every recorded step is computed on.
+
+    Args:
+        images: ``(P, C, H, W)`` float array, exactly as fed to the model.
+        labels: ``(P,)`` integer class labels.
+        indices: ``(P,)`` index of each probe in the held-out split it came from.
+        class_names: one name per class, indexed by label.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    class_names: Sequence[str]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What the store needs to know about one recorded layer before the first step.
+
+    Args:
+        name: the module's qualified name, e.g. ``net.conv1``.
+        sample_shape: shape of one probe's activation, e.g. ``(4, 28, 28)``.
+        module_type: the module's class name, for display.
+        scale_kind: ``"tanh"`` (fixed scale of 1) or ``"symmetric"`` (scale derived from the data).
+        params: shapes of the parameters to record each step, by name (empty: record none).
+    """
+
+    name: str
+    sample_shape: tuple[int, ...]
+    module_type: str
+    scale_kind: str
+    params: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+@dataclass
+class StepRecord:
+    """Everything recorded at one training step.
+
+    Args:
+        global_step: ``trainer.global_step`` (optimizer steps taken so far).
+        epoch: the current epoch.
+        batch_loss: loss of the training batch behind this step (NaN for step 0).
+        batch_acc: accuracy of that batch (NaN when unknown).
+        logits: ``(P, K)`` logits of the probes.
+        activations: ``(P, *sample_shape)`` array per layer name.
+        params: per layer name, the parameter arrays declared in its :class:`LayerSpec`.
+        wall_time: seconds since the Unix epoch.
+    """
+
+    global_step: int
+    epoch: int
+    batch_loss: float
+    batch_acc: float
+    logits: np.ndarray
+    activations: Mapping[str, np.ndarray]
+    params: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
+    wall_time: float = field(default_factory=time.time)
+
+
+def _growable(group: h5py.Group, name: str, row_shape: tuple[int, ...], dtype: Any, **kwargs: Any) -> None:
+    group.create_dataset(name, shape=(0, *row_shape), maxshape=(None, *row_shape), dtype=dtype, **kwargs)
+
+
+def _append_row(dataset: h5py.Dataset, value: Any) -> None:
+    n = dataset.shape[0]
+    dataset.resize(n + 1, axis=0)
+    dataset[n] = value
+
+
+class StoreWriter:
+    """Appends steps to one store. Use :meth:`create` or :meth:`resume`, not the constructor.
+
+    With ``background=True`` every write runs on one worker thread, in order, so the training loop
+    only pays for handing over arrays; an error on the worker is raised by the next call.
+    """
+
+    def __init__(self, file: h5py.File, path: Path, flush_every: int = 1, background: bool = True) -> None:
+        self._file = file
+        self.path = path
+        self.flush_every = flush_every
+        self._unflushed = 0
+        self._closed = False
+        self._queue: queue.Queue | None = None
+        self._worker: threading.Thread | None = None
+        self._worker_error: BaseException | None = None
+        if background:
+            # Bounded, so a slow disk applies back-pressure instead of growing memory without limit.
+            self._queue = queue.Queue(maxsize=64)
+            self._worker = threading.Thread(target=self._drain, name="actrec-store-writer", daemon=True)
+            self._worker.start()
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        run_id: str,
+        config: Mapping[str, Any],
+        probes: ProbeSet,
+        layers: Sequence[LayerSpec],
+        num_classes: int,
+        dtype: str = "float16",
+        compression: str | None = None,
+        overwrite: bool = False,
+        flush_every: int = 1,
+        background: bool = True,
+    ) -> StoreWriter:
+        """Create a new store and start SWMR writing.
+
+        Args:
+            path: where to write the file.
+            run_id: identifies the run; a resumed run must present the same id.
+            config: the run's configuration, stored as JSON.
+            probes: the probe images, labels and indices.
+            layers: the layers that will be recorded.
+            num_classes: number of logits per probe.
+            dtype: ``"float16"`` or ``"float32"`` for activations.
+            compression: ``None``, ``"lzf"`` or ``"gzip"`` for activations.
+            overwrite: replace an existing file at ``path``.
+            flush_every: flush to disk after this many steps.
+            background: write on a worker thread.
+
+        Raises:
+            StoreError: the file exists (and ``overwrite`` is False), its folder is not writable, or
+                an argument is invalid.
+        """
+        path = Path(path)
+        if dtype not in ("float16", "float32"):
+            raise StoreError(f"dtype must be 'float16' or 'float32', got {dtype!r}.")
+        if compression not in _COMPRESSIONS:
+            raise StoreError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}.")
+        if path.exists() and not overwrite:
+            raise StoreError(f"{path} already exists; resume its run, or pass overwrite to replace it.")
+        _check_writable(path)
+        tmp = path.with_name(path.name + ".creating")
+        # Build the file under a temporary name: a crash during creation never leaves a half-made
+        # store where a finished one is expected, and an overwrite never destroys the old one early.
+        file = h5py.File(tmp, "w", libver="latest")
+        try:
+            _write_layout(file, run_id, config, probes, layers, num_classes, dtype, compression)
+            file.close()
+            os.replace(tmp, path)
+        except BaseException:
+            file.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        return cls._open_for_append(path, flush_every, background)
+
+    @classmethod
+    def resume(
+        cls,
+        path: str | os.PathLike,
+        *,
+        run_id: str,
+        keep_through_step: int,
+        flush_every: int = 1,
+        background: bool = True,
+    ) -> StoreWriter:
+        """Reopen a store to continue its run, dropping every row after ``keep_through_step``.
+
+        The kept rows are copied into a fresh file that then replaces the old one atomically, so the
+        store is never half-truncated, and a file left "open for writing" by a killed process is
+        handled without any external tool.
+
+        Raises:
+            StoreError: no store at ``path``, it cannot be read, or it belongs to another run.
+        """
+        from actrec.store.reader import StoreReader
+
+        path = Path(path)
+        _check_writable(path)
+        tmp = path.with_name(path.name + ".resuming")
+        with StoreReader(path) as old:
+            if old.run_id != run_id:
+                raise StoreError(
+                    f"{path} belongs to run {old.run_id}, not to the checkpoint's run {run_id}; "
+                    "choose another output path or pass overwrite to replace it."
+                )
+            steps = old.global_steps()
+            keep = int(np.searchsorted(steps, keep_through_step, side="right"))
+            with h5py.File(tmp, "w", libver="latest") as new:
+                _copy_rows(old._file, new, keep, keep_through_step)
+        os.replace(tmp, path)
+        return cls._open_for_append(path, flush_every, background)
+
+    @classmethod
+    def _open_for_append(cls, path: Path, flush_every: int, background: bool) -> StoreWriter:
+        file = h5py.File(path, "r+", libver="latest")
+        file.swmr_mode = True
+        return cls(file, path, flush_every=flush_every, background=background)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def append(self, record: StepRecord) -> None:
+        """Append one step (asynchronously when the writer runs in the background)."""
+        self._submit(self._write_step, record)
+
+    def append_scalar(self, name: str, global_step: int, value: float) -> None:
+        """Append ``(global_step, value)`` to one of the store's scalar series (``val/loss`` ...)."""
+        if name not in SCALAR_NAMES:
+            raise StoreError(f"unknown scalar {name!r}; the store keeps {', '.join(SCALAR_NAMES)}.")
+        self._submit(self._write_scalar, name, global_step, value)
+
+    def flush(self) -> None:
+        """Block until everything submitted so far is on disk."""
+        self._submit(self._flush_now)
+        self._wait()
+
+    def close(self) -> None:
+        """Write what is pending, flush and close the file. Safe to call twice."""
+        if self._closed:
+            return
+        try:
+            if self._queue is not None:
+                self._queue.put(None)
+                self._worker.join()
+        finally:
+            self._closed = True
+            if self._file.id.valid:
+                self._file.flush()
+                self._file.close()
+        self._raise_worker_error()
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _write_step(self, record: StepRecord) -> None:
+        f = self._file
+        for name, array in record.activations.items():
+            layer = f["layers"][name]
+            _append_row(layer["activations"], array)
+            _append_row(layer["abs_max"], float(np.max(np.abs(array))) if array.size else 0.0)
+            for param_name, value in record.params.get(name, {}).items():
+                _append_row(layer["params"][param_name], value)
+        steps = f["steps"]
+        _append_row(steps["logits"], record.logits)
+        _append_row(steps["epoch"], record.epoch)
+        _append_row(steps["batch_loss"], record.batch_loss)
+        _append_row(steps["batch_acc"], record.batch_acc)
+        _append_row(steps["wall_time"], record.wall_time)
+        # Last: its length is what readers trust as the number of complete rows.
+        _append_row(steps["global_step"], record.global_step)
+        self._unflushed += 1
+        if self._unflushed >= self.flush_every:
+            self._flush_now()
+
+    def _write_scalar(self, name: str, global_step: int, value: float) -> None:
+        _append_row(self._file["scalars"][name], (global_step, value))
+        self._flush_now()
+
+    def _flush_now(self) -> None:
+        self._file.flush()
+        self._unflushed = 0
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._closed:
+            raise StoreError(f"the store writer for {self.path} is closed.")
+        self._raise_worker_error()
+        if self._queue is None:
+            fn(*args)
+        else:
+            self._queue.put((fn, args))
+
+    def _wait(self) -> None:
+        if self._queue is not None:
+            self._queue.join()
+        self._raise_worker_error()
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._worker_error is None:
+                    fn, args = item
+                    fn(*args)
+            except BaseException as error:  # handed to the training thread by the next call
+                self._worker_error = error
+            finally:
+                self._queue.task_done()
+
+    def _raise_worker_error(self) -> None:
+        if self._worker_error is not None:
+            error, self._worker_error = self._worker_error, None
+            raise StoreError(f"writing {self.path} failed: {error}") from error
+
+
+def _check_writable(path: Path) -> None:
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot create the folder {folder} for the activation store: {error.strerror}.") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot write the activation store into {folder}: permission denied.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StoreError(f"cannot write the activation store {path}: permission denied.")
+
+
+def _write_layout(
+    file: h5py.File,
+    run_id: str,
+    config: Mapping[str, Any],
+    probes: ProbeSet,
+    layers: Sequence[LayerSpec],
+    num_classes: int,
+    dtype: str,
+    compression: str | None,
+) -> None:
+    num_probes = len(probes.labels)
+    file.attrs["format"] = FORMAT_NAME
+    file.attrs["format_version"] = FORMAT_VERSION
+    file.attrs["run_id"] = run_id
+    file.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    file.attrs["config"] = json.dumps(config, default=str, sort_keys=True)
+    file.attrs["num_probes"] = num_probes
+    file.attrs["num_classes"] = num_classes
+    file.attrs["class_names"] = json.dumps(list(probes.class_names))
+
+    group = file.create_group("probes")
+    group.create_dataset("images", data=np.asarray(probes.images, dtype=np.float32))
+    group.create_dataset("labels", data=np.asarray(probes.labels, dtype=np.int64))
+    group.create_dataset("indices", data=np.asarray(probes.indices, dtype=np.int64))
+
+    steps = file.create_group("steps")
+    _growable(steps, "global_step", (), "int64", chunks=(1024,))
+    for name, column_dtype in STEP_FIELDS.items():
+        _growable(steps, name, (), column_dtype, chunks=(1024,))
+    _growable(steps, "logits", (num_probes, num_classes), "float32", chunks=(64, num_probes, num_classes))
+
+    scalars = file.create_group("scalars")
+    for name in SCALAR_NAMES:
+        _growable(scalars, name, (2,), "float64", chunks=(256, 2))
+
+    all_layers = file.create_group("layers")
+    for order, spec in enumerate(layers):
+        if "/" in spec.name:
+            raise StoreError(f"layer name {spec.name!r} may not contain '/'.")
+        layer = all_layers.create_group(spec.name)
+        layer.attrs["order"] = order  # HDF5 lists names alphabetically; readers restore model order
+        layer.attrs["module_type"] = spec.module_type
+        layer.attrs["scale_kind"] = spec.scale_kind
+        layer.attrs["scale"] = 1.0 if spec.scale_kind == "tanh" else 0.0
+        layer.attrs["sample_shape"] = np.asarray(spec.sample_shape, dtype=np.int64)
+        row = (num_probes, *spec.sample_shape)
+        # One chunk per step: appending touches one chunk, and a frame reads one chunk.
+        _growable(layer, "activations", row, dtype, chunks=(1, *row), compression=compression)
+        _growable(layer, "abs_max", (), "float32", chunks=(1024,))
+        params = layer.create_group("params")
+        for param_name, shape in spec.params.items():
+            _growable(params, param_name, tuple(shape), "float32", chunks=(1, *shape))
+
+
+def _copy_rows(source: h5py.File, target: h5py.File, keep: int, keep_through_step: int) -> None:
+    """Copy a store's layout, the first ``keep`` step rows, and the scalars up to ``keep_through_step``."""
+    for key, value in source.attrs.items():
+        target.attrs[key] = value
+
+    def copy(name: str, obj: h5py.HLObject) -> None:
+        if isinstance(obj, h5py.Group):
+            group = target.require_group(name)
+            for key, value in obj.attrs.items():
+                group.attrs[key] = value
+            return
+        growable = obj.maxshape and obj.maxshape[0] is None
+        if not growable:
+            target.create_dataset(name, data=obj[()])
+            return
+        if name.startswith("scalars/"):
+            data = obj[()]
+            data = data[data[:, 0] <= keep_through_step]
+        else:
+            data = obj[:keep]
+        target.create_dataset(
+            name,
+            data=data,
+            maxshape=obj.maxshape,
+            chunks=obj.chunks,
+            compression=obj.compression,
+            dtype=obj.dtype,
+        )
+        for key, value in obj.attrs.items():
+            target[name].attrs[key] = value
+
+    source.visititems(copy)

@@ -1,0 +1,274 @@
+"""The HDF5 store: round trips, SWMR reading, crash survival and resume, on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from actrec.store import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LayerSpec,
+    ProbeSet,
+    StepRecord,
+    StoreError,
+    StoreReader,
+    StoreWriter,
+)
+
+LAYERS = [
+    LayerSpec("net.conv1", (2, 4, 4), "Sequential", "tanh", params={"0.weight": (2, 1, 3, 3), "0.bias": (2,)}),
+    LayerSpec("net.conv2", (3, 2, 2), "Sequential", "symmetric"),
+]
+
+
+def _probes(num_probes: int = 3) -> ProbeSet:
+    images = np.arange(num_probes * 16, dtype=np.float32).reshape(num_probes, 1, 4, 4) / 100
+    return ProbeSet(images, np.arange(num_probes), np.arange(num_probes) * 7, ["a", "b", "c"])
+
+
+def _record(step: int, num_probes: int = 3) -> StepRecord:
+    rng = np.random.default_rng(step)
+    return StepRecord(
+        global_step=step,
+        epoch=step // 10,
+        batch_loss=1.0 / (step + 1),
+        batch_acc=0.5,
+        logits=rng.normal(size=(num_probes, 3)).astype(np.float32),
+        activations={
+            "net.conv1": rng.uniform(-1, 1, size=(num_probes, 2, 4, 4)),
+            "net.conv2": rng.normal(0, 3, size=(num_probes, 3, 2, 2)),
+        },
+        params={"net.conv1": {"0.weight": np.full((2, 1, 3, 3), step, np.float32), "0.bias": np.zeros(2)}},
+        wall_time=1000.0 + step,
+    )
+
+
+def _create(path: Path, **kwargs) -> StoreWriter:
+    options = {"run_id": "run-a", "config": {"lr": 0.1}, "probes": _probes(), "layers": LAYERS, "num_classes": 3}
+    options.update(kwargs)
+    return StoreWriter.create(path, **options)
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_round_trip(tmp_path: Path, background: bool) -> None:
+    path = tmp_path / "activations.h5"
+    with _create(path, background=background) as writer:
+        for step in range(5):
+            writer.append(_record(step))
+        writer.append_scalar("val/loss", 4, 0.25)
+
+    with StoreReader(tmp_path) as store:  # a run folder resolves to its activations.h5
+        assert store.format_version == FORMAT_VERSION
+        assert store.run_id == "run-a"
+        assert store.config == {"lr": 0.1}
+        assert store.num_steps == 5
+        assert store.layer_names == ["net.conv1", "net.conv2"]
+        assert store.layer("net.conv1").sample_shape == (2, 4, 4)
+        assert store.layer("net.conv1").param_names == ("0.bias", "0.weight")
+        np.testing.assert_array_equal(store.global_steps(), np.arange(5))
+        np.testing.assert_array_equal(store.probes.indices, [0, 7, 14])
+        assert store.class_names == ["a", "b", "c"]
+        expected = _record(3)
+        np.testing.assert_array_equal(
+            store.activations("net.conv1", np.array([3]))[0], expected.activations["net.conv1"].astype(np.float16)
+        )
+        np.testing.assert_array_equal(store.logits()[3], expected.logits)
+        assert store.activations("net.conv2").dtype == np.float16
+        np.testing.assert_array_equal(store.params("net.conv1")["0.weight"][:, 0, 0, 0, 0], np.arange(5))
+        assert store.symmetric_scale("net.conv1") == 1.0
+        np.testing.assert_allclose(
+            store.symmetric_scale("net.conv2"),
+            max(np.abs(_record(s).activations["net.conv2"]).max() for s in range(5)),
+            rtol=1e-3,
+        )
+        steps, values = store.scalars("val/loss")
+        assert steps.tolist() == [4]
+        assert values.tolist() == [0.25]
+        # Rows in any order come back in that order.
+        np.testing.assert_array_equal(store.logits(np.array([4, 0, 4]))[:, 0], store.logits()[[4, 0, 4], 0])
+
+    # Plain h5py can read everything: the schema needs no actrec and holds no pickles.
+    with h5py.File(path, "r") as raw:
+        assert raw.attrs["format"] == FORMAT_NAME
+        assert json.loads(raw.attrs["config"]) == {"lr": 0.1}
+        assert raw["layers/net.conv1/activations"].shape == (5, 3, 2, 4, 4)
+        assert raw["layers/net.conv1/activations"].chunks == (1, 3, 2, 4, 4)
+
+
+def test_create_refuses_to_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    _create(path).close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="already exists; resume its run, or pass overwrite"):
+        _create(path)
+    assert path.read_bytes() == before
+    _create(path, overwrite=True, run_id="run-b").close()
+    with StoreReader(path) as store:
+        assert store.run_id == "run-b"
+
+
+def test_create_refuses_unwritable_folder(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"
+        blocker.write_text("not a folder")
+        with pytest.raises(StoreError, match="cannot create the folder"):
+            _create(blocker / "activations.h5")
+        return
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    with pytest.raises(StoreError, match="permission denied"):
+        _create(folder / "activations.h5")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no activation store at"),
+        (b"hello, not hdf5", "not an HDF5 file"),
+    ],
+)
+def test_reader_rejects_bad_files(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "activations.h5"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(StoreError, match=message):
+        StoreReader(path)
+
+
+def test_reader_rejects_foreign_truncated_and_newer(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = [1, 2, 3]
+    with pytest.raises(StoreError, match="not an actrec activation store"):
+        StoreReader(foreign)
+
+    good = tmp_path / "good.h5"
+    with _create(good) as writer:
+        for step in range(20):
+            writer.append(_record(step))
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(good.read_bytes()[:3000])
+    with pytest.raises(StoreError, match="truncated or damaged"):
+        StoreReader(truncated)
+
+    with h5py.File(good, "r+") as f:
+        f.attrs["format_version"] = FORMAT_VERSION + 1
+    with pytest.raises(StoreError, match="newer than this actrec reads"):
+        StoreReader(good)
+
+
+def test_unknown_layer_lists_known_ones(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    _create(path).close()
+    with StoreReader(path) as store, pytest.raises(StoreError, match="has no layer 'conv9'; it has: net.conv1, net.conv2"):
+        store.activations("conv9")
+
+
+def test_resume_keeps_rows_through_the_checkpoint_step(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    with _create(path) as writer:
+        for step in range(8):
+            writer.append(_record(step))
+        writer.append_scalar("val/acc", 3, 0.5)
+        writer.append_scalar("val/acc", 7, 0.75)
+
+    with pytest.raises(StoreError, match="belongs to run run-a, not to the checkpoint's run run-z"):
+        StoreWriter.resume(path, run_id="run-z", keep_through_step=4)
+
+    with StoreWriter.resume(path, run_id="run-a", keep_through_step=4) as writer:
+        for step in range(5, 8):
+            writer.append(_record(step))
+    with StoreReader(path) as store:
+        np.testing.assert_array_equal(store.global_steps(), np.arange(8))
+        assert store.scalars("val/acc")[0].tolist() == [3]
+        np.testing.assert_array_equal(store.params("net.conv1")["0.weight"][:, 0, 0, 0, 0], np.arange(8))
+        np.testing.assert_array_equal(store.activations("net.conv2")[6], _record(6).activations["net.conv2"].astype(np.float16))
+
+
+_WRITER_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from test_store import _create, _record
+    writer = _create({path!r}, background=True)
+    step = 0
+    while True:
+        writer.append(_record(step))
+        step += 1
+        writer.flush()
+        print(step, flush=True)
+        time.sleep(0.01)
+    """
+)
+
+
+def _start_writer(path: Path) -> subprocess.Popen:
+    script = _WRITER_SCRIPT.format(tests=str(Path(__file__).parent), path=str(path))
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+
+
+def _wait_for_rows(process: subprocess.Popen, rows: int) -> int:
+    flushed = 0
+    while flushed < rows:
+        line = process.stdout.readline()
+        assert line, "the writer process died"
+        flushed = int(line)
+    return flushed
+
+
+def test_reader_follows_a_writer_process_and_survives_its_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    writer = _start_writer(path)
+    try:
+        flushed = _wait_for_rows(writer, 5)
+        with StoreReader(path) as store:
+            seen_first = store.num_steps
+            assert seen_first >= flushed
+            flushed = _wait_for_rows(writer, seen_first + 5)
+            assert store.refresh() >= flushed  # new rows appear without reopening
+            np.testing.assert_array_equal(store.global_steps(), np.arange(store.num_steps))
+        flushed = _wait_for_rows(writer, flushed + 3)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    finally:
+        writer.kill()
+        writer.stdout.close()
+
+    with StoreReader(path) as store:  # the file is still flagged open for writing: no h5clear needed
+        assert store.num_steps >= flushed
+        steps = store.global_steps()
+        np.testing.assert_array_equal(steps, np.arange(len(steps)))
+        last = len(steps) - 1
+        np.testing.assert_array_equal(
+            store.activations("net.conv1", np.array([last]))[0], _record(last).activations["net.conv1"].astype(np.float16)
+        )
+
+    # A killed run can be resumed: no external tool, nothing duplicated.
+    with StoreWriter.resume(path, run_id="run-a", keep_through_step=2) as resumed:
+        resumed.append(_record(3))
+    with StoreReader(path) as store:
+        assert store.global_steps().tolist() == [0, 1, 2, 3]
+
+
+def test_writer_error_surfaces_on_the_next_call(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    writer = _create(path, background=True)
+    bad = _record(0)
+    bad.activations = {"net.conv1": np.zeros((3, 9, 9))}  # wrong shape
+    writer.append(bad)
+    with pytest.raises(StoreError, match="writing .* failed"):
+        writer.flush()
+    writer.close()
+    time.sleep(0)
