@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import h5py
@@ -172,7 +171,8 @@ def test_reader_rejects_foreign_truncated_and_newer(tmp_path: Path) -> None:
 def test_unknown_layer_lists_known_ones(tmp_path: Path) -> None:
     path = tmp_path / "activations.h5"
     _create(path).close()
-    with StoreReader(path) as store, pytest.raises(StoreError, match="has no layer 'conv9'; it has: net.conv1, net.conv2"):
+    message = "has no layer 'conv9'; it has: net.conv1, net.conv2"
+    with StoreReader(path) as store, pytest.raises(StoreError, match=message):
         store.activations("conv9")
 
 
@@ -194,7 +194,8 @@ def test_resume_keeps_rows_through_the_checkpoint_step(tmp_path: Path) -> None:
         np.testing.assert_array_equal(store.global_steps(), np.arange(8))
         assert store.scalars("val/acc")[0].tolist() == [3]
         np.testing.assert_array_equal(store.params("net.conv1")["0.weight"][:, 0, 0, 0, 0], np.arange(8))
-        np.testing.assert_array_equal(store.activations("net.conv2")[6], _record(6).activations["net.conv2"].astype(np.float16))
+        expected = _record(6).activations["net.conv2"].astype(np.float16)
+        np.testing.assert_array_equal(store.activations("net.conv2")[6], expected)
 
 
 _WRITER_SCRIPT = textwrap.dedent(
@@ -251,9 +252,8 @@ def test_reader_follows_a_writer_process_and_survives_its_sigkill(tmp_path: Path
         steps = store.global_steps()
         np.testing.assert_array_equal(steps, np.arange(len(steps)))
         last = len(steps) - 1
-        np.testing.assert_array_equal(
-            store.activations("net.conv1", np.array([last]))[0], _record(last).activations["net.conv1"].astype(np.float16)
-        )
+        expected = _record(last).activations["net.conv1"].astype(np.float16)
+        np.testing.assert_array_equal(store.activations("net.conv1", np.array([last]))[0], expected)
 
     # A killed run can be resumed: no external tool, nothing duplicated.
     with StoreWriter.resume(path, run_id="run-a", keep_through_step=2) as resumed:
@@ -271,4 +271,3 @@ def test_writer_error_surfaces_on_the_next_call(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="writing .* failed"):
         writer.flush()
     writer.close()
-    time.sleep(0)
