@@ -62,6 +62,14 @@ class StoreReader:
             self._file.close()
             raise
         self._num_steps: int | None = None
+        # One handle per dataset: HDF5 2.0 corrupts its chunk lookups ("can't insert duplicate key")
+        # when two handles of one dataset are refreshed in SWMR mode.
+        self._datasets: dict[str, h5py.Dataset] = {}
+
+    def _dataset(self, key: str) -> h5py.Dataset:
+        if key not in self._datasets:
+            self._datasets[key] = self._file[key]
+        return self._datasets[key]
 
     def _check_format(self) -> None:
         attrs = self._file.attrs
@@ -134,14 +142,11 @@ class StoreReader:
 
     def refresh(self) -> int:
         """Pick up rows flushed by a writer since the store was opened; returns :attr:`num_steps`."""
-        steps = self._file["steps"]
+        keys = [f"steps/{name}" for name in ("global_step", *STEP_FIELDS, "logits")]
+        keys += [f"layers/{name}/activations" for name in self._file["layers"]]
         lengths = []
-        for name in ("global_step", *STEP_FIELDS, "logits"):
-            dataset = steps[name]
-            dataset.refresh()
-            lengths.append(dataset.shape[0])
-        for name in self._file["layers"]:
-            dataset = self._file["layers"][name]["activations"]
+        for key in keys:
+            dataset = self._dataset(key)
             dataset.refresh()
             lengths.append(dataset.shape[0])
         # global_step is written last, but a row counts only once every dataset holds it.
@@ -158,20 +163,22 @@ class StoreReader:
 
     def logits(self, rows: slice | np.ndarray | None = None) -> np.ndarray:
         """``(n, P, K)`` probe logits of the chosen rows (all rows by default)."""
-        return self._rows(self._file["steps"]["logits"], rows)
+        return self._rows(self._dataset("steps/logits"), rows)
 
     def activations(self, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
         """``(n, P, *sample_shape)`` activations of layer ``name`` at the chosen rows."""
-        return self._rows(self._layer_group(name)["activations"], rows)
+        self._layer_group(name)
+        return self._rows(self._dataset(f"layers/{name}/activations"), rows)
 
     def abs_max(self, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
         """``(n,)`` largest absolute activation of layer ``name`` in each chosen row."""
-        return self._rows(self._layer_group(name)["abs_max"], rows)
+        self._layer_group(name)
+        return self._rows(self._dataset(f"layers/{name}/abs_max"), rows)
 
     def params(self, name: str, rows: slice | np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The recorded parameters of layer ``name`` at the chosen rows, by parameter name."""
         group = self._layer_group(name)["params"]
-        return {param: self._rows(group[param], rows) for param in group}
+        return {param: self._rows(self._dataset(f"layers/{name}/params/{param}"), rows) for param in group}
 
     def symmetric_scale(self, name: str, rows: slice | np.ndarray | None = None) -> float:
         """The fixed colour scale of a layer: 1 for tanh layers, else the largest ``|activation|`` seen."""
@@ -185,7 +192,7 @@ class StoreReader:
         """``(global_steps, values)`` of a scalar series such as ``val/loss`` (empty if never logged)."""
         if name not in self._file["scalars"]:
             raise StoreError(f"{self.path} has no scalar series {name!r}.")
-        dataset = self._file["scalars"][name]
+        dataset = self._dataset(f"scalars/{name}")
         dataset.refresh()
         data = dataset[()]
         return data[:, 0].astype(np.int64), data[:, 1]
@@ -193,6 +200,7 @@ class StoreReader:
     # -- plumbing --------------------------------------------------------------------------------
 
     def close(self) -> None:
+        self._datasets.clear()
         self._file.close()
 
     def __enter__(self) -> StoreReader:
@@ -208,7 +216,7 @@ class StoreReader:
         return layers[name]
 
     def _column(self, name: str) -> np.ndarray:
-        return self._file["steps"][name][: self.num_steps]
+        return self._dataset(f"steps/{name}")[: self.num_steps]
 
     def _rows(self, dataset: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray:
         dataset.refresh()

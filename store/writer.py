@@ -107,6 +107,9 @@ class StoreWriter:
     def __init__(self, file: h5py.File, path: Path, flush_every: int = 1, background: bool = True) -> None:
         self._file = file
         self.path = path
+        steps = file["steps"]["global_step"]
+        self.last_global_step = int(steps[-1]) if steps.shape[0] else -1
+        """The step of the last row already in the file when it was opened (-1: none)."""
         self.flush_every = flush_every
         self._unflushed = 0
         self._closed = False
