@@ -63,6 +63,8 @@ class ActivationRecorder(Callback):
         flush_every_n_steps: flush the store to disk every this many recorded steps.
         log_images_every_n_steps: also log every layer's red-blue activation grid to TensorBoard
             every this many steps (``0``: off).
+        background_writes: write the store on a worker thread, so training only waits for the probe
+            pass; ``False`` writes synchronously (slower, simpler to debug).
 
     Raises:
         MisconfigurationException: an argument is out of range; at setup, an unknown layer name,
@@ -86,6 +88,7 @@ class ActivationRecorder(Callback):
         compression: Literal["none", "lzf", "gzip"] = "none",
         flush_every_n_steps: int = 1,
         log_images_every_n_steps: int = 0,
+        background_writes: bool = True,
     ) -> None:
         for name, value, minimum in (
             ("every_n_steps", every_n_steps, 1),
@@ -119,6 +122,7 @@ class ActivationRecorder(Callback):
         self.compression = compression
         self.flush_every_n_steps = flush_every_n_steps
         self.log_images_every_n_steps = log_images_every_n_steps
+        self.background_writes = background_writes
 
         self._layer_names: list[str] = []
         self._probes: ProbeSet | None = None
@@ -192,7 +196,7 @@ class ActivationRecorder(Callback):
             self._record(trainer, pl_module, batch_loss=float("nan"), batch_acc=float("nan"))
 
     def _open_store(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
-        options = {"flush_every": self.flush_every_n_steps, "background": True}
+        options = {"flush_every": self.flush_every_n_steps, "background": self.background_writes}
         resume = self._resume_state
         if resume is not None and not self.overwrite:
             self._run_id = resume["run_id"]
