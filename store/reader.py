@@ -37,9 +37,22 @@ class LayerInfo:
 
 
 def resolve_store_path(run: str | os.PathLike) -> Path:
-    """Return the store file for ``run``: the path itself, or ``activations.h5`` inside a run folder."""
+    """Return the store file for ``run``.
+
+    ``run`` may be the store itself, a run folder holding ``activations.h5``, or an experiment folder
+    (``runs/quickstart``) whose newest ``version_N`` holding a store is taken.
+    """
     path = Path(run)
-    return path / STORE_FILENAME if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    if (path / STORE_FILENAME).exists():
+        return path / STORE_FILENAME
+    versions = [
+        (int(child.name.removeprefix("version_")), child / STORE_FILENAME)
+        for child in path.glob("version_*")
+        if child.name.removeprefix("version_").isdigit() and (child / STORE_FILENAME).exists()
+    ]
+    return max(versions)[1] if versions else path / STORE_FILENAME
 
 
 class StoreReader:

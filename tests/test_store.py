@@ -23,6 +23,7 @@ from actrec.store import (
     StoreError,
     StoreReader,
     StoreWriter,
+    resolve_store_path,
 )
 
 LAYERS = [
@@ -103,6 +104,16 @@ def test_round_trip(tmp_path: Path, background: bool) -> None:
         assert json.loads(raw.attrs["config"]) == {"lr": 0.1}
         assert raw["layers/net.conv1/activations"].shape == (5, 3, 2, 4, 4)
         assert raw["layers/net.conv1/activations"].chunks == (1, 3, 2, 4, 4)
+
+
+def test_experiment_folder_resolves_to_its_newest_version(tmp_path: Path) -> None:
+    for version in (0, 2, 10):
+        _create(tmp_path / f"version_{version}" / "activations.h5", run_id=f"run-{version}").close()
+    (tmp_path / "version_11").mkdir()  # a run that crashed before recording
+    assert resolve_store_path(tmp_path) == tmp_path / "version_10" / "activations.h5"
+    with StoreReader(tmp_path) as store:
+        assert store.run_id == "run-10"
+    assert resolve_store_path(tmp_path / "version_2") == tmp_path / "version_2" / "activations.h5"
 
 
 def test_create_refuses_to_overwrite(tmp_path: Path) -> None:
