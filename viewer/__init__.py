@@ -1,0 +1,49 @@
+"""Turn activation stores into pictures: red-white-blue frames, animations, contact sheets, curves.
+
+Drawing is pure (arrays in, new uint8 arrays out: :mod:`.colors`, :mod:`.frames`, :mod:`.curves`);
+writing is a thin layer on top (:mod:`.writers`); :func:`render_run` and :func:`export_tensorboard`
+are what ``actrec render`` and ``actrec tensorboard`` run. Never imports Lightning.
+"""
+
+from actrec.viewer.colors import (
+    NEGATIVE_RGB,
+    PALETTE,
+    POSITIVE_RGB,
+    ZERO_INDEX,
+    ZERO_RGB,
+    diverging_indices,
+    grey_indices,
+    to_rgb,
+)
+from actrec.viewer.curves import training_curves
+from actrec.viewer.errors import ViewerError
+from actrec.viewer.frames import TILE_SIZE, FrameLayout, activation_frame, frame_title
+from actrec.viewer.render import RenderResult, render_run
+from actrec.viewer.tb_export import ExportResult, export_tensorboard
+from actrec.viewer.writers import GifWriter, Mp4Writer, TensorBoardImageWriter, encode_png, write_png
+
+__all__ = [
+    "NEGATIVE_RGB",
+    "PALETTE",
+    "POSITIVE_RGB",
+    "TILE_SIZE",
+    "ZERO_INDEX",
+    "ZERO_RGB",
+    "ExportResult",
+    "FrameLayout",
+    "GifWriter",
+    "Mp4Writer",
+    "RenderResult",
+    "TensorBoardImageWriter",
+    "ViewerError",
+    "activation_frame",
+    "diverging_indices",
+    "encode_png",
+    "export_tensorboard",
+    "frame_title",
+    "grey_indices",
+    "render_run",
+    "to_rgb",
+    "training_curves",
+    "write_png",
+]

@@ -1,0 +1,137 @@
+"""Anti-aliased text in palette indices, with Pillow's built-in font (no font files to ship).
+
+Text is rasterised once into a coverage mask (cached: frames repeat the same strings), then
+stamped into a palette-index canvas by mapping coverage to a white-to-ink ramp of the fixed
+palette. Text always sits on the white background, so that ramp is exactly what anti-aliasing
+against white would give.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from actrec.viewer import colors
+
+INKS = ("text", "muted", "right", "wrong")
+
+
+@lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the small fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _ink_lut(ink: str) -> np.ndarray:
+    """Palette index for each coverage level ``0 .. INK_LEVELS`` (level 0 is never stamped)."""
+    coverage = np.arange(colors.INK_LEVELS + 1) / colors.INK_LEVELS
+    if ink in ("text", "muted"):
+        darkest = colors.PALETTE[colors.TEXT_INDEX if ink == "text" else colors.MUTED_INDEX, 0]
+        return np.array([colors.grey_index(round(255 - c * (255 - int(darkest)))) for c in coverage], np.uint8)
+    start = colors.RIGHT_START if ink == "right" else colors.WRONG_START
+    return np.array([colors.ZERO_INDEX, *range(start, start + colors.INK_LEVELS)], np.uint8)
+
+
+_LUTS = {ink: _ink_lut(ink) for ink in INKS}
+
+
+@lru_cache(maxsize=1024)
+def _glyph(char: str, size: int) -> tuple[np.ndarray, int, float]:
+    """``(coverage 0..255 over the line box, x offset, advance)`` of one character."""
+    font = _font(size)
+    left, _, right, _ = font.getbbox(char)
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (font.getbbox(char)[3], 0)
+    image = Image.new("L", (max(1, right - min(left, 0)), max(1, ascent + descent)), 0)
+    ImageDraw.Draw(image).text((-min(left, 0), 0), char, font=font, fill=255)
+    return np.asarray(image), min(left, 0), font.getlength(char)
+
+
+@lru_cache(maxsize=4096)
+def _coverage(text: str, size: int) -> np.ndarray:
+    """``(h, w)`` coverage levels ``0 .. INK_LEVELS`` of ``text`` over the font's line box.
+
+    Composed from cached glyphs rather than laid out by FreeType each time: frames carry a new
+    title every step, and composing is ~10x faster than a fresh layout, with the same pixels for
+    this font (its advances are whole pixels and it has no kerning pairs in our strings).
+    """
+    glyphs = [_glyph(char, size) for char in text]
+    height = glyphs[0][0].shape[0] if glyphs else 1
+    positions, x = [], 0.0
+    for _, offset, advance in glyphs:
+        positions.append(round(x) + offset)
+        x += advance
+    width = max([round(x), 1] + [p + g[0].shape[1] for p, g in zip(positions, glyphs, strict=True)])
+    canvas = np.zeros((height, width), np.uint8)
+    for position, (coverage, _, _) in zip(positions, glyphs, strict=True):
+        target = canvas[:, max(position, 0) : position + coverage.shape[1]]
+        np.maximum(target, coverage[:, coverage.shape[1] - target.shape[1] :], out=target)
+    levels = np.rint(canvas * np.float32(colors.INK_LEVELS / 255)).astype(np.uint8)
+    levels.setflags(write=False)
+    return levels
+
+
+def text_size(text: str, size: int) -> tuple[int, int]:
+    """``(width, height)`` in pixels of ``text`` drawn at font ``size``."""
+    height, width = _coverage(text, size).shape
+    return width, height
+
+
+def fit_text(text: str, size: int, max_width: int) -> str:
+    """``text``, shortened with an ellipsis if needed to fit ``max_width`` pixels."""
+    if text_size(text, size)[0] <= max_width:
+        return text
+    for end in range(len(text) - 1, 0, -1):
+        candidate = text[:end].rstrip() + "…"
+        if text_size(candidate, size)[0] <= max_width:
+            return candidate
+    return ""
+
+
+def draw_text(canvas: np.ndarray, x: int, y: int, text: str, *, size: int, ink: str = "text") -> None:
+    """Stamp ``text`` into a palette-index canvas in place, top-left corner at ``(x, y)``.
+
+    Internal helper for building frames; the public frame functions copy their canvas first.
+    Text running past the canvas edge is clipped.
+    """
+    levels = _coverage(text, size)
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + levels.shape[1], canvas.shape[1]), min(y + levels.shape[0], canvas.shape[0])
+    if x1 <= x0 or y1 <= y0:
+        return
+    levels = levels[y0 - y : y1 - y, x0 - x : x1 - x]
+    region = canvas[y0:y1, x0:x1]
+    inked = levels > 0
+    region[inked] = _LUTS[ink][levels[inked]]
+
+
+@lru_cache(maxsize=16)
+def _mark_coverage(kind: str, size: int) -> np.ndarray:
+    """A tick (``"right"``) or cross (``"wrong"``) of ``size`` pixels; the font has neither glyph."""
+    supersample = 4
+    big = size * supersample
+    image = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(image)
+    width = max(supersample, round(big * 0.16))
+    if kind == "right":
+        points = [(0.08, 0.55), (0.38, 0.85), (0.92, 0.18)]
+        draw.line([(x * big, y * big) for x, y in points], fill=255, width=width, joint="curve")
+    else:
+        draw.line([(0.15 * big, 0.15 * big), (0.85 * big, 0.85 * big)], fill=255, width=width)
+        draw.line([(0.15 * big, 0.85 * big), (0.85 * big, 0.15 * big)], fill=255, width=width)
+    small = image.resize((size, size), Image.Resampling.BOX)
+    levels = np.rint(np.asarray(small, dtype=np.float32) * (colors.INK_LEVELS / 255)).astype(np.uint8)
+    levels.setflags(write=False)
+    return levels
+
+
+def draw_mark(canvas: np.ndarray, x: int, y: int, kind: str, *, size: int) -> None:
+    """Stamp a tick (``kind="right"``, green) or cross (``"wrong"``, red) in place at ``(x, y)``."""
+    levels = _mark_coverage(kind, size)
+    region = canvas[y : y + size, x : x + size]
+    levels = levels[: region.shape[0], : region.shape[1]]
+    inked = levels > 0
+    region[inked] = _LUTS[kind][levels[inked]]

@@ -1,0 +1,194 @@
+"""``actrec render`` and ``actrec tensorboard``: argument parsing and one-sentence errors.
+
+Dispatched by :mod:`actrec.cli`. Anything the user can get wrong ends in one sentence on stderr and
+exit code 1, never a traceback; argparse's own usage errors exit with 2 as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+
+from actrec.store import StoreError
+from actrec.viewer.errors import ViewerError
+from actrec.viewer.frames import TILE_SIZE
+
+_EXIT_ERROR = 1
+_EXIT_INTERRUPTED = 130
+
+
+def _layer_list(text: str) -> list[str]:
+    return [name for name in text.split(",") if name]
+
+
+def _step_list(text: str) -> list[int]:
+    try:
+        return [int(step) for step in text.split(",") if step.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected training steps separated by commas, got {text!r}") from None
+
+
+def _selection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="a run folder (holding activations.h5) or a store file")
+    parser.add_argument(
+        "--layers",
+        nargs="+",
+        type=_layer_list,
+        metavar="LAYER",
+        help="layers to draw, by module name (e.g. net.conv1 net.conv3, or net.conv1,net.conv3); default: all",
+    )
+    parser.add_argument(
+        "--steps",
+        metavar="START:STOP",
+        help="training steps to draw, START inclusive, STOP exclusive; either may be left out (e.g. 100:)",
+    )
+    parser.add_argument("--stride", type=int, default=1, metavar="K", help="draw every K-th recorded step (default 1)")
+    parser.add_argument(
+        "--tile-size",
+        type=int,
+        default=TILE_SIZE,
+        metavar="PX",
+        help=f"pixels of one activation map's longer side (default {TILE_SIZE})",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="worker processes, one layer each at a time (default: one per CPU for large runs)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def _common_options(args: argparse.Namespace) -> dict:
+    from actrec.viewer.render import parse_step_range
+
+    start, stop = parse_step_range(args.steps) if args.steps else (None, None)
+    layers = [name for group in args.layers for name in group] if args.layers else None
+    return {
+        "layers": layers,
+        "start": start,
+        "stop": stop,
+        "stride": args.stride,
+        "tile_size": args.tile_size,
+        "jobs": args.jobs,
+        "progress": False if args.quiet else None,
+    }
+
+
+def _run(program: str, action: Callable[[], int]) -> int:
+    """Run ``action``; user errors become one sentence on stderr and a non-zero exit code."""
+    try:
+        return action()
+    except (StoreError, ViewerError) as error:
+        print(f"{program}: {error}", file=sys.stderr)
+        return _EXIT_ERROR
+    except OSError as error:
+        # A disk that fills up or a folder removed mid-run: name the file, keep it to one sentence.
+        where = f" {error.filename}" if error.filename else ""
+        print(f"{program}: could not read or write{where}: {error.strerror or error}.", file=sys.stderr)
+        return _EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted; files from earlier renders were left as they were.", file=sys.stderr)
+        return _EXIT_INTERRUPTED
+
+
+def render_main(argv: Sequence[str]) -> int:
+    """``actrec render RUN``: animations, contact sheets and training curves; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="actrec render",
+        description=(
+            "Render a run's activation store: for every layer, an animation of its activations over "
+            "training (GIF, or MP4 with --format mp4) and a contact sheet PNG of chosen steps; for the "
+            "run, a training-curves PNG. Works while the run is still writing (renders what has been flushed)."
+        ),
+    )
+    _selection_arguments(parser)
+    parser.add_argument("--fps", type=float, default=10.0, help="animation frames per second (default 10, max 50)")
+    parser.add_argument(
+        "--format",
+        choices=("gif", "mp4"),
+        default="gif",
+        help="animation format: gif (exact colours, default) or mp4 (smaller; needs pip install 'actrec[mp4]')",
+    )
+    parser.add_argument(
+        "--sheet-steps",
+        type=_step_list,
+        metavar="S1,S2,...",
+        help="training steps for the contact sheets (nearest recorded step each); "
+        "default: the first, a few log-spaced, the last",
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", help="output folder (default: RUN/renders); files of the same names are replaced"
+    )
+    args = parser.parse_args(argv)
+
+    def action() -> int:
+        from actrec.viewer.render import render_run
+
+        result = render_run(
+            args.run,
+            out_dir=args.out,
+            fps=args.fps,
+            video_format=args.format,
+            sheet_steps=args.sheet_steps,
+            **_common_options(args),
+        )
+        if not args.quiet:
+            steps = result.global_steps
+            print(
+                f"rendered {len(result.layers)} layer(s) x {len(steps)} step(s) "
+                f"({int(steps[0])} to {int(steps[-1])}) into {result.out_dir}:"
+            )
+            for path in result.files:
+                print(f"  {path.name}")
+        return 0
+
+    return _run("actrec render", action)
+
+
+def tensorboard_main(argv: Sequence[str]) -> int:
+    """``actrec tensorboard RUN``: export image summaries, then start TensorBoard; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="actrec tensorboard",
+        description=(
+            "Export every recorded step (or every --stride-th) of every layer as TensorBoard images under "
+            "activations/<layer>, into RUN/activations/ (replacing a previous export), then start TensorBoard "
+            "on the run folder, keeping every exported step. Arguments after -- go to TensorBoard."
+        ),
+    )
+    _selection_arguments(parser)
+    parser.add_argument(
+        "--print", dest="print_only", action="store_true", help="export, then print the TensorBoard command"
+    )
+    parser.add_argument("--port", type=int, help="TensorBoard's port (default: TensorBoard's own, 6006)")
+    argv = list(argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+
+    def action() -> int:
+        from actrec.viewer.tb_export import export_tensorboard, format_command, tensorboard_command
+
+        result = export_tensorboard(args.run, **_common_options(args))
+        port = ["--port", str(args.port)] if args.port is not None else []
+        command = tensorboard_command(result.log_dir, result.samples_per_plugin, [*port, *extra])
+        if args.print_only:
+            print(format_command(command))
+            return 0
+        if not args.quiet:
+            print(
+                f"exported {len(result.tags)} tag(s) x {len(result.global_steps)} step(s) into {result.export_dir}; "
+                f"starting: {format_command(command)}",
+                flush=True,
+            )
+        try:
+            return subprocess.call(command)
+        except KeyboardInterrupt:
+            return 0  # Ctrl-C is how one stops TensorBoard
+        except FileNotFoundError:
+            raise ViewerError(
+                f"cannot start TensorBoard ({command[0]} not found); run: {format_command(command)}"
+            ) from None
+
+    return _run("actrec tensorboard", action)

@@ -1,0 +1,174 @@
+"""The one fixed palette every actrec picture is drawn in, and the maps from values to it.
+
+Every frame of every layer uses the same 256-entry palette, so a GIF stores palette indices
+that mean the same colour in every frame: no per-frame quantisation, no dithering, no flicker.
+
+Palette layout (indices are stable; tests and writers rely on them):
+
+- ``0 .. 62``: the diverging activation ramp, 63 levels. Index :data:`ZERO_INDEX` (31) is exactly
+  white ``(255, 255, 255)`` and means an activation of 0; index 0 is the red end ``(178, 24, 43)``
+  at ``-scale``; index 62 the blue end ``(33, 102, 172)`` at ``+scale``. The ramp runs linearly (in
+  sRGB) through ColorBrewer's 9-class RdBu stops, with its off-white middle ``#f7f7f7`` replaced by
+  pure white so that 0 is exactly white. 63 levels (steps of 1/31 of the scale) look continuous at
+  tile sizes and keep GIFs small: finer levels make pixels flip between neighbouring colours from
+  step to step, which the GIF's frame-to-frame deltas pay for.
+- ``63 .. 238``: a 176-level grey ramp from black up to ``(250, 250, 250)``, for probe images, black
+  text and its anti-aliasing; "fully white" grey is :data:`ZERO_INDEX`, so no colour is duplicated.
+- ``239 .. 246``: white-to-green ramp for correct predictions (full ink ``(26, 133, 60)``).
+- ``247 .. 254``: white-to-red ramp for wrong predictions (full ink ``(200, 30, 30)``).
+- ``255``: :data:`TRANSPARENT_INDEX`, never drawn; the GIF writer marks unchanged pixels with it.
+
+Every entry is a distinct RGB triple, so a decoded RGB pixel identifies its index unambiguously.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NEGATIVE_RGB: tuple[int, int, int] = (178, 24, 43)
+"""Colour of ``-scale`` (ColorBrewer RdBu ``#b2182b``)."""
+ZERO_RGB: tuple[int, int, int] = (255, 255, 255)
+"""Colour of 0: exactly white."""
+POSITIVE_RGB: tuple[int, int, int] = (33, 102, 172)
+"""Colour of ``+scale`` (ColorBrewer RdBu ``#2166ac``)."""
+
+# ColorBrewer RdBu (9 classes), red to blue, with the neutral #f7f7f7 replaced by pure white.
+_DIVERGING_STOPS: tuple[tuple[int, int, int], ...] = (
+    NEGATIVE_RGB,
+    (214, 96, 77),
+    (244, 165, 130),
+    (253, 219, 199),
+    ZERO_RGB,
+    (209, 229, 240),
+    (146, 197, 222),
+    (67, 147, 195),
+    POSITIVE_RGB,
+)
+
+DIVERGING_LEVELS = 63
+"""Number of activation colours; odd, so that 0 has its own level."""
+ZERO_INDEX = DIVERGING_LEVELS // 2
+"""Palette index of an activation of exactly 0 (white); also the background of every picture."""
+NEGATIVE_INDEX = 0
+"""Palette index of ``-scale`` and below."""
+POSITIVE_INDEX = DIVERGING_LEVELS - 1
+"""Palette index of ``+scale`` and above."""
+
+RIGHT_RGB: tuple[int, int, int] = (26, 133, 60)
+WRONG_RGB: tuple[int, int, int] = (200, 30, 30)
+INK_LEVELS = 8
+"""Anti-aliasing levels of the coloured text ramps (coverage 1/8 .. 8/8)."""
+
+PALETTE_SIZE = 256
+TRANSPARENT_INDEX = PALETTE_SIZE - 1
+"""Reserved for GIF frame deltas ("unchanged pixel"); no picture ever contains it."""
+_TRANSPARENT_RGB = (255, 0, 255)  # a colour no picture uses, in case a viewer ignores transparency
+
+GREY_START = DIVERGING_LEVELS
+GREY_LEVELS = PALETTE_SIZE - DIVERGING_LEVELS - 2 * INK_LEVELS - 1
+"""Grey levels below white (the rest of the palette); grey level ``GREY_LEVELS`` (white) is :data:`ZERO_INDEX`."""
+RIGHT_START = GREY_START + GREY_LEVELS
+WRONG_START = RIGHT_START + INK_LEVELS
+
+
+def _diverging_ramp() -> np.ndarray:
+    stops = np.asarray(_DIVERGING_STOPS, dtype=np.float64)
+    positions = np.linspace(-1.0, 1.0, len(stops))
+    levels = np.linspace(-1.0, 1.0, DIVERGING_LEVELS)
+    ramp = np.stack([np.interp(levels, positions, stops[:, channel]) for channel in range(3)], axis=1)
+    return np.rint(ramp).astype(np.uint8)
+
+
+def _ink_ramp(ink: tuple[int, int, int]) -> np.ndarray:
+    coverage = np.arange(1, INK_LEVELS + 1, dtype=np.float64)[:, None] / INK_LEVELS
+    white = np.asarray(ZERO_RGB, dtype=np.float64)
+    return np.rint(white + coverage * (np.asarray(ink, dtype=np.float64) - white)).astype(np.uint8)
+
+
+def _build_palette() -> np.ndarray:
+    grey = np.rint(np.arange(GREY_LEVELS) * 250.0 / (GREY_LEVELS - 1)).astype(np.uint8)
+    palette = np.concatenate(
+        [
+            _diverging_ramp(),
+            np.repeat(grey[:, None], 3, axis=1),
+            _ink_ramp(RIGHT_RGB),
+            _ink_ramp(WRONG_RGB),
+            np.asarray([_TRANSPARENT_RGB], dtype=np.uint8),
+        ]
+    )
+    palette.setflags(write=False)
+    return palette
+
+
+PALETTE: np.ndarray = _build_palette()
+"""``(256, 3)`` uint8, read-only: the RGB colour of every palette index."""
+
+NAN_INDEX = GREY_START + GREY_LEVELS // 2
+"""Mid grey: activations that are NaN (a diverged run) show as grey, never as a value."""
+TEXT_INDEX = GREY_START + round(30 * (GREY_LEVELS - 1) / 250)
+"""Near-black (grey 30) for labels."""
+MUTED_INDEX = GREY_START + round(125 * (GREY_LEVELS - 1) / 250)
+"""Mid grey (125) for secondary labels."""
+GUTTER_INDEX = GREY_START + round(222 * (GREY_LEVELS - 1) / 250)
+"""Light grey (222) between tiles, so that white (zero) tiles still show their edges."""
+
+
+def diverging_indices(values: np.ndarray, scale: float) -> np.ndarray:
+    """Map values to diverging palette indices with a fixed symmetric scale.
+
+    ``-scale`` (and below) maps to :data:`NEGATIVE_INDEX` (red), exactly 0 to :data:`ZERO_INDEX`
+    (white), ``+scale`` (and above) to :data:`POSITIVE_INDEX` (blue); NaN maps to :data:`NAN_INDEX`.
+
+    Args:
+        values: any float array (float16 is fine).
+        scale: the positive value drawn at full colour.
+
+    Returns:
+        A new uint8 array of the same shape.
+
+    Raises:
+        ValueError: ``scale`` is not a positive finite number.
+    """
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}.")
+    normalised = np.asarray(values, dtype=np.float32) * np.float32(ZERO_INDEX / scale)
+    np.clip(normalised, -ZERO_INDEX, ZERO_INDEX, out=normalised)
+    np.rint(normalised, out=normalised)
+    normalised += ZERO_INDEX
+    indices = np.nan_to_num(normalised, nan=NAN_INDEX).astype(np.uint8)
+    return indices
+
+
+def grey_indices(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map values to the grey ramp: ``low`` and below black, ``high`` and above white.
+
+    Args:
+        values: any float array.
+        low: the value drawn black.
+        high: the value drawn white; when ``high <= low`` everything is drawn black.
+
+    Returns:
+        A new uint8 array of palette indices, same shape as ``values``.
+    """
+    span = high - low
+    levels = np.asarray(values, dtype=np.float32) - np.float32(low)
+    levels *= np.float32(GREY_LEVELS / span) if span > 0 else np.float32(0)
+    np.clip(levels, 0, GREY_LEVELS, out=levels)
+    levels = np.rint(np.nan_to_num(levels, nan=0.0)).astype(np.int64)
+    return np.where(levels >= GREY_LEVELS, ZERO_INDEX, GREY_START + levels).astype(np.uint8)
+
+
+def grey_index(grey_value: int) -> int:
+    """Palette index of the grey ramp entry closest to ``grey_value`` (0 black .. 255 white)."""
+    level = round(min(max(grey_value, 0), 255) * (GREY_LEVELS - 1) / 250)
+    return ZERO_INDEX if level >= GREY_LEVELS else GREY_START + level
+
+
+def to_rgb(indices: np.ndarray) -> np.ndarray:
+    """Look up palette indices: ``(..., )`` uint8 indices in, new ``(..., 3)`` uint8 RGB out."""
+    return PALETTE[np.asarray(indices)]
+
+
+def palette_bytes() -> bytes:
+    """The palette as 768 bytes ``r0 g0 b0 r1 ...``, as GIF and Pillow ``putpalette`` expect."""
+    return PALETTE.tobytes()

@@ -1,0 +1,262 @@
+"""Training curves (loss and accuracy against step) drawn with Pillow: no plotting library needed.
+
+Drawn at twice the output size and downsampled, which anti-aliases lines and text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+_SUPERSAMPLE = 2
+_PANEL_SIZE = (560, 380)  # output pixels per panel
+_BACKGROUND = (255, 255, 255)
+_AXIS = (60, 60, 60)
+_GRID = (232, 232, 232)
+_TEXT = (30, 30, 30)
+_MUTED = (120, 120, 120)
+_EPOCH_LINE = (205, 205, 205)
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a panel.
+
+    Args:
+        label: legend text.
+        steps: x values (global steps).
+        values: y values; NaN points are skipped.
+        color: RGB colour.
+        width: line width in output pixels.
+        markers: draw a dot at every point (for sparse series such as validation).
+    """
+
+    label: str
+    steps: np.ndarray
+    values: np.ndarray
+    color: tuple[int, int, int]
+    width: float = 1.5
+    markers: bool = False
+
+
+def nice_ticks(low: float, high: float, target: int = 6) -> list[float]:
+    """About ``target`` round tick values (1, 2, 2.5 or 5 times a power of ten apart) enclosing ``[low, high]``."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return []
+    if high <= low:
+        high = low + (abs(low) or 1.0)
+    raw = (high - low) / max(1, target - 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
+    return [round(index * step, 12) for index in range(first, last + 1)]
+
+
+def _format_tick(value: float, step: float, percent: bool) -> str:
+    if percent:
+        value, step = value * 100, step * 100
+    decimals = 0 if step >= 1 else -math.floor(math.log10(step) + 1e-9)
+    if not math.isclose(round(step, decimals), step, rel_tol=1e-6):
+        decimals += 1  # steps of 2.5, 0.25 ...
+    return f"{value:.{decimals}f}" + ("%" if percent else "")
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average over ``window`` points, ignoring NaN; NaN points stay NaN.
+
+    Centred rather than exponential, so the smoothed line does not lag behind the raw one.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    valid = np.isfinite(values)
+    kernel = np.ones(max(1, window))
+    totals = np.convolve(np.where(valid, values, 0.0), kernel, mode="same")
+    counts = np.convolve(valid.astype(np.float64), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(valid & (counts > 0), totals / counts, np.nan)
+
+
+class _Panel:
+    """One axes box: maps data coordinates to pixels of the supersampled canvas."""
+
+    def __init__(
+        self,
+        draw: ImageDraw.ImageDraw,
+        box: tuple[int, int, int, int],
+        x_range: tuple[float, float],
+        y_range: tuple[float, float],
+    ) -> None:
+        self.draw, self.box = draw, box
+        self.x_low, self.x_high = x_range
+        self.y_low, self.y_high = y_range
+
+    def x(self, value: np.ndarray | float) -> np.ndarray | float:
+        left, _, right, _ = self.box
+        return left + (np.asarray(value, dtype=np.float64) - self.x_low) / (self.x_high - self.x_low) * (right - left)
+
+    def y(self, value: np.ndarray | float) -> np.ndarray | float:
+        _, top, _, bottom = self.box
+        return bottom - (np.asarray(value, dtype=np.float64) - self.y_low) / (self.y_high - self.y_low) * (bottom - top)
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size * _SUPERSAMPLE)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _data_range(series: Sequence[Series], axis: str) -> tuple[float, float] | None:
+    arrays = [np.asarray(s.steps if axis == "x" else s.values, dtype=np.float64) for s in series]
+    finite = [a[np.isfinite(a)] for a in arrays]
+    finite = [a for a in finite if a.size]
+    if not finite:
+        return None
+    return float(min(a.min() for a in finite)), float(max(a.max() for a in finite))
+
+
+def _draw_panel(
+    draw: ImageDraw.ImageDraw,
+    origin: tuple[int, int],
+    title: str,
+    series: Sequence[Series],
+    *,
+    percent: bool,
+    epoch_starts: Sequence[tuple[int, int]],
+) -> list[Series]:
+    """Draw one panel; returns the series that had data, for the legend."""
+    s = _SUPERSAMPLE
+    width, height = _PANEL_SIZE[0] * s, _PANEL_SIZE[1] * s
+    left, top = origin[0] + 64 * s, origin[1] + 40 * s
+    right, bottom = origin[0] + width - 18 * s, origin[1] + height - 44 * s
+    draw.text((left, origin[1] + 12 * s), title, font=_font(15), fill=_TEXT)
+    visible = [item for item in series if np.isfinite(np.asarray(item.values, dtype=np.float64)).any()]
+    x_data, y_data = _data_range(visible, "x"), _data_range(visible, "y")
+    if x_data is None or y_data is None:
+        draw.rectangle((left, top, right, bottom), outline=_GRID, width=s)
+        draw.text(
+            ((left + right) // 2, (top + bottom) // 2), "no data recorded yet", font=_font(12), fill=_MUTED, anchor="mm"
+        )
+        return []
+    x_ticks = nice_ticks(*x_data)
+    y_low, y_high = y_data
+    if percent:
+        y_low, y_high = max(0.0, y_low), min(1.0, y_high)
+    y_ticks = nice_ticks(y_low, y_high, target=6)
+    if percent:
+        y_ticks = [tick for tick in y_ticks if -1e-9 <= tick <= 1 + 1e-9]
+    # x ends at the data (a run is as long as it is); y ends at round ticks enclosing the data.
+    x_ticks = [tick for tick in x_ticks if x_data[0] <= tick <= x_data[1]] or [x_data[0]]
+    x_range = (x_data[0], max(x_data[1], x_data[0] + 1))
+    y_range = (min(y_ticks[0], y_low), max(y_ticks[-1], y_high))
+    panel = _Panel(draw, (left, top, right, bottom), x_range, y_range)
+    label_font, small_font = _font(11), _font(10)
+    for tick in y_ticks:
+        y = float(panel.y(tick))
+        draw.line((left, y, right, y), fill=_GRID, width=s)
+        step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 1.0
+        draw.text((left - 8 * s, y), _format_tick(tick, step, percent), font=label_font, fill=_MUTED, anchor="rm")
+    for epoch, step_value in epoch_starts:
+        if x_range[0] < step_value < x_range[1]:
+            x = float(panel.x(step_value))
+            draw.line((x, top, x, bottom), fill=_EPOCH_LINE, width=s)
+            draw.text((x + 3 * s, top + 2 * s), f"epoch {epoch}", font=small_font, fill=_MUTED)
+    for tick in x_ticks:
+        x = float(panel.x(tick))
+        draw.line((x, bottom, x, bottom + 5 * s), fill=_AXIS, width=s)
+        step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 1.0
+        draw.text((x, bottom + 8 * s), _format_tick(tick, step, False), font=label_font, fill=_MUTED, anchor="mt")
+    draw.line((left, bottom, right, bottom), fill=_AXIS, width=s)
+    draw.line((left, top, left, bottom), fill=_AXIS, width=s)
+    draw.text(((left + right) // 2, bottom + 26 * s), "training step", font=label_font, fill=_TEXT, anchor="mt")
+    for item in visible:
+        xs, ys = np.asarray(item.steps, dtype=np.float64), np.asarray(item.values, dtype=np.float64)
+        keep = np.isfinite(xs) & np.isfinite(ys)
+        points = list(zip(panel.x(xs[keep]).tolist(), panel.y(ys[keep]).tolist(), strict=True))
+        line_width = max(1, round(item.width * s))
+        if len(points) > 1:
+            draw.line(points, fill=item.color, width=line_width, joint="curve")
+        if item.markers or len(points) == 1:
+            radius = 2.5 * s
+            for x, y in points:
+                draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=item.color)
+    return visible
+
+
+def _draw_legend(draw: ImageDraw.ImageDraw, right: int, middle: int, series: Sequence[Series]) -> None:
+    """One horizontal legend, right-aligned at ``right``, centred on the line ``middle``."""
+    s = _SUPERSAMPLE
+    font = _font(11)
+    widths = [30 * s + int(draw.textlength(item.label, font=font)) for item in series]
+    x = right - sum(widths) - 16 * s * (len(series) - 1)
+    for item, width in zip(series, widths, strict=True):
+        draw.line((x, middle, x + 22 * s, middle), fill=item.color, width=max(s, round(item.width * s * 1.3)))
+        if item.markers:
+            radius = 2.5 * s
+            draw.ellipse((x + 11 * s - radius, middle - radius, x + 11 * s + radius, middle + radius), fill=item.color)
+        draw.text((x + 28 * s, middle), item.label, font=font, fill=_TEXT, anchor="lm")
+        x += width + 16 * s
+
+
+_BATCH_RAW = (176, 203, 228)
+_BATCH_SMOOTH = (33, 102, 172)
+_TRAIN_EPOCH = (90, 90, 90)
+_VALIDATION = (230, 97, 1)
+
+
+def training_curves(
+    steps: Mapping[str, np.ndarray],
+    scalars: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    title: str = "",
+) -> np.ndarray:
+    """Draw loss and accuracy against training step, side by side.
+
+    Args:
+        steps: per-row columns as returned by ``StoreReader.steps()``: ``global_step``, ``epoch``,
+            ``batch_loss``, ``batch_acc``.
+        scalars: ``{"train/loss": (steps, values), "val/loss": ..., "train/acc": ..., "val/acc": ...}``;
+            missing or empty series are left out.
+        title: a line above both panels, e.g. the run id.
+
+    Returns:
+        A new ``(H, W, 3)`` uint8 RGB image.
+    """
+    s = _SUPERSAMPLE
+    title_height = 30  # also holds the legend
+    width, height = 2 * _PANEL_SIZE[0], _PANEL_SIZE[1] + title_height
+    image = Image.new("RGB", (width * s, height * s), _BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    if title:
+        draw.text((16 * s, 10 * s), title, font=_font(15), fill=_TEXT)
+    global_step = np.asarray(steps.get("global_step", np.zeros(0)), dtype=np.int64)
+    epochs = np.asarray(steps.get("epoch", np.zeros(0)), dtype=np.int64)
+    changes = np.flatnonzero(np.diff(epochs)) + 1 if epochs.size else np.zeros(0, np.int64)
+    # Epoch lines help only while they are few enough to read.
+    epoch_starts = [(int(epochs[i]), int(global_step[i])) for i in changes] if len(changes) <= 12 else []
+    window = max(5, len(global_step) // 25) | 1  # odd, so the window is centred on its point
+    shown: dict[str, Series] = {}
+    for column, (kind, name, percent) in enumerate((("loss", "Loss", False), ("acc", "Accuracy", True))):
+        batch = np.asarray(steps.get(f"batch_{kind}", np.zeros(0)), dtype=np.float64)
+        series = [
+            Series("train batch", global_step, batch, _BATCH_RAW, width=1.0),
+            Series("train batch (smoothed)", global_step, smooth(batch, window), _BATCH_SMOOTH, width=2.0),
+        ]
+        for prefix, label, color in (("train", "train (logged)", _TRAIN_EPOCH), ("val", "validation", _VALIDATION)):
+            x, y = scalars.get(f"{prefix}/{kind}", (np.zeros(0), np.zeros(0)))
+            series.append(Series(label, np.asarray(x), np.asarray(y), color, width=1.5, markers=True))
+        visible = _draw_panel(
+            draw,
+            (column * _PANEL_SIZE[0] * s, title_height * s),
+            name,
+            series,
+            percent=percent,
+            epoch_starts=epoch_starts,
+        )
+        shown.update((item.label, item) for item in visible)
+    if shown:
+        _draw_legend(draw, (width - 18) * s, 20 * s, list(shown.values()))
+    return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS))

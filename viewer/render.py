@@ -1,0 +1,160 @@
+"""``actrec render``: per layer an animation and a contact sheet, per run a training-curves PNG.
+
+Every file is written under a temporary name and moved into place when complete, so a failed
+render never leaves a half-written file where a previous good one was; nothing is written before
+the store, layers, range and output folder have all been checked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from actrec.store import StoreReader
+from actrec.viewer import writers
+from actrec.viewer._pipeline import LayerJob, atomic_path, make_plan, nearest_rows, prepare_out_dir, run_jobs
+from actrec.viewer.curves import training_curves
+from actrec.viewer.errors import ViewerError
+from actrec.viewer.frames import TILE_SIZE
+
+RENDERS_DIRNAME = "renders"
+VIDEO_FORMATS = ("gif", "mp4")
+_SHEET_PANELS = 6
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    """What a render produced.
+
+    Args:
+        out_dir: the folder the files were written to.
+        files: every file written, in order.
+        global_steps: the training step of each animation frame (every layer has these frames).
+        layers: the layers rendered.
+        sheet_steps: the training steps shown on the contact sheets.
+    """
+
+    out_dir: Path
+    files: tuple[Path, ...]
+    global_steps: np.ndarray
+    layers: tuple[str, ...]
+    sheet_steps: tuple[int, ...]
+
+
+def parse_step_range(text: str) -> tuple[int | None, int | None]:
+    """Parse ``"START:STOP"`` (either side may be empty) into training steps, STOP exclusive.
+
+    Raises:
+        ViewerError: the text is not of that form, or STOP is not after START.
+    """
+    match = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", text)
+    if match is None:
+        raise ViewerError(f"--steps takes START:STOP in training steps (either may be empty), got {text!r}.")
+    start = int(match[1]) if match[1] else None
+    stop = int(match[2]) if match[2] else None
+    if start is not None and stop is not None and stop <= start:
+        raise ViewerError(f"--steps {text} is empty: STOP must be greater than START.")
+    return start, stop
+
+
+def default_sheet_steps(global_steps: np.ndarray, panels: int = _SHEET_PANELS) -> list[int]:
+    """The first step, log-spaced steps in between, and the last step (at most ``panels``, no repeats)."""
+    first, last = int(global_steps[0]), int(global_steps[-1])
+    wanted = [first, *np.geomspace(max(first, 1), max(last, 1), panels - 1).tolist()]
+    rows = nearest_rows(global_steps, wanted)
+    return [int(global_steps[row]) for row in dict.fromkeys(rows.tolist())]
+
+
+def render_run(
+    run: str | os.PathLike,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    layers: Sequence[str] | None = None,
+    start: int | None = None,
+    stop: int | None = None,
+    stride: int = 1,
+    fps: float = 10.0,
+    tile_size: int = TILE_SIZE,
+    video_format: str = "gif",
+    sheet_steps: Sequence[int] | None = None,
+    jobs: int | None = 1,
+    progress: bool | None = None,
+) -> RenderResult:
+    """Render every chosen layer's animation and contact sheet, and the run's training curves.
+
+    A store that is still being written renders the rows flushed when this starts.
+
+    Args:
+        run: a run folder or its ``activations.h5``.
+        out_dir: where to write; default ``renders/`` beside the store. Files there with the same
+            names (``<layer>.gif``, ``<layer>.sheet.png``, ``curves.png``) are replaced.
+        layers: layer names to render; all recorded layers when ``None``.
+        start: first training step to render.
+        stop: training step to stop before.
+        stride: render every ``stride``-th recorded step of the range.
+        fps: animation frames per second.
+        tile_size: pixels of a tile's longer side.
+        video_format: ``"gif"`` (exact colours) or ``"mp4"`` (needs ``imageio-ffmpeg``).
+        sheet_steps: training steps for the contact sheets (nearest recorded step each); default
+            the first, a few log-spaced and the last of the rendered steps.
+        jobs: worker processes, each rendering one layer at a time; 1 renders in this process;
+            ``None`` picks one per CPU (up to one per layer) for large renders. Workers are started
+            with ``spawn``, so a script that passes ``jobs != 1`` needs the usual
+            ``if __name__ == "__main__":`` guard (the ``actrec`` command has it).
+        progress: show a progress bar; ``None`` shows one only on a terminal.
+
+    Returns:
+        What was written, and which steps.
+
+    Raises:
+        StoreError: the store is missing, damaged, foreign or too new.
+        ViewerError: the store has no steps, a layer is unknown, the range holds no step, an option is
+            out of range, MP4 support is missing, or the output folder is not writable.
+    """
+    if video_format not in VIDEO_FORMATS:
+        raise ViewerError(f"--format must be one of {', '.join(VIDEO_FORMATS)}, got {video_format!r}.")
+    if video_format == "mp4":
+        writers.Mp4Writer.check_available()
+    writers.check_fps(fps)
+    with StoreReader(run) as store:
+        plan = make_plan(store, layers, start, stop, stride, tile_size, jobs)
+        shown = list(sheet_steps) if sheet_steps else default_sheet_steps(plan.global_steps[plan.rows])
+        sheet_rows = plan.rows[nearest_rows(plan.global_steps[plan.rows], shown)]
+        sheet_rows = np.asarray(list(dict.fromkeys(sheet_rows.tolist())), dtype=np.int64)
+        out = prepare_out_dir(Path(out_dir) if out_dir is not None else store.path.parent / RENDERS_DIRNAME)
+        job_list = [
+            LayerJob(
+                store_path=store.path,
+                layer=name,
+                num_rows=plan.num_rows,
+                rows=plan.rows,
+                tile_size=tile_size,
+                kind="render",
+                out_dir=out,
+                video_format=video_format,
+                fps=fps,
+                sheet_rows=sheet_rows,
+            )
+            for name in plan.layers
+        ]
+        results = run_jobs(job_list, plan.jobs, progress, "rendering", store)
+        files = [path for result in results for path in result]
+        curves = out / "curves.png"
+        with atomic_path(curves) as partial:
+            steps = {key: value[: plan.num_rows] for key, value in store.steps().items()}
+            scalars = {key: store.scalars(key) for key in ("train/loss", "train/acc", "val/loss", "val/acc")}
+            title = f"{store.run_id} · {plan.num_rows} recorded steps"
+            writers.write_png(training_curves(steps, scalars, title=title), partial)
+        files.append(curves)
+    return RenderResult(
+        out_dir=out,
+        files=tuple(files),
+        global_steps=plan.global_steps[plan.rows],
+        layers=tuple(plan.layers),
+        sheet_steps=tuple(int(step) for step in plan.global_steps[sheet_rows]),
+    )

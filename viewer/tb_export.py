@@ -1,0 +1,172 @@
+"""Export a run's activation frames to TensorBoard image summaries, and the command to browse them.
+
+The export goes to its own folder inside the run folder, ``<run>/activations/``, which TensorBoard
+shows as a run of its own beside the Lightning logger's (``version_0`` and
+``version_0/activations`` when TensorBoard is pointed at the parent folder). Owning a folder is
+what makes re-exporting safe: the new export is written to a staging folder and swapped in whole,
+so images are never duplicated and the run's own event files are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from actrec.store import StoreReader
+from actrec.viewer._pipeline import LayerJob, make_plan, run_jobs
+from actrec.viewer.errors import ViewerError
+from actrec.viewer.frames import TILE_SIZE
+
+EXPORT_DIRNAME = "activations"
+_MARKER = ".actrec-tensorboard-export"  # proves a folder is an export we may replace
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote.
+
+    Args:
+        log_dir: the folder to point TensorBoard at (the run folder).
+        export_dir: the folder holding the exported event files.
+        tags: one ``activations/<layer>`` tag per layer.
+        global_steps: the training steps exported under every tag.
+        samples_per_plugin: the ``images=N`` value that lets TensorBoard show every exported step.
+    """
+
+    log_dir: Path
+    export_dir: Path
+    tags: tuple[str, ...]
+    global_steps: np.ndarray
+    samples_per_plugin: int
+
+
+def images_to_keep(num_images: int) -> int:
+    """The ``--samples_per_plugin images=N`` value that shows ``num_images`` images per tag.
+
+    TensorBoard keeps 10 images per tag unless told otherwise. Its help text once said ``images=0``
+    keeps all, but 0 shows none: the images plugin passes the value on as the number of samples to
+    return, and ``tensorboard/backend/event_processing/data_provider.py:_downsample`` returns an empty
+    list for ``k == 0`` (tensorflow/tensorboard#5550, "`--samples_per_plugin "images=0"` is
+    documented to show all images, but shows no images at all", open; the flag's help in
+    TensorBoard 2.21 no longer mentions 0). So we ask for an explicit count, never 0.
+    """
+    return max(1, int(num_images))
+
+
+def tensorboard_command(log_dir: Path, samples: int, extra_args: Sequence[str] = ()) -> list[str]:
+    """The command that starts TensorBoard on ``log_dir`` keeping ``samples`` images per tag.
+
+    Prefers the ``tensorboard`` script installed beside this Python, so the command uses the
+    TensorBoard of actrec's environment even when another one comes first on ``PATH``.
+    """
+    script = Path(sys.executable).with_name("tensorboard")
+    if script.exists():
+        program = [str(script)]
+    elif shutil.which("tensorboard"):
+        program = ["tensorboard"]
+    else:
+        program = [sys.executable, "-m", "tensorboard.main"]
+    return [*program, "--logdir", str(log_dir), "--samples_per_plugin", f"images={samples}", *extra_args]
+
+
+def format_command(command: Sequence[str]) -> str:
+    """``command`` as one line a POSIX shell runs as is."""
+    return shlex.join(command)
+
+
+def export_tensorboard(
+    run: str | os.PathLike,
+    *,
+    layers: Sequence[str] | None = None,
+    start: int | None = None,
+    stop: int | None = None,
+    stride: int = 1,
+    tile_size: int = TILE_SIZE,
+    jobs: int | None = 1,
+    progress: bool | None = None,
+) -> ExportResult:
+    """Write every chosen step of every chosen layer as an image summary under ``activations/<layer>``.
+
+    The frames are the ones ``actrec render`` animates. A previous export in ``<run>/activations/``
+    is replaced as a whole once the new one is complete.
+
+    Args:
+        run: a run folder or its ``activations.h5``; the export goes beside the store.
+        layers: layer names to export; all recorded layers when ``None``.
+        start: first training step to export.
+        stop: training step to stop before.
+        stride: export every ``stride``-th recorded step of the range.
+        tile_size: pixels of a tile's longer side.
+        jobs: worker processes, as for :func:`~actrec.viewer.render.render_run`.
+        progress: show a progress bar; ``None`` shows one only on a terminal.
+
+    Returns:
+        Where the export went, its tags and steps, and the ``samples_per_plugin`` value to use.
+
+    Raises:
+        StoreError: the store is missing, damaged, foreign or too new.
+        ViewerError: the store has no steps, a layer is unknown, the range holds no step, the run
+            folder is not writable, or ``<run>/activations`` exists and is not an actrec export.
+    """
+    with StoreReader(run) as store:
+        plan = make_plan(store, layers, start, stop, stride, tile_size, jobs)
+        log_dir = store.path.parent
+        final = log_dir / EXPORT_DIRNAME
+        if final.exists() and not (final / _MARKER).is_file():
+            raise ViewerError(f"{final} exists and was not written by actrec tensorboard; move it away to export here.")
+        staging = log_dir / f".{EXPORT_DIRNAME}.partial-{os.getpid()}"
+        try:
+            staging.mkdir()
+        except OSError as error:
+            reason = (error.strerror or str(error)).lower()
+            raise ViewerError(f"cannot write the TensorBoard export into {log_dir}: {reason}.") from None
+        try:
+            job_list = [
+                LayerJob(
+                    store_path=store.path,
+                    layer=name,
+                    num_rows=plan.num_rows,
+                    rows=plan.rows,
+                    tile_size=tile_size,
+                    kind="tensorboard",
+                    out_dir=staging,
+                )
+                for name in plan.layers
+            ]
+            run_jobs(job_list, plan.jobs, progress, "exporting", store)
+            marker = {"run_id": store.run_id, "layers": plan.layers, "steps": len(plan.rows)}
+            (staging / _MARKER).write_text(json.dumps(marker) + "\n")
+            _swap_in(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(
+        log_dir=log_dir,
+        export_dir=final,
+        tags=tuple(f"activations/{name}" for name in plan.layers),
+        global_steps=plan.global_steps[plan.rows],
+        # Every recorded step, not only the exported ones: the run's own image tags (the recorder's
+        # optional TensorBoard images) share the limit and may hold up to one image per step.
+        samples_per_plugin=images_to_keep(max(len(plan.rows), plan.num_rows)),
+    )
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Replace ``final`` (if any) with ``staging``; the old export is deleted only once the new one is in."""
+    retired = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, retired)
+    try:
+        os.replace(staging, final)
+    except BaseException:
+        if retired.exists():
+            os.replace(retired, final)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
