@@ -4,7 +4,7 @@ A: ``actrec train --config configs/fashion.yaml`` itself (``train_main``, logger
 all), stopped after ``--warmup + --steps`` steps; its per-step times are the wall times TensorBoard recorded with
 each step's ``train/loss``. B: the same model, data module, batch, Adam and cross-entropy in a bare loop. A and B
 alternate (A, B, A, B, ...) in one process, so both see the same machine state; the table reports each run's
-seconds per step after warmup, their medians and the ratio A / B.
+median seconds per step after warmup, the medians over runs and their ratio A / B.
 
     python bench/bench_train.py --steps 40 --repeats 5
 
@@ -14,6 +14,7 @@ The measured steps stay inside the first epoch (58 steps at batch 1024), so neit
 from __future__ import annotations
 
 import argparse
+import itertools
 import shlex
 import statistics
 import sys
@@ -47,9 +48,13 @@ def _parse_args() -> argparse.Namespace:
 
 
 def _seconds_per_step(step_end_times: list[float], warmup: int) -> float:
-    """Mean step time after warmup, from the times at which consecutive steps finished."""
+    """Median step time after warmup, from the times at which consecutive steps finished.
+
+    The median of single steps, rather than the mean over the run, shrugs off the bursts in which other
+    processes take the CPU away.
+    """
     timed = step_end_times[warmup - 1 :]  # the first timed step starts when the last warmup step ends
-    return (timed[-1] - timed[0]) / (len(timed) - 1)
+    return statistics.median(end - start for start, end in itertools.pairwise(timed))
 
 
 def _lightning_run(config: Path, runs_dir: Path, total_steps: int) -> list[float]:

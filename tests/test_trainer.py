@@ -333,13 +333,15 @@ def test_flags_override_the_config(tmp_path: Path) -> None:
     assert Path(cli.trainer.logger.log_dir) == tmp_path / "faster" / "version_0"
 
 
-def test_missing_config_file_and_checkpoint_are_one_sentence_errors(
+def test_missing_config_file_checkpoint_and_bad_values_are_one_sentence_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert train_main(["--config", str(tmp_path / "nope.yaml")]) == 2
     assert capsys.readouterr().err == f"actrec train: config file {tmp_path / 'nope.yaml'} does not exist.\n"
     assert train_main(["--runs_dir", str(tmp_path), "--ckpt_path", str(tmp_path / "gone.ckpt")]) == 1
     assert capsys.readouterr().err == f"actrec train: --ckpt_path {tmp_path / 'gone.ckpt'} is not a file.\n"
+    assert train_main(["--runs_dir", str(tmp_path), "--model.lr", "-0.5"]) == 1
+    assert capsys.readouterr().err == "actrec train: lr must be positive, got -0.5.\n"
 
 
 def _actrec_command() -> list[str]:

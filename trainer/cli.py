@@ -13,6 +13,7 @@ version folder.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,13 @@ class TrainCLI(LightningCLI):
             raise _UsageError(f"--ckpt_path {ckpt_path} is not a file.")
 
     @override
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # the model's and data module's own argument checks, e.g. a negative lr
+            raise _UsageError(str(error)) from error
+
+    @override
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer_config: Namespace = self.config_init.trainer
         if trainer_config.get("logger") in (None, True):
@@ -142,8 +150,12 @@ def train_main(argv: list[str]) -> int:
         print(f"actrec train: config file {missing} does not exist.", file=sys.stderr)
         return 2
     try:
-        cli = TrainCLI(args=argv)
-        cli.fit_and_test()
+        with warnings.catch_warnings():
+            # pytorch_lightning 2.6 still builds the pytree LeafSpec that torch 2.14 deprecates; nothing a user can
+            # act on, so it is kept out of every run's output.
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
+            cli = TrainCLI(args=argv)
+            cli.fit_and_test()
     except SystemExit as exit_request:  # --help, --print_config and jsonargparse's usage errors
         code = exit_request.code
         return code if isinstance(code, int) else (0 if code is None else 1)

@@ -10,6 +10,7 @@ import gzip
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 from urllib.error import URLError
 
 import numpy as np
@@ -23,13 +24,16 @@ from typing_extensions import override
 __all__ = [
     "DATASET_NAMES",
     "DEBIAN_FASHION_MNIST_DIR",
+    "DatasetName",
     "DatasetUnavailableError",
     "ImageDataModule",
     "InMemoryImageDataset",
 ]
 
+#: A dataset name; as a type annotation it makes the CLI offer and check the choices.
+DatasetName = Literal["mnist-sample", "mnist", "fashion-mnist"]
 #: Names accepted by :class:`ImageDataModule`.
-DATASET_NAMES: tuple[str, ...] = ("mnist-sample", "mnist", "fashion-mnist")
+DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
 #: Where the Debian package ``dataset-fashion-mnist`` installs the Fashion-MNIST IDX files.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -146,7 +150,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        dataset: str = "mnist-sample",
+        dataset: DatasetName = "mnist-sample",
         data_dir: str = "data",
         batch_size: int = 64,
         num_workers: int = 0,

@@ -8,15 +8,20 @@ output is the post-activation map (the conv and its nonlinearity live in one blo
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Literal, get_args
 
 from torch import nn
 
-__all__ = ["INIT_NAMES", "MODEL_NAMES", "LeNet", "MLP", "SixConvTanh", "build_model"]
+__all__ = ["INIT_NAMES", "MODEL_NAMES", "InitName", "LeNet", "MLP", "ModelName", "SixConvTanh", "build_model"]
 
+#: A zoo model name; as a type annotation it makes the CLI offer and check the choices.
+ModelName = Literal["six_conv_tanh", "lenet", "mlp"]
+#: A weight initialisation name.
+InitName = Literal["default", "article"]
 #: Names accepted by :func:`build_model`.
-MODEL_NAMES: tuple[str, ...] = ("six_conv_tanh", "lenet", "mlp")
+MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 #: Weight initialisations accepted by :func:`build_model`.
-INIT_NAMES: tuple[str, ...] = ("default", "article")
+INIT_NAMES: tuple[str, ...] = get_args(InitName)
 
 _NUM_CLASSES = 10
 _ARTICLE_WEIGHT_STD = 0.01
@@ -96,7 +101,7 @@ def _init_article(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def build_model(name: str, init: str = "default") -> nn.Module:
+def build_model(name: ModelName, init: InitName = "default") -> nn.Module:
     """Build a model from the zoo.
 
     Args:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from typing_extensions import override
 
-from actrec.trainer.models import build_model
+from actrec.trainer.models import InitName, ModelName, build_model
 
 __all__ = ["ImageClassifier"]
 
@@ -21,7 +21,7 @@ class ImageClassifier(pl.LightningModule):
     both in ``on_train_batch_end``.
 
     Args:
-        model: Zoo model name, one of :data:`actrec.trainer.MODEL_NAMES`.
+        model: Zoo model: ``six_conv_tanh`` (the article's network), ``lenet`` or ``mlp``.
         init: Weight initialisation, ``"default"`` (PyTorch's) or ``"article"`` (normal(0, 0.01), zero biases).
         lr: Adam learning rate.
 
@@ -29,7 +29,7 @@ class ImageClassifier(pl.LightningModule):
         ValueError: If ``model`` or ``init`` is unknown, or ``lr`` is not positive.
     """
 
-    def __init__(self, model: str = "six_conv_tanh", init: str = "default", lr: float = 1e-3) -> None:
+    def __init__(self, model: ModelName = "six_conv_tanh", init: InitName = "default", lr: float = 1e-3) -> None:
         super().__init__()
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}.")
