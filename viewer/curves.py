@@ -71,8 +71,12 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     Centred rather than exponential, so the smoothed line does not lag behind the raw one.
     """
     values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return values.copy()
     valid = np.isfinite(values)
-    kernel = np.ones(max(1, window))
+    # No wider than the data ("same" convolution returns the longer of the two), and odd, so centred.
+    window = max(1, min(window, values.size))
+    kernel = np.ones(window if window % 2 else window - 1 or 1)
     totals = np.convolve(np.where(valid, values, 0.0), kernel, mode="same")
     counts = np.convolve(valid.astype(np.float64), kernel, mode="same")
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -1,0 +1,259 @@
+"""Pure drawing: the palette, the colour map, frames, contact sheets and curves, as arrays."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from viewer_fixtures import CLASS_NAMES, exact_activations, predictions_at, probe_set
+
+from actrec.viewer import (
+    NEGATIVE_RGB,
+    PALETTE,
+    POSITIVE_RGB,
+    ZERO_INDEX,
+    ZERO_RGB,
+    FrameLayout,
+    activation_frame,
+    colors,
+    diverging_indices,
+    frame_title,
+    grey_indices,
+    to_rgb,
+    training_curves,
+)
+
+
+def test_palette_has_256_distinct_colours_with_exact_white_zero() -> None:
+    assert PALETTE.shape == (256, 3)
+    assert PALETTE.dtype == np.uint8
+    assert len({tuple(colour) for colour in PALETTE.tolist()}) == 256
+    assert tuple(PALETTE[ZERO_INDEX]) == ZERO_RGB == (255, 255, 255)
+    assert tuple(PALETTE[colors.NEGATIVE_INDEX]) == NEGATIVE_RGB == (178, 24, 43)
+    assert tuple(PALETTE[colors.POSITIVE_INDEX]) == POSITIVE_RGB == (33, 102, 172)
+    with pytest.raises(ValueError, match="read-only"):
+        PALETTE[0] = 0
+
+
+def test_diverging_map_is_symmetric_white_at_zero_and_clipped() -> None:
+    values = np.array([-3.0, -2.0, -1.0, -1e-6, 0.0, 1e-6, 1.0, 2.0, 3.0, np.nan], dtype=np.float16)
+    indices = diverging_indices(values, 2.0)
+    assert indices.dtype == np.uint8
+    # +-scale/2 is 15.5 levels from white (31 levels each side); rint rounds both halves away to 16.
+    assert indices.tolist() == [
+        colors.NEGATIVE_INDEX,
+        colors.NEGATIVE_INDEX,
+        ZERO_INDEX - 16,
+        ZERO_INDEX,
+        ZERO_INDEX,
+        ZERO_INDEX,
+        ZERO_INDEX + 16,
+        colors.POSITIVE_INDEX,
+        colors.POSITIVE_INDEX,
+        colors.NAN_INDEX,
+    ]
+    # Colours get monotonically more saturated away from zero: red half loses green, blue half loses red.
+    ramp = to_rgb(diverging_indices(np.linspace(-1, 1, 63), 1.0)).astype(int)
+    assert (np.diff(ramp[:32, 1]) >= 0).all()
+    assert (np.diff(ramp[31:, 0]) <= 0).all()
+
+
+def test_diverging_map_rejects_a_useless_scale() -> None:
+    with pytest.raises(ValueError, match="scale must be a positive finite number, got 0"):
+        diverging_indices(np.zeros(3), 0.0)
+
+
+def test_grey_map_spans_black_to_white() -> None:
+    indices = grey_indices(np.array([-1.0, 0.0, 1.0, 2.0]), 0.0, 1.0)
+    assert to_rgb(indices).tolist() == [[0, 0, 0], [0, 0, 0], [255, 255, 255], [255, 255, 255]]
+
+
+def _layout(**overrides: object) -> FrameLayout:
+    options: dict = {
+        "num_probes": 3,
+        "scale": 1.0,
+        "probe_images": probe_set().images,
+        "labels": np.arange(3),
+        "class_names": CLASS_NAMES,
+        "tile_size": 32,
+        "longest_title": frame_title("net.conv1", 999, 9),
+    }
+    options.update(overrides)
+    return FrameLayout((3, 8, 8), **options)
+
+
+def _tile(frame: np.ndarray, layout: FrameLayout, channel: int, probe: int) -> np.ndarray:
+    left, top, right, bottom = layout.tile_box(channel, probe)
+    return frame[top:bottom, left:right]
+
+
+def test_frame_tiles_show_exact_colours_upscaled() -> None:
+    layout = _layout()
+    activations = exact_activations(step=3)["net.conv1"]
+    frame = layout.frame(activations, title="t", predictions=predictions_at(3))
+    assert frame.dtype == np.uint8
+    assert frame.shape == (layout.height, layout.width)
+    for probe in range(2):
+        assert (_tile(frame, layout, 0, probe) == ZERO_INDEX).all()
+        assert (_tile(frame, layout, 1, probe) == colors.POSITIVE_INDEX).all()
+        assert (_tile(frame, layout, 2, probe) == colors.NEGATIVE_INDEX).all()
+    # 8x8 maps drawn at 32 px: each value is a 4x4 block (nearest neighbour, no smoothing).
+    ramp_tile = _tile(frame, layout, 0, 2)
+    assert ramp_tile.shape == (32, 32)
+    expected = np.repeat(np.repeat(diverging_indices(activations[2, 0], 1.0), 4, axis=0), 4, axis=1)
+    np.testing.assert_array_equal(ramp_tile, expected)
+    # Tiles are separated by the gutter colour, so a white tile still has visible edges.
+    left, top, right, _ = layout.tile_box(0, 0)
+    assert frame[top, left - 1] == colors.GUTTER_INDEX
+    assert frame[top, right] == colors.GUTTER_INDEX
+
+
+def test_frame_does_not_mutate_its_inputs() -> None:
+    activations = exact_activations(step=1)["net.conv1"]
+    predictions = predictions_at(1)
+    before = activations.copy(), predictions.copy()
+    layout = _layout()
+    first = layout.frame(activations, title="a", predictions=predictions)
+    first_copy = first.copy()
+    layout.frame(activations * 0, title="b", predictions=predictions)
+    np.testing.assert_array_equal(activations, before[0])
+    np.testing.assert_array_equal(predictions, before[1])
+    np.testing.assert_array_equal(first, first_copy)  # later frames do not draw into earlier ones
+
+
+def test_title_is_burned_in_and_only_the_title_changes_with_it() -> None:
+    layout = _layout()
+    activations = exact_activations(step=0)["net.conv1"]
+    first = layout.frame(activations, title=frame_title("net.conv1", 10, 0), predictions=predictions_at(0))
+    second = layout.frame(activations, title=frame_title("net.conv1", 20, 1), predictions=predictions_at(0))
+    rows, cols = np.nonzero(first != second)
+    left, top, right, bottom = layout.title_box
+    assert rows.size > 0
+    assert rows.min() >= top
+    assert rows.max() < bottom
+    assert cols.min() >= left
+    assert cols.max() < right
+    title_pixels = first[top:bottom, left:right]
+    assert (title_pixels == colors.TEXT_INDEX).sum() > 20  # solid ink, not just anti-aliasing
+
+
+def test_predictions_are_marked_right_in_green_and_wrong_in_red() -> None:
+    layout = _layout()
+    activations = exact_activations(step=0)["net.conv1"]
+    right_ink = set(range(colors.RIGHT_START, colors.RIGHT_START + colors.INK_LEVELS))
+    wrong_ink = set(range(colors.WRONG_START, colors.WRONG_START + colors.INK_LEVELS))
+
+    def inks(step: int, probe: int) -> set[int]:
+        frame = layout.frame(activations, title="t", predictions=predictions_at(step))
+        left, top, right, bottom = layout.prediction_box(probe)
+        return set(np.unique(frame[top:bottom, left:right]).tolist())
+
+    assert inks(0, 0) & right_ink
+    assert not inks(0, 0) & wrong_ink
+    assert inks(0, 1) & right_ink
+    assert not inks(0, 1) & wrong_ink
+    assert inks(1, 1) & wrong_ink
+    assert not inks(1, 1) & right_ink
+    assert inks(0, 2) & wrong_ink
+    assert not inks(0, 2) & right_ink
+
+
+def test_frame_rejects_activations_of_another_shape() -> None:
+    with pytest.raises(ValueError, match=r"activations have shape \(3, 2, 8, 8\), expected \(3, 3, 8, 8\)"):
+        _layout().frame(np.zeros((3, 2, 8, 8)), title="t")
+
+
+@pytest.mark.parametrize(("shape", "tile"), [((4, 28, 28), 56), ((8, 14, 14), 56), ((16, 7, 7), 56), ((5,), 20)])
+def test_every_layer_shape_renders_at_the_tile_size(shape: tuple[int, ...], tile: int) -> None:
+    layout = FrameLayout(shape, num_probes=2, scale=1.0, tile_size=tile)
+    frame = layout.frame(np.zeros((2, *shape)), title="t")
+    left, top, right, bottom = layout.tile_box(0, 1)
+    assert max(right - left, bottom - top) == tile
+    assert (frame[top:bottom, left:right] == ZERO_INDEX).all() or len(shape) == 1
+
+
+def test_activation_frame_is_rgb_with_exact_colours() -> None:
+    activations = exact_activations(step=0)["net.conv1"]
+    rgb = activation_frame(
+        activations,
+        scale=1.0,
+        title=frame_title("net.conv1", 0, 0),
+        probe_images=probe_set().images,
+        labels=np.arange(3),
+        predictions=predictions_at(0),
+        class_names=CLASS_NAMES,
+        tile_size=32,
+    )
+    layout = _layout()
+    assert rgb.dtype == np.uint8
+    assert rgb.shape[2] == 3
+    for channel, colour in enumerate((ZERO_RGB, POSITIVE_RGB, NEGATIVE_RGB)):
+        left, top, right, bottom = layout.tile_box(channel, 0)
+        assert (rgb[top:bottom, left:right] == colour).all()
+
+
+def _contains(image: np.ndarray, patch: np.ndarray) -> bool:
+    windows = np.lib.stride_tricks.sliding_window_view(image, patch.shape)
+    return bool((windows == patch).all(axis=(2, 3)).any())
+
+
+def test_sheet_puts_steps_side_by_side_under_one_header() -> None:
+    layout = _layout()
+    steps = [0, 1, 5]
+    activations = np.stack([exact_activations(step)["net.conv1"] for step in steps])
+    sheet = layout.sheet(
+        activations,
+        captions=[f"step {step}" for step in steps],
+        title="net.conv1",
+        predictions=np.stack([predictions_at(step) for step in steps]),
+    )
+    assert sheet.shape[0] < layout.height + 40  # one row of panels
+    # Blue pixels: channel 1 of every probe in each of the 3 panels, plus one colour bar for the sheet.
+    frame = layout.frame(activations[0], title="t")
+    blue_tiles = 3 * 32 * 32
+    colour_bar_blue = int((frame == colors.POSITIVE_INDEX).sum()) - blue_tiles
+    assert colour_bar_blue > 0
+    assert int((sheet == colors.POSITIVE_INDEX).sum()) == 3 * blue_tiles + colour_bar_blue
+    # And the step-dependent ramp of each panel: the three steps' ramp tiles all appear.
+    for step in steps:
+        ramp = np.repeat(np.repeat(diverging_indices(activations[steps.index(step), 2, 0], 1.0), 4, 0), 4, 1)
+        assert _contains(sheet, ramp), f"step {step}'s tile is missing from the sheet"
+    with pytest.raises(ValueError, match="one caption"):
+        layout.sheet(activations, captions=["only one"], title="t")
+
+
+def test_training_curves_draw_both_panels_and_skip_nan() -> None:
+    steps = {
+        "global_step": np.arange(50),
+        "epoch": np.arange(50) // 10,
+        "batch_loss": np.r_[np.nan, np.linspace(2, 0.2, 49)],
+        "batch_acc": np.r_[np.nan, np.linspace(0.1, 0.9, 49)],
+    }
+    scalars = {
+        "val/loss": (np.array([9, 49]), np.array([1.0, 0.4])),
+        "val/acc": (np.array([9, 49]), np.array([0.5, 0.8])),
+    }
+    image = training_curves(steps, scalars, title="run")
+    assert image.dtype == np.uint8
+    assert image.ndim == 3
+    assert image.shape[2] == 3
+    half = image.shape[1] // 2
+    smoothed_blue = np.all(np.abs(image.astype(int) - (33, 102, 172)) < 30, axis=2)
+    validation_orange = np.all(np.abs(image.astype(int) - (230, 97, 1)) < 30, axis=2)
+    assert smoothed_blue[:, :half].sum() > 100  # loss panel
+    assert smoothed_blue[:, half:].sum() > 100  # accuracy panel
+    assert validation_orange[:, :half].sum() > 20
+    assert validation_orange[:, half:].sum() > 20
+    empty = training_curves({"global_step": np.zeros(0, np.int64)}, {})
+    assert empty.shape == image.shape  # "no data" panels, same layout
+
+
+def test_importing_the_viewer_pulls_in_neither_lightning_nor_torch() -> None:
+    code = (
+        "import sys, actrec.viewer, actrec.viewer.cli, actrec.viewer.render, actrec.viewer.tb_export\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning', 'torch'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
