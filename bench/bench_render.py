@@ -1,0 +1,261 @@
+"""How fast ``actrec render`` draws a run, against the matplotlib approach of the source tutorials.
+
+A: build a synthetic store shaped like the article's run (295 recorded steps; six tanh conv layers
+of shapes (4,28,28), (4,28,28), (8,14,14), (8,14,14), (16,7,7), (16,7,7); 10 probes; smooth
+tanh activations that sharpen and drift as "training" goes on), then time ``render_run`` end to
+end (every layer's GIF and contact sheet, plus the curves PNG), with worker processes (the
+``actrec render`` default) and in one process. Target: at most 10 s on 2 CPU cores.
+
+B: per-frame time for a 10-probe x 8-channel grid (the (8,14,14) layer): ours (draw the frame, then
+encode it as PNG, or append it to a GIF) against the tutorials' matplotlib loop (a new figure, one
+``imshow`` per tile, ``savefig`` to PNG, close), alternating frame by frame in one process so both
+see the same machine. Target: ours at least 100x faster. Needs matplotlib, which is not an actrec
+dependency: without it that part is skipped, saying so.
+
+C: the size of each layer's GIF.
+
+    python bench/bench_render.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreReader, StoreWriter
+from actrec.viewer import FrameLayout, GifWriter, encode_png, frame_title, render_run
+
+ARTICLE_SHAPES = [(4, 28, 28), (4, 28, 28), (8, 14, 14), (8, 14, 14), (16, 7, 7), (16, 7, 7)]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+_TARGET_SECONDS = 10.0
+_TARGET_RATIO = 100.0
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=295, help="recorded steps in the synthetic store")
+    parser.add_argument("--repeats", type=int, default=2, help="timed renders per setting (best is reported)")
+    parser.add_argument("--mpl-frames", type=int, default=5, help="frames drawn by each side in part B")
+    parser.add_argument("--keep", type=Path, help="also copy the renders here, to look at them")
+    args = parser.parse_args()
+    if args.steps < 2 or args.repeats < 1 or args.mpl_frames < 1:
+        parser.error("--steps must be at least 2, --repeats and --mpl-frames at least 1.")
+    return args
+
+
+def _smooth_fields(rng: np.random.Generator, shape: tuple[int, ...], width: float) -> np.ndarray:
+    """Unit-variance random fields, smoothed over ``width`` pixels (Gaussian low-pass by FFT)."""
+    noise = rng.normal(size=shape)
+    height, breadth = shape[-2:]
+    frequency_y, frequency_x = np.fft.fftfreq(height)[:, None], np.fft.fftfreq(breadth)[None, :]
+    kernel = np.exp(-2 * (np.pi * width) ** 2 * (frequency_y**2 + frequency_x**2))
+    fields = np.real(np.fft.ifft2(np.fft.fft2(noise) * kernel))
+    return fields / fields.std(axis=(-2, -1), keepdims=True)
+
+
+def build_article_store(path: Path, steps: int, seed: int = 0) -> None:
+    """A store shaped like the article's run, with tanh-like activations that evolve over training."""
+    rng = np.random.default_rng(seed)
+    num_probes = len(FASHION_CLASSES)
+    rows, cols = np.mgrid[0:28, 0:28]
+    blobs = [np.exp(-(((rows - 14) / (3 + p % 4)) ** 2) - ((cols - 14) / (5 + p % 3)) ** 2) for p in range(num_probes)]
+    images = (np.stack(blobs)[:, None] * 2.8 - 0.42).astype(np.float32)  # about MNIST-normalised range
+    probes = ProbeSet(images, np.arange(num_probes), np.arange(num_probes) * 1000, FASHION_CLASSES)
+    names = [f"net.conv{index + 1}" for index in range(len(ARTICLE_SHAPES))]
+    layers = [LayerSpec(name, shape, "Sequential", "tanh") for name, shape in zip(names, ARTICLE_SHAPES, strict=True)]
+    start = [_smooth_fields(rng, (num_probes, *shape), shape[1] / 10) for shape in ARTICLE_SHAPES]
+    learned = [_smooth_fields(rng, (num_probes, *shape), shape[1] / 10) for shape in ARTICLE_SHAPES]
+    steps_per_epoch = 59  # 60,000 images at batch 1024
+    with StoreWriter.create(
+        path, run_id="bench-article", config={"synthetic": True}, probes=probes, layers=layers,
+        num_classes=10, background=False, flush_every=64,
+    ) as writer:  # fmt: skip
+        for step in range(steps):
+            progress = 1 - np.exp(-step / 70)  # fast early change, slow late change, as in training
+            gain = 0.4 + 2.0 * progress
+            activations = {}
+            for name, first, target in zip(names, start, learned, strict=True):
+                jitter = 0.08 * (1 - progress) * rng.normal(size=first.shape)  # SGD noise, fading
+                activations[name] = np.tanh(gain * ((1 - progress) * first + progress * target + jitter))
+            logits = rng.normal(size=(num_probes, 10)).astype(np.float32)
+            logits[np.arange(num_probes), np.arange(num_probes)] += 4 * progress
+            writer.append(
+                StepRecord(
+                    global_step=step,
+                    epoch=step // steps_per_epoch,
+                    batch_loss=float("nan") if step == 0 else float(0.35 + 2.0 * (1 - progress) + rng.normal(0, 0.05)),
+                    batch_acc=float("nan") if step == 0 else float(0.9 * progress + rng.normal(0, 0.02)),
+                    logits=logits,
+                    activations={name: value.astype(np.float16) for name, value in activations.items()},
+                    wall_time=1.7e9 + step,
+                )
+            )
+            if step and step % steps_per_epoch == 0:
+                writer.append_scalar("val/loss", step, float(0.4 + 1.5 * (1 - progress)))
+                writer.append_scalar("val/acc", step, float(0.88 * progress))
+
+
+def _time_renders(run: Path, out: Path, jobs: int, repeats: int) -> tuple[float, list[Path]]:
+    best, files = float("inf"), []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = render_run(run, out_dir=out, jobs=jobs, progress=False)
+        best = min(best, time.perf_counter() - started)
+        files = list(result.files)
+    return best, files
+
+
+def _matplotlib_frame(activations: np.ndarray, plt: object) -> bytes:
+    """The source tutorials' way: a new figure, one imshow per tile, savefig, close."""
+    channels, probes = activations.shape[1], activations.shape[0]
+    figure, axes = plt.subplots(channels, probes, figsize=(probes, channels))
+    for channel in range(channels):
+        for probe in range(probes):
+            axes[channel, probe].imshow(activations[probe, channel], cmap="bwr", vmin=-1, vmax=1)
+            axes[channel, probe].axis("off")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _compare_per_frame(run: Path, frames: int) -> dict[str, float] | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    with StoreReader(run) as store:
+        store.refresh()
+        layer = "net.conv3"  # 8 channels x 10 probes
+        activations = store.activations(layer, slice(0, frames))
+        probes = store.probes
+        predictions = store.logits(slice(0, frames)).argmax(axis=-1)
+    layout = FrameLayout(
+        activations.shape[2:], num_probes=activations.shape[1], scale=1.0, probe_images=probes.images,
+        labels=probes.labels, class_names=probes.class_names, longest_title=frame_title(layer, 999, 9),
+    )  # fmt: skip
+    gif = GifWriter(io.BytesIO())
+    _matplotlib_frame(activations[0], plt)  # warm up fonts and caches on both sides
+    encode_png(layout.frame(activations[0], title="warm-up"))
+    ours_png, ours_gif, theirs = [], [], []
+    inner = 20  # ours is too quick to time once
+    for index in range(frames):  # alternate: ours, matplotlib, ours, matplotlib, ...
+        title = frame_title(layer, index, 0)
+        started = time.perf_counter()
+        for _ in range(inner):
+            encode_png(layout.frame(activations[index], title=title, predictions=predictions[index]))
+        ours_png.append((time.perf_counter() - started) / inner)
+        started = time.perf_counter()
+        for _ in range(inner):
+            gif.append(layout.frame(activations[index], title=title, predictions=predictions[index]))
+        ours_gif.append((time.perf_counter() - started) / inner)
+        started = time.perf_counter()
+        _matplotlib_frame(activations[index], plt)
+        theirs.append(time.perf_counter() - started)
+    return {
+        "ours_png": statistics.median(ours_png),
+        "ours_gif": statistics.median(ours_gif),
+        "matplotlib": statistics.median(theirs),
+        "matplotlib_version": matplotlib.__version__,
+    }
+
+
+def main() -> None:
+    args = _parse_args()
+    print("$ " + shlex.join([Path(sys.executable).name, *sys.argv]))
+    print(f"CPUs available: {available_cpus()} (os.cpu_count {os.cpu_count()}); load average {os.getloadavg()[0]:.2f}")
+    with tempfile.TemporaryDirectory() as folder:
+        run = Path(folder) / "run"
+        run.mkdir()
+        started = time.perf_counter()
+        build_article_store(run / "activations.h5", args.steps)
+        print(
+            f"built a {args.steps}-step article-shaped store in {time.perf_counter() - started:.1f} s (not timed below)"
+        )
+
+        jobs_auto = min(len(ARTICLE_SHAPES), available_cpus())
+        parallel, files = _time_renders(run, run / "renders", jobs_auto, args.repeats)
+        serial, _ = _time_renders(run, run / "renders-serial", 1, args.repeats)
+        frames = args.steps * len(ARTICLE_SHAPES)
+        print()
+        print("A. render_run: 6 GIFs + 6 contact sheets + curves, end to end (best of", args.repeats, "runs)")
+        print(f"   {'setting':<28}{'seconds':>9}{'ms/frame':>10}   target <= {_TARGET_SECONDS:g} s")
+        verdict = "meets" if parallel <= _TARGET_SECONDS else "MISSES"
+        print(f"   {f'{jobs_auto} worker processes':<28}{parallel:>9.2f}{1000 * parallel / frames:>10.2f}   {verdict}")
+        print(f"   {'1 process':<28}{serial:>9.2f}{1000 * serial / frames:>10.2f}")
+
+        print()
+        comparison = _compare_per_frame(run, args.mpl_frames)
+        if comparison is None:
+            print("B. skipped: matplotlib is not installed (it is not an actrec dependency); pip install matplotlib")
+        else:
+            gif_ratio = comparison["matplotlib"] / comparison["ours_gif"]
+            png_ratio = comparison["matplotlib"] / comparison["ours_png"]
+            print(f"B. one 10-probe x 8-channel frame, median of {args.mpl_frames} alternating frames")
+            print(f"   {'method':<50}{'ms/frame':>10}{'matplotlib / this':>20}")
+            rows = [
+                ("ours: draw + append to GIF (what render does)", comparison["ours_gif"], f"{gif_ratio:.0f}x"),
+                ("ours: draw + encode PNG (zlib level 6)", comparison["ours_png"], f"{png_ratio:.0f}x"),
+                (
+                    f"matplotlib {comparison['matplotlib_version']}: imshow per tile + savefig",
+                    comparison["matplotlib"],
+                    "1x",
+                ),
+            ]
+            for label, seconds, ratio in rows:
+                print(f"   {label:<50}{1000 * seconds:>10.2f}{ratio:>20}")
+            verdict = "meets" if gif_ratio >= _TARGET_RATIO else "MISSES"
+            print(f"   per animation frame: {gif_ratio:.0f}x faster; target >= {_TARGET_RATIO:g}x: {verdict}")
+
+        print()
+        print("C. GIF size per layer")
+        print(f"   {'layer':<12}{'shape':<14}{'frame px':>12}{'MB':>8}{'KB/frame':>10}")
+        with StoreReader(run) as store:
+            for path in (file for file in files if file.suffix == ".gif"):
+                layer = path.stem
+                shape = store.layer(layer).sample_shape
+                with Image.open(path) as image:
+                    width, height = image.size
+                    frames_in_file = image.n_frames
+                size = path.stat().st_size
+                print(
+                    f"   {layer:<12}{'x'.join(map(str, shape)):<14}{f'{width}x{height}':>12}"
+                    f"{size / 1e6:>8.2f}{size / 1e3 / frames_in_file:>10.1f}"
+                )
+        if args.keep:
+            import shutil
+
+            shutil.copytree(run / "renders", args.keep, dirs_exist_ok=True)
+            print(f"\nrenders copied to {args.keep}")
+
+
+if __name__ == "__main__":  # render_run starts worker processes with spawn
+    main()
