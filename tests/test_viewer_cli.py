@@ -93,7 +93,7 @@ def test_missing_run_fails_in_one_sentence(tmp_path: Path, capsys: pytest.Captur
 def test_unknown_layer_lists_the_available_ones(rendered_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = _snapshot(rendered_run / "renders")
     capsys.readouterr()
-    assert render_main([str(rendered_run), "--layers", "net.conv1", "net.fc"]) == 1
+    assert render_main([str(rendered_run), "--layers", "net.conv1,net.fc"]) == 1
     sentence = _one_sentence(capsys.readouterr().err)
     assert sentence == "actrec render: unknown layer 'net.fc'; this store records: net.conv1, net.conv2."
     assert _snapshot(rendered_run / "renders") == before
@@ -135,7 +135,7 @@ def test_bad_options_fail_in_one_sentence(
 def test_render_prints_what_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_store(tmp_path / "run", range(4))
     assert (
-        render_main([str(tmp_path / "run"), "--layers", "net.conv2", "--tile-size", "8", "--out", str(tmp_path / "o")])
+        render_main(["--layers", "net.conv2", str(tmp_path / "run"), "--tile-size", "8", "--out", str(tmp_path / "o")])
         == 0
     )
     out = capsys.readouterr().out.splitlines()

@@ -34,10 +34,10 @@ def _selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="a run folder (holding activations.h5) or a store file")
     parser.add_argument(
         "--layers",
-        nargs="+",
+        action="extend",
         type=_layer_list,
-        metavar="LAYER",
-        help="layers to draw, by module name (e.g. net.conv1 net.conv3, or net.conv1,net.conv3); default: all",
+        metavar="LAYER[,LAYER...]",
+        help="layers to draw, by module name, comma-separated or repeated (e.g. net.conv1,net.conv3); default: all",
     )
     parser.add_argument(
         "--steps",
@@ -65,7 +65,7 @@ def _common_options(args: argparse.Namespace) -> dict:
     from actrec.viewer.render import parse_step_range
 
     start, stop = parse_step_range(args.steps) if args.steps else (None, None)
-    layers = [name for group in args.layers for name in group] if args.layers else None
+    layers = args.layers or None
     return {
         "layers": layers,
         "start": start,
@@ -90,7 +90,7 @@ def _run(program: str, action: Callable[[], int]) -> int:
         print(f"{program}: could not read or write{where}: {error.strerror or error}.", file=sys.stderr)
         return _EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"{program}: interrupted; files from earlier renders were left as they were.", file=sys.stderr)
+        print(f"{program}: interrupted; files not yet finished were discarded.", file=sys.stderr)
         return _EXIT_INTERRUPTED
 
 

@@ -160,8 +160,11 @@ class Mp4Writer:
             mode="I",
             fps=check_fps(fps),
             codec="libx264",
-            quality=8,
-            pixelformat="yuv420p",
+            # imageio maps quality 6 to x264's -crf 20: sharp tile edges and labels stay clean, and a
+            # 16-channel layer's video is ~1.5x smaller than its GIF (crf 25 blurs the text, crf 10
+            # is larger than the GIF).
+            quality=6,
+            pixelformat="yuv420p",  # what browsers and slide software play
             macro_block_size=16,
             ffmpeg_log_level="error",
         )
