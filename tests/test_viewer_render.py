@@ -265,6 +265,17 @@ def test_render_reads_a_store_while_a_writer_process_appends(tmp_path: Path) -> 
     assert len(_gif_frames(again.out_dir / "net.conv2.gif")) == total
 
 
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 128, 1000, 36_001])
+def test_event_checksum_matches_tensorboards(size: int) -> None:
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+
+    from actrec.viewer._events import crc32c, masked_crc32c
+
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    assert masked_crc32c(data) == reference(data)
+    assert crc32c(b"123456789") == 0xE3069283  # the published CRC-32C check value
+
+
 def test_tensorboard_images_read_back_with_tags_steps_and_pixels(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
