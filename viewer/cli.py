@@ -7,7 +7,7 @@ exit code 1, never a traceback; argparse's own usage errors exit with 2 as usual
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -182,13 +182,15 @@ def tensorboard_main(argv: Sequence[str]) -> int:
                 f"starting: {format_command(command)}",
                 flush=True,
             )
+        sys.stdout.flush()
+        sys.stderr.flush()
         try:
-            return subprocess.call(command)
-        except KeyboardInterrupt:
-            return 0  # Ctrl-C is how one stops TensorBoard
-        except FileNotFoundError:
+            # Become TensorBoard rather than wait for it: Ctrl-C, SIGTERM and job control then reach
+            # TensorBoard itself, and no orphaned server outlives a killed parent.
+            os.execv(command[0], command)
+        except OSError as error:
             raise ViewerError(
-                f"cannot start TensorBoard ({command[0]} not found); run: {format_command(command)}"
+                f"cannot start TensorBoard ({command[0]}: {error.strerror}); run: {format_command(command)}"
             ) from None
 
     return _run("actrec tensorboard", action)
