@@ -112,7 +112,9 @@ class TrainCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer_config: Namespace = self.config_init.trainer
         if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = TensorBoardLogger(save_dir=self.config_init.runs_dir, name=self.config_init.experiment)
+            kwargs["logger"] = TensorBoardLogger(
+                save_dir=self.config_init.runs_dir, name=self.config_init.experiment, default_hp_metric=False
+            )
         if trainer_config.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(Path(self.config_init.runs_dir) / self.config_init.experiment)
         if trainer_config.get("enable_model_summary") is not False:
