@@ -124,9 +124,7 @@ def main() -> None:
             lightning = _seconds_per_step(_lightning_run(args.config, Path(runs_dir), total_steps), args.warmup)
             plain = _seconds_per_step(_plain_run(cli, total_steps), args.warmup)
             timings.append((lightning, plain))
-            print(
-                f"repeat {repeat + 1}: actrec train {lightning:.4f} s/step, plain loop {plain:.4f} s/step", flush=True
-            )
+            print(f"pair {repeat + 1}: actrec train {lightning:.4f} s/step, plain loop {plain:.4f} s/step", flush=True)
 
     datamodule = cli.datamodule
     lightning_median = statistics.median(lightning for lightning, _ in timings)

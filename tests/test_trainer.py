@@ -26,6 +26,12 @@ from actrec.trainer import (
 )
 from actrec.trainer.cli import TrainCLI, train_main
 
+pytestmark = [
+    # pytorch_lightning 2.6 itself calls jsonargparse APIs deprecated in 4.49 and builds torch's deprecated LeafSpec.
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:pytorch_lightning.cli"),
+    pytest.mark.filterwarnings(r"ignore:.*isinstance\(treespec, LeafSpec\):FutureWarning"),
+]
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
@@ -276,6 +282,7 @@ def test_short_fit_writes_metrics_config_and_checkpoint(tmp_path: Path) -> None:
     assert [path.name for path in (run_dir / "checkpoints").iterdir()] == ["epoch=0-step=5.ckpt"]
 
 
+@pytest.mark.filterwarnings("ignore:The dirpath has changed from")  # resuming writes to a new version folder
 def test_same_config_and_seed_give_the_same_metrics_and_a_checkpoint_resumes(tmp_path: Path) -> None:
     for _ in range(2):
         TrainCLI(args=["--runs_dir", str(tmp_path), *_SHORT_RUN]).fit_and_test()
