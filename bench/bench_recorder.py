@@ -2,8 +2,15 @@
 
 Runs the same short training (real ``pl.Trainer``, ``ImageClassifier``, ``ImageDataModule``, TensorBoard
 logging on, as ``actrec train`` does) with the recorder off and in several configurations, interleaved
-round by round so that machine noise hits every variant alike. Reports the median seconds per step,
-the overhead against "off", and the store's bytes per step against the raw float16 size.
+round by round so that machine noise hits every variant alike. Three views of the cost, per step:
+
+- wall: training wall time against "off" (the number that matters, and the noisiest: on a shared
+  2-core VM single runs vary by +-20%, so read it as a median over rounds);
+- hooks: time the training thread spends inside the recorder's hooks (probe pass, copies, hand-off),
+  as a share of the step: what recording adds to the critical path, measured precisely;
+- CPU: process CPU seconds against "off", which also counts the writer thread's work.
+
+It also reports the store's bytes per step against the raw float16 size of the activations.
 
     python bench/bench_recorder.py                          # article schedule: Fashion-MNIST, batch 1024
     python bench/bench_recorder.py --dataset mnist-sample --batch-size 64 --steps 60   # quickstart
@@ -12,11 +19,13 @@ the overhead against "off", and the store's bytes per step against the raw float
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import h5py
@@ -31,8 +40,24 @@ VARIANTS: dict[str, dict | None] = {
     "on (default: async, uncompressed)": {"compression": "none"},
     "async, lzf": {"compression": "lzf"},
     "async, gzip-1": {"compression": "gzip"},
+    "sync, uncompressed": {"compression": "none", "background_writes": False},
     "naive: sync, gzip-1, flush/step": {"compression": "gzip", "background_writes": False},
 }
+
+
+class _TimedRecorder(ActivationRecorder):
+    """The recorder, with the time its per-step hook takes on the training thread added up.
+
+    (Opening the store and recording step 0 happen once, in on_train_start, and are not counted here;
+    they are in the wall and CPU columns.)
+    """
+
+    hook_seconds = 0.0
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        start = time.perf_counter()
+        super().on_train_batch_end(*args, **kwargs)
+        self.hook_seconds += time.perf_counter() - start
 
 
 class _Clock(pl.Callback):
@@ -44,16 +69,18 @@ class _Clock(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.edge == "start":
             self.times["start"] = time.perf_counter()
+            self.times["cpu_start"] = time.process_time()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.edge == "end":
             self.times["end"] = time.perf_counter()
+            self.times["cpu_end"] = time.process_time()
 
 
-def _run(variant: dict | None, data: ImageDataModule, steps: int, root: Path) -> tuple[float, Path | None]:
+def _run(variant: dict | None, data: ImageDataModule, steps: int, root: Path) -> tuple[dict[str, float], Path | None]:
     pl.seed_everything(0, verbose=False)
     times: dict[str, float] = {}
-    recorder = ActivationRecorder(path=str(root / "activations.h5"), **variant) if variant is not None else None
+    recorder = _TimedRecorder(path=str(root / "activations.h5"), **variant) if variant is not None else None
     callbacks = [_Clock("start", times), *([recorder] if recorder else []), _Clock("end", times)]
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -68,7 +95,13 @@ def _run(variant: dict | None, data: ImageDataModule, steps: int, root: Path) ->
         default_root_dir=str(root),
     )
     trainer.fit(ImageClassifier(init="article"), datamodule=data)
-    return (times["end"] - times["start"]) / steps, (recorder.store_path if recorder else None)
+    wall = times["end"] - times["start"]
+    measured = {
+        "wall": wall / steps,
+        "cpu": (times["cpu_end"] - times["cpu_start"]) / steps,
+        "hooks": (recorder.hook_seconds / wall) if recorder else 0.0,
+    }
+    return measured, (recorder.store_path if recorder else None)
 
 
 def _bytes_per_step(path: Path) -> tuple[float, float]:
@@ -88,35 +121,52 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps per timed run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all variants")
     args = parser.parse_args()
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
     print("$ python " + shlex.join(sys.argv))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, lightning {pl.__version__}")
 
     data = ImageDataModule(dataset=args.dataset, batch_size=args.batch_size)
     data.prepare_data()
     data.setup("fit")
-    results: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
     sizes: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         _run(None, data, 3, Path(tmp) / "warmup")
         for round_index in range(args.rounds):
-            for name, variant in VARIANTS.items():
-                root = Path(tmp) / f"r{round_index}-{len(results[name])}-{abs(hash(name))}"
-                seconds, store = _run(variant, data, args.steps, root)
-                results[name].append(seconds)
+            for index, (name, variant) in enumerate(VARIANTS.items()):
+                root = Path(tmp) / f"round{round_index}-variant{index}"
+                measured, store = _run(variant, data, args.steps, root)
+                results[name].append(measured)
                 if store is not None:
                     sizes[name] = _bytes_per_step(store)
-                print(f"  round {round_index + 1}: {name:36s} {seconds * 1000:8.1f} ms/step", flush=True)
+                print(
+                    f"  round {round_index + 1}: {name:36s} {measured['wall'] * 1000:8.1f} ms/step wall, "
+                    f"{measured['cpu'] * 1000:8.1f} ms/step CPU",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
-    base = statistics.median(results["off"])
-    print(f"\n{args.dataset}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds (median)")
-    print(f"{'variant':36s} {'ms/step':>9s} {'overhead':>9s} {'KB/step':>9s} {'vs raw f16':>10s}")
+    def median(name: str, key: str) -> float:
+        return statistics.median(run[key] for run in results[name])
+
+    def median_ratio(name: str, key: str) -> float:
+        # Each round's variant against the same round's "off": pairs share the machine's mood.
+        return statistics.median(a[key] / b[key] for a, b in zip(results[name], results["off"], strict=True))
+
+    print(f"\n{args.dataset}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds (medians)")
+    header = f"{'variant':36s} {'ms/step':>8s} {'wall':>8s} {'hooks':>7s} {'CPU':>8s} {'KB/step':>8s} {'/raw f16':>8s}"
+    print(header)
     for name in VARIANTS:
-        seconds = statistics.median(results[name])
         stored, raw = sizes.get(name, (float("nan"), float("nan")))
-        overhead = "" if name == "off" else f"{(seconds / base - 1) * 100:+8.2f}%"
-        ratio = "" if name == "off" else f"{stored / raw:10.2f}"
-        size = "" if name == "off" else f"{stored / 1024:9.1f}"
-        print(f"{name:36s} {seconds * 1000:9.1f} {overhead:>9s} {size:>9s} {ratio:>10s}")
+        if name == "off":
+            print(f"{name:36s} {median(name, 'wall') * 1000:8.1f}")
+            continue
+        print(
+            f"{name:36s} {median(name, 'wall') * 1000:8.1f} {(median_ratio(name, 'wall') - 1) * 100:+7.2f}% "
+            f"{median(name, 'hooks') * 100:6.2f}% {(median_ratio(name, 'cpu') - 1) * 100:+7.2f}% "
+            f"{stored / 1024:8.1f} {stored / raw:8.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -128,6 +128,8 @@ class ActivationRecorder(Callback):
         self._probes: ProbeSet | None = None
         self._probe_images: torch.Tensor | None = None
         self._num_classes = 0
+        self._tanh_layers: dict[str, bool] = {}
+        self._image_scales: dict[str, float] = {}
         self._record_weights = False
         self._store_path: Path | None = None
         self._writer: StoreWriter | None = None
@@ -153,6 +155,8 @@ class ActivationRecorder(Callback):
         if stage != "fit":
             return
         self._layer_names = _resolve_layers(pl_module, self.layers)
+        modules = dict(pl_module.named_modules())
+        self._tanh_layers = {name: _ends_in_tanh(modules[name]) for name in self._layer_names}
         self._probes = self._select_probes(trainer)
         num_parameters = sum(p.numel() for p in pl_module.parameters())
         self._record_weights = num_parameters < _SMALL_MODEL if self.record_weights is None else self.record_weights
@@ -225,7 +229,7 @@ class ActivationRecorder(Callback):
 
     def _layer_specs(self, pl_module: pl.LightningModule) -> list[LayerSpec]:
         # One probe pass tells every layer's output shape and the number of classes.
-        activations, logits = self._probe_pass(pl_module)
+        activations, _, logits = self._probe_pass(pl_module)
         self._num_classes = int(logits.shape[-1])
         modules = dict(pl_module.named_modules())
         specs = []
@@ -236,7 +240,7 @@ class ActivationRecorder(Callback):
                     name=name,
                     sample_shape=tuple(activations[name].shape[1:]),
                     module_type=type(modules[name]).__name__,
-                    scale_kind=SCALE_TANH if _ends_in_tanh(modules[name]) else SCALE_SYMMETRIC,
+                    scale_kind=SCALE_TANH if self._tanh_layers[name] else SCALE_SYMMETRIC,
                     params=params,
                 )
             )
@@ -312,7 +316,7 @@ class ActivationRecorder(Callback):
     # -- recording -------------------------------------------------------------------------------
 
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch_loss: float, batch_acc: float) -> None:
-        activations, logits = self._probe_pass(pl_module)
+        activations, peaks, logits = self._probe_pass(pl_module)
         params = {}
         if self._record_weights:
             modules = dict(pl_module.named_modules())
@@ -328,16 +332,18 @@ class ActivationRecorder(Callback):
                 activations=activations,
                 params=params,
                 wall_time=time.time(),
+                peaks=peaks,
             )
         )
         self._last_recorded_step = step
         if self.log_images_every_n_steps and step % self.log_images_every_n_steps == 0:
             self._log_images(trainer, activations, logits, step)
 
-    def _probe_pass(self, pl_module: pl.LightningModule) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Run the probes through the unwrapped module in eval mode, capturing the chosen layers."""
+    def _probe_pass(self, pl_module: pl.LightningModule) -> tuple[dict[str, np.ndarray], dict[str, float], np.ndarray]:
+        """Run the probes through the unwrapped module in eval mode; return activations, their peaks, logits."""
         dtype = torch.float16 if self.dtype == "float16" else torch.float32
         captured: dict[str, list[np.ndarray]] = {name: [] for name in self._layer_names}
+        peaks: dict[str, float] = {}
         modules = dict(pl_module.named_modules())
 
         def capture(name: str) -> Callable[..., None]:
@@ -348,6 +354,7 @@ class ActivationRecorder(Callback):
                         "record a module that returns one tensor."
                     )
                 captured[name].append(output.detach().to("cpu", dtype, copy=True).numpy())
+                peaks[name] = float(output.detach().abs().max()) if output.numel() else 0.0
 
             return hook
 
@@ -371,26 +378,32 @@ class ActivationRecorder(Callback):
                     f"ActivationRecorder: layer {name!r} ran {len(outputs)} times in one forward pass; "
                     "record a module that runs exactly once."
                 )
-        return {name: outputs[0] for name, outputs in captured.items()}, logits.detach().float().cpu().numpy()
+        activations = {name: outputs[0] for name, outputs in captured.items()}
+        return activations, peaks, logits.detach().float().cpu().numpy()
 
     def _log_images(
         self, trainer: pl.Trainer, activations: dict[str, np.ndarray], logits: np.ndarray, step: int
     ) -> None:
-        from actrec.viewer import activation_frame
+        from actrec.viewer import activation_frame, frame_title
 
         experiment = getattr(trainer.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):
             return
         predictions = logits.argmax(axis=-1)
         for name, values in activations.items():
+            # Tanh layers keep the fixed +-1 scale; others use the largest |activation| seen so far,
+            # which only grows, so a colour never comes to mean a smaller value later in the run.
+            peak = float(np.abs(values).max()) if values.size else 0.0
+            self._image_scales[name] = max(self._image_scales.get(name, 0.0), peak)
+            scale = 1.0 if self._tanh_layers.get(name) else (self._image_scales[name] or 1.0)
             frame = activation_frame(
-                values.astype(np.float32),
-                scale=1.0 if _ends_in_tanh(dict(trainer.lightning_module.named_modules())[name]) else _scale(values),
+                values,
+                scale=scale,
                 probe_images=self._probes.images,
                 labels=self._probes.labels,
                 predictions=predictions,
                 class_names=list(self._probes.class_names),
-                title=f"{name} · step {step} · epoch {trainer.current_epoch}",
+                title=frame_title(name, step, trainer.current_epoch),
             )
             experiment.add_image(f"activations/{name}", frame, step, dataformats="HWC")
 
@@ -466,11 +479,6 @@ def _parameters(module: nn.Module) -> dict[str, np.ndarray]:
 def _ends_in_tanh(module: nn.Module) -> bool:
     leaves = [m for m in module.modules() if not list(m.children())]
     return bool(leaves) and isinstance(leaves[-1], nn.Tanh)
-
-
-def _scale(values: np.ndarray) -> float:
-    scale = float(np.abs(values).max()) if values.size else 0.0
-    return scale if scale > 0 else 1.0
 
 
 def _first_per_class(dataset: Any, per_class: int, num_classes: int | None) -> list[int]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import h5py
 import numpy as np
@@ -68,21 +69,18 @@ class StoreReader:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = resolve_store_path(path)
-        self._file = _open(self.path)
+        self._shared = _SharedFile.acquire(self.path)
+        self._file = self._shared.file
         try:
             self._check_format()
         except BaseException:
-            self._file.close()
+            self._shared.release()
             raise
         self._num_steps: int | None = None
-        # One handle per dataset: HDF5 2.0 corrupts its chunk lookups ("can't insert duplicate key")
-        # when two handles of one dataset are refreshed in SWMR mode.
-        self._datasets: dict[str, h5py.Dataset] = {}
+        self._closed = False
 
     def _dataset(self, key: str) -> h5py.Dataset:
-        if key not in self._datasets:
-            self._datasets[key] = self._file[key]
-        return self._datasets[key]
+        return self._shared.dataset(key)
 
     def _check_format(self) -> None:
         attrs = self._file.attrs
@@ -213,8 +211,9 @@ class StoreReader:
     # -- plumbing --------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._datasets.clear()
-        self._file.close()
+        if not self._closed:
+            self._closed = True
+            self._shared.release()
 
     def __enter__(self) -> StoreReader:
         return self
@@ -245,6 +244,47 @@ class StoreReader:
         # h5py wants increasing indices; read sorted and unique, then put back in the asked order.
         unique, inverse = np.unique(rows, return_inverse=True)
         return dataset[unique][inverse] if unique.size else dataset[:0]
+
+
+class _SharedFile:
+    """One open file and one handle per dataset, shared by every reader of a path in this process.
+
+    HDF5 shares an open file between all its opens in a process, and HDF5 2.0 corrupts its chunk
+    lookups ("can't insert duplicate key") once two handles of one dataset have been refreshed in
+    SWMR mode; so readers share handles instead of opening their own.
+    """
+
+    _open_files: ClassVar[dict[str, _SharedFile]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, key: str, file: h5py.File) -> None:
+        self.key = key
+        self.file = file
+        self.users = 0
+        self._datasets: dict[str, h5py.Dataset] = {}
+
+    @classmethod
+    def acquire(cls, path: Path) -> _SharedFile:
+        key = os.path.realpath(path)
+        with cls._lock:
+            shared = cls._open_files.get(key)
+            if shared is None or not shared.file.id.valid:
+                shared = cls._open_files[key] = cls(key, _open(path))
+            shared.users += 1
+            return shared
+
+    def release(self) -> None:
+        with self._lock:
+            self.users -= 1
+            if self.users == 0:
+                self._open_files.pop(self.key, None)
+                self._datasets.clear()
+                self.file.close()
+
+    def dataset(self, key: str) -> h5py.Dataset:
+        if key not in self._datasets:
+            self._datasets[key] = self.file[key]
+        return self._datasets[key]
 
 
 def _open(path: Path) -> h5py.File:

@@ -311,3 +311,35 @@ def test_store_writer_is_closed_after_fit(tmp_path: Path) -> None:
     _fit(tmp_path, recorder, max_epochs=1, limit_train_batches=2)
     # Closed cleanly: the writer can reopen it for another run of the same id.
     StoreWriter.resume(recorder.store_path, run_id=recorder.state_dict()["run_id"], keep_through_step=1).close()
+
+
+def test_logs_activation_grids_to_tensorboard(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recorder = ActivationRecorder(log_images_every_n_steps=3)
+    _fit(tmp_path, recorder, max_epochs=1)
+    events = EventAccumulator(str(recorder.store_path.parent), size_guidance={"images": 0})
+    events.Reload()
+    assert sorted(t for t in events.Tags()["images"]) == ["activations/net.conv1", "activations/net.conv2"]
+    images = events.Images("activations/net.conv1")
+    assert [image.step for image in images] == [0, 3, 6]
+    # The logged frame is exactly the viewer's frame of the stored step-0 activations.
+    from io import BytesIO
+
+    from PIL import Image
+
+    from actrec.viewer import activation_frame, frame_title
+
+    logged = np.asarray(Image.open(BytesIO(images[0].encoded_image_string)).convert("RGB"))
+    with StoreReader(recorder.store_path) as store:
+        probes = store.probes
+        expected = activation_frame(
+            store.activations("net.conv1", np.array([0]))[0],
+            scale=1.0,
+            probe_images=probes.images,
+            labels=probes.labels,
+            predictions=store.logits(np.array([0]))[0].argmax(-1),
+            class_names=store.class_names,
+            title=frame_title("net.conv1", 0, 0),
+        )
+    np.testing.assert_array_equal(logged, expected)

@@ -116,6 +116,21 @@ def test_experiment_folder_resolves_to_its_newest_version(tmp_path: Path) -> Non
     assert resolve_store_path(tmp_path / "version_2") == tmp_path / "version_2" / "activations.h5"
 
 
+def test_two_readers_of_one_file_in_one_process(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    with _create(path) as writer:
+        for step in range(12):
+            writer.append(_record(step))
+    first, second = StoreReader(path), StoreReader(tmp_path)
+    first.refresh()
+    second.refresh()
+    np.testing.assert_array_equal(first.activations("net.conv1", slice(0, 10)), second.activations("net.conv1")[:10])
+    first.close()
+    assert second.num_steps == 12  # closing one reader leaves the other working
+    assert second.logits().shape == (12, 3, 3)
+    second.close()
+
+
 def test_create_refuses_to_overwrite(tmp_path: Path) -> None:
     path = tmp_path / "activations.h5"
     _create(path).close()
