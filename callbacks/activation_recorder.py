@@ -59,7 +59,8 @@ class ActivationRecorder(Callback):
         path: the store's path; default ``activations.h5`` in the logger's ``log_dir``, else in the
             trainer's ``default_root_dir``.
         overwrite: replace an existing store at the path instead of refusing to start.
-        compression: ``"none"``, ``"lzf"`` or ``"gzip"`` for the activations.
+        compression: ``"lzf"`` (default: about 0.7x the raw size for little CPU), ``"gzip"`` (level 1,
+            about 0.55x, more CPU on the writer thread) or ``"none"`` for the activations.
         flush_every_n_steps: flush the store to disk every this many recorded steps.
         log_images_every_n_steps: also log every layer's red-blue activation grid to TensorBoard
             every this many steps (``0``: off).
@@ -85,7 +86,7 @@ class ActivationRecorder(Callback):
         record_weights: bool | None = None,
         path: str | None = None,
         overwrite: bool = False,
-        compression: Literal["none", "lzf", "gzip"] = "none",
+        compression: Literal["none", "lzf", "gzip"] = "lzf",
         flush_every_n_steps: int = 1,
         log_images_every_n_steps: int = 0,
         background_writes: bool = True,
