@@ -171,6 +171,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=30, help="training steps per timed run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all variants")
+    parser.add_argument("--every-n-steps", type=int, default=1, help="the recorder's every_n_steps")
     args = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -188,6 +189,8 @@ def main() -> None:
         for round_index in range(args.rounds):
             for index, (name, variant) in enumerate(VARIANTS.items()):
                 root = Path(tmp) / f"round{round_index}-variant{index}"
+                if variant is not None:
+                    variant = {**variant, "every_n_steps": args.every_n_steps}
                 measured, store = _run(variant, data, args.steps, root)
                 results[name].append(measured)
                 if store is not None:
@@ -206,7 +209,10 @@ def main() -> None:
         # Each round's variant against the same round's "off": pairs share the machine's mood.
         return statistics.median(a[key] / b[key] for a, b in zip(results[name], results["off"], strict=True))
 
-    print(f"\n{args.dataset}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds (medians)")
+    print(
+        f"\n{args.dataset}, batch {args.batch_size}, recording every {args.every_n_steps} step(s), "
+        f"{args.steps} steps x {args.rounds} rounds (medians)"
+    )
     header = f"{'variant':36s} {'ms/step':>8s} {'wall':>8s} {'hooks':>7s} {'CPU':>8s} {'KB/step':>8s} {'/raw f16':>8s}"
     print(header)
     for name in VARIANTS:

@@ -40,6 +40,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps at the start of each run")
     parser.add_argument("--repeats", type=int, default=5, help="A/B pairs")
     parser.add_argument("--config", type=Path, default=_REPO / "configs" / "fashion.yaml", help="actrec train config")
+    parser.add_argument(
+        "--record",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also record activations on the actrec side (off: Lightning alone; bench_recorder.py times recording)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both loops (0: torch's default)")
     args = parser.parse_args()
     if args.steps < 2 or args.warmup < 1 or args.repeats < 1:
@@ -57,7 +63,7 @@ def _seconds_per_step(step_end_times: list[float], warmup: int) -> float:
     return statistics.median(end - start for start, end in itertools.pairwise(timed))
 
 
-def _lightning_run(config: Path, runs_dir: Path, total_steps: int) -> list[float]:
+def _lightning_run(config: Path, runs_dir: Path, total_steps: int, record: bool) -> list[float]:
     """Run ``actrec train`` for ``total_steps`` steps; return when each step's ``train/loss`` was logged."""
     argv = [
         "--config",
@@ -68,6 +74,7 @@ def _lightning_run(config: Path, runs_dir: Path, total_steps: int) -> list[float
         "bench",
         f"--trainer.max_steps={total_steps}",
         "--trainer.limit_test_batches=0",  # the bench times training, not the final test pass
+        f"--record={str(record).lower()}",
     ]
     exit_code = train_main(argv)
     if exit_code != 0:
@@ -121,7 +128,9 @@ def main() -> None:
 
         timings: list[tuple[float, float]] = []
         for repeat in range(args.repeats):
-            lightning = _seconds_per_step(_lightning_run(args.config, Path(runs_dir), total_steps), args.warmup)
+            lightning = _seconds_per_step(
+                _lightning_run(args.config, Path(runs_dir), total_steps, args.record), args.warmup
+            )
             plain = _seconds_per_step(_plain_run(cli, total_steps), args.warmup)
             timings.append((lightning, plain))
             print(f"pair {repeat + 1}: actrec train {lightning:.4f} s/step, plain loop {plain:.4f} s/step", flush=True)

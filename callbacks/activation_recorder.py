@@ -27,6 +27,7 @@ from actrec.store import (
     StepRecord,
     StoreError,
     StoreWriter,
+    check_writable,
 )
 
 _ACTIVATIONS = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Mish, nn.Hardtanh, nn.ReLU6)
@@ -162,7 +163,7 @@ class ActivationRecorder(Callback):
         num_parameters = sum(p.numel() for p in pl_module.parameters())
         self._record_weights = num_parameters < _SMALL_MODEL if self.record_weights is None else self.record_weights
         self._store_path = Path(self.path) if self.path else Path(_default_folder(trainer)) / STORE_FILENAME
-        _on_rank_zero_or_raise(trainer, lambda: _check_store_path(self._store_path))
+        _on_rank_zero_or_raise(trainer, lambda: check_writable(self._store_path))
 
     def _select_probes(self, trainer: pl.Trainer) -> ProbeSet:
         dataset = getattr(trainer.datamodule, "val_dataset", None)
@@ -521,26 +522,6 @@ def _default_folder(trainer: pl.Trainer) -> str:
     logger = trainer.logger
     log_dir = getattr(logger, "log_dir", None) if logger is not None else None
     return log_dir or trainer.default_root_dir
-
-
-def _check_store_path(path: Path) -> None:
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise StoreError(f"cannot create the folder {folder} for the activation store: {error.strerror}.") from None
-    if not folder.is_dir() or not _writable(folder):
-        raise StoreError(f"cannot write the activation store into {folder}: permission denied.")
-
-
-def _writable(folder: Path) -> bool:
-    probe = folder / f".actrec-write-test-{uuid.uuid4().hex}"
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError:
-        return False
-    return True
 
 
 def _on_rank_zero_or_raise(trainer: pl.Trainer, action: Callable[[], None]) -> None:

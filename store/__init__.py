@@ -2,7 +2,7 @@
 
 from actrec.store._schema import FORMAT_NAME, FORMAT_VERSION, SCALAR_NAMES, SCALE_SYMMETRIC, SCALE_TANH, StoreError
 from actrec.store.reader import STORE_FILENAME, LayerInfo, StoreReader, resolve_store_path
-from actrec.store.writer import LayerSpec, ProbeSet, StepRecord, StoreWriter
+from actrec.store.writer import LayerSpec, ProbeSet, StepRecord, StoreWriter, check_writable
 
 __all__ = [
     "FORMAT_NAME",
@@ -18,5 +18,6 @@ __all__ = [
     "StoreError",
     "StoreReader",
     "StoreWriter",
+    "check_writable",
     "resolve_store_path",
 ]

@@ -192,7 +192,7 @@ class StoreWriter:
             raise StoreError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}.")
         if path.exists() and not overwrite:
             raise StoreError(f"{path} already exists; resume its run, or pass overwrite to replace it.")
-        _check_writable(path)
+        check_writable(path)
         tmp = path.with_name(path.name + ".creating")
         # Build the file under a temporary name: a crash during creation never leaves a half-made
         # store where a finished one is expected, and an overwrite never destroys the old one early.
@@ -229,7 +229,7 @@ class StoreWriter:
         from actrec.store.reader import StoreReader
 
         path = Path(path)
-        _check_writable(path)
+        check_writable(path)
         tmp = path.with_name(path.name + ".resuming")
         with StoreReader(path) as old:
             if old.run_id != run_id:
@@ -353,14 +353,25 @@ class StoreWriter:
             raise StoreError(f"writing {self.path} failed: {error}") from error
 
 
-def _check_writable(path: Path) -> None:
+def check_writable(path: str | os.PathLike) -> None:
+    """Make sure a store can be written at ``path`` (creating its folder), without touching ``path``.
+
+    Raises:
+        StoreError: the folder cannot be created or written, or an existing file there is read-only.
+    """
+    path = Path(path)
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise StoreError(f"cannot create the folder {folder} for the activation store: {error.strerror}.") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot write the activation store into {folder}: permission denied.")
+    # Try it rather than ask os.access, which answers "yes" to root on read-only mounts.
+    probe = folder / f".actrec-write-test-{os.getpid()}-{threading.get_ident()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError:
+        raise StoreError(f"cannot write the activation store into {folder}: permission denied.") from None
     if path.exists() and not os.access(path, os.W_OK):
         raise StoreError(f"cannot write the activation store {path}: permission denied.")
 

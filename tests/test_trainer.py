@@ -16,6 +16,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+from actrec.store import StoreReader
 from actrec.trainer import (
     DEBIAN_FASHION_MNIST_DIR,
     MODEL_NAMES,
@@ -281,6 +282,18 @@ def test_short_fit_writes_metrics_config_and_checkpoint(tmp_path: Path) -> None:
     assert config["trainer"]["limit_train_batches"] == 5
     assert [path.name for path in (run_dir / "checkpoints").iterdir()] == ["epoch=0-step=5.ckpt"]
 
+    # The recorder is on by default: quickstart records every 5th step into the run folder.
+    with StoreReader(run_dir) as store:
+        assert store.global_steps().tolist() == [0, 5]
+        assert store.layer_names == [f"net.conv{k}" for k in range(1, 7)]
+        assert store.config["model"]["lr"] == 0.002
+
+
+def test_record_false_trains_without_a_store(tmp_path: Path) -> None:
+    TrainCLI(args=["--runs_dir", str(tmp_path), *_SHORT_RUN, "--record=false"]).fit_and_test()
+    assert (tmp_path / "quickstart" / "version_0" / "checkpoints").is_dir()
+    assert not list(tmp_path.rglob("*.h5"))
+
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed from")  # resuming writes to a new version folder
 def test_same_config_and_seed_give_the_same_metrics_and_a_checkpoint_resumes(tmp_path: Path) -> None:
@@ -295,6 +308,10 @@ def test_same_config_and_seed_give_the_same_metrics_and_a_checkpoint_resumes(tmp
     TrainCLI(args=resume).fit_and_test()
     resumed = _scalars(tmp_path / "quickstart" / "version_2")
     assert [step for step, _ in resumed["train/loss"]] == [5, 6, 7, 8, 9]
+    # The resumed run continues the checkpoint's activation store instead of starting one.
+    assert not (tmp_path / "quickstart" / "version_2" / "activations.h5").exists()
+    with StoreReader(tmp_path / "quickstart" / "version_0") as store:
+        assert store.global_steps().tolist() == [0, 5, 10]
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -24,6 +24,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from typing_extensions import override
 
+from actrec.callbacks import ActivationRecorder
 from actrec.trainer.data import DatasetUnavailableError, ImageDataModule
 from actrec.trainer.module import ImageClassifier
 
@@ -31,12 +32,14 @@ __all__ = ["CALLBACK_GROUPS", "QUICKSTART_DEFAULTS", "TrainCLI", "train_main"]
 
 #: Callbacks configured from their own top-level YAML section, ``key -> class``. Each becomes a group of flags
 #: (``--<key>.<argument>``) and is added to the trainer's callbacks, e.g. ``{"recorder": ActivationRecorder}``.
-CALLBACK_GROUPS: dict[str, type[pl.Callback]] = {}
+CALLBACK_GROUPS: dict[str, type[pl.Callback]] = {"recorder": ActivationRecorder}
 
 #: Parser defaults (dotted keys) that differ from the classes' own: together they are the quickstart run, so
 #: ``actrec train`` with no config does what ``configs/quickstart.yaml`` says.
 QUICKSTART_DEFAULTS: dict[str, Any] = {
     "trainer.max_epochs": 30,
+    "recorder.every_n_steps": 5,  # 30 epochs are ~1,900 steps; every 5th keeps the store and GIFs small
+    "recorder.compression": "none",  # at batch 64 compressing costs more than the disk it saves
     "trainer.log_every_n_steps": 1,  # train loss and accuracy reach TensorBoard at every step
     "model.lr": 2e-3,
 }
@@ -86,6 +89,12 @@ class TrainCLI(LightningCLI):
             default=None,
             help="Checkpoint to resume training from (its run continues in a new version folder).",
         )
+        parser.add_argument(
+            "--record",
+            type=bool,
+            default=True,
+            help="Record activations with the settings of the `recorder` section (false: train without recording).",
+        )
         for key, callback_class in CALLBACK_GROUPS.items():
             parser.add_lightning_class_args(callback_class, key)
         parser.set_defaults(QUICKSTART_DEFAULTS)
@@ -122,6 +131,12 @@ class TrainCLI(LightningCLI):
             if not any(isinstance(callback, ModelSummary) for callback in callbacks):
                 kwargs["callbacks"] = [*callbacks, ModelSummary(max_depth=_SUMMARY_MAX_DEPTH)]
         return super().instantiate_trainer(**kwargs)
+
+    @override
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[pl.Callback]) -> pl.Trainer:
+        if not self.config_init.get("record", True):
+            callbacks = [callback for callback in callbacks if not isinstance(callback, ActivationRecorder)]
+        return super()._instantiate_trainer(config, callbacks)
 
     def fit_and_test(self) -> dict[str, float]:
         """Fit the model (resuming from ``ckpt_path`` if set), then test the final weights.
