@@ -148,7 +148,9 @@ def render_run(
         with atomic_path(curves) as partial:
             steps = {key: value[: plan.num_rows] for key, value in store.steps().items()}
             scalars = {key: store.scalars(key) for key in ("train/loss", "train/acc", "val/loss", "val/acc")}
-            title = f"{store.run_id} · {plan.num_rows} recorded steps"
+            # The run's folder names it for people (quickstart/version_0); the id is for machines.
+            run_name = "/".join(store.path.resolve().parts[-3:-1])
+            title = f"{run_name} · {plan.num_rows} recorded steps"
             writers.write_png(training_curves(steps, scalars, title=title), partial)
         files.append(curves)
     return RenderResult(
