@@ -289,6 +289,24 @@ def test_short_fit_writes_metrics_config_and_checkpoint(tmp_path: Path) -> None:
         assert store.config["model"]["lr"] == 0.002
 
 
+def test_recorder_refusals_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = train_main(["--runs_dir", str(tmp_path), *_SHORT_RUN, "--recorder.layers=[net.conv9]"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    expected = "actrec train: ActivationRecorder: no module matches layer 'net.conv9'; available: net,"
+    assert error[-1].startswith(expected)
+    assert "Traceback" not in "\n".join(error)
+
+    existing = tmp_path / "taken.h5"
+    existing.write_bytes(b"somebody else's file")
+    code = train_main(["--runs_dir", str(tmp_path), *_SHORT_RUN, f"--recorder.path={existing}"])
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"actrec train: {existing} already exists; resume its run, or pass overwrite to replace it."
+    )
+    assert existing.read_bytes() == b"somebody else's file"
+
+
 def test_record_false_trains_without_a_store(tmp_path: Path) -> None:
     TrainCLI(args=["--runs_dir", str(tmp_path), *_SHORT_RUN, "--record=false"]).fit_and_test()
     assert (tmp_path / "quickstart" / "version_0" / "checkpoints").is_dir()

@@ -22,9 +22,11 @@ from jsonargparse import Namespace
 from pytorch_lightning.callbacks import ModelSummary
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from actrec.callbacks import ActivationRecorder
+from actrec.store import StoreError
 from actrec.trainer.data import DatasetUnavailableError, ImageDataModule
 from actrec.trainer.module import ImageClassifier
 
@@ -176,7 +178,7 @@ def train_main(argv: list[str]) -> int:
     except SystemExit as exit_request:  # --help, --print_config and jsonargparse's usage errors
         code = exit_request.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    except (DatasetUnavailableError, _UsageError) as error:
+    except (DatasetUnavailableError, _UsageError, MisconfigurationException, StoreError) as error:
         print(f"actrec train: {error}", file=sys.stderr)
         return 1
     return 0
