@@ -127,6 +127,7 @@ class ActivationRecorder(Callback):
         self.background_writes = background_writes
 
         self._layer_names: list[str] = []
+        self._layer_modules: dict[str, nn.Module] = {}
         self._probes: ProbeSet | None = None
         self._probe_images: torch.Tensor | None = None
         self._num_classes = 0
@@ -158,7 +159,8 @@ class ActivationRecorder(Callback):
             return
         self._layer_names = _resolve_layers(pl_module, self.layers)
         modules = dict(pl_module.named_modules())
-        self._tanh_layers = {name: _ends_in_tanh(modules[name]) for name in self._layer_names}
+        self._layer_modules = {name: modules[name] for name in self._layer_names}
+        self._tanh_layers = {name: _ends_in_tanh(module) for name, module in self._layer_modules.items()}
         self._probes = self._select_probes(trainer)
         num_parameters = sum(p.numel() for p in pl_module.parameters())
         self._record_weights = num_parameters < _SMALL_MODEL if self.record_weights is None else self.record_weights
@@ -233,15 +235,14 @@ class ActivationRecorder(Callback):
         # One probe pass tells every layer's output shape and the number of classes.
         activations, _, logits = self._probe_pass(pl_module)
         self._num_classes = int(logits.shape[-1])
-        modules = dict(pl_module.named_modules())
         specs = []
-        for name in self._layer_names:
-            params = {p: tuple(v.shape) for p, v in modules[name].named_parameters()} if self._record_weights else {}
+        for name, module in self._layer_modules.items():
+            params = {p: tuple(v.shape) for p, v in module.named_parameters()} if self._record_weights else {}
             specs.append(
                 LayerSpec(
                     name=name,
                     sample_shape=tuple(activations[name].shape[1:]),
-                    module_type=type(modules[name]).__name__,
+                    module_type=type(module).__name__,
                     scale_kind=SCALE_TANH if self._tanh_layers[name] else SCALE_SYMMETRIC,
                     params=params,
                 )
@@ -321,8 +322,7 @@ class ActivationRecorder(Callback):
         activations, peaks, logits = self._probe_pass(pl_module)
         params = {}
         if self._record_weights:
-            modules = dict(pl_module.named_modules())
-            params = {name: _parameters(modules[name]) for name in self._layer_names}
+            params = {name: _parameters(module) for name, module in self._layer_modules.items()}
         step = trainer.global_step
         self._writer.append(
             StepRecord(
@@ -339,14 +339,13 @@ class ActivationRecorder(Callback):
         )
         self._last_recorded_step = step
         if self.log_images_every_n_steps and step % self.log_images_every_n_steps == 0:
-            self._log_images(trainer, activations, logits, step)
+            self._log_images(trainer, activations, peaks, logits, step)
 
     def _probe_pass(self, pl_module: pl.LightningModule) -> tuple[dict[str, np.ndarray], dict[str, float], np.ndarray]:
         """Run the probes through the unwrapped module in eval mode; return activations, their peaks, logits."""
         dtype = torch.float16 if self.dtype == "float16" else torch.float32
         captured: dict[str, list[np.ndarray]] = {name: [] for name in self._layer_names}
         peaks: dict[str, float] = {}
-        modules = dict(pl_module.named_modules())
 
         def capture(name: str) -> Callable[..., None]:
             def hook(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -367,8 +366,8 @@ class ActivationRecorder(Callback):
         )
         handles = []
         try:
-            for name in self._layer_names:
-                handles.append(modules[name].register_forward_hook(capture(name)))
+            for name, module in self._layer_modules.items():
+                handles.append(module.register_forward_hook(capture(name)))
             with _eval_mode(pl_module), torch.no_grad():
                 logits = pl_module(images)
         finally:
@@ -384,7 +383,12 @@ class ActivationRecorder(Callback):
         return activations, peaks, logits.detach().float().cpu().numpy()
 
     def _log_images(
-        self, trainer: pl.Trainer, activations: dict[str, np.ndarray], logits: np.ndarray, step: int
+        self,
+        trainer: pl.Trainer,
+        activations: dict[str, np.ndarray],
+        peaks: dict[str, float],
+        logits: np.ndarray,
+        step: int,
     ) -> None:
         from actrec.viewer import activation_frame, frame_title
 
@@ -395,8 +399,7 @@ class ActivationRecorder(Callback):
         for name, values in activations.items():
             # Tanh layers keep the fixed +-1 scale; others use the largest |activation| seen so far,
             # which only grows, so a colour never comes to mean a smaller value later in the run.
-            peak = float(np.abs(values).max()) if values.size else 0.0
-            self._image_scales[name] = max(self._image_scales.get(name, 0.0), peak)
+            self._image_scales[name] = max(self._image_scales.get(name, 0.0), peaks[name])
             scale = 1.0 if self._tanh_layers.get(name) else (self._image_scales[name] or 1.0)
             frame = activation_frame(
                 values,
