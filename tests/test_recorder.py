@@ -50,7 +50,7 @@ def test_records_every_step_with_exact_values(tmp_path: Path) -> None:
         # Default layers: the conv blocks, post-activation; the flat head is not a conv block.
         assert store.layer_names == ["net.conv1", "net.conv2"]
         assert store.layer("net.conv1").scale_kind == "tanh"
-        assert store.layer("net.conv2").scale_kind == "symmetric"
+        assert store.layer("net.conv2").scale_kind == "nonnegative"  # conv, batch norm, then ReLU
         # 48 images / batch 8 = 6 optimizer steps, plus step 0 before any update.
         np.testing.assert_array_equal(store.global_steps(), np.arange(7))
         steps = store.steps()
