@@ -196,9 +196,10 @@ class StoreReader:
         return scale if scale > 0 else 1.0
 
     def scalars(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(global_steps, values)`` of a scalar series such as ``val/loss`` (empty if never logged)."""
+        """``(global_steps, values)`` of a scalar series such as ``val/loss`` (empty if never logged, or if
+        the store has no such series: version 2 stores no longer create ``train/loss`` and ``train/acc``)."""
         if name not in self._file["scalars"]:
-            raise StoreError(f"{self.path} has no scalar series {name!r}.")
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
         dataset = self._dataset(f"scalars/{name}")
         dataset.refresh()
         data = dataset[()]
