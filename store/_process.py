@@ -311,8 +311,16 @@ def _child_main() -> None:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    text = str(error)
+    for marker, sentence in (
+        ("No space left", "no space left on the device"),
+        ("errno = 5,", "an input/output error (EIO)"),
+        ("Disk quota", "the disk quota is exceeded"),
+    ):
+        if marker in text:
+            return sentence
+    lines = text.strip().splitlines()
+    return lines[0].rstrip(" (") if lines else type(error).__name__
 
 
 if __name__ == "__main__":
