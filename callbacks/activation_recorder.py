@@ -142,6 +142,10 @@ class ActivationRecorder(Callback):
         trainer = Trainer(callbacks=[ActivationRecorder(layers=["net.conv*"])])
     """
 
+    _writer_mode = "process"
+    """With ``background_writes``: ``"process"`` (a writer process) or ``"thread"`` (HDF5 on the ring's
+    consumer thread, in this process); the bench compares the two."""
+
     def __init__(
         self,
         layers: list[str] | None = None,
@@ -357,7 +361,11 @@ class ActivationRecorder(Callback):
             StoreWriter.resume(
                 self._store_path, run_id=self._run_id, keep_through_step=trainer.global_step, background=False
             ).close()
-        if self.background_writes:
+        if self.background_writes and self._writer_mode == "thread":
+            self._writer = StoreWriter._open_for_append(self._store_path, self.flush_every, background=False)
+            self._last_recorded_step = self._writer.last_global_step
+            self._ring = HostRing(self._engine.nbytes, self.ring_slots, self._engine.device, self._consume)
+        elif self.background_writes:
             fields = [(_column_key(f.key), f.dtype, f.shape, f.offset) for f in self._engine.fields]
             self._process = WriterProcess(
                 self._store_path, fields, self._engine.nbytes, slots=self.ring_slots + 1, flush_every=self.flush_every

@@ -38,6 +38,8 @@ __all__ = ["LayerSpec", "ProbeSet", "StepRecord", "StoreWriter", "check_writable
 
 _MIN_FREE_BYTES = 1 << 20
 """Stop recording cleanly once a row would leave less than this free on the store's disk."""
+_FLETCHER32 = True
+"""Checksum every chunk (the bench turns it off to measure what it costs; stores always have it)."""
 _DISK_GUARD = os.environ.get("ACTREC_DISK_GUARD", "1") != "0"
 """``ACTREC_DISK_GUARD=0`` turns the free-space check off (tests use it to make HDF5 itself meet ENOSPC)."""
 
@@ -45,7 +47,7 @@ _DISK_GUARD = os.environ.get("ACTREC_DISK_GUARD", "1") != "0"
 def _growable(group: h5py.Group, name: str, row_shape: tuple[int, ...], dtype: Any, **kwargs: Any) -> None:
     # Fletcher-32 on every chunk: a reader can tell a damaged row from data.
     group.create_dataset(
-        name, shape=(0, *row_shape), maxshape=(None, *row_shape), dtype=dtype, fletcher32=True, **kwargs
+        name, shape=(0, *row_shape), maxshape=(None, *row_shape), dtype=dtype, fletcher32=_FLETCHER32, **kwargs
     )
 
 
