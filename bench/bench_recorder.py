@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all variants")
     parser.add_argument("--every-n-steps", type=int, default=1, help="the recorder's every_n_steps")
     parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--variants", default="", help="comma-separated subset of the variant names")
+    parser.add_argument("--variants", default="", help="semicolon-separated subset of the variant names")
     args = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -201,7 +201,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, lightning {pl.__version__}")
     if args.accelerator == "gpu":
         print(f"device: {torch.cuda.get_device_name(0)}")
-    chosen = [name.strip() for name in args.variants.split(",") if name.strip()]
+    chosen = [name.strip() for name in args.variants.split(";") if name.strip()]
     for name in list(VARIANTS):
         if chosen and name != "off" and name not in chosen:
             del VARIANTS[name]

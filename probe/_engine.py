@@ -231,7 +231,12 @@ class ProbeEngine:
     def _set_scalar(self, key: str, value: torch.Tensor | float | None) -> None:
         view = self.views[key]
         if isinstance(value, torch.Tensor) and value.numel() == 1:
-            view.copy_(value.detach().reshape(()))  # device to device: no synchronisation
+            if value.device == view.device:
+                view.copy_(value.detach().reshape(()))  # on the device: no synchronisation
+            elif value.device.type == "cpu":
+                view.fill_(float(value))  # a host value: reading it waits for nothing on the device
+            else:
+                view.copy_(value.detach().reshape(()), non_blocking=True)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             view.fill_(float(value))
         else:
