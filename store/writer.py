@@ -67,7 +67,8 @@ class _Column:
         self.row_bytes = int(np.prod(self._row_shape, dtype=np.int64)) * self._dtype.itemsize
 
     def append(self, value: Any) -> None:
-        row = np.ascontiguousarray(value, dtype=self._dtype).reshape((1, *self._row_shape))
+        with np.errstate(over="ignore", invalid="ignore"):  # values float16 cannot hold become inf, as stored
+            row = np.ascontiguousarray(value, dtype=self._dtype).reshape((1, *self._row_shape))
         self._id.set_extent((self._rows + 1, *self._row_shape))
         file_space = self._id.get_space()
         file_space.select_hyperslab((self._rows,) + (0,) * len(self._row_shape), (1, *self._row_shape))
@@ -307,7 +308,8 @@ class StoreWriter:
             peak = record.peaks.get(name)
             nonfinite = record.nonfinite.get(name)
             if peak is None or nonfinite is None:
-                stored = np.asarray(array, dtype=self._columns[f"layers/{name}/activations"]._dtype)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    stored = np.asarray(array, dtype=self._columns[f"layers/{name}/activations"]._dtype)
                 finite = np.isfinite(stored)
                 nonfinite = int(stored.size - np.count_nonzero(finite))
                 peak = float(np.abs(stored[finite]).max()) if nonfinite < stored.size else 0.0
