@@ -275,7 +275,7 @@ def resolve_run(path: str | os.PathLike, *, need_store: bool = False) -> Run:
     """
     given = Path(path)
     if not given.exists():
-        raise RunError(f"no run at {given}; pass a run folder, an experiment folder or an activations.h5.")
+        raise RunError(f"no activation store at {given}; pass a run folder, an experiment folder or an activations.h5.")
     if given.is_file():
         return Run(given.parent, store_path=given)
     if _is_run_folder(given) and not _version_folders(given):

@@ -107,7 +107,7 @@ def test_a_resumed_run_points_at_its_checkpoints_store(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("layout", "message"),
     [
-        ("missing", "no run at {path}; pass a run folder, an experiment folder or an activations.h5."),
+        ("missing", "no activation store at {path}; pass a run folder, an experiment folder or an activations.h5."),
         ("empty", "{path} is not a run folder, an experiment folder or an activation store."),
         ("root", "{path} holds experiments (a, b), not a run; pass one of them or a run folder."),
         ("no store", "{path} has no activation store (was it trained with --record false?)."),
