@@ -424,7 +424,10 @@ def test_missing_config_file_checkpoint_and_bad_values_are_one_sentence_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert train_main(["--config", str(tmp_path / "nope.yaml")]) == 2
-    assert capsys.readouterr().err == f"actrec train: config file {tmp_path / 'nope.yaml'} does not exist.\n"
+    assert capsys.readouterr().err == (
+        f"actrec train: config file {tmp_path / 'nope.yaml'} does not exist, "
+        "nor is it a shipped config (article, fashion, quickstart).\n"
+    )
     assert train_main(["--runs_dir", str(tmp_path), "--ckpt_path", str(tmp_path / "gone.ckpt")]) == 1
     assert capsys.readouterr().err == f"actrec train: --ckpt_path {tmp_path / 'gone.ckpt'} is not a file.\n"
     assert train_main(["--runs_dir", str(tmp_path), "--model.lr", "-0.5"]) == 1
