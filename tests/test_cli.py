@@ -68,6 +68,7 @@ def test_a_shipped_config_is_usable_by_name_from_anywhere(
     assert "experiment: article" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a real `actrec train` process: ~15 s of start-up on 2 cores
 def test_actrec_train_ends_with_the_run_folder_and_the_next_commands_then_actrec_runs_lists_it(
     tmp_path: Path,
 ) -> None:

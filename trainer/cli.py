@@ -97,6 +97,7 @@ class TrainCLI(LightningCLI):
             "seed_everything_default": 0,
             "parser_kwargs": {"prog": "actrec train", "description": "Train a network from the actrec model zoo."},
             "auto_configure_optimizers": False,
+            "save_config_kwargs": {"config_filename": CONFIG_FILENAME},  # the name actrec.runs reads
             "run": False,
             "args": args,
         }
