@@ -133,9 +133,7 @@ class TrainCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # LightningCLI warns when both `args` and `sys.argv` are set; `actrec train` always passes its own args.
         self.config = parser.parse_args(args)
-
-    @override
-    def before_instantiate_classes(self) -> None:
+        # Checked here, before LightningCLI seeds (and logs it): a refusal is one sentence and nothing else.
         _check_runs_dir(Path(self.config.runs_dir), self.config.experiment)
         ckpt_path = self.config.get("ckpt_path")
         if ckpt_path is not None:
