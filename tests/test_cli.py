@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -110,3 +112,31 @@ def test_actrec_train_ends_with_the_run_folder_and_the_next_commands_then_actrec
         2,
         accuracy,
     )  # steps 0 and 3: the last step is always recorded
+
+
+@pytest.mark.slow  # a real `actrec train` process, interrupted as a user would
+def test_ctrl_c_ends_actrec_train_with_the_run_folder_and_an_interrupted_summary(tmp_path: Path) -> None:
+    command = [
+        *_actrec(),
+        "train",
+        "--runs_dir",
+        "runs",
+        "--trainer.max_epochs=50",
+        "--trainer.enable_progress_bar=false",
+    ]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    summary_path = tmp_path / "runs" / "quickstart" / "version_0" / "summary.json"
+    deadline = time.monotonic() + 120
+    while not summary_path.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(3)  # into the training loop
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert (
+        stderr.splitlines()[-1]
+        == "actrec train: interrupted; what was recorded so far is in runs/quickstart/version_0."
+    )
+    run = Run(tmp_path / "runs" / "quickstart" / "version_0")
+    assert run.status() == "interrupted"
+    assert run.summary()["global_step"] > 0

@@ -61,6 +61,9 @@ QUICKSTART_DEFAULTS: dict[str, Any] = {
     "model.lr": 2e-3,
 }
 
+# The shell's convention for a command ended by Ctrl-C (128 + SIGINT), as actrec render uses.
+_EXIT_INTERRUPTED = 130
+
 # Depth 2 lists the zoo model's named blocks (net.conv1 ... net.fc3) with their output shapes.
 _SUMMARY_MAX_DEPTH = 2
 
@@ -358,6 +361,7 @@ def train_main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    cli: TrainCLI | None = None
     try:
         with warnings.catch_warnings():
             # pytorch_lightning 2.6 still builds the pytree LeafSpec that torch 2.14 deprecates; nothing a user can
@@ -365,7 +369,10 @@ def train_main(argv: list[str]) -> int:
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
             cli = TrainCLI(args=argv)
             test_metrics = cli.fit_and_test()
-    except SystemExit as exit_request:  # --help, --print_config and jsonargparse's usage errors
+    except SystemExit as exit_request:  # --help, --print_config, jsonargparse's usage errors, and Ctrl-C in fit
+        if cli is not None and cli.run_folder is not None:
+            print(f"actrec train: interrupted; what was recorded so far is in {cli.run_folder}.", file=sys.stderr)
+            return _EXIT_INTERRUPTED
         code = exit_request.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except _USER_ERRORS as error:
