@@ -210,8 +210,8 @@ class TrainCLI(LightningCLI):
         return test_metrics
 
     def _run_folder(self) -> Path | None:
-        """The logger's version folder, where the run's files go; ``None`` without a logger."""
-        if self.trainer.logger is None or self.trainer.logger.log_dir is None:
+        """The logger's version folder, where the run's files go; ``None`` without a logger or off rank 0."""
+        if not self.trainer.is_global_zero or self.trainer.logger is None or self.trainer.logger.log_dir is None:
             return None
         return Path(self.trainer.logger.log_dir)
 
