@@ -432,7 +432,7 @@ Train a network from the actrec model zoo, recording every conv layer's activati
 then test the final weights. The run goes to <runs_dir>/<experiment>/version_N/.
 
 actrec options:
-  --config NAME|FILE        a shipped config by name ({names}) or a YAML file; repeatable, later wins
+  --config NAME|FILE        a shipped config by name ({names}) or a YAML file
   --experiment NAME         runs go to <runs_dir>/<experiment>/version_N/ (default: quickstart)
   --runs_dir DIR            root folder of all runs (default: runs)
   --ckpt_path FILE          resume from a Lightning checkpoint; its run's activation store continues
@@ -449,7 +449,7 @@ data (--data.*):
   --data.dataset NAME       mnist-sample (default, offline), mnist or fashion-mnist
   --data.batch_size N       (default: 64)
   --data.data_dir DIR       where mnist and fashion-mnist are found or downloaded (default: data)
-  --data.download BOOL      allow downloading them (default: false)
+  --data.download BOOL      allow downloading them (default: false; true in article and fashion)
 
 recorder (--recorder.*):
   --recorder.layers LIST    module names or globs, e.g. '[net.conv1, net.conv5]' (default: every conv block)
