@@ -277,6 +277,8 @@ def resolve_run(path: str | os.PathLike, *, need_store: bool = False) -> Run:
     if not given.exists():
         raise RunError(f"no activation store at {given}; pass a run folder, an experiment folder or an activations.h5.")
     if given.is_file():
+        if given.name in (CONFIG_FILENAME, SUMMARY_FILENAME):  # a run's own file names the run
+            return resolve_run(given.parent, need_store=need_store)
         return Run(given.parent, store_path=given)
     if _is_run_folder(given) and not _version_folders(given):
         run = Run(given)

@@ -95,6 +95,7 @@ def test_a_store_file_resolves_to_its_folder_and_keeps_its_name(tmp_path: Path) 
     run = resolve_run(custom)
     assert run.path == folder
     assert run.store_path == custom
+    assert resolve_run(folder / SUMMARY_FILENAME) == Run(folder)  # a run's own file names the run
 
 
 def test_a_resumed_run_points_at_its_checkpoints_store(tmp_path: Path) -> None:
