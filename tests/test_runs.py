@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,15 @@ def test_status_tells_running_from_crashed_by_the_writers_process(tmp_path: Path
         alive.kill()
         alive.wait()
     assert Run(running).status() == "crashed"  # the same summary, its writer gone
+
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{zombie.pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)  # exited, not yet reaped: SIGKILLed training looks like this for a moment
+    unreaped = make_run(tmp_path / "version_9", state="running", pid=zombie.pid, hostname=here)
+    assert Run(unreaped).status() == "crashed"
+    zombie.wait()
 
     mine = make_run(tmp_path / "version_1", state=None)
     write_summary(mine, running_summary(model="mlp"))
