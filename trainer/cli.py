@@ -369,9 +369,10 @@ def train_main(argv: list[str]) -> int:
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
             cli = TrainCLI(args=argv)
             test_metrics = cli.fit_and_test()
-    except SystemExit as exit_request:  # --help, --print_config, jsonargparse's usage errors, and Ctrl-C in fit
-        if cli is not None and cli.run_folder is not None:
-            print(f"actrec train: interrupted; what was recorded so far is in {cli.run_folder}.", file=sys.stderr)
+    except (SystemExit, KeyboardInterrupt) as exit_request:  # --help, --print_config, usage errors, Ctrl-C
+        if isinstance(exit_request, KeyboardInterrupt) or (cli is not None and cli.run_folder is not None):
+            where = f"; what was recorded so far is in {cli.run_folder}" if cli and cli.run_folder else ""
+            print(f"actrec train: interrupted{where}.", file=sys.stderr)
             return _EXIT_INTERRUPTED
         code = exit_request.code
         return code if isinstance(code, int) else (0 if code is None else 1)
