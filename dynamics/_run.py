@@ -1,21 +1,26 @@
-"""Where a run's files are: the one place the dynamics, compare and report commands ask.
-
-Until ``actrec.runs`` owns the run folder's layout, this asks the store module (which already
-resolves a run folder, an experiment folder or a store file) and puts outputs beside the store.
-"""
+"""Which run a path names, asked of :mod:`actrec.runs`: the one place dynamics, compare and report resolve runs."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-from actrec.store import resolve_store_path
+from actrec.runs import resolve_run
 
 
 def run_paths(run: str | os.PathLike) -> tuple[Path, Path]:
-    """``(store_path, run_dir)`` for a run folder, an experiment folder (its newest version) or a store file."""
-    store_path = resolve_store_path(run)
-    return store_path, store_path.parent
+    """``(store_path, run_dir)`` for a run folder, an experiment folder (its newest version) or a store file.
+
+    An experiment folder's chosen version is named on stderr, as ``actrec render`` does.
+
+    Raises:
+        RunError: nothing there, not a run, or a run without a store.
+    """
+    resolved = resolve_run(run, need_store=True)
+    if resolved.note:
+        print(resolved.note, file=sys.stderr, flush=True)
+    return Path(resolved.store_path), Path(resolved.path)
 
 
 def run_label(store_path: Path) -> str:

@@ -22,11 +22,12 @@ _EXIT_INTERRUPTED = 130
 
 def run_guarded(program: str, action: Callable[[], int], errors: tuple[type[Exception], ...] = ()) -> int:
     """Run ``action``; user errors become one sentence on stderr and exit code 1, never a traceback."""
+    from actrec.runs import RunError
     from actrec.viewer.errors import ViewerError
 
     try:
         return action()
-    except (StoreError, ViewerError, DynamicsError, *errors) as error:
+    except (StoreError, ViewerError, RunError, DynamicsError, *errors) as error:
         print(f"{program}: {error}", file=sys.stderr)
         return _EXIT_ERROR
     except OSError as error:

@@ -44,7 +44,7 @@ def _thin(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def _label(value: float, spacing: float, percent: bool) -> str:
     if percent:
         value, spacing = 100 * value, 100 * spacing
-    decimals = 0 if spacing >= 1 else min(6, int(np.ceil(-np.log10(spacing) - 1e-9)))
+    decimals = 0 if spacing >= 1 else min(6, int(np.ceil(-np.log10(spacing) - 1e-9))) if spacing > 0 else 2
     text = f"{value:.{decimals}f}"
     return text + ("%" if percent else "")
 
