@@ -26,3 +26,15 @@ def run_paths(run: str | os.PathLike) -> tuple[Path, Path]:
 def run_label(store_path: Path) -> str:
     """How people name a run: ``experiment/version_N`` (the store's two parent folders)."""
     return "/".join(store_path.resolve().parts[-3:-1])
+
+
+def run_batch_size(run_dir: Path) -> int | None:
+    """The training batch size in the run's saved config (``data.batch_size``), or ``None`` if not there."""
+    from actrec.runs import RunError
+
+    try:
+        config = resolve_run(run_dir).config()
+    except RunError:
+        return None
+    value = (config.get("data") or {}).get("batch_size") if isinstance(config, dict) else None
+    return int(value) if isinstance(value, int) and value > 0 else None
