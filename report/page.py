@@ -188,6 +188,7 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
                 figures.append(
                     f'<figure class="panel layer" data-run="{k + 1}" data-index="{match[0]}" '
                     f'data-layer="{html.escape(layer["name"])}"><figcaption><b>{html.escape(other["run"])}</b>'
+                    f'<span class="scalebar">{html.escape(layer["name"])}</span>'
                     f'<span class="panel-step"></span></figcaption>{_grid(match[0], k + 1, theirs, probes)}</figure>'
                 )
         layer_panels.append(
