@@ -14,14 +14,14 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from actrec.store import StoreReader
-from actrec.viewer._pipeline import LayerJob, make_plan, run_jobs
+from actrec.viewer._pipeline import LayerJob, make_plan, run_jobs, unique_stems
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import TILE_SIZE
 
@@ -46,6 +46,7 @@ class ExportResult:
     tags: tuple[str, ...]
     global_steps: np.ndarray
     samples_per_plugin: int
+    notes: tuple[str, ...] = ()
 
 
 def images_to_keep(num_images: int) -> int:
@@ -92,6 +93,8 @@ def export_tensorboard(
     tile_size: int = TILE_SIZE,
     jobs: int | None = 1,
     progress: bool | None = None,
+    channels: str | None = None,
+    notify: Callable[[str], object] | None = None,
 ) -> ExportResult:
     """Write every chosen step of every chosen layer as an image summary under ``activations/<layer>``.
 
@@ -117,7 +120,11 @@ def export_tensorboard(
             folder is not writable, or ``<run>/activations`` exists and is not an actrec export.
     """
     with StoreReader(run) as store:
-        plan = make_plan(store, layers, start, stop, stride, tile_size, jobs)
+        plan = make_plan(store, layers, start, stop, stride, tile_size, jobs, channels)
+        notes = list(plan.notes)
+        for note in notes:
+            if notify is not None:
+                notify(note)
         log_dir = store.path.parent
         final = log_dir / EXPORT_DIRNAME
         if final.exists() and not (final / _MARKER).is_file():
@@ -129,19 +136,25 @@ def export_tensorboard(
             reason = (error.strerror or str(error)).lower()
             raise ViewerError(f"cannot write the TensorBoard export into {log_dir}: {reason}.") from None
         try:
+            stems = unique_stems(plan.layers)
             job_list = [
                 LayerJob(
                     store_path=store.path,
                     layer=name,
                     num_rows=plan.num_rows,
                     rows=plan.rows,
-                    tile_size=tile_size,
+                    plan=plan.layer_plans[name],
+                    stem=stems[name],
                     kind="tensorboard",
                     out_dir=staging,
                 )
                 for name in plan.layers
             ]
-            run_jobs(job_list, plan.jobs, progress, "exporting", store)
+            for _, job_notes in run_jobs(job_list, plan.jobs, progress, "exporting", store):
+                notes.extend(job_notes)
+                for note in job_notes:
+                    if notify is not None:
+                        notify(note)
             marker = {"run_id": store.run_id, "layers": plan.layers, "steps": len(plan.rows)}
             (staging / _MARKER).write_text(json.dumps(marker) + "\n")
             _swap_in(staging, final)
@@ -155,6 +168,7 @@ def export_tensorboard(
         # Every recorded step, not only the exported ones: the run's own image tags (the recorder's
         # optional TensorBoard images) share the limit and may hold up to one image per step.
         samples_per_plugin=images_to_keep(max(len(plan.rows), plan.num_rows)),
+        notes=tuple(notes),
     )
 
 
