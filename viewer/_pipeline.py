@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from actrec.viewer.frames import (
 )
 from actrec.viewer.scale import ColourScale, colour_scale, sample_rows
 
+TB_TAG = "activations"
+TB_OVERVIEW_TAG = "overview"
 _ROWS_PER_READ = 64  # bounded memory on long runs; one chunk is one HDF5 read per layer
 _REPORT_EVERY = 16  # frames per progress message from a worker
 _WORKERS_FROM_FRAMES = 300  # below this many frames, starting workers (~0.5 s each) does not pay
@@ -136,6 +139,7 @@ class LayerPlan:
     nonfinite_steps: int
 
     drawn_shape: tuple[int, ...]
+    text_scale: float = 1.0
 
     def selected(self, activations: np.ndarray) -> np.ndarray:
         """The drawn channels of an array ending in the layer's per-probe shape (a new array if any are left out)."""
@@ -173,7 +177,14 @@ def _channel_variance(samples: np.ndarray, kind: str) -> np.ndarray:
 
 
 def plan_layer(
-    store: StoreReader, name: str, num_rows: int, choice: ChannelChoice, tile_size: int, num_probes: int
+    store: StoreReader,
+    name: str,
+    num_rows: int,
+    choice: ChannelChoice,
+    tile_size: int,
+    num_probes: int,
+    max_frame_width: int = MAX_FRAME_WIDTH,
+    text_scale: float = 1.0,
 ) -> tuple[LayerPlan, list[str]]:
     """Decide how one layer is drawn: kind, channels, colour scale and tile size; plus notes for the user.
 
@@ -219,9 +230,9 @@ def plan_layer(
     drawn = samples if select is None else np.take(samples, select, axis=-3 if kind == KIND_MAPS else -1)
     scale = colour_scale(info.scale_kind, drawn if drawn.size else np.zeros(1))
     drawn_shape = (len(labels), *shape[1:]) if kind == KIND_MAPS else (*shape[:-1], len(labels))
-    fitted = fit_tile_size(kind, drawn_shape, num_probes, tile_size)
-    height, frame_width = frame_height_width(kind, drawn_shape, num_probes, fitted)
-    if frame_width > MAX_FRAME_WIDTH:
+    fitted = fit_tile_size(kind, drawn_shape, num_probes, tile_size, max_frame_width, text_scale)
+    height, frame_width = frame_height_width(kind, drawn_shape, num_probes, fitted, text_scale)
+    if frame_width > max(max_frame_width, MAX_FRAME_WIDTH):
         notes.append(f"{name}: frames are {frame_width} pixels wide; fewer --channels make them narrower.")
     if height * frame_width > MAX_FRAME_PIXELS:
         raise ViewerError(
@@ -236,7 +247,7 @@ def plan_layer(
         )
     if bad:
         notes.append(f"{name}: {len(bad)} sampled step(s) are damaged and were left out of its colour scale.")
-    plan = LayerPlan(name, kind, select, labels, scale, fitted, nonfinite_steps, drawn_shape)
+    plan = LayerPlan(name, kind, select, labels, scale, fitted, nonfinite_steps, drawn_shape, text_scale)
     return plan, notes
 
 
@@ -282,6 +293,7 @@ def prepare_out_dir(out_dir: Path) -> Path:
     except OSError as error:
         reason = (error.strerror or str(error)).lower()
         raise ViewerError(f"cannot write to the output folder {out_dir}: {reason}.") from None
+    remove_leftovers(out_dir)  # what a killed render left behind
     return out_dir
 
 
@@ -294,6 +306,48 @@ def atomic_path(final: Path) -> Iterator[Path]:
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
+
+
+_LEFTOVER = re.compile(r"^\..+\.(?:partial|old)-(\d+)(?:\.[A-Za-z0-9]+)?$")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete the temporary files and folders a killed render or export left in ``folder``.
+
+    They are named ``.<name>.partial-<pid>[.<ext>]`` or ``.<name>.old-<pid>``; only those whose
+    process is gone are removed, so a render running beside this one keeps its files.
+
+    Returns:
+        What was removed.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _LEFTOVER.match(entry.name)
+        if match is None or _process_alive(int(match[1])):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def safe_filename(layer: str) -> str:
@@ -362,11 +416,15 @@ def make_plan(
     jobs: int | None,
     channels: str | None = None,
     frames_per_layer: int = 1,
+    max_frame_width: int = MAX_FRAME_WIDTH,
+    text_scale: float = 1.0,
 ) -> Plan:
     """Check everything a render or export depends on, and fix the rows, channels and colours to draw.
 
     Args:
         frames_per_layer: images written per layer and row (for the size estimate).
+        max_frame_width: shrink tiles (down to a minimum) for frames to fit this many pixels across.
+        text_scale: multiplies every font size of the frames.
 
     Raises:
         ViewerError: an option is out of range, the store has no steps, a layer is unknown or cannot
@@ -398,7 +456,9 @@ def make_plan(
     notes: list[str] = []
     pixels = 0
     for name in names:
-        layer_plans[name], layer_notes = plan_layer(store, name, num_rows, choice, tile_size, num_probes)
+        layer_plans[name], layer_notes = plan_layer(
+            store, name, num_rows, choice, tile_size, num_probes, max_frame_width, text_scale
+        )
         notes.extend(layer_notes)
         height, width = frame_height_width(
             layer_plans[name].kind, layer_plans[name].drawn_shape, num_probes, layer_plans[name].tile_size
@@ -505,7 +565,7 @@ def _run_job(job: LayerJob, report: Callable[[int], Any], store: StoreReader) ->
     # The caller's reader, never a second one on the same file: HDF5 shares one open file per
     # process, and two readers refreshing their own handles of a dataset corrupt its chunk index.
     context = RunContext.read(store, job.num_rows)
-    layout = context.layout(job.plan, job.rows)
+    layout = context.layout(job.plan, job.rows, job.plan.text_scale)
     damaged: list[int] = []
     if job.kind == "tensorboard":
         paths = [_export_layer(store, job, layout, context, report, damaged)]
@@ -549,13 +609,22 @@ def _export_layer(
     TensorBoard reads every event file of a folder as one run, so one file per layer (and per
     worker process) needs no coordination.
     """
-    tag = f"activations/{job.layer}"
+    tag = f"{TB_TAG}/{job.layer}"
     with writers.TensorBoardImageWriter(
-        job.out_dir, filename_suffix=f".{job.stem or safe_filename(job.layer)}"
+        job.out_dir, filename_suffix=f".{job.stem or safe_filename(job.layer)}", staged=True
     ) as writer:
         for row, frame in layer_frames(store, job.plan, layout, context, job.rows, damaged):
             writer.add_image(tag, frame, int(context.global_steps[row]), wall_time=float(context.wall_times[row]))
             report(1)
+        # At most 10 steps under a second tag: TensorBoard's default keeps 10 images per tag, so a
+        # plain `tensorboard --logdir runs` shows all of these, step 0 included.
+        overview = np.asarray([row for row in job.sheet_rows.tolist() if row not in set(damaged)], dtype=np.int64)
+        if overview.size:
+            for row, frame in layer_frames(store, job.plan, layout, context, overview):
+                step = int(context.global_steps[row])
+                writer.add_image(
+                    f"{TB_OVERVIEW_TAG}/{job.layer}", frame, step, wall_time=float(context.wall_times[row])
+                )
     return job.out_dir
 
 

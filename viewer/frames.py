@@ -129,13 +129,20 @@ def _grid(kind: str, shape: Sequence[int], tile_size: int) -> tuple[int, int, in
     return 1, 1, units, max(cell, tile_size // 4), units * cell
 
 
-def fit_tile_size(kind: str, sample_shape: Sequence[int], num_probes: int, tile_size: int) -> int:
-    """The largest tile size up to ``tile_size`` whose frame fits :data:`MAX_FRAME_WIDTH` across.
+def fit_tile_size(
+    kind: str,
+    sample_shape: Sequence[int],
+    num_probes: int,
+    tile_size: int,
+    max_width: int = MAX_FRAME_WIDTH,
+    text_scale: float = 1.0,
+) -> int:
+    """The largest tile size up to ``tile_size`` whose frame fits ``max_width`` pixels across.
 
     Never below :data:`MIN_TILE_SIZE` (or ``tile_size`` if that is smaller): many probes of a wide
     heatmap may still be wider, which callers warn about.
     """
-    room = (MAX_FRAME_WIDTH - 2 * _MARGIN - 80) // max(num_probes, 1) - _GUTTER
+    room = (max_width - 2 * _MARGIN - round(80 * text_scale)) // max(num_probes, 1) - _GUTTER
     floor = min(tile_size, MIN_TILE_SIZE)
     for size in range(tile_size, floor - 1, -1):
         _, _, _, _, width = _grid(kind, sample_shape, size)
@@ -144,12 +151,14 @@ def fit_tile_size(kind: str, sample_shape: Sequence[int], num_probes: int, tile_
     return floor
 
 
-def frame_height_width(kind: str, sample_shape: Sequence[int], num_probes: int, tile_size: int) -> tuple[int, int]:
+def frame_height_width(
+    kind: str, sample_shape: Sequence[int], num_probes: int, tile_size: int, text_scale: float = 1.0
+) -> tuple[int, int]:
     """About how many pixels ``(height, width)`` a frame of this layer will be, without drawing it."""
     rows, _, _, tile_height, tile_width = _grid(kind, sample_shape, tile_size)
     column = max(tile_width, tile_size) + _GUTTER
-    width = 2 * _MARGIN + 80 + num_probes * column
-    height = 120 + tile_size + rows * (tile_height + _GUTTER)
+    width = 2 * _MARGIN + round(80 * text_scale) + num_probes * column
+    height = round(120 * text_scale) + tile_size + rows * (tile_height + _GUTTER)
     return height, width
 
 
@@ -239,11 +248,13 @@ class FrameLayout:
         self._body_with_labels = self._static_body(row_labels=True)
         self._body_plain = self._static_body(row_labels=False)
         title_width = _text.text_size(longest_title, self._title_size)[0] if longest_title else 0
-        self._header_height, header_width = self._header_extent(title_width)
+        self._header_height, header_width, self._stacked = self._header_extent(
+            title_width, self._body_with_labels.shape[1]
+        )
         self.width = max(self._body_with_labels.shape[1], header_width)
         self.height = self._header_height + self._body_with_labels.shape[0]
         self._static_frame = np.full((self.height, self.width), colors.ZERO_INDEX, np.uint8)
-        self._draw_header(self._static_frame, self.width)
+        self._draw_header(self._static_frame, self.width, self._stacked)
         self._static_frame[self._header_height :, : self._body_with_labels.shape[1]] = self._body_with_labels
         self._gather = self._gather_map()
         self._prediction_stamps: dict[tuple[int, bool | None], np.ndarray] = {}
@@ -311,6 +322,8 @@ class FrameLayout:
     @property
     def title_box(self) -> tuple[int, int, int, int]:
         """Frame pixel box of the title."""
+        if self._stacked:
+            return _MARGIN, _MARGIN, self.width - _MARGIN, _MARGIN + self._title_height
         return _MARGIN, _MARGIN, self.width - _MARGIN - self._legend_width() - 16, self._header_height
 
     # -- static pixels ---------------------------------------------------------------------------
@@ -318,8 +331,17 @@ class FrameLayout:
     @property
     def colorbar_box(self) -> tuple[int, int, int, int]:
         """Frame pixel box ``(left, top, right, bottom)`` (exclusive) of the colour bar."""
-        left, top = self.width - _MARGIN - self._legend_width(), _MARGIN + 2
+        left, top = self._colorbar_origin(self.width, self._stacked)
         return left, top, left + self._colorbar_width, top + self._colorbar_height
+
+    @property
+    def _title_height(self) -> int:
+        return _text.text_size("Ag", self._title_size)[1]
+
+    def _colorbar_origin(self, width: int, stacked: bool) -> tuple[int, int]:
+        if stacked:  # narrow frames: the colour bar goes under the title, not beside it
+            return _MARGIN, _MARGIN + self._title_height + 8
+        return width - _MARGIN - self._legend_width(), _MARGIN + 2
 
     def _legend_width(self) -> int:
         """Width of the colour bar plus, when shown, the non-finite swatch and its name."""
@@ -333,13 +355,14 @@ class FrameLayout:
             + _text.text_size(NONFINITE_LABEL, self._label_size)[0]
         )
 
-    def _header_extent(self, title_width: int) -> tuple[int, int]:
-        label_height = self._label_height
-        bar_block = self._colorbar_height + 4 + label_height
-        title_height = _text.text_size("Ag", self._title_size)[1]
-        height = _MARGIN + max(title_height, bar_block) + 8
-        width = _MARGIN + title_width + 24 + self._legend_width() + _MARGIN
-        return height, width
+    def _header_extent(self, title_width: int, body_width: int) -> tuple[int, int, bool]:
+        """``(height, width, stacked)`` of the header: title and colour bar side by side if they fit the body."""
+        bar_block = self._colorbar_height + 4 + self._label_height
+        side_by_side = _MARGIN + title_width + 24 + self._legend_width() + _MARGIN
+        if side_by_side <= body_width or title_width == 0:
+            return _MARGIN + max(self._title_height, bar_block) + 8, side_by_side, False
+        width = _MARGIN + max(title_width, self._legend_width()) + _MARGIN
+        return _MARGIN + self._title_height + 8 + bar_block + 8, width, True
 
     def _outline(self, canvas: np.ndarray, left: int, top: int, width: int, height: int) -> None:
         # Outlines in the gutter grey: a white part of a bar would vanish into the background.
@@ -349,9 +372,9 @@ class FrameLayout:
         canvas[top - 1 : top + height + 1, left - 1] = outline
         canvas[top - 1 : top + height + 1, left + width] = outline
 
-    def _draw_header(self, canvas: np.ndarray, width: int) -> None:
+    def _draw_header(self, canvas: np.ndarray, width: int, stacked: bool) -> None:
         bar_width, bar_height = self._colorbar_width, self._colorbar_height
-        left, top = width - _MARGIN - self._legend_width(), _MARGIN + 2
+        left, top = self._colorbar_origin(width, stacked)
         canvas[top : top + bar_height, left : left + bar_width] = self.colour_scale.bar_indices(bar_width)
         self._outline(canvas, left, top, bar_width, bar_height)
         label_top = top + bar_height + 3
@@ -533,11 +556,11 @@ class FrameLayout:
         panels = [self._body_with_labels] + [self._body_plain] * (count - 1)
         body_width = sum(panel.shape[1] for panel in panels) + _PANEL_GAP * (count - 1)
         title_width = _text.text_size(title, self._title_size)[0]
-        header_height, header_width = self._header_extent(title_width)
+        header_height, header_width, stacked = self._header_extent(title_width, body_width)
         width = max(body_width, header_width)
         height = header_height + caption_height + self._body_with_labels.shape[0]
         canvas = np.full((height, width), colors.ZERO_INDEX, np.uint8)
-        self._draw_header(canvas, width)
+        self._draw_header(canvas, width, stacked)
         _text.draw_text(canvas, _MARGIN, _MARGIN, title, size=self._title_size)
         left = 0
         for index, panel in enumerate(panels):

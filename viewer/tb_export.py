@@ -21,11 +21,19 @@ from pathlib import Path
 import numpy as np
 
 from actrec.store import StoreReader
-from actrec.viewer._pipeline import LayerJob, make_plan, run_jobs, unique_stems
+from actrec.viewer._events import EVENTS_PREFIX, STAGED_PREFIX, publish_staged
+from actrec.viewer._pipeline import LayerJob, make_plan, nearest_rows, remove_leftovers, run_jobs, unique_stems
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import TILE_SIZE
+from actrec.viewer.render import default_sheet_steps
 
 EXPORT_DIRNAME = "activations"
+CARD_FRAME_WIDTH = 480
+"""Exported frames shrink their tiles to fit this width: TensorBoard draws images about 300-400 px wide."""
+CARD_TEXT_SCALE = 1.5
+"""Exported frames' text is 1.5x the render's, so it stays legible shrunk to a card."""
+OVERVIEW_STEPS = 10
+"""Steps under ``overview/<layer>``: TensorBoard keeps 10 images per tag unless told otherwise."""
 _MARKER = ".actrec-tensorboard-export"  # proves a folder is an export we may replace
 
 
@@ -120,7 +128,21 @@ def export_tensorboard(
             folder is not writable, or ``<run>/activations`` exists and is not an actrec export.
     """
     with StoreReader(run) as store:
-        plan = make_plan(store, layers, start, stop, stride, tile_size, jobs, channels)
+        plan = make_plan(
+            store,
+            layers,
+            start,
+            stop,
+            stride,
+            tile_size,
+            jobs,
+            channels,
+            max_frame_width=CARD_FRAME_WIDTH,
+            text_scale=CARD_TEXT_SCALE,
+        )
+        steps = plan.global_steps[plan.rows]
+        overview_rows = plan.rows[nearest_rows(steps, default_sheet_steps(steps, OVERVIEW_STEPS))]
+        overview_rows = np.unique(overview_rows)
         notes = list(plan.notes)
         for note in notes:
             if notify is not None:
@@ -129,6 +151,9 @@ def export_tensorboard(
         final = log_dir / EXPORT_DIRNAME
         if final.exists() and not (final / _MARKER).is_file():
             raise ViewerError(f"{final} exists and was not written by actrec tensorboard; move it away to export here.")
+        remove_leftovers(log_dir)  # what a killed export left behind
+        # Staged event files carry names TensorBoard ignores until the export is complete and in place,
+        # so neither a running export nor a killed one ever shows up as a run.
         staging = log_dir / f".{EXPORT_DIRNAME}.partial-{os.getpid()}"
         try:
             staging.mkdir()
@@ -147,6 +172,7 @@ def export_tensorboard(
                     stem=stems[name],
                     kind="tensorboard",
                     out_dir=staging,
+                    sheet_rows=overview_rows,
                 )
                 for name in plan.layers
             ]
@@ -177,10 +203,19 @@ def _swap_in(staging: Path, final: Path) -> None:
     retired = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():
         os.replace(final, retired)
+        _unpublish(retired)  # hidden from TensorBoard before it is deleted, even if we are killed now
     try:
         os.replace(staging, final)
     except BaseException:
         if retired.exists():
+            publish_staged(retired)
             os.replace(retired, final)
         raise
+    publish_staged(final)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _unpublish(folder: Path) -> None:
+    for entry in os.scandir(folder):
+        if entry.name.startswith(EVENTS_PREFIX):
+            os.replace(entry.path, folder / (STAGED_PREFIX + entry.name[len(EVENTS_PREFIX) :]))
