@@ -19,6 +19,7 @@ from actrec.compare.align import ALIGNMENTS, aligned_positions, fractional_epoch
 from actrec.dynamics import Dynamics, compute_dynamics
 from actrec.dynamics._run import run_batch_size, run_label, run_paths
 from actrec.dynamics.plots import log10_or_nan, panel_figure
+from actrec.report.build import layer_colour_scale
 from actrec.store import StoreReader
 from actrec.viewer import colors, writers
 from actrec.viewer._pipeline import atomic_path, prepare_out_dir, safe_filename
@@ -198,7 +199,7 @@ def _write_animation(
             FrameLayout(
                 run.store.layer(run.layer).sample_shape,
                 num_probes=len(probes.labels),
-                scale=run.store.symmetric_scale(run.layer, slice(0, run.num_rows)),
+                scale=layer_colour_scale(run.store, run.layer, run.num_rows),
                 probe_images=probes.images,
                 labels=probes.labels,
                 class_names=probes.class_names,

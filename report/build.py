@@ -27,6 +27,8 @@ from actrec.store import StoreReader
 from actrec.viewer import colors, encode_png
 from actrec.viewer._pipeline import atomic_path, prepare_out_dir
 from actrec.viewer.curves import smooth
+from actrec.viewer.frames import as_colour_scale
+from actrec.viewer.scale import ColourScale, colour_scale, sample_rows
 
 REPORT_FILENAME = "report.html"
 DEFAULT_MAX_FRAMES = 600
@@ -65,12 +67,19 @@ def unit_maps(sample_shape: Sequence[int]) -> tuple[int, int, int]:
     raise ReportError(f"cannot draw activations of per-probe shape {shape}.")
 
 
-def tile_grid(activations: np.ndarray, scale: float) -> np.ndarray:
+def layer_colour_scale(store: StoreReader, name: str, num_rows: int) -> ColourScale:
+    """The layer's colour scale by the viewer's one rule (:func:`actrec.viewer.scale.colour_scale`),
+    from the same evenly sampled rows ``actrec render`` uses, so the report's colours match its GIFs."""
+    samples = store.activations(name, sample_rows(num_rows))
+    return colour_scale(store.layer(name).scale_kind, samples)
+
+
+def tile_grid(activations: np.ndarray, scale: ColourScale | float) -> np.ndarray:
     """Palette indices of one step's tiles: channels down, probes across, each at its map's resolution.
 
     Args:
         activations: ``(P, *sample_shape)``.
-        scale: the symmetric colour scale.
+        scale: the layer's colour scale (a number means the diverging ``-scale .. +scale``).
 
     Returns:
         A new ``(C * H, P * W)`` uint8 array (see :mod:`actrec.viewer.colors`).
@@ -81,7 +90,7 @@ def tile_grid(activations: np.ndarray, scale: float) -> np.ndarray:
     padded = np.zeros((probes, channels * height * width), flat.dtype)  # (D,) maps pad the square with 0
     padded[:, : flat.shape[1]] = flat
     maps = padded.reshape(probes, channels, height, width)
-    indices = colors.diverging_indices(maps, scale)
+    indices = as_colour_scale(scale).indices(maps)
     return np.ascontiguousarray(indices.transpose(1, 2, 0, 3).reshape(channels * height, probes * width))
 
 
@@ -113,7 +122,7 @@ def choose_rows(num_rows: int, stride: int | None, max_frames: int) -> tuple[np.
 
 
 def _layer_frames(store: StoreReader, name: str, rows: np.ndarray, num_rows: int) -> list[str]:
-    scale = store.symmetric_scale(name, slice(0, num_rows))
+    scale = layer_colour_scale(store, name, num_rows)
     frames = []
     for start in range(0, len(rows), _ROWS_PER_READ):
         chunk = rows[start : start + _ROWS_PER_READ]
@@ -175,6 +184,7 @@ def build_report(
         StoreError: a store is missing, damaged, foreign or too new.
         ReportError: a store has no steps, or an option is out of range.
         ViewerError: the output folder is not writable.
+        RunError: a run cannot be resolved.
     """
     if max_frames < 2:
         raise ReportError(f"--max-frames must be at least 2, got {max_frames}.")
@@ -197,8 +207,7 @@ def build_report(
                     "channels": channels,
                     "height": height,
                     "width": width,
-                    "scaleKind": store.layer(name).scale_kind,
-                    "scale": store.symmetric_scale(name, slice(0, primary.num_rows)),
+                    "scaleLabel": _scale_label(layer_colour_scale(store, name, primary.num_rows)),
                     "frames": _layer_frames(store, name, rows, primary.num_rows),
                 }
             )
@@ -225,6 +234,12 @@ def build_report(
     with atomic_path(target) as partial:
         partial.write_text(page, encoding="utf-8")
     return ReportResult(target, shown_steps, tuple(layer["name"] for layer in layers), stride, target.stat().st_size)
+
+
+def _scale_label(scale: ColourScale) -> str:
+    """The colour bar in words: ``"-1 .. +1, fixed (tanh)"`` or ``"0 .. 2.5, 99.5th percentile of |a|"``."""
+    labels = [text for text, _ in scale.bar_labels()]
+    return f"{labels[0]} .. {labels[-1]}" + (f", {scale.rule}" if scale.rule else "")
 
 
 def _dynamics_rows(dynamics: Dynamics, rows: np.ndarray) -> list[dict]:

@@ -175,7 +175,7 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
     probe_height, probe_width = data["probeShape"]
     layer_panels = []
     for index, layer in enumerate(data["layers"]):
-        scale = "±1 (tanh)" if layer["scaleKind"] == "tanh" else f"±{layer['scale']:.3g}"
+        scale = html.escape(layer["scaleLabel"])
         figures = [
             f'<figure class="panel layer" data-run="0" data-index="{index}" data-layer="{html.escape(layer["name"])}">'
             f'<figcaption><b>{html.escape(layer["name"])}</b><span class="scalebar">{scale}</span>'
@@ -230,7 +230,8 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
 </header>
 <main>
 <p class="note">One slider drives every panel ({stride_note}). Keys: ← → one step, PgUp/PgDn ten, Home/End,
-space plays. Activations: blue +, white 0, red − on each layer's fixed scale; rows are channels, columns probes.</p>
+space plays. Activations: blue +, white 0, red − (one-sided layers: white 0 to blue),
+on each layer's fixed scale, as actrec render draws them; rows are channels, columns probes.</p>
 {compare_note}
 <section><h2>Probes and predictions</h2>
 <div class="panel" id="probes"><div class="caption"><b>probes</b><span class="panel-step"></span></div>

@@ -18,6 +18,7 @@ from viewer_fixtures import NUM_PROBES, exact_activations, make_store, predictio
 from actrec.report import build_report, tile_grid
 from actrec.report.cli import report_main
 from actrec.viewer import PALETTE, colors
+from actrec.viewer.scale import ColourScale
 
 
 def _page_data(path: Path) -> dict:
@@ -42,6 +43,8 @@ def test_tile_grid_puts_channels_down_and_probes_across_at_map_resolution() -> N
     assert (grid[4:6, 4:8] == colors.POSITIVE_INDEX).all()  # channel 2, probe 1
     assert (grid[2:4, 0:4] == colors.NEGATIVE_INDEX).all()  # channel 1, probe 0
     assert (grid[0:2] == colors.ZERO_INDEX).all()
+    one_sided = tile_grid(np.array([[[[0.0, 2.0]]]], np.float32), ColourScale(one_sided=True, limit=2.0))
+    assert one_sided.tolist() == [[colors.ZERO_INDEX, colors.ONE_SIDED_TOP_INDEX]]  # ReLU-like: white to dark blue
     vector = tile_grid(np.full((2, 5), 0.5, np.float32), 1.0)  # (D,) vectors: one near-square map, zero-padded
     assert vector.shape == (2, 6)
 
