@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actrec.dynamics import Dynamics, compute_dynamics
+from actrec.dynamics import DYNAMICS_FILENAME, Dynamics, DynamicsError, compute_dynamics, read_dynamics
 from actrec.dynamics._run import run_label, run_paths
 from actrec.dynamics.plots import layer_colors, log10_or_nan
 from actrec.report.charts import Line, css_color, svg_chart
@@ -153,8 +153,32 @@ def _read_run(store: StoreReader, threshold: float) -> _RunData:
             scalars[key] = store.scalars(key)
         except Exception:  # noqa: BLE001 - a series never logged is simply not drawn
             scalars[key] = (np.zeros(0, np.int64), np.zeros(0))
-    dynamics = compute_dynamics(store, threshold=threshold, num_rows=num_rows)
+    dynamics = _saved_dynamics(store, num_rows, threshold) or compute_dynamics(
+        store, threshold=threshold, num_rows=num_rows
+    )
     return _RunData(run_label(store.path), store.path, steps, scalars, dynamics, num_rows)
+
+
+def _saved_dynamics(store: StoreReader, num_rows: int, threshold: float) -> Dynamics | None:
+    """``dynamics.npz`` beside the store when it was computed on exactly these rows with this threshold.
+
+    Computing dynamics reads every row once (seconds for the article's run, minutes for 100,000 steps);
+    ``actrec dynamics`` saves them, and a report of the same rows reuses them.
+    """
+    path = store.path.parent / DYNAMICS_FILENAME
+    if not path.exists():
+        return None
+    try:
+        saved = read_dynamics(path)
+    except DynamicsError:
+        return None
+    fresh = (
+        saved.run_id == store.run_id
+        and len(saved.global_steps) == num_rows
+        and saved.threshold == threshold
+        and list(saved.layers) == store.layer_names
+    )
+    return saved if fresh else None
 
 
 def build_report(

@@ -69,6 +69,20 @@ def test_report_holds_every_step_of_every_layer_with_exact_colours_and_predictio
     assert data["dynamics"][0]["ckaFinal"][-1] == 1.0
 
 
+def test_report_reuses_saved_dynamics_only_when_they_match_the_rows(tmp_path: Path) -> None:
+    from actrec.dynamics import read_dynamics, write_dynamics
+    from actrec.dynamics.cli import dynamics_main
+
+    run = make_store(tmp_path / "run", range(4)).parent
+    assert dynamics_main([str(run), "--quiet", "--no-png", "--no-tensorboard"]) == 0
+    saved = read_dynamics(run / "dynamics.npz")
+    marked = saved.layers["net.conv1"].cka_to_first
+    marked[:] = 0.123  # a value no computation gives here, to see where the report's numbers came from
+    write_dynamics(saved, run / "dynamics.npz")
+    assert _page_data(build_report(run).path)["dynamics"][0]["ckaFirst"] == [0.123] * 4
+    assert _page_data(build_report(run, threshold=0.5).path)["dynamics"][0]["ckaFirst"][0] == 1.0  # recomputed
+
+
 def test_report_is_self_contained(tmp_path: Path) -> None:
     run = make_store(tmp_path / "run", range(3)).parent
     text = build_report(run).path.read_text(encoding="utf-8")
