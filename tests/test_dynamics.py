@@ -6,6 +6,7 @@ import math
 import re
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -21,7 +22,7 @@ from actrec.dynamics import (
     write_dynamics,
 )
 from actrec.dynamics.cli import dynamics_main
-from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreReader, StoreWriter
+from actrec.store import FORMAT_VERSION, LayerSpec, ProbeSet, StepRecord, StoreReader, StoreWriter
 
 # Four probes, one unit: X and Y are already centred, X.Y = 0 and X.Z = 1 with |X|^2 = |Z|^2 = 2.
 X = np.array([1.0, -1.0, 0.0, 0.0])
@@ -214,11 +215,18 @@ def test_command_with_two_probes_says_cka_is_undefined(tmp_path: Path, capsys) -
         (["missing"], r"no activation store at .*missing"),
         (["RUN", "--layers", "nope"], r"unknown layer 'nope'; this store records: a, b\."),
         (["RUN", "--threshold", "0"], r"--threshold must be in \(0, 1\], got 0\."),
+        (["NEWER"], r"uses store format version \d+, newer than this actrec reads"),
+        (["TRUNCATED"], r"cannot be read; it may be truncated or damaged"),
     ],
 )
 def test_command_errors_are_one_sentence(tmp_path: Path, capsys, arguments: list[str], message: str) -> None:
     run = _make_run(tmp_path / "run")
-    paths = {"RUN": str(run), "missing": str(tmp_path / "missing")}
+    newer = _make_run(tmp_path / "newer")
+    with h5py.File(newer / "activations.h5", "r+") as file:
+        file.attrs["format_version"] = FORMAT_VERSION + 1
+    truncated = _make_run(tmp_path / "truncated") / "activations.h5"
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    paths = {"RUN": str(run), "missing": str(tmp_path / "missing"), "NEWER": str(newer), "TRUNCATED": str(truncated)}
     arguments = [paths.get(item, item) for item in arguments]
     assert dynamics_main(arguments) == 1
     err = capsys.readouterr().err.strip()
