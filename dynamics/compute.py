@@ -43,7 +43,8 @@ class LayerDynamics:
         cka_to_first: linear CKA against the first recorded row.
         saturated_fraction: fraction of saturated values (NaN where the kind has no saturation).
         constant_channels: channels constant over the probes at that row (dead for this input).
-        always_constant: channels constant at every recorded row: dead all run long.
+        always_constant: channels constant at every recorded row: dead all run long (indices into the
+            full layer when the store kept only some of its channels).
         settling_step: first step from which ``cka_to_final`` stays at or above the threshold.
     """
 
@@ -132,6 +133,9 @@ def _layer_dynamics(
 ) -> LayerDynamics:
     info = store.layer(name)
     channels = info.sample_shape[metrics.channel_axis(info.sample_shape)] if info.sample_shape else 1
+    # v2 stores may keep a subset of a layer's channels; report dead ones by their index in the full layer.
+    stored = getattr(info, "channels", None)
+    labels = tuple(stored) if stored is not None else tuple(range(channels))
     first_gram = metrics.centered_gram(store.activations(name, slice(0, 1))[0])
     final_gram = metrics.centered_gram(store.activations(name, slice(total - 1, total))[0])
     series = {key: np.full(total, np.nan) for key in SERIES}
@@ -157,7 +161,7 @@ def _layer_dynamics(
         name=name,
         scale_kind=info.scale_kind,
         channels=channels,
-        always_constant=tuple(int(channel) for channel in np.flatnonzero(always_constant)),
+        always_constant=tuple(int(labels[channel]) for channel in np.flatnonzero(always_constant)),
         settling_step=metrics.settling_step(global_steps, series["cka_to_final"], threshold),
         **series,
     )
