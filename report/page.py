@@ -155,7 +155,7 @@ _SCRIPT = r"""
 """
 
 
-def _grid(index: int, run: int, layer: dict, probes: int) -> str:
+def _grid(layer: dict, probes: int) -> str:
     return (
         f'<div class="grid" data-channels="{layer["channels"]}" data-height="{layer["height"]}" '
         f'data-width="{layer["width"]}" data-probes="{probes}"><img alt="{html.escape(layer["name"])}"></div>'
@@ -179,7 +179,7 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
         figures = [
             f'<figure class="panel layer" data-run="0" data-index="{index}" data-layer="{html.escape(layer["name"])}">'
             f'<figcaption><b>{html.escape(layer["name"])}</b><span class="scalebar">{scale}</span>'
-            f'<span class="panel-step"></span></figcaption>{_grid(index, 0, layer, probes)}</figure>'
+            f'<span class="panel-step"></span></figcaption>{_grid(layer, probes)}</figure>'
         ]
         for k, other in enumerate(data["compare"]):
             match = [i for i, theirs in enumerate(other["layers"]) if theirs["name"] == layer["name"]]
@@ -189,7 +189,7 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
                     f'<figure class="panel layer" data-run="{k + 1}" data-index="{match[0]}" '
                     f'data-layer="{html.escape(layer["name"])}"><figcaption><b>{html.escape(other["run"])}</b>'
                     f'<span class="scalebar">{html.escape(layer["name"])}</span>'
-                    f'<span class="panel-step"></span></figcaption>{_grid(match[0], k + 1, theirs, probes)}</figure>'
+                    f'<span class="panel-step"></span></figcaption>{_grid(theirs, probes)}</figure>'
                 )
         layer_panels.append(
             "".join(figures) if not data["compare"] else f'<div class="panels">{"".join(figures)}</div>'
