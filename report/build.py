@@ -350,4 +350,10 @@ def _charts(primary: _RunData, others: Sequence[_RunData]) -> dict[str, list[str
         f'<span class="swatch" style="background:{color}"></span>{html.escape(layer.name)} '
         for layer, color in zip(layers, palette, strict=True)
     )
-    return {"training": training, "dynamics": dynamics, "legend": [legend]}
+    training_legend = (
+        '<span class="swatch" style="background:#b0cbe4"></span>train batch'
+        '<span class="swatch" style="background:#2166ac"></span>train batch, smoothed'
+        '<span class="swatch" style="background:#e66101"></span>validation'
+        + "".join(f" · dashed: {html.escape(other.label)}" for other in others)
+    )
+    return {"training": training, "dynamics": dynamics, "legend": [legend], "training_legend": [training_legend]}
