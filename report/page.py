@@ -240,7 +240,8 @@ on each layer's fixed scale, as actrec render draws them; rows are channels, col
 <img id="probe-img" alt="probe images"></div>
 <div class="labels" id="predictions">{"<span></span>" * probes}</div></div></section>
 <section><h2>Layers</h2>{layers_html}</section>
-<section><h2>Training curves</h2><p class="note">{"".join(charts["training_legend"])}</p><div class="panels">{training}</div></section>
+<section><h2>Training curves</h2><p class="note">{"".join(charts["training_legend"])}</p>
+<div class="panels">{training}</div></section>
 <section><h2>Layer dynamics</h2><p class="note">{"".join(charts["legend"])}</p><div class="panels">{dynamics}</div>
 <div class="panel" id="dynamics-table" style="margin-top:12px"><div class="caption"><b>per layer</b>
 <span class="panel-step"></span></div>
