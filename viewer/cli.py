@@ -63,6 +63,12 @@ def _selection_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="worker processes, one layer each at a time (default: one per CPU for large runs)",
     )
+    parser.add_argument(
+        "--channels",
+        metavar="LIST|top:K|all",
+        help="channels (maps) or units (tokens, vectors) to draw: indices (0,3,7), top:K (the K that vary most "
+        "over training) or all; default: all up to 16, else the 16 that vary most",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -87,7 +93,13 @@ def _common_options(args: argparse.Namespace) -> dict:
         "tile_size": args.tile_size,
         "jobs": args.jobs,
         "progress": False if args.quiet else None,
+        "channels": args.channels,
+        "notify": _note,
     }
+
+
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr, flush=True)
 
 
 def _run(program: str, action: Callable[[], int]) -> int:
