@@ -119,7 +119,13 @@ def test_unwritable_output_folder_fails_before_anything_is_written(
         (["--steps", "x"], "--steps takes START:STOP in training steps (either may be empty), got 'x'."),
         (["--stride", "0"], "--stride must be a positive integer, got 0."),
         (["--fps", "500"], "fps must be greater than 0 and at most 50, got 500."),
-        (["--tile-size", "2"], "--tile-size must be at least 4 pixels, got 2."),
+        (["--tile-size", "2"], "--tile-size must be between 4 and 512 pixels, got 2."),
+        (["--tile-size", "100000"], "--tile-size must be between 4 and 512 pixels, got 100000."),
+        (["--fps", "nan"], "fps must be greater than 0 and at most 50, got nan."),
+        (["--jobs", "0"], "--jobs must be a positive integer, got 0."),
+        (["--channels", "x,1"], "--channels takes indices (0,3,7), top:K or all, got 'x,1'."),
+        (["--channels", "top:0"], "--channels top:K needs K of at least 1, got 'top:0'."),
+        (["--channels", "7"], "layer 'net.conv1' has no channel 7; it records 3 channels."),
     ],
 )
 def test_bad_options_fail_in_one_sentence(

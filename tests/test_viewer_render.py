@@ -131,7 +131,7 @@ def test_mp4_without_imageio_ffmpeg_says_how_to_get_it(monkeypatch: pytest.Monke
 
 
 def _layout_for(layer: str, tile_size: int = 32) -> FrameLayout:
-    """The layout the renderer uses for the fixture store's ``layer`` (tile positions do not depend on the title)."""
+    """The layout the renderer uses for the fixture store's ``layer`` (steps 0 to 3: titles of one length)."""
     shape = {"net.conv1": (3, 8, 8), "net.conv2": (2, 4, 4)}[layer]
     scale = 1.0 if layer == "net.conv1" else SYMMETRIC_MAX
     return FrameLayout(
@@ -142,6 +142,7 @@ def _layout_for(layer: str, tile_size: int = 32) -> FrameLayout:
         labels=np.arange(3),
         class_names=CLASS_NAMES,
         tile_size=tile_size,
+        longest_title=frame_title(layer, 3, 0),
     )
 
 
@@ -307,9 +308,16 @@ def test_export_tensorboard_writes_every_step_once(tmp_path: Path) -> None:
     assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["activations", "activations.h5"]
     accumulator = EventAccumulator(str(result.export_dir), size_guidance={IMAGES: 0})
     accumulator.Reload()
-    assert sorted(accumulator.Tags()["images"]) == ["activations/net.conv1", "activations/net.conv2"]
+    assert sorted(accumulator.Tags()["images"]) == [
+        "activations/net.conv1",
+        "activations/net.conv2",
+        "overview/net.conv1",
+        "overview/net.conv2",
+    ]
     for tag in result.tags:
         assert [event.step for event in accumulator.Images(tag)] == [0, 3, 6, 9]
+        # At most 10 steps, so TensorBoard's default (10 per tag) keeps them all, step 0 included.
+        assert [event.step for event in accumulator.Images(tag.replace("activations/", "overview/"))] == [0, 3, 6, 9]
     with StoreReader(tmp_path / "run") as store:
         wall_times = store.steps()["wall_time"]
     assert [event.wall_time for event in accumulator.Images("activations/net.conv1")] == wall_times.tolist()

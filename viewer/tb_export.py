@@ -14,18 +14,26 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from actrec.store import StoreReader
-from actrec.viewer._pipeline import LayerJob, make_plan, run_jobs
+from actrec.viewer._events import EVENTS_PREFIX, STAGED_PREFIX, publish_staged
+from actrec.viewer._pipeline import LayerJob, make_plan, nearest_rows, remove_leftovers, run_jobs, unique_stems
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import TILE_SIZE
+from actrec.viewer.render import default_sheet_steps
 
 EXPORT_DIRNAME = "activations"
+CARD_FRAME_WIDTH = 480
+"""Exported frames shrink their tiles to fit this width: TensorBoard draws images about 300-400 px wide."""
+CARD_TEXT_SCALE = 1.5
+"""Exported frames' text is 1.5x the render's, so it stays legible shrunk to a card."""
+OVERVIEW_STEPS = 10
+"""Steps under ``overview/<layer>``: TensorBoard keeps 10 images per tag unless told otherwise."""
 _MARKER = ".actrec-tensorboard-export"  # proves a folder is an export we may replace
 
 
@@ -46,6 +54,7 @@ class ExportResult:
     tags: tuple[str, ...]
     global_steps: np.ndarray
     samples_per_plugin: int
+    notes: tuple[str, ...] = ()
 
 
 def images_to_keep(num_images: int) -> int:
@@ -92,6 +101,8 @@ def export_tensorboard(
     tile_size: int = TILE_SIZE,
     jobs: int | None = 1,
     progress: bool | None = None,
+    channels: str | None = None,
+    notify: Callable[[str], object] | None = None,
 ) -> ExportResult:
     """Write every chosen step of every chosen layer as an image summary under ``activations/<layer>``.
 
@@ -117,11 +128,32 @@ def export_tensorboard(
             folder is not writable, or ``<run>/activations`` exists and is not an actrec export.
     """
     with StoreReader(run) as store:
-        plan = make_plan(store, layers, start, stop, stride, tile_size, jobs)
+        plan = make_plan(
+            store,
+            layers,
+            start,
+            stop,
+            stride,
+            tile_size,
+            jobs,
+            channels,
+            max_frame_width=CARD_FRAME_WIDTH,
+            text_scale=CARD_TEXT_SCALE,
+        )
+        steps = plan.global_steps[plan.rows]
+        overview_rows = plan.rows[nearest_rows(steps, default_sheet_steps(steps, OVERVIEW_STEPS))]
+        overview_rows = np.unique(overview_rows)
+        notes = list(plan.notes)
+        for note in notes:
+            if notify is not None:
+                notify(note)
         log_dir = store.path.parent
         final = log_dir / EXPORT_DIRNAME
         if final.exists() and not (final / _MARKER).is_file():
             raise ViewerError(f"{final} exists and was not written by actrec tensorboard; move it away to export here.")
+        remove_leftovers(log_dir)  # what a killed export left behind
+        # Staged event files carry names TensorBoard ignores until the export is complete and in place,
+        # so neither a running export nor a killed one ever shows up as a run.
         staging = log_dir / f".{EXPORT_DIRNAME}.partial-{os.getpid()}"
         try:
             staging.mkdir()
@@ -129,19 +161,26 @@ def export_tensorboard(
             reason = (error.strerror or str(error)).lower()
             raise ViewerError(f"cannot write the TensorBoard export into {log_dir}: {reason}.") from None
         try:
+            stems = unique_stems(plan.layers)
             job_list = [
                 LayerJob(
                     store_path=store.path,
                     layer=name,
                     num_rows=plan.num_rows,
                     rows=plan.rows,
-                    tile_size=tile_size,
+                    plan=plan.layer_plans[name],
+                    stem=stems[name],
                     kind="tensorboard",
                     out_dir=staging,
+                    sheet_rows=overview_rows,
                 )
                 for name in plan.layers
             ]
-            run_jobs(job_list, plan.jobs, progress, "exporting", store)
+            for _, job_notes in run_jobs(job_list, plan.jobs, progress, "exporting", store):
+                notes.extend(job_notes)
+                for note in job_notes:
+                    if notify is not None:
+                        notify(note)
             marker = {"run_id": store.run_id, "layers": plan.layers, "steps": len(plan.rows)}
             (staging / _MARKER).write_text(json.dumps(marker) + "\n")
             _swap_in(staging, final)
@@ -155,6 +194,7 @@ def export_tensorboard(
         # Every recorded step, not only the exported ones: the run's own image tags (the recorder's
         # optional TensorBoard images) share the limit and may hold up to one image per step.
         samples_per_plugin=images_to_keep(max(len(plan.rows), plan.num_rows)),
+        notes=tuple(notes),
     )
 
 
@@ -163,10 +203,19 @@ def _swap_in(staging: Path, final: Path) -> None:
     retired = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():
         os.replace(final, retired)
+        _unpublish(retired)  # hidden from TensorBoard before it is deleted, even if we are killed now
     try:
         os.replace(staging, final)
     except BaseException:
         if retired.exists():
+            publish_staged(retired)
             os.replace(retired, final)
         raise
+    publish_staged(final)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _unpublish(folder: Path) -> None:
+    for entry in os.scandir(folder):
+        if entry.name.startswith(EVENTS_PREFIX):
+            os.replace(entry.path, folder / (STAGED_PREFIX + entry.name[len(EVENTS_PREFIX) :]))

@@ -228,14 +228,15 @@ class TensorBoardImageWriter:
     Args:
         log_dir: the folder to write the event file into (created if missing).
         filename_suffix: appended to the event file's name, e.g. ``".net.conv1"``.
+        staged: write under a name TensorBoard ignores until :func:`actrec.viewer._events.publish_staged`.
     """
 
-    def __init__(self, log_dir: str | os.PathLike, *, filename_suffix: str = "") -> None:
+    def __init__(self, log_dir: str | os.PathLike, *, filename_suffix: str = "", staged: bool = False) -> None:
         # Imported here: only the TensorBoard export pays for importing tensorboard.
         from tensorboard.compat.proto import event_pb2, summary_pb2
 
         self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
-        self._file: EventFile | None = EventFile(log_dir, filename_suffix)
+        self._file: EventFile | None = EventFile(log_dir, filename_suffix, staged=staged)
         self.path = self._file.path
         # Every event file starts with its version, as TensorBoard's writers do.
         self._file.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
