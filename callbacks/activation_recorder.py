@@ -655,10 +655,10 @@ def _on_rank_zero_or_raise(trainer: pl.Trainer, action: Callable[[], None]) -> N
     if trainer.is_global_zero:
         try:
             action()
-        except (StoreError, MisconfigurationException, ProbeError) as error:
+        except (StoreError, MisconfigurationException) as error:
             message = str(error)
-            if not message.startswith("ActivationRecorder"):
-                message = f"ActivationRecorder: {message}"
+        except ProbeError as error:
+            message = f"ActivationRecorder: {error}"
     message = trainer.strategy.broadcast(message, src=0)
     if message is not None:
         raise MisconfigurationException(message)
