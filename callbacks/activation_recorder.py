@@ -240,6 +240,7 @@ class ActivationRecorder(Callback):
         self._resume_state: dict[str, Any] | None = None
         self._resumed = False
         self._val_written: dict[str, bool] = {"val/loss": False, "val/acc": False}
+        self._batch_metrics_found: dict[str, bool] = {"batch_loss": False, "batch_acc": False}
         self._validated = False
 
     @property
@@ -444,6 +445,8 @@ class ActivationRecorder(Callback):
             return
         loss = _find_metric(outputs, trainer, self.batch_loss_names)
         acc = _find_metric(outputs, trainer, self.batch_acc_names)
+        self._batch_metrics_found["batch_loss"] |= loss is not None
+        self._batch_metrics_found["batch_acc"] |= acc is not None
         self._record(trainer, loss, acc)
 
     @override
@@ -473,6 +476,13 @@ class ActivationRecorder(Callback):
         elif self._writer is not None and not self._stopped:
             self._writer.flush()
         self._check_failure()
+        if self._last_recorded_step > 0:
+            for column, names in (("batch_loss", self.batch_loss_names), ("batch_acc", self.batch_acc_names)):
+                if not self._batch_metrics_found[column]:
+                    rank_zero_warn(
+                        f"ActivationRecorder: training_step returned and logged none of {', '.join(names)}, so "
+                        f"the store's {column} column is empty (NaN); set {column}_names to the name you use."
+                    )
         if self._validated:
             for series, names in (("val/loss", self.val_loss_names), ("val/acc", self.val_acc_names)):
                 if not self._val_written[series]:

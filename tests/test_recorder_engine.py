@@ -127,6 +127,7 @@ def test_probes_from_trainer_loaders_without_a_datamodule(tmp_path: Path) -> Non
         assert store.config["probes"]["source"] == "the validation loader"
     messages = [str(w.message) for w in caught]
     assert sum("the store's val/acc series is empty" in m for m in messages) == 1
+    assert not any("column is empty" in m for m in messages)  # loss and acc come from training_step's dict
     assert not any("val/loss series is empty" in m for m in messages)
 
 
