@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import queue
 import select
@@ -80,12 +81,17 @@ class WriterProcess:
         self._flush_sent = 0
         self._closed = False
         self._finished = threading.Event()
-        shared = _shared_folder() / f"actrec-{os.getpid()}-{uuid.uuid4().hex}.rows"
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - the child writes into it for our whole life
+        size = slots * self.row_bytes
+        shared = _shared_folder() / f"actrec-{os.getpid()}-{uuid.uuid4().hex}.rows"
+        descriptor = os.open(shared, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            with open(shared, "wb") as file:
-                file.truncate(slots * self.row_bytes)
-            self._memory = np.memmap(shared, dtype=np.uint8, mode="r+", shape=(slots * self.row_bytes,))
+            # Unlinked at once: the memory lives as long as the two processes holding it, and nothing is
+            # left behind in /dev/shm whatever kills them.
+            os.unlink(shared)
+            os.ftruncate(descriptor, size)
+            self._mapping = mmap.mmap(descriptor, size)
+            self._memory = np.frombuffer(self._mapping, dtype=np.uint8)
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             self._child = subprocess.Popen(
                 [sys.executable, "-m", "actrec.store._process"],
@@ -93,12 +99,13 @@ class WriterProcess:
                 stdout=subprocess.PIPE,
                 stderr=self._log,
                 env=env,
+                pass_fds=(descriptor,),
                 start_new_session=True,  # a Ctrl-C meant for training does not cut the store short
             )
             self._send(
                 {
                     "path": str(self.path),
-                    "shared": str(shared),
+                    "shared_fd": descriptor,
                     "slots": slots,
                     "row_bytes": self.row_bytes,
                     "flush_every": flush_every,
@@ -108,7 +115,7 @@ class WriterProcess:
             )
             ready = self._child.stdout.readline()
         finally:
-            shared.unlink(missing_ok=True)  # both sides hold it mapped; nothing is left behind on any exit
+            os.close(descriptor)
         message = json.loads(ready) if ready.startswith(b"{") else {}
         self.last_global_step = int(message.get("last_global_step", -1))
         if "ready" not in message:
@@ -174,6 +181,8 @@ class WriterProcess:
         self._reader.join(timeout=10)
         self._log.close()
         del self._memory
+        with contextlib.suppress(BufferError):  # a caller still holding a view keeps the mapping alive
+            self._mapping.close()
 
     def _send(self, message: dict[str, Any]) -> bool:
         try:
@@ -262,7 +271,8 @@ def _child_main() -> None:
         _reply({"error": f"cannot open {setup['path']} for writing: {error}"})
         return
     row_bytes = setup["row_bytes"]
-    memory = np.memmap(setup["shared"], dtype=np.uint8, mode="r", shape=(setup["slots"] * row_bytes,))
+    mapping = mmap.mmap(setup["shared_fd"], setup["slots"] * row_bytes, prot=mmap.PROT_READ)
+    memory = np.frombuffer(mapping, dtype=np.uint8)
     fields = [(key, np.dtype(dtype), tuple(shape), offset) for key, dtype, shape, offset in setup["fields"]]
     _reply({"ready": 1, "last_global_step": writer.last_global_step})
     last_flush = time.monotonic()
