@@ -155,6 +155,7 @@ def test_zoo_records_reads_back_resumes_and_changes_nothing(tmp_path: Path, name
         for layer in expected_layers:
             info = store.layer(layer)
             assert info.kind == {4: "maps", 3: "tokens", 2: "vector"}[fresh.activations[layer].ndim]
+            assert info.output == ("[0]" if layer.endswith("[0]") else "")  # the selector, stored with the layer
             np.testing.assert_array_equal(
                 store.activations(layer)[-1], fresh.activations[layer].numpy().astype(np.float16)
             )
