@@ -9,6 +9,7 @@ would not help), each worker opening the store itself.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -140,6 +141,11 @@ class LayerPlan:
 
     drawn_shape: tuple[int, ...]
     text_scale: float = 1.0
+
+    @property
+    def axis(self) -> int:
+        """The channel (maps) or unit axis of an array ending in the per-probe shape."""
+        return -3 if self.kind == KIND_MAPS else -1
 
     def selected(self, activations: np.ndarray) -> np.ndarray:
         """The drawn channels of an array ending in the layer's per-probe shape (a new array if any are left out)."""
@@ -489,6 +495,7 @@ class LayerJob:
     fps: float = 10.0
     sheet_rows: np.ndarray | None = None
     stem: str = ""  # the output file name stem; unique among the layers of one render
+    channels_per_image: int = 0  # TensorBoard: channels per image (0: all in one)
 
 
 _worker_progress: Any = None  # a worker process's queue for progress counts
@@ -609,23 +616,58 @@ def _export_layer(
     TensorBoard reads every event file of a folder as one run, so one file per layer (and per
     worker process) needs no coordination.
     """
-    tag = f"{TB_TAG}/{job.layer}"
+    groups = card_groups(job.plan, job.channels_per_image)
+    layouts = [layout if len(groups) == 1 else context.layout(plan, job.rows, plan.text_scale) for plan, _ in groups]
+
+    def add_frames(writer: writers.TensorBoardImageWriter, rows: np.ndarray, prefix: str, bad: list[int] | None) -> int:
+        written = 0
+        for row, values in layer_rows(store, job.plan, rows, bad):
+            title, step = context.title(job.layer, row), int(context.global_steps[row])
+            for (plan, suffix), group_layout in zip(groups, layouts, strict=True):
+                frame = group_layout.frame(
+                    values if plan is job.plan else np.take(values, plan.select, axis=plan.axis),
+                    title=title,
+                    predictions=context.predictions[row],
+                )
+                tag = f"{prefix}/{job.layer}{suffix}"
+                writer.add_image(tag, frame, step, wall_time=float(context.wall_times[row]))
+            written += 1
+            if bad is not None:  # the overview's frames are extra; progress counts steps
+                report(1)
+        return written
+
     with writers.TensorBoardImageWriter(
         job.out_dir, filename_suffix=f".{job.stem or safe_filename(job.layer)}", staged=True
     ) as writer:
-        for row, frame in layer_frames(store, job.plan, layout, context, job.rows, damaged):
-            writer.add_image(tag, frame, int(context.global_steps[row]), wall_time=float(context.wall_times[row]))
-            report(1)
+        add_frames(writer, job.rows, TB_TAG, damaged)
         # At most 10 steps under a second tag: TensorBoard's default keeps 10 images per tag, so a
         # plain `tensorboard --logdir runs` shows all of these, step 0 included.
         overview = np.asarray([row for row in job.sheet_rows.tolist() if row not in set(damaged)], dtype=np.int64)
         if overview.size:
-            for row, frame in layer_frames(store, job.plan, layout, context, overview):
-                step = int(context.global_steps[row])
-                writer.add_image(
-                    f"{TB_OVERVIEW_TAG}/{job.layer}", frame, step, wall_time=float(context.wall_times[row])
-                )
+            add_frames(writer, overview, TB_OVERVIEW_TAG, None)
     return job.out_dir
+
+
+def card_groups(plan: LayerPlan, per_image: int) -> list[tuple[LayerPlan, str]]:
+    """Split a maps layer's drawn channels into images of ``per_image`` channels, each with a tag suffix.
+
+    Each group's plan selects from the drawn channels (its ``select`` indexes them, on ``axis``).
+    One group (the plan itself, no suffix) when ``per_image`` is 0 or the layer is narrow enough.
+    """
+    count = len(plan.labels)
+    if plan.kind != KIND_MAPS or per_image <= 0 or count <= per_image:
+        return [(plan, "")]
+    groups = []
+    for start in range(0, count, per_image):
+        positions = tuple(range(start, min(count, start + per_image)))
+        labels = tuple(plan.labels[i] for i in positions)
+        contiguous = labels == tuple(range(labels[0], labels[0] + len(labels)))
+        name = f"{labels[0]}-{labels[-1]}" if contiguous else ",".join(map(str, labels))
+        group = dataclasses.replace(
+            plan, select=positions, labels=labels, drawn_shape=(len(positions), *plan.drawn_shape[1:])
+        )
+        groups.append((group, f"/ch {name}"))
+    return groups
 
 
 @dataclass(frozen=True)
@@ -692,6 +734,14 @@ def layer_frames(
     Rows that fail the store's integrity check are never drawn: they are appended to ``damaged``
     (or the error is raised when ``damaged`` is ``None``).
     """
+    for row, values in layer_rows(store, plan, rows, damaged):
+        yield row, layout.frame(values, title=context.title(plan.name, row), predictions=context.predictions[row])
+
+
+def layer_rows(
+    store: StoreReader, plan: LayerPlan, rows: np.ndarray, damaged: list[int] | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(row, drawn channels of the row)``, reading in bounded chunks and skipping damaged rows."""
     for chunk_start in range(0, len(rows), _ROWS_PER_READ):
         chunk = rows[chunk_start : chunk_start + _ROWS_PER_READ]
         # A contiguous run of rows is one slice read; strided rows need an index read.
@@ -714,8 +764,7 @@ def layer_frames(
             if not values:
                 continue
             activations = np.stack(values)
-        for row, values in zip(readable, plan.selected(activations), strict=True):
-            yield row, layout.frame(values, title=context.title(plan.name, row), predictions=context.predictions[row])
+        yield from zip(readable, plan.selected(activations), strict=True)
 
 
 def sheet_frame(

@@ -498,11 +498,15 @@ class FrameLayout:
         else:
             kind = "right" if predicted == label else "wrong"
             room = stamp.shape[1] - self._mark_size - 2
-            name = _text.fit_text(name, self._label_size, room)
-            text_width, text_height = _text.text_size(name, self._label_size)
-            x = max(0, (self.column_width - (self._mark_size + 2 + text_width)) // 2)
-            _text.draw_mark(stamp, x, (text_height - self._mark_size) // 2 + 1, kind, size=self._mark_size)
-            _text.draw_text(stamp, x + self._mark_size + 2, 0, name, size=self._label_size, ink=kind)
+            fitted = _text.fit_text(name, self._label_size, room)
+            if not fitted:  # too narrow for a mark and the name: the name alone, in green or red
+                self._centred_text(stamp, 0, 0, name, kind)
+            else:
+                text_width = _text.text_size(fitted, self._label_size)[0]
+                x = max(0, (self.column_width - (self._mark_size + 2 + text_width)) // 2)
+                mark_top = max(0, (self._label_height - self._mark_size) // 2 + 1)
+                _text.draw_mark(stamp, x, mark_top, kind, size=self._mark_size)
+                _text.draw_text(stamp, x + self._mark_size + 2, 0, fitted, size=self._label_size, ink=kind)
         stamp.setflags(write=False)
         self._prediction_stamps[key] = stamp
         return stamp
