@@ -24,6 +24,7 @@ import numpy as np
 
 from actrec.store import StoreError, StoreReader
 from actrec.viewer import writers
+from actrec.viewer._steps import row_epochs
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import (
     DEFAULT_MAX_CHANNELS,
@@ -670,6 +671,22 @@ def card_groups(plan: LayerPlan, per_image: int) -> list[tuple[LayerPlan, str]]:
     return groups
 
 
+def read_steps(store: StoreReader, num_rows: int) -> dict[str, np.ndarray]:
+    """The per-row columns of the first ``num_rows`` rows, with each row's epoch as :mod:`._steps` decides it."""
+    steps = {key: value[:num_rows] for key, value in store.steps().items()}
+    try:
+        validation_steps = store.scalars("val/loss")[0]
+    except StoreError:
+        validation_steps = np.zeros(0, np.int64)
+    try:
+        trainer = store.config.get("trainer", {})
+        max_epochs = int(trainer["max_epochs"]) if isinstance(trainer, dict) and trainer.get("max_epochs") else None
+    except (ValueError, TypeError, KeyError, AttributeError, StoreError):
+        max_epochs = None  # a config we cannot read does not stop the pictures
+    steps["epoch"] = row_epochs(steps["global_step"], steps["epoch"], validation_steps, max_epochs)
+    return steps
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What every layer's frames share: probes, and per row the step, epoch and predictions."""
@@ -686,13 +703,13 @@ class RunContext:
     @classmethod
     def read(cls, store: StoreReader, num_rows: int) -> RunContext:
         probes = store.probes
-        steps = store.steps()
+        steps = read_steps(store, num_rows)
         return cls(
             probe_images=probes.images,
             labels=np.asarray(probes.labels),
             class_names=list(probes.class_names),
-            global_steps=steps["global_step"][:num_rows],
-            epochs=steps["epoch"][:num_rows],
+            global_steps=steps["global_step"],
+            epochs=steps["epoch"],
             wall_times=steps["wall_time"][:num_rows],
             predictions=store.logits(slice(0, num_rows)).argmax(axis=-1),
             num_rows=num_rows,

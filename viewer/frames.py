@@ -171,8 +171,9 @@ class FrameLayout:
         num_probes: number of probes (columns).
         scale: the colour scale (:func:`actrec.viewer.scale.colour_scale`); a plain number means the
             diverging ``-scale`` red, 0 white, ``+scale`` blue.
-        probe_images: ``(P, C, H, W)`` probe inputs, drawn in grey above the activations (channels
-            are averaged); ``None`` (or inputs that are not images, such as token ids) to leave them out.
+        probe_images: ``(P, C, H, W)`` probe inputs, drawn above the activations (RGB in colour,
+            other channel counts averaged into grey); ``None`` (or inputs that are not images, such
+            as token ids) to leave them out.
         labels: ``(P,)`` true classes, written above each column and used to mark predictions.
         class_names: names indexed by class; class numbers are shown when ``None``.
         tile_size: pixels of a tile's longer side.
@@ -584,14 +585,16 @@ class FrameLayout:
 def _probe_tiles(probe_images: np.ndarray, tile_size: int) -> np.ndarray:
     """``(P, h, w)`` grey palette tiles of the probe inputs, on one brightness scale for all probes."""
     images = np.asarray(probe_images, dtype=np.float32)
-    if images.ndim == 4:
-        images = images.mean(axis=1)  # colour inputs: the fixed palette has no room for RGB, show luminance
-    elif images.ndim != 3:
+    if images.ndim not in (3, 4):
         raise ValueError(f"probe_images must be (P, C, H, W) or (P, H, W), got shape {images.shape}.")
     finite = images[np.isfinite(images)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    height, width = tile_shape(images.shape[1], images.shape[2], tile_size)
-    return upscale_nearest(colors.grey_indices(images, low, high), height, width)
+    height, width = tile_shape(images.shape[-2], images.shape[-1], tile_size)
+    if images.ndim == 4 and images.shape[1] == 3:  # RGB: drawn in colour, on the palette's colour cube
+        indices = colors.rgb_indices(np.moveaxis(images, 1, -1), low, high)
+    else:  # one channel (or an unusual number): grey
+        indices = colors.grey_indices(images.mean(axis=1) if images.ndim == 4 else images, low, high)
+    return upscale_nearest(indices, height, width)
 
 
 def activation_frame(
