@@ -9,12 +9,17 @@ would not help), each worker opening the store itself.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import os
 import re
 import shutil
+import signal
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,11 +313,16 @@ def prepare_out_dir(out_dir: Path) -> Path:
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; move it over ``final`` only if the block succeeds."""
     partial = final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
+    _open_partials.add(partial)
     try:
         yield partial
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
+        _open_partials.discard(partial)
+
+
+_open_partials: set[Path] = set()  # this process's unfinished files, removed if it is told to stop
 
 
 _LEFTOVER = re.compile(r"^\..+\.(?:partial|old)-(\d+)(?:\.[A-Za-z0-9]+)?$")
@@ -500,11 +510,41 @@ class LayerJob:
 
 
 _worker_progress: Any = None  # a worker process's queue for progress counts
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_WATCHDOG_INTERVAL_S = 0.5
 
 
-def _init_worker(queue: Any) -> None:
+def _init_worker(queue: Any, parent_pid: int) -> None:
+    """Set up a worker: progress queue, and dying with the parent however the parent ends.
+
+    A parent killed with SIGKILL cannot stop its workers, so each worker watches for itself: on
+    Linux the kernel sends it SIGTERM when the parent dies (``PR_SET_PDEATHSIG``); everywhere a
+    thread checks twice a second whether its parent is still the one that started it. Either way
+    the worker deletes its unfinished files and exits.
+    """
     global _worker_progress
     _worker_progress = queue
+    signal.signal(signal.SIGTERM, _stop_worker)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent_pid:  # died before the line above took effect
+        _stop_worker()
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_WATCHDOG_INTERVAL_S)
+        _stop_worker()
+
+    threading.Thread(target=watch, name="actrec-parent-watchdog", daemon=True).start()
+
+
+def _stop_worker(*_: object) -> None:
+    """Remove this worker's unfinished files and exit at once (from a signal handler or the watchdog)."""
+    for partial in list(_open_partials):
+        with contextlib.suppress(OSError):
+            partial.unlink()
+    os._exit(128 + int(signal.SIGTERM))
 
 
 JobResult = tuple[list[Path], list[str]]
@@ -526,7 +566,9 @@ def run_jobs(
         # spawn, not fork: forking a process that holds an open HDF5 file is unsafe.
         context = multiprocessing.get_context("spawn")
         counts = context.Queue()
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(counts,)) as pool:
+        with ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_init_worker, initargs=(counts, os.getpid())
+        ) as pool:
             # Biggest layers first, so the last one to finish is a small one.
             size = {job.layer: int(np.prod(job.plan.drawn_shape)) for job in job_list}
             order = sorted(range(len(job_list)), key=lambda i: -size[job_list[i].layer])
@@ -541,6 +583,10 @@ def run_jobs(
                         while True:
                             bar.update(counts.get_nowait())
             except BaseException:
+                # Ctrl-C reaches the workers too, SIGTERM (turned into KeyboardInterrupt by the
+                # command) only this process: stop them now rather than wait for their current layer.
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
                 pool.shutdown(wait=True, cancel_futures=True)  # layers not yet started never start
                 raise
             results: list[JobResult] = [([], []) for _ in job_list]

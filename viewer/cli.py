@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -90,7 +91,11 @@ def _note(text: str) -> None:
 
 
 def _run(program: str, action: Callable[[], int]) -> int:
-    """Run ``action``; user errors become one sentence on stderr and a non-zero exit code."""
+    """Run ``action``; user errors become one sentence on stderr and a non-zero exit code.
+
+    SIGTERM is handled as Ctrl-C is: unfinished files are removed and worker processes stopped.
+    """
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return action()
     except (StoreError, ViewerError) as error:
@@ -104,6 +109,12 @@ def _run(program: str, action: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{program}: interrupted; files not yet finished were discarded.", file=sys.stderr)
         return _EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def render_main(argv: Sequence[str]) -> int:
