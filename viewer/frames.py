@@ -63,17 +63,14 @@ def format_scale(scale: float) -> str:
 def layer_kind(info: object) -> str:
     """A layer's kind: ``"maps"`` (C, H, W), ``"tokens"`` (T, D) or ``"vector"`` (D,).
 
-    Takes the stored ``kind`` (store format v2) when the layer description has one, else the rank
-    of its ``sample_shape`` (v1 stores).
+    The rank of ``sample_shape`` decides; a stored ``kind`` (store format v2) must agree with it.
 
     Raises:
         ValueError: the per-probe shape has no kind (e.g. 4-D); the message is one sentence.
     """
-    kind = getattr(info, "kind", None)
-    if kind in (KIND_MAPS, KIND_TOKENS, KIND_VECTOR):
-        return kind
+    stored = getattr(info, "kind", None)
     shape = tuple(getattr(info, "sample_shape", info))
-    if len(shape) not in _KIND_OF_RANK:
+    if len(shape) not in _KIND_OF_RANK or stored not in (None, _KIND_OF_RANK[len(shape)]):
         name = getattr(info, "name", "")
         subject = f"layer {name!r}" if name else "a layer"
         raise ValueError(
