@@ -76,7 +76,7 @@ def _wait_gone(pids: list[int], seconds: float = 10) -> list[int]:
     return [pid for pid in pids if _alive(pid)]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_render_leaves_no_workers_behind(slow_store: Path, tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "renders"
     process, workers = _start_render(slow_store, out)
@@ -108,6 +108,7 @@ def test_leftovers_of_a_dead_process_are_removed_but_a_live_ones_are_kept(tmp_pa
     assert live.exists()
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # 1e30 is inf in float16
 def test_a_diverged_run_renders_with_non_finite_values_in_their_own_colour(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

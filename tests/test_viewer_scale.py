@@ -222,3 +222,35 @@ def test_unique_file_names_for_layers_that_map_to_one_name() -> None:
     assert stems["net.conv1"] == "net.conv1"
     assert stems["net conv"] != stems["net_conv"]
     assert stems["net conv"].startswith("net_conv-")
+
+
+def test_frames_too_large_are_refused_and_large_renders_warned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actrec.store import StoreReader
+    from actrec.viewer import _pipeline
+    from actrec.viewer.errors import ViewerError
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    probes = ProbeSet(np.zeros((2, 1, 4, 4), np.float32), np.arange(2), np.arange(2), ["a", "b"])
+    layers = [LayerSpec("huge", (200, 2, 2), "Conv2d", "symmetric")]
+    with StoreWriter.create(
+        folder / "activations.h5",
+        run_id="huge",
+        config={},
+        probes=probes,
+        layers=layers,
+        num_classes=2,
+        background=False,
+    ) as writer:
+        for step in range(2):
+            values = {"huge": np.full((2, 200, 2, 2), float(step), np.float32)}
+            writer.append(StepRecord(step, 0, 1.0, 0.5, logits_for(np.array([0, 1]), 2), values, wall_time=0.0))
+    with StoreReader(folder) as reader:
+        with pytest.raises(ViewerError, match=r"^a frame of huge would be \d+ x \d+ pixels, over the 40,000,000 pixel"):
+            _pipeline.make_plan(reader, None, None, None, 1, 512, 1, "all")
+        monkeypatch.setattr(_pipeline, "LARGE_RENDER_BYTES", 10_000)
+        notes = _pipeline.make_plan(reader, None, None, None, 1, 56, 1, "all").notes
+    assert notes[0].startswith("this will write roughly ")
+    assert notes[0].endswith(
+        "MB (1 layer(s) x 2 step(s)); --stride, --steps, --layers or fewer --channels make it smaller."
+    )
