@@ -167,3 +167,40 @@ def test_layers_whose_names_map_to_one_file_keep_both_files(tmp_path: Path) -> N
     gifs = sorted(p.name for p in result.files if p.suffix == ".gif")
     assert len(gifs) == 2
     assert len(set(gifs)) == 2
+
+
+def test_a_damaged_step_is_left_out_in_one_sentence_and_the_rest_renders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import viewer_fixtures as fx
+    from PIL import Image
+
+    from actrec.store import StoreWriter
+
+    path = tmp_path / "run" / "activations.h5"
+    path.parent.mkdir()
+    with StoreWriter.create(
+        path,
+        run_id="d",
+        config={},
+        probes=fx.probe_set(),
+        layers=fx.LAYERS,
+        num_classes=3,
+        background=False,
+        compression="lzf",
+    ) as writer:
+        for step in range(6):
+            writer.append(record(step))
+    with h5py.File(path, "r") as store:
+        chunk = store["layers/net.conv1/activations"].id.get_chunk_info(2)
+    with open(path, "r+b") as file:  # scribble over step 2's compressed chunk: lzf cannot decode it
+        file.seek(chunk.byte_offset + 2)
+        file.write(b"\xff" * 64)
+    assert render_main([str(tmp_path / "run"), "--quiet"]) == 0
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "note: step 2 of layer net.conv1 is damaged (it failed its integrity check) and was left out."
+    ]
+    with Image.open(tmp_path / "run" / "renders" / "net.conv1.gif") as gif:
+        assert gif.n_frames == 5
+    with Image.open(tmp_path / "run" / "renders" / "net.conv2.gif") as gif:
+        assert gif.n_frames == 6

@@ -43,6 +43,9 @@ from actrec.viewer.frames import (
 )
 from actrec.viewer.scale import ColourScale, colour_scale, sample_rows
 
+_DAMAGE = (StoreError, OSError)
+"""What reading a damaged row raises: the reader's DamagedDataError (a StoreError) for a failed checksum,
+h5py's OSError for a chunk its filter cannot decode (e.g. damaged lzf data in a store without checksums)."""
 TB_TAG = "activations"
 TB_OVERVIEW_TAG = "overview"
 _ROWS_PER_READ = 64  # bounded memory on long runs; one chunk is one HDF5 read per layer
@@ -168,12 +171,12 @@ def read_rows(store: StoreReader, layer: str, rows: np.ndarray) -> tuple[np.ndar
     """
     try:
         return store.activations(layer, rows), []
-    except StoreError:
+    except _DAMAGE:
         good, bad = [], []
         for row in rows.tolist():
             try:
                 good.append(store.activations(layer, np.asarray([row]))[0])
-            except StoreError:
+            except _DAMAGE:
                 bad.append(row)
         return (np.stack(good) if good else None), bad
 
@@ -215,7 +218,7 @@ def plan_layer(
     notes: list[str] = []
     per_row = num_probes * int(np.prod(shape))
     rows = sample_rows(num_rows, max(2, min(32, _SCALE_SAMPLE_ELEMENTS // max(per_row, 1))))
-    samples, bad = read_rows(store, name, rows)
+    samples, _ = read_rows(store, name, rows)  # damaged rows stay out of the scale; rendering names them
     samples = np.zeros((0, num_probes, *shape), np.float32) if samples is None else samples
     noun = "channels" if kind == KIND_MAPS else "units"
     select: tuple[int, ...] | None = None
@@ -257,8 +260,6 @@ def plan_layer(
             f"{name}: {nonfinite_steps} of {num_rows} recorded steps hold NaN or infinite values, drawn amber "
             '("NaN/inf" in the legend); colour scales come from the finite values.'
         )
-    if bad:
-        notes.append(f"{name}: {len(bad)} sampled step(s) are damaged and were left out of its colour scale.")
     plan = LayerPlan(name, kind, select, labels, scale, fitted, nonfinite_steps, drawn_shape, text_scale)
     return plan, notes
 
@@ -814,7 +815,7 @@ def layer_rows(
                 plan.name, slice(int(chunk[0]), int(chunk[-1]) + 1) if contiguous else chunk
             )
             readable = chunk.tolist()
-        except StoreError:
+        except _DAMAGE:
             if damaged is None:
                 raise
             readable, values = [], []
@@ -822,7 +823,7 @@ def layer_rows(
                 try:
                     values.append(store.activations(plan.name, np.asarray([row]))[0])
                     readable.append(row)
-                except StoreError:
+                except _DAMAGE:
                     damaged.append(row)
             if not values:
                 continue
