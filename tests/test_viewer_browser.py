@@ -25,7 +25,8 @@ from viewer_fixtures import make_store
 
 from actrec.viewer import colors
 from actrec.viewer._events import EventFile
-from actrec.viewer.tb_export import CARD_TEXT_SCALE, export_tensorboard, tensorboard_command
+from actrec.viewer.frames import CARD_TEXT_SCALE
+from actrec.viewer.tb_export import export_tensorboard, tensorboard_command
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

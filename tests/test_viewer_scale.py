@@ -9,7 +9,7 @@ import pytest
 from viewer_fixtures import logits_for
 
 from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreWriter
-from actrec.viewer import FrameLayout, colors, live_frame
+from actrec.viewer import FrameLayout, colors, live_frames
 from actrec.viewer.frames import MAX_FRAME_WIDTH, fit_tile_size, frame_height_width, layer_kind
 from actrec.viewer.render import render_run
 from actrec.viewer.scale import ColourScale, LiveScaleState, colour_scale, live_scale, sample_rows
@@ -94,12 +94,18 @@ def test_live_scale_only_grows_and_the_frame_prints_its_numbers() -> None:
 
     activations = np.zeros((2, 2, 4, 4), np.float32)
     activations[:, 1] = 3.0
-    frame, state = live_frame("nonnegative", activations, None, title="net.relu · step 5 · epoch 0")
+    images, state = live_frames("nonnegative", activations, None, title="net.relu · step 5 · epoch 0")
+    assert [suffix for suffix, _ in images] == [""]
+    frame = images[0][1]
     assert frame.ndim == 3
     assert frame.shape[2] == 3
     assert state.limit == 3.0
     # The one-sided bar runs from exact white to the dark end; the tiles of channel 1 are the dark end.
     assert (frame == colors.ONE_SIDED_TOP_RGB).all(axis=2).sum() > 16 * 16 * 2
+    # A wide layer: its first 16 channels, 4 per image, tagged as actrec tensorboard tags them.
+    wide, _ = live_frames("tanh", np.zeros((2, 40, 4, 4), np.float32), None, title="wide")
+    assert [suffix for suffix, _ in wide] == ["/ch 0-3", "/ch 4-7", "/ch 8-11", "/ch 12-15"]
+    assert all(image.shape[1] <= 360 for _, image in wide)
 
 
 def test_relu_frame_uses_both_ends_of_the_one_sided_palette() -> None:

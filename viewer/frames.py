@@ -27,6 +27,12 @@ DEFAULT_MAX_CHANNELS = 16
 """Channels (maps) or units (tokens, vectors) drawn by default; wider layers show a selection."""
 MAX_FRAME_WIDTH = 1600
 """Frames are sized to fit this many pixels across (readable at 100% on a laptop screen) when possible."""
+CARD_FRAME_WIDTH = 360
+"""TensorBoard images shrink their tiles to fit this width: the Images tab's cards show about 350 px."""
+CARD_TEXT_SCALE = 1.4
+"""TensorBoard images' text is 1.4x the render's, so it stays legible shrunk to a Time Series card."""
+CARD_CHANNELS = 4
+"""Channels per TensorBoard image: Time Series cards fit images into about 220 px of height."""
 MIN_TILE_SIZE = 8
 """The smallest tile :func:`fit_tile_size` shrinks to for a frame to fit :data:`MAX_FRAME_WIDTH`."""
 
@@ -647,7 +653,7 @@ def activation_frame(
     return colors.to_rgb(layout.frame(activations, title=title, predictions=predictions))
 
 
-def live_frame(
+def live_frames(
     scale_kind: str,
     activations: np.ndarray,
     state: LiveScaleState | None,
@@ -658,17 +664,20 @@ def live_frame(
     predictions: np.ndarray | None = None,
     class_names: Sequence[str] | None = None,
     max_channels: int = DEFAULT_MAX_CHANNELS,
-) -> tuple[np.ndarray, LiveScaleState]:
-    """One layer's frame for logging during training, on :func:`~actrec.viewer.scale.live_scale`.
+) -> tuple[list[tuple[str, np.ndarray]], LiveScaleState]:
+    """One layer's TensorBoard images for one step logged during training, on :func:`~actrec.viewer.scale.live_scale`.
 
-    What the recorder calls once per layer and logged step; its colour bar prints the limit it used.
-    Wide layers show their first ``max_channels`` channels (units), as ``actrec render`` does by default.
+    What the recorder calls once per layer and logged step. The images are the ones ``actrec
+    tensorboard`` exports, with the same tag suffixes: sized for TensorBoard's cards
+    (:data:`CARD_FRAME_WIDTH`, :data:`CARD_TEXT_SCALE`), at most :data:`CARD_CHANNELS` channels each
+    (suffix ``"/ch 0-3"``; ``""`` when one image holds the layer). Each colour bar prints the limit
+    it used, which only grows over the run. Wide layers show their first ``max_channels`` channels (units).
 
     Args:
         scale_kind: the layer's stored scale kind (``"tanh"``, ``"sigmoid"``, ``"nonnegative"``, ``"symmetric"``).
         activations: ``(P, *sample_shape)`` activations of this step.
         state: what the previous call for this layer returned; ``None`` at its first logged step.
-        title: the label burned into the frame.
+        title: the label burned into the images, usually :func:`frame_title`.
         probe_images: ``(P, C, H, W)`` probe inputs, or ``None``.
         labels: ``(P,)`` true classes, or ``None``.
         predictions: ``(P,)`` predicted classes, or ``None``.
@@ -676,7 +685,8 @@ def live_frame(
         max_channels: most channels (maps) or units (tokens, vectors) drawn.
 
     Returns:
-        ``(frame, state)``: a new ``(H, W, 3)`` uint8 RGB array, and the state for the next step.
+        ``([(tag_suffix, image), ...], state)``: new ``(H, W, 3)`` uint8 RGB images, log each under
+        ``f"activations/{layer}{tag_suffix}"``; and the state to pass with the layer's next step.
 
     Raises:
         ValueError: ``scale_kind`` is unknown or the shapes cannot be drawn.
@@ -685,17 +695,27 @@ def live_frame(
     scale, state = live_scale(scale_kind, activations, state)
     kind = layer_kind(activations.shape[1:])
     axis = 1 if kind == KIND_MAPS else activations.ndim - 1
-    if activations.shape[axis] > max_channels:
-        activations = np.take(activations, np.arange(max_channels), axis=axis)
-    frame = activation_frame(
-        activations,
-        scale=scale,
-        title=title,
-        probe_images=probe_images,
-        labels=labels,
-        predictions=predictions,
-        class_names=class_names,
-        tile_size=fit_tile_size(kind, activations.shape[1:], activations.shape[0], TILE_SIZE),
-        kind=kind,
-    )
-    return frame, state
+    count = min(activations.shape[axis], max_channels)
+    per_image = CARD_CHANNELS if kind == KIND_MAPS and count > CARD_CHANNELS else count
+    images = []
+    for start in range(0, count, per_image):
+        channels = np.arange(start, min(count, start + per_image))
+        part = np.take(activations, channels, axis=axis)
+        layout = FrameLayout(
+            part.shape[1:],
+            num_probes=part.shape[0],
+            scale=scale,
+            probe_images=probe_images,
+            labels=labels,
+            class_names=class_names,
+            tile_size=fit_tile_size(kind, part.shape[1:], part.shape[0], TILE_SIZE, CARD_FRAME_WIDTH, CARD_TEXT_SCALE),
+            longest_title=title,
+            show_predictions=predictions is not None,
+            kind=kind,
+            channel_labels=channels.tolist(),
+            nonfinite_legend=not bool(np.isfinite(part).all()),
+            text_scale=CARD_TEXT_SCALE,
+        )
+        suffix = "" if per_image == count else f"/ch {channels[0]}-{channels[-1]}"
+        images.append((suffix, colors.to_rgb(layout.frame(part, title=title, predictions=predictions))))
+    return images, state

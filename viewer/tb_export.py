@@ -34,16 +34,10 @@ from actrec.viewer._pipeline import (
     unique_stems,
 )
 from actrec.viewer.errors import ViewerError
-from actrec.viewer.frames import TILE_SIZE
+from actrec.viewer.frames import CARD_CHANNELS, CARD_FRAME_WIDTH, CARD_TEXT_SCALE, TILE_SIZE
 from actrec.viewer.render import default_sheet_steps
 
 EXPORT_DIRNAME = "activations"
-CARD_FRAME_WIDTH = 360
-"""Exported frames shrink their tiles to fit this width: the Images tab's cards show about 350 px."""
-CARD_TEXT_SCALE = 1.4
-"""Exported frames' text is 1.4x the render's, so it stays legible shrunk to a Time Series card."""
-CARD_CHANNELS = 4
-"""Channels per exported image: Time Series cards fit images to about 200 px of height."""
 OVERVIEW_STEPS = 10
 """Steps under ``overview/<layer>``: TensorBoard keeps 10 images per tag unless told otherwise."""
 _MARKER = ".actrec-tensorboard-export"  # proves a folder is an export we may replace
