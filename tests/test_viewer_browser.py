@@ -8,14 +8,18 @@ drawn at their natural size (so their 15 px labels are legible at the default ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,16 +84,9 @@ def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProce
     return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
 
 
-@pytest.fixture
-def tensorboard_url(tmp_path: Path) -> tuple[str, object]:
-    run_dir = tmp_path / "runs" / "quickstart" / "version_0"
-    make_store(run_dir, range(STEPS))
-    _scalar_events(run_dir)
-    result = export_tensorboard(run_dir, tile_size=32)
-    port = _free_port()
-    command = tensorboard_command(
-        result.log_dir, result.samples_per_plugin, ["--host", "127.0.0.1", "--port", str(port)]
-    )
+@contextlib.contextmanager
+def _serve(command: list[str], port: int) -> Iterator[str]:
+    """Run TensorBoard on loopback until its two runs are loaded; yield its URL."""
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -103,20 +100,59 @@ def tensorboard_url(tmp_path: Path) -> tuple[str, object]:
             if time.monotonic() > deadline or server.poll() is not None:
                 pytest.fail(f"TensorBoard did not come up on {url}: {' '.join(command)}")
             time.sleep(0.5)
-        yield url, result
+        yield url
     finally:
-        os.killpg(server.pid, 15)
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=20)
 
 
-def test_tensorboard_shows_named_runs_every_step_and_legible_frames(
-    tensorboard_url: tuple[str, object], tmp_path: Path
-) -> None:
-    url, result = tensorboard_url
+def _image_steps(url: str, tag: str, at_least: int, run: str = "version_0/activations") -> list[int]:
+    """Steps TensorBoard serves for ``tag`` of ``run``, once it has loaded ``at_least`` of them (or 20 s passed)."""
+    query = urllib.parse.urlencode({"run": run, "tag": tag})
+    deadline = time.monotonic() + 20
+    while True:
+        steps = [image["step"] for image in _get_json(f"{url}/data/plugin/images/images?{query}")]
+        if len(steps) >= at_least or time.monotonic() > deadline:
+            return steps
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def exported_run(tmp_path: Path) -> object:
+    run_dir = tmp_path / "runs" / "quickstart" / "version_0"
+    make_store(run_dir, range(STEPS))
+    _scalar_events(run_dir)
+    return export_tensorboard(run_dir, tile_size=32)
+
+
+@pytest.fixture
+def tensorboard_url(exported_run: object) -> Iterator[str]:
+    port = _free_port()
+    command = tensorboard_command(
+        exported_run.log_dir, exported_run.samples_per_plugin, ["--host", "127.0.0.1", "--port", str(port)]
+    )
+    with _serve(command, port) as url:
+        yield url
+
+
+def test_a_plain_tensorboard_shows_every_overview_step_and_ten_of_the_rest(exported_run: object) -> None:
+    # What users type: no --samples_per_plugin, so TensorBoard keeps 10 images per tag (the last always).
+    port = _free_port()
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(exported_run.log_dir.parent.parent)]
+    with _serve([*command, "--host", "127.0.0.1", "--port", str(port)], port) as url:
+        assert sorted(_get_json(f"{url}/data/runs")) == ["quickstart/version_0", "quickstart/version_0/activations"]
+        run = "quickstart/version_0/activations"
+        overview = _image_steps(url, "overview/net.conv1", 8, run)
+        full = _image_steps(url, "activations/net.conv1", 10, run)
+    assert overview == [0, 1, 2, 3, 4, 6, 8, 11]  # first, log-spaced, last: every one kept, step 0 included
+    assert len(full) == 10  # of 12: the plain default cannot show every step; actrec tensorboard can
+
+
+def test_tensorboard_shows_named_runs_every_step_and_legible_frames(tensorboard_url: str, tmp_path: Path) -> None:
+    url = tensorboard_url
     assert sorted(_get_json(f"{url}/data/runs")) == ["version_0", "version_0/activations"]
-    query = urllib.parse.urlencode({"run": "version_0/activations", "tag": "activations/net.conv1"})
-    served = _get_json(f"{url}/data/plugin/images/images?{query}")
-    assert [image["step"] for image in served] == list(range(STEPS))  # --samples_per_plugin keeps them all
+    # --samples_per_plugin keeps them all.
+    assert _image_steps(url, "activations/net.conv1", STEPS) == list(range(STEPS))
 
     dom = _chromium(f"{url}/#timeseries", tmp_path / "profile-dom", "--dump-dom").stdout
     assert 'title="activations/net.conv1"' in dom
