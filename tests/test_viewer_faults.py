@@ -204,3 +204,25 @@ def test_a_damaged_step_is_left_out_in_one_sentence_and_the_rest_renders(
         assert gif.n_frames == 5
     with Image.open(tmp_path / "run" / "renders" / "net.conv2.gif") as gif:
         assert gif.n_frames == 6
+
+
+@pytest.mark.parametrize("missing", ["layers/net.conv1/activations", "steps/epoch", "probes"])
+def test_a_store_missing_a_dataset_is_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], missing: str
+) -> None:
+    path = make_store(tmp_path / "run", range(3))
+    with h5py.File(path, "r+") as store:
+        del store[missing]
+    assert render_main([str(tmp_path / "run"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("actrec render: ")
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "renders").exists() or not any((tmp_path / "run" / "renders").iterdir())
+
+
+def test_a_store_whose_config_is_not_json_still_renders(tmp_path: Path) -> None:
+    path = make_store(tmp_path / "run", range(3))
+    with h5py.File(path, "r+") as store:
+        store.attrs["config"] = "{not json"
+    assert render_main([str(tmp_path / "run"), "--quiet"]) == 0
