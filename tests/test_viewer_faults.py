@@ -38,6 +38,13 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:  # exited meanwhile
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -53,9 +60,11 @@ def _start_render(store_dir: Path, out: Path) -> tuple[subprocess.Popen, list[in
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         partials = list(out.glob(".*.partial-*")) if out.exists() else []
-        workers = [pid for pid in _children(process.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+        helpers = {pid: _cmdline(pid) for pid in _children(process.pid)}
+        workers = [pid for pid, cmdline in helpers.items() if "spawn_main" in cmdline]
         if len(partials) >= 2 and len(workers) >= 2:
-            return process, workers
+            # The workers and multiprocessing's resource tracker: none may outlive the render.
+            return process, [pid for pid, cmdline in helpers.items() if "multiprocessing" in cmdline]
         assert process.poll() is None, process.communicate()
         time.sleep(0.05)
     process.kill()
