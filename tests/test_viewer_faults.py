@@ -235,3 +235,20 @@ def test_a_store_whose_config_is_not_json_still_renders(tmp_path: Path) -> None:
     with h5py.File(path, "r+") as store:
         store.attrs["config"] = "{not json"
     assert render_main([str(tmp_path / "run"), "--quiet"]) == 0
+
+
+def test_an_export_removes_what_a_killed_export_left_where_tensorboard_looks(tmp_path: Path) -> None:
+    from actrec.viewer.tb_export import export_tensorboard
+
+    make_store(tmp_path / "run", range(3))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / "run" / f".activations.partial-{int(dead.stdout)}"
+    leftover.mkdir()
+    (leftover / "events.out.tfevents.1.host.1.1.net.conv1").write_bytes(b"half an export")
+    result = export_tensorboard(tmp_path / "run")
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["activations", "activations.h5"]
+    # Only complete event files, under the names TensorBoard loads; nothing staged is left.
+    names = sorted(path.name for path in result.export_dir.iterdir())
+    assert names[0] == ".actrec-tensorboard-export"
+    assert all(name.startswith("events.out.tfevents.") for name in names[1:])
+    assert len(names) == 3
