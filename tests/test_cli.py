@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from actrec.cli import main
 from actrec.runs import Run
+from actrec.store import StoreError, StoreReader
 from actrec.trainer.cli import train_main
 
 pytestmark = [
@@ -68,6 +71,7 @@ def test_a_shipped_config_is_usable_by_name_from_anywhere(
     assert "experiment: article" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a real `actrec train` process: ~15 s of start-up on 2 cores
 def test_actrec_train_ends_with_the_run_folder_and_the_next_commands_then_actrec_runs_lists_it(
     tmp_path: Path,
 ) -> None:
@@ -109,3 +113,41 @@ def test_actrec_train_ends_with_the_run_folder_and_the_next_commands_then_actrec
         2,
         accuracy,
     )  # steps 0 and 3: the last step is always recorded
+
+
+def _recorded_rows(store: Path) -> int:
+    """Rows flushed so far into a store being written (0 while it cannot be opened yet)."""
+    try:
+        with StoreReader(store) as reader:
+            return reader.num_steps
+    except (StoreError, OSError):
+        return 0
+
+
+@pytest.mark.slow  # a real `actrec train` process, interrupted as a user would
+def test_ctrl_c_ends_actrec_train_with_the_run_folder_and_an_interrupted_summary(tmp_path: Path) -> None:
+    command = [
+        *_actrec(),
+        "train",
+        "--runs_dir",
+        "runs",
+        "--trainer.max_epochs=50",
+        "--trainer.enable_progress_bar=false",
+    ]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = tmp_path / "runs" / "quickstart" / "version_0" / "activations.h5"
+    deadline = time.monotonic() + 120
+    while not store.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    while _recorded_rows(store) < 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)  # steps 0 and 5 recorded: the training loop is running
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert (
+        stderr.splitlines()[-1]
+        == "actrec train: interrupted; what was recorded so far is in runs/quickstart/version_0."
+    )
+    run = Run(tmp_path / "runs" / "quickstart" / "version_0")
+    assert run.status() == "interrupted"
+    assert run.summary()["global_step"] >= 5  # recorded every 5th step

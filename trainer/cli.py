@@ -61,6 +61,9 @@ QUICKSTART_DEFAULTS: dict[str, Any] = {
     "model.lr": 2e-3,
 }
 
+# The shell's convention for a command ended by Ctrl-C (128 + SIGINT), as actrec render uses.
+_EXIT_INTERRUPTED = 130
+
 # Depth 2 lists the zoo model's named blocks (net.conv1 ... net.fc3) with their output shapes.
 _SUMMARY_MAX_DEPTH = 2
 
@@ -97,6 +100,7 @@ class TrainCLI(LightningCLI):
             "seed_everything_default": 0,
             "parser_kwargs": {"prog": "actrec train", "description": "Train a network from the actrec model zoo."},
             "auto_configure_optimizers": False,
+            "save_config_kwargs": {"config_filename": CONFIG_FILENAME},  # the name actrec.runs reads
             "run": False,
             "args": args,
         }
@@ -132,9 +136,7 @@ class TrainCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # LightningCLI warns when both `args` and `sys.argv` are set; `actrec train` always passes its own args.
         self.config = parser.parse_args(args)
-
-    @override
-    def before_instantiate_classes(self) -> None:
+        # Checked here, before LightningCLI seeds (and logs it): a refusal is one sentence and nothing else.
         _check_runs_dir(Path(self.config.runs_dir), self.config.experiment)
         ckpt_path = self.config.get("ckpt_path")
         if ckpt_path is not None:
@@ -208,8 +210,8 @@ class TrainCLI(LightningCLI):
         return test_metrics
 
     def _run_folder(self) -> Path | None:
-        """The logger's version folder, where the run's files go; ``None`` without a logger."""
-        if self.trainer.logger is None or self.trainer.logger.log_dir is None:
+        """The logger's version folder, where the run's files go; ``None`` without a logger or off rank 0."""
+        if not self.trainer.is_global_zero or self.trainer.logger is None or self.trainer.logger.log_dir is None:
             return None
         return Path(self.trainer.logger.log_dir)
 
@@ -359,6 +361,7 @@ def train_main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    cli: TrainCLI | None = None
     try:
         with warnings.catch_warnings():
             # pytorch_lightning 2.6 still builds the pytree LeafSpec that torch 2.14 deprecates; nothing a user can
@@ -366,7 +369,11 @@ def train_main(argv: list[str]) -> int:
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
             cli = TrainCLI(args=argv)
             test_metrics = cli.fit_and_test()
-    except SystemExit as exit_request:  # --help, --print_config and jsonargparse's usage errors
+    except (SystemExit, KeyboardInterrupt) as exit_request:  # --help, --print_config, usage errors, Ctrl-C
+        if isinstance(exit_request, KeyboardInterrupt) or (cli is not None and cli.run_folder is not None):
+            where = f"; what was recorded so far is in {cli.run_folder}" if cli and cli.run_folder else ""
+            print(f"actrec train: interrupted{where}.", file=sys.stderr)
+            return _EXIT_INTERRUPTED
         code = exit_request.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except _USER_ERRORS as error:
@@ -426,7 +433,7 @@ Train a network from the actrec model zoo, recording every conv layer's activati
 then test the final weights. The run goes to <runs_dir>/<experiment>/version_N/.
 
 actrec options:
-  --config NAME|FILE        a shipped config by name ({names}) or a YAML file; repeatable, later wins
+  --config NAME|FILE        a shipped config by name ({names}) or a YAML file
   --experiment NAME         runs go to <runs_dir>/<experiment>/version_N/ (default: quickstart)
   --runs_dir DIR            root folder of all runs (default: runs)
   --ckpt_path FILE          resume from a Lightning checkpoint; its run's activation store continues
@@ -443,7 +450,7 @@ data (--data.*):
   --data.dataset NAME       mnist-sample (default, offline), mnist or fashion-mnist
   --data.batch_size N       (default: 64)
   --data.data_dir DIR       where mnist and fashion-mnist are found or downloaded (default: data)
-  --data.download BOOL      allow downloading them (default: false)
+  --data.download BOOL      allow downloading them (default: false; true in article and fashion)
 
 recorder (--recorder.*):
   --recorder.layers LIST    module names or globs, e.g. '[net.conv1, net.conv5]' (default: every conv block)
