@@ -168,9 +168,15 @@ def test_tensorboard_print_exports_and_prints_the_command(tmp_path: Path, capsys
     make_store(tmp_path / "run", range(0, 10, 2))
     assert tensorboard_main([str(tmp_path / "run"), "--print", "--tile-size", "8", "--port", "6123"]) == 0
     command = capsys.readouterr().out.strip()
-    assert command.endswith(f"--logdir {tmp_path / 'run'} --samples_per_plugin images=5 --port 6123")
+    # Not a run folder in actrec's layout: named by --logdir_spec, never ".".
+    assert command.endswith(f"--logdir_spec run:{tmp_path / 'run'} --samples_per_plugin images=5 --port 6123")
     assert "tensorboard" in command.split()[0]
     assert (tmp_path / "run" / "activations").is_dir()
+    # A run in actrec's layout is shown from its experiment folder, as version_3.
+    make_store(tmp_path / "quickstart" / "version_3", range(2))
+    assert tensorboard_main([str(tmp_path / "quickstart" / "version_3"), "--print", "--quiet"]) == 0
+    command = capsys.readouterr().out.strip()
+    assert f"--logdir {tmp_path / 'quickstart'} --window_title quickstart/version_3 --samples_per_plugin" in command
 
 
 def test_tensorboard_errors_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -77,11 +77,12 @@ def test_gif_round_trip_is_pixel_exact_with_one_palette(tmp_path: Path) -> None:
         assert image.mode == "P"
         assert image.getpalette() == colors.PALETTE.flatten().tolist()  # the one global palette
     # Graphic control extensions: frame 1 is whole and opaque; later frames are deltas whose unchanged
-    # pixels use the reserved transparent index, every frame lasting 5 cs and not disposed.
+    # pixels use the reserved transparent index, every frame lasting 5 cs and not disposed, but the last
+    # one held for 1 s (100 cs) before the animation loops.
     controls = re.findall(rb"\x21\xf9\x04(.)(..)(.)\x00", path.read_bytes(), re.DOTALL)
     assert len(controls) == len(frames)
     assert [packed[0] for packed, _, _ in controls] == [0b0100] + [0b0101] * (len(frames) - 1)
-    assert {delay for _, delay, _ in controls} == {b"\x05\x00"}
+    assert [delay for _, delay, _ in controls] == [b"\x05\x00"] * (len(frames) - 1) + [b"\x64\x00"]
     assert {index[0] for _, _, index in controls[1:]} == {colors.TRANSPARENT_INDEX}
 
 
@@ -115,7 +116,8 @@ def test_mp4_writes_every_frame(tmp_path: Path) -> None:
         for frame in _random_frames(5, shape=(30, 50)):
             writer.append(frame)
     video = imageio.mimread(path, format="FFMPEG")
-    assert len(video) == 5
+    assert len(video) == 5 + 9  # and the last frame held for 1 s (10 frames at 10 fps)
+    assert np.abs(video[-1].astype(int) - video[4].astype(int)).mean() < 1  # the same picture, give or take x264
     assert video[0].shape == (32, 64, 3)  # padded to whole 16-pixel macroblocks
 
 

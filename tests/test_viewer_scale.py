@@ -9,7 +9,7 @@ import pytest
 from viewer_fixtures import logits_for
 
 from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreWriter
-from actrec.viewer import FrameLayout, colors, live_frame
+from actrec.viewer import FrameLayout, colors, live_frames
 from actrec.viewer.frames import MAX_FRAME_WIDTH, fit_tile_size, frame_height_width, layer_kind
 from actrec.viewer.render import render_run
 from actrec.viewer.scale import ColourScale, LiveScaleState, colour_scale, live_scale, sample_rows
@@ -94,12 +94,18 @@ def test_live_scale_only_grows_and_the_frame_prints_its_numbers() -> None:
 
     activations = np.zeros((2, 2, 4, 4), np.float32)
     activations[:, 1] = 3.0
-    frame, state = live_frame("nonnegative", activations, None, title="net.relu · step 5 · epoch 0")
+    images, state = live_frames("nonnegative", activations, None, title="net.relu · step 5 · epoch 0")
+    assert [suffix for suffix, _ in images] == [""]
+    frame = images[0][1]
     assert frame.ndim == 3
     assert frame.shape[2] == 3
     assert state.limit == 3.0
     # The one-sided bar runs from exact white to the dark end; the tiles of channel 1 are the dark end.
     assert (frame == colors.ONE_SIDED_TOP_RGB).all(axis=2).sum() > 16 * 16 * 2
+    # A wide layer: its first 16 channels, 4 per image, tagged as actrec tensorboard tags them.
+    wide, _ = live_frames("tanh", np.zeros((2, 40, 4, 4), np.float32), None, title="wide")
+    assert [suffix for suffix, _ in wide] == ["/ch 0-3", "/ch 4-7", "/ch 8-11", "/ch 12-15"]
+    assert all(image.shape[1] <= 360 for _, image in wide)
 
 
 def test_relu_frame_uses_both_ends_of_the_one_sided_palette() -> None:
@@ -222,3 +228,35 @@ def test_unique_file_names_for_layers_that_map_to_one_name() -> None:
     assert stems["net.conv1"] == "net.conv1"
     assert stems["net conv"] != stems["net_conv"]
     assert stems["net conv"].startswith("net_conv-")
+
+
+def test_frames_too_large_are_refused_and_large_renders_warned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actrec.store import StoreReader
+    from actrec.viewer import _pipeline
+    from actrec.viewer.errors import ViewerError
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    probes = ProbeSet(np.zeros((2, 1, 4, 4), np.float32), np.arange(2), np.arange(2), ["a", "b"])
+    layers = [LayerSpec("huge", (200, 2, 2), "Conv2d", "symmetric")]
+    with StoreWriter.create(
+        folder / "activations.h5",
+        run_id="huge",
+        config={},
+        probes=probes,
+        layers=layers,
+        num_classes=2,
+        background=False,
+    ) as writer:
+        for step in range(2):
+            values = {"huge": np.full((2, 200, 2, 2), float(step), np.float32)}
+            writer.append(StepRecord(step, 0, 1.0, 0.5, logits_for(np.array([0, 1]), 2), values, wall_time=0.0))
+    with StoreReader(folder) as reader:
+        with pytest.raises(ViewerError, match=r"^a frame of huge would be \d+ x \d+ pixels, over the 40,000,000 pixel"):
+            _pipeline.make_plan(reader, None, None, None, 1, 512, 1, "all")
+        monkeypatch.setattr(_pipeline, "LARGE_RENDER_BYTES", 10_000)
+        notes = _pipeline.make_plan(reader, None, None, None, 1, 56, 1, "all").notes
+    assert notes[0].startswith("this will write roughly ")
+    assert notes[0].endswith(
+        "MB (1 layer(s) x 2 step(s)); --stride, --steps, --layers or fewer --channels make it smaller."
+    )

@@ -17,7 +17,7 @@ from actrec.viewer.colors import (
 )
 from actrec.viewer.curves import training_curves
 from actrec.viewer.errors import ViewerError
-from actrec.viewer.frames import TILE_SIZE, FrameLayout, activation_frame, frame_title, layer_kind, live_frame
+from actrec.viewer.frames import TILE_SIZE, FrameLayout, activation_frame, frame_title, layer_kind, live_frames
 from actrec.viewer.render import RenderResult, render_run
 from actrec.viewer.scale import ColourScale, LiveScaleState, colour_scale, live_scale
 from actrec.viewer.tb_export import ExportResult, export_tensorboard
@@ -47,7 +47,7 @@ __all__ = [
     "frame_title",
     "grey_indices",
     "layer_kind",
-    "live_frame",
+    "live_frames",
     "live_scale",
     "render_run",
     "to_rgb",

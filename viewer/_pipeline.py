@@ -9,11 +9,17 @@ would not help), each worker opening the store itself.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import dataclasses
 import hashlib
 import os
 import re
 import shutil
+import signal
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,7 @@ import numpy as np
 
 from actrec.store import StoreError, StoreReader
 from actrec.viewer import writers
+from actrec.viewer._steps import row_epochs
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import (
     DEFAULT_MAX_CHANNELS,
@@ -36,6 +43,9 @@ from actrec.viewer.frames import (
 )
 from actrec.viewer.scale import ColourScale, colour_scale, sample_rows
 
+_DAMAGE = (StoreError, OSError)
+"""What reading a damaged row raises: the reader's DamagedDataError (a StoreError) for a failed checksum,
+h5py's OSError for a chunk its filter cannot decode (e.g. damaged lzf data in a store without checksums)."""
 TB_TAG = "activations"
 TB_OVERVIEW_TAG = "overview"
 _ROWS_PER_READ = 64  # bounded memory on long runs; one chunk is one HDF5 read per layer
@@ -141,6 +151,11 @@ class LayerPlan:
     drawn_shape: tuple[int, ...]
     text_scale: float = 1.0
 
+    @property
+    def axis(self) -> int:
+        """The channel (maps) or unit axis of an array ending in the per-probe shape."""
+        return -3 if self.kind == KIND_MAPS else -1
+
     def selected(self, activations: np.ndarray) -> np.ndarray:
         """The drawn channels of an array ending in the layer's per-probe shape (a new array if any are left out)."""
         if self.select is None:
@@ -156,12 +171,12 @@ def read_rows(store: StoreReader, layer: str, rows: np.ndarray) -> tuple[np.ndar
     """
     try:
         return store.activations(layer, rows), []
-    except StoreError:
+    except _DAMAGE:
         good, bad = [], []
         for row in rows.tolist():
             try:
                 good.append(store.activations(layer, np.asarray([row]))[0])
-            except StoreError:
+            except _DAMAGE:
                 bad.append(row)
         return (np.stack(good) if good else None), bad
 
@@ -203,7 +218,7 @@ def plan_layer(
     notes: list[str] = []
     per_row = num_probes * int(np.prod(shape))
     rows = sample_rows(num_rows, max(2, min(32, _SCALE_SAMPLE_ELEMENTS // max(per_row, 1))))
-    samples, bad = read_rows(store, name, rows)
+    samples, _ = read_rows(store, name, rows)  # damaged rows stay out of the scale; rendering names them
     samples = np.zeros((0, num_probes, *shape), np.float32) if samples is None else samples
     noun = "channels" if kind == KIND_MAPS else "units"
     select: tuple[int, ...] | None = None
@@ -245,8 +260,6 @@ def plan_layer(
             f"{name}: {nonfinite_steps} of {num_rows} recorded steps hold NaN or infinite values, drawn amber "
             '("NaN/inf" in the legend); colour scales come from the finite values.'
         )
-    if bad:
-        notes.append(f"{name}: {len(bad)} sampled step(s) are damaged and were left out of its colour scale.")
     plan = LayerPlan(name, kind, select, labels, scale, fitted, nonfinite_steps, drawn_shape, text_scale)
     return plan, notes
 
@@ -301,11 +314,16 @@ def prepare_out_dir(out_dir: Path) -> Path:
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; move it over ``final`` only if the block succeeds."""
     partial = final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
+    _open_partials.add(partial)
     try:
         yield partial
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
+        _open_partials.discard(partial)
+
+
+_open_partials: set[Path] = set()  # this process's unfinished files, removed if it is told to stop
 
 
 _LEFTOVER = re.compile(r"^\..+\.(?:partial|old)-(\d+)(?:\.[A-Za-z0-9]+)?$")
@@ -489,14 +507,45 @@ class LayerJob:
     fps: float = 10.0
     sheet_rows: np.ndarray | None = None
     stem: str = ""  # the output file name stem; unique among the layers of one render
+    channels_per_image: int = 0  # TensorBoard: channels per image (0: all in one)
 
 
 _worker_progress: Any = None  # a worker process's queue for progress counts
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_WATCHDOG_INTERVAL_S = 0.5
 
 
-def _init_worker(queue: Any) -> None:
+def _init_worker(queue: Any, parent_pid: int) -> None:
+    """Set up a worker: progress queue, and dying with the parent however the parent ends.
+
+    A parent killed with SIGKILL cannot stop its workers, so each worker watches for itself: on
+    Linux the kernel sends it SIGTERM when the parent dies (``PR_SET_PDEATHSIG``); everywhere a
+    thread checks twice a second whether its parent is still the one that started it. Either way
+    the worker deletes its unfinished files and exits.
+    """
     global _worker_progress
     _worker_progress = queue
+    signal.signal(signal.SIGTERM, _stop_worker)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent_pid:  # died before the line above took effect
+        _stop_worker()
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_WATCHDOG_INTERVAL_S)
+        _stop_worker()
+
+    threading.Thread(target=watch, name="actrec-parent-watchdog", daemon=True).start()
+
+
+def _stop_worker(*_: object) -> None:
+    """Remove this worker's unfinished files and exit at once (from a signal handler or the watchdog)."""
+    for partial in list(_open_partials):
+        with contextlib.suppress(OSError):
+            partial.unlink()
+    os._exit(128 + int(signal.SIGTERM))
 
 
 JobResult = tuple[list[Path], list[str]]
@@ -518,7 +567,9 @@ def run_jobs(
         # spawn, not fork: forking a process that holds an open HDF5 file is unsafe.
         context = multiprocessing.get_context("spawn")
         counts = context.Queue()
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(counts,)) as pool:
+        with ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_init_worker, initargs=(counts, os.getpid())
+        ) as pool:
             # Biggest layers first, so the last one to finish is a small one.
             size = {job.layer: int(np.prod(job.plan.drawn_shape)) for job in job_list}
             order = sorted(range(len(job_list)), key=lambda i: -size[job_list[i].layer])
@@ -533,6 +584,10 @@ def run_jobs(
                         while True:
                             bar.update(counts.get_nowait())
             except BaseException:
+                # Ctrl-C reaches the workers too, SIGTERM (turned into KeyboardInterrupt by the
+                # command) only this process: stop them now rather than wait for their current layer.
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
                 pool.shutdown(wait=True, cancel_futures=True)  # layers not yet started never start
                 raise
             results: list[JobResult] = [([], []) for _ in job_list]
@@ -609,23 +664,74 @@ def _export_layer(
     TensorBoard reads every event file of a folder as one run, so one file per layer (and per
     worker process) needs no coordination.
     """
-    tag = f"{TB_TAG}/{job.layer}"
+    groups = card_groups(job.plan, job.channels_per_image)
+    layouts = [layout if len(groups) == 1 else context.layout(plan, job.rows, plan.text_scale) for plan, _ in groups]
+
+    def add_frames(writer: writers.TensorBoardImageWriter, rows: np.ndarray, prefix: str, bad: list[int] | None) -> int:
+        written = 0
+        for row, values in layer_rows(store, job.plan, rows, bad):
+            title, step = context.title(job.layer, row), int(context.global_steps[row])
+            for (plan, suffix), group_layout in zip(groups, layouts, strict=True):
+                frame = group_layout.frame(
+                    values if plan is job.plan else np.take(values, plan.select, axis=plan.axis),
+                    title=title,
+                    predictions=context.predictions[row],
+                )
+                tag = f"{prefix}/{job.layer}{suffix}"
+                writer.add_image(tag, frame, step, wall_time=float(context.wall_times[row]))
+            written += 1
+            if bad is not None:  # the overview's frames are extra; progress counts steps
+                report(1)
+        return written
+
     with writers.TensorBoardImageWriter(
         job.out_dir, filename_suffix=f".{job.stem or safe_filename(job.layer)}", staged=True
     ) as writer:
-        for row, frame in layer_frames(store, job.plan, layout, context, job.rows, damaged):
-            writer.add_image(tag, frame, int(context.global_steps[row]), wall_time=float(context.wall_times[row]))
-            report(1)
+        add_frames(writer, job.rows, TB_TAG, damaged)
         # At most 10 steps under a second tag: TensorBoard's default keeps 10 images per tag, so a
         # plain `tensorboard --logdir runs` shows all of these, step 0 included.
         overview = np.asarray([row for row in job.sheet_rows.tolist() if row not in set(damaged)], dtype=np.int64)
         if overview.size:
-            for row, frame in layer_frames(store, job.plan, layout, context, overview):
-                step = int(context.global_steps[row])
-                writer.add_image(
-                    f"{TB_OVERVIEW_TAG}/{job.layer}", frame, step, wall_time=float(context.wall_times[row])
-                )
+            add_frames(writer, overview, TB_OVERVIEW_TAG, None)
     return job.out_dir
+
+
+def card_groups(plan: LayerPlan, per_image: int) -> list[tuple[LayerPlan, str]]:
+    """Split a maps layer's drawn channels into images of ``per_image`` channels, each with a tag suffix.
+
+    Each group's plan selects from the drawn channels (its ``select`` indexes them, on ``axis``).
+    One group (the plan itself, no suffix) when ``per_image`` is 0 or the layer is narrow enough.
+    """
+    count = len(plan.labels)
+    if plan.kind != KIND_MAPS or per_image <= 0 or count <= per_image:
+        return [(plan, "")]
+    groups = []
+    for start in range(0, count, per_image):
+        positions = tuple(range(start, min(count, start + per_image)))
+        labels = tuple(plan.labels[i] for i in positions)
+        contiguous = labels == tuple(range(labels[0], labels[0] + len(labels)))
+        name = f"{labels[0]}-{labels[-1]}" if contiguous else ",".join(map(str, labels))
+        group = dataclasses.replace(
+            plan, select=positions, labels=labels, drawn_shape=(len(positions), *plan.drawn_shape[1:])
+        )
+        groups.append((group, f"/ch {name}"))
+    return groups
+
+
+def read_steps(store: StoreReader, num_rows: int) -> dict[str, np.ndarray]:
+    """The per-row columns of the first ``num_rows`` rows, with each row's epoch as :mod:`._steps` decides it."""
+    steps = {key: value[:num_rows] for key, value in store.steps().items()}
+    try:
+        validation_steps = store.scalars("val/loss")[0]
+    except StoreError:
+        validation_steps = np.zeros(0, np.int64)
+    try:
+        trainer = store.config.get("trainer", {})
+        max_epochs = int(trainer["max_epochs"]) if isinstance(trainer, dict) and trainer.get("max_epochs") else None
+    except (ValueError, TypeError, KeyError, AttributeError, StoreError):
+        max_epochs = None  # a config we cannot read does not stop the pictures
+    steps["epoch"] = row_epochs(steps["global_step"], steps["epoch"], validation_steps, max_epochs)
+    return steps
 
 
 @dataclass(frozen=True)
@@ -644,13 +750,13 @@ class RunContext:
     @classmethod
     def read(cls, store: StoreReader, num_rows: int) -> RunContext:
         probes = store.probes
-        steps = store.steps()
+        steps = read_steps(store, num_rows)
         return cls(
             probe_images=probes.images,
             labels=np.asarray(probes.labels),
             class_names=list(probes.class_names),
-            global_steps=steps["global_step"][:num_rows],
-            epochs=steps["epoch"][:num_rows],
+            global_steps=steps["global_step"],
+            epochs=steps["epoch"],
             wall_times=steps["wall_time"][:num_rows],
             predictions=store.logits(slice(0, num_rows)).argmax(axis=-1),
             num_rows=num_rows,
@@ -692,6 +798,14 @@ def layer_frames(
     Rows that fail the store's integrity check are never drawn: they are appended to ``damaged``
     (or the error is raised when ``damaged`` is ``None``).
     """
+    for row, values in layer_rows(store, plan, rows, damaged):
+        yield row, layout.frame(values, title=context.title(plan.name, row), predictions=context.predictions[row])
+
+
+def layer_rows(
+    store: StoreReader, plan: LayerPlan, rows: np.ndarray, damaged: list[int] | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(row, drawn channels of the row)``, reading in bounded chunks and skipping damaged rows."""
     for chunk_start in range(0, len(rows), _ROWS_PER_READ):
         chunk = rows[chunk_start : chunk_start + _ROWS_PER_READ]
         # A contiguous run of rows is one slice read; strided rows need an index read.
@@ -701,7 +815,7 @@ def layer_frames(
                 plan.name, slice(int(chunk[0]), int(chunk[-1]) + 1) if contiguous else chunk
             )
             readable = chunk.tolist()
-        except StoreError:
+        except _DAMAGE:
             if damaged is None:
                 raise
             readable, values = [], []
@@ -709,13 +823,12 @@ def layer_frames(
                 try:
                     values.append(store.activations(plan.name, np.asarray([row]))[0])
                     readable.append(row)
-                except StoreError:
+                except _DAMAGE:
                     damaged.append(row)
             if not values:
                 continue
             activations = np.stack(values)
-        for row, values in zip(readable, plan.selected(activations), strict=True):
-            yield row, layout.frame(values, title=context.title(plan.name, row), predictions=context.predictions[row])
+        yield from zip(readable, plan.selected(activations), strict=True)
 
 
 def sheet_frame(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -103,11 +104,23 @@ def _note(text: str) -> None:
 
 
 def _run(program: str, action: Callable[[], int]) -> int:
-    """Run ``action``; user errors become one sentence on stderr and a non-zero exit code."""
+    """Run ``action``; user errors become one sentence on stderr and a non-zero exit code.
+
+    SIGTERM is handled as Ctrl-C is: unfinished files are removed and worker processes stopped.
+    """
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return action()
     except (StoreError, ViewerError, RunError) as error:
         print(f"{program}: {error}", file=sys.stderr)
+        return _EXIT_ERROR
+    except KeyError as error:
+        # h5py's word for an object the file lacks: a store missing a dataset or group. The store
+        # reader's schema check names them up front; this keeps any it misses to one sentence too.
+        message = str(error.args[0]) if error.args else ""
+        if not message.startswith("Unable to"):
+            raise
+        print(f"{program}: the store is incomplete or damaged ({message.rstrip('.')}).", file=sys.stderr)
         return _EXIT_ERROR
     except OSError as error:
         # A disk that fills up or a folder removed mid-run: name the file, keep it to one sentence.
@@ -117,6 +130,12 @@ def _run(program: str, action: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{program}: interrupted; files not yet finished were discarded.", file=sys.stderr)
         return _EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def render_main(argv: Sequence[str]) -> int:

@@ -16,8 +16,10 @@ Palette layout (indices are stable; tests and writers rely on them):
   :data:`ZERO_INDEX` (0 is the same exact white): ColorBrewer's 9-class Blues, with its off-white
   start replaced by white, up to ``(8, 48, 107)`` at ``+scale``. Same step (1/62 of the scale) as
   the diverging ramp has per colour, over the whole range instead of half of it.
-- ``125 .. 237``: a 113-level grey ramp from black up to ``(250, 250, 250)``, for probe images, black
+- ``125 .. 177``: a 53-level grey ramp from black up to ``(250, 250, 250)``, for probe images, black
   text and its anti-aliasing; "fully white" grey is :data:`ZERO_INDEX`, so no colour is duplicated.
+- ``178 .. 237``: a 4x4x4 colour cube (levels 0, 85, 170, 255) without its 4 greys, for colour
+  probe images (posterised: a GIF has one 256-colour palette for everything).
 - ``238 .. 245``: white-to-green ramp for correct predictions (full ink ``(26, 133, 60)``).
 - ``246 .. 253``: white-to-red ramp for wrong predictions (full ink ``(200, 30, 30)``).
 - ``254``: :data:`NONFINITE_INDEX`, amber ``(235, 172, 0)``: NaN or infinite activations (a diverged
@@ -93,12 +95,16 @@ TRANSPARENT_INDEX = PALETTE_SIZE - 1
 """Reserved for GIF frame deltas ("unchanged pixel"); no picture ever contains it."""
 NONFINITE_INDEX = PALETTE_SIZE - 2
 """NaN and infinite activations (amber)."""
-_TRANSPARENT_RGB = (255, 0, 255)  # a colour no picture uses, in case a viewer ignores transparency
+_TRANSPARENT_RGB = (1, 2, 3)  # no picture uses it (nor the colour cube), in case a viewer ignores transparency
 
+CUBE_LEVELS = 4
+"""Levels per channel of the colour cube for RGB probe images."""
+_CUBE_SIZE = CUBE_LEVELS**3 - CUBE_LEVELS  # the cube's greys are on the grey ramp already
 GREY_START = ONE_SIDED_START + ONE_SIDED_LEVELS - 1
-GREY_LEVELS = PALETTE_SIZE - GREY_START - 2 * INK_LEVELS - 2
+GREY_LEVELS = PALETTE_SIZE - GREY_START - _CUBE_SIZE - 2 * INK_LEVELS - 2
+CUBE_START = GREY_START + GREY_LEVELS
 """Grey levels below white (the rest of the palette); grey level ``GREY_LEVELS`` (white) is :data:`ZERO_INDEX`."""
-RIGHT_START = GREY_START + GREY_LEVELS
+RIGHT_START = CUBE_START + _CUBE_SIZE
 WRONG_START = RIGHT_START + INK_LEVELS
 
 
@@ -119,6 +125,20 @@ def _one_sided_ramp() -> np.ndarray:
     return np.rint(ramp).astype(np.uint8)
 
 
+def _cube() -> tuple[np.ndarray, np.ndarray]:
+    """The cube's colours, and the palette index of every ``(r, g, b)`` level triple (greys on the grey ramp)."""
+    step = 255 // (CUBE_LEVELS - 1)
+    entries, lookup = [], np.zeros((CUBE_LEVELS,) * 3, np.uint8)
+    for red in range(CUBE_LEVELS):
+        for green in range(CUBE_LEVELS):
+            for blue in range(CUBE_LEVELS):
+                if red == green == blue:
+                    continue
+                lookup[red, green, blue] = CUBE_START + len(entries)
+                entries.append((red * step, green * step, blue * step))
+    return np.asarray(entries, dtype=np.uint8), lookup
+
+
 def _ink_ramp(ink: tuple[int, int, int]) -> np.ndarray:
     coverage = np.arange(1, INK_LEVELS + 1, dtype=np.float64)[:, None] / INK_LEVELS
     white = np.asarray(ZERO_RGB, dtype=np.float64)
@@ -132,6 +152,7 @@ def _build_palette() -> np.ndarray:
             _diverging_ramp(),
             _one_sided_ramp(),
             np.repeat(grey[:, None], 3, axis=1),
+            _cube()[0],
             _ink_ramp(RIGHT_RGB),
             _ink_ramp(WRONG_RGB),
             np.asarray([NONFINITE_RGB, _TRANSPARENT_RGB], dtype=np.uint8),
@@ -141,6 +162,7 @@ def _build_palette() -> np.ndarray:
     return palette
 
 
+_CUBE_LOOKUP = _cube()[1]
 PALETTE: np.ndarray = _build_palette()
 """``(256, 3)`` uint8, read-only: the RGB colour of every palette index."""
 
@@ -226,6 +248,25 @@ def grey_indices(values: np.ndarray, low: float, high: float) -> np.ndarray:
     np.clip(levels, 0, GREY_LEVELS, out=levels)
     levels = np.rint(np.nan_to_num(levels, nan=0.0)).astype(np.int64)
     return np.where(levels >= GREY_LEVELS, ZERO_INDEX, GREY_START + levels).astype(np.uint8)
+
+
+def rgb_indices(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map ``(..., 3)`` RGB values to the colour cube (``low`` and below 0, ``high`` and above full).
+
+    Returns:
+        A new uint8 array of palette indices of shape ``values.shape[:-1]``; greys (equal channels)
+        take the grey ramp, so black and white stay exact.
+    """
+    span = high - low
+    levels = (np.asarray(values, dtype=np.float32) - np.float32(low)) * np.float32(
+        (CUBE_LEVELS - 1) / span if span > 0 else 0
+    )
+    levels = np.rint(np.clip(np.nan_to_num(levels, nan=0.0), 0, CUBE_LEVELS - 1)).astype(np.intp)
+    indices = _CUBE_LOOKUP[levels[..., 0], levels[..., 1], levels[..., 2]]
+    grey = (levels[..., 0] == levels[..., 1]) & (levels[..., 1] == levels[..., 2])
+    step = 255 // (CUBE_LEVELS - 1)
+    grey_lut = np.asarray([grey_index(level * step) for level in range(CUBE_LEVELS)], np.uint8)
+    return np.where(grey, grey_lut[levels[..., 0]], indices).astype(np.uint8)
 
 
 def grey_index(grey_value: int) -> int:

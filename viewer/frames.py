@@ -27,6 +27,12 @@ DEFAULT_MAX_CHANNELS = 16
 """Channels (maps) or units (tokens, vectors) drawn by default; wider layers show a selection."""
 MAX_FRAME_WIDTH = 1600
 """Frames are sized to fit this many pixels across (readable at 100% on a laptop screen) when possible."""
+CARD_FRAME_WIDTH = 360
+"""TensorBoard images shrink their tiles to fit this width: the Images tab's cards show about 350 px."""
+CARD_TEXT_SCALE = 1.4
+"""TensorBoard images' text is 1.4x the render's, so it stays legible shrunk to a Time Series card."""
+CARD_CHANNELS = 4
+"""Channels per TensorBoard image: Time Series cards fit images into about 220 px of height."""
 MIN_TILE_SIZE = 8
 """The smallest tile :func:`fit_tile_size` shrinks to for a frame to fit :data:`MAX_FRAME_WIDTH`."""
 
@@ -63,17 +69,14 @@ def format_scale(scale: float) -> str:
 def layer_kind(info: object) -> str:
     """A layer's kind: ``"maps"`` (C, H, W), ``"tokens"`` (T, D) or ``"vector"`` (D,).
 
-    Takes the stored ``kind`` (store format v2) when the layer description has one, else the rank
-    of its ``sample_shape`` (v1 stores).
+    The rank of ``sample_shape`` decides; a stored ``kind`` (store format v2) must agree with it.
 
     Raises:
         ValueError: the per-probe shape has no kind (e.g. 4-D); the message is one sentence.
     """
-    kind = getattr(info, "kind", None)
-    if kind in (KIND_MAPS, KIND_TOKENS, KIND_VECTOR):
-        return kind
+    stored = getattr(info, "kind", None)
     shape = tuple(getattr(info, "sample_shape", info))
-    if len(shape) not in _KIND_OF_RANK:
+    if len(shape) not in _KIND_OF_RANK or stored not in (None, _KIND_OF_RANK[len(shape)]):
         name = getattr(info, "name", "")
         subject = f"layer {name!r}" if name else "a layer"
         raise ValueError(
@@ -171,8 +174,9 @@ class FrameLayout:
         num_probes: number of probes (columns).
         scale: the colour scale (:func:`actrec.viewer.scale.colour_scale`); a plain number means the
             diverging ``-scale`` red, 0 white, ``+scale`` blue.
-        probe_images: ``(P, C, H, W)`` probe inputs, drawn in grey above the activations (channels
-            are averaged); ``None`` (or inputs that are not images, such as token ids) to leave them out.
+        probe_images: ``(P, C, H, W)`` probe inputs, drawn above the activations (RGB in colour,
+            other channel counts averaged into grey); ``None`` (or inputs that are not images, such
+            as token ids) to leave them out.
         labels: ``(P,)`` true classes, written above each column and used to mark predictions.
         class_names: names indexed by class; class numbers are shown when ``None``.
         tile_size: pixels of a tile's longer side.
@@ -294,6 +298,8 @@ class FrameLayout:
             top += self._input_tiles.shape[1] + _SECTION_GAP
         grid_top = top
         top += self._grid_height + 4
+        if self.kind != KIND_MAPS:  # which units the heatmap columns are
+            top += self._label_height + 2
         return label_top, input_top, grid_top, top
 
     @property
@@ -424,6 +430,12 @@ class FrameLayout:
                 grid_top + 1 + channel * (self.tile_height + _GUTTER),
                 self.tile_height,
             )
+        if self.kind != KIND_MAPS:
+            caption = _text.fit_text(
+                f"units {_describe_indices(self.channel_labels)}", self._label_size, self._grid_width
+            )
+            top = grid_top + self._grid_height + 2
+            _text.draw_text(body, grid_left, top, caption, size=self._label_size, ink="muted")
         if self.show_predictions:
             row_label("predicted", predictions_top, self._label_height)
         return body
@@ -498,11 +510,15 @@ class FrameLayout:
         else:
             kind = "right" if predicted == label else "wrong"
             room = stamp.shape[1] - self._mark_size - 2
-            name = _text.fit_text(name, self._label_size, room)
-            text_width, text_height = _text.text_size(name, self._label_size)
-            x = max(0, (self.column_width - (self._mark_size + 2 + text_width)) // 2)
-            _text.draw_mark(stamp, x, (text_height - self._mark_size) // 2 + 1, kind, size=self._mark_size)
-            _text.draw_text(stamp, x + self._mark_size + 2, 0, name, size=self._label_size, ink=kind)
+            fitted = _text.fit_text(name, self._label_size, room)
+            if not fitted:  # too narrow for a mark and the name: the name alone, in green or red
+                self._centred_text(stamp, 0, 0, name, kind)
+            else:
+                text_width = _text.text_size(fitted, self._label_size)[0]
+                x = max(0, (self.column_width - (self._mark_size + 2 + text_width)) // 2)
+                mark_top = max(0, (self._label_height - self._mark_size) // 2 + 1)
+                _text.draw_mark(stamp, x, mark_top, kind, size=self._mark_size)
+                _text.draw_text(stamp, x + self._mark_size + 2, 0, fitted, size=self._label_size, ink=kind)
         stamp.setflags(write=False)
         self._prediction_stamps[key] = stamp
         return stamp
@@ -577,17 +593,27 @@ class FrameLayout:
         return canvas
 
 
+def _describe_indices(indices: Sequence[int]) -> str:
+    """``"0-15"`` for a contiguous run, else the indices listed: ``"3, 7, 12"``."""
+    indices = list(indices)
+    if indices and indices == list(range(indices[0], indices[0] + len(indices))) and len(indices) > 2:
+        return f"{indices[0]}-{indices[-1]}"
+    return ", ".join(map(str, indices))
+
+
 def _probe_tiles(probe_images: np.ndarray, tile_size: int) -> np.ndarray:
     """``(P, h, w)`` grey palette tiles of the probe inputs, on one brightness scale for all probes."""
     images = np.asarray(probe_images, dtype=np.float32)
-    if images.ndim == 4:
-        images = images.mean(axis=1)  # colour inputs: the fixed palette has no room for RGB, show luminance
-    elif images.ndim != 3:
+    if images.ndim not in (3, 4):
         raise ValueError(f"probe_images must be (P, C, H, W) or (P, H, W), got shape {images.shape}.")
     finite = images[np.isfinite(images)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    height, width = tile_shape(images.shape[1], images.shape[2], tile_size)
-    return upscale_nearest(colors.grey_indices(images, low, high), height, width)
+    height, width = tile_shape(images.shape[-2], images.shape[-1], tile_size)
+    if images.ndim == 4 and images.shape[1] == 3:  # RGB: drawn in colour, on the palette's colour cube
+        indices = colors.rgb_indices(np.moveaxis(images, 1, -1), low, high)
+    else:  # one channel (or an unusual number): grey
+        indices = colors.grey_indices(images.mean(axis=1) if images.ndim == 4 else images, low, high)
+    return upscale_nearest(indices, height, width)
 
 
 def activation_frame(
@@ -643,7 +669,7 @@ def activation_frame(
     return colors.to_rgb(layout.frame(activations, title=title, predictions=predictions))
 
 
-def live_frame(
+def live_frames(
     scale_kind: str,
     activations: np.ndarray,
     state: LiveScaleState | None,
@@ -654,17 +680,20 @@ def live_frame(
     predictions: np.ndarray | None = None,
     class_names: Sequence[str] | None = None,
     max_channels: int = DEFAULT_MAX_CHANNELS,
-) -> tuple[np.ndarray, LiveScaleState]:
-    """One layer's frame for logging during training, on :func:`~actrec.viewer.scale.live_scale`.
+) -> tuple[list[tuple[str, np.ndarray]], LiveScaleState]:
+    """One layer's TensorBoard images for one step logged during training, on :func:`~actrec.viewer.scale.live_scale`.
 
-    What the recorder calls once per layer and logged step; its colour bar prints the limit it used.
-    Wide layers show their first ``max_channels`` channels (units), as ``actrec render`` does by default.
+    What the recorder calls once per layer and logged step. The images are the ones ``actrec
+    tensorboard`` exports, with the same tag suffixes: sized for TensorBoard's cards
+    (:data:`CARD_FRAME_WIDTH`, :data:`CARD_TEXT_SCALE`), at most :data:`CARD_CHANNELS` channels each
+    (suffix ``"/ch 0-3"``; ``""`` when one image holds the layer). Each colour bar prints the limit
+    it used, which only grows over the run. Wide layers show their first ``max_channels`` channels (units).
 
     Args:
         scale_kind: the layer's stored scale kind (``"tanh"``, ``"sigmoid"``, ``"nonnegative"``, ``"symmetric"``).
         activations: ``(P, *sample_shape)`` activations of this step.
         state: what the previous call for this layer returned; ``None`` at its first logged step.
-        title: the label burned into the frame.
+        title: the label burned into the images, usually :func:`frame_title`.
         probe_images: ``(P, C, H, W)`` probe inputs, or ``None``.
         labels: ``(P,)`` true classes, or ``None``.
         predictions: ``(P,)`` predicted classes, or ``None``.
@@ -672,7 +701,8 @@ def live_frame(
         max_channels: most channels (maps) or units (tokens, vectors) drawn.
 
     Returns:
-        ``(frame, state)``: a new ``(H, W, 3)`` uint8 RGB array, and the state for the next step.
+        ``([(tag_suffix, image), ...], state)``: new ``(H, W, 3)`` uint8 RGB images, log each under
+        ``f"activations/{layer}{tag_suffix}"``; and the state to pass with the layer's next step.
 
     Raises:
         ValueError: ``scale_kind`` is unknown or the shapes cannot be drawn.
@@ -681,17 +711,27 @@ def live_frame(
     scale, state = live_scale(scale_kind, activations, state)
     kind = layer_kind(activations.shape[1:])
     axis = 1 if kind == KIND_MAPS else activations.ndim - 1
-    if activations.shape[axis] > max_channels:
-        activations = np.take(activations, np.arange(max_channels), axis=axis)
-    frame = activation_frame(
-        activations,
-        scale=scale,
-        title=title,
-        probe_images=probe_images,
-        labels=labels,
-        predictions=predictions,
-        class_names=class_names,
-        tile_size=fit_tile_size(kind, activations.shape[1:], activations.shape[0], TILE_SIZE),
-        kind=kind,
-    )
-    return frame, state
+    count = min(activations.shape[axis], max_channels)
+    per_image = CARD_CHANNELS if kind == KIND_MAPS and count > CARD_CHANNELS else count
+    images = []
+    for start in range(0, count, per_image):
+        channels = np.arange(start, min(count, start + per_image))
+        part = np.take(activations, channels, axis=axis)
+        layout = FrameLayout(
+            part.shape[1:],
+            num_probes=part.shape[0],
+            scale=scale,
+            probe_images=probe_images,
+            labels=labels,
+            class_names=class_names,
+            tile_size=fit_tile_size(kind, part.shape[1:], part.shape[0], TILE_SIZE, CARD_FRAME_WIDTH, CARD_TEXT_SCALE),
+            longest_title=title,
+            show_predictions=predictions is not None,
+            kind=kind,
+            channel_labels=channels.tolist(),
+            nonfinite_legend=not bool(np.isfinite(part).all()),
+            text_scale=CARD_TEXT_SCALE,
+        )
+        suffix = "" if per_image == count else f"/ch {channels[0]}-{channels[-1]}"
+        images.append((suffix, colors.to_rgb(layout.frame(part, title=title, predictions=predictions))))
+    return images, state

@@ -23,6 +23,7 @@ from actrec.viewer._pipeline import (
     make_plan,
     nearest_rows,
     prepare_out_dir,
+    read_steps,
     run_jobs,
     unique_stems,
 )
@@ -173,7 +174,7 @@ def render_run(
                     notify(note)
         curves = out / "curves.png"
         with atomic_path(curves) as partial:
-            steps = {key: value[: plan.num_rows] for key, value in store.steps().items()}
+            steps = read_steps(store, plan.num_rows)
             scalars = {key: store.scalars(key) for key in ("train/loss", "train/acc", "val/loss", "val/acc")}
             # The run's folder names it for people (quickstart/version_0); the id is for machines.
             run_name = "/".join(store.path.resolve().parts[-3:-1])

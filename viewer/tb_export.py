@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -22,16 +23,21 @@ import numpy as np
 
 from actrec.store import StoreReader
 from actrec.viewer._events import EVENTS_PREFIX, STAGED_PREFIX, publish_staged
-from actrec.viewer._pipeline import LayerJob, make_plan, nearest_rows, remove_leftovers, run_jobs, unique_stems
+from actrec.viewer._pipeline import (
+    TB_TAG,
+    LayerJob,
+    card_groups,
+    make_plan,
+    nearest_rows,
+    remove_leftovers,
+    run_jobs,
+    unique_stems,
+)
 from actrec.viewer.errors import ViewerError
-from actrec.viewer.frames import TILE_SIZE
+from actrec.viewer.frames import CARD_CHANNELS, CARD_FRAME_WIDTH, CARD_TEXT_SCALE, TILE_SIZE
 from actrec.viewer.render import default_sheet_steps
 
 EXPORT_DIRNAME = "activations"
-CARD_FRAME_WIDTH = 480
-"""Exported frames shrink their tiles to fit this width: TensorBoard draws images about 300-400 px wide."""
-CARD_TEXT_SCALE = 1.5
-"""Exported frames' text is 1.5x the render's, so it stays legible shrunk to a card."""
 OVERVIEW_STEPS = 10
 """Steps under ``overview/<layer>``: TensorBoard keeps 10 images per tag unless told otherwise."""
 _MARKER = ".actrec-tensorboard-export"  # proves a folder is an export we may replace
@@ -70,8 +76,23 @@ def images_to_keep(num_images: int) -> int:
     return max(1, int(num_images))
 
 
+def logdir_arguments(run_dir: Path) -> list[str]:
+    """TensorBoard arguments that show ``run_dir`` as a run named after it, never ``"."``.
+
+    TensorBoard names a run by its folder's path below ``--logdir``, so the run folder itself
+    would be ``"."``. A run in actrec's layout (``<experiment>/version_N``) is shown from its
+    experiment folder, as ``version_N`` and ``version_N/activations`` (beside the experiment's other
+    versions, which is what comparing runs needs), under the window title ``<experiment>/version_N``.
+    Any other folder is named by ``--logdir_spec`` (TensorBoard then shows ``<name>/.``).
+    """
+    run_dir = Path(run_dir).resolve()
+    if re.fullmatch(r"version_\d+", run_dir.name) and run_dir.parent != run_dir:
+        return ["--logdir", str(run_dir.parent), "--window_title", f"{run_dir.parent.name}/{run_dir.name}"]
+    return ["--logdir_spec", f"{run_dir.name.replace(':', '_')}:{run_dir}"]
+
+
 def tensorboard_command(log_dir: Path, samples: int, extra_args: Sequence[str] = ()) -> list[str]:
-    """The command that starts TensorBoard on ``log_dir`` keeping ``samples`` images per tag.
+    """The command that starts TensorBoard on the run folder ``log_dir`` keeping ``samples`` images per tag.
 
     Prefers the ``tensorboard`` script installed beside this Python, so the command uses the
     TensorBoard of actrec's environment even when another one comes first on ``PATH``.
@@ -83,7 +104,7 @@ def tensorboard_command(log_dir: Path, samples: int, extra_args: Sequence[str] =
         program = ["tensorboard"]
     else:
         program = [sys.executable, "-m", "tensorboard.main"]
-    return [*program, "--logdir", str(log_dir), "--samples_per_plugin", f"images={samples}", *extra_args]
+    return [*program, *logdir_arguments(log_dir), "--samples_per_plugin", f"images={samples}", *extra_args]
 
 
 def format_command(command: Sequence[str]) -> str:
@@ -173,6 +194,7 @@ def export_tensorboard(
                     kind="tensorboard",
                     out_dir=staging,
                     sheet_rows=overview_rows,
+                    channels_per_image=CARD_CHANNELS,
                 )
                 for name in plan.layers
             ]
@@ -189,7 +211,11 @@ def export_tensorboard(
     return ExportResult(
         log_dir=log_dir,
         export_dir=final,
-        tags=tuple(f"activations/{name}" for name in plan.layers),
+        tags=tuple(
+            f"{TB_TAG}/{name}{suffix}"
+            for name in plan.layers
+            for _, suffix in card_groups(plan.layer_plans[name], CARD_CHANNELS)
+        ),
         global_steps=plan.global_steps[plan.rows],
         # Every recorded step, not only the exported ones: the run's own image tags (the recorder's
         # optional TensorBoard images) share the limit and may hold up to one image per step.
