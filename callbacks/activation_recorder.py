@@ -293,7 +293,7 @@ class ActivationRecorder(Callback):
         if dataset is not None:
             return probes_from_dataset(dataset, self.probes_per_class, self.max_probes, self.probe_indices)
         if self.probe_indices is not None:
-            raise ProbeError("probe_indices index the data module's val_dataset, and there is none")
+            raise ProbeError("probe_indices index the data module's val_dataset, and there is none.")
         source = getattr(getattr(getattr(trainer.fit_loop, "epoch_loop", None), "val_loop", None), "_data_source", None)
         if source is not None and source.is_defined():
             loaders = source.dataloader()
@@ -307,7 +307,7 @@ class ActivationRecorder(Callback):
                 return probes_from_loader(loader, self.probes_per_class, self.max_probes)
         raise ProbeError(
             "found no probe images: pass probe_images to the recorder, give the data module a val_dataset, "
-            "or give the trainer a validation loader"
+            "or give the trainer a validation loader."
         )
 
     # -- the store's lifetime --------------------------------------------------------------------
