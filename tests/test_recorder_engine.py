@@ -132,17 +132,27 @@ def test_probes_from_trainer_loaders_without_a_datamodule(tmp_path: Path) -> Non
 
 
 def test_probe_images_given_and_no_probes_at_all(tmp_path: Path) -> None:
+    class ReturnsPlainLoss(TinyNet):
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN202
+            return super().training_step(batch, batch_idx)["loss"]
+
     images = torch.rand(4, 1, 6, 6)
     recorder = ActivationRecorder(probe_images=images, probe_labels=[2, 1, 0, 2], path=str(tmp_path / "a.h5"))
     data = TinyData()
     data.setup("fit")
-    quiet_trainer(tmp_path, callbacks=[recorder], max_epochs=1, limit_train_batches=2).fit(
-        TinyNet(), train_dataloaders=DataLoader(data.train_dataset, batch_size=8)
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_trainer(tmp_path, callbacks=[recorder], max_epochs=1, limit_train_batches=2).fit(
+            ReturnsPlainLoss(), train_dataloaders=DataLoader(data.train_dataset, batch_size=8)
+        )
     with StoreReader(recorder.store_path) as store:
         np.testing.assert_array_equal(store.probes.images, images.numpy())
         assert store.probes.labels.tolist() == [2, 1, 0, 2]
         assert store.global_steps().tolist() == [0, 1, 2]
+        assert np.isfinite(store.steps()["batch_loss"][1:]).all()  # a plain loss tensor is the batch loss
+    empty = [str(w.message) for w in caught if "column is empty" in str(w.message)]
+    assert len(empty) == 1
+    assert "so the store's batch_acc column is empty (NaN); set batch_acc_names" in empty[0]
 
     lonely = ActivationRecorder(path=str(tmp_path / "b.h5"))
     with pytest.raises(MisconfigurationException, match="found no probe images: pass probe_images to the recorder"):
