@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -180,7 +180,7 @@ class ProbeEngine:
         self.nbytes = offset
         self.packed = torch.zeros(max(offset, _ALIGN), dtype=torch.uint8, device=self.device)
         self.views = {field.key: self._view(self.packed, field) for field in self.fields}
-        self._graph: torch.cuda.CUDAGraph | None = None
+        self._replay: Callable[[], None] | None = None
         self.graph_note = "eager (not on CUDA)" if self.device.type != "cuda" else "eager (graphs turned off)"
         if cuda_graph and self.device.type == "cuda":
             self._capture_graph()
@@ -220,8 +220,8 @@ class ProbeEngine:
         self, batch_loss: torch.Tensor | float | None = None, batch_acc: torch.Tensor | float | None = None
     ) -> torch.Tensor:
         """Compute one step into :attr:`packed` (asynchronously on CUDA) and return it."""
-        if self._graph is not None:
-            self._graph.replay()
+        if self._replay is not None:
+            self._replay()
         else:
             self._forward()
         self._set_scalar("batch_loss", batch_loss)
@@ -246,28 +246,42 @@ class ProbeEngine:
 
     def _capture_graph(self) -> None:
         """Capture the pass as a CUDA graph; keep it only if a replay equals an eager pass bitwise."""
+        self.adopt_graph(self._cuda_graph, "CUDA graph")
+
+    def _cuda_graph(self, forward: Callable[[], None]) -> Callable[[], None]:
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm up the allocator and library handles outside the capture
+                forward()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with eval_mode(self.model), torch.cuda.graph(graph):
+            forward()
+        return graph.replay
+
+    def adopt_graph(self, make_replay: Callable[[Callable[[], None]], Callable[[], None]], name: str) -> bool:
+        """Replace the eager pass by ``make_replay(forward)``'s replay if it captures and a replay equals an
+        eager pass bitwise; otherwise stay eager and say why in one log line. Returns whether it was adopted.
+
+        ``make_replay`` is the CUDA graph capture on CUDA; tests pass stand-ins to check the decisions on a CPU.
+        """
         try:
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm up allocator and library handles off the capture
-                    self._forward()
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with eval_mode(self.model), torch.cuda.graph(graph):
-                self._forward()
-            graph.replay()
+            replay = make_replay(self._forward)
+            replay()
             replayed = self.packed.clone()
             self._forward()
             eager = self.packed.clone()
-            if not torch.equal(replayed, eager):  # a deliberate synchronisation, once, at setup
-                self.graph_note = "eager (a CUDA graph replay differed from an eager pass)"
-                log.warning("actrec: the probe pass runs eagerly: a CUDA graph replay differed from an eager pass.")
-                return
-            self._graph = graph
-            self.graph_note = "CUDA graph"
-        except Exception as error:  # capture refuses many things; eager always works
-            self._graph = None
-            self.graph_note = f"eager (CUDA graph capture failed: {type(error).__name__})"
-            log.warning("actrec: the probe pass runs eagerly: CUDA graph capture failed (%s).", error)
-
+        except Exception as error:  # capture refuses many things (host syncs, CPU work); eager always works
+            self._replay = None
+            self.graph_note = f"eager ({name} capture failed: {type(error).__name__})"
+            log.warning("actrec: the probe pass runs eagerly: %s capture failed (%s).", name, error)
+            return False
+        if not torch.equal(replayed, eager):  # a deliberate synchronisation, once, at setup
+            self._replay = None
+            self.graph_note = f"eager (a {name} replay differed from an eager pass)"
+            log.warning("actrec: the probe pass runs eagerly: a %s replay differed from an eager pass.", name)
+            return False
+        self._replay = replay
+        self.graph_note = name
+        return True

@@ -97,6 +97,40 @@ def test_engine_packs_every_field_and_caps_channels() -> None:
     assert engine.graph_note == "eager (not on CUDA)"
 
 
+def test_graph_decisions_on_a_cpu_stand_in(caplog: pytest.LogCaptureFixture) -> None:
+    model = TinyNet()
+    images = torch.rand(3, 1, 6, 6)
+    engine = ProbeEngine(model, images, ["net.conv1"], dtype="float32")
+    eager = engine.run().clone()
+
+    def refuses(forward):  # noqa: ANN001, ANN202 - what capture does with a host sync inside forward
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    def drifts(forward):  # noqa: ANN001, ANN202 - a replay that is not the eager pass
+        def replay() -> None:
+            forward()
+            engine.views["net.conv1/activations"].add_(1e-6)
+
+        return replay
+
+    with caplog.at_level("WARNING", logger="actrec"):
+        assert not engine.adopt_graph(refuses, "stand-in graph")
+        assert not engine.adopt_graph(drifts, "stand-in graph")
+    assert [r.getMessage() for r in caplog.records] == [
+        "actrec: the probe pass runs eagerly: stand-in graph capture failed "
+        "(operation not permitted when stream is capturing).",
+        "actrec: the probe pass runs eagerly: a stand-in graph replay differed from an eager pass.",
+    ]
+    assert engine.graph_note == "eager (a stand-in graph replay differed from an eager pass)"
+    assert torch.equal(engine.run(), eager)  # fell back to the eager pass
+
+    assert engine.adopt_graph(lambda forward: forward, "stand-in graph")  # bitwise equal: kept
+    assert engine.graph_note == "stand-in graph"
+    with torch.no_grad():
+        model.net.conv1[0].bias.add_(0.5)  # the optimizer updates parameters in place; a replay sees it
+    assert not torch.equal(engine.run(), eager)
+
+
 def _val_loss_net() -> type[TinyNet]:
     class LogsValLoss(TinyNet):
         def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN202
