@@ -57,6 +57,10 @@ def test_records_every_step_with_exact_values(tmp_path: Path) -> None:
         assert np.isnan(steps["batch_loss"][0])
         assert np.all(np.isfinite(steps["batch_loss"][1:]))
         assert store.class_names == ["zero", "one", "two"]
+        # The recorder's own settings, and not Lightning's bound methods (log, log_dict) or anything private.
+        assert store.config["recorder"]["every_n_steps"] == 1
+        assert not {"log", "log_dict"} & set(store.config["recorder"])
+        assert not any(key.startswith("_") for key in store.config["recorder"])
 
         # Probes: the first image of each class in the validation split, as fed to the model.
         data = TinyData()
