@@ -355,6 +355,7 @@ class ActivationRecorder(Callback):
             overwrite=self.overwrite,
             background=False,
         ).close()
+        self._open_writer(wait=False)
 
     def _start_writing(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._resumed:
@@ -362,26 +363,33 @@ class ActivationRecorder(Callback):
             StoreWriter.resume(
                 self._store_path, run_id=self._run_id, keep_through_step=trainer.global_step, background=False
             ).close()
-        if self.background_writes and self._writer_mode == "thread":
-            self._writer = StoreWriter._open_for_append(self._store_path, self.flush_every, background=False)
-            self._last_recorded_step = self._writer.last_global_step
-            self._ring = HostRing(self._engine.nbytes, self.ring_slots, self._engine.device, self._consume)
-        elif self.background_writes:
-            fields = [(_column_key(f.key), f.dtype, f.shape, f.offset) for f in self._engine.fields]
-            self._process = WriterProcess(
-                self._store_path, fields, self._engine.nbytes, slots=self.ring_slots + 1, flush_every=self.flush_every
-            )
-            self._last_recorded_step = self._process.last_global_step
-            self._ring = HostRing(self._engine.nbytes, self.ring_slots, self._engine.device, self._consume)
-        else:
-            self._writer = StoreWriter._open_for_append(self._store_path, self.flush_every, background=False)
-            self._last_recorded_step = self._writer.last_global_step
+            self._open_writer(wait=True)
         log.info(
             "actrec: recording %d layers to %s (probe pass: %s)",
             len(self._layer_names),
             self._store_path,
             self._engine.graph_note,
         )
+
+    def _open_writer(self, wait: bool) -> None:
+        """Open the store for appending: a writer process (started without waiting for a new store, so its
+        start-up overlaps Lightning's), HDF5 on the ring's thread, or synchronous writes."""
+        if self.background_writes and self._writer_mode == "process":
+            fields = [(_column_key(f.key), f.dtype, f.shape, f.offset) for f in self._engine.fields]
+            self._process = WriterProcess(
+                self._store_path,
+                fields,
+                self._engine.nbytes,
+                slots=self.ring_slots + 1,
+                flush_every=self.flush_every,
+                wait=wait,
+            )
+            self._last_recorded_step = self._process.last_global_step if wait else -1
+        else:
+            self._writer = StoreWriter._open_for_append(self._store_path, self.flush_every, background=False)
+            self._last_recorded_step = self._writer.last_global_step
+        if self.background_writes:
+            self._ring = HostRing(self._engine.nbytes, self.ring_slots, self._engine.device, self._consume)
 
     def _build_engine(self, pl_module: pl.LightningModule) -> None:
         try:

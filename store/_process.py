@@ -51,9 +51,11 @@ class WriterProcess:
         row_bytes: size of one packed row.
         slots: rows that may be in flight to the child.
         flush_every: flush after this many rows (and after a second with rows unflushed).
+        wait: wait here until the child has opened the store; ``False`` lets it start while the caller
+            goes on (rows sent meanwhile queue up; a failure to start shows in :attr:`error`).
 
     Raises:
-        StoreError: the child could not open the store.
+        StoreError: with ``wait``, the child could not open the store.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class WriterProcess:
         slots: int = 4,
         flush_every: int = 1,
         flush_seconds: float = 1.0,
+        wait: bool = True,
     ) -> None:
         self.path = Path(path)
         self.row_bytes = max(int(row_bytes), 1)
@@ -81,6 +84,7 @@ class WriterProcess:
         self._flush_sent = 0
         self._closed = False
         self._finished = threading.Event()
+        self._ready = threading.Event()
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - the child writes into it for our whole life
         size = slots * self.row_bytes
         shared = _shared_folder() / f"actrec-{os.getpid()}-{uuid.uuid4().hex}.rows"
@@ -113,16 +117,17 @@ class WriterProcess:
                     "fields": [[key, dtype, list(shape), offset] for key, dtype, shape, offset in fields],
                 }
             )
-            ready = self._child.stdout.readline()
         finally:
-            os.close(descriptor)
-        message = json.loads(ready) if ready.startswith(b"{") else {}
-        self.last_global_step = int(message.get("last_global_step", -1))
-        if "ready" not in message:
-            self._child.wait(timeout=_START_TIMEOUT)
-            raise StoreError(message.get("error") or f"the store writer process did not start ({self._stderr_tail()}).")
+            os.close(descriptor)  # the child holds its own copy from the spawn
         self._reader = threading.Thread(target=self._read_replies, name="actrec-writer-replies", daemon=True)
         self._reader.start()
+        if wait and not self.wait_ready():
+            raise StoreError(self.error or "the store writer process did not start in time.")
+
+    def wait_ready(self, timeout: float = _START_TIMEOUT) -> bool:
+        """Block until the child has opened the store; False if it failed (see :attr:`error`) or timed out."""
+        self._ready.wait(timeout)
+        return self._ready.is_set() and self.error is None
 
     # -- parent side ---------------------------------------------------------------------------------
 
@@ -199,7 +204,10 @@ class WriterProcess:
                 reply = json.loads(line)
             except ValueError:
                 continue
-            if "free" in reply:
+            if "ready" in reply:
+                self.last_global_step = int(reply.get("last_global_step", -1))
+                self._ready.set()
+            elif "free" in reply:
                 self._free.put(int(reply["free"]))
             elif "flushed" in reply:
                 with self._flushed:
@@ -210,12 +218,16 @@ class WriterProcess:
             elif "closed" in reply:
                 self._finished.set()
         code = self._child.wait()
-        if not self._finished.is_set():
+        if not self._ready.is_set():
+            self._fail(f"the store writer process did not start ({self._stderr_tail()})")
+        elif not self._finished.is_set():
             self._fail(f"the store writer process ended unexpectedly (exit code {code})")
+        self._ready.set()
 
     def _fail(self, message: str) -> None:
         if self.error is None:
             self.error = message
+        self._ready.set()
         with self._flushed:
             self._flushed.notify_all()
 
