@@ -1,0 +1,296 @@
+"""Fault injection: damaged, incomplete and malformed stores, and training killed at random moments.
+
+Every refusal is checked for its exit code, its one sentence, the time it took (a damaged store must
+never hang) and for leaving every existing file byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from actrec.cli import main
+from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreError, StoreReader, StoreWriter
+from actrec.store._integrity import DamagedDataError
+
+NUM_STEPS = 12
+LAYERS = [
+    LayerSpec("net.conv1", (4, 8, 8), "Sequential", "tanh", params={"0.weight": (4, 1, 3, 3), "0.bias": (4,)}),
+    LayerSpec("net.conv2", (6, 4, 4), "Sequential", "symmetric"),
+]
+
+
+def _record(step: int) -> StepRecord:
+    rng = np.random.default_rng(step)
+    return StepRecord(
+        global_step=step * 5,
+        epoch=step // 4,
+        batch_loss=1.0 / (step + 1),
+        batch_acc=0.5,
+        logits=rng.normal(size=(3, 3)).astype(np.float32),
+        activations={
+            "net.conv1": rng.uniform(-1, 1, size=(3, 4, 8, 8)),
+            "net.conv2": rng.normal(0, 3, size=(3, 6, 4, 4)),
+        },
+        params={"net.conv1": {"0.weight": np.full((4, 1, 3, 3), step, np.float32), "0.bias": np.zeros(4)}},
+        wall_time=1000.0 + step,
+    )
+
+
+def _write_store(path: Path) -> Path:
+    """A complete store of NUM_STEPS rows, every chunk under a Fletcher-32 checksum (store format v2)."""
+    plain = path.with_name("plain-" + path.name)
+    probes = ProbeSet(np.zeros((3, 1, 8, 8), np.float32), np.arange(3), np.arange(3), ["a", "b", "c"])
+    options = {"run_id": "run-a", "config": {"lr": 0.1}, "probes": probes, "layers": LAYERS, "num_classes": 3}
+    with StoreWriter.create(plain, background=False, **options) as writer:
+        for step in range(NUM_STEPS):
+            writer.append(_record(step))
+        writer.append_scalar("val/loss", 55, 0.25)
+    _checksummed_copy(plain, path)
+    plain.unlink()
+    return path
+
+
+def _checksummed_copy(source: Path, target: Path) -> None:
+    """Copy a store, turning on HDF5's Fletcher-32 filter for every chunked dataset (what format v2 writes)."""
+    with h5py.File(source, "r") as old, h5py.File(target, "w", libver="latest") as new:
+        for key, value in old.attrs.items():
+            new.attrs[key] = value
+
+        def copy(name: str, obj: h5py.HLObject) -> None:
+            if isinstance(obj, h5py.Group):
+                group = new.require_group(name)
+                for key, value in obj.attrs.items():
+                    group.attrs[key] = value
+                return
+            chunked = {"chunks": obj.chunks, "maxshape": obj.maxshape, "fletcher32": True} if obj.chunks else {}
+            new.create_dataset(name, data=obj[()], dtype=obj.dtype, **chunked)
+            for key, value in obj.attrs.items():
+                new[name].attrs[key] = value
+
+        old.visititems(copy)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_store(tmp_path_factory.mktemp("pristine") / "activations.h5")
+
+
+def _damage(path: Path, offset: int, length: int = 64) -> None:
+    with path.open("r+b") as file:
+        file.seek(offset)
+        file.write(b"\xab" * length)
+
+
+def _object_address(path: Path, key: str) -> int:
+    with h5py.File(path, "r") as file:
+        return h5py.h5o.get_info(file[key].id).addr
+
+
+def _chunk_offset(path: Path, key: str, row: int) -> int:
+    with h5py.File(path, "r") as file:
+        return file[key].id.get_chunk_info_by_coord((row,) + (0,) * (file[key].ndim - 1)).byte_offset
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _refuse(store: Path, capsys: pytest.CaptureFixture[str] | None = None) -> str:
+    """``actrec render`` refuses ``store``: exit 1 with one sentence, quickly, nothing written or changed.
+
+    Runs a real process unless ``capsys`` is given (then ``actrec.cli.main`` in this process: faster).
+    """
+    folder = store.parent
+    before = _fingerprint(folder)
+    argv = ["render", str(store), "--out", str(folder / "out"), "--quiet"]
+    started = time.monotonic()
+    if capsys is None:
+        command = [sys.executable, "-m", "actrec.cli", *argv]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        code, stderr = result.returncode, result.stderr
+    else:
+        code, stderr = main(argv), capsys.readouterr().err
+    elapsed = time.monotonic() - started
+    assert code == 1, stderr
+    assert elapsed < 20, f"took {elapsed:.1f} s"  # generous on a shared machine; the hang was ~40 min
+    message = stderr.strip()
+    assert "\n" not in message
+    assert "Traceback" not in message
+    assert _fingerprint(folder) == before
+    assert not (folder / "out").exists()
+    return message.removeprefix("actrec render: ")
+
+
+# -- damaged stores ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["probes/labels", "layers/net.conv2", "layers/net.conv1/activations", "steps"])
+def test_damaged_object_header_is_refused_within_seconds(tmp_path: Path, pristine: Path, key: str) -> None:
+    # The issue's offsets 1,024 and 50,000 in a quickstart store hit the headers of probes/labels and
+    # layers/net.conv5; SWMR reads then retried for ~40 minutes. Here the headers are found by address.
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    _damage(store, _object_address(store, key) + 8)
+    message = _refuse(store)
+    assert message == (
+        f"{store} is damaged: its object {key} cannot be read (incorrect metadata checksum after all read attempts)."
+    )
+
+
+def test_no_offset_in_the_metadata_hangs_or_escapes_as_a_traceback(tmp_path: Path, pristine: Path) -> None:
+    # Sweep the region holding the superblock, object headers and chunk indices, in this process
+    # (a subprocess per offset would take minutes): every open either works or is one StoreError.
+    with h5py.File(pristine, "r") as file:
+        first_chunk = min(
+            file[key].id.get_chunk_info(0).byte_offset for key in ("steps/global_step", "layers/net.conv1/activations")
+        )
+    store = tmp_path / "activations.h5"
+    outcomes: dict[str, int] = {}
+    for offset in range(0, first_chunk, 512):
+        shutil.copy(pristine, store)
+        _damage(store, offset)
+        started = time.monotonic()
+        try:
+            with StoreReader(store) as reader:
+                for name in reader.layer_names:
+                    reader.activations(name)
+                    reader.params(name)
+                reader.logits()
+                reader.probes  # noqa: B018
+            outcome = "read"
+        except DamagedDataError:
+            outcome = "damaged row"
+        except StoreError as error:
+            outcome = "refused" if "\n" not in str(error) else f"several lines: {error}"
+        assert time.monotonic() - started < 10, f"offset {offset}"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert set(outcomes) <= {"read", "damaged row", "refused"}, outcomes
+    assert outcomes.get("refused", 0) > 0, outcomes
+
+
+@pytest.mark.parametrize("row", [0, 7, NUM_STEPS - 1])
+def test_damaged_chunk_is_reported_per_row_and_the_rest_reads(tmp_path: Path, pristine: Path, row: int) -> None:
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    _damage(store, _chunk_offset(store, "layers/net.conv1/activations", row) + 100)
+    with StoreReader(store) as reader:
+        with pytest.raises(
+            DamagedDataError, match=rf"^step {row * 5} of layer net.conv1 is damaged \(checksum mismatch\)$"
+        ) as caught:
+            reader.activations("net.conv1")
+        assert (caught.value.layer, caught.value.step, caught.value.row) == ("net.conv1", row * 5, row)
+        assert caught.value.key == "layers/net.conv1/activations"
+        good = [r for r in range(NUM_STEPS) if r != row]
+        with StoreReader(pristine) as clean:
+            np.testing.assert_array_equal(
+                reader.activations("net.conv1", np.array(good)), clean.activations("net.conv1", np.array(good))
+            )
+            np.testing.assert_array_equal(reader.activations("net.conv2"), clean.activations("net.conv2"))
+            np.testing.assert_array_equal(reader.logits(), clean.logits())
+        with pytest.raises(DamagedDataError, match=rf"^step {row * 5} of layer net.conv1"):
+            reader.activations("net.conv1", slice(row, row + 1))
+
+
+def test_damaged_step_column_is_reported_by_row(tmp_path: Path, pristine: Path) -> None:
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    _damage(store, _chunk_offset(store, "steps/global_step", 0) + 8, length=8)
+    with StoreReader(store) as reader:
+        with pytest.raises(DamagedDataError, match=r"^row 0 of steps/global_step is damaged \(checksum mismatch\)$"):
+            reader.global_steps()
+        assert reader.activations("net.conv2").shape == (NUM_STEPS, 3, 6, 4, 4)
+
+
+# -- incomplete and malformed stores -------------------------------------------------------------
+
+
+def _edited(pristine: Path, tmp_path: Path, edit: Callable[[h5py.File], None]) -> Path:
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    with h5py.File(store, "r+") as file:
+        edit(file)
+    return store
+
+
+@pytest.mark.parametrize(
+    ("keys", "listed"),
+    [
+        (["layers/net.conv1/activations"], "layers/net.conv1/activations"),
+        (["steps/epoch"], "dataset steps/epoch"),
+        (["probes"], "group probes, dataset probes/images, dataset probes/labels, dataset probes/indices"),
+        (["steps/epoch", "layers/net.conv2/abs_max"], "dataset steps/epoch, layers/net.conv2/abs_max"),
+    ],
+)
+def test_store_missing_datasets_or_groups_is_refused_listing_them(
+    tmp_path: Path, pristine: Path, keys: list[str], listed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def delete(file: h5py.File) -> None:
+        for key in keys:
+            del file[key]
+
+    store = _edited(pristine, tmp_path, delete)
+    assert _refuse(store, capsys) == f"{store} is not a complete actrec store; it lacks {listed}."
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "message"),
+    [
+        ("config", "{not json", "has a config attribute that is not a JSON object."),
+        ("config", "[1, 2]", "has a config attribute that is not a JSON object."),
+        ("class_names", "zero,one", "has a class_names attribute that is not a JSON list."),
+        ("format_version", "two", "has a format_version attribute that is not a whole number ('two')."),
+        ("format_version", 1.5, "has a format_version attribute that is not a whole number (np.float64(1.5))."),
+    ],
+)
+def test_malformed_attributes_are_one_sentence(
+    tmp_path: Path, pristine: Path, attribute: str, value: object, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def set_attribute(file: h5py.File) -> None:
+        file.attrs[attribute] = value
+
+    store = _edited(pristine, tmp_path, set_attribute)
+    assert _refuse(store, capsys) == f"{store} {message}"
+
+
+def test_missing_attribute_is_listed(tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def delete(file: h5py.File) -> None:
+        del file.attrs["run_id"]
+        del file["layers/net.conv2"].attrs["scale_kind"]
+
+    store = _edited(pristine, tmp_path, delete)
+    assert _refuse(store, capsys) == (
+        f"{store} is not a complete actrec store; it lacks attribute run_id, attribute scale_kind of layers/net.conv2."
+    )
+
+
+def test_tensorboard_print_refuses_an_incomplete_store_in_one_sentence(
+    tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = _edited(pristine, tmp_path, lambda file: file.__delitem__("steps/epoch"))
+    assert main(["tensorboard", str(store), "--print"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"actrec tensorboard: {store} is not a complete actrec store; it lacks dataset steps/epoch."
+    )
+
+
+def test_a_pristine_store_reads_whole(pristine: Path) -> None:
+    with StoreReader(pristine) as reader:
+        assert reader.num_steps == NUM_STEPS
+        assert reader.config == {"lr": 0.1}
+        assert json.loads(json.dumps(reader.class_names)) == ["a", "b", "c"]
+        np.testing.assert_array_equal(reader.global_steps(), np.arange(NUM_STEPS) * 5)
