@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -294,3 +295,130 @@ def test_a_pristine_store_reads_whole(pristine: Path) -> None:
         assert reader.config == {"lr": 0.1}
         assert json.loads(json.dumps(reader.class_names)) == ["a", "b", "c"]
         np.testing.assert_array_equal(reader.global_steps(), np.arange(NUM_STEPS) * 5)
+
+
+# -- SIGKILL at random moments of a real training --------------------------------------------------
+
+# A parent process imports torch and Lightning once, then forks one `actrec train` after another: each
+# child resumes from the newest checkpoint and is SIGKILLed after a random delay (seeded), so twenty
+# kills cost seconds each instead of an interpreter start-up each. After every kill the parent opens the
+# store and checks it against what it saw just before the kill; the last child runs to the end.
+_KILL_CHAIN = r"""
+import json, os, random, signal, sys, time
+from pathlib import Path
+
+import torch
+from actrec.store import StoreError, StoreReader
+from actrec.trainer.cli import train_main
+
+runs_dir, kills, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+args = sys.argv[4:]
+rng = random.Random(seed)
+
+
+def step_of(checkpoint):
+    return int(checkpoint.stem.rsplit("step=", 1)[1])
+
+
+def newest_checkpoint():
+    checkpoints = [path for path in runs_dir.rglob("*.ckpt") if path.stat().st_size]
+    return max(checkpoints, key=step_of) if checkpoints else None
+
+
+def current_store():
+    checkpoint = newest_checkpoint()
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["callbacks"]
+        (recorder,) = [value for key, value in state.items() if "ActivationRecorder" in key]
+        return Path(recorder["store_path"])
+    stores = sorted(runs_dir.rglob("activations.h5"), key=lambda path: int(path.parent.name.split("_")[1]))
+    return stores[-1] if stores else None
+
+
+def steps_in(store):
+    if store is None or not store.exists():
+        return None
+    with StoreReader(store) as reader:
+        return reader.global_steps().tolist()
+
+
+def run(args, kill_after):
+    pid = os.fork()
+    if pid == 0:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        torch.set_num_threads(1)
+        os._exit(train_main(args))
+    seen = None
+    if kill_after is not None:
+        time.sleep(kill_after)
+        try:
+            seen = steps_in(current_store())  # what the store shows just before the kill
+        except StoreError:
+            seen = None
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    return status, seen
+
+
+report = []
+for attempt in range(kills + 1):
+    checkpoint = newest_checkpoint()
+    resume = ["--ckpt_path", str(checkpoint)] if checkpoint else []
+    delay = rng.uniform(0.8, 3.2) if attempt < kills else None
+    status, seen = run(args + resume, delay)
+    store = current_store()
+    try:
+        after = steps_in(store)
+    except StoreError as error:
+        after = f"refused: {error}"
+    report.append({"delay": delay, "status": status, "resumed_from": checkpoint and checkpoint.name,
+                   "seen_before_kill": seen, "after": after, "store": str(store)})
+run(["--runs_dir", str(runs_dir / "uninterrupted"), *args[2:]], None)
+print(json.dumps(report))
+"""
+
+_CHAIN_RUN = [
+    "--trainer.max_epochs=16",
+    "--trainer.limit_train_batches=4",
+    "--trainer.limit_val_batches=1",
+    "--trainer.limit_test_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.batch_size=32",
+    "--recorder.every_n_steps=1",
+]
+
+
+@pytest.mark.slow
+def test_twenty_sigkills_each_leave_a_complete_store_and_resume_loses_or_repeats_no_step(tmp_path: Path) -> None:
+    runs_dir = tmp_path / "chain"
+    command = [sys.executable, "-c", _KILL_CHAIN, str(runs_dir), "20", "11", "--runs_dir", str(runs_dir), *_CHAIN_RUN]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    (tmp_path / "report.json").write_text(json.dumps(report, indent=1))
+
+    assert len(report) == 21
+    for entry in report[:-1]:
+        assert entry["status"] == signal.SIGKILL, entry  # killed, not ended by an error of its own
+        after = entry["after"]
+        if after is None:
+            continue  # killed before its store was created
+        # Every flushed step is there, in order, once: rows are steps 0, 1, 2, ... with nothing missing.
+        assert after == list(range(len(after))), entry
+        if entry["seen_before_kill"] is not None:  # nothing seen on disk before the kill is lost by it
+            assert len(after) >= len(entry["seen_before_kill"]), entry
+    final = report[-1]
+    assert final["status"] == 0, final
+    assert final["after"] == list(range(65)), final  # 16 epochs of 4 steps, and step 0
+    resumes = [entry for entry in report if entry["resumed_from"]]
+    assert len(resumes) >= 5, report  # the chain really resumed, not only restarted
+
+    (uninterrupted,) = (runs_dir / "uninterrupted").rglob("activations.h5")
+    with StoreReader(final["store"]) as chained, StoreReader(uninterrupted) as straight:
+        for name in straight.layer_names:
+            assert chained.activations(name).tobytes() == straight.activations(name).tobytes(), name
+        assert chained.logits().tobytes() == straight.logits().tobytes()
+        assert chained.steps()["batch_loss"].tobytes() == straight.steps()["batch_loss"].tobytes()
