@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,29 +11,10 @@ import h5py
 import numpy as np
 
 from actrec.store._integrity import check_schema, format_version, json_attribute, open_swmr, read_checked
-from actrec.store._schema import FORMAT_NAME, FORMAT_VERSION, SCALE_TANH, STEP_FIELDS, StoreError
-from actrec.store.writer import ProbeSet
+from actrec.store._schema import FIXED_SCALES, FORMAT_NAME, FORMAT_VERSION, STEP_FIELDS, StoreError, kind_of
+from actrec.store._types import LayerInfo, ProbeSet
 
 STORE_FILENAME = "activations.h5"
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """Static description of one recorded layer.
-
-    Args:
-        name: the module's qualified name.
-        sample_shape: shape of one probe's activation, e.g. ``(4, 28, 28)``.
-        module_type: the module's class name.
-        scale_kind: ``"tanh"`` or ``"symmetric"``.
-        param_names: names of the recorded parameters (may be empty).
-    """
-
-    name: str
-    sample_shape: tuple[int, ...]
-    module_type: str
-    scale_kind: str
-    param_names: tuple[str, ...]
 
 
 def resolve_store_path(run: str | os.PathLike) -> Path:
@@ -130,12 +110,19 @@ class StoreReader:
             StoreError: the store has no layer ``name``.
         """
         group = self._layer_group(name)
+        attrs = group.attrs
+        sample_shape = tuple(int(n) for n in attrs["sample_shape"])
+        channels = attrs.get("channels")
         return LayerInfo(
             name=name,
-            sample_shape=tuple(int(n) for n in group.attrs["sample_shape"]),
-            module_type=str(group.attrs["module_type"]),
-            scale_kind=str(group.attrs["scale_kind"]),
+            sample_shape=sample_shape,
+            module_type=str(attrs["module_type"]),
+            scale_kind=str(attrs["scale_kind"]),
             param_names=tuple(group["params"]),
+            kind=str(attrs.get("kind", kind_of(sample_shape))),
+            output=str(attrs.get("output", "")),
+            channels=tuple(int(c) for c in channels) if channels is not None else None,
+            full_shape=tuple(int(n) for n in attrs.get("full_shape", sample_shape)),
         )
 
     # -- per-step data ---------------------------------------------------------------------------
@@ -182,23 +169,33 @@ class StoreReader:
         self._layer_group(name)
         return self._rows(self._dataset(f"layers/{name}/abs_max"), rows)
 
+    def nonfinite(self, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """``(n,)`` number of NaN/inf values of layer ``name`` in each chosen row (zeros for version 1 stores)."""
+        group = self._layer_group(name)
+        if "nonfinite" not in group:
+            return np.zeros(len(self._rows(self._dataset("steps/global_step"), rows)), dtype=np.int64)
+        return self._rows(self._dataset(f"layers/{name}/nonfinite"), rows)
+
     def params(self, name: str, rows: slice | np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The recorded parameters of layer ``name`` at the chosen rows, by parameter name."""
         group = self._layer_group(name)["params"]
         return {param: self._rows(self._dataset(f"layers/{name}/params/{param}"), rows) for param in group}
 
     def symmetric_scale(self, name: str, rows: slice | np.ndarray | None = None) -> float:
-        """The fixed colour scale of a layer: 1 for tanh layers, else the largest ``|activation|`` seen."""
-        if self.layer(name).scale_kind == SCALE_TANH:
-            return 1.0
+        """The fixed colour scale of a layer: 1 for tanh and sigmoid layers, else the largest ``|activation|`` seen."""
+        fixed = FIXED_SCALES.get(self.layer(name).scale_kind)
+        if fixed is not None:
+            return fixed
         values = self.abs_max(name, rows)
+        values = values[np.isfinite(values)]
         scale = float(values.max()) if values.size else 0.0
         return scale if scale > 0 else 1.0
 
     def scalars(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(global_steps, values)`` of a scalar series such as ``val/loss`` (empty if never logged)."""
+        """``(global_steps, values)`` of a scalar series such as ``val/loss`` (empty if never logged, or if
+        the store has no such series: version 2 stores no longer create ``train/loss`` and ``train/acc``)."""
         if name not in self._file["scalars"]:
-            raise StoreError(f"{self.path} has no scalar series {name!r}.")
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
         dataset = self._dataset(f"scalars/{name}")
         dataset.refresh()
         data = self._whole(f"scalars/{name}")
