@@ -10,7 +10,8 @@ all, ample for a live writer's flush, and a damaged header fails within a fracti
 Why damage used to be drawn as data: raw chunks carry no checksum unless the writer asks for one. Store
 format v2 writes every chunk with HDF5's Fletcher-32 filter, which HDF5 verifies on every read; a
 mismatch becomes :class:`DamagedDataError` for that one row. Format v1 stores have no checksums, so
-damage inside their chunks cannot be detected.
+damage inside their chunks cannot be detected; nor can damage to the probe images, labels and indices
+of any version, written once as contiguous datasets without a checksum.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ _DATASETS = (
     "steps/logits",
 )
 _LAYER_MEMBERS = ("activations", "abs_max", "params")
+_LAYER_MEMBERS_V2 = ("nonfinite",)
 
 
 class DamagedDataError(StoreError):
@@ -201,17 +203,18 @@ def check_schema(file: h5py.File, path: Path) -> None:
     missing = [f"attribute {name}" for name in _ROOT_ATTRS if name not in file.attrs]
     missing += [f"group {name}" for name in _GROUPS if not isinstance(file.get(name), h5py.Group)]
     missing += [f"dataset {key}" for key in _DATASETS if not isinstance(file.get(key), h5py.Dataset)]
+    version = format_version(file, path) if "format_version" in file.attrs else 1
+    members = _LAYER_MEMBERS + (_LAYER_MEMBERS_V2 if version >= 2 else ())
     layers = file.get("layers")
     if isinstance(layers, h5py.Group):
         for name, layer in layers.items():
             if not isinstance(layer, h5py.Group):
                 missing.append(f"group layers/{name}")
                 continue
-            missing += [f"layers/{name}/{member}" for member in _LAYER_MEMBERS if member not in layer]
+            missing += [f"layers/{name}/{member}" for member in members if member not in layer]
             missing += [f"attribute {attr} of layers/{name}" for attr in _LAYER_ATTRS if attr not in layer.attrs]
     if missing:
         raise StoreError(f"{path} is not a complete actrec store; it lacks {', '.join(missing)}.")
-    format_version(file, path)
     json_attribute(file, path, "config", dict)
     json_attribute(file, path, "class_names", list)
 
