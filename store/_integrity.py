@@ -132,8 +132,14 @@ def _limit_metadata_read_attempts(fapl: h5py.h5p.PropFAID) -> bool:
 
 _CHILD_WALK = """
 import sys, h5py
+
+def read_attributes(name, obj):
+    for key in obj.attrs:
+        obj.attrs[key]
+
 with h5py.File(sys.argv[1], "r", libver="latest", swmr=True) as file:
-    file.visititems(lambda name, obj: [obj.attrs[key] for key in obj.attrs] and None)
+    read_attributes("/", file)
+    file.visititems(read_attributes)
 """
 
 

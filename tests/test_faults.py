@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from actrec.cli import main
-from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreError, StoreReader, StoreWriter
+from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreError, StoreReader, StoreWriter, _integrity
 from actrec.store._integrity import DamagedDataError
 
 NUM_STEPS = 12
@@ -402,3 +402,21 @@ def test_twenty_sigkills_each_leave_a_complete_store_and_resume_loses_or_repeats
             assert chained.activations(name).tobytes() == straight.activations(name).tobytes(), name
         assert chained.logits().tobytes() == straight.logits().tobytes()
         assert chained.steps()["batch_loss"].tobytes() == straight.steps()["batch_loss"].tobytes()
+
+
+def test_without_access_to_hdf5s_retry_setting_a_child_process_walks_the_structure_under_a_time_limit(
+    tmp_path: Path, pristine: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where h5py runs on an HDF5 that ctypes cannot reach, the structure is walked in a child process
+    # (with HDF5's default 100 attempts) that is killed at the time limit.
+    monkeypatch.setattr(_integrity, "_hdf5_library", lambda: None)
+    monkeypatch.setattr(_integrity, "STRUCTURE_WALK_SECONDS", 3.0)
+    with StoreReader(pristine) as reader:  # an intact store passes the walk
+        assert reader.num_steps == NUM_STEPS
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    _damage(store, _object_address(store, "layers/net.conv2") + 8)
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=r"is damaged: its structure could not be read within 3 s\.$"):
+        StoreReader(store)
+    assert time.monotonic() - started < 10
