@@ -85,6 +85,10 @@ def open_swmr(path: Path) -> h5py.File:
     """
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
     fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    # A reader's shared lock makes a writer's open fail ("unable to lock file") if it comes between the
+    # writer creating (or resuming) the file and opening it to append: a viewer would end the training.
+    # SWMR readers need no lock, so take none.
+    fapl.set_file_locking(False, True)
     if not _limit_metadata_read_attempts(fapl):
         _walk_in_child(path)  # raises if the walk fails or runs out of time
     file = h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl))

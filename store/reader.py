@@ -309,7 +309,7 @@ def _open(path: Path) -> h5py.File:
     try:
         # A plain open checks the whole superblock against the file's size and fails at once on a
         # truncated file, where an SWMR open would keep retrying reads that can never succeed.
-        h5py.File(path, "r").close()
+        h5py.File(path, "r", locking=False).close()  # no lock: see open_swmr
     except OSError as error:
         # Older HDF5 refuses plain opens of files flagged "open for writing"; SWMR read takes them.
         if "already open" not in str(error):
@@ -320,4 +320,4 @@ def _open(path: Path) -> h5py.File:
         # metadata (which otherwise take ~40 minutes per object) and walks the structure once.
         return open_swmr(path)
     except OSError:
-        return h5py.File(path, "r")  # a foreign HDF5 file too old for SWMR; rejected by the format check
+        return h5py.File(path, "r", locking=False)  # a foreign HDF5 file too old for SWMR; rejected later

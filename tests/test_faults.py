@@ -420,3 +420,19 @@ def test_without_access_to_hdf5s_retry_setting_a_child_process_walks_the_structu
     with pytest.raises(StoreError, match=r"is damaged: its structure could not be read within 3 s\.$"):
         StoreReader(store)
     assert time.monotonic() - started < 10
+
+
+def test_an_open_reader_never_keeps_the_writer_from_opening_the_store(tmp_path: Path, pristine: Path) -> None:
+    # The writer opens the store to append right after creating or resuming it. A reader (a viewer
+    # polling the run) that opened it just before used to hold HDF5's file lock, and the training ended
+    # with "unable to lock file": seen in test_resume.py's poll. Readers now take no lock.
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    append = (
+        "import sys; from pathlib import Path; from actrec.store import StoreWriter\n"
+        "StoreWriter._open_for_append(Path(sys.argv[1]), 1, False).close()"
+    )
+    with StoreReader(store) as reader:
+        result = subprocess.run([sys.executable, "-c", append, str(store)], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr[-1000:]
+        assert reader.num_steps == NUM_STEPS

@@ -29,10 +29,10 @@ TINY_RUN = [
 EXPECTED_STEPS = [0, 3, 6, 9, 12, 15, 16]  # every 3rd step, and the last one
 
 
-def _train(runs_dir: Path, *extra: str) -> subprocess.Popen:
+def _train(runs_dir: Path | str, *extra: str, cwd: Path | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "actrec.cli", "train", "--runs_dir", str(runs_dir), *TINY_RUN, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
 
 def _finish(process: subprocess.Popen) -> None:
@@ -76,7 +76,9 @@ def _wait_for_row_in_epoch(store: Path, process: subprocess.Popen, epoch: int, t
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(uninterrupted, resumed): the same tiny run, once straight through, once SIGKILLed in epoch 2 and resumed."""
     tmp_path = tmp_path_factory.mktemp("resume")
-    interrupted = _train(tmp_path / "b")
+    # A relative --runs_dir, resumed below from another working directory: the checkpoint must locate its
+    # store wherever the resume starts (issue 11).
+    interrupted = _train("b", cwd=tmp_path)
     run_b = tmp_path / "b" / "quickstart" / "version_0"
     _wait_for_row_in_epoch(run_b / "activations.h5", interrupted, epoch=2)
     interrupted.send_signal(signal.SIGKILL)
@@ -86,7 +88,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, np.ndarray
     # Lightning keeps the last epoch-end checkpoint: epoch 1's, or epoch 2's if the kill came late.
     (checkpoint,) = (run_b / "checkpoints").iterdir()
     assert checkpoint.name in ("epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt")
-    _finish(_train(tmp_path / "b", "--ckpt_path", str(checkpoint)))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _finish(_train(tmp_path / "b", "--ckpt_path", str(checkpoint), cwd=elsewhere))
     _finish(uninterrupted)
     return _rows(tmp_path / "a" / "quickstart" / "version_0"), _rows(run_b)
 
