@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
+from actrec.runs import RunError, resolve_run
 from actrec.store import StoreError
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import TILE_SIZE
@@ -31,7 +33,11 @@ def _step_list(text: str) -> list[int]:
 
 
 def _selection_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN", help="a run folder (holding activations.h5) or a store file")
+    parser.add_argument(
+        "run",
+        metavar="RUN",
+        help="a run folder, an experiment folder (its newest version with a store, named on stderr) or a store file",
+    )
     parser.add_argument(
         "--layers",
         action="extend",
@@ -58,7 +64,21 @@ def _selection_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="worker processes, one layer each at a time (default: one per CPU for large runs)",
     )
+    parser.add_argument(
+        "--channels",
+        metavar="LIST|top:K|all",
+        help="channels (maps) or units (tokens, vectors) to draw: indices (0,3,7), top:K (the K that vary most "
+        "over training) or all; default: all up to 16, else the 16 that vary most",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def _store_of(run: str) -> str:
+    """The store ``run`` names (via :func:`actrec.runs.resolve_run`), saying which version an experiment folder gave."""
+    resolved = resolve_run(run, need_store=True)
+    if resolved.note:
+        print(resolved.note, file=sys.stderr, flush=True)
+    return str(resolved.store_path)
 
 
 def _common_options(args: argparse.Namespace) -> dict:
@@ -74,15 +94,33 @@ def _common_options(args: argparse.Namespace) -> dict:
         "tile_size": args.tile_size,
         "jobs": args.jobs,
         "progress": False if args.quiet else None,
+        "channels": args.channels,
+        "notify": _note,
     }
 
 
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr, flush=True)
+
+
 def _run(program: str, action: Callable[[], int]) -> int:
-    """Run ``action``; user errors become one sentence on stderr and a non-zero exit code."""
+    """Run ``action``; user errors become one sentence on stderr and a non-zero exit code.
+
+    SIGTERM is handled as Ctrl-C is: unfinished files are removed and worker processes stopped.
+    """
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return action()
-    except (StoreError, ViewerError) as error:
+    except (StoreError, ViewerError, RunError) as error:
         print(f"{program}: {error}", file=sys.stderr)
+        return _EXIT_ERROR
+    except KeyError as error:
+        # h5py's word for an object the file lacks: a store missing a dataset or group. The store
+        # reader's schema check names them up front; this keeps any it misses to one sentence too.
+        message = str(error.args[0]) if error.args else ""
+        if not message.startswith("Unable to"):
+            raise
+        print(f"{program}: the store is incomplete or damaged ({message.rstrip('.')}).", file=sys.stderr)
         return _EXIT_ERROR
     except OSError as error:
         # A disk that fills up or a folder removed mid-run: name the file, keep it to one sentence.
@@ -92,6 +130,12 @@ def _run(program: str, action: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{program}: interrupted; files not yet finished were discarded.", file=sys.stderr)
         return _EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def render_main(argv: Sequence[str]) -> int:
@@ -128,7 +172,7 @@ def render_main(argv: Sequence[str]) -> int:
         from actrec.viewer.render import render_run
 
         result = render_run(
-            args.run,
+            _store_of(args.run),
             out_dir=args.out,
             fps=args.fps,
             video_format=args.format,
@@ -170,7 +214,7 @@ def tensorboard_main(argv: Sequence[str]) -> int:
     def action() -> int:
         from actrec.viewer.tb_export import export_tensorboard, format_command, tensorboard_command
 
-        result = export_tensorboard(args.run, **_common_options(args))
+        result = export_tensorboard(_store_of(args.run), **_common_options(args))
         port = ["--port", str(args.port)] if args.port is not None else []
         command = tensorboard_command(result.log_dir, result.samples_per_plugin, [*port, *extra])
         if args.print_only:
