@@ -281,8 +281,10 @@ def test_a_pristine_store_reads_whole(pristine: Path) -> None:
 
 # A parent process imports torch and Lightning once, then forks one `actrec train` after another: each
 # child resumes from the newest checkpoint and is SIGKILLed after a random delay (seeded), so twenty
-# kills cost seconds each instead of an interpreter start-up each. After every kill the parent opens the
-# store and checks it against what it saw just before the kill; the last child runs to the end.
+# kills cost seconds each instead of an interpreter start-up each. A child that finishes before its kill
+# (training speed varies several-fold on a shared machine) ends a chain, and the next child starts
+# another. After every kill the parent opens the store and checks it against what it saw just before
+# the kill; the last child runs to the end.
 _KILL_CHAIN = r"""
 import json, os, random, signal, sys, time
 from pathlib import Path
@@ -291,9 +293,11 @@ import torch
 from actrec.store import StoreError, StoreReader
 from actrec.trainer.cli import train_main
 
-runs_dir, kills, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+root, kills, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 args = sys.argv[4:]
 rng = random.Random(seed)
+chain = 0  # a run that finishes before its kill ends a chain; the next attempt starts another
+runs_dir = root / f"chain_{chain}"
 
 
 def step_of(checkpoint):
@@ -347,7 +351,7 @@ for attempt in range(kills + 1):
     checkpoint = newest_checkpoint()
     resume = ["--ckpt_path", str(checkpoint)] if checkpoint else []
     delay = rng.uniform(0.8, 3.2) if attempt < kills else None
-    status, seen = run(args + resume, delay)
+    status, seen = run(["--runs_dir", str(runs_dir), *args, *resume], delay)
     store = current_store()
     try:
         after = steps_in(store)
@@ -355,12 +359,15 @@ for attempt in range(kills + 1):
         after = f"refused: {error}"
     report.append({"delay": delay, "status": status, "resumed_from": checkpoint and checkpoint.name,
                    "seen_before_kill": seen, "after": after, "store": str(store)})
-run(["--runs_dir", str(runs_dir / "uninterrupted"), *args[2:]], None)
+    if status == 0 and attempt < kills:
+        chain += 1
+        runs_dir = root / f"chain_{chain}"
+run(["--runs_dir", str(root / "uninterrupted"), *args], None)
 print(json.dumps(report))
 """
 
 _CHAIN_RUN = [
-    "--trainer.max_epochs=16",
+    "--trainer.max_epochs=20",
     "--trainer.limit_train_batches=4",
     "--trainer.limit_val_batches=1",
     "--trainer.limit_test_batches=1",
@@ -374,7 +381,7 @@ _CHAIN_RUN = [
 @pytest.mark.slow
 def test_twenty_sigkills_each_leave_a_complete_store_and_resume_loses_or_repeats_no_step(tmp_path: Path) -> None:
     runs_dir = tmp_path / "chain"
-    command = [sys.executable, "-c", _KILL_CHAIN, str(runs_dir), "20", "11", "--runs_dir", str(runs_dir), *_CHAIN_RUN]
+    command = [sys.executable, "-c", _KILL_CHAIN, str(runs_dir), "20", "11", *_CHAIN_RUN]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -382,7 +389,8 @@ def test_twenty_sigkills_each_leave_a_complete_store_and_resume_loses_or_repeats
 
     assert len(report) == 21
     for entry in report[:-1]:
-        assert entry["status"] == signal.SIGKILL, entry  # killed, not ended by an error of its own
+        # Killed, or (on a fast machine) finished before its kill came; never ended by an error.
+        assert entry["status"] in (signal.SIGKILL, 0), entry
         after = entry["after"]
         if after is None:
             continue  # killed before its store was created
@@ -392,7 +400,8 @@ def test_twenty_sigkills_each_leave_a_complete_store_and_resume_loses_or_repeats
             assert len(after) >= len(entry["seen_before_kill"]), entry
     final = report[-1]
     assert final["status"] == 0, final
-    assert final["after"] == list(range(65)), final  # 16 epochs of 4 steps, and step 0
+    assert final["after"] == list(range(81)), final  # 20 epochs of 4 steps, and step 0
+    assert sum(entry["status"] == signal.SIGKILL for entry in report) >= 10, report
     resumes = [entry for entry in report if entry["resumed_from"]]
     assert len(resumes) >= 5, report  # the chain really resumed, not only restarted
 
