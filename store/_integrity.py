@@ -39,7 +39,9 @@ METADATA_READ_ATTEMPTS = 27
 STRUCTURE_WALK_SECONDS = 10.0
 """Time limit of the fallback structure walk in a child process (used only if the limit above cannot be set)."""
 
-_ROOT_ATTRS = ("format_version", "run_id", "config", "class_names")
+# Only what reading the recorded arrays needs; run_id, config and class_names are checked when read, so
+# a store whose config cannot be decoded still renders.
+_ROOT_ATTRS = ("format_version",)
 _LAYER_ATTRS = ("sample_shape", "module_type", "scale_kind")
 _GROUPS = ("probes", "steps", "scalars", "layers")
 _DATASETS = (
@@ -203,12 +205,12 @@ def _hdf5_reason(error: BaseException) -> str:
 
 
 def check_schema(file: h5py.File, path: Path) -> None:
-    """Refuse, in one sentence, a store that lacks a group, dataset or attribute, or holds a malformed attribute.
+    """Refuse, in one sentence, a store that lacks a group, dataset or attribute that reading its arrays needs.
 
     Call after the ``format`` attribute has identified the file as an actrec store.
 
     Raises:
-        StoreError: listing everything missing, or naming the malformed attribute.
+        StoreError: listing everything missing.
     """
     missing = [f"attribute {name}" for name in _ROOT_ATTRS if name not in file.attrs]
     missing += [f"group {name}" for name in _GROUPS if not isinstance(file.get(name), h5py.Group)]
@@ -225,8 +227,6 @@ def check_schema(file: h5py.File, path: Path) -> None:
             missing += [f"attribute {attr} of layers/{name}" for attr in _LAYER_ATTRS if attr not in layer.attrs]
     if missing:
         raise StoreError(f"{path} is not a complete actrec store; it lacks {', '.join(missing)}.")
-    json_attribute(file, path, "config", dict)
-    json_attribute(file, path, "class_names", list)
 
 
 def format_version(file: h5py.File, path: Path) -> int:
@@ -245,13 +245,27 @@ def format_version(file: h5py.File, path: Path) -> int:
     return int(number)
 
 
+def text_attribute(file: h5py.File, path: Path, name: str) -> str:
+    """A root attribute as text.
+
+    Raises:
+        StoreError: the store has no such attribute.
+    """
+    if name not in file.attrs:
+        raise StoreError(f"{path} has no {name} attribute.")
+    value = file.attrs[name]
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 def json_attribute(file: h5py.File, path: Path, name: str, kind: type) -> Any:
     """Decode a JSON attribute of the root group, checking it decodes to ``kind`` (``dict`` or ``list``).
 
     Raises:
-        StoreError: the attribute is not JSON text of that kind.
+        StoreError: the attribute is missing, or not JSON text of that kind.
     """
-    value = file.attrs.get(name)
+    if name not in file.attrs:
+        raise StoreError(f"{path} has no {name} attribute.")
+    value = file.attrs[name]
     try:
         decoded = json.loads(value.decode() if isinstance(value, bytes) else str(value))
     except (ValueError, UnicodeDecodeError):

@@ -10,7 +10,14 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 
-from actrec.store._integrity import check_schema, format_version, json_attribute, open_swmr, read_checked
+from actrec.store._integrity import (
+    check_schema,
+    format_version,
+    json_attribute,
+    open_swmr,
+    read_checked,
+    text_attribute,
+)
 from actrec.store._schema import FIXED_SCALES, FORMAT_NAME, FORMAT_VERSION, STEP_FIELDS, StoreError, kind_of
 from actrec.store._types import LayerInfo, ProbeSet
 
@@ -69,7 +76,7 @@ class StoreReader:
 
     @property
     def run_id(self) -> str:
-        return str(self._file.attrs["run_id"])
+        return text_attribute(self._file, self.path, "run_id")
 
     @property
     def format_version(self) -> int:

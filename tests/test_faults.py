@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -231,14 +232,12 @@ def test_store_missing_datasets_or_groups_is_refused_listing_them(
 @pytest.mark.parametrize(
     ("attribute", "value", "message"),
     [
-        ("config", "{not json", "has a config attribute that is not a JSON object."),
-        ("config", "[1, 2]", "has a config attribute that is not a JSON object."),
-        ("class_names", "zero,one", "has a class_names attribute that is not a JSON list."),
         ("format_version", "two", "has a format_version attribute that is not a whole number ('two')."),
         ("format_version", 1.5, "has a format_version attribute that is not a whole number (np.float64(1.5))."),
+        ("class_names", "zero,one", "has a class_names attribute that is not a JSON list."),
     ],
 )
-def test_malformed_attributes_are_one_sentence(
+def test_malformed_attributes_the_pictures_need_are_one_sentence(
     tmp_path: Path, pristine: Path, attribute: str, value: object, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def set_attribute(file: h5py.File) -> None:
@@ -248,14 +247,42 @@ def test_malformed_attributes_are_one_sentence(
     assert _refuse(store, capsys) == f"{store} {message}"
 
 
+@pytest.mark.parametrize(
+    ("attribute", "value", "message"),
+    [
+        ("config", "{not json", "has a config attribute that is not a JSON object."),
+        ("config", "[1, 2]", "has a config attribute that is not a JSON object."),
+        ("config", None, "has no config attribute."),
+        ("run_id", None, "has no run_id attribute."),
+    ],
+)
+def test_descriptive_attributes_are_checked_when_read(
+    tmp_path: Path, pristine: Path, attribute: str, value: object, message: str
+) -> None:
+    # The store still opens and its arrays read (the viewer draws a store whose config it cannot decode);
+    # whoever asks for the attribute gets one sentence.
+    def edit(file: h5py.File) -> None:
+        if value is None:
+            del file.attrs[attribute]
+        else:
+            file.attrs[attribute] = value
+
+    store = _edited(pristine, tmp_path, edit)
+    with StoreReader(store) as reader:
+        assert reader.activations("net.conv1").shape[0] == NUM_STEPS
+        with pytest.raises(StoreError, match=f"^{re.escape(f'{store} {message}')}$"):
+            getattr(reader, attribute)
+
+
 def test_missing_attribute_is_listed(tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str]) -> None:
     def delete(file: h5py.File) -> None:
-        del file.attrs["run_id"]
         del file["layers/net.conv2"].attrs["scale_kind"]
+        del file["layers/net.conv1"].attrs["sample_shape"]
 
     store = _edited(pristine, tmp_path, delete)
     assert _refuse(store, capsys) == (
-        f"{store} is not a complete actrec store; it lacks attribute run_id, attribute scale_kind of layers/net.conv2."
+        f"{store} is not a complete actrec store; it lacks attribute sample_shape of layers/net.conv1, "
+        "attribute scale_kind of layers/net.conv2."
     )
 
 
