@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -11,6 +10,14 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 
+from actrec.store._integrity import (
+    check_schema,
+    format_version,
+    json_attribute,
+    open_swmr,
+    read_checked,
+    text_attribute,
+)
 from actrec.store._schema import FIXED_SCALES, FORMAT_NAME, FORMAT_VERSION, STEP_FIELDS, StoreError, kind_of
 from actrec.store._types import LayerInfo, ProbeSet
 
@@ -57,40 +64,36 @@ class StoreReader:
         attrs = self._file.attrs
         if attrs.get("format") != FORMAT_NAME:
             raise StoreError(f"{self.path} is an HDF5 file but not an actrec activation store.")
-        version = int(attrs.get("format_version", 0))
+        version = format_version(self._file, self.path)
         if version > FORMAT_VERSION:
             raise StoreError(
                 f"{self.path} uses store format version {version}, newer than this actrec reads "
                 f"({FORMAT_VERSION}); upgrade actrec to read it."
             )
+        check_schema(self._file, self.path)
 
     # -- whole-run facts -------------------------------------------------------------------------
 
     @property
     def run_id(self) -> str:
-        return str(self._file.attrs["run_id"])
+        return text_attribute(self._file, self.path, "run_id")
 
     @property
     def format_version(self) -> int:
-        return int(self._file.attrs["format_version"])
+        return format_version(self._file, self.path)
 
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads(self._file.attrs["config"])
+        return json_attribute(self._file, self.path, "config", dict)
 
     @property
     def class_names(self) -> list[str]:
-        return json.loads(self._file.attrs["class_names"])
+        return json_attribute(self._file, self.path, "class_names", list)
 
     @property
     def probes(self) -> ProbeSet:
-        group = self._file["probes"]
-        return ProbeSet(
-            images=group["images"][()],
-            labels=group["labels"][()],
-            indices=group["indices"][()],
-            class_names=self.class_names,
-        )
+        images, labels, indices = (self._whole(f"probes/{name}") for name in ("images", "labels", "indices"))
+        return ProbeSet(images=images, labels=labels, indices=indices, class_names=self.class_names)
 
     @property
     def layer_names(self) -> list[str]:
@@ -193,7 +196,7 @@ class StoreReader:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
         dataset = self._dataset(f"scalars/{name}")
         dataset.refresh()
-        data = dataset[()]
+        data = self._whole(f"scalars/{name}")
         return data[:, 0].astype(np.int64), data[:, 1]
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -216,22 +219,41 @@ class StoreReader:
         return layers[name]
 
     def _column(self, name: str) -> np.ndarray:
-        return self._dataset(f"steps/{name}")[: self.num_steps]
+        return self._rows(self._dataset(f"steps/{name}"), None)
+
+    def _whole(self, key: str) -> np.ndarray:
+        """A dataset read whole (probes, scalars); a checksum failure names its first row."""
+        dataset = self._dataset(key)
+        rows = np.arange(dataset.shape[0] if dataset.shape else 1)
+        return read_checked(lambda: dataset[()], dataset, rows, lambda row: None)
+
+    def _step_of_row(self, row: int) -> int | None:
+        try:
+            return int(self._dataset("steps/global_step")[row])
+        except (OSError, IndexError):
+            return None
 
     def _rows(self, dataset: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray:
+        """Read rows of a per-step dataset; a row that fails its checksum raises DamagedDataError."""
         dataset.refresh()
         n = self.num_steps
         if rows is None:
-            return dataset[:n]
+            return read_checked(lambda: dataset[:n], dataset, np.arange(n), self._step_of_row)
         if isinstance(rows, slice):
             start, stop, stride = rows.indices(n)
-            return dataset[start:stop:stride] if stride > 0 else dataset[:n][rows]
+
+            def read() -> np.ndarray:
+                return dataset[start:stop:stride] if stride > 0 else dataset[:n][rows]
+
+            return read_checked(read, dataset, np.arange(start, stop, stride), self._step_of_row)
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= n):
             raise StoreError(f"row index out of range: the store has {n} complete rows.")
         # h5py wants increasing indices; read sorted and unique, then put back in the asked order.
         unique, inverse = np.unique(rows, return_inverse=True)
-        return dataset[unique][inverse] if unique.size else dataset[:0]
+        if not unique.size:
+            return dataset[:0]
+        return read_checked(lambda: dataset[unique][inverse], dataset, unique, self._step_of_row)
 
 
 class _SharedFile:
@@ -285,14 +307,15 @@ def _open(path: Path) -> h5py.File:
     try:
         # A plain open checks the whole superblock against the file's size and fails at once on a
         # truncated file, where an SWMR open would keep retrying reads that can never succeed.
-        h5py.File(path, "r").close()
+        h5py.File(path, "r", locking=False).close()  # no lock: see open_swmr
     except OSError as error:
         # Older HDF5 refuses plain opens of files flagged "open for writing"; SWMR read takes them.
         if "already open" not in str(error):
             raise StoreError(f"{path} cannot be read; it may be truncated or damaged ({error}).") from None
     try:
         # SWMR read follows a writer that is still running and opens files left flagged "open for
-        # writing" by a killed run, with no h5clear step.
-        return h5py.File(path, "r", libver="latest", swmr=True)
+        # writing" by a killed run, with no h5clear step; open_swmr bounds HDF5's retries on damaged
+        # metadata (which otherwise take ~40 minutes per object) and walks the structure once.
+        return open_swmr(path)
     except OSError:
-        return h5py.File(path, "r")  # a foreign HDF5 file too old for SWMR; rejected by the format check
+        return h5py.File(path, "r", locking=False)  # a foreign HDF5 file too old for SWMR; rejected later
