@@ -29,7 +29,6 @@ from actrec.probe import (
 from actrec.probe._engine import ProbeEngine
 from actrec.probe._ring import HostRing
 from actrec.store import (
-    FIXED_SCALES,
     STORE_FILENAME,
     LayerSpec,
     ProbeSet,
@@ -227,7 +226,7 @@ class ActivationRecorder(Callback):
         self._probes: ProbeSelection | None = None
         self._class_names: list[str] = []
         self._scale_kinds: dict[str, str] = {}
-        self._image_scales: dict[str, float] = {}
+        self._live_scales: dict[str, Any] = {}
         self._record_weights = False
         self._store_path: Path | None = None
         self._engine: ProbeEngine | None = None
@@ -599,32 +598,28 @@ class ActivationRecorder(Callback):
         )
 
     def _log_images(self, trainer: pl.Trainer, views: dict[str, torch.Tensor], step: int, epoch: int) -> None:
-        from actrec.viewer import activation_frame, frame_title
+        from actrec.viewer import frame_title, live_frames
 
         experiment = getattr(trainer.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):
             return
         predictions = views["logits"].numpy().argmax(axis=-1)
         probes = self._probes
-        for name, layout in self._engine.layouts.items():
-            if layout.kind != "maps":
-                continue
-            values = views[f"{name}/activations"].numpy()
-            peak = float(views[f"{name}/abs_max"])
-            # Bounded layers keep their fixed scale; others use the largest |activation| seen so far,
-            # which only grows, so a colour never comes to mean a smaller value later in the run.
-            self._image_scales[name] = max(self._image_scales.get(name, 0.0), peak)
-            scale = FIXED_SCALES.get(self._scale_kinds[name]) or (self._image_scales[name] or 1.0)
-            frame = activation_frame(
-                values,
-                scale=scale,
+        for name in self._engine.layouts:
+            # The viewer's one colour-scale rule: bounded layers on their fixed range, others on a limit
+            # that only grows over the run and is printed on every image's colour bar.
+            images, self._live_scales[name] = live_frames(
+                self._scale_kinds[name],
+                views[f"{name}/activations"].numpy(),
+                self._live_scales.get(name),
+                title=frame_title(name, step, epoch),
                 probe_images=probes.images.float().numpy(),
                 labels=probes.labels.numpy(),
                 predictions=predictions,
                 class_names=self._class_names,
-                title=frame_title(name, step, epoch),
             )
-            experiment.add_image(f"activations/{name}", frame, step, dataformats="HWC")
+            for suffix, image in images:
+                experiment.add_image(f"activations/{name}{suffix}", image, step, dataformats="HWC")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -680,4 +675,3 @@ def _on_rank_zero_or_raise(trainer: pl.Trainer, action: Callable[[], None]) -> N
     message = trainer.strategy.broadcast(message, src=0)
     if message is not None:
         raise MisconfigurationException(message)
-

@@ -321,32 +321,42 @@ def test_store_writer_is_closed_after_fit(tmp_path: Path) -> None:
 
 
 def test_logs_activation_grids_to_tensorboard(tmp_path: Path) -> None:
+    from io import BytesIO
+
+    from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from actrec.viewer import frame_title, live_frames
 
     recorder = ActivationRecorder(log_images_every_n_steps=3)
     _fit(tmp_path, recorder, max_epochs=1)
     events = EventAccumulator(str(recorder.store_path.parent), size_guidance={"images": 0})
     events.Reload()
-    assert sorted(t for t in events.Tags()["images"]) == ["activations/net.conv1", "activations/net.conv2"]
-    images = events.Images("activations/net.conv1")
-    assert [image.step for image in images] == [0, 3, 6]
-    # The logged frame is exactly the viewer's frame of the stored step-0 activations.
-    from io import BytesIO
-
-    from PIL import Image
-
-    from actrec.viewer import activation_frame, frame_title
-
-    logged = np.asarray(Image.open(BytesIO(images[0].encoded_image_string)).convert("RGB"))
+    tags = sorted(events.Tags()["images"])
+    assert {tag.split("/")[1] for tag in tags} == {"net.conv1", "net.conv2"}
+    # Every logged image is exactly what the viewer's one colour-scale rule draws from the stored rows,
+    # replayed step after step with the same running state.
     with StoreReader(recorder.store_path) as store:
         probes = store.probes
-        expected = activation_frame(
-            store.activations("net.conv1", np.array([0]))[0],
-            scale=1.0,
-            probe_images=probes.images,
-            labels=probes.labels,
-            predictions=store.logits(np.array([0]))[0].argmax(-1),
-            class_names=store.class_names,
-            title=frame_title("net.conv1", 0, 0),
-        )
-    np.testing.assert_array_equal(logged, expected)
+        steps = store.global_steps()
+        logged_steps = [int(step) for step in steps if step % 3 == 0]
+        assert len(logged_steps) >= 2
+        for layer in ("net.conv1", "net.conv2"):
+            state = None
+            for step in logged_steps:
+                row = int(np.flatnonzero(steps == step)[0])
+                expected, state = live_frames(
+                    store.layer(layer).scale_kind,
+                    store.activations(layer, np.array([row]))[0],
+                    state,
+                    title=frame_title(layer, step, int(store.steps()["epoch"][row])),
+                    probe_images=probes.images,
+                    labels=probes.labels,
+                    predictions=store.logits(np.array([row]))[0].argmax(-1),
+                    class_names=store.class_names,
+                )
+                for suffix, image in expected:
+                    logged = [e for e in events.Images(f"activations/{layer}{suffix}") if e.step == step]
+                    assert len(logged) == 1
+                    pixels = np.asarray(Image.open(BytesIO(logged[0].encoded_image_string)).convert("RGB"))
+                    np.testing.assert_array_equal(pixels, image)
