@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import fnmatch
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +16,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 from typing_extensions import override
 
+from actrec.probe import ProbeError, resolve_layers, run_hooked, scale_kinds, select_output, split_selector
 from actrec.store import (
     SCALE_SYMMETRIC,
     SCALE_TANH,
@@ -30,7 +29,6 @@ from actrec.store import (
     check_writable,
 )
 
-_ACTIVATIONS = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Mish, nn.Hardtanh, nn.ReLU6)
 _SMALL_MODEL = 1_000_000  # parameters; below this, recording weights every step costs little
 _SCALARS = ("val/loss", "val/acc")
 
@@ -157,11 +155,15 @@ class ActivationRecorder(Callback):
         """Resolve layers, probe images and the store path; fail here, before any training."""
         if stage != "fit":
             return
-        self._layer_names = _resolve_layers(pl_module, self.layers)
+        try:
+            self._layer_names = resolve_layers(pl_module, self.layers)
+        except ProbeError as error:
+            raise MisconfigurationException(f"ActivationRecorder: {error}") from None
         modules = dict(pl_module.named_modules())
-        self._layer_modules = {name: modules[name] for name in self._layer_names}
-        self._tanh_layers = {name: _ends_in_tanh(module) for name, module in self._layer_modules.items()}
+        self._layer_modules = {name: modules[split_selector(name)[0]] for name in self._layer_names}
         self._probes = self._select_probes(trainer)
+        kinds = scale_kinds(pl_module, self._probe_images, self._layer_names)
+        self._tanh_layers = {name: kind == SCALE_TANH for name, kind in kinds.items()}
         num_parameters = sum(p.numel() for p in pl_module.parameters())
         self._record_weights = num_parameters < _SMALL_MODEL if self.record_weights is None else self.record_weights
         self._store_path = Path(self.path) if self.path else Path(_default_folder(trainer)) / STORE_FILENAME
@@ -344,42 +346,18 @@ class ActivationRecorder(Callback):
     def _probe_pass(self, pl_module: pl.LightningModule) -> tuple[dict[str, np.ndarray], dict[str, float], np.ndarray]:
         """Run the probes through the unwrapped module in eval mode; return activations, their peaks, logits."""
         dtype = torch.float16 if self.dtype == "float16" else torch.float32
-        captured: dict[str, list[np.ndarray]] = {name: [] for name in self._layer_names}
+        activations: dict[str, np.ndarray] = {}
         peaks: dict[str, float] = {}
 
-        def capture(name: str) -> Callable[..., None]:
-            def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-                if not isinstance(output, torch.Tensor):
-                    raise MisconfigurationException(
-                        f"ActivationRecorder: layer {name!r} returned {type(output).__name__}, not a tensor; "
-                        "record a module that returns one tensor."
-                    )
-                captured[name].append(output.detach().to("cpu", dtype, copy=True).numpy())
-                peaks[name] = float(output.detach().abs().max()) if output.numel() else 0.0
+        def keep(name: str, output: torch.Tensor) -> None:
+            activations[name] = output.detach().to("cpu", dtype, copy=True).numpy()
+            peaks[name] = float(output.detach().abs().max()) if output.numel() else 0.0
 
-            return hook
-
-        parameter = next(pl_module.parameters(), None)
-        images = self._probe_images.to(
-            device=parameter.device if parameter is not None else "cpu",
-            dtype=parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32,
-        )
-        handles = []
         try:
-            for name, module in self._layer_modules.items():
-                handles.append(module.register_forward_hook(capture(name)))
-            with _eval_mode(pl_module), torch.no_grad():
-                logits = pl_module(images)
-        finally:
-            for handle in handles:
-                handle.remove()
-        for name, outputs in captured.items():
-            if len(outputs) != 1:
-                raise MisconfigurationException(
-                    f"ActivationRecorder: layer {name!r} ran {len(outputs)} times in one forward pass; "
-                    "record a module that runs exactly once."
-                )
-        activations = {name: outputs[0] for name, outputs in captured.items()}
+            logits = run_hooked(pl_module, self._probe_images, self._layer_names, keep)
+        except ProbeError as error:
+            raise MisconfigurationException(f"ActivationRecorder: {error}") from None
+        logits = select_output(logits, "", "the model's output")
         return activations, peaks, logits.detach().float().cpu().numpy()
 
     def _log_images(
@@ -416,74 +394,10 @@ class ActivationRecorder(Callback):
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _resolve_layers(pl_module: nn.Module, requested: Sequence[str] | None) -> list[str]:
-    names = [name for name, _ in pl_module.named_modules() if name]
-    if requested is None:
-        found = _default_layers(pl_module)
-        if not found:
-            raise MisconfigurationException(
-                "ActivationRecorder: the model has no convolution or linear layers to record by default; "
-                f"pass layers, e.g. one of: {', '.join(names[:20])}."
-            )
-        return found
-    chosen: list[str] = []
-    for pattern in requested:
-        matches = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
-        # A pattern like "net.*" should mean the blocks, not every leaf inside them.
-        if any(ch in pattern for ch in "*?["):
-            matches = [m for m in matches if not any(m.startswith(o + ".") for o in matches if o != m)]
-        if not matches:
-            raise MisconfigurationException(
-                f"ActivationRecorder: no module matches layer {pattern!r}; available: {', '.join(names)}."
-            )
-        chosen.extend(m for m in matches if m not in chosen)
-    order = {name: i for i, name in enumerate(names)}
-    return sorted(chosen, key=order.__getitem__)
-
-
-def _default_layers(pl_module: nn.Module) -> list[str]:
-    """The outermost modules holding exactly one convolution (else one linear layer), below the root."""
-    for kind in (nn.modules.conv._ConvNd, nn.Linear):
-        found = _single_layer_blocks(pl_module, kind)
-        if found:
-            return found
-    return []
-
-
-def _single_layer_blocks(root: nn.Module, kind: type[nn.Module]) -> list[str]:
-    found: list[str] = []
-
-    def count(module: nn.Module) -> int:
-        return sum(isinstance(m, kind) for m in module.modules())
-
-    def visit(prefix: str, module: nn.Module) -> None:
-        children = list(module.named_children())
-        for index, (child_name, child) in enumerate(children):
-            name = f"{prefix}{child_name}"
-            n = count(child)
-            if n == 1:
-                if isinstance(child, kind) and index + 1 < len(children):
-                    # A flat Sequential(conv, tanh, ...): record after the activation, as a block would.
-                    follower_name, follower = children[index + 1]
-                    if isinstance(follower, _ACTIVATIONS) and isinstance(module, nn.Sequential):
-                        name = f"{prefix}{follower_name}"
-                found.append(name)
-            elif n > 1:
-                visit(f"{name}.", child)
-
-    visit("", root)
-    return found
-
-
 def _parameters(module: nn.Module) -> dict[str, np.ndarray]:
     return {
         name: value.detach().to("cpu", torch.float32, copy=True).numpy() for name, value in module.named_parameters()
     }
-
-
-def _ends_in_tanh(module: nn.Module) -> bool:
-    leaves = [m for m in module.modules() if not list(m.children())]
-    return bool(leaves) and isinstance(leaves[-1], nn.Tanh)
 
 
 def _first_per_class(dataset: Any, per_class: int, num_classes: int | None) -> list[int]:
@@ -538,15 +452,3 @@ def _on_rank_zero_or_raise(trainer: pl.Trainer, action: Callable[[], None]) -> N
     message = trainer.strategy.broadcast(message, src=0)
     if message is not None:
         raise MisconfigurationException(message)
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Switch every submodule to eval mode, then restore each one's own ``training`` flag."""
-    flags = [(m, m.training) for m in module.modules()]
-    try:
-        module.eval()
-        yield
-    finally:
-        for submodule, flag in flags:
-            submodule.training = flag

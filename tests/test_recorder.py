@@ -210,12 +210,12 @@ def test_probe_indices_and_per_class(tmp_path: Path) -> None:
 
 
 def test_default_layers_of_a_flat_sequential(tmp_path: Path) -> None:
-    from actrec.callbacks.activation_recorder import _resolve_layers
+    from actrec.probe import resolve_layers as _resolve_layers
 
     flat = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3), nn.Flatten(), nn.Linear(8, 2))
     assert _resolve_layers(flat, None) == ["1", "2"]  # after conv 0's activation; bare conv 2
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-    assert _resolve_layers(mlp, None) == ["2", "3"]
+    assert _resolve_layers(mlp, None) == ["2"]  # the last linear layer is the output, not a layer
 
 
 _TRAIN_FOREVER = textwrap.dedent(

@@ -1,0 +1,186 @@
+"""Run probe images through a model in eval mode and capture chosen layers' outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from actrec.probe._layers import ProbeError, modules_of, select_output
+
+SCALE_TANH = "tanh"
+SCALE_SIGMOID = "sigmoid"
+SCALE_NONNEGATIVE = "nonnegative"
+SCALE_SYMMETRIC = "symmetric"
+
+_BOUNDED = {
+    nn.Tanh: SCALE_TANH,
+    nn.Hardtanh: SCALE_TANH,
+    nn.Sigmoid: SCALE_SIGMOID,
+    nn.Hardsigmoid: SCALE_SIGMOID,
+    nn.ReLU: SCALE_NONNEGATIVE,
+    nn.ReLU6: SCALE_NONNEGATIVE,
+    nn.Softplus: SCALE_NONNEGATIVE,
+    # An LSTM's output is o * tanh(c), a GRU's a mix of tanh values: both stay within (-1, 1).
+    nn.LSTM: SCALE_TANH,
+    nn.GRU: SCALE_TANH,
+}
+_RANGE_KEEPING = (
+    nn.modules.dropout._DropoutNd,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What one probe pass saw.
+
+    Args:
+        activations: per layer name, a detached copy of its output on the model's device, ``(P, ...)``.
+        output: the model's own output (its first tensor when it returns several), detached.
+    """
+
+    activations: dict[str, torch.Tensor]
+    output: torch.Tensor
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Switch every submodule to eval mode, then restore each one's own ``training`` flag."""
+    flags = [(m, m.training) for m in module.modules()]
+    try:
+        module.eval()
+        yield
+    finally:
+        for submodule, flag in flags:
+            submodule.training = flag
+
+
+def _model_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        return images
+    dtype = parameter.dtype if parameter.is_floating_point() and images.is_floating_point() else images.dtype
+    return images.to(device=parameter.device, dtype=dtype)
+
+
+def run_hooked(
+    model: nn.Module,
+    images: torch.Tensor,
+    layers: Sequence[str],
+    on_output: Callable[[str, torch.Tensor], None],
+) -> Any:
+    """One forward pass in eval mode under ``no_grad`` calling ``on_output(layer, tensor)`` once per layer.
+
+    Hooks are registered inside ``try`` and removed in ``finally``; each submodule's ``training`` flag is
+    restored. Returns the model's raw output.
+
+    Raises:
+        ProbeError: a layer produced nothing, ran more than once, or its output holds no tensor.
+    """
+    modules = modules_of(model, layers)
+    calls = dict.fromkeys(layers, 0)
+
+    def hook_for(layer: str, selector: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            calls[layer] += 1
+            if calls[layer] == 1:
+                on_output(layer, select_output(output, selector, layer))
+
+        return hook
+
+    handles = []
+    try:
+        for layer, (module, selector) in modules.items():
+            handles.append(module.register_forward_hook(hook_for(layer, selector)))
+        with eval_mode(model), torch.no_grad():
+            output = model(_model_input(model, images))
+    finally:
+        for handle in handles:
+            handle.remove()
+    for layer, count in calls.items():
+        if count != 1:
+            raise ProbeError(
+                f"layer {layer!r} ran {count} times in one forward pass; record a module that runs exactly once."
+            )
+    return output
+
+
+def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[str]) -> Capture:
+    """Run ``images`` through ``model`` without changing it and capture the named layers' outputs.
+
+    The model runs in eval mode under ``torch.no_grad()``; every submodule's ``training`` flag is
+    restored afterwards, and no random numbers are consumed by the pass itself.
+
+    Args:
+        model: any ``nn.Module``; the images are moved to its parameters' device and dtype.
+        images: a batch, ``(P, ...)``.
+        layers: names from :func:`resolve_layers` (selectors such as ``"lstm[0]"`` allowed).
+
+    Returns:
+        A :class:`Capture` of detached copies on the model's device.
+
+    Raises:
+        ProbeError: a layer is unknown, produced nothing or ran more than once.
+
+    Example::
+
+        >>> from torch import nn
+        >>> from actrec.probe import capture, resolve_layers
+        >>> model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+        >>> layers = resolve_layers(model, None)
+        >>> layers
+        ['1']
+        >>> seen = capture(model, torch.zeros(5, 1, 6, 6), layers)
+        >>> tuple(seen.activations["1"].shape), tuple(seen.output.shape)
+        ((5, 2, 4, 4), (5, 3))
+    """
+    activations: dict[str, torch.Tensor] = {}
+
+    def keep(layer: str, tensor: torch.Tensor) -> None:
+        activations[layer] = tensor.detach().clone()
+
+    output = run_hooked(model, images, layers, keep)
+    return Capture(activations=activations, output=select_output(output, "", "the model's output").detach().clone())
+
+
+def scale_kinds(model: nn.Module, images: torch.Tensor, layers: Sequence[str]) -> dict[str, str]:
+    """Each layer's value range, from the last activation module that ran inside it before it returned.
+
+    Returns ``"tanh"`` (within +-1), ``"sigmoid"`` (within 0..1), ``"nonnegative"`` (ReLU-like) or
+    ``"symmetric"`` (anything else) per layer name.
+    """
+    modules = modules_of(model, layers)
+    owners: dict[nn.Module, list[str]] = {}
+    for layer, (module, _) in modules.items():
+        for inner in module.modules():
+            owners.setdefault(inner, []).append(layer)
+    last: dict[str, str] = dict.fromkeys(layers, SCALE_SYMMETRIC)
+
+    def trace(module: nn.Module, inputs: Any, output: Any) -> None:
+        kind = _BOUNDED.get(type(module))
+        if kind is None and (isinstance(module, _RANGE_KEEPING) or list(module.children())):
+            return  # dropout, pooling, reshaping and containers keep whatever range came in
+        for layer in owners.get(module, ()):
+            last[layer] = kind or SCALE_SYMMETRIC
+
+    handles = []
+    try:
+        for inner in owners:
+            handles.append(inner.register_forward_hook(trace))
+        # Leaves and recurrent modules report in the order they finish, so the last one decides.
+        run_hooked(model, images, layers, lambda layer, tensor: None)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return last
