@@ -14,6 +14,10 @@ commands:
   train        train a network with LightningCLI, recording activations (actrec train --help)
   render       render a run's activation store to GIF/MP4 animations, contact sheets and curves
   tensorboard  export a run's activations as TensorBoard images and start TensorBoard
+  runs         list runs: model, data, accuracy, store size, wall time, status (actrec runs --help)
+
+options:
+  --version    print actrec's version
 """
 
 
@@ -24,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         print(_USAGE, end="")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    if command == "--version":
+        from importlib.metadata import version
+
+        print(f"actrec {version('actrec')}")
+        return 0
     if command == "train":
         from actrec.trainer.cli import train_main
 
@@ -36,5 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         from actrec.viewer.cli import tensorboard_main
 
         return tensorboard_main(rest)
-    print(f"actrec: unknown command {command!r}; choose one of: train, render, tensorboard.", file=sys.stderr)
+    if command == "runs":
+        from actrec.runs.table import runs_main
+
+        return runs_main(rest)
+    print(f"actrec: unknown command {command!r}; choose one of: train, render, tensorboard, runs.", file=sys.stderr)
     return 2

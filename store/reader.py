@@ -37,23 +37,14 @@ class LayerInfo:
     param_names: tuple[str, ...]
 
 
-def resolve_store_path(run: str | os.PathLike) -> Path:
-    """Return the store file for ``run``.
+def resolve_store_path(path: str | os.PathLike) -> Path:
+    """Return the store file for ``path``: the file itself, or the ``activations.h5`` in a folder holding one.
 
-    ``run`` may be the store itself, a run folder holding ``activations.h5``, or an experiment folder
-    (``runs/quickstart``) whose newest ``version_N`` holding a store is taken.
+    Which run an experiment folder means (its newest version, ...) is :func:`actrec.runs.resolve_run`'s
+    business: the store knows files, not run folders.
     """
-    path = Path(run)
-    if not path.is_dir():
-        return path
-    if (path / STORE_FILENAME).exists():
-        return path / STORE_FILENAME
-    versions = [
-        (int(child.name.removeprefix("version_")), child / STORE_FILENAME)
-        for child in path.glob("version_*")
-        if child.name.removeprefix("version_").isdigit() and (child / STORE_FILENAME).exists()
-    ]
-    return max(versions)[1] if versions else path / STORE_FILENAME
+    path = Path(path)
+    return path / STORE_FILENAME if path.is_dir() and (path / STORE_FILENAME).exists() else path
 
 
 class StoreReader:

@@ -106,14 +106,13 @@ def test_round_trip(tmp_path: Path, background: bool) -> None:
         assert raw["layers/net.conv1/activations"].chunks == (1, 3, 2, 4, 4)
 
 
-def test_experiment_folder_resolves_to_its_newest_version(tmp_path: Path) -> None:
-    for version in (0, 2, 10):
-        _create(tmp_path / f"version_{version}" / "activations.h5", run_id=f"run-{version}").close()
-    (tmp_path / "version_11").mkdir()  # a run that crashed before recording
-    assert resolve_store_path(tmp_path) == tmp_path / "version_10" / "activations.h5"
-    with StoreReader(tmp_path) as store:
-        assert store.run_id == "run-10"
+def test_a_folder_holding_a_store_resolves_to_it(tmp_path: Path) -> None:
+    # Experiment folders (newest version_N) are actrec.runs' job: tests/test_runs.py.
+    _create(tmp_path / "version_2" / "activations.h5", run_id="run-2").close()
     assert resolve_store_path(tmp_path / "version_2") == tmp_path / "version_2" / "activations.h5"
+    with StoreReader(tmp_path / "version_2") as store:
+        assert store.run_id == "run-2"
+    assert resolve_store_path(tmp_path) == tmp_path  # not a store: StoreReader says so
 
 
 def test_two_readers_of_one_file_in_one_process(tmp_path: Path) -> None:

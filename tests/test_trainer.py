@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -16,6 +17,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+from actrec.runs import Run, config_digest
 from actrec.store import StoreReader
 from actrec.trainer import (
     DEBIAN_FASHION_MNIST_DIR,
@@ -288,6 +290,24 @@ def test_short_fit_writes_metrics_config_and_checkpoint(tmp_path: Path) -> None:
         assert store.layer_names == [f"net.conv{k}" for k in range(1, 7)]
         assert store.config["model"]["lr"] == 0.002
 
+    # summary.json: what `actrec runs` lists without opening the store.
+    run = Run(run_dir)
+    summary = run.summary()
+    assert run.status() == "finished"
+    assert cli.run_folder == run_dir
+    assert (summary["state"], summary["error"]) == ("finished", None)
+    assert (summary["experiment"], summary["version"]) == ("quickstart", "version_0")
+    assert (summary["model"], summary["dataset"], summary["seed"]) == ("six_conv_tanh", "mnist-sample", 0)
+    assert (summary["global_step"], summary["recorded_steps"]) == (5, 2)
+    assert summary["store_path"] == str(run_dir.resolve() / "activations.h5")
+    assert summary["store_bytes"] == (run_dir / "activations.h5").stat().st_size
+    assert summary["last_checkpoint"] == str((run_dir / "checkpoints" / "epoch=0-step=5.ckpt").resolve())
+    assert summary["metrics"]["test/acc"] == pytest.approx(test_metrics["test/acc"])
+    assert summary["metrics"]["val/acc"] == pytest.approx(scalars["val/acc"][-1][1])
+    assert summary["metrics"]["train/loss"] == pytest.approx(scalars["train/loss"][-1][1])
+    assert 0 < summary["wall_time_s"] == pytest.approx(summary["ended"] - summary["started"], abs=0.01)
+    assert summary["config_digest"] == config_digest(cli.config.as_dict())
+
 
 def test_recorder_refusals_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = train_main(["--runs_dir", str(tmp_path), *_SHORT_RUN, "--recorder.layers=[net.conv9]"])
@@ -296,6 +316,7 @@ def test_recorder_refusals_are_one_sentence(tmp_path: Path, capsys: pytest.Captu
     expected = "actrec train: ActivationRecorder: no module matches layer 'net.conv9'; available: net,"
     assert error[-1].startswith(expected)
     assert "Traceback" not in "\n".join(error)
+    assert list(tmp_path.iterdir()) == []  # refused before training: no quickstart/version_0 left behind
 
     existing = tmp_path / "taken.h5"
     existing.write_bytes(b"somebody else's file")
@@ -305,6 +326,17 @@ def test_recorder_refusals_are_one_sentence(tmp_path: Path, capsys: pytest.Captu
         f"actrec train: {existing} already exists; resume its run, or pass overwrite to replace it."
     )
     assert existing.read_bytes() == b"somebody else's file"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["taken.h5"]
+
+    # A version folder that was there before is kept as it was; only the refused run's own folder goes.
+    earlier = tmp_path / "quickstart" / "version_0"
+    earlier.mkdir(parents=True)
+    (earlier / "notes.txt").write_text("mine")
+    code = train_main(["--runs_dir", str(tmp_path), *_SHORT_RUN, "--recorder.probe_indices=[100000]"])
+    assert code == 1
+    assert "100000" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert [path.name for path in (tmp_path / "quickstart").iterdir()] == ["version_0"]
+    assert [path.name for path in earlier.iterdir()] == ["notes.txt"]
 
 
 def test_record_false_trains_without_a_store(tmp_path: Path) -> None:
@@ -314,7 +346,9 @@ def test_record_false_trains_without_a_store(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed from")  # resuming writes to a new version folder
-def test_same_config_and_seed_give_the_same_metrics_and_a_checkpoint_resumes(tmp_path: Path) -> None:
+def test_same_config_and_seed_give_the_same_metrics_and_a_checkpoint_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for _ in range(2):
         TrainCLI(args=["--runs_dir", str(tmp_path), *_SHORT_RUN]).fit_and_test()
     first, second = (_scalars(tmp_path / "quickstart" / f"version_{n}") for n in (0, 1))
@@ -330,6 +364,17 @@ def test_same_config_and_seed_give_the_same_metrics_and_a_checkpoint_resumes(tmp
     assert not (tmp_path / "quickstart" / "version_2" / "activations.h5").exists()
     with StoreReader(tmp_path / "quickstart" / "version_0") as store:
         assert store.global_steps().tolist() == [0, 5, 10]
+    assert (
+        Run(tmp_path / "quickstart" / "version_2").store_path
+        == tmp_path / "quickstart" / "version_0" / "activations.h5"
+    )
+
+    # The checkpoint's store gone: refused in one sentence, and no version_3 is left behind.
+    moved = tmp_path / "moved.h5"
+    (tmp_path / "quickstart" / "version_0" / "activations.h5").rename(moved)
+    assert train_main(resume) == 1
+    assert "activation store" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert sorted(path.name for path in (tmp_path / "quickstart").iterdir()) == ["version_0", "version_1", "version_2"]
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -384,6 +429,59 @@ def test_missing_config_file_checkpoint_and_bad_values_are_one_sentence_errors(
     assert capsys.readouterr().err == f"actrec train: --ckpt_path {tmp_path / 'gone.ckpt'} is not a file.\n"
     assert train_main(["--runs_dir", str(tmp_path), "--model.lr", "-0.5"]) == 1
     assert capsys.readouterr().err == "actrec train: lr must be positive, got -0.5.\n"
+
+
+class _Pickled:
+    """Any class: a checkpoint holding one can only be loaded by unpickling code."""
+
+
+def _checkpoints_that_are_not(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Files that are not Lightning checkpoints, each with the reason ``actrec train`` gives."""
+    garbage, text, store, pickled, plain = (folder / name for name in ("garbage", "t.txt", "a.h5", "p.ckpt", "w.pt"))
+    garbage.write_bytes(bytes(range(256)) * 4)
+    text.write_text("epoch=3\n")
+    with h5py.File(store, "w") as file:
+        file.attrs["format"] = "actrec-activations"
+    torch.save({"state_dict": {}, "global_step": 3, "extra": _Pickled()}, pickled)
+    torch.save({"weight": torch.zeros(2)}, plain)
+    cannot = "torch cannot read it as a checkpoint"
+    return {
+        "garbage": (garbage, cannot),
+        "text": (text, cannot),
+        "store": (store, "it is an HDF5 file (an activation store?)"),
+        "pickle": (pickled, "it holds pickled Python objects, which actrec never loads"),
+        "weights": (plain, "it has no state_dict and global_step"),
+    }
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize("kind", ["garbage", "text", "store", "pickle", "weights"])
+def test_a_ckpt_path_that_is_not_a_lightning_checkpoint_is_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    path, reason = _checkpoints_that_are_not(tmp_path)[kind]
+    before = _snapshot(tmp_path)
+    assert train_main(["--runs_dir", str(tmp_path / "runs"), "--ckpt_path", str(path)]) == 1
+    assert capsys.readouterr().err == f"actrec train: --ckpt_path {path} is not a Lightning checkpoint: {reason}.\n"
+    assert _snapshot(tmp_path) == before
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_runs_dir_that_is_a_file_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "runs"
+    blocker.write_text("not a folder")
+    assert train_main(["--runs_dir", str(blocker)]) == 1
+    suggestion = "pass a folder for the runs.\n"
+    assert capsys.readouterr().err == f"actrec train: --runs_dir {blocker} is not a folder; {suggestion}"
+    assert train_main(["--runs_dir", str(blocker / "sub")]) == 1
+    assert capsys.readouterr().err == (
+        f"actrec train: --runs_dir {blocker / 'sub'} is not a folder ({blocker} is a file); {suggestion}"
+    )
+    assert blocker.read_text() == "not a folder"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]
 
 
 def _actrec_command() -> list[str]:

@@ -5,19 +5,25 @@ Every ``__init__`` argument of the model and the data module is a flag (``--mode
 so a run always ends with its test accuracy. With no ``--config`` the defaults are the quickstart run
 (``configs/quickstart.yaml`` spells them out).
 
-A run is written to ``<runs_dir>/<experiment>/version_N/`` (TensorBoardLogger's layout): TensorBoard events,
-the resolved ``config.yaml`` and ``checkpoints/``. ``--ckpt_path`` resumes training from a checkpoint into a new
-version folder.
+A run is written to ``<runs_dir>/<experiment>/version_N/`` (TensorBoardLogger's layout, owned by
+:mod:`actrec.runs`): TensorBoard events, the resolved ``config.yaml``, ``checkpoints/`` and ``summary.json``
+(written as "running" when training starts and rewritten with the outcome and final metrics at the end).
+``--ckpt_path`` resumes training from a checkpoint into a new version folder. A run refused before its first
+step (a bad flag found at setup, an existing store, a missing dataset) leaves no version folder behind.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import h5py
 import pytorch_lightning as pl
+import torch
 from jsonargparse import Namespace
 from pytorch_lightning.callbacks import ModelSummary
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -26,7 +32,15 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from actrec.callbacks import ActivationRecorder
-from actrec.store import StoreError
+from actrec.runs import (
+    CHECKPOINT_DIRNAME,
+    CONFIG_FILENAME,
+    SUMMARY_FILENAME,
+    config_digest,
+    running_summary,
+    write_summary,
+)
+from actrec.store import StoreError, StoreReader
 from actrec.trainer.data import DatasetUnavailableError, ImageDataModule
 from actrec.trainer.module import ImageClassifier
 
@@ -54,6 +68,14 @@ class _UsageError(Exception):
     """A mistake on the command line that deserves one sentence rather than a traceback."""
 
 
+#: Errors that are the user's to fix, reported in one sentence. Raised before the first training step they
+#: are refusals: the run never started, and the version folder made for it is removed again.
+_USER_ERRORS = (DatasetUnavailableError, _UsageError, MisconfigurationException, StoreError)
+
+#: What a refused run may have put into its new version folder; anything else keeps the folder.
+_REFUSED_RUN_FILES = (CONFIG_FILENAME, SUMMARY_FILENAME, "hparams.yaml")
+
+
 class TrainCLI(LightningCLI):
     """LightningCLI that parses and instantiates a training run; :meth:`fit_and_test` then runs it.
 
@@ -77,6 +99,10 @@ class TrainCLI(LightningCLI):
             "run": False,
             "args": args,
         }
+        #: The run's version folder once :meth:`fit_and_test` starts; ``None`` without a logger or once refused.
+        self.run_folder: Path | None = None
+        self._fit_metrics: dict[str, float] = {}
+        self._resumed_step = 0
         super().__init__(**{**options, **kwargs})
 
     @override
@@ -108,9 +134,10 @@ class TrainCLI(LightningCLI):
 
     @override
     def before_instantiate_classes(self) -> None:
+        _check_runs_dir(Path(self.config.runs_dir), self.config.experiment)
         ckpt_path = self.config.get("ckpt_path")
-        if ckpt_path is not None and not Path(ckpt_path).is_file():
-            raise _UsageError(f"--ckpt_path {ckpt_path} is not a file.")
+        if ckpt_path is not None:
+            self._resumed_step = _check_checkpoint(Path(ckpt_path))
 
     @override
     def instantiate_classes(self) -> None:
@@ -143,14 +170,168 @@ class TrainCLI(LightningCLI):
     def fit_and_test(self) -> dict[str, float]:
         """Fit the model (resuming from ``ckpt_path`` if set), then test the final weights.
 
+        Writes ``summary.json`` into the run folder: "running" before fitting, then "finished", "interrupted"
+        or "failed" (with the error's sentence) and the final metrics. A run refused before its first step
+        removes the folders it created instead.
+
         Returns:
             The test metrics, e.g. ``{"test/loss": 0.12, "test/acc": 0.97}``.
         """
-        self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=self.config.ckpt_path)
-        if self.trainer.interrupted:
-            return {}
-        results = self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
-        return {name: float(value) for name, value in results[0].items()} if results else {}
+        self.run_folder = self._run_folder()
+        created = _missing_folders(self.run_folder) if self.run_folder is not None else []
+        started = time.time()
+        if self.run_folder is not None:
+            self.run_folder.mkdir(parents=True, exist_ok=True)
+            write_summary(self.run_folder, running_summary(**self._run_facts()))
+        test_metrics: dict[str, float] = {}
+        try:
+            self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=self.config.ckpt_path)
+            self._fit_metrics = _scalar_metrics(self.trainer.callback_metrics)  # testing replaces them
+            if not self.trainer.interrupted:
+                results = self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
+                test_metrics = {name: float(value) for name, value in results[0].items()} if results else {}
+        except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit after its own shutdown
+            self._finish("interrupted", started)
+            raise
+        except BaseException as error:
+            # Before the first step of this process (0, or a resumed checkpoint's step) nothing was trained.
+            untrained = self.trainer.global_step in (0, self._resumed_step)
+            if isinstance(error, _USER_ERRORS) and untrained and created:
+                _remove_refused_run(created)
+                self.run_folder = None
+            else:
+                message = str(error) if isinstance(error, _USER_ERRORS) else f"{type(error).__name__}: {error}"
+                self._finish("failed", started, error=message)
+            raise
+        self._finish("interrupted" if self.trainer.interrupted else "finished", started)
+        return test_metrics
+
+    def _run_folder(self) -> Path | None:
+        """The logger's version folder, where the run's files go; ``None`` without a logger."""
+        if self.trainer.logger is None or self.trainer.logger.log_dir is None:
+            return None
+        return Path(self.trainer.logger.log_dir)
+
+    def _recorder(self) -> ActivationRecorder | None:
+        return next((cb for cb in self.trainer.callbacks if isinstance(cb, ActivationRecorder)), None)
+
+    def _run_facts(self) -> dict[str, Any]:
+        """What the run is, known before it starts."""
+        config = self.config.as_dict()
+        ckpt_path = self.config.get("ckpt_path")
+        return {
+            "experiment": self.config.experiment,
+            "version": self.run_folder.name if self.run_folder is not None else None,
+            "model": self.config.model.model,
+            "dataset": self.config.data.dataset,
+            "seed": self.config.seed_everything,
+            "config_digest": config_digest(config),
+            "resumed_from": str(Path(ckpt_path).resolve()) if ckpt_path else None,
+        }
+
+    def _finish(self, state: str, started: float, error: str | None = None) -> None:
+        """Rewrite summary.json with the run's outcome and final numbers."""
+        if self.run_folder is None or not self.run_folder.is_dir():
+            return
+        recorder = self._recorder()
+        store_path = recorder.store_path.resolve() if recorder is not None and recorder.store_path else None
+        metrics = {**self._fit_metrics, **_scalar_metrics(self.trainer.callback_metrics)}
+        checkpoint_dir = self.run_folder / CHECKPOINT_DIRNAME
+        checkpoints = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda path: path.stat().st_mtime)
+        summary = running_summary(**self._run_facts())
+        summary.update(
+            state=state,
+            error=error,
+            started=started,
+            ended=time.time(),
+            wall_time_s=round(time.time() - started, 3),
+            global_step=int(self.trainer.global_step),
+            epoch=int(self.trainer.current_epoch),
+            metrics=dict(sorted(metrics.items())),
+            store_path=str(store_path) if store_path is not None else None,
+            store_bytes=store_path.stat().st_size if store_path is not None and store_path.is_file() else None,
+            recorded_steps=_recorded_steps(store_path),
+            last_checkpoint=str(checkpoints[-1].resolve()) if checkpoints else None,
+        )
+        write_summary(self.run_folder, summary)
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The one-number entries of Lightning's ``callback_metrics`` as floats."""
+    return {name: float(value) for name, value in metrics.items() if getattr(value, "numel", lambda: 1)() == 1}
+
+
+def _recorded_steps(store_path: Path | None) -> int | None:
+    """Complete rows in the run's store, or ``None`` without a readable one."""
+    if store_path is None or not store_path.is_file():
+        return None
+    try:
+        with StoreReader(store_path) as store:
+            return store.num_steps
+    except (StoreError, OSError):
+        return None
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    return missing
+
+
+def _remove_refused_run(created: list[Path]) -> None:
+    """Remove the folders a refused run created (deepest first), if they hold only what the run itself wrote."""
+    run_folder = created[0]
+    for entry in list(run_folder.iterdir()) if run_folder.is_dir() else []:
+        if entry.name == CHECKPOINT_DIRNAME and entry.is_dir() and not any(entry.iterdir()):
+            entry.rmdir()
+        elif entry.is_file() and (entry.name in _REFUSED_RUN_FILES or entry.name.startswith("events.out.tfevents.")):
+            entry.unlink()
+    for folder in created:
+        try:
+            folder.rmdir()  # only when empty: whatever else is there stays
+        except OSError:
+            return
+
+
+def _check_runs_dir(runs_dir: Path, experiment: str) -> None:
+    """Refuse a ``--runs_dir`` (or experiment folder) that is, or lies under, something other than a folder."""
+    for folder in (runs_dir / experiment, runs_dir):
+        existing = next((path for path in (folder, *folder.parents) if path.exists()), None)
+        if existing is not None and not existing.is_dir():
+            where = "" if existing == runs_dir else f" ({existing} is a file)"
+            raise _UsageError(f"--runs_dir {runs_dir} is not a folder{where}; pass a folder for the runs.")
+
+
+def _check_checkpoint(path: Path) -> int:
+    """Refuse a ``--ckpt_path`` that is missing or not a Lightning checkpoint, without unpickling anything.
+
+    Returns:
+        The checkpoint's global step.
+    """
+    if not path.is_file():
+        raise _UsageError(f"--ckpt_path {path} is not a file.")
+    if h5py.is_hdf5(path):
+        raise _UsageError(
+            f"--ckpt_path {path} is not a Lightning checkpoint: it is an HDF5 file (an activation store?)."
+        )
+    try:
+        # weights_only=True: tensors and plain containers only; a checkpoint that needs pickled objects is refused.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for foreign bytes
+        # torch.save writes a zip archive; only inside one does a refused unpickling mean "pickled objects".
+        if zipfile.is_zipfile(path) and "Weights only load failed" in str(error):
+            reason = "it holds pickled Python objects, which actrec never loads"
+        else:
+            reason = "torch cannot read it as a checkpoint"
+        raise _UsageError(f"--ckpt_path {path} is not a Lightning checkpoint: {reason}.") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
+        raise _UsageError(f"--ckpt_path {path} is not a Lightning checkpoint: it has no state_dict and global_step.")
+    return int(checkpoint["global_step"])
 
 
 def train_main(argv: list[str]) -> int:
@@ -174,14 +355,34 @@ def train_main(argv: list[str]) -> int:
             # act on, so it is kept out of every run's output.
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
             cli = TrainCLI(args=argv)
-            cli.fit_and_test()
+            test_metrics = cli.fit_and_test()
     except SystemExit as exit_request:  # --help, --print_config and jsonargparse's usage errors
         code = exit_request.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    except (DatasetUnavailableError, _UsageError, MisconfigurationException, StoreError) as error:
+    except _USER_ERRORS as error:
         print(f"actrec train: {error}", file=sys.stderr)
         return 1
+    if cli.run_folder is not None:
+        print(_next_steps(cli.run_folder, test_metrics, interrupted=cli.trainer.interrupted))
     return 0
+
+
+def _next_steps(run_folder: Path, test_metrics: dict[str, float], *, interrupted: bool) -> str:
+    """Where the run went and what to run next, for the end of ``actrec train``."""
+    outcome = "interrupted" if interrupted else "finished"
+    if "test/acc" in test_metrics:
+        outcome += f", test accuracy {test_metrics['test/acc']:.1%}"
+    shown = str(run_folder)
+    commands = [
+        (f"actrec render {shown}", "animations, contact sheets, curves"),
+        (f"actrec tensorboard {shown}", "every recorded step as TensorBoard images"),
+        (f"actrec report {shown}", "one self-contained HTML page"),
+        (f"actrec runs {run_folder.parent.parent}", "every run in a table"),
+    ]
+    width = max(len(command) for command, _ in commands)
+    lines = [f"\nrun folder: {shown} ({outcome})", "next:"]
+    lines += [f"  {command:<{width}}  # {what}" for command, what in commands]
+    return "\n".join(lines)
 
 
 def _missing_config_file(argv: list[str]) -> str | None:

@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from actrec.runs import RunError, resolve_run
 from actrec.store import StoreError
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import TILE_SIZE
@@ -31,7 +32,11 @@ def _step_list(text: str) -> list[int]:
 
 
 def _selection_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN", help="a run folder (holding activations.h5) or a store file")
+    parser.add_argument(
+        "run",
+        metavar="RUN",
+        help="a run folder, an experiment folder (its newest version with a store, named on stderr) or a store file",
+    )
     parser.add_argument(
         "--layers",
         action="extend",
@@ -61,6 +66,14 @@ def _selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
+def _store_of(run: str) -> str:
+    """The store ``run`` names (via :func:`actrec.runs.resolve_run`), saying which version an experiment folder gave."""
+    resolved = resolve_run(run, need_store=True)
+    if resolved.note:
+        print(resolved.note, file=sys.stderr, flush=True)
+    return str(resolved.store_path)
+
+
 def _common_options(args: argparse.Namespace) -> dict:
     from actrec.viewer.render import parse_step_range
 
@@ -81,7 +94,7 @@ def _run(program: str, action: Callable[[], int]) -> int:
     """Run ``action``; user errors become one sentence on stderr and a non-zero exit code."""
     try:
         return action()
-    except (StoreError, ViewerError) as error:
+    except (StoreError, ViewerError, RunError) as error:
         print(f"{program}: {error}", file=sys.stderr)
         return _EXIT_ERROR
     except OSError as error:
@@ -128,7 +141,7 @@ def render_main(argv: Sequence[str]) -> int:
         from actrec.viewer.render import render_run
 
         result = render_run(
-            args.run,
+            _store_of(args.run),
             out_dir=args.out,
             fps=args.fps,
             video_format=args.format,
@@ -170,7 +183,7 @@ def tensorboard_main(argv: Sequence[str]) -> int:
     def action() -> int:
         from actrec.viewer.tb_export import export_tensorboard, format_command, tensorboard_command
 
-        result = export_tensorboard(args.run, **_common_options(args))
+        result = export_tensorboard(_store_of(args.run), **_common_options(args))
         port = ["--port", str(args.port)] if args.port is not None else []
         command = tensorboard_command(result.log_dir, result.samples_per_plugin, [*port, *extra])
         if args.print_only:

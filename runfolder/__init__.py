@@ -1,0 +1,29 @@
+"""The run folder: where a run lives, what it holds, its status and its summary; ``actrec runs``."""
+
+from actrec.runs._layout import (
+    CHECKPOINT_DIRNAME,
+    CONFIG_FILENAME,
+    STORE_FILENAME,
+    SUMMARY_FILENAME,
+    VERSION_PREFIX,
+    Run,
+    RunError,
+    find_runs,
+    resolve_run,
+)
+from actrec.runs._summary import config_digest, running_summary, write_summary
+
+__all__ = [
+    "CHECKPOINT_DIRNAME",
+    "CONFIG_FILENAME",
+    "STORE_FILENAME",
+    "SUMMARY_FILENAME",
+    "VERSION_PREFIX",
+    "Run",
+    "RunError",
+    "config_digest",
+    "find_runs",
+    "resolve_run",
+    "running_summary",
+    "write_summary",
+]

@@ -1,0 +1,65 @@
+"""``summary.json``: the small record of a run that ``actrec runs`` lists without opening the store.
+
+Written twice by ``actrec train``: at the start of training with ``state: "running"`` and the writer's
+pid, host and process start time (so a run whose process died is told apart from one still running),
+then at the end with ``finished``, ``failed`` (and the sentence that ended it) or ``interrupted``, and
+the final metrics. Each write replaces the file atomically, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from actrec.runs._layout import SUMMARY_FILENAME, process_start_ticks
+
+__all__ = ["SUMMARY_FORMAT", "SUMMARY_VERSION", "PLACEMENT_KEYS", "config_digest", "running_summary", "write_summary"]
+
+SUMMARY_FORMAT = "actrec-run-summary"
+SUMMARY_VERSION = 1
+
+#: Config keys that say where a run goes, not what it computes; left out of the digest, so the same
+#: training under two experiment names has one digest.
+PLACEMENT_KEYS = ("experiment", "runs_dir", "ckpt_path", "config")
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """SHA-256 (first 16 hex digits) of the config without :data:`PLACEMENT_KEYS`, keys sorted."""
+    kept = {key: value for key, value in config.items() if key not in PLACEMENT_KEYS}
+    text = json.dumps(kept, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def running_summary(**fields: Any) -> dict[str, Any]:
+    """A summary in state "running" naming this process, plus ``fields``."""
+    return {
+        "format": SUMMARY_FORMAT,
+        "format_version": SUMMARY_VERSION,
+        "state": "running",
+        "pid": os.getpid(),
+        "hostname": socket.gethostname(),
+        "process_start_ticks": process_start_ticks(os.getpid()),
+        "started": time.time(),
+        **fields,
+    }
+
+
+def write_summary(run_folder: str | os.PathLike, summary: dict[str, Any]) -> Path:
+    """Write ``summary`` as ``<run_folder>/summary.json``, atomically (a temporary file, then a rename).
+
+    Returns:
+        The summary's path.
+    """
+    path = Path(run_folder) / SUMMARY_FILENAME
+    partial = path.with_name(f".{SUMMARY_FILENAME}.partial-{os.getpid()}")
+    try:
+        partial.write_text(json.dumps(summary, indent=2, sort_keys=False, default=str) + "\n")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path

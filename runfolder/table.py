@@ -1,0 +1,230 @@
+"""``actrec runs``: one row per run, from summary.json and file sizes only (never the stores)."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from actrec.runs._layout import Run, RunError, find_runs
+
+__all__ = ["COLUMNS", "RunRow", "format_table", "run_row", "runs_main"]
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """What ``actrec runs`` shows of one run; ``None`` where the run does not say."""
+
+    run: str
+    path: str
+    model: str | None
+    dataset: str | None
+    seed: int | None
+    recorded_steps: int | None
+    global_step: int | None
+    val_acc: float | None
+    test_acc: float | None
+    store_bytes: int | None
+    wall_time_s: float | None
+    status: str
+    error: str | None
+
+
+#: Table columns: (heading, RunRow field, formatter).
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run", "run"),
+    ("model", "model"),
+    ("dataset", "dataset"),
+    ("seed", "seed"),
+    ("steps", "recorded_steps"),
+    ("val acc", "val_acc"),
+    ("test acc", "test_acc"),
+    ("store", "store_bytes"),
+    ("wall", "wall_time_s"),
+    ("status", "status"),
+)
+
+#: ``--sort`` keys, each a RunRow field.
+SORT_KEYS = {
+    "run": "run",
+    "model": "model",
+    "dataset": "dataset",
+    "seed": "seed",
+    "steps": "recorded_steps",
+    "val": "val_acc",
+    "test": "test_acc",
+    "size": "store_bytes",
+    "wall": "wall_time_s",
+    "status": "status",
+}
+
+
+def _number(value: Any, kind: type) -> Any:
+    return kind(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def run_row(run: Run, now: float | None = None) -> RunRow:
+    """Describe ``run`` from its summary.json (a config.yaml and a file size at most when it has none)."""
+    status = run.status()
+    try:
+        summary = run.summary() or {}
+    except RunError:
+        summary = {}
+    metrics = summary.get("metrics") if isinstance(summary.get("metrics"), dict) else {}
+    model, dataset, seed = summary.get("model"), summary.get("dataset"), summary.get("seed")
+    if not summary:
+        model, dataset, seed = _from_config(run)
+    store_bytes = _number(summary.get("store_bytes"), int)
+    if store_bytes is None:
+        try:
+            store_bytes = run.store_path.stat().st_size
+        except OSError:
+            store_bytes = None
+    wall = _number(summary.get("wall_time_s"), float)
+    started = _number(summary.get("started"), float)
+    if wall is None and started is not None and status == "running":
+        wall = (now if now is not None else time.time()) - started
+    error = summary.get("error") if isinstance(summary.get("error"), str) else None
+    if status == "corrupt":
+        error = f"{run.summary_path.name} cannot be parsed"
+    elif status == "crashed" and not error:
+        error = "the process ended without a final summary" if summary else "no summary.json"
+    return RunRow(
+        run=run.name,
+        path=str(run.path),
+        model=model if isinstance(model, str) else None,
+        dataset=dataset if isinstance(dataset, str) else None,
+        seed=_number(seed, int),
+        recorded_steps=_number(summary.get("recorded_steps"), int),
+        global_step=_number(summary.get("global_step"), int),
+        val_acc=_number(metrics.get("val/acc"), float),
+        test_acc=_number(metrics.get("test/acc"), float),
+        store_bytes=store_bytes,
+        wall_time_s=wall,
+        status=status,
+        error=error,
+    )
+
+
+def _from_config(run: Run) -> tuple[Any, Any, Any]:
+    """Model, dataset and seed from config.yaml, for a run that never wrote a summary."""
+    try:
+        config = run.config()
+    except RunError:
+        return None, None, None
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    return model.get("model"), data.get("dataset"), config.get("seed_everything")
+
+
+def _size(num_bytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.1f} {unit}"
+    return f"{num_bytes} B"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} m {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} m"
+
+
+def _cell(field: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if field in ("val_acc", "test_acc"):
+        return f"{value:.1%}"
+    if field == "store_bytes":
+        return _size(value)
+    if field == "wall_time_s":
+        return _duration(value)
+    return str(value)
+
+
+def format_table(rows: Sequence[RunRow]) -> str:
+    """The rows as an aligned text table, numbers right-aligned."""
+    cells = [[_cell(field, getattr(row, field)) for _, field in COLUMNS] for row in rows]
+    widths = [max([len(heading)] + [len(line[i]) for line in cells]) for i, (heading, _) in enumerate(COLUMNS)]
+    numeric = {"seed", "recorded_steps", "val_acc", "test_acc", "store_bytes", "wall_time_s"}
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            value.rjust(width) if field in numeric else value.ljust(width)
+            for value, width, (_, field) in zip(values, widths, COLUMNS, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line([heading for heading, _ in COLUMNS]), *(line(values) for values in cells)])
+
+
+def _sorted(rows: list[RunRow], key: str, reverse: bool) -> list[RunRow]:
+    field = SORT_KEYS[key]
+    # Runs without the value go last whichever the direction.
+    present = [row for row in rows if getattr(row, field) is not None]
+    absent = [row for row in rows if getattr(row, field) is None]
+    present.sort(key=lambda row: getattr(row, field), reverse=reverse)
+    return present + absent
+
+
+def _matches(value: str | None, patterns: Sequence[str] | None) -> bool:
+    return not patterns or (value is not None and any(fnmatch.fnmatchcase(value, pattern) for pattern in patterns))
+
+
+def _list(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
+def runs_main(argv: Sequence[str]) -> int:
+    """``actrec runs [DIR]``: a table of runs; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="actrec runs",
+        description=(
+            "List runs: one row per run folder under DIR (a runs folder, an experiment or one run), read from "
+            "each run's summary.json. Status: finished, failed, interrupted, running (its process is alive), "
+            "crashed (its process is gone without a final summary, or there never was one) or corrupt."
+        ),
+    )
+    parser.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="where the runs are (default: runs)")
+    parser.add_argument("--sort", choices=sorted(SORT_KEYS), default="run", help="sort by this column (default: run)")
+    parser.add_argument("--reverse", action="store_true", help="sort in descending order")
+    filters = (
+        ("--experiment", "experiment names or globs"),
+        ("--model", "model names or globs"),
+        ("--dataset", "datasets or globs"),
+        ("--status", "statuses"),
+    )
+    for flag, what in filters:
+        parser.add_argument(flag, action="extend", type=_list, metavar="A[,B...]", help=f"keep only these {what}")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of runs instead of the table")
+    args = parser.parse_args(argv)
+
+    try:
+        runs = find_runs(args.dir)
+    except RunError as error:
+        print(f"actrec runs: {error}", file=sys.stderr)
+        return 1
+    runs = [run for run in runs if _matches(run.experiment, args.experiment)]
+    now = time.time()
+    rows = [run_row(run, now) for run in runs]
+    rows = [
+        row
+        for row in rows
+        if _matches(row.model, args.model) and _matches(row.dataset, args.dataset) and _matches(row.status, args.status)
+    ]
+    rows = _sorted(rows, args.sort, args.reverse)
+    if args.json:
+        print(json.dumps([asdict(row) for row in rows], indent=2))
+    elif rows:
+        print(format_table(rows))
+    else:
+        print(f"actrec runs: no runs under {args.dir}{' match' if len(runs) else ''}.", file=sys.stderr)
+    return 0
