@@ -15,6 +15,7 @@ commands:
   render       render a run's activation store to GIF/MP4 animations, contact sheets and curves
   tensorboard  export a run's activations as TensorBoard images and start TensorBoard
   runs         list runs: model, data, accuracy, store size, wall time, status (actrec runs --help)
+  inspect      filters, feature maps, maximisation, shift, summary, hand-made filters (actrec inspect --help)
 
 options:
   --version    print actrec's version
@@ -49,5 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         from actrec.runs.table import runs_main
 
         return runs_main(rest)
-    print(f"actrec: unknown command {command!r}; choose one of: train, render, tensorboard, runs.", file=sys.stderr)
+    if command == "inspect":
+        from actrec.inspection.cli import inspect_main
+
+        return inspect_main(rest)
+    print(
+        f"actrec: unknown command {command!r}; choose one of: train, render, tensorboard, runs, inspect.",
+        file=sys.stderr,
+    )
     return 2

@@ -87,7 +87,11 @@ def colorbar(scale: float, *, one_sided: bool = False, caption: str = "") -> np.
     if one_sided:
         ticks = [(0, "0"), (_BAR_WIDTH + 1, format_scale(scale))]
     else:
-        ticks = [(0, f"-{format_scale(scale)}"), (_BAR_WIDTH // 2 + 1, "0"), (_BAR_WIDTH + 1, f"+{format_scale(scale)}")]
+        ticks = [
+            (0, f"-{format_scale(scale)}"),
+            (_BAR_WIDTH // 2 + 1, "0"),
+            (_BAR_WIDTH + 1, f"+{format_scale(scale)}"),
+        ]
     label_height = _text.text_size("0", LABEL_SIZE)[1]
     tick_row = _blank(label_height, bar.shape[1] + 24)
     for x, text in ticks:
@@ -150,8 +154,9 @@ def tile_grid(
     for column, text in enumerate(column_labels):
         text = _text.fit_text(text, LABEL_SIZE, pitch_w)
         width = _text.text_size(text, LABEL_SIZE)[0]
-        _text.draw_text(canvas, left + GUTTER + column * pitch_w + (tile_w - width) // 2, 0, text, size=LABEL_SIZE,
-                        ink="muted")
+        _text.draw_text(
+            canvas, left + GUTTER + column * pitch_w + (tile_w - width) // 2, 0, text, size=LABEL_SIZE, ink="muted"
+        )
     return canvas
 
 

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EDGE_FILTERS", "HandcraftedResult", "apply_edge_filters"]
+from actrec.inspection import drawing
+
+__all__ = ["EDGE_FILTERS", "HandcraftedResult", "apply_edge_filters", "draw_handcrafted"]
 
 _VERTICAL = np.array([[-1.0, 0.0, 1.0]] * 3, dtype=np.float32)
 
@@ -60,3 +62,32 @@ def apply_edge_filters(image: np.ndarray) -> HandcraftedResult:
         activation=activation[0].numpy(),
         pooled=pooled[0].numpy(),
     )
+
+
+def draw_handcrafted(result: HandcraftedResult, *, title: str, tile_size: int = 84) -> np.ndarray:
+    """The digit, then one row per filter: the kernel, its raw conv output, after tanh, after max-pool.
+
+    Returns:
+        A new ``(H, W)`` uint8 canvas of palette indices.
+    """
+    conv_scale = float(np.abs(result.conv).max()) or 1.0
+    kernel_tiles = drawing.value_tiles(result.filters, 1.0, tile_size)
+    columns = [
+        ("kernel 3x3", kernel_tiles),
+        ("conv 28x28", drawing.value_tiles(result.conv, conv_scale, tile_size)),
+        ("tanh 28x28", drawing.value_tiles(result.activation, 1.0, tile_size)),
+        ("max-pool 14x14", drawing.value_tiles(result.pooled, 1.0, tile_size)),
+    ]
+    tiles = np.stack([tile for _, tile in columns], axis=1)
+    grid = drawing.tile_grid(tiles, row_labels=list(EDGE_FILTERS), column_labels=[name for name, _ in columns])
+    digit = drawing.stack(
+        [drawing.label("input 28x28"), drawing.tile_grid(drawing.grey_tiles(result.image[None], tile_size)[None])],
+        gap=3,
+    )
+    body = drawing.stack([digit, grid], vertical=False, gap=24)
+    bar = drawing.colorbar(1.0)
+    subtitle = (
+        f"the vertical filter is [-1 0 1] in each row: it answers where brightness rises left to right; "
+        f"conv outputs drawn on +-{conv_scale:.3g}, the rest on +-1"
+    )
+    return drawing.titled(title, body, subtitle=subtitle, bar=bar)

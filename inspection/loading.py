@@ -1,29 +1,26 @@
 """Load a zoo model from a run folder: its ``config.yaml`` names the model, a checkpoint holds the weights.
 
 Checkpoints are read with ``torch.load(..., weights_only=True)``: tensors and plain containers only, never a pickle
-that runs code. Finding a run's files is :mod:`actrec.runs`'s job; :func:`_locate_run` is the one place that asks.
+that runs code. Finding a run's files is :mod:`actrec.runs`'s job.
 """
 
 from __future__ import annotations
 
 import os
-import re
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from actrec.inspection.errors import InspectError
+from actrec.runs import Run, RunError, resolve_run
 
-__all__ = ["LoadedModel", "load_run_model", "zoo_model"]
-
-_CONFIG_FILENAME = "config.yaml"
-_STORE_FILENAME = "activations.h5"
-_CHECKPOINT_DIR = "checkpoints"
+__all__ = ["LoadedModel", "load_run_model", "stored_weights", "zoo_model"]
 
 
 @dataclass(frozen=True)
@@ -68,29 +65,15 @@ def zoo_model(name: str, init: str = "default") -> nn.Module:
     return nn.Sequential(OrderedDict(net=build_model(name, init)))
 
 
-def _checkpoint_step(path: Path) -> int:
-    match = re.search(r"step=(\d+)", path.name)
-    return int(match.group(1)) if match else -1
-
-
-def _locate_run(run: str | os.PathLike) -> tuple[Path, list[Path]]:
-    """``(run folder, checkpoints ordered by step)`` for a run folder, an experiment folder or a store file."""
-    path = Path(run)
-    if not path.exists():
-        raise InspectError(f"{path} does not exist; pass a run folder such as runs/quickstart/version_0.")
-    if path.is_file():
-        path = path.parent
-    if not (path / _CONFIG_FILENAME).is_file():
-        versions = sorted(
-            (int(child.name.removeprefix("version_")), child)
-            for child in path.glob("version_*")
-            if child.name.removeprefix("version_").isdigit() and (child / _CONFIG_FILENAME).is_file()
-        )
-        if not versions:
-            raise InspectError(f"{path} is not a run folder: it holds no {_CONFIG_FILENAME} and no version_N runs.")
-        path = versions[-1][1]
-    checkpoints = sorted((path / _CHECKPOINT_DIR).glob("*.ckpt"), key=lambda p: (_checkpoint_step(p), p.name))
-    return path, checkpoints
+def _locate_run(run: str | os.PathLike) -> Run:
+    """The run ``run`` names (see :func:`actrec.runs.resolve_run`), its choice of version said on stderr."""
+    try:
+        found = resolve_run(run)
+    except RunError as error:
+        raise InspectError(str(error)) from error
+    if found.note:
+        print(found.note, file=sys.stderr)
+    return found
 
 
 def load_run_model(run: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> LoadedModel:
@@ -103,8 +86,12 @@ def load_run_model(run: str | os.PathLike, checkpoint: str | os.PathLike | None 
     Raises:
         InspectError: the run or checkpoint is missing or unreadable, or the model is not in the zoo.
     """
-    run_dir, checkpoints = _locate_run(run)
-    config = yaml.safe_load((run_dir / _CONFIG_FILENAME).read_text()) or {}
+    found = _locate_run(run)
+    run_dir, checkpoints = found.path, found.checkpoints()
+    try:
+        config = found.config()
+    except RunError as error:
+        raise InspectError(str(error)) from error
     model_config = config.get("model") if isinstance(config.get("model"), dict) else {}
     name, init = model_config.get("model"), model_config.get("init", "default")
     from actrec.trainer.models import MODEL_NAMES
@@ -116,13 +103,14 @@ def load_run_model(run: str | os.PathLike, checkpoint: str | os.PathLike | None 
         )
     if checkpoint is None:
         if not checkpoints:
-            raise InspectError(f"{run_dir} has no checkpoints in {run_dir / _CHECKPOINT_DIR}; train it to the end "
-                               "of an epoch first.")
+            raise InspectError(
+                f"{run_dir} has no checkpoints in {found.checkpoint_dir}; train it to the end of an epoch."
+            )
         checkpoint_path = checkpoints[-1]
     else:
         checkpoint_path = Path(checkpoint)
-        if not checkpoint_path.is_file() and (run_dir / _CHECKPOINT_DIR / checkpoint_path).is_file():
-            checkpoint_path = run_dir / _CHECKPOINT_DIR / checkpoint_path
+        if not checkpoint_path.is_file() and (found.checkpoint_dir / checkpoint_path).is_file():
+            checkpoint_path = found.checkpoint_dir / checkpoint_path
         if not checkpoint_path.is_file():
             names = ", ".join(p.name for p in checkpoints) or "none"
             raise InspectError(f"checkpoint {checkpoint} does not exist; {run_dir}'s checkpoints: {names}.")
@@ -137,13 +125,33 @@ def load_run_model(run: str | os.PathLike, checkpoint: str | os.PathLike | None 
     except RuntimeError as error:
         raise InspectError(f"{checkpoint_path} does not hold the weights of a {name} model.") from error
     model.eval()
-    store = run_dir / _STORE_FILENAME
+    store = found.store_path
     return LoadedModel(
         model=model,
         model_name=name,
         run_dir=run_dir,
         config=config,
         checkpoint=checkpoint_path,
-        step=int(saved.get("global_step", _checkpoint_step(checkpoint_path))),
+        step=int(saved.get("global_step", -1)),
         store_path=store if store.is_file() else None,
     )
+
+
+def stored_weights(store: object, model: nn.Module) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The weights the recorder stored at every recorded step, keyed like ``model``'s state dict.
+
+    Args:
+        store: an open :class:`actrec.store.StoreReader` of the run (``/layers/<name>/params/<param>``).
+        model: the run's model, to name the parameters (``net.conv3`` + ``0.weight`` = ``net.conv3.0.weight``).
+
+    Returns:
+        ``(global steps (N,), {state key: (N, ...) values})``; empty when the store holds no weights.
+    """
+    state_keys = set(model.state_dict())
+    weights: dict[str, np.ndarray] = {}
+    for layer in store.layer_names:
+        for param, values in store.params(layer).items():
+            key = f"{layer}.{param}"
+            if key in state_keys:
+                weights[key] = values
+    return store.global_steps(), weights

@@ -27,9 +27,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from actrec.inspection import drawing
 from actrec.inspection.errors import InspectError
+from actrec.probe import eval_mode, resolve_layers
 
-__all__ = ["MaximizeResult", "MaximizeSettings", "channel_means", "layer_module", "maximize_channels"]
+__all__ = [
+    "MaximizeResult",
+    "MaximizeSettings",
+    "channel_means",
+    "draw_maximized",
+    "layer_channels",
+    "layer_module",
+    "maximize_channels",
+    "over_training_sheet",
+    "weights_needed",
+]
 
 
 @dataclass(frozen=True)
@@ -42,7 +54,9 @@ class MaximizeSettings:
         jitter: largest random shift in pixels applied before each step (0: none).
         tv_weight: weight of the total-variation penalty (0: none).
         blur_every: blur the image with a 3x3 Gaussian every this many steps (0: never).
-        noise_std: spread of the starting noise around mid-grey 0.5.
+        noise_mean: brightness of the starting noise: dark, like the digits' background, so the channels start near
+            zero activation (mid-grey 0.5 starts many channels far from zero, some near their maximum).
+        noise_std: spread of the starting noise.
         seed: seed of the starting noise and the jitter.
     """
 
@@ -51,6 +65,7 @@ class MaximizeSettings:
     jitter: int = 2
     tv_weight: float = 0.05
     blur_every: int = 0
+    noise_mean: float = 0.1
     noise_std: float = 0.1
     seed: int = 0
 
@@ -83,16 +98,42 @@ class _Reached(Exception):
 
 
 def layer_module(model: nn.Module, layer: str) -> nn.Module:
-    """The submodule called ``layer``.
+    """The one submodule called ``layer``.
 
     Raises:
-        InspectError: no such submodule (the message lists the conv blocks and their parts).
+        ProbeError: no such submodule (the message lists the candidates).
+        InspectError: ``layer`` is a pattern matching several modules.
     """
-    modules = dict(model.named_modules())
-    if layer not in modules or not layer:
-        names = [name for name in modules if name and name.count(".") <= 2]
-        raise InspectError(f"the model has no layer {layer!r}; it has: {', '.join(names)}.")
-    return modules[layer]
+    names = resolve_layers(model, [layer])
+    if names != [layer]:
+        raise InspectError(f"{layer!r} names {len(names)} layers ({', '.join(names)}); pick one.")
+    return dict(model.named_modules())[layer]
+
+
+def layer_channels(model: nn.Module, layer: str, input_shape: Sequence[int] = (1, 28, 28)) -> int:
+    """Number of channels of ``layer``'s output (one forward pass on zeros).
+
+    Raises:
+        InspectError: the layer's output has no channels (a flat vector has one value per "channel" and still
+            counts; a scalar does not).
+    """
+    with torch.no_grad(), eval_mode(model):
+        output = _layer_output(model, layer_module(model, layer), torch.zeros(1, *input_shape))
+    if output.ndim < 2:
+        raise InspectError(f"{layer} outputs {tuple(output.shape)}, which has no channels to maximise.")
+    return int(output.shape[1])
+
+
+def weights_needed(model: nn.Module, layer: str) -> set[str]:
+    """The state-dict keys ``layer``'s output depends on: every parameter up to and including the layer's own."""
+    keys = list(model.state_dict())
+    own = [index for index, key in enumerate(keys) if key.startswith(layer + ".")]
+    prefix = [name for name, _ in model.named_modules()]
+    if not own:  # a parameter-free layer (a pool): everything registered before it
+        position = prefix.index(layer)
+        earlier = set(prefix[:position])
+        return {key for key in keys if key.rsplit(".", 1)[0] in earlier}
+    return set(keys[: own[-1] + 1])
 
 
 def _layer_output(model: nn.Module, module: nn.Module, images: Tensor) -> Tensor:
@@ -134,9 +175,9 @@ _GAUSSIAN = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 
 
 
 def starting_noise(count: int, shape: Sequence[int], settings: MaximizeSettings) -> Tensor:
-    """The seeded noise every channel starts from: ``(count, *shape)`` around mid-grey, clipped to ``[0, 1]``."""
+    """The seeded noise every channel starts from: ``(count, *shape)`` copies of one image, clipped to ``[0, 1]``."""
     generator = torch.Generator().manual_seed(settings.seed)
-    noise = 0.5 + settings.noise_std * torch.randn((1, *shape), generator=generator)
+    noise = settings.noise_mean + settings.noise_std * torch.randn((1, *shape), generator=generator)
     return noise.clamp(0.0, 1.0).repeat(count, *([1] * len(shape)))
 
 
@@ -165,6 +206,10 @@ def maximize_channels(
     settings = settings or MaximizeSettings()
     channels = tuple(int(channel) for channel in channels)
     module = layer_module(model, layer)
+    threads = torch.get_num_threads()
+    # A batch of 28x28 images through a few small convs is too little work to share: on a busy 2-core machine
+    # one thread took 25 ms a step and two threads 200 ms, waiting on each other.
+    torch.set_num_threads(1)
     flags = {submodule: submodule.training for submodule in model.modules()}
     parameters = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
     model.eval()
@@ -194,14 +239,16 @@ def maximize_channels(
             with torch.no_grad():
                 if settings.blur_every and (step + 1) % settings.blur_every == 0:
                     kernel = _GAUSSIAN.to(images.dtype)[None, None].repeat(images.shape[1], 1, 1, 1)
-                    images.copy_(F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel,
-                                          groups=images.shape[1]))
+                    images.copy_(
+                        F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel, groups=images.shape[1])
+                    )
                 images.clamp_(0.0, 1.0)
             if on_step is not None:
                 on_step()
         with torch.no_grad():
             final = channel_means(model, layer, images, channels)
     finally:
+        torch.set_num_threads(threads)
         for submodule, training in flags.items():
             submodule.train(training)
         for parameter, requires_grad in parameters:
@@ -212,3 +259,53 @@ def maximize_channels(
         start_activation=start.numpy().astype(np.float64),
         final_activation=final.numpy().astype(np.float64),
     )
+
+
+def draw_maximized(result: MaximizeResult, *, title: str, tile_size: int = 56, per_row: int = 8) -> np.ndarray:
+    """Each channel's optimised input in grey (black 0, white 1), with its mean activation on noise and after.
+
+    Returns:
+        A new ``(H, W)`` uint8 canvas of palette indices.
+    """
+    images = result.images[:, 0]
+    count = len(images)
+    rows = -(-count // per_row)
+    columns = min(count, per_row)
+    tiles = drawing.grey_tiles(images, tile_size)
+    padded = np.full((rows * columns, *tiles.shape[1:]), drawing.colors.ZERO_INDEX, np.uint8)
+    padded[:count] = tiles
+    labels = [f"{value:+.2f}" for value in result.final_activation] + [""] * (rows * columns - count)
+    names = [f"ch {c}" for c in result.channels] + [""] * (rows * columns - count)
+    parts = []
+    for row in range(rows):
+        span = slice(row * columns, (row + 1) * columns)
+        grid = drawing.tile_grid(padded[span][None], column_labels=names[span], under_labels=[labels[span]])
+        parts.append(grid)
+    subtitle = (
+        f"inputs optimised from one seeded noise image to maximise each channel's mean activation (under each tile); "
+        f"on the noise the channels average {result.start_activation.mean():+.2f}, on their images "
+        f"{result.final_activation.mean():+.2f}"
+    )
+    return drawing.titled(title, drawing.stack(parts, gap=6), subtitle=subtitle)
+
+
+def over_training_sheet(
+    results: Sequence[tuple[int, MaximizeResult]], *, title: str, tile_size: int = 40
+) -> np.ndarray:
+    """One row per training step, one column per channel: how each channel's preferred input forms.
+
+    Returns:
+        A new ``(H, W)`` uint8 canvas of palette indices.
+    """
+    tiles = np.stack([drawing.grey_tiles(result.images[:, 0], tile_size) for _, result in results])
+    channels = results[0][1].channels
+    grid = drawing.tile_grid(
+        tiles,
+        row_labels=[f"step {step}" for step, _ in results],
+        column_labels=[f"ch {c}" for c in channels],
+        under_labels=[[f"{value:+.2f}" for value in result.final_activation] for _, result in results],
+    )
+    subtitle = (
+        "each row optimised from the same seeded noise with the weights of that step; under each: mean activation"
+    )
+    return drawing.titled(title, grid, subtitle=subtitle)

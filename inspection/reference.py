@@ -160,9 +160,7 @@ def layer_plan(model: nn.Module) -> list[Stage]:
         elif isinstance(module, nn.MaxPool2d):
             kernel = _square(module.kernel_size, "kernel", name)
             stride = _square(module.stride if module.stride is not None else kernel, "stride", name)
-            stages.append(
-                Stage(name, "pool", "MaxPool2d", kernel, stride, _square(module.padding, "padding", name))
-            )
+            stages.append(Stage(name, "pool", "MaxPool2d", kernel, stride, _square(module.padding, "padding", name)))
         elif isinstance(module, nn.Linear):
             stages.append(Stage(name, "dense", "Linear", weight=_array(module.weight), bias=_array(module.bias)))
         elif isinstance(module, (nn.Tanh, nn.ReLU, nn.Flatten, nn.Dropout)):

@@ -15,8 +15,14 @@ from torch import nn
 
 from actrec.viewer import colors
 
-__all__ = ["DEFAULT_SHIFTS", "draw_accuracy_chart", "draw_heatmap", "shift_accuracy", "shift_images",
-           "shift_probabilities"]
+__all__ = [
+    "DEFAULT_SHIFTS",
+    "draw_accuracy_chart",
+    "draw_heatmap",
+    "shift_accuracy",
+    "shift_images",
+    "shift_probabilities",
+]
 
 DEFAULT_SHIFTS: tuple[int, ...] = tuple(range(-5, 6))
 """Horizontal shifts in pixels, left (negative) to right."""
@@ -100,12 +106,14 @@ def draw_heatmap(
         draw.text((12, 30), subtitle, font=_font(11), fill=_MUTED)
     cells = colors.to_rgb(colors.diverging_indices(probabilities, 1.0))
     for column, name in enumerate(class_names):
-        draw.text((left + column * cell_w + cell_w / 2, top - 4), str(name)[:6], font=_font(11), fill=_TEXT,
-                  anchor="md")
+        draw.text(
+            (left + column * cell_w + cell_w / 2, top - 4), str(name)[:6], font=_font(11), fill=_TEXT, anchor="md"
+        )
     for row, shift in enumerate(shifts):
         y = top + row * cell_h
-        draw.text((left - 8, y + cell_h / 2), f"{shift:+d} px" if shift else "0 px", font=_font(11), fill=_TEXT,
-                  anchor="rm")
+        draw.text(
+            (left - 8, y + cell_h / 2), f"{shift:+d} px" if shift else "0 px", font=_font(11), fill=_TEXT, anchor="rm"
+        )
         for column in range(columns):
             x = left + column * cell_w
             fill = tuple(int(v) for v in cells[row, column])
