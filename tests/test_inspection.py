@@ -38,11 +38,10 @@ _SHORT_RUN = [
 ]
 
 
-def _train(runs_dir: Path, model: str) -> Path:
-    """A 20-step real training run of a zoo model; quickstart records every 5th step, weights included."""
-    TrainCLI(
-        args=["--runs_dir", str(runs_dir), "--experiment", model, "--model.model", model, *_SHORT_RUN]
-    ).fit_and_test()
+def _train(runs_dir: Path, model: str, steps: int = 20) -> Path:
+    """A short real training run of a zoo model; quickstart records every 5th step, weights included."""
+    args = ["--runs_dir", str(runs_dir), "--experiment", model, "--model.model", model, *_SHORT_RUN]
+    TrainCLI(args=[*args, f"--trainer.limit_train_batches={steps}"]).fit_and_test()
     return runs_dir / model / "version_0"
 
 
