@@ -61,12 +61,12 @@ def _input_image(args: argparse.Namespace, config: dict) -> tuple[np.ndarray, st
         image, inverted = load_image(args.image)
         note = " (inverted: MNIST digits are white on black)" if inverted else ""
         return image, f"{Path(args.image).name}{note}", _safe(Path(args.image).stem), None
+    index = 0 if args.index is None else args.index
     images, labels, class_names = dataset_split(config, "test")
-    if not 0 <= args.index < len(images):
-        raise InspectError(f"--index {args.index} is out of range: the test split has {len(images)} images.")
-    label = int(labels[args.index])
-    description = f"test image {args.index} (a {class_names[label]})"
-    return images[args.index : args.index + 1], description, f"test{args.index}", label
+    if not 0 <= index < len(images):
+        raise InspectError(f"--index {index} is out of range: the test split has {len(images)} images.")
+    label = int(labels[index])
+    return images[index : index + 1], f"test image {index} (a {class_names[label]})", f"test{index}", label
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -179,7 +179,10 @@ def _maximize_over_training(
     with GifWriter(path, fps=args.fps) as gif:
         _append_padded(gif, frames)
     print(path)
-    sheet = over_training_sheet(results, title=f"How the preferred patterns of {layer} form · {loaded.run_dir.name}")
+    sheet = over_training_sheet(
+        results,
+        title=f"How the preferred patterns of {layer} form · {loaded.run_dir.parent.name}/{loaded.run_dir.name}",
+    )
     _write(sheet, out / f"maximize-{_safe(layer)}-over-training.png")
 
 
@@ -261,7 +264,8 @@ def _shift(args: argparse.Namespace) -> None:
         accuracy = []
         for shift in tqdm(DEFAULT_SHIFTS, desc=f"accuracy of {loaded.model_name}", unit="shift", leave=False):
             accuracy.append(shift_accuracy(loaded.model, images[:count], labels[:count], [shift])[0])
-        accuracies[f"{loaded.model_name} ({loaded.run_dir.parent.name}/{loaded.run_dir.name})"] = np.array(accuracy)
+        name = f"{loaded.model_name}: {loaded.label}"
+        accuracies[name] = np.array(accuracy)
     chart = draw_accuracy_chart(
         DEFAULT_SHIFTS,
         accuracies,
@@ -321,7 +325,10 @@ def _parser() -> argparse.ArgumentParser:
     def image_source(sub: argparse.ArgumentParser, required: bool) -> None:
         source = sub.add_mutually_exclusive_group(required=required)
         source.add_argument("--image", help="a PNG/JPEG, resized to 28x28 and scaled to [0, 1] as in training")
-        source.add_argument("--index", type=int, default=0, help="an image of the run's test split (default 0)")
+        # default None, not 0: argparse's required group would take an explicit "--index 0" for no choice at all
+        source.add_argument(
+            "--index", type=int, help="an image of the run's test split" + ("" if required else " (default 0)")
+        )
 
     sub = command("filters", "every conv kernel as a red-blue grid, and an animation over training from the store")
     sub.add_argument("--layer", help="a conv block or conv module, e.g. net.conv3 (default: every conv)")

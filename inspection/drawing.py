@@ -149,8 +149,9 @@ def tile_grid(
                 width = _text.text_size(text, LABEL_SIZE - 1)[0]
                 _text.draw_text(canvas, x + (tile_w - width) // 2, y + tile_h, text, size=LABEL_SIZE - 1, ink="muted")
         if row < len(row_labels):
-            height = _text.text_size(row_labels[row], LABEL_SIZE)[1]
-            _text.draw_text(canvas, 0, y + (tile_h - height) // 2, row_labels[row], size=LABEL_SIZE, ink="muted")
+            width, height = _text.text_size(row_labels[row], LABEL_SIZE)
+            x = left - 6 - width  # right-aligned, next to its row
+            _text.draw_text(canvas, x, y + (tile_h - height) // 2, row_labels[row], size=LABEL_SIZE, ink="muted")
     for column, text in enumerate(column_labels):
         text = _text.fit_text(text, LABEL_SIZE, pitch_w)
         width = _text.text_size(text, LABEL_SIZE)[0]

@@ -138,8 +138,9 @@ def draw_accuracy_chart(
     Returns:
         A new ``(H, W, 3)`` uint8 RGB image.
     """
-    width, height = 520, 340
-    left, top, right, bottom = 60, 66, width - 20, height - 64
+    legend_top = 52 if subtitle else 36
+    width, height = 520, 300 + 18 * len(accuracies)
+    left, top, right, bottom = 60, legend_top + 18 * len(accuracies) + 12, width - 20, height - 50
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     draw.text((12, 10), title, font=_font(15), fill=_TEXT)
@@ -162,13 +163,12 @@ def draw_accuracy_chart(
     draw.line((left, bottom, right, bottom), fill=(60, 60, 60))
     draw.line((left, top, left, bottom), fill=(60, 60, 60))
     draw.text(((left + right) / 2, bottom + 24), "horizontal shift (pixels)", font=_font(11), fill=_TEXT, anchor="mt")
-    legend_x = left + 8
-    for (name, values), color in zip(accuracies.items(), _LINE_COLORS * 4, strict=False):
+    for index, ((name, values), color) in enumerate(zip(accuracies.items(), _LINE_COLORS * 4, strict=False)):
         points = [(x_of(s), y_of(float(a))) for s, a in zip(shifts, values, strict=True)]
         draw.line(points, fill=color, width=2)
         for x, y in points:
             draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=color)
-        draw.line((legend_x, top + 8, legend_x + 18, top + 8), fill=color, width=3)
-        draw.text((legend_x + 24, top + 8), name, font=_font(11), fill=_TEXT, anchor="lm")
-        legend_x += 40 + int(draw.textlength(name, font=_font(11)))
+        legend_y = legend_top + 18 * index + 6
+        draw.line((left, legend_y, left + 18, legend_y), fill=color, width=3)
+        draw.text((left + 24, legend_y), name, font=_font(11), fill=_TEXT, anchor="lm")
     return np.asarray(image)
