@@ -119,7 +119,13 @@ def test_unwritable_output_folder_fails_before_anything_is_written(
         (["--steps", "x"], "--steps takes START:STOP in training steps (either may be empty), got 'x'."),
         (["--stride", "0"], "--stride must be a positive integer, got 0."),
         (["--fps", "500"], "fps must be greater than 0 and at most 50, got 500."),
-        (["--tile-size", "2"], "--tile-size must be at least 4 pixels, got 2."),
+        (["--tile-size", "2"], "--tile-size must be between 4 and 512 pixels, got 2."),
+        (["--tile-size", "100000"], "--tile-size must be between 4 and 512 pixels, got 100000."),
+        (["--fps", "nan"], "fps must be greater than 0 and at most 50, got nan."),
+        (["--jobs", "0"], "--jobs must be a positive integer, got 0."),
+        (["--channels", "x,1"], "--channels takes indices (0,3,7), top:K or all, got 'x,1'."),
+        (["--channels", "top:0"], "--channels top:K needs K of at least 1, got 'top:0'."),
+        (["--channels", "7"], "layer 'net.conv1' has no channel 7; it records 3 channels."),
     ],
 )
 def test_bad_options_fail_in_one_sentence(
@@ -162,9 +168,15 @@ def test_tensorboard_print_exports_and_prints_the_command(tmp_path: Path, capsys
     make_store(tmp_path / "run", range(0, 10, 2))
     assert tensorboard_main([str(tmp_path / "run"), "--print", "--tile-size", "8", "--port", "6123"]) == 0
     command = capsys.readouterr().out.strip()
-    assert command.endswith(f"--logdir {tmp_path / 'run'} --samples_per_plugin images=5 --port 6123")
+    # Not a run folder in actrec's layout: named by --logdir_spec, never ".".
+    assert command.endswith(f"--logdir_spec run:{tmp_path / 'run'} --samples_per_plugin images=5 --port 6123")
     assert "tensorboard" in command.split()[0]
     assert (tmp_path / "run" / "activations").is_dir()
+    # A run in actrec's layout is shown from its experiment folder, as version_3.
+    make_store(tmp_path / "quickstart" / "version_3", range(2))
+    assert tensorboard_main([str(tmp_path / "quickstart" / "version_3"), "--print", "--quiet"]) == 0
+    command = capsys.readouterr().out.strip()
+    assert f"--logdir {tmp_path / 'quickstart'} --window_title quickstart/version_3 --samples_per_plugin" in command
 
 
 def test_tensorboard_errors_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

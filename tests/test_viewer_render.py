@@ -77,11 +77,12 @@ def test_gif_round_trip_is_pixel_exact_with_one_palette(tmp_path: Path) -> None:
         assert image.mode == "P"
         assert image.getpalette() == colors.PALETTE.flatten().tolist()  # the one global palette
     # Graphic control extensions: frame 1 is whole and opaque; later frames are deltas whose unchanged
-    # pixels use the reserved transparent index, every frame lasting 5 cs and not disposed.
+    # pixels use the reserved transparent index, every frame lasting 5 cs and not disposed, but the last
+    # one held for 1 s (100 cs) before the animation loops.
     controls = re.findall(rb"\x21\xf9\x04(.)(..)(.)\x00", path.read_bytes(), re.DOTALL)
     assert len(controls) == len(frames)
     assert [packed[0] for packed, _, _ in controls] == [0b0100] + [0b0101] * (len(frames) - 1)
-    assert {delay for _, delay, _ in controls} == {b"\x05\x00"}
+    assert [delay for _, delay, _ in controls] == [b"\x05\x00"] * (len(frames) - 1) + [b"\x64\x00"]
     assert {index[0] for _, _, index in controls[1:]} == {colors.TRANSPARENT_INDEX}
 
 
@@ -131,7 +132,7 @@ def test_mp4_without_imageio_ffmpeg_says_how_to_get_it(monkeypatch: pytest.Monke
 
 
 def _layout_for(layer: str, tile_size: int = 32) -> FrameLayout:
-    """The layout the renderer uses for the fixture store's ``layer`` (tile positions do not depend on the title)."""
+    """The layout the renderer uses for the fixture store's ``layer`` (steps 0 to 3: titles of one length)."""
     shape = {"net.conv1": (3, 8, 8), "net.conv2": (2, 4, 4)}[layer]
     scale = 1.0 if layer == "net.conv1" else SYMMETRIC_MAX
     return FrameLayout(
@@ -142,6 +143,7 @@ def _layout_for(layer: str, tile_size: int = 32) -> FrameLayout:
         labels=np.arange(3),
         class_names=CLASS_NAMES,
         tile_size=tile_size,
+        longest_title=frame_title(layer, 3, 0),
     )
 
 
@@ -307,9 +309,16 @@ def test_export_tensorboard_writes_every_step_once(tmp_path: Path) -> None:
     assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["activations", "activations.h5"]
     accumulator = EventAccumulator(str(result.export_dir), size_guidance={IMAGES: 0})
     accumulator.Reload()
-    assert sorted(accumulator.Tags()["images"]) == ["activations/net.conv1", "activations/net.conv2"]
+    assert sorted(accumulator.Tags()["images"]) == [
+        "activations/net.conv1",
+        "activations/net.conv2",
+        "overview/net.conv1",
+        "overview/net.conv2",
+    ]
     for tag in result.tags:
         assert [event.step for event in accumulator.Images(tag)] == [0, 3, 6, 9]
+        # At most 10 steps, so TensorBoard's default (10 per tag) keeps them all, step 0 included.
+        assert [event.step for event in accumulator.Images(tag.replace("activations/", "overview/"))] == [0, 3, 6, 9]
     with StoreReader(tmp_path / "run") as store:
         wall_times = store.steps()["wall_time"]
     assert [event.wall_time for event in accumulator.Images("activations/net.conv1")] == wall_times.tolist()

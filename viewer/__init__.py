@@ -17,8 +17,9 @@ from actrec.viewer.colors import (
 )
 from actrec.viewer.curves import training_curves
 from actrec.viewer.errors import ViewerError
-from actrec.viewer.frames import TILE_SIZE, FrameLayout, activation_frame, frame_title
+from actrec.viewer.frames import TILE_SIZE, FrameLayout, activation_frame, frame_title, layer_kind, live_frames
 from actrec.viewer.render import RenderResult, render_run
+from actrec.viewer.scale import ColourScale, LiveScaleState, colour_scale, live_scale
 from actrec.viewer.tb_export import ExportResult, export_tensorboard
 from actrec.viewer.writers import GifWriter, Mp4Writer, TensorBoardImageWriter, encode_png, write_png
 
@@ -29,19 +30,25 @@ __all__ = [
     "TILE_SIZE",
     "ZERO_INDEX",
     "ZERO_RGB",
+    "ColourScale",
     "ExportResult",
     "FrameLayout",
     "GifWriter",
+    "LiveScaleState",
     "Mp4Writer",
     "RenderResult",
     "TensorBoardImageWriter",
     "ViewerError",
     "activation_frame",
+    "colour_scale",
     "diverging_indices",
     "encode_png",
     "export_tensorboard",
     "frame_title",
     "grey_indices",
+    "layer_kind",
+    "live_frames",
+    "live_scale",
     "render_run",
     "to_rgb",
     "training_curves",

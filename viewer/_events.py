@@ -93,6 +93,18 @@ def masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+EVENTS_PREFIX = "events.out.tfevents."
+STAGED_PREFIX = "staged.events."
+"""Event files being written: TensorBoard loads only files whose name contains ``tfevents``."""
+
+
+def publish_staged(folder: str | os.PathLike) -> None:
+    """Rename every staged event file in ``folder`` to its real name, so TensorBoard loads it."""
+    for entry in os.scandir(folder):
+        if entry.name.startswith(STAGED_PREFIX):
+            os.replace(entry.path, os.path.join(os.fspath(folder), EVENTS_PREFIX + entry.name[len(STAGED_PREFIX) :]))
+
+
 class EventFile:
     """Write serialized ``Event`` protos as records of one new event file in ``log_dir``.
 
@@ -102,14 +114,17 @@ class EventFile:
     Args:
         log_dir: the folder (created if missing).
         filename_suffix: appended to the name, e.g. ``".net.conv1"``.
+        staged: write under a name TensorBoard ignores (:data:`STAGED_PREFIX` instead of
+            ``events.out.tfevents.``); :func:`publish_staged` gives the files their real names.
     """
 
     _count = 0
 
-    def __init__(self, log_dir: str | os.PathLike, filename_suffix: str = "") -> None:
+    def __init__(self, log_dir: str | os.PathLike, filename_suffix: str = "", *, staged: bool = False) -> None:
         os.makedirs(log_dir, exist_ok=True)
         EventFile._count += 1
-        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{EventFile._count}"
+        prefix = STAGED_PREFIX if staged else EVENTS_PREFIX
+        name = f"{prefix}{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{EventFile._count}"
         self.path = os.path.join(os.fspath(log_dir), name + filename_suffix)
         self._file: IO[bytes] | None = open(self.path, "wb")  # noqa: SIM115 - closed in close()
 

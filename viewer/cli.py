@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -63,6 +64,12 @@ def _selection_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="worker processes, one layer each at a time (default: one per CPU for large runs)",
     )
+    parser.add_argument(
+        "--channels",
+        metavar="LIST|top:K|all",
+        help="channels (maps) or units (tokens, vectors) to draw: indices (0,3,7), top:K (the K that vary most "
+        "over training) or all; default: all up to 16, else the 16 that vary most",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -87,11 +94,21 @@ def _common_options(args: argparse.Namespace) -> dict:
         "tile_size": args.tile_size,
         "jobs": args.jobs,
         "progress": False if args.quiet else None,
+        "channels": args.channels,
+        "notify": _note,
     }
 
 
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr, flush=True)
+
+
 def _run(program: str, action: Callable[[], int]) -> int:
-    """Run ``action``; user errors become one sentence on stderr and a non-zero exit code."""
+    """Run ``action``; user errors become one sentence on stderr and a non-zero exit code.
+
+    SIGTERM is handled as Ctrl-C is: unfinished files are removed and worker processes stopped.
+    """
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return action()
     except (StoreError, ViewerError, RunError) as error:
@@ -105,6 +122,12 @@ def _run(program: str, action: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{program}: interrupted; files not yet finished were discarded.", file=sys.stderr)
         return _EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def render_main(argv: Sequence[str]) -> int:

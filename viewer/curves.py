@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from actrec.viewer import _steps
+
 _SUPERSAMPLE = 2
 _PANEL_SIZE = (560, 380)  # output pixels per panel
 _BACKGROUND = (255, 255, 255)
@@ -238,9 +240,10 @@ def training_curves(
         draw.text((16 * s, 10 * s), title, font=_font(15), fill=_TEXT)
     global_step = np.asarray(steps.get("global_step", np.zeros(0)), dtype=np.int64)
     epochs = np.asarray(steps.get("epoch", np.zeros(0)), dtype=np.int64)
-    changes = np.flatnonzero(np.diff(epochs)) + 1 if epochs.size else np.zeros(0, np.int64)
+    validation_steps = np.asarray(scalars.get("val/loss", (np.zeros(0), np.zeros(0)))[0])
+    starts = _steps.epoch_starts(global_step, epochs, validation_steps)
     # Epoch lines help only while they are few enough to read.
-    epoch_starts = [(int(epochs[i]), int(global_step[i])) for i in changes] if len(changes) <= 12 else []
+    epoch_starts = starts if len(starts) <= 12 else []
     window = max(5, len(global_step) // 25) | 1  # odd, so the window is centred on its point
     shown: dict[str, Series] = {}
     for column, (kind, name, percent) in enumerate((("loss", "Loss", False), ("acc", "Accuracy", True))):

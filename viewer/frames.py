@@ -13,15 +13,28 @@ new arrays; nothing is written to disk and no input is modified.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from actrec.viewer import _text, colors
+from actrec.viewer.scale import ColourScale, LiveScaleState, format_limit, live_scale
 
 TILE_SIZE = 56
 """Default tile edge in pixels: 28x28 maps are doubled, 14x14 quadrupled, 7x7 drawn 8x."""
+
+DEFAULT_MAX_CHANNELS = 16
+"""Channels (maps) or units (tokens, vectors) drawn by default; wider layers show a selection."""
+MAX_FRAME_WIDTH = 1600
+"""Frames are sized to fit this many pixels across (readable at 100% on a laptop screen) when possible."""
+CARD_FRAME_WIDTH = 360
+"""TensorBoard images shrink their tiles to fit this width: the Images tab's cards show about 350 px."""
+CARD_TEXT_SCALE = 1.4
+"""TensorBoard images' text is 1.4x the render's, so it stays legible shrunk to a Time Series card."""
+CARD_CHANNELS = 4
+"""Channels per TensorBoard image: Time Series cards fit images into about 220 px of height."""
+MIN_TILE_SIZE = 8
+"""The smallest tile :func:`fit_tile_size` shrinks to for a frame to fit :data:`MAX_FRAME_WIDTH`."""
 
 _GUTTER = 3
 _MARGIN = 12
@@ -40,11 +53,46 @@ def frame_title(layer: str, step: int, epoch: int) -> str:
     return f"{layer} · step {step} · epoch {epoch}"
 
 
+KIND_MAPS = "maps"
+KIND_TOKENS = "tokens"
+KIND_VECTOR = "vector"
+_KIND_OF_RANK = {3: KIND_MAPS, 2: KIND_TOKENS, 1: KIND_VECTOR}
+NONFINITE_LABEL = "NaN/inf"
+"""The legend's name for the non-finite colour."""
+
+
 def format_scale(scale: float) -> str:
     """How the colour bar labels ``scale``: ``"1"`` for tanh layers, else 3 significant digits."""
-    if float(scale).is_integer() and abs(scale) < 1e6:
-        return str(int(scale))
-    return f"{scale:.3g}"
+    return format_limit(scale)
+
+
+def layer_kind(info: object) -> str:
+    """A layer's kind: ``"maps"`` (C, H, W), ``"tokens"`` (T, D) or ``"vector"`` (D,).
+
+    The rank of ``sample_shape`` decides; a stored ``kind`` (store format v2) must agree with it.
+
+    Raises:
+        ValueError: the per-probe shape has no kind (e.g. 4-D); the message is one sentence.
+    """
+    stored = getattr(info, "kind", None)
+    shape = tuple(getattr(info, "sample_shape", info))
+    if len(shape) not in _KIND_OF_RANK or stored not in (None, _KIND_OF_RANK[len(shape)]):
+        name = getattr(info, "name", "")
+        subject = f"layer {name!r}" if name else "a layer"
+        raise ValueError(
+            f"cannot draw {subject} of per-probe shape {shape}: actrec draws (C, H, W) maps, (T, D) tokens "
+            "and (D,) vectors."
+        )
+    return _KIND_OF_RANK[len(shape)]
+
+
+def as_colour_scale(scale: ColourScale | float) -> ColourScale:
+    """``scale`` as a :class:`ColourScale`; a plain number means the diverging ``-scale .. +scale``."""
+    if isinstance(scale, ColourScale):
+        return scale
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}.")
+    return ColourScale(one_sided=False, limit=float(scale))
 
 
 def tile_shape(height: int, width: int, tile_size: int) -> tuple[int, int]:
@@ -60,36 +108,85 @@ def upscale_nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return image[..., rows[:, None], cols[None, :]]
 
 
-def _as_maps(shape: Sequence[int]) -> tuple[int, int, int, int]:
-    """``(channels, map_height, map_width, elements)`` for one probe's activation of ``shape``.
+def heatmap_cell(units: int, tile_size: int) -> int:
+    """Pixel width of one unit in a token or vector heatmap: the heatmap is about twice ``tile_size`` wide."""
+    return max(1, min(tile_size // 4, round(2 * tile_size / max(units, 1))))
 
-    Convolutional ``(C, H, W)`` maps are drawn as they are; ``(C, L)`` sequences as ``1 x L`` strips;
-    flat ``(F,)`` features (a linear layer) wrapped into one near-square map.
+
+def _grid(kind: str, shape: Sequence[int], tile_size: int) -> tuple[int, int, int, int, int]:
+    """``(rows, map_height, map_width, tile_height, tile_width)`` of one probe's activation of ``shape``.
+
+    Maps ``(C, H, W)``: one row of tiles per channel, each map's longer side ``tile_size``. Tokens
+    ``(T, D)``: one heatmap per probe, tokens down and units across, in square cells. Vectors ``(D,)``:
+    one heatmap row per probe, units across.
     """
-    if len(shape) == 3:
-        return shape[0], shape[1], shape[2], shape[1] * shape[2]
-    if len(shape) == 2:
-        return shape[0], 1, shape[1], shape[1]
-    if len(shape) == 1:
-        side = math.ceil(math.sqrt(shape[0]))
-        return 1, math.ceil(shape[0] / side), side, shape[0]
-    raise ValueError(f"cannot draw activations of per-probe shape {tuple(shape)}; expected (C, H, W), (C, L) or (F,).")
+    if kind == KIND_MAPS:
+        channels, height, width = shape
+        return (channels, height, width, *tile_shape(height, width, tile_size))
+    if kind == KIND_TOKENS:
+        tokens, units = shape
+        cell = heatmap_cell(units, tile_size)
+        return 1, tokens, units, tokens * cell, units * cell
+    (units,) = shape
+    cell = heatmap_cell(units, tile_size)
+    return 1, 1, units, max(cell, tile_size // 4), units * cell
+
+
+def fit_tile_size(
+    kind: str,
+    sample_shape: Sequence[int],
+    num_probes: int,
+    tile_size: int,
+    max_width: int = MAX_FRAME_WIDTH,
+    text_scale: float = 1.0,
+) -> int:
+    """The largest tile size up to ``tile_size`` whose frame fits ``max_width`` pixels across.
+
+    Never below :data:`MIN_TILE_SIZE` (or ``tile_size`` if that is smaller): many probes of a wide
+    heatmap may still be wider, which callers warn about.
+    """
+    room = (max_width - 2 * _MARGIN - round(80 * text_scale)) // max(num_probes, 1) - _GUTTER
+    floor = min(tile_size, MIN_TILE_SIZE)
+    for size in range(tile_size, floor - 1, -1):
+        _, _, _, _, width = _grid(kind, sample_shape, size)
+        if max(width, size) <= room:
+            return size
+    return floor
+
+
+def frame_height_width(
+    kind: str, sample_shape: Sequence[int], num_probes: int, tile_size: int, text_scale: float = 1.0
+) -> tuple[int, int]:
+    """About how many pixels ``(height, width)`` a frame of this layer will be, without drawing it."""
+    rows, _, _, tile_height, tile_width = _grid(kind, sample_shape, tile_size)
+    column = max(tile_width, tile_size) + _GUTTER
+    width = 2 * _MARGIN + round(80 * text_scale) + num_probes * column
+    height = round(120 * text_scale) + tile_size + rows * (tile_height + _GUTTER)
+    return height, width
 
 
 class FrameLayout:
     """The geometry and static pixels of one layer's frames, computed once per layer.
 
     Args:
-        sample_shape: one probe's activation shape, e.g. ``(8, 14, 14)``.
+        sample_shape: one probe's activation shape as drawn (after any channel selection), e.g.
+            ``(8, 14, 14)``.
         num_probes: number of probes (columns).
-        scale: the fixed symmetric colour scale: ``-scale`` red, 0 white, ``+scale`` blue.
-        probe_images: ``(P, C, H, W)`` probe inputs, drawn in grey above the activations (channels
-            are averaged); ``None`` to leave them out.
+        scale: the colour scale (:func:`actrec.viewer.scale.colour_scale`); a plain number means the
+            diverging ``-scale`` red, 0 white, ``+scale`` blue.
+        probe_images: ``(P, C, H, W)`` probe inputs, drawn above the activations (RGB in colour,
+            other channel counts averaged into grey); ``None`` (or inputs that are not images, such
+            as token ids) to leave them out.
         labels: ``(P,)`` true classes, written above each column and used to mark predictions.
         class_names: names indexed by class; class numbers are shown when ``None``.
         tile_size: pixels of a tile's longer side.
         longest_title: the longest title the frames will carry, to size the header.
         show_predictions: reserve the row of predicted classes under the tiles.
+        kind: ``"maps"``, ``"tokens"`` or ``"vector"``; ``None`` takes it from the rank of ``sample_shape``.
+        channel_labels: the original index of each drawn channel (maps) or unit (tokens, vectors),
+            when a selection is drawn; ``None`` numbers them from 0.
+        nonfinite_legend: name the non-finite colour beside the colour bar.
+        text_scale: multiplies every font size (TensorBoard's cards shrink images; larger text survives).
 
     Raises:
         ValueError: an argument is out of range or shapes disagree.
@@ -107,46 +204,74 @@ class FrameLayout:
         tile_size: int = TILE_SIZE,
         longest_title: str = "",
         show_predictions: bool = True,
+        kind: str | None = None,
+        channel_labels: Sequence[int] | None = None,
+        nonfinite_legend: bool = False,
+        text_scale: float = 1.0,
     ) -> None:
         if tile_size < 4:
             raise ValueError(f"tile_size must be at least 4 pixels, got {tile_size}.")
         if num_probes < 1:
             raise ValueError(f"num_probes must be at least 1, got {num_probes}.")
-        if not np.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be a positive finite number, got {scale!r}.")
+        self.colour_scale = as_colour_scale(scale)
+        if probe_images is not None and np.ndim(probe_images) not in (3, 4):
+            probe_images = None  # token ids or feature vectors: nothing to show as a picture
         if probe_images is not None and len(probe_images) != num_probes:
             raise ValueError(f"probe_images holds {len(probe_images)} images for {num_probes} probes.")
         if labels is not None and len(labels) != num_probes:
             raise ValueError(f"labels holds {len(labels)} entries for {num_probes} probes.")
         self.sample_shape = tuple(int(n) for n in sample_shape)
+        self.kind = layer_kind(self.sample_shape) if kind is None else kind
+        if layer_kind(self.sample_shape) != self.kind:
+            raise ValueError(f"a {self.kind} layer cannot have per-probe shape {self.sample_shape}.")
         self.num_probes = num_probes
-        self.scale = float(scale)
+        self.scale = self.colour_scale.limit
         self.tile_size = tile_size
+        self.nonfinite_legend = nonfinite_legend
+        self._title_size = round(_TITLE_SIZE * text_scale)
+        self._label_size = round(_LABEL_SIZE * text_scale)
+        self._caption_size = round(_CAPTION_SIZE * text_scale)
+        self._mark_size = round(_MARK_SIZE * text_scale)
+        self._colorbar_width = 2 * int(_COLORBAR_WIDTH * text_scale / 2) + 1
+        self._colorbar_height = round(_COLORBAR_HEIGHT * text_scale)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64).copy()
         self.class_names = None if class_names is None else list(class_names)
         self.show_predictions = show_predictions
-        self.channels, self._map_height, self._map_width, self._elements = _as_maps(self.sample_shape)
-        self.tile_height, self.tile_width = tile_shape(self._map_height, self._map_width, tile_size)
+        self.channels, self._map_height, self._map_width, self.tile_height, self.tile_width = _grid(
+            self.kind, self.sample_shape, tile_size
+        )
+        self._elements = self._map_height * self._map_width
+        units = self.channels if self.kind == KIND_MAPS else self._map_width
+        if channel_labels is not None and len(channel_labels) != units:
+            raise ValueError(f"channel_labels names {len(channel_labels)} channels of {units}.")
+        self.channel_labels = list(range(units)) if channel_labels is None else [int(c) for c in channel_labels]
         self._input_tiles = None if probe_images is None else _probe_tiles(probe_images, tile_size)
         self.column_width = max(self.tile_width, 0 if self._input_tiles is None else self._input_tiles.shape[2])
-        self._row_label_width = max(_text.text_size(label, _LABEL_SIZE)[0] for label in self._row_labels()) + 8
-        self._label_height = _text.text_size("Ag", _LABEL_SIZE)[1]
+        self._row_label_width = max(_text.text_size(label, self._label_size)[0] for label in self._row_labels()) + 8
+        self._label_height = _text.text_size("Ag", self._label_size)[1]
         self._body_with_labels = self._static_body(row_labels=True)
         self._body_plain = self._static_body(row_labels=False)
-        title_width = _text.text_size(longest_title, _TITLE_SIZE)[0] if longest_title else 0
-        self._header_height, header_width = self._header_extent(title_width)
+        title_width = _text.text_size(longest_title, self._title_size)[0] if longest_title else 0
+        self._header_height, header_width, self._stacked = self._header_extent(
+            title_width, self._body_with_labels.shape[1]
+        )
         self.width = max(self._body_with_labels.shape[1], header_width)
         self.height = self._header_height + self._body_with_labels.shape[0]
         self._static_frame = np.full((self.height, self.width), colors.ZERO_INDEX, np.uint8)
-        self._draw_header(self._static_frame, self.width)
+        self._draw_header(self._static_frame, self.width, self._stacked)
         self._static_frame[self._header_height :, : self._body_with_labels.shape[1]] = self._body_with_labels
         self._gather = self._gather_map()
         self._prediction_stamps: dict[tuple[int, bool | None], np.ndarray] = {}
 
     # -- geometry --------------------------------------------------------------------------------
 
+    def _channel_row_label(self, row: int) -> str:
+        if self.kind == KIND_MAPS:
+            return f"ch {self.channel_labels[row]}"
+        return "tokens" if self.kind == KIND_TOKENS else "units"
+
     def _row_labels(self) -> list[str]:
-        labels = [f"ch {channel}" for channel in range(self.channels)]
+        labels = [self._channel_row_label(row) for row in range(self.channels)]
         if self._input_tiles is not None:
             labels.append("input")
         if self.labels is not None:
@@ -201,34 +326,73 @@ class FrameLayout:
     @property
     def title_box(self) -> tuple[int, int, int, int]:
         """Frame pixel box of the title."""
-        return _MARGIN, _MARGIN, self.width - _MARGIN - _COLORBAR_WIDTH - 16, self._header_height
+        if self._stacked:
+            return _MARGIN, _MARGIN, self.width - _MARGIN, _MARGIN + self._title_height
+        return _MARGIN, _MARGIN, self.width - _MARGIN - self._legend_width() - 16, self._header_height
 
     # -- static pixels ---------------------------------------------------------------------------
 
-    def _header_extent(self, title_width: int) -> tuple[int, int]:
-        label_height = self._label_height
-        bar_block = _COLORBAR_HEIGHT + 4 + label_height
-        title_height = _text.text_size("Ag", _TITLE_SIZE)[1]
-        height = _MARGIN + max(title_height, bar_block) + 8
-        width = _MARGIN + title_width + 24 + _COLORBAR_WIDTH + _MARGIN
-        return height, width
+    @property
+    def colorbar_box(self) -> tuple[int, int, int, int]:
+        """Frame pixel box ``(left, top, right, bottom)`` (exclusive) of the colour bar."""
+        left, top = self._colorbar_origin(self.width, self._stacked)
+        return left, top, left + self._colorbar_width, top + self._colorbar_height
 
-    def _draw_header(self, canvas: np.ndarray, width: int) -> None:
-        left, top = width - _MARGIN - _COLORBAR_WIDTH, _MARGIN + 2
-        bar = np.rint(np.linspace(colors.NEGATIVE_INDEX, colors.POSITIVE_INDEX, _COLORBAR_WIDTH)).astype(np.uint8)
-        canvas[top : top + _COLORBAR_HEIGHT, left : left + _COLORBAR_WIDTH] = bar
-        # Outline and tick marks in the gutter grey: the white middle would vanish into the background.
+    @property
+    def _title_height(self) -> int:
+        return _text.text_size("Ag", self._title_size)[1]
+
+    def _colorbar_origin(self, width: int, stacked: bool) -> tuple[int, int]:
+        if stacked:  # narrow frames: the colour bar goes under the title, not beside it
+            return _MARGIN, _MARGIN + self._title_height + 8
+        return width - _MARGIN - self._legend_width(), _MARGIN + 2
+
+    def _legend_width(self) -> int:
+        """Width of the colour bar plus, when shown, the non-finite swatch and its name."""
+        if not self.nonfinite_legend:
+            return self._colorbar_width
+        return (
+            self._colorbar_width
+            + 10
+            + self._colorbar_height
+            + 4
+            + _text.text_size(NONFINITE_LABEL, self._label_size)[0]
+        )
+
+    def _header_extent(self, title_width: int, body_width: int) -> tuple[int, int, bool]:
+        """``(height, width, stacked)`` of the header: title and colour bar side by side if they fit the body."""
+        bar_block = self._colorbar_height + 4 + self._label_height
+        side_by_side = _MARGIN + title_width + 24 + self._legend_width() + _MARGIN
+        if side_by_side <= body_width or title_width == 0:
+            return _MARGIN + max(self._title_height, bar_block) + 8, side_by_side, False
+        width = _MARGIN + max(title_width, self._legend_width()) + _MARGIN
+        return _MARGIN + self._title_height + 8 + bar_block + 8, width, True
+
+    def _outline(self, canvas: np.ndarray, left: int, top: int, width: int, height: int) -> None:
+        # Outlines in the gutter grey: a white part of a bar would vanish into the background.
         outline = colors.GUTTER_INDEX
-        canvas[top - 1, left - 1 : left + _COLORBAR_WIDTH + 1] = outline
-        canvas[top + _COLORBAR_HEIGHT, left - 1 : left + _COLORBAR_WIDTH + 1] = outline
-        canvas[top - 1 : top + _COLORBAR_HEIGHT + 1, left - 1] = outline
-        canvas[top - 1 : top + _COLORBAR_HEIGHT + 1, left + _COLORBAR_WIDTH] = outline
-        scale = format_scale(self.scale)
-        label_top = top + _COLORBAR_HEIGHT + 3
-        for text, anchor in ((f"-{scale}", 0.0), ("0", 0.5), (f"+{scale}", 1.0)):
-            text_width = _text.text_size(text, _LABEL_SIZE)[0]
-            x = left + round(anchor * (_COLORBAR_WIDTH - 1) - anchor * text_width)
-            _text.draw_text(canvas, x, label_top, text, size=_LABEL_SIZE, ink="muted")
+        canvas[top - 1, left - 1 : left + width + 1] = outline
+        canvas[top + height, left - 1 : left + width + 1] = outline
+        canvas[top - 1 : top + height + 1, left - 1] = outline
+        canvas[top - 1 : top + height + 1, left + width] = outline
+
+    def _draw_header(self, canvas: np.ndarray, width: int, stacked: bool) -> None:
+        bar_width, bar_height = self._colorbar_width, self._colorbar_height
+        left, top = self._colorbar_origin(width, stacked)
+        canvas[top : top + bar_height, left : left + bar_width] = self.colour_scale.bar_indices(bar_width)
+        self._outline(canvas, left, top, bar_width, bar_height)
+        label_top = top + bar_height + 3
+        for text, anchor in self.colour_scale.bar_labels():
+            text_width = _text.text_size(text, self._label_size)[0]
+            x = left + round(anchor * (bar_width - 1) - anchor * text_width)
+            _text.draw_text(canvas, x, label_top, text, size=self._label_size, ink="muted")
+        if self.nonfinite_legend:
+            swatch_left = left + bar_width + 10
+            canvas[top : top + bar_height, swatch_left : swatch_left + bar_height] = colors.NONFINITE_INDEX
+            self._outline(canvas, swatch_left, top, bar_height, bar_height)
+            text_top = top + (bar_height - self._label_height) // 2
+            x = swatch_left + bar_height + 4
+            _text.draw_text(canvas, x, text_top, NONFINITE_LABEL, size=self._label_size, ink="muted")
 
     def _static_body(self, row_labels: bool) -> np.ndarray:
         grid_left = self._grid_left(row_labels)
@@ -240,9 +404,11 @@ class FrameLayout:
 
         def row_label(text: str, top: int, row_height: int) -> None:
             if row_labels:
-                text_width, text_height = _text.text_size(text, _LABEL_SIZE)
+                text_width, text_height = _text.text_size(text, self._label_size)
                 x = grid_left - 6 - text_width
-                _text.draw_text(body, x, top + (row_height - text_height) // 2, text, size=_LABEL_SIZE, ink="muted")
+                _text.draw_text(
+                    body, x, top + (row_height - text_height) // 2, text, size=self._label_size, ink="muted"
+                )
 
         if self.labels is not None:
             row_label("label", label_top, self._label_height)
@@ -257,7 +423,11 @@ class FrameLayout:
                 left = grid_left + 1 + probe * self._pitch + (self.column_width - tiles.shape[2]) // 2
                 body[input_top : input_top + tiles.shape[1], left : left + tiles.shape[2]] = tiles[probe]
         for channel in range(self.channels):
-            row_label(f"ch {channel}", grid_top + 1 + channel * (self.tile_height + _GUTTER), self.tile_height)
+            row_label(
+                self._channel_row_label(channel),
+                grid_top + 1 + channel * (self.tile_height + _GUTTER),
+                self.tile_height,
+            )
         if self.show_predictions:
             row_label("predicted", predictions_top, self._label_height)
         return body
@@ -287,9 +457,9 @@ class FrameLayout:
         return str(label)
 
     def _centred_text(self, canvas: np.ndarray, left: int, top: int, text: str, ink: str) -> None:
-        text = _text.fit_text(text, _LABEL_SIZE, self.column_width + _GUTTER - 1)
-        text_width = _text.text_size(text, _LABEL_SIZE)[0]
-        _text.draw_text(canvas, left + (self.column_width - text_width) // 2, top, text, size=_LABEL_SIZE, ink=ink)
+        text = _text.fit_text(text, self._label_size, self.column_width + _GUTTER - 1)
+        text_width = _text.text_size(text, self._label_size)[0]
+        _text.draw_text(canvas, left + (self.column_width - text_width) // 2, top, text, size=self._label_size, ink=ink)
 
     def _check_activations(self, activations: np.ndarray) -> np.ndarray:
         activations = np.asarray(activations)
@@ -305,7 +475,7 @@ class FrameLayout:
         activations = self._check_activations(activations)
         grid_left = self._grid_left(row_labels)
         _, _, grid_top, predictions_top = self._rows_top()
-        quantised = np.append(colors.diverging_indices(activations, self.scale).ravel(), colors.GUTTER_INDEX)
+        quantised = np.append(self.colour_scale.indices(activations).ravel(), colors.GUTTER_INDEX)
         grid = canvas[top + grid_top : top + grid_top + self._grid_height, grid_left : grid_left + self._grid_width]
         np.take(quantised, self._gather, out=grid)
         if predictions is None or not self.show_predictions:
@@ -331,12 +501,16 @@ class FrameLayout:
             self._centred_text(stamp, 0, 0, name, "text")
         else:
             kind = "right" if predicted == label else "wrong"
-            room = stamp.shape[1] - _MARK_SIZE - 2
-            name = _text.fit_text(name, _LABEL_SIZE, room)
-            text_width, text_height = _text.text_size(name, _LABEL_SIZE)
-            x = max(0, (self.column_width - (_MARK_SIZE + 2 + text_width)) // 2)
-            _text.draw_mark(stamp, x, (text_height - _MARK_SIZE) // 2 + 1, kind, size=_MARK_SIZE)
-            _text.draw_text(stamp, x + _MARK_SIZE + 2, 0, name, size=_LABEL_SIZE, ink=kind)
+            room = stamp.shape[1] - self._mark_size - 2
+            fitted = _text.fit_text(name, self._label_size, room)
+            if not fitted:  # too narrow for a mark and the name: the name alone, in green or red
+                self._centred_text(stamp, 0, 0, name, kind)
+            else:
+                text_width = _text.text_size(fitted, self._label_size)[0]
+                x = max(0, (self.column_width - (self._mark_size + 2 + text_width)) // 2)
+                mark_top = max(0, (self._label_height - self._mark_size) // 2 + 1)
+                _text.draw_mark(stamp, x, mark_top, kind, size=self._mark_size)
+                _text.draw_text(stamp, x + self._mark_size + 2, 0, fitted, size=self._label_size, ink=kind)
         stamp.setflags(write=False)
         self._prediction_stamps[key] = stamp
         return stamp
@@ -358,7 +532,7 @@ class FrameLayout:
         canvas = self._static_frame.copy()
         self._draw_body(canvas, self._header_height, True, activations, predictions)
         left, top, right, _ = self.title_box
-        _text.draw_text(canvas, left, top, _text.fit_text(title, _TITLE_SIZE, right - left), size=_TITLE_SIZE)
+        _text.draw_text(canvas, left, top, _text.fit_text(title, self._title_size, right - left), size=self._title_size)
         return canvas
 
     def sheet(
@@ -386,23 +560,23 @@ class FrameLayout:
         count = len(activations)
         if count == 0 or len(captions) != count or (predictions is not None and len(predictions) != count):
             raise ValueError(f"a sheet needs one caption (and prediction row) per panel; got {count} panels.")
-        caption_height = _text.text_size("Ag", _CAPTION_SIZE)[1] + 4
+        caption_height = _text.text_size("Ag", self._caption_size)[1] + 4
         panels = [self._body_with_labels] + [self._body_plain] * (count - 1)
         body_width = sum(panel.shape[1] for panel in panels) + _PANEL_GAP * (count - 1)
-        title_width = _text.text_size(title, _TITLE_SIZE)[0]
-        header_height, header_width = self._header_extent(title_width)
+        title_width = _text.text_size(title, self._title_size)[0]
+        header_height, header_width, stacked = self._header_extent(title_width, body_width)
         width = max(body_width, header_width)
         height = header_height + caption_height + self._body_with_labels.shape[0]
         canvas = np.full((height, width), colors.ZERO_INDEX, np.uint8)
-        self._draw_header(canvas, width)
-        _text.draw_text(canvas, _MARGIN, _MARGIN, title, size=_TITLE_SIZE)
+        self._draw_header(canvas, width, stacked)
+        _text.draw_text(canvas, _MARGIN, _MARGIN, title, size=self._title_size)
         left = 0
         for index, panel in enumerate(panels):
             row_labels = index == 0
             top = header_height + caption_height
             canvas[top : top + panel.shape[0], left : left + panel.shape[1]] = panel
             grid_left = left + self._grid_left(row_labels)
-            _text.draw_text(canvas, grid_left, header_height, captions[index], size=_CAPTION_SIZE)
+            _text.draw_text(canvas, grid_left, header_height, captions[index], size=self._caption_size)
             view = canvas[:, left : left + panel.shape[1]]
             self._draw_body(
                 view, top, row_labels, activations[index], None if predictions is None else predictions[index]
@@ -414,42 +588,49 @@ class FrameLayout:
 def _probe_tiles(probe_images: np.ndarray, tile_size: int) -> np.ndarray:
     """``(P, h, w)`` grey palette tiles of the probe inputs, on one brightness scale for all probes."""
     images = np.asarray(probe_images, dtype=np.float32)
-    if images.ndim == 4:
-        images = images.mean(axis=1)  # colour inputs: the fixed palette has no room for RGB, show luminance
-    elif images.ndim != 3:
+    if images.ndim not in (3, 4):
         raise ValueError(f"probe_images must be (P, C, H, W) or (P, H, W), got shape {images.shape}.")
     finite = images[np.isfinite(images)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    height, width = tile_shape(images.shape[1], images.shape[2], tile_size)
-    return upscale_nearest(colors.grey_indices(images, low, high), height, width)
+    height, width = tile_shape(images.shape[-2], images.shape[-1], tile_size)
+    if images.ndim == 4 and images.shape[1] == 3:  # RGB: drawn in colour, on the palette's colour cube
+        indices = colors.rgb_indices(np.moveaxis(images, 1, -1), low, high)
+    else:  # one channel (or an unusual number): grey
+        indices = colors.grey_indices(images.mean(axis=1) if images.ndim == 4 else images, low, high)
+    return upscale_nearest(indices, height, width)
 
 
 def activation_frame(
     activations: np.ndarray,
     *,
-    scale: float,
+    scale: ColourScale | float,
     title: str,
     probe_images: np.ndarray | None = None,
     labels: np.ndarray | None = None,
     predictions: np.ndarray | None = None,
     class_names: Sequence[str] | None = None,
     tile_size: int = TILE_SIZE,
+    kind: str | None = None,
+    text_scale: float = 1.0,
 ) -> np.ndarray:
     """Draw one layer's activations at one step as an RGB image (for TensorBoard and the recorder).
 
     Args:
-        activations: ``(P, C, H, W)`` activations of the layer for the ``P`` probes.
-        scale: the fixed symmetric colour scale (1 for tanh layers): ``-scale`` red, 0 white,
-            ``+scale`` blue.
+        activations: ``(P, *sample_shape)`` activations of the layer for the ``P`` probes.
+        scale: the colour scale (:mod:`actrec.viewer.scale`); a plain number means the diverging
+            ``-scale`` red, 0 white, ``+scale`` blue.
         title: the label burned into the frame, usually :func:`frame_title`.
-        probe_images: ``(P, C, H, W)`` probe inputs shown in grey above the tiles, or ``None``.
+        probe_images: ``(P, C, H, W)`` probe inputs shown above the tiles, or ``None``.
         labels: ``(P,)`` true classes, or ``None``.
         predictions: ``(P,)`` predicted classes at this step, or ``None``.
         class_names: names indexed by class, or ``None`` to show class numbers.
         tile_size: pixels of a tile's longer side.
+        kind: ``"maps"``, ``"tokens"`` or ``"vector"``; ``None`` takes it from the rank.
+        text_scale: multiplies every font size.
 
     Returns:
-        A new ``(height, width, 3)`` uint8 RGB array.
+        A new ``(height, width, 3)`` uint8 RGB array. Non-finite values are drawn amber and named
+        in the legend.
 
     Raises:
         ValueError: shapes disagree, or ``scale`` is not positive.
@@ -465,5 +646,76 @@ def activation_frame(
         tile_size=tile_size,
         longest_title=title,
         show_predictions=predictions is not None,
+        kind=kind,
+        nonfinite_legend=not bool(np.isfinite(activations).all()),
+        text_scale=text_scale,
     )
     return colors.to_rgb(layout.frame(activations, title=title, predictions=predictions))
+
+
+def live_frames(
+    scale_kind: str,
+    activations: np.ndarray,
+    state: LiveScaleState | None,
+    *,
+    title: str,
+    probe_images: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    predictions: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+    max_channels: int = DEFAULT_MAX_CHANNELS,
+) -> tuple[list[tuple[str, np.ndarray]], LiveScaleState]:
+    """One layer's TensorBoard images for one step logged during training, on :func:`~actrec.viewer.scale.live_scale`.
+
+    What the recorder calls once per layer and logged step. The images are the ones ``actrec
+    tensorboard`` exports, with the same tag suffixes: sized for TensorBoard's cards
+    (:data:`CARD_FRAME_WIDTH`, :data:`CARD_TEXT_SCALE`), at most :data:`CARD_CHANNELS` channels each
+    (suffix ``"/ch 0-3"``; ``""`` when one image holds the layer). Each colour bar prints the limit
+    it used, which only grows over the run. Wide layers show their first ``max_channels`` channels (units).
+
+    Args:
+        scale_kind: the layer's stored scale kind (``"tanh"``, ``"sigmoid"``, ``"nonnegative"``, ``"symmetric"``).
+        activations: ``(P, *sample_shape)`` activations of this step.
+        state: what the previous call for this layer returned; ``None`` at its first logged step.
+        title: the label burned into the images, usually :func:`frame_title`.
+        probe_images: ``(P, C, H, W)`` probe inputs, or ``None``.
+        labels: ``(P,)`` true classes, or ``None``.
+        predictions: ``(P,)`` predicted classes, or ``None``.
+        class_names: names indexed by class, or ``None``.
+        max_channels: most channels (maps) or units (tokens, vectors) drawn.
+
+    Returns:
+        ``([(tag_suffix, image), ...], state)``: new ``(H, W, 3)`` uint8 RGB images, log each under
+        ``f"activations/{layer}{tag_suffix}"``; and the state to pass with the layer's next step.
+
+    Raises:
+        ValueError: ``scale_kind`` is unknown or the shapes cannot be drawn.
+    """
+    activations = np.asarray(activations)
+    scale, state = live_scale(scale_kind, activations, state)
+    kind = layer_kind(activations.shape[1:])
+    axis = 1 if kind == KIND_MAPS else activations.ndim - 1
+    count = min(activations.shape[axis], max_channels)
+    per_image = CARD_CHANNELS if kind == KIND_MAPS and count > CARD_CHANNELS else count
+    images = []
+    for start in range(0, count, per_image):
+        channels = np.arange(start, min(count, start + per_image))
+        part = np.take(activations, channels, axis=axis)
+        layout = FrameLayout(
+            part.shape[1:],
+            num_probes=part.shape[0],
+            scale=scale,
+            probe_images=probe_images,
+            labels=labels,
+            class_names=class_names,
+            tile_size=fit_tile_size(kind, part.shape[1:], part.shape[0], TILE_SIZE, CARD_FRAME_WIDTH, CARD_TEXT_SCALE),
+            longest_title=title,
+            show_predictions=predictions is not None,
+            kind=kind,
+            channel_labels=channels.tolist(),
+            nonfinite_legend=not bool(np.isfinite(part).all()),
+            text_scale=CARD_TEXT_SCALE,
+        )
+        suffix = "" if per_image == count else f"/ch {channels[0]}-{channels[-1]}"
+        images.append((suffix, colors.to_rgb(layout.frame(part, title=title, predictions=predictions))))
+    return images, state

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,16 @@ import numpy as np
 
 from actrec.store import StoreReader
 from actrec.viewer import writers
-from actrec.viewer._pipeline import LayerJob, atomic_path, make_plan, nearest_rows, prepare_out_dir, run_jobs
+from actrec.viewer._pipeline import (
+    LayerJob,
+    atomic_path,
+    make_plan,
+    nearest_rows,
+    prepare_out_dir,
+    read_steps,
+    run_jobs,
+    unique_stems,
+)
 from actrec.viewer.curves import training_curves
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import TILE_SIZE
@@ -37,6 +46,7 @@ class RenderResult:
         global_steps: the training step of each animation frame (every layer has these frames).
         layers: the layers rendered.
         sheet_steps: the training steps shown on the contact sheets.
+        notes: sentences for the user: channels left out, non-finite or damaged steps, a large render.
     """
 
     out_dir: Path
@@ -44,6 +54,7 @@ class RenderResult:
     global_steps: np.ndarray
     layers: tuple[str, ...]
     sheet_steps: tuple[int, ...]
+    notes: tuple[str, ...] = ()
 
 
 def parse_step_range(text: str) -> tuple[int | None, int | None]:
@@ -84,6 +95,8 @@ def render_run(
     sheet_steps: Sequence[int] | None = None,
     jobs: int | None = 1,
     progress: bool | None = None,
+    channels: str | None = None,
+    notify: Callable[[str], object] | None = None,
 ) -> RenderResult:
     """Render every chosen layer's animation and contact sheet, and the run's training curves.
 
@@ -107,6 +120,10 @@ def render_run(
             with ``spawn``, so a script that passes ``jobs != 1`` needs the usual
             ``if __name__ == "__main__":`` guard (the ``actrec`` command has it).
         progress: show a progress bar; ``None`` shows one only on a terminal.
+        channels: which channels (maps) or units (tokens, vectors) to draw: ``"0,3,7"``, ``"top:K"``
+            (the K that vary most over training) or ``"all"``; default: all up to 16, else the 16
+            that vary most (a note says so).
+        notify: called with each note as soon as it is known (before the long work starts).
 
     Returns:
         What was written, and which steps.
@@ -122,18 +139,24 @@ def render_run(
         writers.Mp4Writer.check_available()
     writers.check_fps(fps)
     with StoreReader(run) as store:
-        plan = make_plan(store, layers, start, stop, stride, tile_size, jobs)
+        plan = make_plan(store, layers, start, stop, stride, tile_size, jobs, channels)
+        notes = list(plan.notes)
+        for note in notes:
+            if notify is not None:
+                notify(note)
         shown = list(sheet_steps) if sheet_steps else default_sheet_steps(plan.global_steps[plan.rows])
         sheet_rows = plan.rows[nearest_rows(plan.global_steps[plan.rows], shown)]
         sheet_rows = np.asarray(list(dict.fromkeys(sheet_rows.tolist())), dtype=np.int64)
         out = prepare_out_dir(Path(out_dir) if out_dir is not None else store.path.parent / RENDERS_DIRNAME)
+        stems = unique_stems(plan.layers)
         job_list = [
             LayerJob(
                 store_path=store.path,
                 layer=name,
                 num_rows=plan.num_rows,
                 rows=plan.rows,
-                tile_size=tile_size,
+                plan=plan.layer_plans[name],
+                stem=stems[name],
                 kind="render",
                 out_dir=out,
                 video_format=video_format,
@@ -143,10 +166,15 @@ def render_run(
             for name in plan.layers
         ]
         results = run_jobs(job_list, plan.jobs, progress, "rendering", store)
-        files = [path for result in results for path in result]
+        files = [path for paths, _ in results for path in paths if path.exists()]
+        for _, job_notes in results:
+            notes.extend(job_notes)
+            for note in job_notes:
+                if notify is not None:
+                    notify(note)
         curves = out / "curves.png"
         with atomic_path(curves) as partial:
-            steps = {key: value[: plan.num_rows] for key, value in store.steps().items()}
+            steps = read_steps(store, plan.num_rows)
             scalars = {key: store.scalars(key) for key in ("train/loss", "train/acc", "val/loss", "val/acc")}
             # The run's folder names it for people (quickstart/version_0); the id is for machines.
             run_name = "/".join(store.path.resolve().parts[-3:-1])
@@ -159,4 +187,5 @@ def render_run(
         global_steps=plan.global_steps[plan.rows],
         layers=tuple(plan.layers),
         sheet_steps=tuple(int(step) for step in plan.global_steps[sheet_rows]),
+        notes=tuple(notes),
     )

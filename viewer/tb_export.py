@@ -11,21 +11,35 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from actrec.store import StoreReader
-from actrec.viewer._pipeline import LayerJob, make_plan, run_jobs
+from actrec.viewer._events import EVENTS_PREFIX, STAGED_PREFIX, publish_staged
+from actrec.viewer._pipeline import (
+    TB_TAG,
+    LayerJob,
+    card_groups,
+    make_plan,
+    nearest_rows,
+    remove_leftovers,
+    run_jobs,
+    unique_stems,
+)
 from actrec.viewer.errors import ViewerError
-from actrec.viewer.frames import TILE_SIZE
+from actrec.viewer.frames import CARD_CHANNELS, CARD_FRAME_WIDTH, CARD_TEXT_SCALE, TILE_SIZE
+from actrec.viewer.render import default_sheet_steps
 
 EXPORT_DIRNAME = "activations"
+OVERVIEW_STEPS = 10
+"""Steps under ``overview/<layer>``: TensorBoard keeps 10 images per tag unless told otherwise."""
 _MARKER = ".actrec-tensorboard-export"  # proves a folder is an export we may replace
 
 
@@ -46,6 +60,7 @@ class ExportResult:
     tags: tuple[str, ...]
     global_steps: np.ndarray
     samples_per_plugin: int
+    notes: tuple[str, ...] = ()
 
 
 def images_to_keep(num_images: int) -> int:
@@ -61,8 +76,23 @@ def images_to_keep(num_images: int) -> int:
     return max(1, int(num_images))
 
 
+def logdir_arguments(run_dir: Path) -> list[str]:
+    """TensorBoard arguments that show ``run_dir`` as a run named after it, never ``"."``.
+
+    TensorBoard names a run by its folder's path below ``--logdir``, so the run folder itself
+    would be ``"."``. A run in actrec's layout (``<experiment>/version_N``) is shown from its
+    experiment folder, as ``version_N`` and ``version_N/activations`` (beside the experiment's other
+    versions, which is what comparing runs needs), under the window title ``<experiment>/version_N``.
+    Any other folder is named by ``--logdir_spec`` (TensorBoard then shows ``<name>/.``).
+    """
+    run_dir = Path(run_dir).resolve()
+    if re.fullmatch(r"version_\d+", run_dir.name) and run_dir.parent != run_dir:
+        return ["--logdir", str(run_dir.parent), "--window_title", f"{run_dir.parent.name}/{run_dir.name}"]
+    return ["--logdir_spec", f"{run_dir.name.replace(':', '_')}:{run_dir}"]
+
+
 def tensorboard_command(log_dir: Path, samples: int, extra_args: Sequence[str] = ()) -> list[str]:
-    """The command that starts TensorBoard on ``log_dir`` keeping ``samples`` images per tag.
+    """The command that starts TensorBoard on the run folder ``log_dir`` keeping ``samples`` images per tag.
 
     Prefers the ``tensorboard`` script installed beside this Python, so the command uses the
     TensorBoard of actrec's environment even when another one comes first on ``PATH``.
@@ -74,7 +104,7 @@ def tensorboard_command(log_dir: Path, samples: int, extra_args: Sequence[str] =
         program = ["tensorboard"]
     else:
         program = [sys.executable, "-m", "tensorboard.main"]
-    return [*program, "--logdir", str(log_dir), "--samples_per_plugin", f"images={samples}", *extra_args]
+    return [*program, *logdir_arguments(log_dir), "--samples_per_plugin", f"images={samples}", *extra_args]
 
 
 def format_command(command: Sequence[str]) -> str:
@@ -92,6 +122,8 @@ def export_tensorboard(
     tile_size: int = TILE_SIZE,
     jobs: int | None = 1,
     progress: bool | None = None,
+    channels: str | None = None,
+    notify: Callable[[str], object] | None = None,
 ) -> ExportResult:
     """Write every chosen step of every chosen layer as an image summary under ``activations/<layer>``.
 
@@ -117,11 +149,32 @@ def export_tensorboard(
             folder is not writable, or ``<run>/activations`` exists and is not an actrec export.
     """
     with StoreReader(run) as store:
-        plan = make_plan(store, layers, start, stop, stride, tile_size, jobs)
+        plan = make_plan(
+            store,
+            layers,
+            start,
+            stop,
+            stride,
+            tile_size,
+            jobs,
+            channels,
+            max_frame_width=CARD_FRAME_WIDTH,
+            text_scale=CARD_TEXT_SCALE,
+        )
+        steps = plan.global_steps[plan.rows]
+        overview_rows = plan.rows[nearest_rows(steps, default_sheet_steps(steps, OVERVIEW_STEPS))]
+        overview_rows = np.unique(overview_rows)
+        notes = list(plan.notes)
+        for note in notes:
+            if notify is not None:
+                notify(note)
         log_dir = store.path.parent
         final = log_dir / EXPORT_DIRNAME
         if final.exists() and not (final / _MARKER).is_file():
             raise ViewerError(f"{final} exists and was not written by actrec tensorboard; move it away to export here.")
+        remove_leftovers(log_dir)  # what a killed export left behind
+        # Staged event files carry names TensorBoard ignores until the export is complete and in place,
+        # so neither a running export nor a killed one ever shows up as a run.
         staging = log_dir / f".{EXPORT_DIRNAME}.partial-{os.getpid()}"
         try:
             staging.mkdir()
@@ -129,19 +182,27 @@ def export_tensorboard(
             reason = (error.strerror or str(error)).lower()
             raise ViewerError(f"cannot write the TensorBoard export into {log_dir}: {reason}.") from None
         try:
+            stems = unique_stems(plan.layers)
             job_list = [
                 LayerJob(
                     store_path=store.path,
                     layer=name,
                     num_rows=plan.num_rows,
                     rows=plan.rows,
-                    tile_size=tile_size,
+                    plan=plan.layer_plans[name],
+                    stem=stems[name],
                     kind="tensorboard",
                     out_dir=staging,
+                    sheet_rows=overview_rows,
+                    channels_per_image=CARD_CHANNELS,
                 )
                 for name in plan.layers
             ]
-            run_jobs(job_list, plan.jobs, progress, "exporting", store)
+            for _, job_notes in run_jobs(job_list, plan.jobs, progress, "exporting", store):
+                notes.extend(job_notes)
+                for note in job_notes:
+                    if notify is not None:
+                        notify(note)
             marker = {"run_id": store.run_id, "layers": plan.layers, "steps": len(plan.rows)}
             (staging / _MARKER).write_text(json.dumps(marker) + "\n")
             _swap_in(staging, final)
@@ -150,11 +211,16 @@ def export_tensorboard(
     return ExportResult(
         log_dir=log_dir,
         export_dir=final,
-        tags=tuple(f"activations/{name}" for name in plan.layers),
+        tags=tuple(
+            f"{TB_TAG}/{name}{suffix}"
+            for name in plan.layers
+            for _, suffix in card_groups(plan.layer_plans[name], CARD_CHANNELS)
+        ),
         global_steps=plan.global_steps[plan.rows],
         # Every recorded step, not only the exported ones: the run's own image tags (the recorder's
         # optional TensorBoard images) share the limit and may hold up to one image per step.
         samples_per_plugin=images_to_keep(max(len(plan.rows), plan.num_rows)),
+        notes=tuple(notes),
     )
 
 
@@ -163,10 +229,19 @@ def _swap_in(staging: Path, final: Path) -> None:
     retired = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():
         os.replace(final, retired)
+        _unpublish(retired)  # hidden from TensorBoard before it is deleted, even if we are killed now
     try:
         os.replace(staging, final)
     except BaseException:
         if retired.exists():
+            publish_staged(retired)
             os.replace(retired, final)
         raise
+    publish_staged(final)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _unpublish(folder: Path) -> None:
+    for entry in os.scandir(folder):
+        if entry.name.startswith(EVENTS_PREFIX):
+            os.replace(entry.path, folder / (STAGED_PREFIX + entry.name[len(EVENTS_PREFIX) :]))

@@ -20,6 +20,8 @@ from actrec.viewer import colors
 from actrec.viewer._events import EventFile
 from actrec.viewer.errors import ViewerError
 
+LAST_FRAME_HOLD_S = 1.0
+"""How long an animated GIF shows its last frame before it loops (or the frame time, if longer)."""
 _MAX_FPS = 50.0  # GIF delays are whole centiseconds, and browsers slow anything under 2 cs down to 10 cs
 
 
@@ -69,6 +71,7 @@ class GifWriter:
         self._owns_file = isinstance(target, (str, os.PathLike))
         self._file: IO[bytes] = open(target, "wb") if self._owns_file else target  # noqa: SIM115
         self._previous: np.ndarray | None = None
+        self._pending: tuple[Image.Image, tuple[int, int], dict] | None = None
         self.frames_written = 0
 
     def append(self, frame: np.ndarray) -> None:
@@ -102,12 +105,20 @@ class GifWriter:
                 left, top, patch = 0, 0, frame[:1, :1]
         image = Image.fromarray(np.ascontiguousarray(patch), "P")
         extra = {} if self._previous is None else {"transparency": colors.TRANSPARENT_INDEX}
-        for chunk in GifImagePlugin.getdata(
-            image, offset=(left, top), duration=self._delay_cs * 10, disposal=1, **extra
-        ):
-            self._file.write(chunk)
+        # Each frame is written when the next one comes (or at close), once its delay is known:
+        # the last one is held for LAST_FRAME_HOLD_S, so the animation pauses on the trained state.
+        self._write_pending(self._delay_cs)
+        self._pending = (image, (left, top), extra)
         self._previous = frame.copy()
         self.frames_written += 1
+
+    def _write_pending(self, delay_cs: int) -> None:
+        if self._pending is None:
+            return
+        image, offset, extra = self._pending
+        self._pending = None
+        for chunk in GifImagePlugin.getdata(image, offset=offset, duration=delay_cs * 10, disposal=1, **extra):
+            self._file.write(chunk)
 
     def _write_header(self, width: int, height: int) -> None:
         # GIF89a logical screen with a 256-entry global colour table (flags: table present,
@@ -122,6 +133,7 @@ class GifWriter:
         if self._file is None:
             return
         try:
+            self._write_pending(max(self._delay_cs, round(LAST_FRAME_HOLD_S * 100)))
             if self._previous is not None:
                 self._file.write(b";")
             self._file.flush()
@@ -228,14 +240,15 @@ class TensorBoardImageWriter:
     Args:
         log_dir: the folder to write the event file into (created if missing).
         filename_suffix: appended to the event file's name, e.g. ``".net.conv1"``.
+        staged: write under a name TensorBoard ignores until :func:`actrec.viewer._events.publish_staged`.
     """
 
-    def __init__(self, log_dir: str | os.PathLike, *, filename_suffix: str = "") -> None:
+    def __init__(self, log_dir: str | os.PathLike, *, filename_suffix: str = "", staged: bool = False) -> None:
         # Imported here: only the TensorBoard export pays for importing tensorboard.
         from tensorboard.compat.proto import event_pb2, summary_pb2
 
         self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
-        self._file: EventFile | None = EventFile(log_dir, filename_suffix)
+        self._file: EventFile | None = EventFile(log_dir, filename_suffix, staged=staged)
         self.path = self._file.path
         # Every event file starts with its version, as TensorBoard's writers do.
         self._file.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())

@@ -1,0 +1,196 @@
+"""The colour-scale rule: which value a layer's full colour means. The one place actrec decides it.
+
+Used by ``actrec render``, ``actrec tensorboard`` and the recorder's live TensorBoard images, so the
+same layer at the same step is drawn in the same colours everywhere (live logging excepted where it
+cannot know the future; its colour bar then prints the numbers it used).
+
+The rule, by the layer's ``scale_kind`` (stored per layer by the recorder):
+
+- ``"tanh"``: the fixed range -1 .. +1 on the diverging red-white-blue ramp.
+- ``"sigmoid"``: the fixed range 0 .. 1 on the one-sided white-to-blue ramp.
+- ``"nonnegative"`` (ReLU-like): one-sided, 0 white up to ``limit`` dark blue.
+- ``"symmetric"`` (anything else): diverging, ``-limit`` red, 0 white, ``+limit`` blue; but when
+  none of the finite values is negative, one-sided as for ``"nonnegative"``. v1 stores mark every
+  non-tanh layer "symmetric", ReLU layers included, and a symmetric scale on data that is never
+  negative leaves the red half of the palette unused and the maps washed out.
+
+For data-derived scales ``limit`` is the 99.5th percentile of ``|activation|`` over the finite
+values of evenly sampled rows: a handful of outliers (or a single diverged step) cannot wash out the
+rest, and values beyond it are drawn at full colour. NaN and infinities never enter a scale; they are
+drawn in their own colour (:data:`actrec.viewer.colors.NONFINITE_INDEX`).
+
+All functions are pure: arrays in, new values out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from actrec.viewer import colors
+
+SCALE_TANH = "tanh"
+SCALE_SIGMOID = "sigmoid"
+SCALE_NONNEGATIVE = "nonnegative"
+SCALE_SYMMETRIC = "symmetric"
+SCALE_KINDS = (SCALE_TANH, SCALE_SIGMOID, SCALE_NONNEGATIVE, SCALE_SYMMETRIC)
+
+PERCENTILE = 99.5
+"""Percentile of ``|activation|`` drawn at full colour on data-derived scales."""
+SAMPLE_ROWS = 32
+"""Rows read (evenly spaced over the run) to fix a data-derived scale."""
+
+
+@dataclass(frozen=True)
+class ColourScale:
+    """How one layer's values map to palette colours.
+
+    Args:
+        one_sided: ``True``: 0 white up to ``+limit`` dark blue (negatives drawn white);
+            ``False``: ``-limit`` red, 0 white, ``+limit`` blue.
+        limit: the positive, finite value drawn at full colour.
+        rule: a few words on where ``limit`` came from, e.g. ``"fixed (tanh)"``.
+    """
+
+    one_sided: bool
+    limit: float
+    rule: str = ""
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.limit) or self.limit <= 0:
+            raise ValueError(f"a colour scale's limit must be a positive finite number, got {self.limit!r}.")
+
+    def indices(self, values: np.ndarray) -> np.ndarray:
+        """Palette indices of ``values`` (a new uint8 array of the same shape)."""
+        if self.one_sided:
+            return colors.one_sided_indices(values, self.limit)
+        return colors.diverging_indices(values, self.limit)
+
+    def bar_indices(self, width: int) -> np.ndarray:
+        """``(width,)`` palette indices of the colour bar, from the lowest value to ``+limit``."""
+        low = 0.0 if self.one_sided else -self.limit
+        return self.indices(np.linspace(low, self.limit, width))
+
+    def bar_labels(self) -> tuple[tuple[str, float], ...]:
+        """``(text, position 0..1)`` of the colour bar's labels: the numbers this scale uses."""
+        text = format_limit(self.limit)
+        if self.one_sided:
+            return (("0", 0.0), (text, 1.0))
+        return ((f"-{text}", 0.0), ("0", 0.5), (f"+{text}", 1.0))
+
+
+def format_limit(limit: float) -> str:
+    """How a colour bar labels ``limit``: ``"1"`` for fixed ranges, else 3 significant digits."""
+    if float(limit).is_integer() and abs(limit) < 1e6:
+        return str(int(limit))
+    return f"{limit:.3g}"
+
+
+def check_scale_kind(scale_kind: str) -> str:
+    """Return ``scale_kind`` if it is one of :data:`SCALE_KINDS`.
+
+    Raises:
+        ValueError: it is not.
+    """
+    if scale_kind not in SCALE_KINDS:
+        raise ValueError(f"scale_kind must be one of {', '.join(SCALE_KINDS)}, got {scale_kind!r}.")
+    return scale_kind
+
+
+def sample_rows(num_rows: int, count: int = SAMPLE_ROWS) -> np.ndarray:
+    """Up to ``count`` evenly spaced row indices over ``0 .. num_rows - 1``, first and last included."""
+    if num_rows <= 0:
+        return np.zeros(0, np.int64)
+    return np.unique(np.rint(np.linspace(0, num_rows - 1, min(count, num_rows))).astype(np.int64))
+
+
+def _finite_abs(values: np.ndarray) -> np.ndarray:
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    return np.abs(flat[np.isfinite(flat)])
+
+
+def _robust_limit(magnitudes: np.ndarray) -> float:
+    """The percentile of finite ``|values|``; the largest if that is 0 (sparse layers); 1 if all are 0."""
+    if magnitudes.size == 0:
+        return 1.0
+    limit = float(np.percentile(magnitudes, PERCENTILE))
+    if limit <= 0:
+        limit = float(magnitudes.max())
+    return limit if limit > 0 else 1.0
+
+
+def colour_scale(scale_kind: str, samples: np.ndarray) -> ColourScale:
+    """The fixed colour scale of a layer for a whole animation.
+
+    Args:
+        scale_kind: the layer's stored kind: ``"tanh"``, ``"sigmoid"``, ``"nonnegative"`` or
+            ``"symmetric"``.
+        samples: the layer's activations at evenly sampled rows (any shape; see :func:`sample_rows`);
+            ignored for bounded kinds. NaN and infinities are left out.
+
+    Returns:
+        The scale: fixed ranges for bounded kinds, else a percentile of the finite ``|samples|``.
+
+    Raises:
+        ValueError: ``scale_kind`` is unknown.
+    """
+    check_scale_kind(scale_kind)
+    if scale_kind == SCALE_TANH:
+        return ColourScale(one_sided=False, limit=1.0, rule="fixed (tanh)")
+    if scale_kind == SCALE_SIGMOID:
+        return ColourScale(one_sided=True, limit=1.0, rule="fixed (sigmoid)")
+    flat = np.asarray(samples, dtype=np.float64).ravel()
+    finite = flat[np.isfinite(flat)]
+    one_sided = scale_kind == SCALE_NONNEGATIVE or (finite.size > 0 and float(finite.min()) >= 0)
+    rule = f"{PERCENTILE:g}th percentile of |a|"
+    return ColourScale(one_sided=one_sided, limit=_robust_limit(np.abs(finite)), rule=rule)
+
+
+@dataclass(frozen=True)
+class LiveScaleState:
+    """What live logging remembers between steps of one layer (start with ``LiveScaleState()``).
+
+    Args:
+        limit: the largest per-step limit seen so far (0 before the first step).
+        seen_negative: whether any finite value so far was negative.
+    """
+
+    limit: float = 0.0
+    seen_negative: bool = False
+
+
+def live_scale(
+    scale_kind: str, activations: np.ndarray, state: LiveScaleState | None = None
+) -> tuple[ColourScale, LiveScaleState]:
+    """The colour scale for one step logged during training, where later steps are unknown.
+
+    Bounded kinds use their fixed range, as :func:`colour_scale`. Otherwise the limit is the running
+    maximum of each step's percentile of finite ``|activation|``: it only grows, so a colour never
+    comes to mean a smaller value later in the run; a layer stays one-sided until a negative value
+    is seen. Frames carry their limit on the colour bar, so frames on different limits say so.
+
+    Args:
+        scale_kind: the layer's kind, as for :func:`colour_scale`.
+        activations: this step's activations of the layer (any shape).
+        state: what the previous call returned; ``None`` at the first step.
+
+    Returns:
+        The scale for this step, and the state to pass with the next step.
+
+    Raises:
+        ValueError: ``scale_kind`` is unknown.
+    """
+    check_scale_kind(scale_kind)
+    state = state or LiveScaleState()
+    if scale_kind in (SCALE_TANH, SCALE_SIGMOID):
+        return colour_scale(scale_kind, activations), state
+    flat = np.asarray(activations, dtype=np.float64).ravel()
+    finite = flat[np.isfinite(flat)]
+    seen_negative = state.seen_negative or (finite.size > 0 and float(finite.min()) < 0)
+    magnitudes = np.abs(finite)
+    step_limit = _robust_limit(magnitudes) if magnitudes.size and magnitudes.max() > 0 else 0.0
+    limit = max(state.limit, step_limit)
+    one_sided = scale_kind == SCALE_NONNEGATIVE or not seen_negative
+    scale = ColourScale(one_sided=one_sided, limit=limit if limit > 0 else 1.0, rule="running maximum (live)")
+    return scale, LiveScaleState(limit=limit, seen_negative=seen_negative)
