@@ -1,9 +1,9 @@
 """Pure drawing for the inspection pictures: tile grids with titles, labels and colour bars, as palette indices.
 
 Everything is drawn in the viewer's fixed palette (:mod:`actrec.viewer.colors`: red -scale, white 0, blue +scale;
-greys for images and text) with the viewer's text (:mod:`actrec.viewer._text`), so an inspection picture reads
-like a render of the same run. Functions take arrays and return new ``(H, W)`` uint8 canvases of palette indices;
-:func:`actrec.viewer.write_png` writes them.
+greys for images and text), on the viewer's colour scales (:mod:`actrec.viewer.scale`) and with its text
+(:mod:`actrec.viewer._text`), so an inspection picture reads like a render of the same run. Functions take arrays
+and return new ``(H, W)`` uint8 canvases of palette indices; :func:`actrec.viewer.write_png` writes them.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from actrec.viewer import _text, colors
-from actrec.viewer.frames import format_scale, tile_shape, upscale_nearest
+from actrec.viewer.frames import tile_shape, upscale_nearest
+from actrec.viewer.scale import ColourScale
 
-__all__ = ["colorbar", "grey_tiles", "label", "pad", "stack", "tile_grid", "titled", "value_tiles"]
+__all__ = ["colorbar", "grey_tiles", "label", "pad", "stack", "symmetric", "tile_grid", "titled", "value_tiles"]
 
 TITLE_SIZE = 15
 LABEL_SIZE = 11
@@ -71,30 +72,19 @@ def stack(canvases: Sequence[np.ndarray], *, vertical: bool = True, gap: int = 8
     return out
 
 
-def colorbar(scale: float, *, one_sided: bool = False, caption: str = "") -> np.ndarray:
-    """A labelled colour bar: ``-scale`` red, 0 white, ``+scale`` blue (``one_sided``: 0 white to ``+scale`` blue).
+def colorbar(scale: ColourScale, *, caption: str = "") -> np.ndarray:
+    """A labelled colour bar of ``scale`` (the viewer's :class:`~actrec.viewer.scale.ColourScale`).
 
     Args:
-        scale: the value drawn at full colour.
-        one_sided: draw only the white-to-blue half, for values that cannot be negative (probabilities).
-        caption: text after the bar, e.g. ``"activation"``.
+        scale: diverging (``-limit`` red, 0 white, ``+limit`` blue) or one-sided (0 white to ``+limit`` blue).
+        caption: text after the bar, e.g. ``"weight"``.
     """
-    low = 0.0 if one_sided else -scale
-    values = np.linspace(low, scale, _BAR_WIDTH)[None, :].repeat(_BAR_HEIGHT, axis=0)
-    bar = colors.diverging_indices(values, scale)
-    bar = pad(bar, 1, 1, 1, 1)
+    bar = pad(np.repeat(scale.bar_indices(_BAR_WIDTH)[None, :], _BAR_HEIGHT, axis=0), 1, 1, 1, 1)
     bar[0, :] = bar[-1, :] = bar[:, 0] = bar[:, -1] = colors.GUTTER_INDEX
-    if one_sided:
-        ticks = [(0, "0"), (_BAR_WIDTH + 1, format_scale(scale))]
-    else:
-        ticks = [
-            (0, f"-{format_scale(scale)}"),
-            (_BAR_WIDTH // 2 + 1, "0"),
-            (_BAR_WIDTH + 1, f"+{format_scale(scale)}"),
-        ]
     label_height = _text.text_size("0", LABEL_SIZE)[1]
     tick_row = _blank(label_height, bar.shape[1] + 24)
-    for x, text in ticks:
+    for text, position in scale.bar_labels():
+        x = 1 + round(position * (_BAR_WIDTH - 1))
         width = _text.text_size(text, LABEL_SIZE)[0]
         _text.draw_text(tick_row, min(max(x - width // 2, 0), tick_row.shape[1] - width), 0, text, size=LABEL_SIZE)
     body = stack([bar, tick_row], gap=1)
@@ -103,10 +93,15 @@ def colorbar(scale: float, *, one_sided: bool = False, caption: str = "") -> np.
     return body
 
 
-def value_tiles(maps: np.ndarray, scale: float, tile_size: int) -> np.ndarray:
-    """``(..., h, w)`` values as red-white-blue tiles of longer side ``tile_size``, fixed symmetric ``scale``."""
+def value_tiles(maps: np.ndarray, scale: ColourScale, tile_size: int) -> np.ndarray:
+    """``(..., h, w)`` values coloured on ``scale``, as tiles of longer side ``tile_size``."""
     height, width = tile_shape(maps.shape[-2], maps.shape[-1], tile_size)
-    return upscale_nearest(colors.diverging_indices(maps, scale), height, width)
+    return upscale_nearest(scale.indices(maps), height, width)
+
+
+def symmetric(limit: float, rule: str = "") -> ColourScale:
+    """A diverging scale ``-limit .. +limit`` (``limit`` 0 or less is taken as 1), for signed values like weights."""
+    return ColourScale(one_sided=False, limit=limit if limit > 0 else 1.0, rule=rule)
 
 
 def grey_tiles(images: np.ndarray, tile_size: int, low: float = 0.0, high: float = 1.0) -> np.ndarray:
@@ -121,6 +116,7 @@ def tile_grid(
     row_labels: Sequence[str] = (),
     column_labels: Sequence[str] = (),
     under_labels: Sequence[Sequence[str]] = (),
+    gutter: int = GUTTER,
 ) -> np.ndarray:
     """Lay out ``(rows, columns, h, w)`` tiles (palette indices) in a grid with light-grey gutters.
 
@@ -129,20 +125,21 @@ def tile_grid(
         row_labels: one label per row, left of it (may be empty).
         column_labels: one label per column, above it (may be empty).
         under_labels: per row, one small label under each tile (may be empty), e.g. an activation value.
+        gutter: light-grey pixels between tiles.
     """
     rows, columns, tile_h, tile_w = tiles.shape
     left = max((_text.text_size(text, LABEL_SIZE)[0] for text in row_labels), default=-6) + 6
     top = _text.text_size("Ag", LABEL_SIZE)[1] + 2 if column_labels else 0
     under = _text.text_size("0", LABEL_SIZE - 1)[1] + 1 if under_labels else 0
-    pitch_w, pitch_h = tile_w + GUTTER, tile_h + GUTTER + under
-    canvas = _blank(top + rows * pitch_h + GUTTER, left + columns * pitch_w + GUTTER)
-    canvas[top : top + rows * pitch_h + GUTTER, left:] = colors.GUTTER_INDEX
+    pitch_w, pitch_h = tile_w + gutter, tile_h + gutter + under
+    canvas = _blank(top + rows * pitch_h + gutter, left + columns * pitch_w + gutter)
+    canvas[top : top + rows * pitch_h + gutter, left:] = colors.GUTTER_INDEX
     for row in range(rows):
-        y = top + GUTTER + row * pitch_h
+        y = top + gutter + row * pitch_h
         if under:
             canvas[y + tile_h : y + tile_h + under, left:] = colors.ZERO_INDEX
         for column in range(columns):
-            x = left + GUTTER + column * pitch_w
+            x = left + gutter + column * pitch_w
             canvas[y : y + tile_h, x : x + tile_w] = tiles[row, column]
             if under and row < len(under_labels) and column < len(under_labels[row]):
                 text = _text.fit_text(under_labels[row][column], LABEL_SIZE - 1, tile_w)
@@ -156,7 +153,7 @@ def tile_grid(
         text = _text.fit_text(text, LABEL_SIZE, pitch_w)
         width = _text.text_size(text, LABEL_SIZE)[0]
         _text.draw_text(
-            canvas, left + GUTTER + column * pitch_w + (tile_w - width) // 2, 0, text, size=LABEL_SIZE, ink="muted"
+            canvas, left + gutter + column * pitch_w + (tile_w - width) // 2, 0, text, size=LABEL_SIZE, ink="muted"
         )
     return canvas
 

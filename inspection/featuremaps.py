@@ -12,6 +12,7 @@ from actrec.inspection import drawing
 from actrec.inspection.reference import layer_plan
 from actrec.probe import capture
 from actrec.viewer import colors
+from actrec.viewer.scale import SCALE_SYMMETRIC, SCALE_TANH, ColourScale, colour_scale
 
 __all__ = ["FeatureStage", "draw_featuremaps", "feature_stages"]
 
@@ -58,12 +59,9 @@ def feature_stages(model: nn.Module, image: np.ndarray) -> list[FeatureStage]:
     return found
 
 
-def _scale(stage: FeatureStage) -> tuple[float, bool]:
-    """The colour scale of a stage: 1 after tanh, else its largest magnitude; one-sided when it is never negative."""
-    if stage.kind == "tanh":
-        return 1.0, False
-    peak = float(np.abs(stage.values).max())
-    return (peak if peak > 0 else 1.0), bool(stage.values.min() >= 0)
+def _scale(stage: FeatureStage) -> ColourScale:
+    """The viewer's colour-scale rule for one stage: fixed after tanh, else from the stage's own values."""
+    return colour_scale(SCALE_TANH if stage.kind == "tanh" else SCALE_SYMMETRIC, stage.values)
 
 
 def draw_featuremaps(
@@ -79,13 +77,13 @@ def draw_featuremaps(
     heading = drawing.label(f"input · {pixels.shape[-2]}x{pixels.shape[-1]}", size=drawing.LABEL_SIZE + 1)
     sections.append(drawing.stack([heading, drawing.tile_grid(drawing.grey_tiles(pixels, tile_size)[None])], gap=3))
     for stage in stages:
-        scale, one_sided = _scale(stage)
+        scale = _scale(stage)
         channels, height, width = stage.values.shape
         heading = drawing.label(
             f"{stage.name} · {stage.module_type} · {stage.role} · {channels}x{height}x{width}",
             size=drawing.LABEL_SIZE + 1,
         )
-        bar = drawing.colorbar(scale, one_sided=one_sided)
+        bar = drawing.colorbar(scale)
         tiles = drawing.value_tiles(stage.values, scale, tile_size)
         rows = -(-channels // _TILES_PER_ROW)
         padded = np.full((rows * _TILES_PER_ROW, *tiles.shape[1:]), colors.ZERO_INDEX, np.uint8)

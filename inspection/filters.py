@@ -56,15 +56,16 @@ def draw_kernels(weight: np.ndarray, *, title: str, subtitle: str = "", scale: f
         A new ``(H, W)`` uint8 canvas of palette indices.
     """
     out_channels, in_channels, kernel, _ = weight.shape
-    scale = kernel_scale(weight) if scale is None else scale
-    tiles = drawing.value_tiles(weight, scale, _kernel_tile_size(in_channels, kernel))
+    colour = drawing.symmetric(kernel_scale(weight) if scale is None else scale, "largest |weight|")
+    tiles = drawing.value_tiles(weight, colour, _kernel_tile_size(in_channels, kernel))
     grid = drawing.tile_grid(
         tiles,
         row_labels=[f"out {o}" for o in range(out_channels)],
         column_labels=[f"in {i}" for i in range(in_channels)] if in_channels <= 16 else (),
+        gutter=4,  # wide enough to tell one kernel from the next when neighbours share colours
     )
     shape = f"{out_channels} out x {in_channels} in x {kernel}x{kernel}"
-    bar = drawing.colorbar(scale, caption="weight")
+    bar = drawing.colorbar(colour, caption="weight")
     return drawing.titled(title, grid, subtitle=f"{shape}{' · ' + subtitle if subtitle else ''}", bar=bar)
 
 

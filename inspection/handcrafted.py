@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from actrec.inspection import drawing
+from actrec.viewer.scale import SCALE_SYMMETRIC, SCALE_TANH, colour_scale
 
 __all__ = ["EDGE_FILTERS", "HandcraftedResult", "apply_edge_filters", "draw_handcrafted"]
 
@@ -70,13 +71,14 @@ def draw_handcrafted(result: HandcraftedResult, *, title: str, tile_size: int = 
     Returns:
         A new ``(H, W)`` uint8 canvas of palette indices.
     """
-    conv_scale = float(np.abs(result.conv).max()) or 1.0
-    kernel_tiles = drawing.value_tiles(result.filters, 1.0, tile_size)
+    conv_scale = colour_scale(SCALE_SYMMETRIC, result.conv)
+    tanh_scale = colour_scale(SCALE_TANH, result.activation)
+    kernel_tiles = drawing.value_tiles(result.filters, drawing.symmetric(1.0), tile_size)
     columns = [
         ("kernel 3x3", kernel_tiles),
         ("conv 28x28", drawing.value_tiles(result.conv, conv_scale, tile_size)),
-        ("tanh 28x28", drawing.value_tiles(result.activation, 1.0, tile_size)),
-        ("max-pool 14x14", drawing.value_tiles(result.pooled, 1.0, tile_size)),
+        ("tanh 28x28", drawing.value_tiles(result.activation, tanh_scale, tile_size)),
+        ("max-pool 14x14", drawing.value_tiles(result.pooled, tanh_scale, tile_size)),
     ]
     tiles = np.stack([tile for _, tile in columns], axis=1)
     grid = drawing.tile_grid(tiles, row_labels=list(EDGE_FILTERS), column_labels=[name for name, _ in columns])
@@ -85,9 +87,9 @@ def draw_handcrafted(result: HandcraftedResult, *, title: str, tile_size: int = 
         gap=3,
     )
     body = drawing.stack([digit, grid], vertical=False, gap=24)
-    bar = drawing.colorbar(1.0)
+    bar = drawing.colorbar(tanh_scale)
     subtitle = (
         f"the vertical filter is [-1 0 1] in each row: it answers where brightness rises left to right; "
-        f"conv outputs drawn on +-{conv_scale:.3g}, the rest on +-1"
+        f"conv outputs drawn on +-{conv_scale.limit:.3g}, the rest on +-1"
     )
     return drawing.titled(title, body, subtitle=subtitle, bar=bar)

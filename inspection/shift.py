@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from actrec.viewer import colors
+from actrec.viewer.scale import SCALE_SIGMOID, colour_scale
 
 __all__ = [
     "DEFAULT_SHIFTS",
@@ -90,7 +91,8 @@ def draw_heatmap(
 ) -> np.ndarray:
     """An annotated heatmap: one row per shift, one column per class, each cell its probability in percent.
 
-    Colours are the palette's white-to-blue half (0 white, 1 full blue); the true class's column is framed.
+    Colours are the viewer's one-sided scale for values in 0..1 (0 white, 1 dark blue); the true class's column is
+    framed.
 
     Returns:
         A new ``(H, W, 3)`` uint8 RGB image.
@@ -104,7 +106,7 @@ def draw_heatmap(
     draw.text((12, 10), title, font=_font(15), fill=_TEXT)
     if subtitle:
         draw.text((12, 30), subtitle, font=_font(11), fill=_MUTED)
-    cells = colors.to_rgb(colors.diverging_indices(probabilities, 1.0))
+    cells = colors.to_rgb(colour_scale(SCALE_SIGMOID, probabilities).indices(probabilities))
     for column, name in enumerate(class_names):
         draw.text(
             (left + column * cell_w + cell_w / 2, top - 4), str(name)[:6], font=_font(11), fill=_TEXT, anchor="md"
