@@ -224,6 +224,23 @@ def test_maximize_over_training_animates_the_stored_steps(run: Path, tmp_path: P
     assert (tmp_path / "maximize-net.conv3.png").is_file()
 
 
+def test_maximize_over_training_falls_back_to_checkpoints_without_stored_weights(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "exp" / "version_0"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("activations.h5", "summary.json", "inspect"))
+    saved = torch.load(next((copy / "checkpoints").glob("*.ckpt")), weights_only=True)
+    for step in (5, 10):  # earlier checkpoints of the same run, as a ModelCheckpoint with save_top_k=-1 keeps
+        torch.save({**saved, "global_step": step}, copy / "checkpoints" / f"epoch=0-step={step}.ckpt")
+    args = ["maximize", str(copy), "--layer", "net.conv2", "--channels", "1", "--steps", "5", "--over-training"]
+    assert inspect_main(args) == 0
+    assert Image.open(copy / "inspect" / "maximize-net.conv2-over-training.gif").n_frames == 3
+    (copy / "checkpoints" / "epoch=0-step=5.ckpt").unlink()
+    (copy / "checkpoints" / "epoch=0-step=10.ckpt").unlink()
+    capsys.readouterr()
+    assert "--over-training needs the weights at several steps" in _refusal(args, capsys)  # one checkpoint, no store
+
+
 # ------------------------------------------------------------------------------------------------ pictures
 
 
