@@ -67,6 +67,8 @@ def zoo_model(name: str, init: str = "default") -> nn.Module:
 
 def _locate_run(run: str | os.PathLike) -> Run:
     """The run ``run`` names (see :func:`actrec.runs.resolve_run`), its choice of version said on stderr."""
+    if not Path(run).exists():
+        raise InspectError(f"{run} does not exist; pass a run folder, e.g. runs/quickstart/version_0.")
     try:
         found = resolve_run(run)
     except RunError as error:

@@ -277,8 +277,8 @@ def _refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_bad_input_is_one_sentence(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nowhere"
-    assert _refusal(["filters", str(missing)], capsys).startswith(
-        f"actrec inspect filters: no activation store at {missing}"
+    assert _refusal(["filters", str(missing)], capsys) == (
+        f"actrec inspect filters: {missing} does not exist; pass a run folder, e.g. runs/quickstart/version_0."
     )
     assert "no module matches layer 'net.conv9'" in _refusal(["maximize", str(run), "--layer", "net.conv9"], capsys)
     assert _refusal(["maximize", str(run), "--layer", "net.conv1", "--channels", "7"], capsys).endswith(
