@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from actrec.runs import resolve_run
 from actrec.trainer import build_model
 from actrec.trainer.cli import TrainCLI, train_main
 
@@ -79,7 +80,7 @@ def _lightning_run(config: Path, runs_dir: Path, total_steps: int, record: bool)
     exit_code = train_main(argv)
     if exit_code != 0:
         raise SystemExit(f"actrec train {shlex.join(argv)} failed with exit code {exit_code}")
-    run_dir = max((runs_dir / "bench").iterdir(), key=lambda path: int(path.name.removeprefix("version_")))
+    run_dir = resolve_run(runs_dir / "bench").path  # the newest version
     events = EventAccumulator(str(run_dir))
     events.Reload()
     step_events = events.Scalars("train/loss")

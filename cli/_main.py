@@ -15,6 +15,9 @@ commands:
   render       render a run's activation store to GIF/MP4 animations, contact sheets and curves
   tensorboard  export a run's activations as TensorBoard images and start TensorBoard
   runs         list runs: model, data, accuracy, store size, wall time, status (actrec runs --help)
+  dynamics     per-layer change, CKA to first/final step, saturation, dead channels, settling steps
+  compare      one layer of several runs side by side (GIF), and their curves overlaid
+  report       one self-contained HTML page: every layer on one step slider, curves, dynamics, probes
   inspect      filters, feature maps, maximisation, shift, summary, hand-made filters (actrec inspect --help)
 
 options:
@@ -50,12 +53,25 @@ def main(argv: list[str] | None = None) -> int:
         from actrec.runs.table import runs_main
 
         return runs_main(rest)
+    if command == "dynamics":
+        from actrec.dynamics.cli import dynamics_main
+
+        return dynamics_main(rest)
+    if command == "compare":
+        from actrec.compare.cli import compare_main
+
+        return compare_main(rest)
+    if command == "report":
+        from actrec.report.cli import report_main
+
+        return report_main(rest)
     if command == "inspect":
         from actrec.inspection.cli import inspect_main
 
         return inspect_main(rest)
     print(
-        f"actrec: unknown command {command!r}; choose one of: train, render, tensorboard, runs, inspect.",
+        f"actrec: unknown command {command!r}; choose one of: train, render, tensorboard, runs, dynamics, compare, "
+        "report, inspect.",
         file=sys.stderr,
     )
     return 2

@@ -217,15 +217,20 @@ def read_summary(path: Path) -> dict[str, Any] | None:
     return summary
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """The start time of process ``pid`` in clock ticks since boot (Linux), to tell a reused pid apart."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3 onwards of ``/proc/<pid>/stat`` (Linux): state, ppid, ...; ``None`` where unreadable."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: count fields after its closing ")".
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return int(fields[19]) if len(fields) > 19 else None
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), to tell a reused pid apart."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields is not None and len(fields) > 19 else None
 
 
 def writer_alive(summary: dict[str, Any]) -> bool:
@@ -243,8 +248,13 @@ def writer_alive(summary: dict[str, Any]) -> bool:
         pass  # alive, owned by someone else
     except OSError:
         return False
+    fields = _proc_stat(pid)
+    if fields is None:
+        return True  # no /proc: the signal check is all there is
+    if fields[0] in ("Z", "X"):
+        return False  # killed, not yet reaped by its parent
     started = summary.get("process_start_ticks")
-    return started is None or process_start_ticks(pid) in (None, started)
+    return started is None or len(fields) <= 19 or int(fields[19]) == started
 
 
 def _describe(run: Run) -> str:
@@ -277,6 +287,8 @@ def resolve_run(path: str | os.PathLike, *, need_store: bool = False) -> Run:
     if not given.exists():
         raise RunError(f"no activation store at {given}; pass a run folder, an experiment folder or an activations.h5.")
     if given.is_file():
+        if given.name in (CONFIG_FILENAME, SUMMARY_FILENAME):  # a run's own file names the run
+            return resolve_run(given.parent, need_store=need_store)
         return Run(given.parent, store_path=given)
     if _is_run_folder(given) and not _version_folders(given):
         run = Run(given)

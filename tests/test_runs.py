@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,7 @@ def test_a_store_file_resolves_to_its_folder_and_keeps_its_name(tmp_path: Path) 
     run = resolve_run(custom)
     assert run.path == folder
     assert run.store_path == custom
+    assert resolve_run(folder / SUMMARY_FILENAME) == Run(folder)  # a run's own file names the run
 
 
 def test_a_resumed_run_points_at_its_checkpoints_store(tmp_path: Path) -> None:
@@ -161,6 +163,15 @@ def test_status_tells_running_from_crashed_by_the_writers_process(tmp_path: Path
         alive.wait()
     assert Run(running).status() == "crashed"  # the same summary, its writer gone
 
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{zombie.pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)  # exited, not yet reaped: SIGKILLed training looks like this for a moment
+    unreaped = make_run(tmp_path / "version_9", state="running", pid=zombie.pid, hostname=here)
+    assert Run(unreaped).status() == "crashed"
+    zombie.wait()
+
     mine = make_run(tmp_path / "version_1", state=None)
     write_summary(mine, running_summary(model="mlp"))
     assert Run(mine).status() == "running"
@@ -194,3 +205,9 @@ def test_config_digest_ignores_where_the_run_goes() -> None:
     assert config_digest(config) == config_digest(moved)
     assert config_digest(config) != config_digest({**config, "seed_everything": 1})
     assert len(config_digest(config)) == 16
+
+
+def test_the_store_file_name_is_the_one_the_recorder_writes() -> None:
+    from actrec.store import STORE_FILENAME as WRITTEN
+
+    assert STORE_FILENAME == WRITTEN

@@ -339,6 +339,39 @@ def test_recorder_refusals_are_one_sentence(tmp_path: Path, capsys: pytest.Captu
     assert [path.name for path in earlier.iterdir()] == ["notes.txt"]
 
 
+class _StopAt(pl.Callback):
+    """Raise ``error`` after training step ``step``, as a bug or a Ctrl-C would."""
+
+    def __init__(self, step: int, error: BaseException) -> None:
+        self.step, self.error = step, error
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "state", "message"),
+    [
+        (RuntimeError("boom"), "failed", "RuntimeError: boom"),
+        (KeyboardInterrupt(), "interrupted", None),  # Lightning shuts down, then exits: SystemExit
+    ],
+)
+def test_a_run_that_fails_or_is_interrupted_says_so_in_its_summary(
+    tmp_path: Path, error: BaseException, state: str, message: str | None
+) -> None:
+    cli = TrainCLI(
+        args=["--runs_dir", str(tmp_path), *_SHORT_RUN, "--record=false"],
+        trainer_defaults={"callbacks": [_StopAt(2, error)]},
+    )
+    with pytest.raises((RuntimeError, SystemExit)):
+        cli.fit_and_test()
+    run = Run(tmp_path / "quickstart" / "version_0")
+    summary = run.summary()
+    assert (run.status(), summary["error"], summary["global_step"]) == (state, message, 2)
+    assert set(summary["metrics"]) == {"train/loss", "train/acc"}  # as far as it got: no val, no test
+
+
 def test_record_false_trains_without_a_store(tmp_path: Path) -> None:
     TrainCLI(args=["--runs_dir", str(tmp_path), *_SHORT_RUN, "--record=false"]).fit_and_test()
     assert (tmp_path / "quickstart" / "version_0" / "checkpoints").is_dir()
@@ -424,7 +457,10 @@ def test_missing_config_file_checkpoint_and_bad_values_are_one_sentence_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert train_main(["--config", str(tmp_path / "nope.yaml")]) == 2
-    assert capsys.readouterr().err == f"actrec train: config file {tmp_path / 'nope.yaml'} does not exist.\n"
+    assert capsys.readouterr().err == (
+        f"actrec train: config file {tmp_path / 'nope.yaml'} does not exist, "
+        "nor is it a shipped config (article, fashion, quickstart).\n"
+    )
     assert train_main(["--runs_dir", str(tmp_path), "--ckpt_path", str(tmp_path / "gone.ckpt")]) == 1
     assert capsys.readouterr().err == f"actrec train: --ckpt_path {tmp_path / 'gone.ckpt'} is not a file.\n"
     assert train_main(["--runs_dir", str(tmp_path), "--model.lr", "-0.5"]) == 1

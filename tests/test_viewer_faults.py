@@ -38,6 +38,13 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:  # exited meanwhile
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -53,9 +60,11 @@ def _start_render(store_dir: Path, out: Path) -> tuple[subprocess.Popen, list[in
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         partials = list(out.glob(".*.partial-*")) if out.exists() else []
-        workers = [pid for pid in _children(process.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+        helpers = {pid: _cmdline(pid) for pid in _children(process.pid)}
+        workers = [pid for pid, cmdline in helpers.items() if "spawn_main" in cmdline]
         if len(partials) >= 2 and len(workers) >= 2:
-            return process, workers
+            # The workers and multiprocessing's resource tracker: none may outlive the render.
+            return process, [pid for pid, cmdline in helpers.items() if "multiprocessing" in cmdline]
         assert process.poll() is None, process.communicate()
         time.sleep(0.05)
     process.kill()
@@ -204,3 +213,42 @@ def test_a_damaged_step_is_left_out_in_one_sentence_and_the_rest_renders(
         assert gif.n_frames == 5
     with Image.open(tmp_path / "run" / "renders" / "net.conv2.gif") as gif:
         assert gif.n_frames == 6
+
+
+@pytest.mark.parametrize("missing", ["layers/net.conv1/activations", "steps/epoch", "probes"])
+def test_a_store_missing_a_dataset_is_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], missing: str
+) -> None:
+    path = make_store(tmp_path / "run", range(3))
+    with h5py.File(path, "r+") as store:
+        del store[missing]
+    assert render_main([str(tmp_path / "run"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("actrec render: ")
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "renders").exists() or not any((tmp_path / "run" / "renders").iterdir())
+
+
+def test_a_store_whose_config_is_not_json_still_renders(tmp_path: Path) -> None:
+    path = make_store(tmp_path / "run", range(3))
+    with h5py.File(path, "r+") as store:
+        store.attrs["config"] = "{not json"
+    assert render_main([str(tmp_path / "run"), "--quiet"]) == 0
+
+
+def test_an_export_removes_what_a_killed_export_left_where_tensorboard_looks(tmp_path: Path) -> None:
+    from actrec.viewer.tb_export import export_tensorboard
+
+    make_store(tmp_path / "run", range(3))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / "run" / f".activations.partial-{int(dead.stdout)}"
+    leftover.mkdir()
+    (leftover / "events.out.tfevents.1.host.1.1.net.conv1").write_bytes(b"half an export")
+    result = export_tensorboard(tmp_path / "run")
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["activations", "activations.h5"]
+    # Only complete event files, under the names TensorBoard loads; nothing staged is left.
+    names = sorted(path.name for path in result.export_dir.iterdir())
+    assert names[0] == ".actrec-tensorboard-export"
+    assert all(name.startswith("events.out.tfevents.") for name in names[1:])
+    assert len(names) == 3

@@ -32,6 +32,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from actrec.callbacks import ActivationRecorder
+from actrec.configs import config_names, config_path
 from actrec.runs import (
     CHECKPOINT_DIRNAME,
     CONFIG_FILENAME,
@@ -59,6 +60,9 @@ QUICKSTART_DEFAULTS: dict[str, Any] = {
     "trainer.log_every_n_steps": 1,  # train loss and accuracy reach TensorBoard at every step
     "model.lr": 2e-3,
 }
+
+# The shell's convention for a command ended by Ctrl-C (128 + SIGINT), as actrec render uses.
+_EXIT_INTERRUPTED = 130
 
 # Depth 2 lists the zoo model's named blocks (net.conv1 ... net.fc3) with their output shapes.
 _SUMMARY_MAX_DEPTH = 2
@@ -96,6 +100,7 @@ class TrainCLI(LightningCLI):
             "seed_everything_default": 0,
             "parser_kwargs": {"prog": "actrec train", "description": "Train a network from the actrec model zoo."},
             "auto_configure_optimizers": False,
+            "save_config_kwargs": {"config_filename": CONFIG_FILENAME},  # the name actrec.runs reads
             "run": False,
             "args": args,
         }
@@ -131,9 +136,7 @@ class TrainCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # LightningCLI warns when both `args` and `sys.argv` are set; `actrec train` always passes its own args.
         self.config = parser.parse_args(args)
-
-    @override
-    def before_instantiate_classes(self) -> None:
+        # Checked here, before LightningCLI seeds (and logs it): a refusal is one sentence and nothing else.
         _check_runs_dir(Path(self.config.runs_dir), self.config.experiment)
         ckpt_path = self.config.get("ckpt_path")
         if ckpt_path is not None:
@@ -207,8 +210,8 @@ class TrainCLI(LightningCLI):
         return test_metrics
 
     def _run_folder(self) -> Path | None:
-        """The logger's version folder, where the run's files go; ``None`` without a logger."""
-        if self.trainer.logger is None or self.trainer.logger.log_dir is None:
+        """The logger's version folder, where the run's files go; ``None`` without a logger or off rank 0."""
+        if not self.trainer.is_global_zero or self.trainer.logger is None or self.trainer.logger.log_dir is None:
             return None
         return Path(self.trainer.logger.log_dir)
 
@@ -345,10 +348,20 @@ def train_main(argv: list[str]) -> int:
     Returns:
         The process exit code: 0 on success, non-zero on error.
     """
+    if "-h" in argv or "--help" in argv:
+        print(_short_help())
+        return 0
+    argv = ["--help" if argument == "--help-all" else argument for argument in argv]
+    argv = _resolve_config_names(argv)
     missing = _missing_config_file(argv)
     if missing is not None:
-        print(f"actrec train: config file {missing} does not exist.", file=sys.stderr)
+        names = ", ".join(config_names())
+        print(
+            f"actrec train: config file {missing} does not exist, nor is it a shipped config ({names}).",
+            file=sys.stderr,
+        )
         return 2
+    cli: TrainCLI | None = None
     try:
         with warnings.catch_warnings():
             # pytorch_lightning 2.6 still builds the pytree LeafSpec that torch 2.14 deprecates; nothing a user can
@@ -356,7 +369,11 @@ def train_main(argv: list[str]) -> int:
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
             cli = TrainCLI(args=argv)
             test_metrics = cli.fit_and_test()
-    except SystemExit as exit_request:  # --help, --print_config and jsonargparse's usage errors
+    except (SystemExit, KeyboardInterrupt) as exit_request:  # --help, --print_config, usage errors, Ctrl-C
+        if isinstance(exit_request, KeyboardInterrupt) or (cli is not None and cli.run_folder is not None):
+            where = f"; what was recorded so far is in {cli.run_folder}" if cli and cli.run_folder else ""
+            print(f"actrec train: interrupted{where}.", file=sys.stderr)
+            return _EXIT_INTERRUPTED
         code = exit_request.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except _USER_ERRORS as error:
@@ -385,15 +402,81 @@ def _next_steps(run_folder: Path, test_metrics: dict[str, float], *, interrupted
     return "\n".join(lines)
 
 
-def _missing_config_file(argv: list[str]) -> str | None:
-    """The first ``--config``/``-c`` path in ``argv`` that is not a file, if any."""
+def _config_arguments(argv: list[str]) -> list[tuple[int, str]]:
+    """``(position, value)`` of every ``--config``/``-c`` value in ``argv`` (``--config=X`` included)."""
+    found = []
     for position, argument in enumerate(argv):
         if argument in ("--config", "-c") and position + 1 < len(argv):
-            path = argv[position + 1]
+            found.append((position + 1, argv[position + 1]))
         elif argument.startswith("--config="):
-            path = argument.split("=", 1)[1]
-        else:
-            continue
+            found.append((position, argument.split("=", 1)[1]))
+    return found
+
+
+def _resolve_config_names(argv: list[str]) -> list[str]:
+    """Replace each ``--config NAME`` that is not a file but a shipped config's name by that config's path."""
+    resolved = list(argv)
+    for position, value in _config_arguments(argv):
+        shipped = config_path(value) if not Path(value).is_file() and "/" not in value else None
+        if shipped is not None:
+            resolved[position] = str(shipped) if resolved[position] == value else f"--config={shipped}"
+    return resolved
+
+
+def _short_help() -> str:
+    """``actrec train --help``: actrec's own options first; ``--help-all`` gives LightningCLI's full list."""
+    names = ", ".join(config_names())
+    return f"""usage: actrec train [--config NAME|FILE] [--experiment NAME] [--runs_dir DIR] [--ckpt_path FILE]
+                    [--record true|false] [--<group>.<argument> VALUE ...]
+
+Train a network from the actrec model zoo, recording every conv layer's activations at every recorded step,
+then test the final weights. The run goes to <runs_dir>/<experiment>/version_N/.
+
+actrec options:
+  --config NAME|FILE        a shipped config by name ({names}) or a YAML file
+  --experiment NAME         runs go to <runs_dir>/<experiment>/version_N/ (default: quickstart)
+  --runs_dir DIR            root folder of all runs (default: runs)
+  --ckpt_path FILE          resume from a Lightning checkpoint; its run's activation store continues
+  --seed_everything N       same config and seed give the same metrics (default: 0)
+  --record true|false       record activations with the recorder options below (default: true)
+  --print_config            print the resolved config as YAML and exit (a file for --config)
+
+model (--model.*):
+  --model.model NAME        six_conv_tanh (default), lenet or mlp
+  --model.init NAME         default (PyTorch's) or article (normal(0, 0.01))
+  --model.lr LR             Adam's learning rate (default: 0.002)
+
+data (--data.*):
+  --data.dataset NAME       mnist-sample (default, offline), mnist or fashion-mnist
+  --data.batch_size N       (default: 64)
+  --data.data_dir DIR       where mnist and fashion-mnist are found or downloaded (default: data)
+  --data.download BOOL      allow downloading them (default: false; true in article and fashion)
+
+recorder (--recorder.*):
+  --recorder.layers LIST    module names or globs, e.g. '[net.conv1, net.conv5]' (default: every conv block)
+  --recorder.every_n_steps N          record every N optimizer steps, step 0 always (default: 5)
+  --recorder.probes_per_class N       probe images per class from the validation split (default: 1)
+  --recorder.probe_indices LIST       explicit validation-split indices instead
+  --recorder.dtype float16|float32    (default: float16)
+  --recorder.compression none|lzf|gzip  (default: none)
+  --recorder.path FILE      where the store goes (default: <run>/activations.h5)
+  --recorder.overwrite BOOL replace an existing store at path (default: false)
+
+trainer (--trainer.*): every pl.Trainer argument, e.g.
+  --trainer.max_epochs N    (default: 30)
+  --trainer.max_steps N     stop after N optimizer steps
+  --trainer.accelerator cpu|gpu|auto
+
+  --help-all                all options, Lightning's included (500+ lines)
+  -h, --help                this message
+
+At the end actrec train prints the run folder and the commands to render it, view it in TensorBoard and
+report it; `actrec runs` lists every run."""
+
+
+def _missing_config_file(argv: list[str]) -> str | None:
+    """The first ``--config``/``-c`` path in ``argv`` that is not a file, if any."""
+    for _, path in _config_arguments(argv):
         if not path.lstrip().startswith("{") and not Path(path).is_file():
             return path
     return None

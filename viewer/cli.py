@@ -114,6 +114,14 @@ def _run(program: str, action: Callable[[], int]) -> int:
     except (StoreError, ViewerError, RunError) as error:
         print(f"{program}: {error}", file=sys.stderr)
         return _EXIT_ERROR
+    except KeyError as error:
+        # h5py's word for an object the file lacks: a store missing a dataset or group. The store
+        # reader's schema check names them up front; this keeps any it misses to one sentence too.
+        message = str(error.args[0]) if error.args else ""
+        if not message.startswith("Unable to"):
+            raise
+        print(f"{program}: the store is incomplete or damaged ({message.rstrip('.')}).", file=sys.stderr)
+        return _EXIT_ERROR
     except OSError as error:
         # A disk that fills up or a folder removed mid-run: name the file, keep it to one sentence.
         where = f" {error.filename}" if error.filename else ""

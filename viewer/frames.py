@@ -298,6 +298,8 @@ class FrameLayout:
             top += self._input_tiles.shape[1] + _SECTION_GAP
         grid_top = top
         top += self._grid_height + 4
+        if self.kind != KIND_MAPS:  # which units the heatmap columns are
+            top += self._label_height + 2
         return label_top, input_top, grid_top, top
 
     @property
@@ -428,6 +430,12 @@ class FrameLayout:
                 grid_top + 1 + channel * (self.tile_height + _GUTTER),
                 self.tile_height,
             )
+        if self.kind != KIND_MAPS:
+            caption = _text.fit_text(
+                f"units {_describe_indices(self.channel_labels)}", self._label_size, self._grid_width
+            )
+            top = grid_top + self._grid_height + 2
+            _text.draw_text(body, grid_left, top, caption, size=self._label_size, ink="muted")
         if self.show_predictions:
             row_label("predicted", predictions_top, self._label_height)
         return body
@@ -583,6 +591,14 @@ class FrameLayout:
             )
             left += panel.shape[1] + _PANEL_GAP
         return canvas
+
+
+def _describe_indices(indices: Sequence[int]) -> str:
+    """``"0-15"`` for a contiguous run, else the indices listed: ``"3, 7, 12"``."""
+    indices = list(indices)
+    if indices and indices == list(range(indices[0], indices[0] + len(indices))) and len(indices) > 2:
+        return f"{indices[0]}-{indices[-1]}"
+    return ", ".join(map(str, indices))
 
 
 def _probe_tiles(probe_images: np.ndarray, tile_size: int) -> np.ndarray:

@@ -182,6 +182,8 @@ class Mp4Writer:
             ffmpeg_log_level="error",
         )
         self.frames_written = 0
+        self._fps = float(fps)
+        self._last: np.ndarray | None = None
 
     @staticmethod
     def check_available() -> None:
@@ -197,13 +199,19 @@ class Mp4Writer:
         padded = np.full((-(-height // 16) * 16, -(-width // 16) * 16, 3), 255, np.uint8)
         padded[:height, :width] = rgb
         self._writer.append_data(padded)
+        self._last = padded
         self.frames_written += 1
 
     def close(self) -> None:
-        """Finish and close the video. Safe to call twice."""
+        """Finish and close the video, holding the last frame for LAST_FRAME_HOLD_S. Safe to call twice."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            try:
+                # A video's frames all last one frame time: the hold is the last frame repeated.
+                for _ in range(max(0, round(self._fps * LAST_FRAME_HOLD_S) - 1) if self._last is not None else 0):
+                    self._writer.append_data(self._last)
+            finally:
+                self._writer.close()
+                self._writer = None
 
     def __enter__(self) -> Mp4Writer:
         return self

@@ -1,0 +1,269 @@
+"""``actrec compare``: one layer of several runs side by side as one animation, and their curves overlaid.
+
+Each run's panel is the viewer's own frame (:class:`~actrec.viewer.frames.FrameLayout`: header,
+probes, tiles, predictions) on its own colour scale; the panels are set side by side on one canvas
+of palette indices and streamed into the viewer's :class:`~actrec.viewer.writers.GifWriter`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from actrec.compare.align import ALIGNMENTS, aligned_positions, fractional_epochs, rows_at, shared_timeline
+from actrec.dynamics import Dynamics, compute_dynamics
+from actrec.dynamics._run import run_batch_size, run_label, run_paths
+from actrec.dynamics.plots import log10_or_nan, panel_figure
+from actrec.report.build import layer_colour_scale
+from actrec.store import StoreReader
+from actrec.viewer import colors, writers
+from actrec.viewer._pipeline import atomic_path, prepare_out_dir, safe_filename
+from actrec.viewer.curves import Series, smooth
+from actrec.viewer.frames import FrameLayout
+
+DEFAULT_MAX_FRAMES = 600
+_PANEL_GAP = 16
+_ROWS_PER_READ = 64
+RUN_COLORS = ((33, 102, 172), (230, 97, 1), (26, 133, 60), (118, 42, 131), (178, 24, 43), (90, 90, 90))
+_X_LABELS = {"step": "training step", "epoch": "epoch", "samples": "training samples seen"}
+
+
+class CompareError(Exception):
+    """Runs cannot be compared; the message is one sentence for the user."""
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """What :func:`compare_runs` wrote: the animation, the curves, and the shared timeline."""
+
+    animation: Path
+    curves: Path
+    timeline: np.ndarray
+    labels: tuple[str, ...]
+    layers: tuple[str, ...]
+
+
+def parse_layers(specs: Sequence[str], count: int) -> list[str]:
+    """One layer name per run from ``--layer`` values: ``L`` for every run, or ``A=L1 B=L2 ...`` per run.
+
+    Letters name the runs in the order given (A the first). Every run needs a layer.
+
+    Raises:
+        CompareError: a letter names no run, a run has no layer, or the forms are mixed.
+    """
+    if not specs:
+        raise CompareError("name the layer to compare with --layer L (or --layer A=L1 --layer B=L2 per run).")
+    letters = [chr(ord("A") + index) for index in range(count)]
+    plain = [spec for spec in specs if "=" not in spec]
+    if plain:
+        if len(specs) > 1:
+            raise CompareError("give either one --layer for every run or one --layer LETTER=NAME per run.")
+        return [plain[0]] * count
+    chosen: dict[str, str] = {}
+    for spec in specs:
+        letter, _, name = spec.partition("=")
+        letter = letter.strip().upper()
+        if letter not in letters or not name:
+            raise CompareError(f"--layer {spec!r} names no run; use A to {letters[-1]} for the runs in order.")
+        chosen[letter] = name.strip()
+    missing = [letter for letter in letters if letter not in chosen]
+    if missing:
+        raise CompareError(f"no --layer for run {', '.join(missing)}; give one --layer LETTER=NAME per run.")
+    return [chosen[letter] for letter in letters]
+
+
+def side_by_side(panels: Sequence[np.ndarray], gap: int = _PANEL_GAP) -> np.ndarray:
+    """Palette-index panels left to right on a white canvas, top-aligned, ``gap`` pixels apart (a new array)."""
+    height = max(panel.shape[0] for panel in panels)
+    width = sum(panel.shape[1] for panel in panels) + gap * (len(panels) - 1)
+    canvas = np.full((height, width), colors.ZERO_INDEX, np.uint8)
+    left = 0
+    for panel in panels:
+        canvas[: panel.shape[0], left : left + panel.shape[1]] = panel
+        left += panel.shape[1] + gap
+    return canvas
+
+
+@dataclass
+class _Run:
+    label: str
+    store: StoreReader
+    layer: str
+    num_rows: int
+    steps: dict[str, np.ndarray]
+    positions: np.ndarray
+    predictions: np.ndarray
+    batch_size: int | None
+
+
+def compare_runs(
+    runs: Sequence[str | os.PathLike],
+    layer_specs: Sequence[str],
+    *,
+    align: str = "step",
+    out_dir: str | os.PathLike | None = None,
+    fps: float = 10.0,
+    tile_size: int = 28,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    batch_sizes: Mapping[int, int] | None = None,
+) -> CompareResult:
+    """Write ``compare-<layer>.gif`` and ``compare-curves.png`` for two or more runs.
+
+    Args:
+        runs: run folders, experiment folders or store files, in order (A, B, ...).
+        layer_specs: ``--layer`` values (see :func:`parse_layers`).
+        align: ``"step"``, ``"epoch"`` or ``"samples"``.
+        out_dir: where to write; default ``renders/`` of the first run.
+        fps: animation speed.
+        tile_size: pixels of a tile's longer side.
+        max_frames: thin the shared timeline to at most this many frames.
+        batch_sizes: per run index, a batch size overriding the run's config (for ``"samples"``).
+
+    Raises:
+        CompareError, StoreError, RunError, ViewerError: one sentence each.
+    """
+    if len(runs) < 2:
+        raise CompareError("compare needs at least two runs.")
+    if align not in ALIGNMENTS:
+        raise CompareError(f"--align must be one of {', '.join(ALIGNMENTS)}, got {align!r}.")
+    if max_frames < 1:
+        raise CompareError(f"--max-frames must be positive, got {max_frames}.")
+    writers.check_fps(fps)
+    layers = parse_layers(layer_specs, len(runs))
+    with contextlib.ExitStack() as stack:
+        opened = []
+        for index, (run, layer) in enumerate(zip(runs, layers, strict=True)):
+            store_path, run_dir = run_paths(run)
+            store = stack.enter_context(StoreReader(store_path))
+            opened.append(_open_run(store, run_dir, layer, align, (batch_sizes or {}).get(index)))
+        labels = _unique_labels([run.label for run in opened])
+        for run, label in zip(opened, labels, strict=True):
+            run.label = label
+        timeline = shared_timeline([run.positions for run in opened], max_frames)
+        out = prepare_out_dir(Path(out_dir) if out_dir is not None else opened[0].store.path.parent / "renders")
+        name = safe_filename(layers[0] if len(set(layers)) == 1 else "-".join(layers))
+        animation = out / f"compare-{name}.gif"
+        with atomic_path(animation) as partial:
+            _write_animation(opened, timeline, align, partial, fps, tile_size)
+        curves = out / "compare-curves.png"
+        with atomic_path(curves) as partial:
+            writers.write_png(_curves(opened, align), partial)
+    return CompareResult(animation, curves, timeline, tuple(labels), tuple(layers))
+
+
+def _unique_labels(labels: list[str]) -> list[str]:
+    if len(set(labels)) == len(labels):
+        return labels
+    return [f"{chr(ord('A') + index)}: {label}" for index, label in enumerate(labels)]
+
+
+def _open_run(store: StoreReader, run_dir: Path, layer: str, align: str, batch_size: int | None) -> _Run:
+    num_rows = store.refresh()
+    if num_rows == 0:
+        raise CompareError(f"{store.path} has no recorded steps yet, so there is nothing to compare.")
+    if layer not in store.layer_names:
+        raise CompareError(
+            f"{run_label(store.path)} has no layer {layer!r}; it records: {', '.join(store.layer_names)}."
+        )
+    steps = {key: value[:num_rows] for key, value in store.steps().items()}
+    if align == "samples" and batch_size is None:
+        batch_size = run_batch_size(run_dir)
+        if batch_size is None:
+            raise CompareError(
+                f"{run_label(store.path)} has no batch size in its config.yaml, so samples seen are unknown; "
+                "align by step or epoch."
+            )
+    positions = aligned_positions(steps["global_step"], steps["epoch"], align, batch_size)
+    predictions = store.logits(slice(0, num_rows)).argmax(axis=-1)
+    return _Run(run_label(store.path), store, layer, num_rows, steps, positions, predictions, batch_size)
+
+
+def _position_text(align: str, value: int) -> str:
+    return {"step": f"step {value}", "epoch": f"epoch {value}", "samples": f"{value:,} samples"}[align]
+
+
+def _write_animation(
+    runs: Sequence[_Run], timeline: np.ndarray, align: str, target: Path, fps: float, tile_size: int
+) -> None:
+    layouts = []
+    row_lists = [rows_at(run.positions, timeline) for run in runs]
+    for run, rows in zip(runs, row_lists, strict=True):
+        probes = run.store.probes
+        title = _title(run, int(rows[-1]))
+        layouts.append(
+            FrameLayout(
+                run.store.layer(run.layer).sample_shape,
+                num_probes=len(probes.labels),
+                scale=layer_colour_scale(run.store, run.layer, run.num_rows),
+                probe_images=probes.images,
+                labels=probes.labels,
+                class_names=probes.class_names,
+                tile_size=tile_size,
+                longest_title=max((_title(run, int(rows[0])), title), key=len) + "  ",
+            )
+        )
+    with writers.GifWriter(target, fps=fps) as gif:
+        for start in range(0, len(timeline), _ROWS_PER_READ):
+            block = slice(start, start + _ROWS_PER_READ)
+            values = []
+            for run, rows in zip(runs, row_lists, strict=True):
+                needed = np.unique(rows[block])
+                read = run.store.activations(run.layer, needed)
+                values.append({int(row): read[i] for i, row in enumerate(needed.tolist())})
+            for offset in range(len(timeline[block])):
+                panels = []
+                for run, rows, layout, by_row in zip(runs, row_lists, layouts, values, strict=True):
+                    row = int(rows[start + offset])
+                    panels.append(layout.frame(by_row[row], title=_title(run, row), predictions=run.predictions[row]))
+                gif.append(side_by_side(panels))
+
+
+def _title(run: _Run, row: int) -> str:
+    return (
+        f"{run.label} · {run.layer} · step {int(run.steps['global_step'][row])} · epoch {int(run.steps['epoch'][row])}"
+    )
+
+
+def _curves(runs: Sequence[_Run], align: str) -> np.ndarray:
+    dynamics: list[Dynamics] = [compute_dynamics(run.store, [run.layer], num_rows=run.num_rows) for run in runs]
+    panels: dict[str, list[Series]] = {
+        "training batch loss (smoothed)": [],
+        "validation accuracy": [],
+        "CKA of the layer to its final step": [],
+        "relative change of the layer (log10)": [],
+    }
+    legend = []
+    for index, (run, result) in enumerate(zip(runs, dynamics, strict=True)):
+        color = RUN_COLORS[index % len(RUN_COLORS)]
+        x = _curve_positions(run, align)
+        window = max(5, run.num_rows // 25) | 1
+        batch_loss = smooth(np.asarray(run.steps["batch_loss"], np.float64), window)
+        val_steps, val_acc = run.store.scalars("val/acc")
+        val_x = np.interp(val_steps, run.steps["global_step"], x) if len(val_steps) else np.zeros(0)
+        layer = result.layers[run.layer]
+        label = f"{run.label} ({run.layer})"
+        panels["training batch loss (smoothed)"].append(Series(label, x, batch_loss, color, width=2.0))
+        panels["validation accuracy"].append(Series(label, val_x, val_acc, color, width=1.5, markers=True))
+        panels["CKA of the layer to its final step"].append(Series(label, x, layer.cka_to_final, color, width=2.0))
+        panels["relative change of the layer (log10)"].append(
+            Series(label, x, log10_or_nan(layer.relative_change), color, width=1.5)
+        )
+        legend.append(Series(label, x, batch_loss, color, width=2.0))
+    return panel_figure(
+        [(title, series, title == "validation accuracy") for title, series in panels.items()],
+        title=f"compared by {_X_LABELS[align]}",
+        legend=legend,
+        x_label=None if align == "step" else _X_LABELS[align],
+    )
+
+
+def _curve_positions(run: _Run, align: str) -> np.ndarray:
+    """The rows on a continuous axis: by epoch, how far through the epoch each row is counts too."""
+    if align == "epoch":
+        return fractional_epochs(run.steps["global_step"], run.steps["epoch"])
+    return run.positions.astype(np.float64)

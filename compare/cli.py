@@ -1,0 +1,61 @@
+"""``actrec compare RUN_A RUN_B [...] --layer L``: argument parsing and one-sentence errors."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from actrec.compare.align import ALIGNMENTS
+from actrec.compare.build import DEFAULT_MAX_FRAMES, CompareError, compare_runs
+from actrec.dynamics.cli import run_guarded
+
+
+def compare_main(argv: Sequence[str]) -> int:
+    """``actrec compare``; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="actrec compare",
+        description=(
+            "Animate one layer of several runs side by side (GIF), aligned by training step, epoch or samples "
+            "seen, and draw their loss, validation accuracy and the layer's dynamics overlaid (PNG)."
+        ),
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders, experiment folders or stores")
+    parser.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        metavar="L | LETTER=L",
+        help="the layer to compare in every run, or per run: --layer A=net.conv3 --layer B=features.2",
+    )
+    parser.add_argument("--align", choices=ALIGNMENTS, default="step", help="shared timeline (default: step)")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: the first run's renders/)")
+    parser.add_argument("--fps", type=float, default=10.0, help="animation frames per second (default 10)")
+    parser.add_argument("--tile-size", type=int, default=28, metavar="PX", help="pixels per map (default 28)")
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=DEFAULT_MAX_FRAMES,
+        help=f"thin the timeline to this many frames (default {DEFAULT_MAX_FRAMES})",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print nothing on success")
+    args = parser.parse_args(argv)
+
+    def action() -> int:
+        if args.tile_size < 4:
+            raise CompareError(f"--tile-size must be at least 4 pixels, got {args.tile_size}.")
+        result = compare_runs(
+            args.runs,
+            args.layer,
+            align=args.align,
+            out_dir=args.out,
+            fps=args.fps,
+            tile_size=args.tile_size,
+            max_frames=args.max_frames,
+        )
+        if not args.quiet:
+            print(f"compared {', '.join(result.labels)} over {len(result.timeline)} frame(s) by {args.align}:")
+            print(f"  {result.animation}")
+            print(f"  {result.curves}")
+        return 0
+
+    return run_guarded("actrec compare", action, (CompareError,))

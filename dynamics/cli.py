@@ -1,0 +1,122 @@
+"""``actrec dynamics RUN``: compute, write back beside the store, draw, and summarise a run's dynamics."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from actrec.dynamics.compute import (
+    DEFAULT_THRESHOLD,
+    DYNAMICS_FILENAME,
+    DynamicsError,
+    compute_dynamics,
+    write_dynamics,
+)
+from actrec.dynamics.metrics import MIN_CKA_PROBES
+from actrec.store import StoreError, StoreReader
+
+_EXIT_ERROR = 1
+_EXIT_INTERRUPTED = 130
+
+
+def run_guarded(program: str, action: Callable[[], int], errors: tuple[type[Exception], ...] = ()) -> int:
+    """Run ``action``; user errors become one sentence on stderr and exit code 1, never a traceback."""
+    from actrec.runs import RunError
+    from actrec.viewer.errors import ViewerError
+
+    try:
+        return action()
+    except (StoreError, ViewerError, RunError, DynamicsError, *errors) as error:
+        print(f"{program}: {error}", file=sys.stderr)
+        return _EXIT_ERROR
+    except OSError as error:
+        where = f" {error.filename}" if error.filename else ""
+        print(f"{program}: could not read or write{where}: {error.strerror or error}.", file=sys.stderr)
+        return _EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted.", file=sys.stderr)
+        return _EXIT_INTERRUPTED
+
+
+def _layer_list(text: str) -> list[str]:
+    return [name for name in text.split(",") if name]
+
+
+def dynamics_main(argv: Sequence[str]) -> int:
+    """``actrec dynamics RUN``; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="actrec dynamics",
+        description=(
+            "Per layer and recorded step: relative change, linear CKA to the final and to the first step, "
+            "saturated fraction, channels constant over the probes; and each layer's settling step (the first "
+            f"step from which CKA to the final stays at or above --threshold). Writes RUN/{DYNAMICS_FILENAME}, "
+            "TensorBoard scalars in RUN/dynamics/ and RUN/renders/dynamics.png."
+        ),
+    )
+    parser.add_argument("run", metavar="RUN", help="a run folder, an experiment folder (newest version) or a store")
+    parser.add_argument("--layers", action="extend", type=_layer_list, metavar="L1,L2", help="default: all layers")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"CKA to the final step that counts as settled (default {DEFAULT_THRESHOLD})",
+    )
+    parser.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard scalars")
+    parser.add_argument("--no-png", action="store_true", help="do not draw renders/dynamics.png")
+    parser.add_argument("--quiet", action="store_true", help="print nothing on success")
+    args = parser.parse_args(argv)
+
+    def action() -> int:
+        from actrec.dynamics._run import run_label, run_paths
+
+        store_path, run_dir = run_paths(args.run)
+        with StoreReader(store_path) as store:
+            dynamics = compute_dynamics(store, args.layers or None, threshold=args.threshold)
+        written = [write_dynamics(dynamics, run_dir / DYNAMICS_FILENAME)]
+        if not args.no_tensorboard:
+            from actrec.dynamics.tensorboard import TENSORBOARD_DIRNAME, write_scalars
+
+            written.append(write_scalars(dynamics, run_dir / TENSORBOARD_DIRNAME))
+        if not args.no_png:
+            from actrec.dynamics.plots import dynamics_figure
+            from actrec.viewer import write_png
+            from actrec.viewer._pipeline import atomic_path, prepare_out_dir
+
+            png = prepare_out_dir(run_dir / "renders") / "dynamics.png"
+            title = f"{run_label(store_path)} · {len(dynamics.global_steps)} recorded steps · layer dynamics"
+            with atomic_path(png) as partial:
+                write_png(dynamics_figure(dynamics, title=title), partial)
+            written.append(png)
+        if not args.quiet:
+            print(summary_text(dynamics))
+            print("wrote:")
+            for path in written:
+                print(f"  {path}")
+        return 0
+
+    return run_guarded("actrec dynamics", action)
+
+
+def summary_text(dynamics: object) -> str:
+    """A table of each layer's settling step, final saturation and dead channels, plus the verdict."""
+    lines = [f"{'layer':<20} {'settles at step':>15} {'saturated (last)':>17} {'dead channels':>14}"]
+    for layer in dynamics.layers.values():
+        settles = "never" if layer.settling_step is None else str(layer.settling_step)
+        saturated = layer.saturated_fraction[-1]
+        saturation = "-" if saturated != saturated else f"{100 * saturated:.1f}%"
+        dead = f"{len(layer.always_constant)}/{layer.channels}"
+        lines.append(f"{layer.name:<20} {settles:>15} {saturation:>17} {dead:>14}")
+    if dynamics.num_probes < MIN_CKA_PROBES:
+        lines.append(
+            f"CKA needs at least {MIN_CKA_PROBES} probes; this run has {dynamics.num_probes}, so no layer settles."
+        )
+    else:
+        verdict = dynamics.converges_bottom_up()
+        text = {
+            True: "yes: each layer settles no later than the one above it",
+            False: "no: some layer settles after a layer above it",
+            None: "undecided: some layer never settles",
+        }[verdict]
+        lines.append(f"converges bottom up (threshold {dynamics.threshold:g})? {text}.")
+    return "\n".join(lines)

@@ -1,0 +1,243 @@
+"""Compute a run's layer dynamics from its store, reading a bounded block of rows at a time.
+
+CKA to the final and to the first step needs only those two rows' Gram matrices besides the
+current one, and the relative change only the previous row, so a 100,000-step store is read once,
+``rows_per_read`` rows at a time, and never held whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from actrec.dynamics import metrics
+from actrec.store import StoreReader
+
+ROWS_PER_READ = 64
+DEFAULT_THRESHOLD = 0.9
+DYNAMICS_FILENAME = "dynamics.npz"
+_FORMAT = "actrec-dynamics"
+_FORMAT_VERSION = 1
+SERIES = ("relative_change", "cka_to_final", "cka_to_first", "saturated_fraction", "constant_channels")
+"""Per-step series of every layer, in the order they are drawn."""
+
+
+class DynamicsError(Exception):
+    """Dynamics cannot be computed or read; the message is one sentence for the user."""
+
+
+@dataclass(frozen=True)
+class LayerDynamics:
+    """One layer's dynamics, one value per recorded row.
+
+    Args:
+        name: the layer.
+        scale_kind: the layer's scale kind (saturation is defined for tanh and sigmoid only).
+        channels: number of channels.
+        relative_change: ``||A_t - A_{t-1}|| / ||A_t||`` against the previous recorded row (NaN at row 0).
+        cka_to_final: linear CKA against the last recorded row.
+        cka_to_first: linear CKA against the first recorded row.
+        saturated_fraction: fraction of saturated values (NaN where the kind has no saturation).
+        constant_channels: channels constant over the probes at that row (dead for this input).
+        always_constant: channels constant at every recorded row: dead all run long (indices into the
+            full layer when the store kept only some of its channels).
+        settling_step: first step from which ``cka_to_final`` stays at or above the threshold.
+    """
+
+    name: str
+    scale_kind: str
+    channels: int
+    relative_change: np.ndarray
+    cka_to_final: np.ndarray
+    cka_to_first: np.ndarray
+    saturated_fraction: np.ndarray
+    constant_channels: np.ndarray
+    always_constant: tuple[int, ...]
+    settling_step: int | None
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """Every recorded layer's dynamics over one run."""
+
+    run_id: str
+    global_steps: np.ndarray
+    epochs: np.ndarray
+    num_probes: int
+    threshold: float
+    layers: dict[str, LayerDynamics]
+
+    def settling_steps(self) -> dict[str, int | None]:
+        return {name: layer.settling_step for name, layer in self.layers.items()}
+
+    def converges_bottom_up(self) -> bool | None:
+        """Whether each layer settles no later than the layer above it; ``None`` if any never settles."""
+        steps = list(self.settling_steps().values())
+        if not steps or any(step is None for step in steps):
+            return None
+        return all(low <= high for low, high in zip(steps, steps[1:], strict=False))
+
+
+def compute_dynamics(
+    store: StoreReader,
+    layers: list[str] | None = None,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    num_rows: int | None = None,
+    rows_per_read: int = ROWS_PER_READ,
+) -> Dynamics:
+    """Compute the dynamics of ``layers`` (all by default) over the first ``num_rows`` rows.
+
+    Args:
+        store: an open reader.
+        layers: layer names; all recorded layers when ``None``.
+        threshold: CKA-to-final level that counts as settled, in ``(0, 1]``.
+        num_rows: rows to use (default: every complete row now); the last of them is "final".
+        rows_per_read: rows read per layer at a time (bounds memory).
+
+    Raises:
+        DynamicsError: the store has no rows, a layer is unknown, or the threshold is out of range.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise DynamicsError(f"--threshold must be in (0, 1], got {threshold:g}.")
+    total = store.refresh() if num_rows is None else num_rows
+    if total == 0:
+        raise DynamicsError(f"{store.path} has no recorded steps yet, so there are no dynamics.")
+    names = store.layer_names if not layers else list(dict.fromkeys(layers))
+    unknown = [name for name in names if name not in store.layer_names]
+    if unknown:
+        raise DynamicsError(
+            f"unknown layer {', '.join(map(repr, unknown))}; this store records: {', '.join(store.layer_names)}."
+        )
+    steps = store.steps()
+    global_steps, epochs = steps["global_step"][:total], steps["epoch"][:total]
+    result = {}
+    for name in names:
+        result[name] = _layer_dynamics(store, name, total, global_steps, threshold, rows_per_read)
+    return Dynamics(
+        run_id=store.run_id,
+        global_steps=global_steps,
+        epochs=epochs,
+        num_probes=len(store.probes.labels),
+        threshold=threshold,
+        layers=result,
+    )
+
+
+def _layer_dynamics(
+    store: StoreReader, name: str, total: int, global_steps: np.ndarray, threshold: float, rows_per_read: int
+) -> LayerDynamics:
+    info = store.layer(name)
+    channels = info.sample_shape[metrics.channel_axis(info.sample_shape)] if info.sample_shape else 1
+    # v2 stores may keep a subset of a layer's channels; report dead ones by their index in the full layer.
+    stored = getattr(info, "channels", None)
+    labels = tuple(stored) if stored is not None else tuple(range(channels))
+    first_gram = metrics.centered_gram(store.activations(name, slice(0, 1))[0])
+    final_gram = metrics.centered_gram(store.activations(name, slice(total - 1, total))[0])
+    series = {key: np.full(total, np.nan) for key in SERIES}
+    series["constant_channels"] = np.zeros(total, np.int64)
+    always_constant = np.ones(channels, dtype=bool)
+    previous = None
+    for start in range(0, total, rows_per_read):
+        # One conversion per block: float16 arithmetic in numpy is slow, and CKA wants float64 anyway.
+        block = store.activations(name, slice(start, min(total, start + rows_per_read))).astype(np.float64)
+        for offset, current in enumerate(block):
+            row = start + offset
+            if previous is not None:
+                series["relative_change"][row] = metrics.relative_change(previous, current)
+            gram = metrics.centered_gram(current)
+            series["cka_to_final"][row] = metrics.cka_from_grams(gram, final_gram)
+            series["cka_to_first"][row] = metrics.cka_from_grams(gram, first_gram)
+            series["saturated_fraction"][row] = metrics.saturated_fraction(current, info.scale_kind)
+            constant = metrics.constant_channels(current)
+            series["constant_channels"][row] = int(constant.sum())
+            always_constant &= constant
+            previous = current
+    return LayerDynamics(
+        name=name,
+        scale_kind=info.scale_kind,
+        channels=channels,
+        always_constant=tuple(int(labels[channel]) for channel in np.flatnonzero(always_constant)),
+        settling_step=metrics.settling_step(global_steps, series["cka_to_final"], threshold),
+        **series,
+    )
+
+
+def write_dynamics(dynamics: Dynamics, path: str | os.PathLike) -> Path:
+    """Write ``dynamics`` as an ``.npz`` (no pickles), atomically: readers see the old file or the new one.
+
+    Per-step arrays are stored as ``<layer>/<series>``; everything else as JSON under ``meta``.
+    """
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {"global_steps": dynamics.global_steps, "epochs": dynamics.epochs}
+    meta = {
+        "format": _FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "run_id": dynamics.run_id,
+        "num_probes": dynamics.num_probes,
+        "threshold": dynamics.threshold,
+        "layers": [
+            {
+                "name": layer.name,
+                "scale_kind": layer.scale_kind,
+                "channels": layer.channels,
+                "always_constant": list(layer.always_constant),
+                "settling_step": layer.settling_step,
+            }
+            for layer in dynamics.layers.values()
+        ],
+    }
+    for index, layer in enumerate(dynamics.layers.values()):
+        for key in SERIES:
+            arrays[f"layer{index}/{key}"] = getattr(layer, key)
+    arrays["meta"] = np.array(json.dumps(meta))
+    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}.npz")
+    try:
+        with open(partial, "wb") as file:
+            np.savez_compressed(file, **arrays)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def read_dynamics(path: str | os.PathLike) -> Dynamics:
+    """Read what :func:`write_dynamics` wrote.
+
+    Raises:
+        DynamicsError: the file is missing, not a dynamics file, or of a newer format.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta.get("format") != _FORMAT:
+                raise DynamicsError(f"{path} is not an actrec dynamics file.")
+            if int(meta.get("format_version", 0)) > _FORMAT_VERSION:
+                raise DynamicsError(f"{path} was written by a newer actrec; upgrade actrec to read it.")
+            layers = {}
+            for index, layer in enumerate(meta["layers"]):
+                layers[layer["name"]] = LayerDynamics(
+                    name=layer["name"],
+                    scale_kind=layer["scale_kind"],
+                    channels=int(layer["channels"]),
+                    always_constant=tuple(layer["always_constant"]),
+                    settling_step=layer["settling_step"],
+                    **{key: data[f"layer{index}/{key}"] for key in SERIES},
+                )
+            return Dynamics(
+                run_id=meta["run_id"],
+                global_steps=data["global_steps"],
+                epochs=data["epochs"],
+                num_probes=int(meta["num_probes"]),
+                threshold=float(meta["threshold"]),
+                layers=layers,
+            )
+    except FileNotFoundError:
+        raise DynamicsError(f"no dynamics file at {path}; run: actrec dynamics RUN.") from None
+    except (OSError, ValueError, KeyError) as error:
+        raise DynamicsError(f"{path} cannot be read as a dynamics file ({error}).") from None

@@ -1,0 +1,256 @@
+"""The report page: HTML, CSS and the script that drives every panel from one step slider."""
+
+from __future__ import annotations
+
+import html
+import json
+
+_CSS = """
+:root { --tile: 40px; font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #1e1e1e; }
+body { margin: 0; background: #fafafa; }
+header { position: sticky; top: 0; z-index: 5; background: #fff; border-bottom: 1px solid #ddd;
+         padding: 8px 16px; display: flex; flex-wrap: wrap; gap: 12px; align-items: center; }
+header h1 { font-size: 16px; margin: 0 12px 0 0; font-weight: 600; }
+#slider { flex: 1 1 320px; }
+#step-label { font-variant-numeric: tabular-nums; min-width: 170px; font-weight: 600; }
+button { font: inherit; padding: 3px 12px; }
+main { padding: 12px 16px 40px; }
+section { margin-bottom: 18px; }
+h2 { font-size: 14px; margin: 8px 0; color: #444; text-transform: uppercase; letter-spacing: .04em; }
+.panels { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; margin-bottom: 12px; }
+.panel { background: #fff; border: 1px solid #e2e2e2; border-radius: 4px; padding: 8px 10px; margin: 0; }
+.panel figcaption, .panel .caption { font-size: 13px; margin-bottom: 6px; display: flex; gap: 10px;
+         justify-content: space-between; }
+.panel-step { color: #666; font-variant-numeric: tabular-nums; }
+.grid { position: relative; line-height: 0; }
+.grid img { width: 100%; height: 100%; image-rendering: pixelated; image-rendering: crisp-edges; }
+.grid::after { content: ""; position: absolute; inset: 0; pointer-events: none;
+         background-image: linear-gradient(to right, #d6d6d6 1px, transparent 1px),
+                           linear-gradient(to bottom, #d6d6d6 1px, transparent 1px);
+         background-size: var(--tw) var(--th); border-right: 1px solid #d6d6d6;
+         border-bottom: 1px solid #d6d6d6; }
+.labels { display: grid; font-size: 11px; text-align: center; line-height: 16px; }
+.labels span { overflow: hidden; white-space: nowrap; text-overflow: ellipsis; }
+.right { color: #1a853c; } .wrong { color: #c81e1e; }
+.scalebar { font-size: 11px; color: #777; }
+.chart .grid { stroke: #e8e8e8; } .chart .axis { stroke: #3c3c3c; }
+.chart .tick { font-size: 10px; fill: #777; } .chart .chart-title { font-size: 12px; fill: #1e1e1e; }
+.chart .cursor { stroke: #c81e1e; stroke-width: 1.2; }
+.swatch { display: inline-block; width: 14px; height: 4px; margin: 0 4px 2px 8px; vertical-align: middle; }
+table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
+td, th { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+.note { font-size: 12px; color: #666; max-width: 900px; }
+"""
+
+_SCRIPT = r"""
+(function () {
+  "use strict";
+  const D = JSON.parse(document.getElementById("report-data").textContent);
+  const slider = document.getElementById("slider");
+  const playButton = document.getElementById("play");
+  const stepLabel = document.getElementById("step-label");
+  const zoom = document.getElementById("zoom");
+  const count = D.steps.length;
+  let current = 0, timer = null;
+  const png = (b64) => "data:image/png;base64," + b64;
+  const fmt = (v, digits) => (v === null || v === undefined ? "–" : v.toFixed(digits));
+
+  function sizeGrids() {
+    const tile = Number(zoom.value);
+    document.querySelectorAll(".grid[data-channels]").forEach((grid) => {
+      const w = Number(grid.dataset.width), h = Number(grid.dataset.height);
+      const th = Math.max(3, Math.round(tile * h / w));
+      grid.style.setProperty("--tw", tile + "px");
+      grid.style.setProperty("--th", th + "px");
+      grid.style.width = (tile * Number(grid.dataset.probes)) + "px";
+      grid.style.height = (th * Number(grid.dataset.channels)) + "px";
+    });
+    document.querySelectorAll(".labels").forEach((row) => {
+      row.style.gridTemplateColumns = "repeat(" + D.labels.length + ", " + tile + "px)";
+    });
+  }
+
+  function setPanelStep(panel, text) {
+    panel.querySelector(".panel-step").textContent = text;
+    panel.dataset.step = text;
+  }
+
+  function show(index) {
+    current = Math.max(0, Math.min(count - 1, index));
+    slider.value = String(current);
+    const step = D.steps[current];
+    stepLabel.textContent = "step " + step + " · epoch " + D.epochs[current];
+    document.querySelectorAll("figure.layer[data-run='0']").forEach((panel) => {
+      const layer = D.layers[Number(panel.dataset.index)];
+      panel.querySelector("img").src = png(layer.frames[current]);
+      setPanelStep(panel, "step " + step);
+    });
+    D.compare.forEach((other, k) => {
+      const row = other.index[current];
+      document.querySelectorAll("figure.layer[data-run='" + (k + 1) + "']").forEach((panel) => {
+        const layer = other.layers[Number(panel.dataset.index)];
+        const img = panel.querySelector("img");
+        if (row < 0) { img.removeAttribute("src"); setPanelStep(panel, "not started at step " + step); }
+        else { img.src = png(layer.frames[row]); setPanelStep(panel, "step " + other.steps[row]); }
+      });
+    });
+    const predicted = D.predictions[current];
+    document.querySelectorAll("#predictions span").forEach((cell, probe) => {
+      const right = predicted[probe] === D.labels[probe];
+      cell.textContent = (right ? "✓ " : "✗ ") + D.classNames[predicted[probe]];
+      cell.className = right ? "right" : "wrong";
+    });
+    const correct = predicted.filter((p, i) => p === D.labels[i]).length;
+    const tally = correct + "/" + predicted.length + " right";
+    setPanelStep(document.getElementById("probes"), "step " + step + " · " + tally);
+    document.querySelectorAll("svg.chart[data-s0]").forEach((svg) => {
+      const x0 = Number(svg.dataset.x0), x1 = Number(svg.dataset.x1);
+      const s0 = Number(svg.dataset.s0), s1 = Number(svg.dataset.s1);
+      const x = x0 + (Math.min(Math.max(step, s0), s1) - s0) / (s1 - s0) * (x1 - x0);
+      const cursor = svg.querySelector(".cursor");
+      cursor.setAttribute("x1", x.toFixed(1));
+      cursor.setAttribute("x2", x.toFixed(1));
+    });
+    document.querySelectorAll(".chart-panel").forEach((panel) => setPanelStep(panel, "step " + step));
+    D.dynamics.forEach((layer, i) => {
+      const row = document.getElementById("dyn-" + i);
+      row.querySelector(".cka-final").textContent = fmt(layer.ckaFinal[current], 3);
+      row.querySelector(".cka-first").textContent = fmt(layer.ckaFirst[current], 3);
+      row.querySelector(".change").textContent = fmt(layer.change[current], 4);
+      const sat = layer.saturated[current];
+      row.querySelector(".saturated").textContent = sat === null ? "–" : (100 * sat).toFixed(1) + "%";
+    });
+    setPanelStep(document.getElementById("dynamics-table"), "step " + step);
+  }
+
+  function play() {
+    if (timer !== null) { stop(); return; }
+    if (current >= count - 1) show(0);
+    playButton.textContent = "❚❚ pause";
+    timer = setInterval(() => { if (current >= count - 1) stop(); else show(current + 1); }, 1000 / D.fps);
+  }
+  function stop() {
+    if (timer !== null) clearInterval(timer);
+    timer = null;
+    playButton.textContent = "▶ play";
+  }
+
+  slider.addEventListener("input", () => { stop(); show(Number(slider.value)); });
+  playButton.addEventListener("click", play);
+  zoom.addEventListener("input", sizeGrids);
+  document.addEventListener("keydown", (event) => {
+    if (event.target === zoom) return;
+    const moves = { ArrowRight: 1, ArrowLeft: -1, PageDown: 10, PageUp: -10 };
+    if (event.key in moves) { stop(); show(current + moves[event.key]); event.preventDefault(); }
+    else if (event.key === "Home") { stop(); show(0); event.preventDefault(); }
+    else if (event.key === "End") { stop(); show(count - 1); event.preventDefault(); }
+    else if (event.key === " " && event.target.tagName !== "BUTTON") { play(); event.preventDefault(); }
+  });
+  document.getElementById("probe-img").src = png(D.probeImage);
+  sizeGrids();
+  show(0);
+  document.body.dataset.ready = "1";
+})();
+"""
+
+
+def _grid(layer: dict, probes: int) -> str:
+    return (
+        f'<div class="grid" data-channels="{layer["channels"]}" data-height="{layer["height"]}" '
+        f'data-width="{layer["width"]}" data-probes="{probes}"><img alt="{html.escape(layer["name"])}"></div>'
+    )
+
+
+def _chart_panel(svg: str) -> str:
+    caption = '<div class="caption"><span></span><span class="panel-step"></span></div>'
+    return f'<div class="panel chart-panel">{caption}{svg}</div>'
+
+
+def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
+    """The whole HTML document: data as one JSON block, charts inline, no external resource."""
+    probes = len(data["labels"])
+    names = data["classNames"]
+    label_row = "".join(f"<span>{html.escape(str(names[label]))}</span>" for label in data["labels"])
+    probe_height, probe_width = data["probeShape"]
+    layer_panels = []
+    for index, layer in enumerate(data["layers"]):
+        scale = html.escape(layer["scaleLabel"])
+        figures = [
+            f'<figure class="panel layer" data-run="0" data-index="{index}" data-layer="{html.escape(layer["name"])}">'
+            f'<figcaption><b>{html.escape(layer["name"])}</b><span class="scalebar">{scale}</span>'
+            f'<span class="panel-step"></span></figcaption>{_grid(layer, probes)}</figure>'
+        ]
+        for k, other in enumerate(data["compare"]):
+            match = [i for i, theirs in enumerate(other["layers"]) if theirs["name"] == layer["name"]]
+            if match:
+                theirs = other["layers"][match[0]]
+                figures.append(
+                    f'<figure class="panel layer" data-run="{k + 1}" data-index="{match[0]}" '
+                    f'data-layer="{html.escape(layer["name"])}"><figcaption><b>{html.escape(other["run"])}</b>'
+                    f'<span class="scalebar">{html.escape(layer["name"])}</span>'
+                    f'<span class="panel-step"></span></figcaption>{_grid(theirs, probes)}</figure>'
+                )
+        layer_panels.append(
+            "".join(figures) if not data["compare"] else f'<div class="panels">{"".join(figures)}</div>'
+        )
+    dynamics_rows = "".join(
+        f'<tr id="dyn-{i}"><td>{html.escape(layer["name"])}</td>'
+        f"<td>{'never' if layer['settling'] is None else layer['settling']}</td>"
+        f"<td>{len(layer['dead'])}/{layer['channels']}</td>"
+        '<td class="cka-final"></td><td class="cka-first"></td><td class="change"></td><td class="saturated"></td></tr>'
+        for i, layer in enumerate(data["dynamics"])
+    )
+    compare_note = "".join(
+        f"<p class='note'>Compared: <b>{html.escape(other['run'])}</b>, aligned by training step (its latest "
+        f"recorded step at or before the one shown); dashed in the curves. Settling steps: "
+        + ", ".join(f"{html.escape(k)} {'never' if v is None else v}" for k, v in other["settling"].items())
+        + ".</p>"
+        for other in data["compare"]
+    )
+    stride_note = (
+        f"every {data['stride']}th of {data['recordedSteps']} recorded steps (and the last)"
+        if data["stride"] > 1
+        else f"all {data['recordedSteps']} recorded steps"
+    )
+    layers_html = "".join(layer_panels) if data["compare"] else f'<div class="panels">{"".join(layer_panels)}</div>'
+    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    training = "".join(_chart_panel(svg) for svg in charts["training"])
+    dynamics = "".join(_chart_panel(svg) for svg in charts["dynamics"])
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title><style>{_CSS}</style></head>
+<body>
+<header>
+<h1>{html.escape(title)}</h1>
+<button id="play" type="button">▶ play</button>
+<input id="slider" type="range" min="0" max="{len(data["steps"]) - 1}" value="0" step="1" aria-label="training step">
+<span id="step-label"></span>
+<label class="scalebar">zoom <input id="zoom" type="range" min="12" max="96" value="40" step="2"></label>
+</header>
+<main>
+<p class="note">One slider drives every panel ({stride_note}). Keys: ← → one step, PgUp/PgDn ten, Home/End,
+space plays. Activations: blue +, white 0, red − (one-sided layers: white 0 to blue),
+on each layer's fixed scale, as actrec render draws them; rows are channels, columns probes.</p>
+{compare_note}
+<section><h2>Probes and predictions</h2>
+<div class="panel" id="probes"><div class="caption"><b>probes</b><span class="panel-step"></span></div>
+<div class="labels">{label_row}</div>
+<div class="grid" data-channels="1" data-height="{probe_height}" data-width="{probe_width}" data-probes="{probes}">
+<img id="probe-img" alt="probe images"></div>
+<div class="labels" id="predictions">{"<span></span>" * probes}</div></div></section>
+<section><h2>Layers</h2>{layers_html}</section>
+<section><h2>Training curves</h2><p class="note">{"".join(charts["training_legend"])}</p>
+<div class="panels">{training}</div></section>
+<section><h2>Layer dynamics</h2><p class="note">{"".join(charts["legend"])}</p><div class="panels">{dynamics}</div>
+<div class="panel" id="dynamics-table" style="margin-top:12px"><div class="caption"><b>per layer</b>
+<span class="panel-step"></span></div>
+<table><thead><tr><th>layer</th><th>settles at step</th><th>dead channels</th><th>CKA to final</th>
+<th>CKA to first</th><th>relative change</th><th>saturated</th></tr></thead><tbody>{dynamics_rows}</tbody></table>
+<p class="note">Settling step: the first step from which CKA to the final step stays at or above the threshold.
+Dead channels: constant over the probes at every recorded step.</p></div></section>
+</main>
+<script type="application/json" id="report-data">{payload}</script>
+<script>{_SCRIPT}</script>
+</body></html>
+"""

@@ -1,0 +1,124 @@
+"""``actrec compare``: alignment on constructed arrays, and real GIFs and PNGs from real stores."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from viewer_fixtures import make_store
+
+from actrec.compare import (
+    CompareError,
+    aligned_positions,
+    compare_runs,
+    parse_layers,
+    rows_at,
+    shared_timeline,
+    side_by_side,
+)
+from actrec.compare.align import fractional_epochs
+from actrec.compare.cli import compare_main
+from actrec.viewer import colors
+
+
+def test_parse_layers() -> None:
+    assert parse_layers(["net.conv1"], 3) == ["net.conv1"] * 3
+    assert parse_layers(["B=features.2", "a=net.conv3"], 2) == ["net.conv3", "features.2"]
+    with pytest.raises(CompareError, match="no --layer for run B"):
+        parse_layers(["A=net.conv3"], 2)
+    with pytest.raises(CompareError, match="names no run; use A to B"):
+        parse_layers(["C=net.conv3", "A=x", "B=y"], 2)
+    with pytest.raises(CompareError, match="either one --layer"):
+        parse_layers(["net.conv1", "A=x"], 2)
+
+
+def test_alignment_by_step_epoch_and_samples() -> None:
+    steps, epochs = np.array([0, 10, 20, 30, 40]), np.array([0, 0, 1, 1, 2])
+    assert aligned_positions(steps, epochs, "step").tolist() == [0, 10, 20, 30, 40]
+    assert aligned_positions(steps, epochs, "epoch").tolist() == [0, 0, 1, 1, 2]
+    assert aligned_positions(steps, epochs, "samples", batch_size=64).tolist() == [0, 640, 1280, 1920, 2560]
+    with pytest.raises(ValueError, match="batch size"):
+        aligned_positions(steps, epochs, "samples")
+    # The latest row at or before each position; the first row before the run started.
+    assert rows_at(np.array([5, 10, 20]), np.array([0, 5, 9, 10, 25])).tolist() == [0, 0, 0, 1, 2]
+    # By epoch, the last recorded row of each epoch stands for it.
+    assert rows_at(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 2])).tolist() == [1, 3, 4]
+    assert shared_timeline([np.array([0, 2, 4]), np.array([0, 3])], 10).tolist() == [0, 2, 3, 4]
+    assert shared_timeline([np.arange(100)], 5).tolist() == [0, 25, 50, 74, 99]
+    assert fractional_epochs(steps, epochs).tolist() == [0.0, 0.5, 1.0, 1.5, 2.0]
+
+
+def test_side_by_side() -> None:
+    left = np.full((3, 2), 5, np.uint8)
+    right = np.full((1, 4), 7, np.uint8)
+    canvas = side_by_side([left, right], gap=1)
+    assert canvas.shape == (3, 7)
+    assert (canvas[:, :2] == 5).all()
+    assert (canvas[0, 3:] == 7).all()
+    assert (canvas[1:, 3:] == colors.ZERO_INDEX).all()
+    assert (canvas[:, 2] == colors.ZERO_INDEX).all()
+
+
+def _frames(path: Path) -> list[np.ndarray]:
+    image = Image.open(path)
+    frames = []
+    for index in range(image.n_frames):
+        image.seek(index)
+        frames.append(np.asarray(image.convert("RGB")))
+    return frames
+
+
+def test_compare_by_step_animates_both_runs_each_at_its_latest_step(tmp_path: Path) -> None:
+    run_a = make_store(tmp_path / "a" / "version_0", range(0, 6)).parent
+    run_b = make_store(tmp_path / "b" / "version_0", [0, 4], run_id="b").parent
+    result = compare_runs([run_a, run_b], ["net.conv1"], out_dir=tmp_path / "out", tile_size=8)
+    assert result.timeline.tolist() == [0, 1, 2, 3, 4, 5]
+    assert result.labels == ("a/version_0", "b/version_0")
+    frames = _frames(result.animation)
+    assert len(frames) == 6
+    half = frames[0].shape[1] // 2
+    # Run A changes every frame; run B only where its recorded step changes (at step 4).
+    for before, after, step in zip(frames, frames[1:], range(1, 6), strict=False):
+        assert not np.array_equal(before[:, :half], after[:, :half])
+        assert np.array_equal(before[:, half:], after[:, half:]) == (step != 4)
+    assert Image.open(result.curves).size == (1120, 790)
+
+
+def test_compare_different_layers_by_epoch_and_by_samples(tmp_path: Path) -> None:
+    run_a = make_store(tmp_path / "a" / "version_0", range(0, 8)).parent  # 4 steps per epoch
+    run_b = make_store(tmp_path / "b" / "version_0", range(0, 8), run_id="b").parent
+    result = compare_runs([run_a, run_b], ["A=net.conv1", "B=net.conv2"], align="epoch", out_dir=tmp_path / "e")
+    assert result.layers == ("net.conv1", "net.conv2")
+    assert result.animation.name == "compare-net.conv1-net.conv2.gif"
+    assert len(_frames(result.animation)) == 2  # epochs 0 and 1
+    for run, batch_size in ((run_a, 32), (run_b, 64)):
+        (run / "config.yaml").write_text(f"data:\n  batch_size: {batch_size}\n")
+    result = compare_runs([run_a, run_b], ["net.conv1"], align="samples", out_dir=tmp_path / "s")
+    # A sees 32 samples a step, B 64: the union of both runs' positions.
+    assert result.timeline.tolist() == sorted({*range(0, 8 * 32, 32), *range(0, 8 * 64, 64)})
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["A"], r"compare needs at least two runs\."),
+        (["A", "B"], r"name the layer to compare with --layer"),
+        (["A", "B", "--layer", "nope"], r"a/version_0 has no layer 'nope'; it records: net.conv1, net.conv2\."),
+        (["A", "B", "--layer", "net.conv1", "--align", "samples"], r"has no batch size in its config.yaml"),
+        (["A", "missing", "--layer", "net.conv1"], r"no activation store at"),
+    ],
+)
+def test_errors_are_one_sentence_and_write_nothing(tmp_path: Path, capsys, arguments: list[str], message: str) -> None:
+    run_a = make_store(tmp_path / "a" / "version_0", range(3)).parent
+    run_b = make_store(tmp_path / "b" / "version_0", range(3), run_id="b").parent
+    paths = {"A": str(run_a), "B": str(run_b), "missing": str(tmp_path / "missing")}
+    out = tmp_path / "out"
+    assert compare_main([paths.get(item, item) for item in arguments] + ["--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("actrec compare: ")
+    assert re.search(message, err), err
+    assert not out.exists() or not any(out.iterdir())

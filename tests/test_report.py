@@ -1,0 +1,197 @@
+"""``actrec report``: the page's data and pictures, its errors, and the page itself in real headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from report_browser import browser_page, find_chromium
+from viewer_fixtures import NUM_PROBES, exact_activations, make_store, predictions_at
+
+from actrec.report import build_report, tile_grid
+from actrec.report.cli import report_main
+from actrec.viewer import PALETTE, colors
+from actrec.viewer.scale import ColourScale
+
+
+def _page_data(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    match = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', text, re.S)
+    return json.loads(match[1].replace("<\\/", "</"))
+
+
+def _png_indices(b64: str) -> np.ndarray:
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    assert image.mode == "P"
+    assert bytes(image.getpalette()[: 3 * 256]) == PALETTE.tobytes()  # the viewer's one fixed palette
+    return np.asarray(image)
+
+
+def test_tile_grid_puts_channels_down_and_probes_across_at_map_resolution() -> None:
+    activations = np.zeros((2, 3, 2, 4), np.float32)  # 2 probes, 3 channels of 2x4 maps
+    activations[1, 2] = 1.0
+    activations[0, 1] = -1.0
+    grid = tile_grid(activations, 1.0)
+    assert grid.shape == (3 * 2, 2 * 4)
+    assert (grid[4:6, 4:8] == colors.POSITIVE_INDEX).all()  # channel 2, probe 1
+    assert (grid[2:4, 0:4] == colors.NEGATIVE_INDEX).all()  # channel 1, probe 0
+    assert (grid[0:2] == colors.ZERO_INDEX).all()
+    one_sided = tile_grid(np.array([[[[0.0, 2.0]]]], np.float32), ColourScale(one_sided=True, limit=2.0))
+    assert one_sided.tolist() == [[colors.ZERO_INDEX, colors.ONE_SIDED_TOP_INDEX]]  # ReLU-like: white to dark blue
+    vector = tile_grid(np.full((2, 5), 0.5, np.float32), 1.0)  # (D,) vectors: one near-square map, zero-padded
+    assert vector.shape == (2, 6)
+
+
+def test_report_holds_every_step_of_every_layer_with_exact_colours_and_predictions(tmp_path: Path) -> None:
+    run = make_store(tmp_path / "exp" / "version_0", range(5)).parent
+    result = build_report(run)
+    assert result.path == run / "report.html"
+    data = _page_data(result.path)
+    assert data["steps"] == [0, 1, 2, 3, 4]
+    assert [layer["name"] for layer in data["layers"]] == ["net.conv1", "net.conv2"]
+    assert data["predictions"] == [predictions_at(step).tolist() for step in range(5)]
+    for layer in data["layers"]:
+        assert len(layer["frames"]) == 5
+        for step, frame in enumerate(layer["frames"]):
+            values = exact_activations(step)[layer["name"]]
+            scale = 1.0 if layer["name"] == "net.conv1" else 2.5
+            assert np.array_equal(_png_indices(frame), tile_grid(values, scale))
+    assert _png_indices(data["probeImage"]).shape == (8, 8 * NUM_PROBES)
+    assert [row["name"] for row in data["dynamics"]] == ["net.conv1", "net.conv2"]
+    assert len(data["dynamics"][0]["ckaFinal"]) == 5
+    assert data["dynamics"][0]["ckaFinal"][-1] == 1.0
+
+
+def test_report_reuses_saved_dynamics_only_when_they_match_the_rows(tmp_path: Path) -> None:
+    from actrec.dynamics import read_dynamics, write_dynamics
+    from actrec.dynamics.cli import dynamics_main
+
+    run = make_store(tmp_path / "run", range(4)).parent
+    assert dynamics_main([str(run), "--quiet", "--no-png", "--no-tensorboard"]) == 0
+    saved = read_dynamics(run / "dynamics.npz")
+    marked = saved.layers["net.conv1"].cka_to_first
+    marked[:] = 0.123  # a value no computation gives here, to see where the report's numbers came from
+    write_dynamics(saved, run / "dynamics.npz")
+    assert _page_data(build_report(run).path)["dynamics"][0]["ckaFirst"] == [0.123] * 4
+    assert _page_data(build_report(run, threshold=0.5).path)["dynamics"][0]["ckaFirst"][0] == 1.0  # recomputed
+
+
+def test_report_is_self_contained(tmp_path: Path) -> None:
+    run = make_store(tmp_path / "run", range(3)).parent
+    text = build_report(run).path.read_text(encoding="utf-8")
+    # No external resource of any kind: every src is filled in from inline data, no link, no fetch.
+    assert re.findall(r'(?:src|href)="(?!data:)[^"]*"', text) == []
+    assert "<link" not in text
+    assert "fetch(" not in text
+    assert "XMLHttpRequest" not in text
+    assert re.findall(r"https?://(?!www\.w3\.org/2000/svg)", text) == []
+
+
+def test_long_runs_are_thinned_keeping_the_last_step(tmp_path: Path) -> None:
+    run = make_store(tmp_path / "run", range(10)).parent
+    result = build_report(run, max_frames=4)
+    assert result.stride == 3
+    assert result.global_steps.tolist() == [0, 3, 6, 9]
+    assert build_report(run, stride=4).global_steps.tolist() == [0, 4, 8, 9]
+
+
+def test_compare_aligns_the_other_run_by_training_step(tmp_path: Path) -> None:
+    run = make_store(tmp_path / "a" / "version_0", range(0, 8)).parent
+    other = make_store(tmp_path / "b" / "version_0", [2, 5, 7], run_id="other").parent
+    data = _page_data(build_report(run, compare=[other]).path)
+    (entry,) = data["compare"]
+    assert entry["run"] == "b/version_0"
+    # Their latest recorded step at or before each shown step; -1 before their first.
+    shown = [entry["steps"][i] if i >= 0 else None for i in entry["index"]]
+    assert shown == [None, None, 2, 2, 2, 5, 5, 7]
+    assert len(entry["layers"][0]["frames"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["missing"], r"no activation store at"),
+        (["EMPTY"], r"has no recorded steps yet"),
+        (["RUN", "--stride", "0"], r"--stride must be a positive integer, got 0\."),
+        (["RUN", "--compare", "missing"], r"no activation store at"),
+    ],
+)
+def test_errors_are_one_sentence_and_write_nothing(tmp_path: Path, capsys, arguments: list[str], message: str) -> None:
+    run = make_store(tmp_path / "run", range(2)).parent
+    empty = make_store(tmp_path / "empty", []).parent
+    paths = {"RUN": str(run), "EMPTY": str(empty), "missing": str(tmp_path / "missing")}
+    assert report_main([paths.get(item, item) for item in arguments]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("actrec report: ")
+    assert re.search(message, err), err
+    assert not (run / "report.html").exists()
+
+
+_STATE = """(() => ({
+  current: Number(document.getElementById("slider").value),
+  label: document.getElementById("step-label").textContent,
+  panels: [...document.querySelectorAll(".panel")].map((p) => p.dataset.step),
+  images: [...document.querySelectorAll("figure.layer img")].map((img) => img.getAttribute("src") || ""),
+  predictions: [...document.querySelectorAll("#predictions span")].map((s) => s.textContent),
+  cursors: [...document.querySelectorAll("svg.chart .cursor")].map((c) => c.getAttribute("x1")),
+}))()"""
+
+
+def _move_slider(index: int) -> str:
+    return (
+        f"(() => {{ const s = document.getElementById('slider'); s.value = '{index}'; "
+        "s.dispatchEvent(new Event('input', {bubbles: true})); })()"
+    )
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no chromium on this machine: the page is not tested in a browser")
+def test_page_in_headless_chromium_one_slider_moves_every_panel(tmp_path: Path) -> None:
+    pytest.importorskip("aiohttp", reason="the DevTools client needs aiohttp (installed with pytorch-lightning[extra])")
+    run = make_store(tmp_path / "a" / "version_0", range(0, 8)).parent
+    other = make_store(tmp_path / "b" / "version_0", [0, 3, 6], run_id="other").parent
+    page_path = build_report(run, compare=[other]).path
+
+    async def scenario() -> tuple[dict, dict, dict, dict, list[str], list[str]]:
+        async with browser_page(find_chromium()) as page:
+            await page.open(page_path)
+            assert await page.evaluate("document.body.dataset.ready") == "1"
+            start = await page.evaluate(_STATE)
+            await page.evaluate(_move_slider(5))
+            moved = await page.evaluate(_STATE)
+            await page.press("ArrowRight", 39)
+            keyed = await page.evaluate(_STATE)
+            await page.press("Home", 36)
+            await page.evaluate("document.getElementById('play').click()")
+            await asyncio.sleep(0.6)
+            played = await page.evaluate(_STATE)
+            await page.screenshot(tmp_path / "report.png")
+            return start, moved, keyed, played, page.errors, page.requests
+
+    start, moved, keyed, played, errors, requests = asyncio.run(scenario())
+    assert errors == []
+    assert [url for url in requests if not url.startswith(("data:", "file:"))] == []
+    panels = len(start["panels"])
+    assert panels >= 2 + 2 + 1 + 2 + 4 + 1  # layers, compared layers, probes, curves, dynamics, table
+    assert start["label"] == "step 0 · epoch 0"
+    assert moved["current"] == 5
+    assert moved["label"] == "step 5 · epoch 1"
+    # Every panel shows the new step; the compared run shows its own latest step at or before it (3).
+    assert all(step != before for step, before in zip(moved["panels"], start["panels"], strict=True))
+    # (probes 1 and 2 are wrong at odd steps)
+    assert sorted(set(moved["panels"])) == ["step 3", "step 5", "step 5 · 1/3 right"]
+    assert all(src.startswith("data:image/png;base64,") for src in moved["images"])
+    assert all(a != b for a, b in zip(moved["images"][:2], start["images"][:2], strict=True))  # this run's layers
+    assert moved["predictions"] != start["predictions"]  # probe 1 is right on even steps only
+    assert all(a != b for a, b in zip(moved["cursors"], start["cursors"], strict=True))
+    assert keyed["current"] == 6
+    assert keyed["label"] == "step 6 · epoch 1"
+    assert played["current"] > 0  # play advanced on its own from step 0
+    assert (tmp_path / "report.png").stat().st_size > 10_000
