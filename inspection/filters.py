@@ -9,7 +9,7 @@ from actrec.inspection import drawing
 from actrec.inspection.errors import InspectError
 from actrec.inspection.reference import layer_plan
 
-__all__ = ["conv_kernels", "draw_kernels", "kernel_scale", "stored_kernels"]
+__all__ = ["conv_kernels", "draw_kernels", "kernel_scale", "pick_convs", "stored_kernels"]
 
 
 def conv_kernels(model: nn.Module) -> dict[str, np.ndarray]:
