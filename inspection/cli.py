@@ -20,6 +20,7 @@ from tqdm import tqdm
 from actrec.inspection import drawing
 from actrec.inspection.errors import InspectError
 from actrec.inspection.loading import LoadedModel, load_run_model, stored_weights, zoo_model
+from actrec.inspection.maximize import MaximizeSettings
 from actrec.probe import ProbeError
 from actrec.runs import RunError
 from actrec.store import StoreError, StoreReader
@@ -161,7 +162,7 @@ def _maximize_over_training(
     loaded: LoadedModel,
     layer: str,
     channels: Sequence[int],
-    settings: object,
+    settings: MaximizeSettings,
     out: Path,
 ) -> None:
     from actrec.inspection.maximize import draw_maximized, maximize_channels, over_training_sheet
@@ -172,8 +173,10 @@ def _maximize_over_training(
     for step, state in tqdm(states, desc=f"{layer} over training", unit="step", leave=False):
         model.load_state_dict(state, strict=False)
         results.append((step, maximize_channels(model, layer, channels, settings=settings)))
+    run_name = f"{loaded.run_dir.parent.name}/{loaded.run_dir.name}"
     frames = [
-        draw_maximized(result, title=f"What drives each channel of {layer} · step {step}") for step, result in results
+        draw_maximized(result, title=f"What drives each channel of {layer} · {run_name} · step {step}")
+        for step, result in results
     ]
     path = out / f"maximize-{_safe(layer)}-over-training.gif"
     with GifWriter(path, fps=args.fps) as gif:
@@ -181,7 +184,7 @@ def _maximize_over_training(
     print(path)
     sheet = over_training_sheet(
         results,
-        title=f"How the preferred patterns of {layer} form · {loaded.run_dir.parent.name}/{loaded.run_dir.name}",
+        title=f"How the preferred patterns of {layer} form · {run_name}",
     )
     _write(sheet, out / f"maximize-{_safe(layer)}-over-training.png")
 
