@@ -2,78 +2,149 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks.callback import Callback
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from torch import nn
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from actrec.probe import ProbeError, resolve_layers, run_hooked, scale_kinds, select_output, split_selector
+from actrec.probe import (
+    ProbeError,
+    ProbeSelection,
+    probes_from_dataset,
+    probes_from_loader,
+    probes_from_tensors,
+    resolve_layers,
+    scale_kinds,
+)
+from actrec.probe._engine import ProbeEngine
+from actrec.probe._ring import HostRing
 from actrec.store import (
-    SCALE_SYMMETRIC,
-    SCALE_TANH,
+    FIXED_SCALES,
     STORE_FILENAME,
     LayerSpec,
     ProbeSet,
-    StepRecord,
     StoreError,
     StoreWriter,
+    check_compression,
+    check_dtype,
+    check_new_path,
     check_writable,
 )
+from actrec.store._process import WriterProcess
+
+log = logging.getLogger("actrec")
 
 _SMALL_MODEL = 1_000_000  # parameters; below this, recording weights every step costs little
-_SCALARS = ("val/loss", "val/acc")
+_VAL_LOSS_NAMES = ["val/loss", "val_loss", "valid/loss", "valid_loss", "validation/loss", "validation_loss"]
+_VAL_ACC_NAMES = ["val/acc", "val_acc", "val/accuracy", "val_accuracy", "valid/acc", "valid_acc"]
+_BATCH_LOSS_NAMES = ["loss", "train/loss", "train_loss"]
+_BATCH_ACC_NAMES = ["acc", "accuracy", "train/acc", "train_acc", "train/accuracy"]
+_CONFIG_KEYS = (
+    "layers",
+    "every_n_steps",
+    "probes_per_class",
+    "probe_indices",
+    "max_probes",
+    "dtype",
+    "record_weights",
+    "path",
+    "overwrite",
+    "compression",
+    "flush_every",
+    "log_images_every_n_steps",
+    "background_writes",
+    "max_channels",
+    "cuda_graphs",
+    "ring_slots",
+    "batch_loss_names",
+    "batch_acc_names",
+    "val_loss_names",
+    "val_acc_names",
+)
+
+
+@dataclass(frozen=True)
+class _Row:
+    step: int
+    epoch: int
+    wall_time: float
+    log_images: bool
 
 
 class ActivationRecorder(Callback):
     r"""Record the activations of chosen layers for fixed probe images, at every training step.
 
     Everything lands in one HDF5 store per run (see :mod:`actrec.store`): the probe images, then per
-    recorded step each layer's activations, the probes' logits, the step, epoch and training batch
-    loss and accuracy, and optionally the layers' weights. The store is readable while training
-    runs, survives a killed process, and continues when training resumes from a checkpoint.
+    recorded step each layer's activations (with their finite peak and a count of NaN/inf values), the
+    probes' logits, the step, epoch and training batch loss and accuracy, and optionally the layers'
+    weights. The store is readable while training runs, survives a killed process, and continues when
+    training resumes from a checkpoint.
 
     The probe pass never changes what it observes: it runs the unwrapped LightningModule under
     ``torch.no_grad()`` in eval mode, restores every submodule's ``training`` flag, and consumes no
-    random numbers. Only global rank 0 records; it never enters a collective while doing so.
+    random numbers. Only global rank 0 records; it never enters a collective while doing so. The
+    training thread never waits for the device: the pass writes into device buffers, one non-blocking
+    copy moves a step into a small ring of host slots, and a writer process appends it to the store.
+
+    When the store cannot be written (a full disk, a vanished folder), recording stops with one warning,
+    everything flushed so far stays readable, and training continues without recording.
 
     Args:
-        layers: qualified module names or glob patterns (``"net.conv*"``) to record. ``None`` records
-            every convolutional block (the outermost module holding exactly one convolution, i.e.
-            its post-activation output).
+        layers: module names or glob patterns (``"net.conv*"``), each optionally with an output selector
+            (``"lstm[0]"``); ``None`` takes :func:`actrec.probe.default_layers` (blocks after their
+            nonlinearity, residual blocks, transformer encoder layers, recurrent layers).
         every_n_steps: record every this many optimizer steps (step 0 is always recorded).
-        probes_per_class: how many probe images to take per class from the validation split.
-        probe_indices: explicit indices into the validation split; overrides ``probes_per_class``.
+        probes_per_class: how many probes to take per class when labels are known.
+        probe_indices: explicit indices into the data module's ``val_dataset``.
+        probe_images: the probe inputs themselves, ``(P, ...)``; first choice when given.
+        probe_labels: their labels, ``(P,)`` (optional).
+        max_probes: at most this many probes (without labels: the first this many).
         dtype: ``"float16"`` (half the size) or ``"float32"`` for stored activations.
         record_weights: also store the recorded layers' parameters each step; ``None`` does so for
             models under one million parameters.
         path: the store's path; default ``activations.h5`` in the logger's ``log_dir``, else in the
             trainer's ``default_root_dir``.
         overwrite: replace an existing store at the path instead of refusing to start.
-        compression: ``"lzf"`` (default: about 0.7x the raw size for little CPU), ``"gzip"`` (level 1,
-            about 0.55x, more CPU on the writer thread) or ``"none"`` for the activations.
-        flush_every_n_steps: flush the store to disk every this many recorded steps.
-        log_images_every_n_steps: also log every layer's red-blue activation grid to TensorBoard
-            every this many steps (``0``: off).
-        background_writes: write the store on a worker thread, so training only waits for the probe
-            pass; ``False`` writes synchronously (slower, simpler to debug).
+        compression: ``"none"`` (default), ``"lzf"`` or ``"gzip"`` (level 1) for the activations.
+        flush_every: flush the store to disk every this many recorded steps (and after a second with
+            steps unflushed).
+        log_images_every_n_steps: also log every layer's activation grid to TensorBoard every this many
+            steps (``0``: off).
+        background_writes: hand steps to a writer process through a ring of host slots (``False``:
+            copy and write synchronously on the training thread; slower, simpler to debug).
+        max_channels: keep at most this many channels (maps) or units (tokens, vectors) per layer,
+            evenly spaced; the kept indices are stored. ``None`` keeps all.
+        cuda_graphs: on CUDA, replay the probe pass as a CUDA graph (checked bitwise against an eager
+            pass when captured; falls back to eager with one log line).
+        ring_slots: recorded steps that may be in flight between training and the writer.
+        batch_loss_names: where to find the batch loss: keys of ``training_step``'s returned dict,
+            then names of logged metrics.
+        batch_acc_names: the same for the batch accuracy.
+        val_loss_names: logged metric names stored as the ``val/loss`` series (first found wins).
+        val_acc_names: logged metric names stored as the ``val/acc`` series.
 
     Raises:
-        MisconfigurationException: an argument is out of range; at setup, an unknown layer name,
-            no probe images to be had, or an unusable store path.
+        MisconfigurationException: an argument is out of range; at setup, an unknown layer name, no
+            probe images to be had, or an unusable store path.
 
     Example::
 
         trainer = Trainer(callbacks=[ActivationRecorder(layers=["net.conv*"])])
     """
+
+    _writer_mode = "process"
+    """With ``background_writes``: ``"process"`` (a writer process) or ``"thread"`` (HDF5 on the ring's
+    consumer thread, in this process); the bench compares the two."""
 
     def __init__(
         self,
@@ -81,67 +152,112 @@ class ActivationRecorder(Callback):
         every_n_steps: int = 1,
         probes_per_class: int = 1,
         probe_indices: list[int] | None = None,
+        probe_images: torch.Tensor | None = None,
+        probe_labels: list[int] | None = None,
+        max_probes: int = 64,
         dtype: Literal["float16", "float32"] = "float16",
         record_weights: bool | None = None,
         path: str | None = None,
         overwrite: bool = False,
-        compression: Literal["none", "lzf", "gzip"] = "lzf",
-        flush_every_n_steps: int = 1,
+        compression: Literal["none", "lzf", "gzip"] = "none",
+        flush_every: int = 1,
         log_images_every_n_steps: int = 0,
         background_writes: bool = True,
+        max_channels: int | None = None,
+        cuda_graphs: bool = True,
+        ring_slots: int = 3,
+        batch_loss_names: list[str] | None = None,
+        batch_acc_names: list[str] | None = None,
+        val_loss_names: list[str] | None = None,
+        val_acc_names: list[str] | None = None,
     ) -> None:
         for name, value, minimum in (
             ("every_n_steps", every_n_steps, 1),
             ("probes_per_class", probes_per_class, 1),
-            ("flush_every_n_steps", flush_every_n_steps, 1),
+            ("max_probes", max_probes, 1),
+            ("flush_every", flush_every, 1),
             ("log_images_every_n_steps", log_images_every_n_steps, 0),
+            ("ring_slots", ring_slots, 1),
+            ("max_channels", 1 if max_channels is None else max_channels, 1),
         ):
-            if not isinstance(value, int) or value < minimum:
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise MisconfigurationException(
                     f"ActivationRecorder: {name} must be an integer >= {minimum}, got {value!r}."
                 )
-        if dtype not in ("float16", "float32"):
-            raise MisconfigurationException(f"ActivationRecorder: dtype must be 'float16' or 'float32', got {dtype!r}.")
-        if compression not in ("none", "lzf", "gzip"):
-            raise MisconfigurationException(
-                f"ActivationRecorder: compression must be 'none', 'lzf' or 'gzip', got {compression!r}."
-            )
+        try:
+            check_dtype(dtype)
+            check_compression(compression)
+        except StoreError as error:
+            raise MisconfigurationException(f"ActivationRecorder: {error}") from None
         if probe_indices is not None and not probe_indices:
             raise MisconfigurationException("ActivationRecorder: probe_indices must name at least one image.")
         if layers is not None and not layers:
             raise MisconfigurationException("ActivationRecorder: layers must name at least one module, or be None.")
+        self._given_probes: ProbeSelection | None = None
+        if probe_images is not None:
+            try:
+                self._given_probes = probes_from_tensors(probe_images, probe_labels)
+            except ProbeError as error:
+                raise MisconfigurationException(f"ActivationRecorder: {error}") from None
+        elif probe_labels is not None:
+            raise MisconfigurationException("ActivationRecorder: probe_labels needs probe_images.")
 
         self.layers = list(layers) if layers is not None else None
         self.every_n_steps = every_n_steps
         self.probes_per_class = probes_per_class
         self.probe_indices = list(probe_indices) if probe_indices is not None else None
+        self.max_probes = max_probes
         self.dtype = dtype
         self.record_weights = record_weights
         self.path = path
         self.overwrite = overwrite
         self.compression = compression
-        self.flush_every_n_steps = flush_every_n_steps
+        self.flush_every = flush_every
         self.log_images_every_n_steps = log_images_every_n_steps
         self.background_writes = background_writes
+        self.max_channels = max_channels
+        self.cuda_graphs = cuda_graphs
+        self.ring_slots = ring_slots
+        self.batch_loss_names = list(batch_loss_names or _BATCH_LOSS_NAMES)
+        self.batch_acc_names = list(batch_acc_names or _BATCH_ACC_NAMES)
+        self.val_loss_names = list(val_loss_names or _VAL_LOSS_NAMES)
+        self.val_acc_names = list(val_acc_names or _VAL_ACC_NAMES)
 
         self._layer_names: list[str] = []
-        self._layer_modules: dict[str, nn.Module] = {}
-        self._probes: ProbeSet | None = None
-        self._probe_images: torch.Tensor | None = None
-        self._num_classes = 0
-        self._tanh_layers: dict[str, bool] = {}
+        self._probes: ProbeSelection | None = None
+        self._class_names: list[str] = []
+        self._scale_kinds: dict[str, str] = {}
         self._image_scales: dict[str, float] = {}
         self._record_weights = False
         self._store_path: Path | None = None
+        self._engine: ProbeEngine | None = None
+        self._ring: HostRing | None = None
+        self._process: WriterProcess | None = None
         self._writer: StoreWriter | None = None
+        self._stopped: str | None = None
         self._run_id = uuid.uuid4().hex
         self._last_recorded_step = -1
         self._resume_state: dict[str, Any] | None = None
+        self._resumed = False
+        self._val_written: dict[str, bool] = {"val/loss": False, "val/acc": False}
+        self._batch_metrics_found: dict[str, bool] = {"batch_loss": False, "batch_acc": False}
+        self._validated = False
 
     @property
     def store_path(self) -> Path | None:
         """Where this run's store is (known from ``setup``; a resumed run keeps its checkpoint's store)."""
         return self._store_path
+
+    @property
+    def ring_waits(self) -> int:
+        """How often training waited because every slot of the ring (or of the writer) was in flight."""
+        waits = self._ring.waits if self._ring is not None else 0
+        return waits + (self._process.waits if self._process is not None else 0)
+
+    @property
+    def probe_pass(self) -> str:
+        """How the probe pass runs: ``"CUDA graph"`` or ``"eager (...)"`` with the reason."""
+        return self._engine.graph_note if self._engine is not None else "not started"
 
     @property
     @override
@@ -157,99 +273,164 @@ class ActivationRecorder(Callback):
             return
         try:
             self._layer_names = resolve_layers(pl_module, self.layers)
+            self._probes = self._select_probes(trainer, pl_module)
+            self._scale_kinds = scale_kinds(pl_module, self._probes.images, self._layer_names)
         except ProbeError as error:
             raise MisconfigurationException(f"ActivationRecorder: {error}") from None
-        modules = dict(pl_module.named_modules())
-        self._layer_modules = {name: modules[split_selector(name)[0]] for name in self._layer_names}
-        self._probes = self._select_probes(trainer)
-        kinds = scale_kinds(pl_module, self._probe_images, self._layer_names)
-        self._tanh_layers = {name: kind == SCALE_TANH for name, kind in kinds.items()}
         num_parameters = sum(p.numel() for p in pl_module.parameters())
         self._record_weights = num_parameters < _SMALL_MODEL if self.record_weights is None else self.record_weights
-        self._store_path = Path(self.path) if self.path else Path(_default_folder(trainer)) / STORE_FILENAME
+        path = Path(self.path) if self.path else Path(_default_folder(trainer)) / STORE_FILENAME
+        self._store_path = path.expanduser().absolute()
         _on_rank_zero_or_raise(trainer, lambda: check_writable(self._store_path))
 
-    def _select_probes(self, trainer: pl.Trainer) -> ProbeSet:
-        dataset = getattr(trainer.datamodule, "val_dataset", None)
-        if dataset is None:
-            raise MisconfigurationException(
-                "ActivationRecorder picks its probe images from the data module's `val_dataset`; train with a "
-                "LightningDataModule that sets it in setup()."
-            )
-        class_names = [str(name) for name in getattr(trainer.datamodule, "classes", None) or []]
+    def _select_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ProbeSelection:
+        """Probes from, in order: the images given; ``val_dataset``; the first batches of the validation loader."""
+        datamodule = trainer.datamodule
+        dataset = getattr(datamodule, "val_dataset", None)
+        self._class_names = [str(n) for n in getattr(datamodule, "classes", None) or getattr(dataset, "classes", [])]
+        if self._given_probes is not None:
+            return self._given_probes
+        if dataset is not None:
+            return probes_from_dataset(dataset, self.probes_per_class, self.max_probes, self.probe_indices)
         if self.probe_indices is not None:
-            indices = self.probe_indices
-            for index in indices:
-                if not 0 <= index < len(dataset):
-                    raise MisconfigurationException(
-                        f"ActivationRecorder: probe index {index} is outside the validation split "
-                        f"of {len(dataset)} images."
-                    )
-        else:
-            indices = _first_per_class(dataset, self.probes_per_class, len(class_names) or None)
-        samples = [dataset[i] for i in indices]
-        images = torch.stack([torch.as_tensor(image) for image, _ in samples]).float()
-        labels = np.array([int(label) for _, label in samples], dtype=np.int64)
-        if not class_names:
-            class_names = [str(k) for k in range(int(labels.max()) + 1)]
-        self._probe_images = images
-        return ProbeSet(images.numpy(), labels, np.asarray(indices, dtype=np.int64), class_names)
+            raise ProbeError("probe_indices index the data module's val_dataset, and there is none.")
+        source = getattr(getattr(getattr(trainer.fit_loop, "epoch_loop", None), "val_loop", None), "_data_source", None)
+        if source is not None and source.is_defined():
+            loaders = source.dataloader()
+            loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+            if isinstance(loader, dict) and loader:
+                loader = next(iter(loader.values()))
+            if loader is not None:
+                self._class_names = self._class_names or [
+                    str(n) for n in getattr(getattr(loader, "dataset", None), "classes", None) or []
+                ]
+                return probes_from_loader(loader, self.probes_per_class, self.max_probes)
+        raise ProbeError(
+            "found no probe images: pass probe_images to the recorder, give the data module a val_dataset, "
+            "or give the trainer a validation loader."
+        )
 
     # -- the store's lifetime --------------------------------------------------------------------
 
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Open the store (new, or resumed up to the restored step) and record the current step."""
-        step = trainer.global_step
-        _on_rank_zero_or_raise(trainer, lambda: self._open_store(trainer, pl_module, step))
-        if trainer.is_global_zero and step != self._last_recorded_step:
-            self._record(trainer, pl_module, batch_loss=float("nan"), batch_acc=float("nan"))
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Create a new store, or check the checkpoint's one: after the checkpoint's callback state is
+        restored, before the logger writes anything into the run's folder."""
+        _on_rank_zero_or_raise(trainer, lambda: self._prepare_store(trainer, pl_module))
 
-    def _open_store(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
-        options = {"flush_every": self.flush_every_n_steps, "background": self.background_writes}
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start writing (a resumed store is cut back to the restored step here, once it is known) and
+        record the starting step: step 0 of a new run, or a resumed step that is on the schedule."""
+        _on_rank_zero_or_raise(trainer, lambda: self._start_writing(trainer, pl_module))
+        step = trainer.global_step
+        due = not self._resumed or step % self.every_n_steps == 0
+        if trainer.is_global_zero and due and step != self._last_recorded_step:
+            self._record(trainer, None, None)
+
+    def _prepare_store(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         resume = self._resume_state
         if resume is not None and not self.overwrite:
             self._run_id = resume["run_id"]
-            self._store_path = Path(resume["store_path"])
+            self._store_path = _resolve_checkpoint_path(resume["store_path"], self._store_path)
             if not self._store_path.exists():
                 raise StoreError(
                     f"the checkpoint's activation store {self._store_path} is missing; restore it, or set the "
                     "recorder's overwrite option to start a new store."
                 )
-            self._writer = StoreWriter.resume(self._store_path, run_id=self._run_id, keep_through_step=step, **options)
-            self._last_recorded_step = self._writer.last_global_step
+            check_writable(self._store_path)
+            self._resumed = True
             return
-        specs = self._layer_specs(pl_module)
-        self._writer = StoreWriter.create(
+        check_new_path(self._store_path, self.overwrite)
+        self._build_engine(pl_module)
+        StoreWriter.create(
             self._store_path,
             run_id=self._run_id,
             config=self._run_config(trainer, pl_module),
-            probes=self._probes,
-            layers=specs,
-            num_classes=self._num_classes,
+            probes=self._probe_set(),
+            layers=self._layer_specs(),
+            num_classes=self._engine.output_shape[1],
             dtype=self.dtype,
-            compression=None if self.compression == "none" else self.compression,
+            compression=self.compression,
             overwrite=self.overwrite,
-            **options,
+            background=False,
+        ).close()
+        self._open_writer(wait=False)
+
+    def _start_writing(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._resumed:
+            self._build_engine(pl_module)
+            StoreWriter.resume(
+                self._store_path, run_id=self._run_id, keep_through_step=trainer.global_step, background=False
+            ).close()
+            self._open_writer(wait=True)
+        log.info(
+            "actrec: recording %d layers to %s (probe pass: %s)",
+            len(self._layer_names),
+            self._store_path,
+            self._engine.graph_note,
         )
 
-    def _layer_specs(self, pl_module: pl.LightningModule) -> list[LayerSpec]:
-        # One probe pass tells every layer's output shape and the number of classes.
-        activations, _, logits = self._probe_pass(pl_module)
-        self._num_classes = int(logits.shape[-1])
-        specs = []
-        for name, module in self._layer_modules.items():
-            params = {p: tuple(v.shape) for p, v in module.named_parameters()} if self._record_weights else {}
-            specs.append(
-                LayerSpec(
-                    name=name,
-                    sample_shape=tuple(activations[name].shape[1:]),
-                    module_type=type(module).__name__,
-                    scale_kind=SCALE_TANH if self._tanh_layers[name] else SCALE_SYMMETRIC,
-                    params=params,
-                )
+    def _open_writer(self, wait: bool) -> None:
+        """Open the store for appending: a writer process (started without waiting for a new store, so its
+        start-up overlaps Lightning's), HDF5 on the ring's thread, or synchronous writes."""
+        if self.background_writes and self._writer_mode == "process":
+            fields = [(_column_key(f.key), f.dtype, f.shape, f.offset) for f in self._engine.fields]
+            self._process = WriterProcess(
+                self._store_path,
+                fields,
+                self._engine.nbytes,
+                slots=self.ring_slots + 1,
+                flush_every=self.flush_every,
+                wait=wait,
             )
-        return specs
+            self._last_recorded_step = self._process.last_global_step if wait else -1
+        else:
+            self._writer = StoreWriter._open_for_append(self._store_path, self.flush_every, background=False)
+            self._last_recorded_step = self._writer.last_global_step
+        if self.background_writes:
+            self._ring = HostRing(self._engine.nbytes, self.ring_slots, self._engine.device, self._consume)
+
+    def _build_engine(self, pl_module: pl.LightningModule) -> None:
+        try:
+            self._engine = ProbeEngine(
+                pl_module,
+                self._probes.images,
+                self._layer_names,
+                dtype=self.dtype,
+                max_channels=self.max_channels,
+                record_params=self._record_weights,
+                cuda_graph=self.cuda_graphs,
+            )
+        except ProbeError as error:
+            raise MisconfigurationException(f"ActivationRecorder: {error}") from None
+        if not self._class_names:
+            self._class_names = [str(k) for k in range(self._engine.output_shape[1])]
+
+    def _probe_set(self) -> ProbeSet:
+        probes = self._probes
+        return ProbeSet(
+            images=probes.images.float().numpy(),
+            labels=probes.labels.numpy(),
+            indices=probes.indices.numpy(),
+            class_names=self._class_names,
+        )
+
+    def _layer_specs(self) -> list[LayerSpec]:
+        return [
+            LayerSpec(
+                name=name,
+                sample_shape=layout.sample_shape,
+                module_type=layout.module_type,
+                scale_kind=self._scale_kinds[name],
+                params=layout.params,
+                kind=layout.kind,
+                output=layout.output,
+                channels=layout.channels,
+                full_shape=layout.full_shape,
+            )
+            for name, layout in self._engine.layouts.items()
+        ]
 
     def _run_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         datamodule = trainer.datamodule
@@ -257,7 +438,8 @@ class ActivationRecorder(Callback):
             "model": dict(getattr(pl_module, "hparams", {}) or {}),
             "data": dict(getattr(datamodule, "hparams", {}) or {}) if datamodule is not None else {},
             "model_class": type(pl_module).__qualname__,
-            "recorder": {key: value for key, value in vars(self).items() if not key.startswith("_")},
+            "recorder": {key: getattr(self, key) for key in _CONFIG_KEYS},
+            "probes": {"source": self._probes.source, "count": int(self._probes.images.shape[0])},
             "trainer": {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps},
         }
 
@@ -269,27 +451,54 @@ class ActivationRecorder(Callback):
         step = trainer.global_step
         if not trainer.is_global_zero or step == self._last_recorded_step or step % self.every_n_steps:
             return
-        loss, acc = _batch_metrics(outputs)
-        self._record(trainer, pl_module, batch_loss=loss, batch_acc=acc)
+        loss = _find_metric(outputs, trainer, self.batch_loss_names)
+        acc = _find_metric(outputs, trainer, self.batch_acc_names)
+        self._batch_metrics_found["batch_loss"] |= loss is not None
+        self._batch_metrics_found["batch_acc"] |= acc is not None
+        self._record(trainer, loss, acc)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Keep the epoch's validation loss and accuracy beside the activations."""
-        if trainer.sanity_checking or not trainer.is_global_zero or self._writer is None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self._stopped:
             return
-        for name in _SCALARS:
-            value = trainer.callback_metrics.get(name)
+        self._validated = True
+        metrics = trainer.callback_metrics
+        for series, names in (("val/loss", self.val_loss_names), ("val/acc", self.val_acc_names)):
+            value = next((metrics[name] for name in names if name in metrics), None)
             if value is not None:
-                self._writer.append_scalar(name, trainer.global_step, float(value))
+                self._val_written[series] = True
+                self._write_scalar(series, trainer.global_step, value)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Record the final state even when it falls between ``every_n_steps``, then flush."""
-        if not trainer.is_global_zero or self._writer is None:
+        if not trainer.is_global_zero:
             return
         if trainer.global_step != self._last_recorded_step:
-            self._record(trainer, pl_module, batch_loss=float("nan"), batch_acc=float("nan"))
-        self._writer.flush()
+            self._record(trainer, None, None)
+        if self._ring is not None:
+            self._ring.drain()
+        if self._process is not None:
+            self._process.flush()
+        elif self._writer is not None and not self._stopped:
+            self._writer.flush()
+        self._check_failure()
+        if self._last_recorded_step > 0:
+            for column, names in (("batch_loss", self.batch_loss_names), ("batch_acc", self.batch_acc_names)):
+                if not self._batch_metrics_found[column]:
+                    rank_zero_warn(
+                        f"ActivationRecorder: training_step returned and logged none of {', '.join(names)}, so "
+                        f"the store's {column} column is empty (NaN); set {column}_names to the name you use."
+                    )
+        if self._validated:
+            for series, names in (("val/loss", self.val_loss_names), ("val/acc", self.val_acc_names)):
+                if not self._val_written[series]:
+                    rank_zero_warn(
+                        f"ActivationRecorder: no metric named {', '.join(names)} was logged during validation, so "
+                        f"the store's {series} series is empty; set {series.replace('/', '_')}_names to the name "
+                        "your validation_step logs."
+                    )
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -302,9 +511,19 @@ class ActivationRecorder(Callback):
         self._close()
 
     def _close(self) -> None:
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.close()
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.close()
+        process, self._process = self._process, None
+        if process is not None:
+            process.close()
+            self._check_failure(process)
+        writer, self._writer = self._writer, None
+        if writer is not None and not self._stopped:
+            try:
+                writer.close()
+            except StoreError as error:
+                self._stop(str(error))
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -320,73 +539,90 @@ class ActivationRecorder(Callback):
 
     # -- recording -------------------------------------------------------------------------------
 
-    def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch_loss: float, batch_acc: float) -> None:
-        activations, peaks, logits = self._probe_pass(pl_module)
-        params = {}
-        if self._record_weights:
-            params = {name: _parameters(module) for name, module in self._layer_modules.items()}
+    def _record(self, trainer: pl.Trainer, batch_loss: Any, batch_acc: Any) -> None:
         step = trainer.global_step
-        self._writer.append(
-            StepRecord(
-                global_step=step,
-                epoch=trainer.current_epoch,
-                batch_loss=batch_loss,
-                batch_acc=batch_acc,
-                logits=logits,
-                activations=activations,
-                params=params,
-                wall_time=time.time(),
-                peaks=peaks,
-            )
-        )
         self._last_recorded_step = step
-        if self.log_images_every_n_steps and step % self.log_images_every_n_steps == 0:
-            self._log_images(trainer, activations, peaks, logits, step)
+        if self._stopped or self._engine is None:
+            return
+        self._check_failure()
+        packed = self._engine.run(batch_loss, batch_acc)
+        log_images = bool(self.log_images_every_n_steps) and step % self.log_images_every_n_steps == 0
+        row = _Row(step, trainer.current_epoch, time.time(), log_images)
+        if self._ring is not None:
+            self._ring.put(packed, (trainer, row))
+        else:
+            self._consume(packed.cpu(), (trainer, row))
 
-    def _probe_pass(self, pl_module: pl.LightningModule) -> tuple[dict[str, np.ndarray], dict[str, float], np.ndarray]:
-        """Run the probes through the unwrapped module in eval mode; return activations, their peaks, logits."""
-        dtype = torch.float16 if self.dtype == "float16" else torch.float32
-        activations: dict[str, np.ndarray] = {}
-        peaks: dict[str, float] = {}
+    def _consume(self, host: torch.Tensor, item: tuple[pl.Trainer, _Row]) -> None:
+        """Hand one host copy of a packed step to the store (on the ring's thread, or synchronously)."""
+        trainer, row = item
+        if self._process is not None:
+            self._process.submit(host.numpy(), row.step, row.epoch, row.wall_time)
+        elif self._writer is not None and not self._stopped:
+            values = {_column_key(key): view.numpy() for key, view in self._engine.host_views(host).items()}
+            try:
+                self._writer.append_columns(values, row.step, row.epoch, row.wall_time)
+            except (StoreError, OSError, RuntimeError) as error:
+                self._stop(str(error))
+        if row.log_images:
+            views = self._engine.host_views(host)
+            self._log_images(trainer, views, row.step, row.epoch)
 
-        def keep(name: str, output: torch.Tensor) -> None:
-            activations[name] = output.detach().to("cpu", dtype, copy=True).numpy()
-            peaks[name] = float(output.detach().abs().max()) if output.numel() else 0.0
+    def _write_scalar(self, series: str, step: int, value: Any) -> None:
+        def write() -> None:
+            number = float(value)  # on the ring's thread: a device value waits there, not in training
+            if self._process is not None:
+                self._process.scalar(series, step, number)
+            elif self._writer is not None and not self._stopped:
+                try:
+                    self._writer.append_scalar(series, step, number)
+                except (StoreError, OSError, RuntimeError) as error:
+                    self._stop(str(error))
 
-        try:
-            logits = run_hooked(pl_module, self._probe_images, self._layer_names, keep)
-        except ProbeError as error:
-            raise MisconfigurationException(f"ActivationRecorder: {error}") from None
-        logits = select_output(logits, "", "the model's output")
-        return activations, peaks, logits.detach().float().cpu().numpy()
+        if self._ring is not None:
+            self._ring.call(write)
+        else:
+            write()
 
-    def _log_images(
-        self,
-        trainer: pl.Trainer,
-        activations: dict[str, np.ndarray],
-        peaks: dict[str, float],
-        logits: np.ndarray,
-        step: int,
-    ) -> None:
+    def _check_failure(self, process: WriterProcess | None = None) -> None:
+        process = process or self._process
+        if process is not None and process.error and not self._stopped:
+            self._stop(process.error)
+        if self._ring is not None and self._ring.error is not None and not self._stopped:
+            self._stop(f"{type(self._ring.error).__name__}: {self._ring.error}")
+
+    def _stop(self, reason: str) -> None:
+        self._stopped = reason.rstrip(".")
+        rank_zero_warn(
+            f"ActivationRecorder stopped recording: {self._stopped}. Training continues without recording; "
+            f"the steps stored so far in {self._store_path} stay readable."
+        )
+
+    def _log_images(self, trainer: pl.Trainer, views: dict[str, torch.Tensor], step: int, epoch: int) -> None:
         from actrec.viewer import activation_frame, frame_title
 
         experiment = getattr(trainer.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):
             return
-        predictions = logits.argmax(axis=-1)
-        for name, values in activations.items():
-            # Tanh layers keep the fixed +-1 scale; others use the largest |activation| seen so far,
+        predictions = views["logits"].numpy().argmax(axis=-1)
+        probes = self._probes
+        for name, layout in self._engine.layouts.items():
+            if layout.kind != "maps":
+                continue
+            values = views[f"{name}/activations"].numpy()
+            peak = float(views[f"{name}/abs_max"])
+            # Bounded layers keep their fixed scale; others use the largest |activation| seen so far,
             # which only grows, so a colour never comes to mean a smaller value later in the run.
-            self._image_scales[name] = max(self._image_scales.get(name, 0.0), peaks[name])
-            scale = 1.0 if self._tanh_layers.get(name) else (self._image_scales[name] or 1.0)
+            self._image_scales[name] = max(self._image_scales.get(name, 0.0), peak)
+            scale = FIXED_SCALES.get(self._scale_kinds[name]) or (self._image_scales[name] or 1.0)
             frame = activation_frame(
                 values,
                 scale=scale,
-                probe_images=self._probes.images,
-                labels=self._probes.labels,
+                probe_images=probes.images.float().numpy(),
+                labels=probes.labels.numpy(),
                 predictions=predictions,
-                class_names=list(self._probes.class_names),
-                title=frame_title(name, step, trainer.current_epoch),
+                class_names=self._class_names,
+                title=frame_title(name, step, epoch),
             )
             experiment.add_image(f"activations/{name}", frame, step, dataformats="HWC")
 
@@ -394,45 +630,35 @@ class ActivationRecorder(Callback):
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _parameters(module: nn.Module) -> dict[str, np.ndarray]:
-    return {
-        name: value.detach().to("cpu", torch.float32, copy=True).numpy() for name, value in module.named_parameters()
-    }
+def _column_key(field_key: str) -> str:
+    """The store's dataset for an engine field: ``"conv1/activations"`` -> ``"layers/conv1/activations"``."""
+    if field_key in ("logits", "batch_loss", "batch_acc"):
+        return f"steps/{field_key}"
+    return f"layers/{field_key}"
 
 
-def _first_per_class(dataset: Any, per_class: int, num_classes: int | None) -> list[int]:
-    """The first ``per_class`` indices of every class, in class order; reads labels only as needed."""
-    targets = getattr(dataset, "targets", None)
-    tensors = getattr(dataset, "tensors", None)
-    if targets is None and tensors is not None and len(tensors) > 1:
-        targets = tensors[1]
-    labels = (int(t) for t in targets) if targets is not None else (int(dataset[i][1]) for i in range(len(dataset)))
-    chosen: dict[int, list[int]] = {}
-    for index, label in enumerate(labels):
-        picks = chosen.setdefault(label, [])
-        if len(picks) < per_class:
-            picks.append(index)
-        if num_classes and len(chosen) == num_classes and all(len(p) == per_class for p in chosen.values()):
-            break
-    short = sorted(label for label, picks in chosen.items() if len(picks) < per_class)
-    if not chosen or short:
-        raise MisconfigurationException(
-            f"ActivationRecorder: the validation split has fewer than probes_per_class={per_class} images "
-            f"of class(es) {short}; lower probes_per_class or pass probe_indices."
-        )
-    return [index for label in sorted(chosen) for index in chosen[label]]
-
-
-def _batch_metrics(outputs: Any) -> tuple[float, float]:
-    def number(value: Any) -> float:
-        return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-
-    if isinstance(outputs, torch.Tensor):
-        return number(outputs), float("nan")
+def _find_metric(outputs: Any, trainer: pl.Trainer, names: Sequence[str]) -> Any:
+    """A batch metric as a tensor or number, never converted here (that would wait for the device)."""
+    if isinstance(outputs, torch.Tensor) and names and names[0] == "loss":
+        return outputs
     if isinstance(outputs, dict):
-        loss, acc = outputs.get("loss"), outputs.get("acc")
-        return (number(loss) if loss is not None else float("nan")), (number(acc) if acc is not None else float("nan"))
-    return float("nan"), float("nan")
+        for name in names:
+            if name in outputs:
+                return outputs[name]
+    metrics = trainer.callback_metrics
+    for name in names:
+        if name in metrics:
+            return metrics[name]
+    return None
+
+
+def _resolve_checkpoint_path(stored: str, fallback: Path | None) -> Path:
+    """The checkpoint's store path; a relative one (older checkpoints) is tried against this run's folder."""
+    path = Path(stored)
+    if path.is_absolute() or path.exists() or fallback is None:
+        return path.absolute()
+    candidate = fallback.parent / path.name
+    return candidate if candidate.exists() else path.absolute()
 
 
 def _default_folder(trainer: pl.Trainer) -> str:
@@ -449,6 +675,9 @@ def _on_rank_zero_or_raise(trainer: pl.Trainer, action: Callable[[], None]) -> N
             action()
         except (StoreError, MisconfigurationException) as error:
             message = str(error)
+        except ProbeError as error:
+            message = f"ActivationRecorder: {error}"
     message = trainer.strategy.broadcast(message, src=0)
     if message is not None:
         raise MisconfigurationException(message)
+

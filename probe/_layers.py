@@ -224,19 +224,20 @@ def _is_block(module: nn.Module) -> bool:
 
 
 def _single_layer_blocks(root: nn.Module, kind: type[nn.Module]) -> list[str]:
-    """The outermost modules holding exactly one ``kind`` layer; a bare layer in a Sequential is taken
-    after the norm and nonlinearity that follow it."""
+    """The outermost modules holding exactly one weighted layer, of ``kind``; a bare layer in a Sequential is
+    taken after the norm and nonlinearity that follow it."""
     found: list[str] = []
+    weighted = (nn.modules.conv._ConvNd, nn.Linear, *_RECURRENT)
 
     def count(module: nn.Module) -> int:
-        return sum(isinstance(m, kind) for m in module.modules())
+        return sum(isinstance(m, weighted) for m in module.modules())
 
     def visit(prefix: str, module: nn.Module) -> None:
         children = list(module.named_children())
         for index, (child_name, child) in enumerate(children):
             name = f"{prefix}{child_name}"
             n = count(child)
-            if n == 1:
+            if n == 1 and any(isinstance(m, kind) for m in child.modules()):
                 if isinstance(child, kind) and isinstance(module, nn.Sequential):
                     # A flat Sequential(conv, BN, ReLU, ...): record after the norm and the nonlinearity.
                     for follower_name, follower in children[index + 1 :]:

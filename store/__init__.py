@@ -1,13 +1,39 @@
 """The activation store: the one module that reads and writes actrec's HDF5 files."""
 
-from actrec.store._schema import FORMAT_NAME, FORMAT_VERSION, SCALAR_NAMES, SCALE_SYMMETRIC, SCALE_TANH, StoreError
-from actrec.store.reader import STORE_FILENAME, LayerInfo, StoreReader, resolve_store_path
-from actrec.store.writer import LayerSpec, ProbeSet, StepRecord, StoreWriter, check_writable
+from actrec.store._schema import (
+    COMPRESSIONS,
+    FIXED_SCALES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    KIND_MAPS,
+    KIND_TOKENS,
+    KIND_VECTOR,
+    SCALAR_NAMES,
+    SCALE_KINDS,
+    SCALE_NONNEGATIVE,
+    SCALE_SIGMOID,
+    SCALE_SYMMETRIC,
+    SCALE_TANH,
+    StoreError,
+    check_compression,
+    check_dtype,
+)
+from actrec.store._types import LayerInfo, LayerSpec, ProbeSet, StepRecord
+from actrec.store.reader import STORE_FILENAME, StoreReader, resolve_store_path
+from actrec.store.writer import StoreWriter, check_new_path, check_writable
 
 __all__ = [
+    "COMPRESSIONS",
+    "FIXED_SCALES",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "KIND_MAPS",
+    "KIND_TOKENS",
+    "KIND_VECTOR",
     "SCALAR_NAMES",
+    "SCALE_KINDS",
+    "SCALE_NONNEGATIVE",
+    "SCALE_SIGMOID",
     "SCALE_SYMMETRIC",
     "SCALE_TANH",
     "STORE_FILENAME",
@@ -18,6 +44,9 @@ __all__ = [
     "StoreError",
     "StoreReader",
     "StoreWriter",
+    "check_compression",
+    "check_dtype",
+    "check_new_path",
     "check_writable",
     "resolve_store_path",
 ]

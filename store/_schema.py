@@ -4,31 +4,44 @@ A store is one HDF5 file per run (``activations.h5``)::
 
     /                                   attrs: format, format_version, run_id, created, config (JSON),
                                                num_probes, num_classes, class_names (JSON)
-    /probes/images      (P, C, H, W)    float32, the probe images exactly as fed to the model
-    /probes/labels      (P,)            int64
-    /probes/indices     (P,)            int64, index of each probe in the held-out split
+    /probes/images      (P, ...)        float32, the probe inputs exactly as fed to the model
+    /probes/labels      (P,)            int64 (-1: the probe came without a label)
+    /probes/indices     (P,)            int64, index of each probe in the split (or loader) it came from
     /steps/global_step  (N,)            int64, trainer.global_step when the row was recorded
     /steps/epoch        (N,)            int64
-    /steps/batch_loss   (N,)            float32, training batch loss at that step (NaN at step 0)
-    /steps/batch_acc    (N,)            float32, training batch accuracy at that step (NaN at step 0)
+    /steps/batch_loss   (N,)            float32, training batch loss at that step (NaN when unknown)
+    /steps/batch_acc    (N,)            float32, training batch accuracy at that step (NaN when unknown)
     /steps/wall_time    (N,)            float64, seconds since the Unix epoch
-    /steps/logits       (N, P, K)       float32, the probes' logits
-    /layers/<name>/activations (N, P, C, H, W)  float16 (or float32), one chunk per step
-    /layers/<name>/abs_max     (N,)     float32, max |activation| of the row, for data-derived colour scales
+    /steps/logits       (N, P, K)       float32, the probes' logits (the model's output, flattened per probe)
+    /layers/<name>/activations (N, P, *sample_shape)  float16 (or float32), one chunk per step
+    /layers/<name>/abs_max     (N,)     float32, max |finite activation| of the row, for colour scales
+    /layers/<name>/nonfinite   (N,)     int64, how many NaN/inf values the row holds (v2; stored as they are)
     /layers/<name>/params/<param> (N, ...) float32, the layer's weights and biases (optional)
-                                        attrs on /layers/<name>: order, module_type, scale_kind ("tanh"
-                                        or "symmetric"), scale (1.0 for tanh, 0.0 = derive from
-                                        abs_max), sample_shape (C, H, W)
-    /scalars/<name>     (M, 2)          float64 rows of (global_step, value), e.g. val/loss
+                                        attrs on /layers/<name>: order, module_type, scale_kind, scale
+                                        (1.0 for tanh and sigmoid, 0.0 = derive from abs_max), sample_shape,
+                                        and in v2: kind, output, channels (absent = all), full_shape
+    /scalars/<name>     (M, 2)          float64 rows of (global_step, value): val/loss, val/acc
+
+Version 2 adds, per layer: ``kind`` (``maps`` (C, H, W), ``tokens`` (T, D), ``vector`` (D,)), ``output``
+(the output selector, ``""`` = the module's tensor), ``channels`` (int64 indices of the kept channels
+or units into the full layer; absent = all kept), ``full_shape`` (the layer's per-probe shape before
+any cap), ``scale_kind`` one of ``tanh`` (within +-1), ``sigmoid`` (within 0..1), ``nonnegative``
+(ReLU-like) or ``symmetric``; and the ``nonfinite`` column. Every growable dataset is chunked with
+HDF5's Fletcher-32 checksum filter. Version 1 stores read as: kind from the rank of sample_shape,
+output "", channels None, full_shape = sample_shape, nonfinite all zero.
 
 ``/steps/global_step`` is written last for every row, so its length is the number of complete rows;
-readers never look past it. ``<name>`` is the module's qualified name (``net.conv1``).
+readers never look past it. ``<name>`` is the layer's name as given (``net.conv1``, ``lstm[0]``).
+
+A store left behind by a killed writer is still flagged "open for writing": open it with
+``h5py.File(path, "r", swmr=True)`` (or :class:`actrec.store.StoreReader`); a plain read-only open
+may refuse it on older HDF5 versions.
 """
 
 from __future__ import annotations
 
 FORMAT_NAME = "actrec-activations"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 STEP_FIELDS: dict[str, str] = {
     "epoch": "int64",
@@ -38,12 +51,52 @@ STEP_FIELDS: dict[str, str] = {
 }
 """Per-step scalar columns besides ``global_step``, with their dtypes."""
 
-SCALAR_NAMES: tuple[str, ...] = ("val/loss", "val/acc", "train/loss", "train/acc")
+SCALAR_NAMES: tuple[str, ...] = ("val/loss", "val/acc")
 """Scalar series created in every store, so SWMR writers never need to create objects later."""
 
 SCALE_TANH = "tanh"
+SCALE_SIGMOID = "sigmoid"
+SCALE_NONNEGATIVE = "nonnegative"
 SCALE_SYMMETRIC = "symmetric"
+SCALE_KINDS: tuple[str, ...] = (SCALE_TANH, SCALE_SIGMOID, SCALE_NONNEGATIVE, SCALE_SYMMETRIC)
+FIXED_SCALES: dict[str, float] = {SCALE_TANH: 1.0, SCALE_SIGMOID: 1.0}
+"""Scale kinds whose colour scale is known in advance; the others derive it from ``abs_max``."""
+
+KIND_MAPS = "maps"
+KIND_TOKENS = "tokens"
+KIND_VECTOR = "vector"
+KINDS_BY_RANK: dict[int, str] = {3: KIND_MAPS, 2: KIND_TOKENS, 1: KIND_VECTOR}
+
+COMPRESSIONS: tuple[str, ...] = ("none", "lzf", "gzip")
+DTYPES: tuple[str, ...] = ("float16", "float32")
 
 
 class StoreError(Exception):
     """A store cannot be created, opened or read; the message is one sentence for the user."""
+
+
+def check_compression(compression: str) -> str:
+    """Return ``compression`` if it is one of :data:`COMPRESSIONS`.
+
+    Raises:
+        StoreError: it is not.
+    """
+    if compression not in COMPRESSIONS:
+        raise StoreError(f"compression must be 'none', 'lzf' or 'gzip', got {compression!r}.")
+    return compression
+
+
+def check_dtype(dtype: str) -> str:
+    """Return ``dtype`` if it is one of :data:`DTYPES`.
+
+    Raises:
+        StoreError: it is not.
+    """
+    if dtype not in DTYPES:
+        raise StoreError(f"dtype must be 'float16' or 'float32', got {dtype!r}.")
+    return dtype
+
+
+def kind_of(sample_shape: tuple[int, ...]) -> str:
+    """The kind of a layer from the rank of its stored per-probe shape (maps, tokens or vector)."""
+    return KINDS_BY_RANK.get(len(sample_shape), KIND_MAPS if len(sample_shape) > 3 else KIND_VECTOR)

@@ -2,39 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import h5py
 import numpy as np
 
-from actrec.store._schema import FORMAT_NAME, FORMAT_VERSION, SCALE_TANH, STEP_FIELDS, StoreError
-from actrec.store.writer import ProbeSet
+from actrec.store._integrity import (
+    check_schema,
+    format_version,
+    json_attribute,
+    open_swmr,
+    read_checked,
+    text_attribute,
+)
+from actrec.store._schema import FIXED_SCALES, FORMAT_NAME, FORMAT_VERSION, STEP_FIELDS, StoreError, kind_of
+from actrec.store._types import LayerInfo, ProbeSet
 
 STORE_FILENAME = "activations.h5"
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """Static description of one recorded layer.
-
-    Args:
-        name: the module's qualified name.
-        sample_shape: shape of one probe's activation, e.g. ``(4, 28, 28)``.
-        module_type: the module's class name.
-        scale_kind: ``"tanh"`` or ``"symmetric"``.
-        param_names: names of the recorded parameters (may be empty).
-    """
-
-    name: str
-    sample_shape: tuple[int, ...]
-    module_type: str
-    scale_kind: str
-    param_names: tuple[str, ...]
 
 
 def resolve_store_path(path: str | os.PathLike) -> Path:
@@ -77,40 +64,36 @@ class StoreReader:
         attrs = self._file.attrs
         if attrs.get("format") != FORMAT_NAME:
             raise StoreError(f"{self.path} is an HDF5 file but not an actrec activation store.")
-        version = int(attrs.get("format_version", 0))
+        version = format_version(self._file, self.path)
         if version > FORMAT_VERSION:
             raise StoreError(
                 f"{self.path} uses store format version {version}, newer than this actrec reads "
                 f"({FORMAT_VERSION}); upgrade actrec to read it."
             )
+        check_schema(self._file, self.path)
 
     # -- whole-run facts -------------------------------------------------------------------------
 
     @property
     def run_id(self) -> str:
-        return str(self._file.attrs["run_id"])
+        return text_attribute(self._file, self.path, "run_id")
 
     @property
     def format_version(self) -> int:
-        return int(self._file.attrs["format_version"])
+        return format_version(self._file, self.path)
 
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads(self._file.attrs["config"])
+        return json_attribute(self._file, self.path, "config", dict)
 
     @property
     def class_names(self) -> list[str]:
-        return json.loads(self._file.attrs["class_names"])
+        return json_attribute(self._file, self.path, "class_names", list)
 
     @property
     def probes(self) -> ProbeSet:
-        group = self._file["probes"]
-        return ProbeSet(
-            images=group["images"][()],
-            labels=group["labels"][()],
-            indices=group["indices"][()],
-            class_names=self.class_names,
-        )
+        images, labels, indices = (self._whole(f"probes/{name}") for name in ("images", "labels", "indices"))
+        return ProbeSet(images=images, labels=labels, indices=indices, class_names=self.class_names)
 
     @property
     def layer_names(self) -> list[str]:
@@ -125,12 +108,19 @@ class StoreReader:
             StoreError: the store has no layer ``name``.
         """
         group = self._layer_group(name)
+        attrs = group.attrs
+        sample_shape = tuple(int(n) for n in attrs["sample_shape"])
+        channels = attrs.get("channels")
         return LayerInfo(
             name=name,
-            sample_shape=tuple(int(n) for n in group.attrs["sample_shape"]),
-            module_type=str(group.attrs["module_type"]),
-            scale_kind=str(group.attrs["scale_kind"]),
+            sample_shape=sample_shape,
+            module_type=str(attrs["module_type"]),
+            scale_kind=str(attrs["scale_kind"]),
             param_names=tuple(group["params"]),
+            kind=str(attrs.get("kind", kind_of(sample_shape))),
+            output=str(attrs.get("output", "")),
+            channels=tuple(int(c) for c in channels) if channels is not None else None,
+            full_shape=tuple(int(n) for n in attrs.get("full_shape", sample_shape)),
         )
 
     # -- per-step data ---------------------------------------------------------------------------
@@ -177,26 +167,36 @@ class StoreReader:
         self._layer_group(name)
         return self._rows(self._dataset(f"layers/{name}/abs_max"), rows)
 
+    def nonfinite(self, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """``(n,)`` number of NaN/inf values of layer ``name`` in each chosen row (zeros for version 1 stores)."""
+        group = self._layer_group(name)
+        if "nonfinite" not in group:
+            return np.zeros(len(self._rows(self._dataset("steps/global_step"), rows)), dtype=np.int64)
+        return self._rows(self._dataset(f"layers/{name}/nonfinite"), rows)
+
     def params(self, name: str, rows: slice | np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The recorded parameters of layer ``name`` at the chosen rows, by parameter name."""
         group = self._layer_group(name)["params"]
         return {param: self._rows(self._dataset(f"layers/{name}/params/{param}"), rows) for param in group}
 
     def symmetric_scale(self, name: str, rows: slice | np.ndarray | None = None) -> float:
-        """The fixed colour scale of a layer: 1 for tanh layers, else the largest ``|activation|`` seen."""
-        if self.layer(name).scale_kind == SCALE_TANH:
-            return 1.0
+        """The fixed colour scale of a layer: 1 for tanh and sigmoid layers, else the largest ``|activation|`` seen."""
+        fixed = FIXED_SCALES.get(self.layer(name).scale_kind)
+        if fixed is not None:
+            return fixed
         values = self.abs_max(name, rows)
+        values = values[np.isfinite(values)]
         scale = float(values.max()) if values.size else 0.0
         return scale if scale > 0 else 1.0
 
     def scalars(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(global_steps, values)`` of a scalar series such as ``val/loss`` (empty if never logged)."""
+        """``(global_steps, values)`` of a scalar series such as ``val/loss`` (empty if never logged, or if
+        the store has no such series: version 2 stores no longer create ``train/loss`` and ``train/acc``)."""
         if name not in self._file["scalars"]:
-            raise StoreError(f"{self.path} has no scalar series {name!r}.")
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
         dataset = self._dataset(f"scalars/{name}")
         dataset.refresh()
-        data = dataset[()]
+        data = self._whole(f"scalars/{name}")
         return data[:, 0].astype(np.int64), data[:, 1]
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -219,22 +219,41 @@ class StoreReader:
         return layers[name]
 
     def _column(self, name: str) -> np.ndarray:
-        return self._dataset(f"steps/{name}")[: self.num_steps]
+        return self._rows(self._dataset(f"steps/{name}"), None)
+
+    def _whole(self, key: str) -> np.ndarray:
+        """A dataset read whole (probes, scalars); a checksum failure names its first row."""
+        dataset = self._dataset(key)
+        rows = np.arange(dataset.shape[0] if dataset.shape else 1)
+        return read_checked(lambda: dataset[()], dataset, rows, lambda row: None)
+
+    def _step_of_row(self, row: int) -> int | None:
+        try:
+            return int(self._dataset("steps/global_step")[row])
+        except (OSError, IndexError):
+            return None
 
     def _rows(self, dataset: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray:
+        """Read rows of a per-step dataset; a row that fails its checksum raises DamagedDataError."""
         dataset.refresh()
         n = self.num_steps
         if rows is None:
-            return dataset[:n]
+            return read_checked(lambda: dataset[:n], dataset, np.arange(n), self._step_of_row)
         if isinstance(rows, slice):
             start, stop, stride = rows.indices(n)
-            return dataset[start:stop:stride] if stride > 0 else dataset[:n][rows]
+
+            def read() -> np.ndarray:
+                return dataset[start:stop:stride] if stride > 0 else dataset[:n][rows]
+
+            return read_checked(read, dataset, np.arange(start, stop, stride), self._step_of_row)
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= n):
             raise StoreError(f"row index out of range: the store has {n} complete rows.")
         # h5py wants increasing indices; read sorted and unique, then put back in the asked order.
         unique, inverse = np.unique(rows, return_inverse=True)
-        return dataset[unique][inverse] if unique.size else dataset[:0]
+        if not unique.size:
+            return dataset[:0]
+        return read_checked(lambda: dataset[unique][inverse], dataset, unique, self._step_of_row)
 
 
 class _SharedFile:
@@ -288,14 +307,15 @@ def _open(path: Path) -> h5py.File:
     try:
         # A plain open checks the whole superblock against the file's size and fails at once on a
         # truncated file, where an SWMR open would keep retrying reads that can never succeed.
-        h5py.File(path, "r").close()
+        h5py.File(path, "r", locking=False).close()  # no lock: see open_swmr
     except OSError as error:
         # Older HDF5 refuses plain opens of files flagged "open for writing"; SWMR read takes them.
         if "already open" not in str(error):
             raise StoreError(f"{path} cannot be read; it may be truncated or damaged ({error}).") from None
     try:
         # SWMR read follows a writer that is still running and opens files left flagged "open for
-        # writing" by a killed run, with no h5clear step.
-        return h5py.File(path, "r", libver="latest", swmr=True)
+        # writing" by a killed run, with no h5clear step; open_swmr bounds HDF5's retries on damaged
+        # metadata (which otherwise take ~40 minutes per object) and walks the structure once.
+        return open_swmr(path)
     except OSError:
-        return h5py.File(path, "r")  # a foreign HDF5 file too old for SWMR; rejected by the format check
+        return h5py.File(path, "r", locking=False)  # a foreign HDF5 file too old for SWMR; rejected later

@@ -14,84 +14,41 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from actrec.store._schema import FORMAT_NAME, FORMAT_VERSION, SCALAR_NAMES, STEP_FIELDS, StoreError
+from actrec.store._schema import (
+    FIXED_SCALES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    SCALAR_NAMES,
+    SCALE_KINDS,
+    STEP_FIELDS,
+    StoreError,
+    check_compression,
+    check_dtype,
+    kind_of,
+)
+from actrec.store._types import LayerSpec, ProbeSet, StepRecord
 
-_COMPRESSIONS = (None, "lzf", "gzip")
+__all__ = ["LayerSpec", "ProbeSet", "StepRecord", "StoreWriter", "check_writable"]
 
-
-@dataclass(frozen=True)
-class ProbeSet:
-    """The fixed images every recorded step is computed on.
-
-    Args:
-        images: ``(P, C, H, W)`` float array, exactly as fed to the model.
-        labels: ``(P,)`` integer class labels.
-        indices: ``(P,)`` index of each probe in the held-out split it came from.
-        class_names: one name per class, indexed by label.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    indices: np.ndarray
-    class_names: Sequence[str]
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """What the store needs to know about one recorded layer before the first step.
-
-    Args:
-        name: the module's qualified name, e.g. ``net.conv1``.
-        sample_shape: shape of one probe's activation, e.g. ``(4, 28, 28)``.
-        module_type: the module's class name, for display.
-        scale_kind: ``"tanh"`` (fixed scale of 1) or ``"symmetric"`` (scale derived from the data).
-        params: shapes of the parameters to record each step, by name (empty: record none).
-    """
-
-    name: str
-    sample_shape: tuple[int, ...]
-    module_type: str
-    scale_kind: str
-    params: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
-
-
-@dataclass
-class StepRecord:
-    """Everything recorded at one training step.
-
-    Args:
-        global_step: ``trainer.global_step`` (optimizer steps taken so far).
-        epoch: the current epoch.
-        batch_loss: loss of the training batch behind this step (NaN for step 0).
-        batch_acc: accuracy of that batch (NaN when unknown).
-        logits: ``(P, K)`` logits of the probes.
-        activations: ``(P, *sample_shape)`` array per layer name.
-        params: per layer name, the parameter arrays declared in its :class:`LayerSpec`.
-        wall_time: seconds since the Unix epoch.
-        peaks: per layer name, the largest ``|activation|`` if already known (saves recomputing it
-            from float16, which numpy does slowly).
-    """
-
-    global_step: int
-    epoch: int
-    batch_loss: float
-    batch_acc: float
-    logits: np.ndarray
-    activations: Mapping[str, np.ndarray]
-    params: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
-    wall_time: float = field(default_factory=time.time)
-    peaks: Mapping[str, float] = field(default_factory=dict)
+_MIN_FREE_BYTES = 1 << 20
+"""Stop recording cleanly once a row would leave less than this free on the store's disk."""
+_FLETCHER32 = True
+"""Checksum every chunk (the bench turns it off to measure what it costs; stores always have it)."""
+_DISK_GUARD = os.environ.get("ACTREC_DISK_GUARD", "1") != "0"
+"""``ACTREC_DISK_GUARD=0`` turns the free-space check off (tests use it to make HDF5 itself meet ENOSPC)."""
 
 
 def _growable(group: h5py.Group, name: str, row_shape: tuple[int, ...], dtype: Any, **kwargs: Any) -> None:
-    group.create_dataset(name, shape=(0, *row_shape), maxshape=(None, *row_shape), dtype=dtype, **kwargs)
+    # Fletcher-32 on every chunk: a reader can tell a damaged row from data.
+    group.create_dataset(
+        name, shape=(0, *row_shape), maxshape=(None, *row_shape), dtype=dtype, fletcher32=_FLETCHER32, **kwargs
+    )
 
 
 class _Column:
@@ -107,9 +64,11 @@ class _Column:
         self._row_shape = tuple(dataset.shape[1:])
         self._rows = dataset.shape[0]
         self._memory_space = h5py.h5s.create_simple((1, *self._row_shape))
+        self.row_bytes = int(np.prod(self._row_shape, dtype=np.int64)) * self._dtype.itemsize
 
     def append(self, value: Any) -> None:
-        row = np.ascontiguousarray(value, dtype=self._dtype).reshape((1, *self._row_shape))
+        with np.errstate(over="ignore", invalid="ignore"):  # values float16 cannot hold become inf, as stored
+            row = np.ascontiguousarray(value, dtype=self._dtype).reshape((1, *self._row_shape))
         self._id.set_extent((self._rows + 1, *self._row_shape))
         file_space = self._id.get_space()
         file_space.select_hyperslab((self._rows,) + (0,) * len(self._row_shape), (1, *self._row_shape))
@@ -133,6 +92,7 @@ class StoreWriter:
         self._columns: dict[str, _Column] = {}
         file.visititems(self._add_column)
         self.flush_every = flush_every
+        self._row_bytes: int | None = None
         self._unflushed = 0
         self._closed = False
         self._queue: queue.Queue | None = None
@@ -161,7 +121,7 @@ class StoreWriter:
         layers: Sequence[LayerSpec],
         num_classes: int,
         dtype: str = "float16",
-        compression: str | None = None,
+        compression: str = "none",
         overwrite: bool = False,
         flush_every: int = 1,
         background: bool = True,
@@ -176,7 +136,7 @@ class StoreWriter:
             layers: the layers that will be recorded.
             num_classes: number of logits per probe.
             dtype: ``"float16"`` or ``"float32"`` for activations.
-            compression: ``None``, ``"lzf"`` or ``"gzip"`` (level 1) for activations.
+            compression: ``"none"``, ``"lzf"`` or ``"gzip"`` (level 1) for activations.
             overwrite: replace an existing file at ``path``.
             flush_every: flush to disk after this many steps.
             background: write on a worker thread.
@@ -186,12 +146,15 @@ class StoreWriter:
                 an argument is invalid.
         """
         path = Path(path)
-        if dtype not in ("float16", "float32"):
-            raise StoreError(f"dtype must be 'float16' or 'float32', got {dtype!r}.")
-        if compression not in _COMPRESSIONS:
-            raise StoreError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}.")
-        if path.exists() and not overwrite:
-            raise StoreError(f"{path} already exists; resume its run, or pass overwrite to replace it.")
+        check_dtype(dtype)
+        check_compression(compression)
+        for spec in layers:
+            if spec.scale_kind not in SCALE_KINDS:
+                raise StoreError(
+                    f"scale_kind of layer {spec.name!r} must be one of {', '.join(SCALE_KINDS)}, "
+                    f"got {spec.scale_kind!r}."
+                )
+        check_new_path(path, overwrite)
         check_writable(path)
         tmp = path.with_name(path.name + ".creating")
         # Build the file under a temporary name: a crash during creation never leaves a half-made
@@ -226,21 +189,38 @@ class StoreWriter:
         Raises:
             StoreError: no store at ``path``, it cannot be read, or it belongs to another run.
         """
-        from actrec.store.reader import StoreReader
-
         path = Path(path)
         check_writable(path)
+        if not path.is_file():
+            raise StoreError(f"no activation store at {path} to resume.")
         tmp = path.with_name(path.name + ".resuming")
-        with StoreReader(path) as old:
-            if old.run_id != run_id:
+        try:
+            old = h5py.File(path, "r", libver="latest", swmr=True)
+        except OSError as error:
+            raise StoreError(f"{path} cannot be read to resume it ({error}).") from None
+        try:
+            if old.attrs.get("format") != FORMAT_NAME:
+                raise StoreError(f"{path} is not an actrec activation store; choose another output path.")
+            old_run = str(old.attrs.get("run_id", ""))
+            if old_run != run_id:
                 raise StoreError(
-                    f"{path} belongs to run {old.run_id}, not to the checkpoint's run {run_id}; "
+                    f"{path} belongs to run {old_run}, not to the checkpoint's run {run_id}; "
                     "choose another output path or pass overwrite to replace it."
                 )
-            steps = old.global_steps()
+            lengths = [
+                old[key].shape[0]
+                for key in (
+                    *(f"steps/{name}" for name in ("global_step", *STEP_FIELDS, "logits")),
+                    *(f"layers/{name}/activations" for name in old["layers"]),
+                )
+            ]
+            complete = min(lengths)
+            steps = old["steps/global_step"][:complete]
             keep = int(np.searchsorted(steps, keep_through_step, side="right"))
             with h5py.File(tmp, "w", libver="latest") as new:
-                _copy_rows(old._file, new, keep, keep_through_step)
+                _copy_rows(old, new, keep, keep_through_step)
+        finally:
+            old.close()
         os.replace(tmp, path)
         return cls._open_for_append(path, flush_every, background)
 
@@ -258,7 +238,7 @@ class StoreWriter:
 
     def append_scalar(self, name: str, global_step: int, value: float) -> None:
         """Append ``(global_step, value)`` to one of the store's scalar series (``val/loss`` ...)."""
-        if name not in SCALAR_NAMES:
+        if f"scalars/{name}" not in self._columns:
             raise StoreError(f"unknown scalar {name!r}; the store keeps {', '.join(SCALAR_NAMES)}.")
         self._submit(self._write_scalar, name, global_step, value)
 
@@ -288,26 +268,59 @@ class StoreWriter:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _write_step(self, record: StepRecord) -> None:
+    def append_columns(self, values: Mapping[str, Any], global_step: int, epoch: int, wall_time: float) -> None:
+        """Append one step given as arrays by column key (``"layers/<name>/activations"``, ``"steps/logits"``,
+        ``"steps/batch_loss"`` ...); synchronously, on the calling thread. Keys the store lacks (a version 1
+        store has no ``nonfinite``) are skipped."""
+        self._check_space()
         columns = self._columns
-        for name, array in record.activations.items():
-            columns[f"layers/{name}/activations"].append(array)
-            peak = record.peaks.get(name)
-            if peak is None:
-                peak = max(abs(float(array.min())), abs(float(array.max()))) if array.size else 0.0
-            columns[f"layers/{name}/abs_max"].append(peak)
-            for param_name, value in record.params.get(name, {}).items():
-                columns[f"layers/{name}/params/{param_name}"].append(value)
-        columns["steps/logits"].append(record.logits)
-        columns["steps/epoch"].append(record.epoch)
-        columns["steps/batch_loss"].append(record.batch_loss)
-        columns["steps/batch_acc"].append(record.batch_acc)
-        columns["steps/wall_time"].append(record.wall_time)
+        for key, value in values.items():
+            column = columns.get(key)
+            if column is not None:
+                column.append(value)
+        columns["steps/epoch"].append(epoch)
+        columns["steps/wall_time"].append(wall_time)
         # Last: its length is what readers trust as the number of complete rows.
-        columns["steps/global_step"].append(record.global_step)
+        columns["steps/global_step"].append(global_step)
         self._unflushed += 1
         if self._unflushed >= self.flush_every:
             self._flush_now()
+
+    def _check_space(self) -> None:
+        # Refuse a row the disk cannot hold before HDF5 meets ENOSPC halfway through it: HDF5 does not
+        # recover from a failed write (its file state is lost, and it may crash at exit).
+        if not _DISK_GUARD:
+            return
+        try:
+            stats = os.statvfs(self.path.parent)
+        except OSError as error:
+            raise StoreError(f"the folder of {self.path} is gone ({error.strerror}).") from None
+        if self._row_bytes is None:
+            self._row_bytes = sum(column.row_bytes for column in self._columns.values())
+        free = stats.f_bavail * stats.f_frsize
+        if free < 2 * self._row_bytes + _MIN_FREE_BYTES:
+            raise StoreError(f"the disk holding {self.path} is full ({free // 1024} KiB free).")
+
+    def _write_step(self, record: StepRecord) -> None:
+        values: dict[str, Any] = {}
+        for name, array in record.activations.items():
+            values[f"layers/{name}/activations"] = array
+            peak = record.peaks.get(name)
+            nonfinite = record.nonfinite.get(name)
+            if peak is None or nonfinite is None:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    stored = np.asarray(array, dtype=self._columns[f"layers/{name}/activations"]._dtype)
+                finite = np.isfinite(stored)
+                nonfinite = int(stored.size - np.count_nonzero(finite))
+                peak = float(np.abs(stored[finite]).max()) if nonfinite < stored.size else 0.0
+            values[f"layers/{name}/abs_max"] = peak
+            values[f"layers/{name}/nonfinite"] = nonfinite
+            for param_name, value in record.params.get(name, {}).items():
+                values[f"layers/{name}/params/{param_name}"] = value
+        values["steps/logits"] = record.logits
+        values["steps/batch_loss"] = record.batch_loss
+        values["steps/batch_acc"] = record.batch_acc
+        self.append_columns(values, record.global_step, record.epoch, record.wall_time)
 
     def _write_scalar(self, name: str, global_step: int, value: float) -> None:
         self._columns[f"scalars/{name}"].append((global_step, value))
@@ -376,6 +389,20 @@ def check_writable(path: str | os.PathLike) -> None:
         raise StoreError(f"cannot write the activation store {path}: permission denied.")
 
 
+def check_new_path(path: str | os.PathLike, overwrite: bool) -> None:
+    """Make sure a new store may be created at ``path``: nothing there, or a file ``overwrite`` may replace.
+
+    Raises:
+        StoreError: a folder is there, or a file and ``overwrite`` is False, or the folder is not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder; name a file for the activation store, e.g. {path / 'activations.h5'}.")
+    if path.exists() and not overwrite:
+        raise StoreError(f"{path} already exists; resume its run, or pass overwrite to replace it.")
+    check_writable(path)
+
+
 def _write_layout(
     file: h5py.File,
     run_id: str,
@@ -419,18 +446,24 @@ def _write_layout(
         layer.attrs["order"] = order  # HDF5 lists names alphabetically; readers restore model order
         layer.attrs["module_type"] = spec.module_type
         layer.attrs["scale_kind"] = spec.scale_kind
-        layer.attrs["scale"] = 1.0 if spec.scale_kind == "tanh" else 0.0
+        layer.attrs["scale"] = FIXED_SCALES.get(spec.scale_kind, 0.0)
         layer.attrs["sample_shape"] = np.asarray(spec.sample_shape, dtype=np.int64)
+        layer.attrs["kind"] = spec.kind or kind_of(tuple(spec.sample_shape))
+        layer.attrs["output"] = spec.output
+        layer.attrs["full_shape"] = np.asarray(spec.full_shape or spec.sample_shape, dtype=np.int64)
+        if spec.channels is not None:
+            layer.attrs["channels"] = np.asarray(spec.channels, dtype=np.int64)
         row = (num_probes, *spec.sample_shape)
         # One chunk per step: appending touches one chunk, and a frame reads one chunk.
         # gzip at level 1: nearly all of gzip's saving on activations for a fraction of its time.
-        options = (
-            {"compression": compression, "compression_opts": 1}
-            if compression == "gzip"
-            else {"compression": compression}
-        )
+        options = {
+            "none": {},
+            "lzf": {"compression": "lzf"},
+            "gzip": {"compression": "gzip", "compression_opts": 1},
+        }[compression]
         _growable(layer, "activations", row, dtype, chunks=(1, *row), **options)
         _growable(layer, "abs_max", (), "float32", chunks=(1024,))
+        _growable(layer, "nonfinite", (), "int64", chunks=(1024,))
         params = layer.create_group("params")
         for param_name, shape in spec.params.items():
             _growable(params, param_name, tuple(shape), "float32", chunks=(1, *shape))
@@ -463,6 +496,7 @@ def _copy_rows(source: h5py.File, target: h5py.File, keep: int, keep_through_ste
             chunks=obj.chunks,
             compression=obj.compression,
             compression_opts=obj.compression_opts,
+            fletcher32=obj.fletcher32,
             dtype=obj.dtype,
         )
         for key, value in obj.attrs.items():

@@ -50,13 +50,17 @@ def test_records_every_step_with_exact_values(tmp_path: Path) -> None:
         # Default layers: the conv blocks, post-activation; the flat head is not a conv block.
         assert store.layer_names == ["net.conv1", "net.conv2"]
         assert store.layer("net.conv1").scale_kind == "tanh"
-        assert store.layer("net.conv2").scale_kind == "symmetric"
+        assert store.layer("net.conv2").scale_kind == "nonnegative"  # conv, batch norm, then ReLU
         # 48 images / batch 8 = 6 optimizer steps, plus step 0 before any update.
         np.testing.assert_array_equal(store.global_steps(), np.arange(7))
         steps = store.steps()
         assert np.isnan(steps["batch_loss"][0])
         assert np.all(np.isfinite(steps["batch_loss"][1:]))
         assert store.class_names == ["zero", "one", "two"]
+        # The recorder's own settings, and not Lightning's bound methods (log, log_dict) or anything private.
+        assert store.config["recorder"]["every_n_steps"] == 1
+        assert not {"log", "log_dict"} & set(store.config["recorder"])
+        assert not any(key.startswith("_") for key in store.config["recorder"])
 
         # Probes: the first image of each class in the validation split, as fed to the model.
         data = TinyData()
@@ -168,6 +172,9 @@ def test_refuses_a_store_of_another_run_and_leaves_it_alone(tmp_path: Path) -> N
     with pytest.raises(MisconfigurationException, match="already exists; resume its run, or pass overwrite"):
         _fit(tmp_path / "second", ActivationRecorder(path=str(path)), max_epochs=1)
     assert path.read_bytes() == before
+    # Refused before anything but Lightning's own event file (opened before any callback hook runs) is written.
+    written = [p.name for p in (tmp_path / "second").rglob("*") if p.is_file()]
+    assert [name for name in written if not name.startswith("events.out.tfevents")] == []
     _fit(tmp_path / "third", ActivationRecorder(path=str(path), overwrite=True), max_epochs=1)
     assert path.read_bytes() != before
 

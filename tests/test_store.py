@@ -296,3 +296,76 @@ def test_writer_error_surfaces_on_the_next_call(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="writing .* failed"):
         writer.flush()
     writer.close()
+
+
+def test_format_v2_layer_attributes_checksums_and_nonfinite_counts(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    layers = [
+        LayerSpec("lstm[0]", (5, 8), "LSTM", "tanh", output="[0]", full_shape=(5, 8)),
+        LayerSpec("net.conv", (2, 3, 3), "Conv2d", "nonnegative", channels=(0, 3), full_shape=(4, 3, 3)),
+        LayerSpec("gate", (6,), "Sigmoid", "sigmoid"),
+    ]
+    values = {
+        "lstm[0]": np.zeros((3, 5, 8)),
+        "net.conv": np.array([np.nan, np.inf, -np.inf, 70000.0, 2.0, -3.0] + [0.0] * 48).reshape(3, 2, 3, 3),
+        "gate": np.full((3, 6), 0.5),
+    }
+    record = StepRecord(0, 0, 1.0, 0.5, np.zeros((3, 3), np.float32), values)
+    with _create(path, layers=layers, compression="lzf") as writer:
+        writer.append(record)
+    with StoreReader(path) as store:
+        assert store.format_version == 2
+        lstm, conv, gate = (store.layer(name) for name in ("lstm[0]", "net.conv", "gate"))
+        assert (lstm.kind, lstm.output, lstm.channels, lstm.full_shape) == ("tokens", "[0]", None, (5, 8))
+        assert (conv.kind, conv.channels, conv.full_shape) == ("maps", (0, 3), (4, 3, 3))
+        assert conv.scale_kind == "nonnegative"
+        assert (gate.kind, gate.scale_kind) == ("vector", "sigmoid")
+        # 70000 overflows float16 to inf: counted with the NaN and the two infinities, kept as stored.
+        assert store.nonfinite("net.conv").tolist() == [4]
+        assert store.abs_max("net.conv").tolist() == [3.0]
+        assert np.isnan(store.activations("net.conv")[0, 0, 0, 0, 0])
+        assert store.symmetric_scale("gate") == 1.0
+        assert store.scalars("train/loss")[0].size == 0  # v2 stores keep only series that get written
+    with h5py.File(path, "r") as raw:
+        growable = []
+        raw.visititems(lambda name, obj: growable.append(obj) if getattr(obj, "maxshape", None) else None)
+        assert growable
+        assert all(dataset.fletcher32 for dataset in growable if dataset.maxshape[0] is None)
+        assert "scalars/train/loss" not in raw
+
+
+def test_reads_a_version_1_store(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    with _create(path) as writer:
+        for step in range(3):
+            writer.append(_record(step))
+    with h5py.File(path, "r+") as raw:  # turn it into what version 1 wrote
+        raw.attrs["format_version"] = 1
+        for name in ("net.conv1", "net.conv2"):
+            del raw[f"layers/{name}/nonfinite"]
+            for key in ("kind", "output", "full_shape"):
+                del raw[f"layers/{name}"].attrs[key]
+    with StoreReader(path) as store:
+        info = store.layer("net.conv1")
+        assert (info.kind, info.output, info.channels, info.full_shape) == ("maps", "", None, (2, 4, 4))
+        assert store.nonfinite("net.conv1").tolist() == [0, 0, 0]
+        assert store.nonfinite("net.conv1", np.array([2])).tolist() == [0]
+        np.testing.assert_array_equal(store.global_steps(), np.arange(3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"compression": None}, "compression must be 'none', 'lzf' or 'gzip', got None"),
+        ({"dtype": "int8"}, "dtype must be 'float16' or 'float32', got 'int8'"),
+    ],
+)
+def test_one_vocabulary_for_settings(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(StoreError, match=message):
+        _create(tmp_path / "a.h5", **kwargs)
+
+
+def test_a_folder_in_place_of_the_store_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / "activations.h5").mkdir()
+    with pytest.raises(StoreError, match=r"activations.h5 is a folder; name a file for the activation store"):
+        _create(tmp_path / "activations.h5", overwrite=True)

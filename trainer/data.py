@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 from urllib.error import URLError
@@ -17,7 +17,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import MNIST, FashionMNIST
 from typing_extensions import override
 
@@ -26,6 +26,7 @@ __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
     "DatasetName",
     "DatasetUnavailableError",
+    "EpochShuffleSampler",
     "ImageDataModule",
     "InMemoryImageDataset",
 ]
@@ -82,6 +83,36 @@ class InMemoryImageDataset(Dataset[tuple[Tensor, int]]):
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)
         return self.images[index], self.labels[index]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles ``range(num_samples)`` anew each epoch, in an order that depends on ``seed`` and the epoch only.
+
+    Lightning calls :meth:`set_epoch` before every training epoch, so a run resumed from a checkpoint at the
+    end of epoch ``e`` draws exactly the batches the uninterrupted run drew in epoch ``e + 1``; a sampler that
+    draws from the global random state (``shuffle=True``) would not, as Lightning does not checkpoint it.
+
+    Args:
+        num_samples: Size of the dataset.
+        seed: Seed of the order; the same seed and epoch always give the same permutation.
+    """
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order :meth:`__iter__` yields."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        # A SeedSequence of (seed, epoch) gives unrelated streams for neighbouring seeds and epochs.
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 def _collate_prebatched(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -142,7 +173,10 @@ class ImageDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes; 0 loads in the main process, which is fastest for in-memory data.
         download: Let torchvision download a missing full dataset into ``data_dir``.
         seed: Seed of the train/val(/test) split; independent of the training seed, so runs with different
-            training seeds are evaluated on the same images.
+            training seeds are evaluated on the same images. The training order is shuffled each epoch by
+            :class:`EpochShuffleSampler` from the training seed (``seed_everything``, read back as
+            ``torch.initial_seed()``) and the epoch alone, so a resumed run sees the batches the uninterrupted
+            one saw.
 
     Raises:
         ValueError: If ``dataset`` is unknown, ``batch_size`` is not positive or ``num_workers`` is negative.
@@ -233,10 +267,13 @@ class ImageDataModule(pl.LightningDataModule):
     def _loader(self, dataset: InMemoryImageDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("ImageDataModule.setup() must run before its dataloaders are requested.")
+        # torch.initial_seed() is the seed given to seed_everything; unlike the generator's state it does not
+        # move as training draws random numbers, so it is the same in a fresh run and a resumed one.
+        sampler = EpochShuffleSampler(len(dataset), torch.initial_seed()) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=_collate_prebatched,
             persistent_workers=self.num_workers > 0,

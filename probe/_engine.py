@@ -1,0 +1,287 @@
+"""The recorder's probe pass as an engine: device-side buffers, no host synchronisation, optional CUDA graph.
+
+One :class:`ProbeEngine` owns one packed byte buffer on the model's device. Every field of a recorded
+step (each layer's activations, their finite peak and non-finite count, the model's output, chosen
+parameters, the batch loss and accuracy) is a typed view into that buffer, so handing a step to the
+host is a single ``non_blocking`` copy (see :mod:`actrec.probe._ring`). Nothing here calls ``.cpu()``,
+``.item()`` or ``float()`` on a device tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from actrec.probe._capture import capture, eval_mode, run_hooked
+from actrec.probe._layers import ProbeError, modules_of, select_output
+
+log = logging.getLogger("actrec")
+
+KIND_MAPS = "maps"
+KIND_TOKENS = "tokens"
+KIND_VECTOR = "vector"
+_ALIGN = 8
+
+
+@dataclass(frozen=True)
+class Field:
+    """One typed region of a packed step: ``key`` (``"<layer>/activations"``, ``"logits"`` ...), numpy-style
+    ``dtype`` name, ``shape`` and byte ``offset``."""
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * torch.empty((), dtype=_TORCH_DTYPES[self.dtype]).element_size()
+
+
+@dataclass(frozen=True)
+class LayerLayout:
+    """How one layer is stored: its kind, per-probe stored shape, the shape before any cap, kept channels."""
+
+    name: str
+    module_type: str
+    output: str
+    kind: str
+    sample_shape: tuple[int, ...]
+    full_shape: tuple[int, ...]
+    channels: tuple[int, ...] | None
+    params: dict[str, tuple[int, ...]]
+
+
+_TORCH_DTYPES = {
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "int64": torch.int64,
+}
+
+
+def _stored_view(tensor: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """Reshape a ``(P, ...)`` activation to maps ``(P, C, H, W)``, tokens ``(P, T, D)`` or vector ``(P, D)``."""
+    rank = tensor.ndim - 1
+    if rank == 0:
+        return tensor.reshape(tensor.shape[0], 1), KIND_VECTOR
+    if rank == 1:
+        return tensor, KIND_VECTOR
+    if rank == 2:
+        return tensor, KIND_TOKENS
+    if rank == 3:
+        return tensor, KIND_MAPS
+    # (C, D, H, W ...) volumes: channels stay first, the middle dimensions stack into rows.
+    return tensor.reshape(tensor.shape[0], tensor.shape[1], -1, tensor.shape[-1]), KIND_MAPS
+
+
+def kept_channels(count: int, cap: int | None) -> tuple[int, ...] | None:
+    """Evenly spaced indices of ``cap`` of ``count`` channels (``None``: keep all)."""
+    if cap is None or cap >= count:
+        return None
+    if cap == 1:
+        return (0,)
+    return tuple(sorted({round(i * (count - 1) / (cap - 1)) for i in range(cap)}))
+
+
+class ProbeEngine:
+    """Runs the probe pass into device buffers; optionally replays it as a CUDA graph.
+
+    Args:
+        model: the model to observe (its parameters' device is used).
+        images: the probe inputs ``(P, ...)``; copied once to the device.
+        layers: names from :func:`actrec.probe.resolve_layers`.
+        dtype: ``"float16"`` or ``"float32"`` for stored activations.
+        max_channels: keep at most this many channels (maps) or units (tokens, vectors) per layer.
+        record_params: also copy each layer's parameters into the step.
+        cuda_graph: on CUDA, capture the pass as a CUDA graph (checked bitwise against eager at capture).
+
+    Raises:
+        ProbeError: a layer's output does not start with one row per probe.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        layers: Sequence[str],
+        dtype: str = "float16",
+        max_channels: int | None = None,
+        record_params: bool = False,
+        cuda_graph: bool = True,
+    ) -> None:
+        self.model = model
+        self.layers = list(layers)
+        self.dtype = dtype
+        parameter = next(model.parameters(), None)
+        self.device = parameter.device if parameter is not None else torch.device("cpu")
+        if images.is_floating_point() and parameter is not None and parameter.is_floating_point():
+            images = images.to(parameter.dtype)
+        self.images = images.to(self.device).clone()
+        self.num_probes = int(self.images.shape[0])
+        modules = modules_of(model, self.layers)
+        self._params = {
+            layer: dict(module.named_parameters()) if record_params else {} for layer, (module, _) in modules.items()
+        }
+
+        seen = capture(model, self.images, self.layers)
+        self.layouts: dict[str, LayerLayout] = {}
+        self._channels: dict[str, torch.Tensor | None] = {}
+        for layer, tensor in seen.activations.items():
+            if tensor.ndim == 0 or tensor.shape[0] != self.num_probes:
+                raise ProbeError(
+                    f"layer {layer!r} returned shape {tuple(tensor.shape)}, not one row per probe "
+                    f"({self.num_probes}); choose an output whose first dimension is the batch."
+                )
+            stored, kind = _stored_view(tensor)
+            channel_dim = 1 if kind == KIND_MAPS else stored.ndim - 1
+            channels = kept_channels(stored.shape[channel_dim], max_channels)
+            shape = list(stored.shape[1:])
+            if channels is not None:
+                shape[channel_dim - 1] = len(channels)
+                self._channels[layer] = torch.tensor(channels, device=self.device)
+            else:
+                self._channels[layer] = None
+            module, selector = modules[layer]
+            self.layouts[layer] = LayerLayout(
+                name=layer,
+                module_type=type(module).__name__,
+                output=selector,
+                kind=kind,
+                sample_shape=tuple(shape),
+                full_shape=tuple(tensor.shape[1:]),
+                channels=channels,
+                params={name: tuple(p.shape) for name, p in self._params[layer].items()},
+            )
+        self.output_shape = (self.num_probes, int(seen.output[0].numel()) if seen.output.ndim else 1)
+
+        self.fields: list[Field] = []
+        offset = 0
+
+        def add(key: str, field_dtype: str, shape: tuple[int, ...]) -> None:
+            nonlocal offset
+            field = Field(key, field_dtype, shape, offset)
+            self.fields.append(field)
+            offset += -(-field.nbytes // _ALIGN) * _ALIGN
+
+        for layer, layout in self.layouts.items():
+            add(f"{layer}/activations", dtype, (self.num_probes, *layout.sample_shape))
+            add(f"{layer}/abs_max", "float32", ())
+            add(f"{layer}/nonfinite", "int64", ())
+            for name, shape in layout.params.items():
+                add(f"{layer}/params/{name}", "float32", shape)
+        add("logits", "float32", self.output_shape)
+        add("batch_loss", "float32", ())
+        add("batch_acc", "float32", ())
+        self.nbytes = offset
+        self.packed = torch.zeros(max(offset, _ALIGN), dtype=torch.uint8, device=self.device)
+        self.views = {field.key: self._view(self.packed, field) for field in self.fields}
+        self._replay: Callable[[], None] | None = None
+        self.graph_note = "eager (not on CUDA)" if self.device.type != "cuda" else "eager (graphs turned off)"
+        if cuda_graph and self.device.type == "cuda":
+            self._capture_graph()
+
+    @staticmethod
+    def _view(buffer: torch.Tensor, field: Field) -> torch.Tensor:
+        region = buffer[field.offset : field.offset + field.nbytes]
+        return region.view(_TORCH_DTYPES[field.dtype]).view(field.shape)
+
+    def host_views(self, host: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Typed views of every field in a host copy of :attr:`packed`."""
+        return {field.key: self._view(host, field) for field in self.fields}
+
+    # -- the pass ----------------------------------------------------------------------------------------
+
+    def _store(self, layer: str, tensor: torch.Tensor) -> None:
+        stored, kind = _stored_view(tensor)
+        channels = self._channels[layer]
+        if channels is not None:
+            stored = stored.index_select(1 if kind == KIND_MAPS else stored.ndim - 1, channels)
+        view = self.views[f"{layer}/activations"]
+        view.copy_(stored)
+        finite = torch.isfinite(view)
+        if view.numel():
+            self.views[f"{layer}/abs_max"].copy_(torch.where(finite, view, 0).abs().amax())
+        self.views[f"{layer}/nonfinite"].copy_((~finite).sum())
+
+    def _forward(self) -> None:
+        output = run_hooked(self.model, self.images, self.layers, self._store)
+        output = select_output(output, "", "the model's output")
+        self.views["logits"].copy_(output.reshape(self.output_shape))
+        for layer, params in self._params.items():
+            for name, param in params.items():
+                self.views[f"{layer}/params/{name}"].copy_(param.detach())
+
+    def run(
+        self, batch_loss: torch.Tensor | float | None = None, batch_acc: torch.Tensor | float | None = None
+    ) -> torch.Tensor:
+        """Compute one step into :attr:`packed` (asynchronously on CUDA) and return it."""
+        if self._replay is not None:
+            self._replay()
+        else:
+            self._forward()
+        self._set_scalar("batch_loss", batch_loss)
+        self._set_scalar("batch_acc", batch_acc)
+        return self.packed
+
+    def _set_scalar(self, key: str, value: torch.Tensor | float | None) -> None:
+        view = self.views[key]
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            if value.device == view.device:
+                view.copy_(value.detach().reshape(()))  # on the device: no synchronisation
+            elif value.device.type == "cpu":
+                view.fill_(float(value))  # a host value: reading it waits for nothing on the device
+            else:
+                view.copy_(value.detach().reshape(()), non_blocking=True)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            view.fill_(float(value))
+        else:
+            view.fill_(float("nan"))
+
+    # -- CUDA graph ----------------------------------------------------------------------------------
+
+    def _capture_graph(self) -> None:
+        """Capture the pass as a CUDA graph; keep it only if a replay equals an eager pass bitwise."""
+        self.adopt_graph(self._cuda_graph, "CUDA graph")
+
+    def _cuda_graph(self, forward: Callable[[], None]) -> Callable[[], None]:
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm up the allocator and library handles outside the capture
+                forward()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with eval_mode(self.model), torch.cuda.graph(graph):
+            forward()
+        return graph.replay
+
+    def adopt_graph(self, make_replay: Callable[[Callable[[], None]], Callable[[], None]], name: str) -> bool:
+        """Replace the eager pass by ``make_replay(forward)``'s replay if it captures and a replay equals an
+        eager pass bitwise; otherwise stay eager and say why in one log line. Returns whether it was adopted.
+
+        ``make_replay`` is the CUDA graph capture on CUDA; tests pass stand-ins to check the decisions on a CPU.
+        """
+        try:
+            replay = make_replay(self._forward)
+            replay()
+            replayed = self.packed.clone()
+            self._forward()
+            eager = self.packed.clone()
+        except Exception as error:  # capture refuses many things (host syncs, CPU work); eager always works
+            self._replay = None
+            self.graph_note = f"eager ({name} capture failed: {type(error).__name__})"
+            log.warning("actrec: the probe pass runs eagerly: %s capture failed (%s).", name, error)
+            return False
+        if not torch.equal(replayed, eager):  # a deliberate synchronisation, once, at setup
+            self._replay = None
+            self.graph_note = f"eager (a {name} replay differed from an eager pass)"
+            log.warning("actrec: the probe pass runs eagerly: a %s replay differed from an eager pass.", name)
+            return False
+        self._replay = replay
+        self.graph_note = name
+        return True

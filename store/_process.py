@@ -1,0 +1,349 @@
+"""A writer process: HDF5 writing out of the training process, fed rows through shared memory.
+
+Why a process: h5py holds the interpreter lock while it writes and compresses, which takes time from
+the training thread, and HDF5 does not recover from a failed write (a full disk leaves it unable to
+close the file, and it can crash the process at exit). In a child process neither reaches training.
+
+The parent (:class:`WriterProcess`) copies each packed row into a free slot of a shared-memory file and
+sends one JSON line; the child appends it with :meth:`StoreWriter.append_columns`, flushes every
+``flush_every`` rows and whenever a second has passed with rows unflushed, and answers which slot is free.
+When the parent dies, the child sees its input end, writes what it received, closes the file and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import queue
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from actrec.store._schema import StoreError
+
+_START_TIMEOUT = 120.0
+
+
+def _shared_folder() -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+class WriterProcess:
+    """Append packed rows to an existing store from a child process.
+
+    Args:
+        path: the store (created or resumed beforehand with :class:`StoreWriter`, and closed).
+        fields: ``(column_key, dtype, shape, offset)`` of every value in a packed row, e.g.
+            ``("layers/net.conv1/activations", "float16", (3, 2, 6, 6), 0)``.
+        row_bytes: size of one packed row.
+        slots: rows that may be in flight to the child.
+        flush_every: flush after this many rows (and after a second with rows unflushed).
+        wait: wait here until the child has opened the store; ``False`` lets it start while the caller
+            goes on (rows sent meanwhile queue up; a failure to start shows in :attr:`error`).
+
+    Raises:
+        StoreError: with ``wait``, the child could not open the store.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fields: Sequence[tuple[str, str, tuple[int, ...], int]],
+        row_bytes: int,
+        slots: int = 4,
+        flush_every: int = 1,
+        flush_seconds: float = 1.0,
+        wait: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.row_bytes = max(int(row_bytes), 1)
+        self.error: str | None = None
+        """One sentence once the child failed; later rows are dropped."""
+        self.waits = 0
+        """How often a row waited for the child to free a slot."""
+        self.last_global_step = -1
+        """The step of the store's last row when the child opened it (-1: none)."""
+        self._free: queue.Queue[int] = queue.Queue()
+        for slot in range(slots):
+            self._free.put(slot)
+        self._flushed = threading.Condition()
+        self._flush_seen = 0
+        self._flush_sent = 0
+        self._closed = False
+        self._finished = threading.Event()
+        self._ready = threading.Event()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - the child writes into it for our whole life
+        size = slots * self.row_bytes
+        shared = _shared_folder() / f"actrec-{os.getpid()}-{uuid.uuid4().hex}.rows"
+        descriptor = os.open(shared, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            # Unlinked at once: the memory lives as long as the two processes holding it, and nothing is
+            # left behind in /dev/shm whatever kills them.
+            os.unlink(shared)
+            os.ftruncate(descriptor, size)
+            self._mapping = mmap.mmap(descriptor, size)
+            self._memory = np.frombuffer(self._mapping, dtype=np.uint8)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "actrec.store._process"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                env=env,
+                pass_fds=(descriptor,),
+                start_new_session=True,  # a Ctrl-C meant for training does not cut the store short
+            )
+            self._send(
+                {
+                    "path": str(self.path),
+                    "shared_fd": descriptor,
+                    "slots": slots,
+                    "row_bytes": self.row_bytes,
+                    "flush_every": flush_every,
+                    "flush_seconds": flush_seconds,
+                    "fields": [[key, dtype, list(shape), offset] for key, dtype, shape, offset in fields],
+                }
+            )
+        finally:
+            os.close(descriptor)  # the child holds its own copy from the spawn
+        self._reader = threading.Thread(target=self._read_replies, name="actrec-writer-replies", daemon=True)
+        self._reader.start()
+        if wait and not self.wait_ready():
+            raise StoreError(self.error or "the store writer process did not start in time.")
+
+    def wait_ready(self, timeout: float = _START_TIMEOUT) -> bool:
+        """Block until the child has opened the store; False if it failed (see :attr:`error`) or timed out."""
+        self._ready.wait(timeout)
+        return self._ready.is_set() and self.error is None
+
+    # -- parent side ---------------------------------------------------------------------------------
+
+    def submit(self, row: np.ndarray, global_step: int, epoch: int, wall_time: float) -> bool:
+        """Hand one packed row to the child (waits while every slot is in flight); False once failed."""
+        if self.error is not None or self._closed:
+            return False
+        try:
+            slot = self._free.get_nowait()
+        except queue.Empty:
+            self.waits += 1
+            slot = None
+            while slot is None:
+                if self.error is not None:
+                    return False
+                try:
+                    slot = self._free.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+        start = slot * self.row_bytes
+        self._memory[start : start + row.nbytes] = np.frombuffer(row, dtype=np.uint8) if row.dtype != np.uint8 else row
+        return self._send({"op": "row", "slot": slot, "step": int(global_step), "epoch": int(epoch), "wall": wall_time})
+
+    def scalar(self, name: str, global_step: int, value: float) -> bool:
+        """Append ``(global_step, value)`` to a scalar series."""
+        if self.error is not None or self._closed:
+            return False
+        return self._send({"op": "scalar", "name": name, "step": int(global_step), "value": float(value)})
+
+    def flush(self, timeout: float = 120.0) -> bool:
+        """Block until every row sent so far is on disk; False if the child failed."""
+        if self.error is not None or self._closed:
+            return False
+        self._flush_sent += 1
+        wanted = self._flush_sent
+        if not self._send({"op": "flush", "id": wanted}):
+            return False
+        with self._flushed:
+            self._flushed.wait_for(lambda: self._flush_seen >= wanted or self.error is not None, timeout)
+        return self.error is None
+
+    def close(self, timeout: float = 300.0) -> None:
+        """Write what was sent, close the store and end the child. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._send({"op": "close"})
+        with contextlib.suppress(OSError):
+            self._child.stdin.close()
+        try:
+            self._child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._child.kill()
+            self._child.wait()
+            self._fail("the store writer process did not finish in time and was stopped")
+        self._reader.join(timeout=10)
+        self._log.close()
+        del self._memory
+        with contextlib.suppress(BufferError):  # a caller still holding a view keeps the mapping alive
+            self._mapping.close()
+
+    def _send(self, message: dict[str, Any]) -> bool:
+        try:
+            self._child.stdin.write(json.dumps(message).encode() + b"\n")
+            self._child.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            self._fail(f"the store writer process ended unexpectedly ({self._stderr_tail()})")
+            return False
+
+    def _read_replies(self) -> None:
+        for line in self._child.stdout:
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                continue
+            if "ready" in reply:
+                self.last_global_step = int(reply.get("last_global_step", -1))
+                self._ready.set()
+            elif "free" in reply:
+                self._free.put(int(reply["free"]))
+            elif "flushed" in reply:
+                with self._flushed:
+                    self._flush_seen = int(reply["flushed"])
+                    self._flushed.notify_all()
+            elif "error" in reply:
+                self._fail(str(reply["error"]))
+            elif "closed" in reply:
+                self._finished.set()
+        code = self._child.wait()
+        if not self._ready.is_set():
+            self._fail(f"the store writer process did not start ({self._stderr_tail()})")
+        elif not self._finished.is_set():
+            self._fail(f"the store writer process ended unexpectedly (exit code {code})")
+        self._ready.set()
+
+    def _fail(self, message: str) -> None:
+        if self.error is None:
+            self.error = message
+        self._ready.set()
+        with self._flushed:
+            self._flushed.notify_all()
+
+    def _stderr_tail(self) -> str:
+        try:
+            self._log.seek(0)
+            lines = [line for line in self._log.read().decode(errors="replace").splitlines() if line.strip()]
+        except (OSError, ValueError):
+            return "no message"
+        return lines[-1][-300:] if lines else "no message"
+
+
+# -- child side ------------------------------------------------------------------------------------------
+
+
+def _lines(fd: int, timeout: float):  # noqa: ANN202 - a generator of bytes lines, None on idle timeouts
+    buffer = b""
+    while True:
+        while b"\n" not in buffer:
+            ready, _, _ = select.select([fd], [], [], timeout)
+            if not ready:
+                yield None
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return
+            buffer += chunk
+        line, buffer = buffer.split(b"\n", 1)
+        yield line
+
+
+def _reply(message: dict[str, Any]) -> None:
+    try:
+        sys.stdout.buffer.write(json.dumps(message).encode() + b"\n")
+        sys.stdout.buffer.flush()
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def _child_main() -> None:
+    from actrec.store.writer import StoreWriter
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    fd = sys.stdin.fileno()
+    lines = _lines(fd, 1.0)
+    first = next(lines, None)
+    if first is None:
+        return
+    setup = json.loads(first)
+    try:
+        writer = StoreWriter._open_for_append(Path(setup["path"]), setup["flush_every"], background=False)
+    except (OSError, StoreError) as error:
+        _reply({"error": f"cannot open {setup['path']} for writing: {error}"})
+        return
+    row_bytes = setup["row_bytes"]
+    mapping = mmap.mmap(setup["shared_fd"], setup["slots"] * row_bytes, prot=mmap.PROT_READ)
+    memory = np.frombuffer(mapping, dtype=np.uint8)
+    fields = [(key, np.dtype(dtype), tuple(shape), offset) for key, dtype, shape, offset in setup["fields"]]
+    _reply({"ready": 1, "last_global_step": writer.last_global_step})
+    last_flush = time.monotonic()
+    clean = True
+    try:
+        for line in lines:
+            if line is None or not line.strip():
+                if writer._unflushed and time.monotonic() - last_flush >= setup["flush_seconds"]:
+                    writer._flush_now()
+                    last_flush = time.monotonic()
+                continue
+            message = json.loads(line)
+            op = message.get("op")
+            if op == "row":
+                base = message["slot"] * row_bytes
+                values = {
+                    key: memory[base + offset : base + offset + dtype.itemsize * int(np.prod(shape, dtype=np.int64))]
+                    .view(dtype)
+                    .reshape(shape)
+                    for key, dtype, shape, offset in fields
+                }
+                unflushed = writer._unflushed
+                writer.append_columns(values, message["step"], message["epoch"], message["wall"])
+                if writer._unflushed < unflushed + 1:
+                    last_flush = time.monotonic()
+                _reply({"free": message["slot"]})
+            elif op == "scalar":
+                writer._write_scalar(message["name"], message["step"], message["value"])
+            elif op == "flush":
+                writer._flush_now()
+                last_flush = time.monotonic()
+                _reply({"flushed": message["id"]})
+            elif op == "close":
+                break
+    except StoreError as error:
+        # Refused before HDF5 wrote anything (a full disk): the file is still sound and closes cleanly.
+        _reply({"error": str(error)})
+    except Exception as error:
+        # HDF5 failed mid-write; its state cannot be trusted, so leave without touching the file again.
+        clean = False
+        _reply({"error": f"writing {setup['path']} failed: {_first_line(error)}"})
+    if not clean:
+        os._exit(1)
+    writer.close()
+    _reply({"closed": 1})
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    for marker, sentence in (
+        ("No space left", "no space left on the device"),
+        ("errno = 5,", "an input/output error (EIO)"),
+        ("Disk quota", "the disk quota is exceeded"),
+    ):
+        if marker in text:
+            return sentence
+    lines = text.strip().splitlines()
+    return lines[0].rstrip(" (") if lines else type(error).__name__
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -1,0 +1,474 @@
+"""Fault injection: damaged, incomplete and malformed stores, and training killed at random moments.
+
+Every refusal is checked for its exit code, its one sentence, the time it took (a damaged store must
+never hang) and for leaving every existing file byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from actrec.cli import main
+from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreError, StoreReader, StoreWriter, _integrity
+from actrec.store._integrity import DamagedDataError
+
+NUM_STEPS = 12
+LAYERS = [
+    LayerSpec("net.conv1", (4, 8, 8), "Sequential", "tanh", params={"0.weight": (4, 1, 3, 3), "0.bias": (4,)}),
+    LayerSpec("net.conv2", (6, 4, 4), "Sequential", "symmetric"),
+]
+
+
+def _record(step: int) -> StepRecord:
+    rng = np.random.default_rng(step)
+    return StepRecord(
+        global_step=step * 5,
+        epoch=step // 4,
+        batch_loss=1.0 / (step + 1),
+        batch_acc=0.5,
+        logits=rng.normal(size=(3, 3)).astype(np.float32),
+        activations={
+            "net.conv1": rng.uniform(-1, 1, size=(3, 4, 8, 8)),
+            "net.conv2": rng.normal(0, 3, size=(3, 6, 4, 4)),
+        },
+        params={"net.conv1": {"0.weight": np.full((4, 1, 3, 3), step, np.float32), "0.bias": np.zeros(4)}},
+        wall_time=1000.0 + step,
+    )
+
+
+def _write_store(path: Path) -> Path:
+    """A complete store of NUM_STEPS rows; format v2 puts every chunk under a Fletcher-32 checksum."""
+    probes = ProbeSet(np.zeros((3, 1, 8, 8), np.float32), np.arange(3), np.arange(3), ["a", "b", "c"])
+    options = {"run_id": "run-a", "config": {"lr": 0.1}, "probes": probes, "layers": LAYERS, "num_classes": 3}
+    with StoreWriter.create(path, background=False, **options) as writer:
+        for step in range(NUM_STEPS):
+            writer.append(_record(step))
+        writer.append_scalar("val/loss", 55, 0.25)
+    with h5py.File(path, "r") as file:
+        assert file["layers/net.conv1/activations"].fletcher32
+    return path
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_store(tmp_path_factory.mktemp("pristine") / "activations.h5")
+
+
+def _damage(path: Path, offset: int, length: int = 64) -> None:
+    with path.open("r+b") as file:
+        file.seek(offset)
+        file.write(b"\xab" * length)
+
+
+def _object_address(path: Path, key: str) -> int:
+    with h5py.File(path, "r") as file:
+        return h5py.h5o.get_info(file[key].id).addr
+
+
+def _chunk_offset(path: Path, key: str, row: int) -> int:
+    with h5py.File(path, "r") as file:
+        return file[key].id.get_chunk_info_by_coord((row,) + (0,) * (file[key].ndim - 1)).byte_offset
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _refuse(store: Path, capsys: pytest.CaptureFixture[str] | None = None) -> str:
+    """``actrec render`` refuses ``store``: exit 1 with one sentence, quickly, nothing written or changed.
+
+    Runs a real process unless ``capsys`` is given (then ``actrec.cli.main`` in this process: faster).
+    """
+    folder = store.parent
+    before = _fingerprint(folder)
+    argv = ["render", str(store), "--out", str(folder / "out"), "--quiet"]
+    started = time.monotonic()
+    if capsys is None:
+        command = [sys.executable, "-m", "actrec.cli", *argv]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        code, stderr = result.returncode, result.stderr
+    else:
+        code, stderr = main(argv), capsys.readouterr().err
+    elapsed = time.monotonic() - started
+    assert code == 1, stderr
+    assert elapsed < 20, f"took {elapsed:.1f} s"  # generous on a shared machine; the hang was ~40 min
+    message = stderr.strip()
+    assert "\n" not in message
+    assert "Traceback" not in message
+    assert _fingerprint(folder) == before
+    assert not (folder / "out").exists()
+    return message.removeprefix("actrec render: ")
+
+
+# -- damaged stores ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["probes/labels", "layers/net.conv2", "layers/net.conv1/activations", "steps"])
+def test_damaged_object_header_is_refused_within_seconds(tmp_path: Path, pristine: Path, key: str) -> None:
+    # The issue's offsets 1,024 and 50,000 in a quickstart store hit the headers of probes/labels and
+    # layers/net.conv5; SWMR reads then retried for ~40 minutes. Here the headers are found by address.
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    _damage(store, _object_address(store, key) + 8)
+    message = _refuse(store)
+    assert message == (
+        f"{store} is damaged: its object {key} cannot be read (incorrect metadata checksum after all read attempts)."
+    )
+
+
+def test_no_offset_in_the_metadata_hangs_or_escapes_as_a_traceback(tmp_path: Path, pristine: Path) -> None:
+    # Sweep the region holding the superblock, object headers and chunk indices, in this process
+    # (a subprocess per offset would take minutes): every open either works or is one StoreError.
+    with h5py.File(pristine, "r") as file:
+        first_chunk = min(
+            file[key].id.get_chunk_info(0).byte_offset for key in ("steps/global_step", "layers/net.conv1/activations")
+        )
+    store = tmp_path / "activations.h5"
+    outcomes: dict[str, int] = {}
+    for offset in range(0, first_chunk, 512):
+        shutil.copy(pristine, store)
+        _damage(store, offset)
+        started = time.monotonic()
+        try:
+            with StoreReader(store) as reader:
+                for name in reader.layer_names:
+                    reader.activations(name)
+                    reader.params(name)
+                reader.logits()
+                reader.probes  # noqa: B018
+            outcome = "read"
+        except DamagedDataError:
+            outcome = "damaged row"
+        except StoreError as error:
+            outcome = "refused" if "\n" not in str(error) else f"several lines: {error}"
+        assert time.monotonic() - started < 10, f"offset {offset}"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert set(outcomes) <= {"read", "damaged row", "refused"}, outcomes
+    assert outcomes.get("refused", 0) > 0, outcomes
+
+
+@pytest.mark.parametrize("row", [0, 7, NUM_STEPS - 1])
+def test_damaged_chunk_is_reported_per_row_and_the_rest_reads(tmp_path: Path, pristine: Path, row: int) -> None:
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    _damage(store, _chunk_offset(store, "layers/net.conv1/activations", row) + 100)
+    with StoreReader(store) as reader:
+        with pytest.raises(
+            DamagedDataError, match=rf"^step {row * 5} of layer net.conv1 is damaged \(checksum mismatch\)$"
+        ) as caught:
+            reader.activations("net.conv1")
+        assert (caught.value.layer, caught.value.step, caught.value.row) == ("net.conv1", row * 5, row)
+        assert caught.value.key == "layers/net.conv1/activations"
+        good = [r for r in range(NUM_STEPS) if r != row]
+        with StoreReader(pristine) as clean:
+            np.testing.assert_array_equal(
+                reader.activations("net.conv1", np.array(good)), clean.activations("net.conv1", np.array(good))
+            )
+            np.testing.assert_array_equal(reader.activations("net.conv2"), clean.activations("net.conv2"))
+            np.testing.assert_array_equal(reader.logits(), clean.logits())
+        with pytest.raises(DamagedDataError, match=rf"^step {row * 5} of layer net.conv1"):
+            reader.activations("net.conv1", slice(row, row + 1))
+
+
+def test_damaged_step_column_is_reported_by_row(tmp_path: Path, pristine: Path) -> None:
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    _damage(store, _chunk_offset(store, "steps/global_step", 0) + 8, length=8)
+    with StoreReader(store) as reader:
+        with pytest.raises(DamagedDataError, match=r"^row 0 of steps/global_step is damaged \(checksum mismatch\)$"):
+            reader.global_steps()
+        assert reader.activations("net.conv2").shape == (NUM_STEPS, 3, 6, 4, 4)
+
+
+# -- incomplete and malformed stores -------------------------------------------------------------
+
+
+def _edited(pristine: Path, tmp_path: Path, edit: Callable[[h5py.File], None]) -> Path:
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    with h5py.File(store, "r+") as file:
+        edit(file)
+    return store
+
+
+@pytest.mark.parametrize(
+    ("keys", "listed"),
+    [
+        (["layers/net.conv1/activations"], "layers/net.conv1/activations"),
+        (["steps/epoch"], "dataset steps/epoch"),
+        (["probes"], "group probes, dataset probes/images, dataset probes/labels, dataset probes/indices"),
+        (["steps/epoch", "layers/net.conv2/abs_max"], "dataset steps/epoch, layers/net.conv2/abs_max"),
+        (["layers/net.conv1/nonfinite"], "layers/net.conv1/nonfinite"),
+    ],
+)
+def test_store_missing_datasets_or_groups_is_refused_listing_them(
+    tmp_path: Path, pristine: Path, keys: list[str], listed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def delete(file: h5py.File) -> None:
+        for key in keys:
+            del file[key]
+
+    store = _edited(pristine, tmp_path, delete)
+    assert _refuse(store, capsys) == f"{store} is not a complete actrec store; it lacks {listed}."
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "message"),
+    [
+        ("format_version", "two", "has a format_version attribute that is not a whole number ('two')."),
+        ("format_version", 1.5, "has a format_version attribute that is not a whole number (np.float64(1.5))."),
+        ("class_names", "zero,one", "has a class_names attribute that is not a JSON list."),
+    ],
+)
+def test_malformed_attributes_the_pictures_need_are_one_sentence(
+    tmp_path: Path, pristine: Path, attribute: str, value: object, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def set_attribute(file: h5py.File) -> None:
+        file.attrs[attribute] = value
+
+    store = _edited(pristine, tmp_path, set_attribute)
+    assert _refuse(store, capsys) == f"{store} {message}"
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "message"),
+    [
+        ("config", "{not json", "has a config attribute that is not a JSON object."),
+        ("config", "[1, 2]", "has a config attribute that is not a JSON object."),
+        ("config", None, "has no config attribute."),
+        ("run_id", None, "has no run_id attribute."),
+    ],
+)
+def test_descriptive_attributes_are_checked_when_read(
+    tmp_path: Path, pristine: Path, attribute: str, value: object, message: str
+) -> None:
+    # The store still opens and its arrays read (the viewer draws a store whose config it cannot decode);
+    # whoever asks for the attribute gets one sentence.
+    def edit(file: h5py.File) -> None:
+        if value is None:
+            del file.attrs[attribute]
+        else:
+            file.attrs[attribute] = value
+
+    store = _edited(pristine, tmp_path, edit)
+    with StoreReader(store) as reader:
+        assert reader.activations("net.conv1").shape[0] == NUM_STEPS
+        with pytest.raises(StoreError, match=f"^{re.escape(f'{store} {message}')}$"):
+            getattr(reader, attribute)
+
+
+def test_missing_attribute_is_listed(tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def delete(file: h5py.File) -> None:
+        del file["layers/net.conv2"].attrs["scale_kind"]
+        del file["layers/net.conv1"].attrs["sample_shape"]
+
+    store = _edited(pristine, tmp_path, delete)
+    assert _refuse(store, capsys) == (
+        f"{store} is not a complete actrec store; it lacks attribute sample_shape of layers/net.conv1, "
+        "attribute scale_kind of layers/net.conv2."
+    )
+
+
+def test_tensorboard_print_refuses_an_incomplete_store_in_one_sentence(
+    tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = _edited(pristine, tmp_path, lambda file: file.__delitem__("steps/epoch"))
+    assert main(["tensorboard", str(store), "--print"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"actrec tensorboard: {store} is not a complete actrec store; it lacks dataset steps/epoch."
+    )
+
+
+def test_a_pristine_store_reads_whole(pristine: Path) -> None:
+    with StoreReader(pristine) as reader:
+        assert reader.num_steps == NUM_STEPS
+        assert reader.config == {"lr": 0.1}
+        assert json.loads(json.dumps(reader.class_names)) == ["a", "b", "c"]
+        np.testing.assert_array_equal(reader.global_steps(), np.arange(NUM_STEPS) * 5)
+
+
+# -- SIGKILL at random moments of a real training --------------------------------------------------
+
+# A parent process imports torch and Lightning once, then forks one `actrec train` after another: each
+# child resumes from the newest checkpoint and is SIGKILLed after a random delay (seeded), so twenty
+# kills cost seconds each instead of an interpreter start-up each. A child that finishes before its kill
+# (training speed varies several-fold on a shared machine) ends a chain, and the next child starts
+# another. After every kill the parent opens the store and checks it against what it saw just before
+# the kill; the last child runs to the end.
+_KILL_CHAIN = r"""
+import json, os, random, signal, sys, time
+from pathlib import Path
+
+import torch
+from actrec.store import StoreError, StoreReader
+from actrec.trainer.cli import train_main
+
+root, kills, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+args = sys.argv[4:]
+rng = random.Random(seed)
+chain = 0  # a run that finishes before its kill ends a chain; the next attempt starts another
+runs_dir = root / f"chain_{chain}"
+
+
+def step_of(checkpoint):
+    return int(checkpoint.stem.rsplit("step=", 1)[1])
+
+
+def newest_checkpoint():
+    checkpoints = [path for path in runs_dir.rglob("*.ckpt") if path.stat().st_size]
+    return max(checkpoints, key=step_of) if checkpoints else None
+
+
+def current_store():
+    checkpoint = newest_checkpoint()
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["callbacks"]
+        (recorder,) = [value for key, value in state.items() if "ActivationRecorder" in key]
+        return Path(recorder["store_path"])
+    stores = sorted(runs_dir.rglob("activations.h5"), key=lambda path: int(path.parent.name.split("_")[1]))
+    return stores[-1] if stores else None
+
+
+def steps_in(store):
+    if store is None or not store.exists():
+        return None
+    with StoreReader(store) as reader:
+        return reader.global_steps().tolist()
+
+
+def run(args, kill_after):
+    pid = os.fork()
+    if pid == 0:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        torch.set_num_threads(1)
+        os._exit(train_main(args))
+    seen = None
+    if kill_after is not None:
+        time.sleep(kill_after)
+        try:
+            seen = steps_in(current_store())  # what the store shows just before the kill
+        except StoreError:
+            seen = None
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    return status, seen
+
+
+report = []
+for attempt in range(kills + 1):
+    checkpoint = newest_checkpoint()
+    resume = ["--ckpt_path", str(checkpoint)] if checkpoint else []
+    delay = rng.uniform(0.8, 3.2) if attempt < kills else None
+    status, seen = run(["--runs_dir", str(runs_dir), *args, *resume], delay)
+    store = current_store()
+    try:
+        after = steps_in(store)
+    except StoreError as error:
+        after = f"refused: {error}"
+    report.append({"delay": delay, "status": status, "resumed_from": checkpoint and checkpoint.name,
+                   "seen_before_kill": seen, "after": after, "store": str(store)})
+    if status == 0 and attempt < kills:
+        chain += 1
+        runs_dir = root / f"chain_{chain}"
+run(["--runs_dir", str(root / "uninterrupted"), *args], None)
+print(json.dumps(report))
+"""
+
+_CHAIN_RUN = [
+    "--trainer.max_epochs=20",
+    "--trainer.limit_train_batches=4",
+    "--trainer.limit_val_batches=1",
+    "--trainer.limit_test_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.batch_size=32",
+    "--recorder.every_n_steps=1",
+]
+
+
+@pytest.mark.slow
+def test_twenty_sigkills_each_leave_a_complete_store_and_resume_loses_or_repeats_no_step(tmp_path: Path) -> None:
+    runs_dir = tmp_path / "chain"
+    command = [sys.executable, "-c", _KILL_CHAIN, str(runs_dir), "20", "11", *_CHAIN_RUN]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    (tmp_path / "report.json").write_text(json.dumps(report, indent=1))
+
+    assert len(report) == 21
+    for entry in report[:-1]:
+        # Killed, or (on a fast machine) finished before its kill came; never ended by an error.
+        assert entry["status"] in (signal.SIGKILL, 0), entry
+        after = entry["after"]
+        if after is None:
+            continue  # killed before its store was created
+        # Every flushed step is there, in order, once: rows are steps 0, 1, 2, ... with nothing missing.
+        assert after == list(range(len(after))), entry
+        if entry["seen_before_kill"] is not None:  # nothing seen on disk before the kill is lost by it
+            assert len(after) >= len(entry["seen_before_kill"]), entry
+    final = report[-1]
+    assert final["status"] == 0, final
+    assert final["after"] == list(range(81)), final  # 20 epochs of 4 steps, and step 0
+    assert sum(entry["status"] == signal.SIGKILL for entry in report) >= 10, report
+    resumes = [entry for entry in report if entry["resumed_from"]]
+    assert len(resumes) >= 5, report  # the chain really resumed, not only restarted
+
+    (uninterrupted,) = (runs_dir / "uninterrupted").rglob("activations.h5")
+    with StoreReader(final["store"]) as chained, StoreReader(uninterrupted) as straight:
+        for name in straight.layer_names:
+            assert chained.activations(name).tobytes() == straight.activations(name).tobytes(), name
+        assert chained.logits().tobytes() == straight.logits().tobytes()
+        assert chained.steps()["batch_loss"].tobytes() == straight.steps()["batch_loss"].tobytes()
+
+
+def test_without_access_to_hdf5s_retry_setting_a_child_process_walks_the_structure_under_a_time_limit(
+    tmp_path: Path, pristine: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where h5py runs on an HDF5 that ctypes cannot reach, the structure is walked in a child process
+    # (with HDF5's default 100 attempts) that is killed at the time limit.
+    monkeypatch.setattr(_integrity, "_hdf5_library", lambda: None)
+    monkeypatch.setattr(_integrity, "STRUCTURE_WALK_SECONDS", 3.0)
+    with StoreReader(pristine) as reader:  # an intact store passes the walk
+        assert reader.num_steps == NUM_STEPS
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    _damage(store, _object_address(store, "layers/net.conv2") + 8)
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=r"is damaged: its structure could not be read within 3 s\.$"):
+        StoreReader(store)
+    assert time.monotonic() - started < 10
+
+
+def test_an_open_reader_never_keeps_the_writer_from_opening_the_store(tmp_path: Path, pristine: Path) -> None:
+    # The writer opens the store to append right after creating or resuming it. A reader (a viewer
+    # polling the run) that opened it just before used to hold HDF5's file lock, and the training ended
+    # with "unable to lock file": seen in test_resume.py's poll. Readers now take no lock.
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    append = (
+        "import sys; from pathlib import Path; from actrec.store import StoreWriter\n"
+        "StoreWriter._open_for_append(Path(sys.argv[1]), 1, False).close()"
+    )
+    with StoreReader(store) as reader:
+        result = subprocess.run([sys.executable, "-c", append, str(store)], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr[-1000:]
+        assert reader.num_steps == NUM_STEPS
