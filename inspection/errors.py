@@ -1,0 +1,9 @@
+"""The one exception every inspection command raises for bad input."""
+
+from __future__ import annotations
+
+__all__ = ["InspectError"]
+
+
+class InspectError(Exception):
+    """Bad input to an inspection command (a missing run, an unknown layer, an unreadable image); one sentence."""
