@@ -99,6 +99,11 @@ def _b64_png(indices: np.ndarray) -> str:
     return base64.b64encode(encode_png(indices, compress_level=1)).decode("ascii")
 
 
+def _is_picture(images: np.ndarray) -> bool:
+    """Whether probe inputs can be drawn: ``(P, H, W)`` or ``(P, C, H, W)``, as the viewer's frames decide."""
+    return np.ndim(images) in (3, 4)
+
+
 def probe_strip(images: np.ndarray) -> np.ndarray:
     """The probe inputs side by side in grey (channels averaged), on one brightness scale."""
     images = np.asarray(images, np.float32)
@@ -248,8 +253,9 @@ def build_report(
             "classNames": list(probes.class_names),
             "labels": np.asarray(probes.labels).tolist(),
             "predictions": predictions.tolist(),
-            "probeImage": _b64_png(probe_strip(probes.images)),
-            "probeShape": list(np.asarray(probes.images).shape[-2:]),
+            # Token ids, feature vectors and volumes are not pictures: their predictions are still listed.
+            "probeImage": _b64_png(probe_strip(probes.images)) if _is_picture(probes.images) else None,
+            "probeShape": list(np.asarray(probes.images).shape[-2:]) if _is_picture(probes.images) else None,
             "layers": layers,
             "dynamics": _dynamics_rows(primary.dynamics, rows),
             "compare": [entry for entry, _ in compared],

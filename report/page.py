@@ -147,7 +147,7 @@ _SCRIPT = r"""
     else if (event.key === "End") { stop(); show(count - 1); event.preventDefault(); }
     else if (event.key === " " && event.target.tagName !== "BUTTON") { play(); event.preventDefault(); }
   });
-  document.getElementById("probe-img").src = png(D.probeImage);
+  if (D.probeImage !== null) document.getElementById("probe-img").src = png(D.probeImage);
   sizeGrids();
   show(0);
   document.body.dataset.ready = "1";
@@ -172,7 +172,13 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
     probes = len(data["labels"])
     names = data["classNames"]
     label_row = "".join(f"<span>{html.escape(str(names[label]))}</span>" for label in data["labels"])
-    probe_height, probe_width = data["probeShape"]
+    probe_picture = ""
+    if data["probeShape"] is not None:
+        probe_height, probe_width = data["probeShape"]
+        probe_picture = (
+            f'<div class="grid" data-channels="1" data-height="{probe_height}" data-width="{probe_width}" '
+            f'data-probes="{probes}"><img id="probe-img" alt="probe images"></div>'
+        )
     layer_panels = []
     for index, layer in enumerate(data["layers"]):
         scale = html.escape(layer["scaleLabel"])
@@ -236,8 +242,7 @@ on each layer's fixed scale, as actrec render draws them; rows are channels, col
 <section><h2>Probes and predictions</h2>
 <div class="panel" id="probes"><div class="caption"><b>probes</b><span class="panel-step"></span></div>
 <div class="labels">{label_row}</div>
-<div class="grid" data-channels="1" data-height="{probe_height}" data-width="{probe_width}" data-probes="{probes}">
-<img id="probe-img" alt="probe images"></div>
+{probe_picture}
 <div class="labels" id="predictions">{"<span></span>" * probes}</div></div></section>
 <section><h2>Layers</h2>{layers_html}</section>
 <section><h2>Training curves</h2><p class="note">{"".join(charts["training_legend"])}</p>

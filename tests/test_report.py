@@ -17,6 +17,7 @@ from viewer_fixtures import NUM_PROBES, exact_activations, make_store, predictio
 
 from actrec.report import build_report, tile_grid
 from actrec.report.cli import report_main
+from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreWriter
 from actrec.viewer import PALETTE, colors
 from actrec.viewer.scale import ColourScale
 
@@ -81,6 +82,55 @@ def test_report_reuses_saved_dynamics_only_when_they_match_the_rows(tmp_path: Pa
     write_dynamics(saved, run / "dynamics.npz")
     assert _page_data(build_report(run).path)["dynamics"][0]["ckaFirst"] == [0.123] * 4
     assert _page_data(build_report(run, threshold=0.5).path)["dynamics"][0]["ckaFirst"][0] == 1.0  # recomputed
+
+
+def _non_image_store(folder: Path, probe_images: np.ndarray, labels: list[int], steps: int = 3) -> Path:
+    """A finished store whose probes are not pictures (token ids, vectors...), with a vector and a token layer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probes = len(labels)
+    writer = StoreWriter.create(
+        folder / "activations.h5",
+        run_id="non-image",
+        config={},
+        probes=ProbeSet(probe_images.astype(np.float32), np.array(labels), np.arange(probes), ["a", "b"]),
+        layers=[LayerSpec("fc", (5,), "Linear", "symmetric"), LayerSpec("enc", (4, 6), "Encoder", "symmetric")],
+        num_classes=2,
+        background=False,
+    )
+    with writer:
+        for step in range(steps):
+            logits = np.zeros((probes, 2), np.float32)
+            logits[:, step % 2] = 1.0  # every probe predicts class step % 2
+            rng = np.random.default_rng(step)
+            activations = {
+                "fc": rng.normal(size=(probes, 5)).astype(np.float32),
+                "enc": rng.normal(size=(probes, 4, 6)).astype(np.float32),
+            }
+            writer.append(
+                StepRecord(
+                    global_step=step,
+                    epoch=0,
+                    batch_loss=1.0,
+                    batch_acc=0.5,
+                    logits=logits,
+                    activations=activations,
+                    wall_time=1_000_000.0 + step,
+                )
+            )
+    return folder
+
+
+@pytest.mark.parametrize("probe_shape", [(3, 7), (3, 2, 2, 2, 2)], ids=["vectors-or-tokens", "5-D"])
+def test_probes_that_are_not_pictures_are_listed_without_a_picture(tmp_path: Path, probe_shape: tuple) -> None:
+    run = _non_image_store(tmp_path / "run", np.ones(probe_shape), [0, 1, 0])
+    result = build_report(run)
+    data = _page_data(result.path)
+    assert data["probeImage"] is None
+    assert data["probeShape"] is None
+    assert data["predictions"] == [[0, 0, 0], [1, 1, 1], [0, 0, 0]]
+    text = result.path.read_text(encoding="utf-8")
+    assert 'id="probe-img"' not in text
+    assert text.count('<div class="labels"><span>a</span><span>b</span><span>a</span></div>') == 1
 
 
 def test_report_is_self_contained(tmp_path: Path) -> None:
