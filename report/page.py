@@ -71,6 +71,10 @@ _SCRIPT = r"""
     });
   }
 
+  function className(index) {
+    return index >= 0 && index < D.classNames.length ? D.classNames[index] : "?";
+  }
+
   function setPanelStep(panel, text) {
     panel.querySelector(".panel-step").textContent = text;
     panel.dataset.step = text;
@@ -97,12 +101,18 @@ _SCRIPT = r"""
     });
     const predicted = D.predictions[current];
     document.querySelectorAll("#predictions span").forEach((cell, probe) => {
+      if (D.labels[probe] < 0) {  // unlabeled: neither right nor wrong
+        cell.textContent = className(predicted[probe]);
+        cell.className = "";
+        return;
+      }
       const right = predicted[probe] === D.labels[probe];
-      cell.textContent = (right ? "✓ " : "✗ ") + D.classNames[predicted[probe]];
+      cell.textContent = (right ? "✓ " : "✗ ") + className(predicted[probe]);
       cell.className = right ? "right" : "wrong";
     });
-    const correct = predicted.filter((p, i) => p === D.labels[i]).length;
-    const tally = correct + "/" + predicted.length + " right";
+    const labeled = D.labels.map((label, probe) => probe).filter((probe) => D.labels[probe] >= 0);
+    const correct = labeled.filter((probe) => predicted[probe] === D.labels[probe]).length;
+    const tally = correct + "/" + labeled.length + " right";
     setPanelStep(document.getElementById("probes"), "step " + step + " · " + tally);
     document.querySelectorAll("svg.chart[data-s0]").forEach((svg) => {
       const x0 = Number(svg.dataset.x0), x1 = Number(svg.dataset.x1);
@@ -155,6 +165,11 @@ _SCRIPT = r"""
 """
 
 
+def _class_name(names: list[str], label: int) -> str:
+    """A label's class name; ``"?"`` for unlabeled probes (-1) and labels past the named classes."""
+    return str(names[label]) if 0 <= label < len(names) else "?"
+
+
 def _grid(layer: dict, probes: int) -> str:
     return (
         f'<div class="grid" data-channels="{layer["channels"]}" data-height="{layer["height"]}" '
@@ -171,7 +186,7 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
     """The whole HTML document: data as one JSON block, charts inline, no external resource."""
     probes = len(data["labels"])
     names = data["classNames"]
-    label_row = "".join(f"<span>{html.escape(str(names[label]))}</span>" for label in data["labels"])
+    label_row = "".join(f"<span>{html.escape(_class_name(names, label))}</span>" for label in data["labels"])
     probe_picture = ""
     if data["probeShape"] is not None:
         probe_height, probe_width = data["probeShape"]

@@ -133,6 +133,31 @@ def test_probes_that_are_not_pictures_are_listed_without_a_picture(tmp_path: Pat
     assert text.count('<div class="labels"><span>a</span><span>b</span><span>a</span></div>') == 1
 
 
+def test_unlabeled_and_unnamed_labels_show_a_question_mark_and_stay_out_of_the_tally(tmp_path: Path) -> None:
+    run = _non_image_store(tmp_path / "run", np.ones((3, 7)), [-1, 5, 0])  # unlabeled, past the names, "a"
+    text = build_report(run).path.read_text(encoding="utf-8")
+    assert '<div class="labels"><span>?</span><span>?</span><span>a</span></div>' in text
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no chromium on this machine: the page is not tested in a browser")
+def test_page_without_probe_pictures_marks_only_labeled_probes(tmp_path: Path) -> None:
+    pytest.importorskip("aiohttp", reason="the DevTools client needs aiohttp (installed with pytorch-lightning[extra])")
+    run = _non_image_store(tmp_path / "run", np.ones((3, 7)), [-1, 5, 0])
+    page_path = build_report(run).path
+
+    async def scenario() -> tuple[dict, list[str]]:
+        async with browser_page(find_chromium()) as page:
+            await page.open(page_path)
+            assert await page.evaluate("document.body.dataset.ready") == "1"
+            return await page.evaluate(_STATE), page.errors
+
+    state, errors = asyncio.run(scenario())
+    assert errors == []
+    # Step 0: every probe predicts "a"; the unlabeled probe is neither right nor wrong and is not counted.
+    assert state["predictions"] == ["a", "✗ a", "✓ a"]
+    assert "step 0 · 1/2 right" in state["panels"]
+
+
 def test_report_is_self_contained(tmp_path: Path) -> None:
     run = make_store(tmp_path / "run", range(3)).parent
     text = build_report(run).path.read_text(encoding="utf-8")
