@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,7 +216,7 @@ def read_dynamics(path: str | os.PathLike) -> Dynamics:
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            if meta.get("format") != _FORMAT:
+            if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
                 raise DynamicsError(f"{path} is not an actrec dynamics file.")
             if int(meta.get("format_version", 0)) > _FORMAT_VERSION:
                 raise DynamicsError(f"{path} was written by a newer actrec; upgrade actrec to read it.")
@@ -239,5 +240,6 @@ def read_dynamics(path: str | os.PathLike) -> Dynamics:
             )
     except FileNotFoundError:
         raise DynamicsError(f"no dynamics file at {path}; run: actrec dynamics RUN.") from None
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+        # A truncated or overwritten file fails inside zipfile or np.load with any of these.
         raise DynamicsError(f"{path} cannot be read as a dynamics file ({error}).") from None

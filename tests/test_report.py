@@ -158,6 +158,29 @@ def test_page_without_probe_pictures_marks_only_labeled_probes(tmp_path: Path) -
     assert "step 0 · 1/2 right" in state["panels"]
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "meta-not-a-dict"])
+def test_a_corrupt_saved_dynamics_file_is_recomputed(tmp_path: Path, damage: str) -> None:
+    from actrec.dynamics import DynamicsError, read_dynamics
+    from actrec.dynamics.cli import dynamics_main
+
+    run = make_store(tmp_path / "run", range(4)).parent
+    assert dynamics_main([str(run), "--quiet", "--no-png", "--no-tensorboard"]) == 0
+    saved = run / "dynamics.npz"
+    content = saved.read_bytes()
+    if damage == "truncated":
+        saved.write_bytes(content[: len(content) // 2])
+    elif damage == "garbage":
+        saved.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    elif damage == "empty":
+        saved.write_bytes(b"")
+    else:
+        np.savez(saved, meta=np.array("[1, 2]"))
+    with pytest.raises(DynamicsError, match=r"cannot be read as a dynamics file|is not an actrec dynamics file"):
+        read_dynamics(saved)
+    data = _page_data(build_report(run).path)
+    assert data["dynamics"][0]["ckaFinal"][-1] == 1.0  # computed afresh from the store
+
+
 def test_report_is_self_contained(tmp_path: Path) -> None:
     run = make_store(tmp_path / "run", range(3)).parent
     text = build_report(run).path.read_text(encoding="utf-8")
