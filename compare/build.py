@@ -19,10 +19,9 @@ from actrec.compare.align import ALIGNMENTS, aligned_positions, fractional_epoch
 from actrec.dynamics import Dynamics, compute_dynamics
 from actrec.dynamics._run import run_batch_size, run_label, run_paths
 from actrec.dynamics.plots import log10_or_nan, panel_figure
-from actrec.report.build import layer_colour_scale
 from actrec.store import StoreReader
 from actrec.viewer import colors, writers
-from actrec.viewer._pipeline import atomic_path, prepare_out_dir, safe_filename
+from actrec.viewer._pipeline import atomic_path, layer_colour_scale, prepare_out_dir, safe_filename
 from actrec.viewer.curves import Series, smooth
 from actrec.viewer.frames import FrameLayout
 

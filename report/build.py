@@ -25,10 +25,10 @@ from actrec.report.charts import Line, css_color, svg_chart
 from actrec.report.page import render_page
 from actrec.store import StoreReader
 from actrec.viewer import colors, encode_png
-from actrec.viewer._pipeline import atomic_path, prepare_out_dir
+from actrec.viewer._pipeline import atomic_path, layer_colour_scale, prepare_out_dir
 from actrec.viewer.curves import smooth
 from actrec.viewer.frames import as_colour_scale
-from actrec.viewer.scale import ColourScale, colour_scale, sample_rows
+from actrec.viewer.scale import ColourScale
 
 REPORT_FILENAME = "report.html"
 DEFAULT_MAX_FRAMES = 600
@@ -65,13 +65,6 @@ def unit_maps(sample_shape: Sequence[int]) -> tuple[int, int, int]:
         side = math.ceil(math.sqrt(shape[0]))
         return 1, math.ceil(shape[0] / side), side
     raise ReportError(f"cannot draw activations of per-probe shape {shape}.")
-
-
-def layer_colour_scale(store: StoreReader, name: str, num_rows: int) -> ColourScale:
-    """The layer's colour scale by the viewer's one rule (:func:`actrec.viewer.scale.colour_scale`),
-    from the same evenly sampled rows ``actrec render`` uses, so the report's colours match its GIFs."""
-    samples = store.activations(name, sample_rows(num_rows))
-    return colour_scale(store.layer(name).scale_kind, samples)
 
 
 def tile_grid(activations: np.ndarray, scale: ColourScale | float) -> np.ndarray:
@@ -127,8 +120,7 @@ def choose_rows(num_rows: int, stride: int | None, max_frames: int) -> tuple[np.
     return rows, stride
 
 
-def _layer_frames(store: StoreReader, name: str, rows: np.ndarray, num_rows: int) -> list[str]:
-    scale = layer_colour_scale(store, name, num_rows)
+def _layer_frames(store: StoreReader, name: str, rows: np.ndarray, scale: ColourScale) -> list[str]:
     frames = []
     for start in range(0, len(rows), _ROWS_PER_READ):
         chunk = rows[start : start + _ROWS_PER_READ]
@@ -231,14 +223,15 @@ def build_report(
         layers = []
         for name in store.layer_names:
             channels, height, width = unit_maps(store.layer(name).sample_shape)
+            scale = layer_colour_scale(store, name, primary.num_rows)
             layers.append(
                 {
                     "name": name,
                     "channels": channels,
                     "height": height,
                     "width": width,
-                    "scaleLabel": _scale_label(layer_colour_scale(store, name, primary.num_rows)),
-                    "frames": _layer_frames(store, name, rows, primary.num_rows),
+                    "scaleLabel": _scale_label(scale),
+                    "frames": _layer_frames(store, name, rows, scale),
                 }
             )
         shown_steps = primary.steps["global_step"][rows]
@@ -304,7 +297,8 @@ def _compare_data(run: str | os.PathLike, shown_steps: np.ndarray, threshold: fl
         layers = []
         for name in store.layer_names:
             channels, height, width = unit_maps(store.layer(name).sample_shape)
-            frames = _layer_frames(store, name, used, other.num_rows) if used.size else []
+            scale = layer_colour_scale(store, name, other.num_rows)
+            frames = _layer_frames(store, name, used, scale) if used.size else []
             layers.append({"name": name, "channels": channels, "height": height, "width": width, "frames": frames})
         entry = {
             "run": other.label,

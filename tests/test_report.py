@@ -181,6 +181,30 @@ def test_a_corrupt_saved_dynamics_file_is_recomputed(tmp_path: Path, damage: str
     assert data["dynamics"][0]["ckaFinal"][-1] == 1.0  # computed afresh from the store
 
 
+def test_layer_colour_scales_are_the_renders_and_skip_damaged_rows(tmp_path: Path) -> None:
+    import h5py
+
+    from actrec.dynamics.cli import dynamics_main
+    from actrec.report.build import _scale_label
+    from actrec.store import StoreReader
+    from actrec.viewer._pipeline import ChannelChoice, plan_layer
+
+    store_path = make_store(tmp_path / "run", range(10))
+    # Dynamics read every row; saved before the damage, the report reuses them and reads only its own rows.
+    assert dynamics_main([str(store_path.parent), "--quiet", "--no-png", "--no-tensorboard"]) == 0
+    with h5py.File(store_path, "r") as store:
+        chunk = store["layers/net.conv2/activations"].id.get_chunk_info(4)
+    with store_path.open("r+b") as file:  # scribble over step 4's chunk: it fails its checksum
+        file.seek(chunk.byte_offset + 2)
+        file.write(b"\xab" * 32)
+    data = _page_data(build_report(store_path.parent, stride=3).path)  # shows steps 0, 3, 6, 9, not 4
+    with StoreReader(store_path) as store:
+        for layer in data["layers"]:
+            plan, _ = plan_layer(store, layer["name"], 10, ChannelChoice(everything=True), 28, NUM_PROBES)
+            assert layer["scaleLabel"] == _scale_label(plan.scale)  # the render's scale, by the one function
+    assert "2.5" in data["layers"][1]["scaleLabel"]  # net.conv2's largest |activation|, from the good rows
+
+
 def test_report_is_self_contained(tmp_path: Path) -> None:
     run = make_store(tmp_path / "run", range(3)).parent
     text = build_report(run).path.read_text(encoding="utf-8")

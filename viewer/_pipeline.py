@@ -181,6 +181,49 @@ def read_rows(store: StoreReader, layer: str, rows: np.ndarray) -> tuple[np.ndar
         return (np.stack(good) if good else None), bad
 
 
+def scale_samples(store: StoreReader, name: str, num_rows: int, num_probes: int) -> np.ndarray:
+    """Evenly spaced rows of a layer, bounded in size, that fix its colour scale and channel choice.
+
+    Rows that fail their integrity check are left out (rendering names them); no good row gives an
+    empty ``(0, P, *sample_shape)`` array.
+    """
+    shape = tuple(store.layer(name).sample_shape)
+    per_row = num_probes * int(np.prod(shape))
+    rows = sample_rows(num_rows, max(2, min(32, _SCALE_SAMPLE_ELEMENTS // max(per_row, 1))))
+    samples, _ = read_rows(store, name, rows)
+    return np.zeros((0, num_probes, *shape), np.float32) if samples is None else samples
+
+
+def layer_colour_scale(
+    store: StoreReader,
+    name: str,
+    num_rows: int,
+    select: Sequence[int] | None = None,
+    *,
+    samples: np.ndarray | None = None,
+) -> ColourScale:
+    """A layer's colour scale for a whole run: the one rule render, report and compare draw with.
+
+    :func:`~actrec.viewer.scale.colour_scale` of the layer's scale kind over :func:`scale_samples`,
+    counting only the drawn channels (units), so hidden channels do not wash out the drawn ones.
+
+    Args:
+        store: the open store.
+        name: the layer.
+        num_rows: rows of the store to sample from.
+        select: positions along the channel (maps) or unit axis that are drawn; ``None`` for all.
+        samples: :func:`scale_samples` already read for this layer (saves reading them twice).
+    """
+    info = store.layer(name)
+    if samples is None:
+        num_probes = len(store.probes.labels)
+        samples = scale_samples(store, name, num_rows, num_probes)
+    if select is not None:
+        axis = -3 if layer_kind(info) == KIND_MAPS else -1
+        samples = np.take(samples, list(select), axis=axis)
+    return colour_scale(info.scale_kind, samples if samples.size else np.zeros(1))
+
+
 def _channel_variance(samples: np.ndarray, kind: str) -> np.ndarray:
     """Variance of each channel (unit) over sampled rows, probes and positions, from finite values."""
     axis = samples.ndim - 3 if kind == KIND_MAPS else samples.ndim - 1
@@ -216,10 +259,7 @@ def plan_layer(
     stored_labels = getattr(info, "channels", None)
     full_labels = tuple(int(c) for c in stored_labels) if stored_labels is not None else tuple(range(width))
     notes: list[str] = []
-    per_row = num_probes * int(np.prod(shape))
-    rows = sample_rows(num_rows, max(2, min(32, _SCALE_SAMPLE_ELEMENTS // max(per_row, 1))))
-    samples, _ = read_rows(store, name, rows)  # damaged rows stay out of the scale; rendering names them
-    samples = np.zeros((0, num_probes, *shape), np.float32) if samples is None else samples
+    samples = scale_samples(store, name, num_rows, num_probes)
     noun = "channels" if kind == KIND_MAPS else "units"
     select: tuple[int, ...] | None = None
     if choice.indices is not None:
@@ -242,8 +282,7 @@ def plan_layer(
                     f"--channels picks others (a list, top:K or all)."
                 )
     labels = full_labels if select is None else tuple(full_labels[i] for i in select)
-    drawn = samples if select is None else np.take(samples, select, axis=-3 if kind == KIND_MAPS else -1)
-    scale = colour_scale(info.scale_kind, drawn if drawn.size else np.zeros(1))
+    scale = layer_colour_scale(store, name, num_rows, select, samples=samples)
     drawn_shape = (len(labels), *shape[1:]) if kind == KIND_MAPS else (*shape[:-1], len(labels))
     fitted = fit_tile_size(kind, drawn_shape, num_probes, tile_size, max_frame_width, text_scale)
     height, frame_width = frame_height_width(kind, drawn_shape, num_probes, fitted, text_scale)
