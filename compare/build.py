@@ -21,9 +21,18 @@ from actrec.dynamics._run import run_batch_size, run_label, run_paths
 from actrec.dynamics.plots import log10_or_nan, panel_figure
 from actrec.store import StoreReader
 from actrec.viewer import colors, writers
-from actrec.viewer._pipeline import atomic_path, layer_colour_scale, prepare_out_dir, safe_filename
+from actrec.viewer._pipeline import (
+    MAX_FRAME_PIXELS,
+    MAX_TILE_SIZE,
+    ChannelChoice,
+    LayerPlan,
+    atomic_path,
+    plan_layer,
+    prepare_out_dir,
+    safe_filename,
+)
 from actrec.viewer.curves import Series, smooth
-from actrec.viewer.frames import FrameLayout
+from actrec.viewer.frames import FrameLayout, frame_height_width
 
 DEFAULT_MAX_FRAMES = 600
 _PANEL_GAP = 16
@@ -98,6 +107,7 @@ class _Run:
     positions: np.ndarray
     predictions: np.ndarray
     batch_size: int | None
+    plan: LayerPlan | None = None
 
 
 def compare_runs(
@@ -132,6 +142,8 @@ def compare_runs(
         raise CompareError(f"--align must be one of {', '.join(ALIGNMENTS)}, got {align!r}.")
     if max_frames < 1:
         raise CompareError(f"--max-frames must be positive, got {max_frames}.")
+    if not 4 <= tile_size <= MAX_TILE_SIZE:
+        raise CompareError(f"tile_size must be between 4 and {MAX_TILE_SIZE} pixels, got {tile_size}.")
     writers.check_fps(fps)
     layers = parse_layers(layer_specs, len(runs))
     with contextlib.ExitStack() as stack:
@@ -143,12 +155,13 @@ def compare_runs(
         labels = _unique_labels([run.label for run in opened])
         for run, label in zip(opened, labels, strict=True):
             run.label = label
+        _plan_panels(opened, tile_size)  # refuses frames too large to draw before anything is written
         timeline = shared_timeline([run.positions for run in opened], max_frames)
         out = prepare_out_dir(Path(out_dir) if out_dir is not None else opened[0].store.path.parent / "renders")
         name = safe_filename(layers[0] if len(set(layers)) == 1 else "-".join(layers))
         animation = out / f"compare-{name}.gif"
         with atomic_path(animation) as partial:
-            _write_animation(opened, timeline, align, partial, fps, tile_size)
+            _write_animation(opened, timeline, partial, fps)
         curves = out / "compare-curves.png"
         with atomic_path(curves) as partial:
             writers.write_png(_curves(opened, align), partial)
@@ -186,24 +199,49 @@ def _position_text(align: str, value: int) -> str:
     return {"step": f"step {value}", "epoch": f"epoch {value}", "samples": f"{value:,} samples"}[align]
 
 
-def _write_animation(
-    runs: Sequence[_Run], timeline: np.ndarray, align: str, target: Path, fps: float, tile_size: int
-) -> None:
+def _plan_panels(runs: Sequence[_Run], tile_size: int) -> None:
+    """Each run's panel planned as ``actrec render`` plans a layer (channels, colour scale, tile fit), and
+    the side-by-side canvas checked against the render's frame limit.
+
+    Raises:
+        ViewerError: a layer cannot be drawn, or one panel is too large.
+        CompareError: the panels together are too large.
+    """
+    height, width = 0, _PANEL_GAP * (len(runs) - 1)
+    for run in runs:
+        num_probes = len(run.store.probes.labels)
+        run.plan, _ = plan_layer(run.store, run.layer, run.num_rows, ChannelChoice(), tile_size, num_probes)
+        panel_height, panel_width = frame_height_width(
+            run.plan.kind, run.plan.drawn_shape, num_probes, run.plan.tile_size
+        )
+        height, width = max(height, panel_height), width + panel_width
+    if height * width > MAX_FRAME_PIXELS:
+        raise CompareError(
+            f"the compared frames would be {width} x {height} pixels, over the {MAX_FRAME_PIXELS:,} pixel limit; "
+            "compare fewer runs or choose a smaller tile_size."
+        )
+
+
+def _write_animation(runs: Sequence[_Run], timeline: np.ndarray, target: Path, fps: float) -> None:
     layouts = []
     row_lists = [rows_at(run.positions, timeline) for run in runs]
     for run, rows in zip(runs, row_lists, strict=True):
         probes = run.store.probes
+        plan = run.plan
         title = _title(run, int(rows[-1]))
         layouts.append(
             FrameLayout(
-                run.store.layer(run.layer).sample_shape,
+                plan.drawn_shape,
                 num_probes=len(probes.labels),
-                scale=layer_colour_scale(run.store, run.layer, run.num_rows),
+                scale=plan.scale,
                 probe_images=probes.images,
                 labels=probes.labels,
                 class_names=probes.class_names,
-                tile_size=tile_size,
+                tile_size=plan.tile_size,
                 longest_title=max((_title(run, int(rows[0])), title), key=len) + "  ",
+                kind=plan.kind,
+                channel_labels=plan.labels,
+                nonfinite_legend=plan.nonfinite_steps > 0,
             )
         )
     with writers.GifWriter(target, fps=fps) as gif:
@@ -212,7 +250,7 @@ def _write_animation(
             values = []
             for run, rows in zip(runs, row_lists, strict=True):
                 needed = np.unique(rows[block])
-                read = run.store.activations(run.layer, needed)
+                read = run.plan.selected(run.store.activations(run.layer, needed))
                 values.append({int(row): read[i] for i, row in enumerate(needed.tolist())})
             for offset in range(len(timeline[block])):
                 panels = []

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from actrec.compare.align import ALIGNMENTS
 from actrec.compare.build import DEFAULT_MAX_FRAMES, CompareError, compare_runs
 from actrec.dynamics.cli import run_guarded
+from actrec.viewer._pipeline import MAX_TILE_SIZE
 
 
 def compare_main(argv: Sequence[str]) -> int:
@@ -41,8 +42,8 @@ def compare_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
 
     def action() -> int:
-        if args.tile_size < 4:
-            raise CompareError(f"--tile-size must be at least 4 pixels, got {args.tile_size}.")
+        if not 4 <= args.tile_size <= MAX_TILE_SIZE:
+            raise CompareError(f"--tile-size must be between 4 and {MAX_TILE_SIZE} pixels, got {args.tile_size}.")
         result = compare_runs(
             args.runs,
             args.layer,

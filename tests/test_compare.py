@@ -109,6 +109,8 @@ def test_compare_different_layers_by_epoch_and_by_samples(tmp_path: Path) -> Non
         (["A", "B", "--layer", "nope"], r"a/version_0 has no layer 'nope'; it records: net.conv1, net.conv2\."),
         (["A", "B", "--layer", "net.conv1", "--align", "samples"], r"has no batch size in its config.yaml"),
         (["A", "missing", "--layer", "net.conv1"], r"no activation store at"),
+        (["A", "B", "--layer", "net.conv1", "--tile-size", "513"], r"--tile-size must be between 4 and 512 pixels"),
+        (["A", "B", "--layer", "net.conv1", "--tile-size", "3"], r"--tile-size must be between 4 and 512 pixels"),
     ],
 )
 def test_errors_are_one_sentence_and_write_nothing(tmp_path: Path, capsys, arguments: list[str], message: str) -> None:
@@ -122,3 +124,49 @@ def test_errors_are_one_sentence_and_write_nothing(tmp_path: Path, capsys, argum
     assert err.startswith("actrec compare: ")
     assert re.search(message, err), err
     assert not out.exists() or not any(out.iterdir())
+
+
+def _wide_store(folder: Path, channels: int) -> Path:
+    """A finished store of one ``(channels, 4, 4)`` layer whose channels all vary."""
+    from viewer_fixtures import NUM_PROBES, logits_for, predictions_at, probe_set
+
+    from actrec.store import LayerSpec, StepRecord, StoreWriter
+
+    folder.mkdir(parents=True)
+    writer = StoreWriter.create(
+        folder / "activations.h5",
+        run_id=f"wide-{channels}",
+        config={},
+        probes=probe_set(),
+        layers=[LayerSpec("wide", (channels, 4, 4), "Conv2d", "symmetric")],
+        num_classes=3,
+        background=False,
+    )
+    with writer:
+        for step in range(3):
+            values = np.random.default_rng(step).normal(size=(NUM_PROBES, channels, 4, 4)).astype(np.float32)
+            writer.append(
+                StepRecord(
+                    global_step=step,
+                    epoch=0,
+                    batch_loss=1.0,
+                    batch_acc=0.5,
+                    logits=logits_for(predictions_at(step)),
+                    activations={"wide": values},
+                    wall_time=1_000_000.0 + step,
+                )
+            )
+    return folder
+
+
+def test_compare_draws_the_channels_render_would_and_bounds_the_tile_size(tmp_path: Path) -> None:
+    from actrec.viewer.frames import DEFAULT_MAX_CHANNELS
+
+    wide = [_wide_store(tmp_path / name, 64) for name in ("a", "b")]
+    capped = [_wide_store(tmp_path / f"{name}16", DEFAULT_MAX_CHANNELS) for name in ("a", "b")]
+    wide_frame = _frames(compare_runs(wide, ["wide"], out_dir=tmp_path / "w", tile_size=8).animation)[0]
+    capped_frame = _frames(compare_runs(capped, ["wide"], out_dir=tmp_path / "c", tile_size=8).animation)[0]
+    # 64 channels are drawn as render draws them: the 16 that vary most, so the frames are as tall.
+    assert wide_frame.shape[0] == capped_frame.shape[0]
+    with pytest.raises(CompareError, match=r"^tile_size must be between 4 and 512 pixels, got 600\.$"):
+        compare_runs(wide, ["wide"], out_dir=tmp_path / "t", tile_size=600)
