@@ -126,6 +126,18 @@ def test_errors_are_one_sentence_and_write_nothing(tmp_path: Path, capsys, argum
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_curves_of_near_constant_values_draw(tmp_path: Path) -> None:
+    # CKA to the final step is 1 up to rounding (1 - 2e-16 .. 1 + 2e-16) when a layer never changes;
+    # the axis ticks collapsed to one value and formatting them divided by zero.
+    from actrec.dynamics.plots import panel_figure
+    from actrec.viewer.curves import Series, nice_ticks
+
+    assert len(set(nice_ticks(1 - 2e-16, 1 + 2e-16))) > 1
+    values = np.array([1 - 2e-16, 1.0, 1 + 2e-16])
+    image = panel_figure([("CKA", [Series("a", np.arange(3.0), values, (0, 0, 0))], False)], title="t", legend=[])
+    assert image.ndim == 3
+
+
 def _wide_store(folder: Path, channels: int) -> Path:
     """A finished store of one ``(channels, 4, 4)`` layer whose channels all vary."""
     from viewer_fixtures import NUM_PROBES, logits_for, predictions_at, probe_set

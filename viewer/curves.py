@@ -49,7 +49,7 @@ def nice_ticks(low: float, high: float, target: int = 6) -> list[float]:
     """About ``target`` round tick values (1, 2, 2.5 or 5 times a power of ten apart) enclosing ``[low, high]``."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return []
-    if high <= low:
+    if high - low <= 1e-9 * max(abs(low), abs(high), 1.0):  # (near-)constant data, e.g. CKA of 1 +- 1e-16
         high = low + (abs(low) or 1.0)
     raw = (high - low) / max(1, target - 1)
     power = 10 ** math.floor(math.log10(raw))
