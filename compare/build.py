@@ -29,6 +29,7 @@ from actrec.viewer._pipeline import (
     atomic_path,
     plan_layer,
     prepare_out_dir,
+    read_steps,
     safe_filename,
 )
 from actrec.viewer.curves import Series, smooth
@@ -182,7 +183,7 @@ def _open_run(store: StoreReader, run_dir: Path, layer: str, align: str, batch_s
         raise CompareError(
             f"{run_label(store.path)} has no layer {layer!r}; it records: {', '.join(store.layer_names)}."
         )
-    steps = {key: value[:num_rows] for key, value in store.steps().items()}
+    steps = read_steps(store, num_rows)  # the viewer's epoch rule: the end-of-training row joins the last epoch
     if align == "samples" and batch_size is None:
         batch_size = run_batch_size(run_dir)
         if batch_size is None:

@@ -25,7 +25,7 @@ from actrec.report.charts import Line, css_color, svg_chart
 from actrec.report.page import render_page
 from actrec.store import StoreReader
 from actrec.viewer import colors, encode_png
-from actrec.viewer._pipeline import atomic_path, layer_colour_scale, prepare_out_dir
+from actrec.viewer._pipeline import atomic_path, layer_colour_scale, prepare_out_dir, read_steps
 from actrec.viewer.curves import smooth
 from actrec.viewer.frames import as_colour_scale
 from actrec.viewer.scale import ColourScale
@@ -144,7 +144,7 @@ def _read_run(store: StoreReader, threshold: float) -> _RunData:
     num_rows = store.refresh()
     if num_rows == 0:
         raise ReportError(f"{store.path} has no recorded steps yet, so there is nothing to report.")
-    steps = {key: value[:num_rows] for key, value in store.steps().items()}
+    steps = read_steps(store, num_rows)  # the viewer's epoch rule: the end-of-training row joins the last epoch
     scalars = {}
     for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
         try:

@@ -182,3 +182,11 @@ def test_compare_draws_the_channels_render_would_and_bounds_the_tile_size(tmp_pa
     assert wide_frame.shape[0] == capped_frame.shape[0]
     with pytest.raises(CompareError, match=r"^tile_size must be between 4 and 512 pixels, got 600\.$"):
         compare_runs(wide, ["wide"], out_dir=tmp_path / "t", tile_size=600)
+
+
+def test_compare_by_epoch_puts_the_end_of_training_row_in_the_last_epoch(tmp_path: Path) -> None:
+    # Rows 0-7 are epochs 0 and 1; row 8, recorded at the final validation step, says epoch 2 (the
+    # recorder's end-of-training row), which the viewer counts as the last epoch, 1.
+    runs = [make_store(tmp_path / name / "version_0", range(9), run_id=name).parent for name in ("a", "b")]
+    result = compare_runs(runs, ["net.conv1"], align="epoch", out_dir=tmp_path / "out", tile_size=8)
+    assert result.timeline.tolist() == [0, 1]

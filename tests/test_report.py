@@ -205,6 +205,13 @@ def test_layer_colour_scales_are_the_renders_and_skip_damaged_rows(tmp_path: Pat
     assert "2.5" in data["layers"][1]["scaleLabel"]  # net.conv2's largest |activation|, from the good rows
 
 
+def test_report_epochs_follow_the_viewers_rule(tmp_path: Path) -> None:
+    # Row 8, at the final validation step, carries epoch 2 from the recorder's end-of-training record:
+    # it belongs to the last epoch, 1, as actrec render titles it.
+    data = _page_data(build_report(make_store(tmp_path / "run", range(9)).parent).path)
+    assert data["epochs"] == [0, 0, 0, 0, 1, 1, 1, 1, 1]
+
+
 def test_report_is_self_contained(tmp_path: Path) -> None:
     run = make_store(tmp_path / "run", range(3)).parent
     text = build_report(run).path.read_text(encoding="utf-8")
