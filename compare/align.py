@@ -33,7 +33,7 @@ def aligned_positions(
         if not batch_size:
             raise ValueError("aligning by samples needs each run's batch size.")
         return np.asarray(global_steps, np.int64) * int(batch_size)
-    raise ValueError(f"--align must be one of {', '.join(ALIGNMENTS)}, got {align!r}.")
+    raise ValueError(f"align must be one of {', '.join(ALIGNMENTS)}, got {align!r}.")
 
 
 def shared_timeline(positions: Sequence[np.ndarray], max_frames: int) -> np.ndarray:

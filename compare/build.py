@@ -66,23 +66,23 @@ def parse_layers(specs: Sequence[str], count: int) -> list[str]:
         CompareError: a letter names no run, a run has no layer, or the forms are mixed.
     """
     if not specs:
-        raise CompareError("name the layer to compare with --layer L (or --layer A=L1 --layer B=L2 per run).")
+        raise CompareError("name the layer to compare: layer_specs=['L'] (or ['A=L1', 'B=L2'] per run).")
     letters = [chr(ord("A") + index) for index in range(count)]
     plain = [spec for spec in specs if "=" not in spec]
     if plain:
         if len(specs) > 1:
-            raise CompareError("give either one --layer for every run or one --layer LETTER=NAME per run.")
+            raise CompareError("give layer_specs either one layer for every run or one LETTER=NAME per run.")
         return [plain[0]] * count
     chosen: dict[str, str] = {}
     for spec in specs:
         letter, _, name = spec.partition("=")
         letter = letter.strip().upper()
         if letter not in letters or not name:
-            raise CompareError(f"--layer {spec!r} names no run; use A to {letters[-1]} for the runs in order.")
+            raise CompareError(f"layer spec {spec!r} names no run; use A to {letters[-1]} for the runs in order.")
         chosen[letter] = name.strip()
     missing = [letter for letter in letters if letter not in chosen]
     if missing:
-        raise CompareError(f"no --layer for run {', '.join(missing)}; give one --layer LETTER=NAME per run.")
+        raise CompareError(f"no layer for run {', '.join(missing)}; give one LETTER=NAME layer spec per run.")
     return [chosen[letter] for letter in letters]
 
 
@@ -140,9 +140,9 @@ def compare_runs(
     if len(runs) < 2:
         raise CompareError("compare needs at least two runs.")
     if align not in ALIGNMENTS:
-        raise CompareError(f"--align must be one of {', '.join(ALIGNMENTS)}, got {align!r}.")
+        raise CompareError(f"align must be one of {', '.join(ALIGNMENTS)}, got {align!r}.")
     if max_frames < 1:
-        raise CompareError(f"--max-frames must be positive, got {max_frames}.")
+        raise CompareError(f"max_frames must be positive, got {max_frames}.")
     if not 4 <= tile_size <= MAX_TILE_SIZE:
         raise CompareError(f"tile_size must be between 4 and {MAX_TILE_SIZE} pixels, got {tile_size}.")
     writers.check_fps(fps)

@@ -42,6 +42,8 @@ def compare_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
 
     def action() -> int:
+        if len(args.runs) >= 2 and not args.layer:
+            raise CompareError("name the layer to compare with --layer L (or --layer A=L1 --layer B=L2 per run).")
         if not 4 <= args.tile_size <= MAX_TILE_SIZE:
             raise CompareError(f"--tile-size must be between 4 and {MAX_TILE_SIZE} pixels, got {args.tile_size}.")
         result = compare_runs(

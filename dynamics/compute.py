@@ -104,7 +104,7 @@ def compute_dynamics(
         DynamicsError: the store has no rows, a layer is unknown, or the threshold is out of range.
     """
     if not 0.0 < threshold <= 1.0:
-        raise DynamicsError(f"--threshold must be in (0, 1], got {threshold:g}.")
+        raise DynamicsError(f"threshold must be in (0, 1], got {threshold:g}.")
     total = store.refresh() if num_rows is None else num_rows
     if total == 0:
         raise DynamicsError(f"{store.path} has no recorded steps yet, so there are no dynamics.")

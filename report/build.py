@@ -113,7 +113,7 @@ def choose_rows(num_rows: int, stride: int | None, max_frames: int) -> tuple[np.
     if stride is None:
         stride = max(1, math.ceil(num_rows / max_frames))
     if stride < 1:
-        raise ReportError(f"--stride must be a positive integer, got {stride}.")
+        raise ReportError(f"stride must be a positive integer, got {stride}.")
     rows = np.arange(0, num_rows, stride)
     if rows[-1] != num_rows - 1:
         rows = np.append(rows, num_rows - 1)
@@ -209,9 +209,9 @@ def build_report(
         RunError: a run cannot be resolved.
     """
     if max_frames < 2:
-        raise ReportError(f"--max-frames must be at least 2, got {max_frames}.")
+        raise ReportError(f"max_frames must be at least 2, got {max_frames}.")
     if not 0 < fps <= 60:
-        raise ReportError(f"--fps must be in (0, 60], got {fps:g}.")
+        raise ReportError(f"fps must be in (0, 60], got {fps:g}.")
     store_path, run_dir = run_paths(run)
     with StoreReader(store_path) as store:
         primary = _read_run(store, threshold)

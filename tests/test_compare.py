@@ -27,11 +27,11 @@ from actrec.viewer import colors
 def test_parse_layers() -> None:
     assert parse_layers(["net.conv1"], 3) == ["net.conv1"] * 3
     assert parse_layers(["B=features.2", "a=net.conv3"], 2) == ["net.conv3", "features.2"]
-    with pytest.raises(CompareError, match="no --layer for run B"):
+    with pytest.raises(CompareError, match="no layer for run B"):
         parse_layers(["A=net.conv3"], 2)
     with pytest.raises(CompareError, match="names no run; use A to B"):
         parse_layers(["C=net.conv3", "A=x", "B=y"], 2)
-    with pytest.raises(CompareError, match="either one --layer"):
+    with pytest.raises(CompareError, match="either one layer for every run"):
         parse_layers(["net.conv1", "A=x"], 2)
 
 

@@ -214,7 +214,7 @@ def test_command_with_two_probes_says_cka_is_undefined(tmp_path: Path, capsys) -
     [
         (["missing"], r"no activation store at .*missing"),
         (["RUN", "--layers", "nope"], r"unknown layer 'nope'; this store records: a, b\."),
-        (["RUN", "--threshold", "0"], r"--threshold must be in \(0, 1\], got 0\."),
+        (["RUN", "--threshold", "0"], r"threshold must be in \(0, 1\], got 0\."),
         (["NEWER"], r"uses store format version \d+, newer than this actrec reads"),
         (["TRUNCATED"], r"cannot be read; it may be truncated or damaged"),
     ],

@@ -248,7 +248,7 @@ def test_compare_aligns_the_other_run_by_training_step(tmp_path: Path) -> None:
     [
         (["missing"], r"no activation store at"),
         (["EMPTY"], r"has no recorded steps yet"),
-        (["RUN", "--stride", "0"], r"--stride must be a positive integer, got 0\."),
+        (["RUN", "--stride", "0"], r"stride must be a positive integer, got 0\."),
         (["RUN", "--compare", "missing"], r"no activation store at"),
     ],
 )
