@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from actrec.cli._guard import run_guarded
 from actrec.compare.align import ALIGNMENTS
 from actrec.compare.build import DEFAULT_MAX_FRAMES, CompareError, compare_runs
-from actrec.dynamics.cli import run_guarded
+from actrec.dynamics import DynamicsError
 from actrec.viewer._pipeline import MAX_TILE_SIZE
 
 
@@ -61,4 +62,4 @@ def compare_main(argv: Sequence[str]) -> int:
             print(f"  {result.curves}")
         return 0
 
-    return run_guarded("actrec compare", action, (CompareError,))
+    return run_guarded("actrec compare", action, (CompareError, DynamicsError))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from actrec.cli._guard import run_guarded
 from actrec.dynamics.compute import (
     DEFAULT_THRESHOLD,
     DYNAMICS_FILENAME,
@@ -14,29 +14,7 @@ from actrec.dynamics.compute import (
     write_dynamics,
 )
 from actrec.dynamics.metrics import MIN_CKA_PROBES
-from actrec.store import StoreError, StoreReader
-
-_EXIT_ERROR = 1
-_EXIT_INTERRUPTED = 130
-
-
-def run_guarded(program: str, action: Callable[[], int], errors: tuple[type[Exception], ...] = ()) -> int:
-    """Run ``action``; user errors become one sentence on stderr and exit code 1, never a traceback."""
-    from actrec.runs import RunError
-    from actrec.viewer.errors import ViewerError
-
-    try:
-        return action()
-    except (StoreError, ViewerError, RunError, DynamicsError, *errors) as error:
-        print(f"{program}: {error}", file=sys.stderr)
-        return _EXIT_ERROR
-    except OSError as error:
-        where = f" {error.filename}" if error.filename else ""
-        print(f"{program}: could not read or write{where}: {error.strerror or error}.", file=sys.stderr)
-        return _EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"{program}: interrupted.", file=sys.stderr)
-        return _EXIT_INTERRUPTED
+from actrec.store import StoreReader
 
 
 def _layer_list(text: str) -> list[str]:
@@ -95,7 +73,7 @@ def dynamics_main(argv: Sequence[str]) -> int:
                 print(f"  {path}")
         return 0
 
-    return run_guarded("actrec dynamics", action)
+    return run_guarded("actrec dynamics", action, (DynamicsError,))
 
 
 def summary_text(dynamics: object) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from actrec.dynamics.cli import run_guarded
+from actrec.cli._guard import run_guarded
+from actrec.dynamics import DynamicsError
 from actrec.report.build import DEFAULT_MAX_FRAMES, ReportError, build_report
 
 
@@ -58,4 +59,4 @@ def report_main(argv: Sequence[str]) -> int:
             )
         return 0
 
-    return run_guarded("actrec report", action, (ReportError,))
+    return run_guarded("actrec report", action, (ReportError, DynamicsError))

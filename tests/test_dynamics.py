@@ -234,3 +234,31 @@ def test_command_errors_are_one_sentence(tmp_path: Path, capsys, arguments: list
     assert err.startswith("actrec dynamics: ")
     assert re.search(message, err), err
     assert not (run / "dynamics.npz").exists()
+
+
+def test_one_guard_turns_sigterm_and_missing_objects_into_one_sentence(capsys) -> None:
+    import os
+    import signal
+
+    from actrec.cli._guard import run_guarded
+
+    def terminated() -> int:
+        os.kill(os.getpid(), signal.SIGTERM)  # a real signal, as `kill` sends it
+        return 0
+
+    def missing_object() -> int:
+        raise KeyError("Unable to synchronously open object (object 'abs_max' doesn't exist)")
+
+    def program_bug() -> int:
+        raise KeyError("a bug, not the store")
+
+    assert run_guarded("actrec dynamics", terminated) == 130
+    assert capsys.readouterr().err == "actrec dynamics: interrupted; files not yet finished were discarded.\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back afterwards
+    assert run_guarded("actrec report", missing_object) == 1
+    assert capsys.readouterr().err == (
+        "actrec report: the store is incomplete or damaged "
+        "(Unable to synchronously open object (object 'abs_max' doesn't exist)).\n"
+    )
+    with pytest.raises(KeyError, match="a bug"):
+        run_guarded("actrec compare", program_bug)

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from actrec.runs import RunError, resolve_run
-from actrec.store import StoreError
+from actrec.cli._guard import run_guarded
+from actrec.runs import resolve_run
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import TILE_SIZE
-
-_EXIT_ERROR = 1
-_EXIT_INTERRUPTED = 130
 
 
 def _layer_list(text: str) -> list[str]:
@@ -103,41 +99,6 @@ def _note(text: str) -> None:
     print(f"note: {text}", file=sys.stderr, flush=True)
 
 
-def _run(program: str, action: Callable[[], int]) -> int:
-    """Run ``action``; user errors become one sentence on stderr and a non-zero exit code.
-
-    SIGTERM is handled as Ctrl-C is: unfinished files are removed and worker processes stopped.
-    """
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return action()
-    except (StoreError, ViewerError, RunError) as error:
-        print(f"{program}: {error}", file=sys.stderr)
-        return _EXIT_ERROR
-    except KeyError as error:
-        # h5py's word for an object the file lacks: a store missing a dataset or group. The store
-        # reader's schema check names them up front; this keeps any it misses to one sentence too.
-        message = str(error.args[0]) if error.args else ""
-        if not message.startswith("Unable to"):
-            raise
-        print(f"{program}: the store is incomplete or damaged ({message.rstrip('.')}).", file=sys.stderr)
-        return _EXIT_ERROR
-    except OSError as error:
-        # A disk that fills up or a folder removed mid-run: name the file, keep it to one sentence.
-        where = f" {error.filename}" if error.filename else ""
-        print(f"{program}: could not read or write{where}: {error.strerror or error}.", file=sys.stderr)
-        return _EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"{program}: interrupted; files not yet finished were discarded.", file=sys.stderr)
-        return _EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def render_main(argv: Sequence[str]) -> int:
     """``actrec render RUN``: animations, contact sheets and training curves; returns the exit code."""
     parser = argparse.ArgumentParser(
@@ -189,7 +150,7 @@ def render_main(argv: Sequence[str]) -> int:
                 print(f"  {path.name}")
         return 0
 
-    return _run("actrec render", action)
+    return run_guarded("actrec render", action)
 
 
 def tensorboard_main(argv: Sequence[str]) -> int:
@@ -237,4 +198,4 @@ def tensorboard_main(argv: Sequence[str]) -> int:
                 f"cannot start TensorBoard ({command[0]}: {error.strerror}); run: {format_command(command)}"
             ) from None
 
-    return _run("actrec tensorboard", action)
+    return run_guarded("actrec tensorboard", action)
