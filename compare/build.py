@@ -34,6 +34,7 @@ from actrec.viewer._pipeline import (
 )
 from actrec.viewer.curves import Series, smooth
 from actrec.viewer.frames import FrameLayout, frame_height_width
+from actrec.viewer.render import RENDERS_DIRNAME
 
 DEFAULT_MAX_FRAMES = 600
 _PANEL_GAP = 16
@@ -102,6 +103,7 @@ def side_by_side(panels: Sequence[np.ndarray], gap: int = _PANEL_GAP) -> np.ndar
 class _Run:
     label: str
     store: StoreReader
+    run_dir: Path
     layer: str
     num_rows: int
     steps: dict[str, np.ndarray]
@@ -158,7 +160,7 @@ def compare_runs(
             run.label = label
         _plan_panels(opened, tile_size)  # refuses frames too large to draw before anything is written
         timeline = shared_timeline([run.positions for run in opened], max_frames)
-        out = prepare_out_dir(Path(out_dir) if out_dir is not None else opened[0].store.path.parent / "renders")
+        out = prepare_out_dir(Path(out_dir) if out_dir is not None else opened[0].run_dir / RENDERS_DIRNAME)
         name = safe_filename(layers[0] if len(set(layers)) == 1 else "-".join(layers))
         animation = out / f"compare-{name}.gif"
         with atomic_path(animation) as partial:
@@ -180,20 +182,18 @@ def _open_run(store: StoreReader, run_dir: Path, layer: str, align: str, batch_s
     if num_rows == 0:
         raise CompareError(f"{store.path} has no recorded steps yet, so there is nothing to compare.")
     if layer not in store.layer_names:
-        raise CompareError(
-            f"{run_label(store.path)} has no layer {layer!r}; it records: {', '.join(store.layer_names)}."
-        )
+        raise CompareError(f"{run_label(run_dir)} has no layer {layer!r}; it records: {', '.join(store.layer_names)}.")
     steps = read_steps(store, num_rows)  # the viewer's epoch rule: the end-of-training row joins the last epoch
     if align == "samples" and batch_size is None:
         batch_size = run_batch_size(run_dir)
         if batch_size is None:
             raise CompareError(
-                f"{run_label(store.path)} has no batch size in its config.yaml, so samples seen are unknown; "
+                f"{run_label(run_dir)} has no batch size in its config.yaml, so samples seen are unknown; "
                 "align by step or epoch."
             )
     positions = aligned_positions(steps["global_step"], steps["epoch"], align, batch_size)
     predictions = store.logits(slice(0, num_rows)).argmax(axis=-1)
-    return _Run(run_label(store.path), store, layer, num_rows, steps, positions, predictions, batch_size)
+    return _Run(run_label(run_dir), store, run_dir, layer, num_rows, steps, positions, predictions, batch_size)
 
 
 def _position_text(align: str, value: int) -> str:

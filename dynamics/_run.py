@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from actrec.runs import resolve_run
+from actrec.runs import Run, resolve_run
 
 
 def run_paths(run: str | os.PathLike) -> tuple[Path, Path]:
@@ -23,9 +23,9 @@ def run_paths(run: str | os.PathLike) -> tuple[Path, Path]:
     return Path(resolved.store_path), Path(resolved.path)
 
 
-def run_label(store_path: Path) -> str:
-    """How people name a run: ``experiment/version_N`` (the store's two parent folders)."""
-    return "/".join(store_path.resolve().parts[-3:-1])
+def run_label(run_dir: Path) -> str:
+    """How people name a run: ``experiment/version_N`` (:attr:`actrec.runs.Run.name` of its run folder)."""
+    return Run(run_dir).name
 
 
 def run_batch_size(run_dir: Path) -> int | None:

@@ -1,4 +1,4 @@
-"""``actrec dynamics RUN``: compute, write back beside the store, draw, and summarise a run's dynamics."""
+"""``actrec dynamics RUN``: compute, write into the run folder, draw, and summarise a run's dynamics."""
 
 from __future__ import annotations
 
@@ -60,9 +60,10 @@ def dynamics_main(argv: Sequence[str]) -> int:
             from actrec.dynamics.plots import dynamics_figure
             from actrec.viewer import write_png
             from actrec.viewer._pipeline import atomic_path, prepare_out_dir
+            from actrec.viewer.render import RENDERS_DIRNAME
 
-            png = prepare_out_dir(run_dir / "renders") / "dynamics.png"
-            title = f"{run_label(store_path)} · {len(dynamics.global_steps)} recorded steps · layer dynamics"
+            png = prepare_out_dir(run_dir / RENDERS_DIRNAME) / "dynamics.png"
+            title = f"{run_label(run_dir)} · {len(dynamics.global_steps)} recorded steps · layer dynamics"
             with atomic_path(png) as partial:
                 write_png(dynamics_figure(dynamics, title=title), partial)
             written.append(png)

@@ -140,7 +140,7 @@ class _RunData:
     num_rows: int
 
 
-def _read_run(store: StoreReader, threshold: float) -> _RunData:
+def _read_run(store: StoreReader, run_dir: Path, threshold: float) -> _RunData:
     num_rows = store.refresh()
     if num_rows == 0:
         raise ReportError(f"{store.path} has no recorded steps yet, so there is nothing to report.")
@@ -151,19 +151,20 @@ def _read_run(store: StoreReader, threshold: float) -> _RunData:
             scalars[key] = store.scalars(key)
         except Exception:  # noqa: BLE001 - a series never logged is simply not drawn
             scalars[key] = (np.zeros(0, np.int64), np.zeros(0))
-    dynamics = _saved_dynamics(store, num_rows, threshold) or compute_dynamics(
+    dynamics = _saved_dynamics(store, run_dir, num_rows, threshold) or compute_dynamics(
         store, threshold=threshold, num_rows=num_rows
     )
-    return _RunData(run_label(store.path), store.path, steps, scalars, dynamics, num_rows)
+    return _RunData(run_label(run_dir), store.path, steps, scalars, dynamics, num_rows)
 
 
-def _saved_dynamics(store: StoreReader, num_rows: int, threshold: float) -> Dynamics | None:
-    """``dynamics.npz`` beside the store when it was computed on exactly these rows with this threshold.
+def _saved_dynamics(store: StoreReader, run_dir: Path, num_rows: int, threshold: float) -> Dynamics | None:
+    """``dynamics.npz`` in the run folder (where ``actrec dynamics`` writes it) when it was computed on
+    exactly these rows with this threshold.
 
     Computing dynamics reads every row once (seconds for the article's run, minutes for 100,000 steps);
     ``actrec dynamics`` saves them, and a report of the same rows reuses them.
     """
-    path = store.path.parent / DYNAMICS_FILENAME
+    path = run_dir / DYNAMICS_FILENAME
     if not path.exists():
         return None
     try:
@@ -196,7 +197,7 @@ def build_report(
         compare: other runs whose layers of the same names are shown beside this run's, aligned by
             training step (the latest of their steps at or before the shown one), and whose curves
             are drawn dashed over this run's.
-        out: the HTML file to write (default: ``report.html`` beside the store).
+        out: the HTML file to write (default: ``report.html`` in the run folder).
         stride: show every ``stride``-th recorded step (default: every step up to ``max_frames``).
         max_frames: the most steps shown when ``stride`` is not given.
         threshold: CKA level for the settling steps.
@@ -214,7 +215,7 @@ def build_report(
         raise ReportError(f"fps must be in (0, 60], got {fps:g}.")
     store_path, run_dir = run_paths(run)
     with StoreReader(store_path) as store:
-        primary = _read_run(store, threshold)
+        primary = _read_run(store, run_dir, threshold)
         rows, stride = choose_rows(primary.num_rows, stride, max_frames)
         target = Path(out) if out is not None else run_dir / REPORT_FILENAME
         prepare_out_dir(target.parent)
@@ -286,9 +287,9 @@ def _dynamics_rows(dynamics: Dynamics, rows: np.ndarray) -> list[dict]:
 
 
 def _compare_data(run: str | os.PathLike, shown_steps: np.ndarray, threshold: float) -> tuple[dict, _RunData]:
-    store_path, _ = run_paths(run)
+    store_path, run_dir = run_paths(run)
     with StoreReader(store_path) as store:
-        other = _read_run(store, threshold)
+        other = _read_run(store, run_dir, threshold)
         their_steps = other.steps["global_step"]
         # Aligned by training step: the latest of their rows at or before each shown step (-1: none yet).
         index = np.searchsorted(their_steps, shown_steps, side="right") - 1

@@ -212,6 +212,28 @@ def test_report_epochs_follow_the_viewers_rule(tmp_path: Path) -> None:
     assert data["epochs"] == [0, 0, 0, 0, 1, 1, 1, 1, 1]
 
 
+def test_a_resumed_run_writes_into_its_own_folder_not_beside_the_store_it_continues(tmp_path: Path) -> None:
+    from actrec.compare import compare_runs
+    from actrec.dynamics.cli import dynamics_main
+    from actrec.viewer import render_run
+
+    store = make_store(tmp_path / "exp" / "version_0", range(4))
+    resumed = tmp_path / "exp" / "version_1"  # a resumed run records into version_0's store
+    resumed.mkdir()
+    (resumed / "summary.json").write_text(json.dumps({"store_path": str(store)}), encoding="utf-8")
+    assert dynamics_main([str(resumed), "--quiet", "--no-tensorboard"]) == 0
+    assert (resumed / "dynamics.npz").exists()
+    assert (resumed / "renders" / "dynamics.png").exists()
+    result = build_report(resumed)
+    assert result.path == resumed / "report.html"
+    assert _page_data(result.path)["run"] == "exp/version_1"
+    assert render_run(resumed, layers=["net.conv1"], sheet_steps=[0]).out_dir == resumed / "renders"
+    compared = compare_runs([resumed, store.parent], ["net.conv1"], tile_size=8)
+    assert compared.animation.parent == resumed / "renders"
+    assert compared.labels == ("exp/version_1", "exp/version_0")
+    assert sorted(path.name for path in store.parent.iterdir()) == ["activations.h5"]  # nothing written there
+
+
 def test_report_is_self_contained(tmp_path: Path) -> None:
     run = make_store(tmp_path / "run", range(3)).parent
     text = build_report(run).path.read_text(encoding="utf-8")

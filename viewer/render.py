@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from actrec.runs import Run, resolve_run
 from actrec.store import StoreReader
 from actrec.viewer import writers
 from actrec.viewer._pipeline import (
@@ -82,7 +83,7 @@ def default_sheet_steps(global_steps: np.ndarray, panels: int = _SHEET_PANELS) -
 
 
 def render_run(
-    run: str | os.PathLike,
+    run: str | os.PathLike | Run,
     *,
     out_dir: str | os.PathLike | None = None,
     layers: Sequence[str] | None = None,
@@ -103,8 +104,9 @@ def render_run(
     A store that is still being written renders the rows flushed when this starts.
 
     Args:
-        run: a run folder or its ``activations.h5``.
-        out_dir: where to write; default ``renders/`` beside the store. Files there with the same
+        run: a run folder, an experiment folder (its newest version), a store file, or a resolved
+            :class:`~actrec.runs.Run`; renders go to its run folder.
+        out_dir: where to write; default ``renders/`` in the run folder. Files there with the same
             names (``<layer>.gif``, ``<layer>.sheet.png``, ``curves.png``) are replaced.
         layers: layer names to render; all recorded layers when ``None``.
         start: first training step to render.
@@ -138,7 +140,8 @@ def render_run(
     if video_format == "mp4":
         writers.Mp4Writer.check_available()
     writers.check_fps(fps)
-    with StoreReader(run) as store:
+    run_folder = run if isinstance(run, Run) else resolve_run(run, need_store=True)
+    with StoreReader(run_folder.store_path) as store:
         plan = make_plan(store, layers, start, stop, stride, tile_size, jobs, channels)
         notes = list(plan.notes)
         for note in notes:
@@ -147,7 +150,7 @@ def render_run(
         shown = list(sheet_steps) if sheet_steps else default_sheet_steps(plan.global_steps[plan.rows])
         sheet_rows = plan.rows[nearest_rows(plan.global_steps[plan.rows], shown)]
         sheet_rows = np.asarray(list(dict.fromkeys(sheet_rows.tolist())), dtype=np.int64)
-        out = prepare_out_dir(Path(out_dir) if out_dir is not None else store.path.parent / RENDERS_DIRNAME)
+        out = prepare_out_dir(Path(out_dir) if out_dir is not None else run_folder.path / RENDERS_DIRNAME)
         stems = unique_stems(plan.layers)
         job_list = [
             LayerJob(
@@ -177,8 +180,7 @@ def render_run(
             steps = read_steps(store, plan.num_rows)
             scalars = {key: store.scalars(key) for key in ("train/loss", "train/acc", "val/loss", "val/acc")}
             # The run's folder names it for people (quickstart/version_0); the id is for machines.
-            run_name = "/".join(store.path.resolve().parts[-3:-1])
-            title = f"{run_name} · {plan.num_rows} recorded steps"
+            title = f"{run_folder.name} · {plan.num_rows} recorded steps"
             writers.write_png(training_curves(steps, scalars, title=title), partial)
         files.append(curves)
     return RenderResult(

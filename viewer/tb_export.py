@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from actrec.runs import Run, resolve_run
 from actrec.store import StoreReader
 from actrec.viewer._events import EVENTS_PREFIX, STAGED_PREFIX, publish_staged
 from actrec.viewer._pipeline import (
@@ -113,7 +114,7 @@ def format_command(command: Sequence[str]) -> str:
 
 
 def export_tensorboard(
-    run: str | os.PathLike,
+    run: str | os.PathLike | Run,
     *,
     layers: Sequence[str] | None = None,
     start: int | None = None,
@@ -131,7 +132,8 @@ def export_tensorboard(
     is replaced as a whole once the new one is complete.
 
     Args:
-        run: a run folder or its ``activations.h5``; the export goes beside the store.
+        run: a run folder, an experiment folder, a store file or a resolved :class:`~actrec.runs.Run`;
+            the export goes into its run folder.
         layers: layer names to export; all recorded layers when ``None``.
         start: first training step to export.
         stop: training step to stop before.
@@ -148,7 +150,8 @@ def export_tensorboard(
         ViewerError: the store has no steps, a layer is unknown, the range holds no step, the run
             folder is not writable, or ``<run>/activations`` exists and is not an actrec export.
     """
-    with StoreReader(run) as store:
+    run_folder = run if isinstance(run, Run) else resolve_run(run, need_store=True)
+    with StoreReader(run_folder.store_path) as store:
         plan = make_plan(
             store,
             layers,
@@ -168,7 +171,7 @@ def export_tensorboard(
         for note in notes:
             if notify is not None:
                 notify(note)
-        log_dir = store.path.parent
+        log_dir = run_folder.path
         final = log_dir / EXPORT_DIRNAME
         if final.exists() and not (final / _MARKER).is_file():
             raise ViewerError(f"{final} exists and was not written by actrec tensorboard; move it away to export here.")
