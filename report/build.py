@@ -27,7 +27,7 @@ from actrec.store import StoreReader
 from actrec.viewer import colors, encode_png
 from actrec.viewer._pipeline import atomic_path, layer_colour_scale, prepare_out_dir, read_steps
 from actrec.viewer.curves import smooth
-from actrec.viewer.frames import as_colour_scale
+from actrec.viewer.frames import as_colour_scale, drawn_maps
 from actrec.viewer.scale import ColourScale
 
 REPORT_FILENAME = "report.html"
@@ -52,19 +52,17 @@ class ReportResult:
 
 
 def unit_maps(sample_shape: Sequence[int]) -> tuple[int, int, int]:
-    """``(channels, height, width)`` each probe's activation is drawn as (the viewer's rule).
+    """``(rows, height, width)`` each probe's activation is drawn as, by the viewer's frames' rule
+    (:func:`actrec.viewer.frames.drawn_maps`): ``(C, H, W)`` maps as they are, ``(T, D)`` as one ``T x D``
+    heatmap, ``(D,)`` as one row.
 
-    ``(C, H, W)`` maps as they are; ``(T, D)`` as ``T`` one-pixel-high strips; ``(D,)`` as one near-square map.
+    Raises:
+        ReportError: the shape cannot be drawn.
     """
-    shape = tuple(int(n) for n in sample_shape)
-    if len(shape) == 3:
-        return shape
-    if len(shape) == 2:
-        return shape[0], 1, shape[1]
-    if len(shape) == 1:
-        side = math.ceil(math.sqrt(shape[0]))
-        return 1, math.ceil(shape[0] / side), side
-    raise ReportError(f"cannot draw activations of per-probe shape {shape}.")
+    try:
+        return drawn_maps(sample_shape)
+    except ValueError as error:
+        raise ReportError(str(error)) from None
 
 
 def tile_grid(activations: np.ndarray, scale: ColourScale | float) -> np.ndarray:
@@ -79,10 +77,7 @@ def tile_grid(activations: np.ndarray, scale: ColourScale | float) -> np.ndarray
     """
     probes = activations.shape[0]
     channels, height, width = unit_maps(activations.shape[1:])
-    flat = np.asarray(activations).reshape(probes, -1)
-    padded = np.zeros((probes, channels * height * width), flat.dtype)  # (D,) maps pad the square with 0
-    padded[:, : flat.shape[1]] = flat
-    maps = padded.reshape(probes, channels, height, width)
+    maps = np.asarray(activations).reshape(probes, channels, height, width)
     indices = as_colour_scale(scale).indices(maps)
     return np.ascontiguousarray(indices.transpose(1, 2, 0, 3).reshape(channels * height, probes * width))
 

@@ -46,8 +46,10 @@ def test_tile_grid_puts_channels_down_and_probes_across_at_map_resolution() -> N
     assert (grid[0:2] == colors.ZERO_INDEX).all()
     one_sided = tile_grid(np.array([[[[0.0, 2.0]]]], np.float32), ColourScale(one_sided=True, limit=2.0))
     assert one_sided.tolist() == [[colors.ZERO_INDEX, colors.ONE_SIDED_TOP_INDEX]]  # ReLU-like: white to dark blue
-    vector = tile_grid(np.full((2, 5), 0.5, np.float32), 1.0)  # (D,) vectors: one near-square map, zero-padded
-    assert vector.shape == (2, 6)
+    vector = tile_grid(np.full((2, 5), 0.5, np.float32), 1.0)  # (D,) vectors: one row, as the viewer draws them
+    assert vector.shape == (1, 2 * 5)
+    tokens = tile_grid(np.zeros((2, 3, 4), np.float32), 1.0)  # (T, D): one T x D heatmap per probe
+    assert tokens.shape == (3, 2 * 4)
 
 
 def test_report_holds_every_step_of_every_layer_with_exact_colours_and_predictions(tmp_path: Path) -> None:
@@ -128,6 +130,9 @@ def test_probes_that_are_not_pictures_are_listed_without_a_picture(tmp_path: Pat
     assert data["probeImage"] is None
     assert data["probeShape"] is None
     assert data["predictions"] == [[0, 0, 0], [1, 1, 1], [0, 0, 0]]
+    # Laid out as the viewer's frames draw them: (D,) one row, (T, D) one T x D heatmap per probe.
+    shapes = {layer["name"]: (layer["channels"], layer["height"], layer["width"]) for layer in data["layers"]}
+    assert shapes == {"fc": (1, 1, 5), "enc": (1, 4, 6)}
     text = result.path.read_text(encoding="utf-8")
     assert 'id="probe-img"' not in text
     assert text.count('<div class="labels"><span>a</span><span>b</span><span>a</span></div>') == 1

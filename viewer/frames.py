@@ -132,6 +132,20 @@ def _grid(kind: str, shape: Sequence[int], tile_size: int) -> tuple[int, int, in
     return 1, 1, units, max(cell, tile_size // 4), units * cell
 
 
+def drawn_maps(sample_shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(rows, map_height, map_width)``: the grid one probe's activation of ``sample_shape`` is drawn as.
+
+    The frames' layout rule (see :func:`_grid`): ``(C, H, W)`` as ``C`` rows of ``H x W`` maps, ``(T, D)``
+    as one ``T x D`` heatmap, ``(D,)`` as one ``1 x D`` heatmap row.
+
+    Raises:
+        ValueError: the shape has no kind (e.g. 4-D); the message is one sentence.
+    """
+    shape = tuple(int(n) for n in sample_shape)
+    rows, height, width, _, _ = _grid(layer_kind(shape), shape, 1)
+    return rows, height, width
+
+
 def fit_tile_size(
     kind: str,
     sample_shape: Sequence[int],
