@@ -196,10 +196,6 @@ def _open_run(store: StoreReader, run_dir: Path, layer: str, align: str, batch_s
     return _Run(run_label(run_dir), store, run_dir, layer, num_rows, steps, positions, predictions, batch_size)
 
 
-def _position_text(align: str, value: int) -> str:
-    return {"step": f"step {value}", "epoch": f"epoch {value}", "samples": f"{value:,} samples"}[align]
-
-
 def _plan_panels(runs: Sequence[_Run], tile_size: int) -> None:
     """Each run's panel planned as ``actrec render`` plans a layer (channels, colour scale, tile fit), and
     the side-by-side canvas checked against the render's frame limit.

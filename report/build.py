@@ -18,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from actrec.dynamics import DYNAMICS_FILENAME, Dynamics, DynamicsError, compute_dynamics, read_dynamics
+from actrec.dynamics import (
+    DEFAULT_THRESHOLD,
+    DYNAMICS_FILENAME,
+    Dynamics,
+    DynamicsError,
+    compute_dynamics,
+    read_dynamics,
+)
 from actrec.dynamics._run import run_label, run_paths
 from actrec.dynamics.plots import layer_colors, log10_or_nan
 from actrec.report.charts import Line, css_color, svg_chart
@@ -182,7 +189,7 @@ def build_report(
     out: str | os.PathLike | None = None,
     stride: int | None = None,
     max_frames: int = DEFAULT_MAX_FRAMES,
-    threshold: float = 0.9,
+    threshold: float = DEFAULT_THRESHOLD,
     fps: float = 10.0,
 ) -> ReportResult:
     """Write ``RUN/report.html`` (or ``out``): one page, no server or network needed to view it.

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from actrec.cli._guard import run_guarded
-from actrec.dynamics import DynamicsError
+from actrec.dynamics import DEFAULT_THRESHOLD, DynamicsError
 from actrec.report.build import DEFAULT_MAX_FRAMES, ReportError, build_report
 
 
@@ -37,7 +37,12 @@ def report_main(argv: Sequence[str]) -> int:
         default=DEFAULT_MAX_FRAMES,
         help=f"thin longer runs to about this many steps (default {DEFAULT_MAX_FRAMES})",
     )
-    parser.add_argument("--threshold", type=float, default=0.9, help="CKA level for settling steps (default 0.9)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"CKA level for settling steps (default {DEFAULT_THRESHOLD:g})",
+    )
     parser.add_argument("--fps", type=float, default=10.0, help="play speed, steps per second (default 10)")
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")
     args = parser.parse_args(argv)

@@ -105,11 +105,6 @@ def sample_rows(num_rows: int, count: int = SAMPLE_ROWS) -> np.ndarray:
     return np.unique(np.rint(np.linspace(0, num_rows - 1, min(count, num_rows))).astype(np.int64))
 
 
-def _finite_abs(values: np.ndarray) -> np.ndarray:
-    flat = np.asarray(values, dtype=np.float64).ravel()
-    return np.abs(flat[np.isfinite(flat)])
-
-
 def _robust_limit(magnitudes: np.ndarray) -> float:
     """The percentile of finite ``|values|``; the largest if that is 0 (sparse layers); 1 if all are 0."""
     if magnitudes.size == 0:
