@@ -177,6 +177,7 @@ class StoreWriter:
         *,
         run_id: str,
         keep_through_step: int,
+        layers: Sequence[LayerSpec] | None = None,
         flush_every: int = 1,
         background: bool = True,
     ) -> StoreWriter:
@@ -186,8 +187,18 @@ class StoreWriter:
         store is never half-truncated, and a file left "open for writing" by a killed process is
         handled without any external tool.
 
+        Args:
+            path: the store to continue.
+            run_id: the resuming run's id; it must match the store's.
+            keep_through_step: the last global step to keep.
+            layers: the layers the resumed run will record; when given they must match the store's
+                (name, sample shape, channels), since rows of a changed layer set cannot be appended.
+            flush_every: flush to disk after this many steps.
+            background: write on a worker thread.
+
         Raises:
-            StoreError: no store at ``path``, it cannot be read, or it belongs to another run.
+            StoreError: no store at ``path``, it cannot be read, it belongs to another run, or its
+                layers differ from ``layers``.
         """
         path = Path(path)
         check_writable(path)
@@ -207,6 +218,8 @@ class StoreWriter:
                     f"{path} belongs to run {old_run}, not to the checkpoint's run {run_id}; "
                     "choose another output path or pass overwrite to replace it."
                 )
+            if layers is not None:
+                _check_same_layers(old, path, layers)
             lengths = [
                 old[key].shape[0]
                 for key in (
@@ -401,6 +414,35 @@ def check_new_path(path: str | os.PathLike, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise StoreError(f"{path} already exists; resume its run, or pass overwrite to replace it.")
     check_writable(path)
+
+
+def _check_same_layers(file: h5py.File, path: Path, layers: Sequence[LayerSpec]) -> None:
+    """Refuse, in one sentence naming every difference, to resume a store with a different layer set.
+
+    Appending rows of other layers would silently lose data: a new layer is never written, a dropped
+    one stops the row count, and a changed shape cannot be appended at all.
+    """
+    stored = file["layers"]
+    wanted = {spec.name: spec for spec in layers}
+    differences = [f"layer {name!r} is new" for name in wanted if name not in stored]
+    differences += [f"layer {name!r} is no longer recorded" for name in stored if name not in wanted]
+    for name, spec in wanted.items():
+        if name not in stored:
+            continue
+        attrs = stored[name].attrs
+        old_shape = tuple(int(n) for n in attrs.get("sample_shape", ()))
+        if old_shape != tuple(spec.sample_shape):
+            differences.append(f"layer {name!r} has sample shape {tuple(spec.sample_shape)}, not {old_shape}")
+        old_channels = attrs.get("channels")
+        old_channels = tuple(int(c) for c in old_channels) if old_channels is not None else None
+        new_channels = tuple(int(c) for c in spec.channels) if spec.channels is not None else None
+        if old_channels != new_channels:
+            differences.append(f"layer {name!r} keeps other channels")
+    if differences:
+        raise StoreError(
+            f"{path} was recorded with other layers than this run's ({'; '.join(differences)}); "
+            "record with the store's layer settings, or choose another output path."
+        )
 
 
 def _write_layout(

@@ -223,6 +223,27 @@ def test_resume_keeps_rows_through_the_checkpoint_step(tmp_path: Path) -> None:
         np.testing.assert_array_equal(store.activations("net.conv2")[6], expected)
 
 
+def test_resume_refuses_another_layer_set_naming_each_difference(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    with _create(path) as writer:
+        writer.append(_record(0))
+    before = path.read_bytes()
+    changed = [
+        LayerSpec("net.conv1", (2, 4, 4), "Sequential", "tanh", channels=(0, 3)),
+        LayerSpec("net.head", (3,), "Linear", "symmetric"),
+    ]
+    message = (
+        r"other layers than this run's \(layer 'net.head' is new; layer 'net.conv2' is no longer recorded; "
+        r"layer 'net.conv1' keeps other channels\); record with the store's layer settings"
+    )
+    with pytest.raises(StoreError, match=message):
+        StoreWriter.resume(path, run_id="run-a", keep_through_step=0, layers=changed)
+    assert path.read_bytes() == before
+    StoreWriter.resume(path, run_id="run-a", keep_through_step=0, layers=LAYERS).close()
+    with StoreReader(path) as store:
+        assert store.global_steps().tolist() == [0]
+
+
 _WRITER_SCRIPT = textwrap.dedent(
     """
     import sys, time
