@@ -166,8 +166,9 @@ class WriterProcess:
         if not self._send({"op": "flush", "id": wanted}):
             return False
         with self._flushed:
-            self._flushed.wait_for(lambda: self._flush_seen >= wanted or self.error is not None, timeout)
-        return self.error is None
+            done = self._flushed.wait_for(lambda: self._flush_seen >= wanted or self.error is not None, timeout)
+        # A timeout is not success: the rows may still be only in the child's hands.
+        return done and self.error is None
 
     def close(self, timeout: float = 300.0) -> None:
         """Write what was sent, close the store and end the child. Safe to call twice."""
