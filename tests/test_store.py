@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import h5py
@@ -25,6 +26,7 @@ from actrec.store import (
     StoreWriter,
     resolve_store_path,
 )
+from actrec.store._process import WriterProcess
 
 LAYERS = [
     LayerSpec("net.conv1", (2, 4, 4), "Sequential", "tanh", params={"0.weight": (2, 1, 3, 3), "0.bias": (2,)}),
@@ -390,3 +392,38 @@ def test_a_folder_in_place_of_the_store_is_refused_in_one_sentence(tmp_path: Pat
     (tmp_path / "activations.h5").mkdir()
     with pytest.raises(StoreError, match=r"activations.h5 is a folder; name a file for the activation store"):
         _create(tmp_path / "activations.h5", overwrite=True)
+
+
+def test_a_writer_process_that_fails_to_start_is_refused_and_leaves_nothing_open(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    path.write_text("not an HDF5 file")
+    descriptors = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(StoreError, match=f"cannot open {path} for writing"):
+        WriterProcess(path, [], row_bytes=8, wait=True)
+    # The child, its pipes, the shared rows and the log are all released, not left to the garbage collector.
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+
+
+def test_the_writer_child_waits_for_a_parent_slower_than_its_idle_tick(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    _create(path, background=False).close()
+    shared = os.memfd_create("rows")
+    os.ftruncate(shared, 8)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "actrec.store._process"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        pass_fds=(shared,),
+    )
+    try:
+        time.sleep(1.5)  # longer than the child's 1 s idle tick before the first line arrives
+        setup = {"path": str(path), "shared_fd": shared, "slots": 1, "row_bytes": 8, "flush_every": 1}
+        child.stdin.write(json.dumps({**setup, "flush_seconds": 1.0, "fields": []}).encode() + b"\n")
+        child.stdin.close()
+        assert json.loads(child.stdout.readline()) == {"ready": 1, "last_global_step": -1}
+        assert child.wait(timeout=60) == 0
+    finally:
+        os.close(shared)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
