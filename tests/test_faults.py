@@ -507,3 +507,33 @@ def test_resume_copies_a_store_longer_than_one_block_exactly(tmp_path: Path, pri
         np.testing.assert_array_equal(resumed.activations("net.conv2"), expected.activations("net.conv2")[:11])
         weights = expected.params("net.conv1")["0.weight"][:11]
         np.testing.assert_array_equal(resumed.params("net.conv1")["0.weight"], weights)
+
+
+# -- reads that fail without a damaged row -------------------------------------------------------
+
+
+def test_a_read_failing_once_with_every_row_intact_is_retried(pristine: Path) -> None:
+    attempts = []
+
+    def flaky_read() -> np.ndarray:  # a passing I/O error on the first try, as a network disk gives
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("Can't synchronously read data (passing I/O error)")
+        return dataset[:4]
+
+    with h5py.File(pristine, "r") as file:
+        dataset = file["layers/net.conv1/activations"]
+        data = _integrity.read_checked(flaky_read, dataset, np.arange(4), lambda row: row * 5)
+        np.testing.assert_array_equal(data, dataset[:4])
+    assert len(attempts) == 2
+
+
+def test_a_read_failing_twice_with_every_row_intact_is_not_blamed_on_a_step(pristine: Path) -> None:
+    def failing_read() -> np.ndarray:
+        raise OSError("Can't synchronously read data (I/O error)")
+
+    with h5py.File(pristine, "r") as file:
+        dataset = file["layers/net.conv1/activations"]
+        with pytest.raises(StoreError, match=r"could not be read \(I/O error\), though each of its rows") as raised:
+            _integrity.read_checked(failing_read, dataset, np.arange(4), lambda row: row * 5)
+    assert not isinstance(raised.value, DamagedDataError)
