@@ -464,7 +464,13 @@ def test_missing_config_file_checkpoint_and_bad_values_are_one_sentence_errors(
     assert train_main(["--runs_dir", str(tmp_path), "--ckpt_path", str(tmp_path / "gone.ckpt")]) == 1
     assert capsys.readouterr().err == f"actrec train: --ckpt_path {tmp_path / 'gone.ckpt'} is not a file.\n"
     assert train_main(["--runs_dir", str(tmp_path), "--model.lr", "-0.5"]) == 1
-    assert capsys.readouterr().err == "actrec train: lr must be positive, got -0.5.\n"
+    assert capsys.readouterr().err == (
+        "actrec train: lr must be a positive number below 3.4e+37 (Adam's first step, 10 x lr, must fit in float32), "
+        "got -0.5.\n"
+    )
+    # The diverging run: torch's Adam cannot apply a step of 10 x 1e38 to float32 weights.
+    assert train_main(["--runs_dir", str(tmp_path), "--model.lr", "1e38"]) == 1
+    assert capsys.readouterr().err.endswith("got 1e+38.\n")
 
 
 class _Pickled:

@@ -1,15 +1,42 @@
-"""Training: the model zoo, the in-memory data module, the LightningModule and the ``actrec train`` CLI."""
+"""Training: the model zoo, the in-memory data module, the LightningModule and the ``actrec train`` CLI.
 
-from actrec.trainer.data import (
-    DATASET_NAMES,
-    DEBIAN_FASHION_MNIST_DIR,
-    DatasetName,
-    DatasetUnavailableError,
-    ImageDataModule,
-    InMemoryImageDataset,
-)
+The zoo (torch only) is imported at once; the data module and the LightningModule, which import Lightning
+(about 5 s on 2 cores), only when first asked for, so ``actrec inspect`` can build a zoo model without them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from actrec.trainer.models import INIT_NAMES, MLP, MODEL_NAMES, InitName, LeNet, ModelName, SixConvTanh, build_model
-from actrec.trainer.module import ImageClassifier
+
+if TYPE_CHECKING:
+    from actrec.trainer.data import (
+        DATASET_NAMES,
+        DEBIAN_FASHION_MNIST_DIR,
+        DatasetName,
+        DatasetUnavailableError,
+        ImageDataModule,
+        InMemoryImageDataset,
+    )
+    from actrec.trainer.module import ImageClassifier
+
+_LAZY = {
+    "DATASET_NAMES": "data",
+    "DEBIAN_FASHION_MNIST_DIR": "data",
+    "DatasetName": "data",
+    "DatasetUnavailableError": "data",
+    "ImageDataModule": "data",
+    "InMemoryImageDataset": "data",
+    "ImageClassifier": "module",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"actrec.trainer.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'actrec.trainer' has no attribute {name!r}")
 
 __all__ = [
     "DATASET_NAMES",

@@ -13,6 +13,9 @@ from actrec.trainer.models import InitName, ModelName, build_model
 __all__ = ["ImageClassifier"]
 
 
+_LARGEST_ADAM_LR = float(torch.finfo(torch.float32).max) * (1 - 0.9)
+
+
 class ImageClassifier(pl.LightningModule):
     """Classify 28x28 grayscale images with a model from the zoo.
 
@@ -26,13 +29,18 @@ class ImageClassifier(pl.LightningModule):
         lr: Adam learning rate.
 
     Raises:
-        ValueError: If ``model`` or ``init`` is unknown, or ``lr`` is not positive.
+        ValueError: If ``model`` or ``init`` is unknown, or ``lr`` is not a positive number Adam can step with.
     """
 
     def __init__(self, model: ModelName = "six_conv_tanh", init: InitName = "default", lr: float = 1e-3) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}.")
+        if not 0 < lr < _LARGEST_ADAM_LR:
+            # Adam's first step moves each weight by up to lr / (1 - beta1); past float32's range torch
+            # cannot even apply it. Anything below still trains (and may diverge, which the recorder shows).
+            raise ValueError(
+                f"lr must be a positive number below {_LARGEST_ADAM_LR:.3g} (Adam's first step, 10 x lr, must fit "
+                f"in float32), got {lr}."
+            )
         self.save_hyperparameters()
         self.lr = lr
         self.net = build_model(model, init)
