@@ -360,7 +360,11 @@ class ActivationRecorder(Callback):
         if self._resumed:
             self._build_engine(pl_module)
             StoreWriter.resume(
-                self._store_path, run_id=self._run_id, keep_through_step=trainer.global_step, background=False
+                self._store_path,
+                run_id=self._run_id,
+                keep_through_step=trainer.global_step,
+                layers=self._layer_specs(),
+                background=False,
             ).close()
             self._open_writer(wait=True)
         log.info(

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from actrec.probe._layers import ProbeError, modules_of, select_output
+from actrec.probe._layers import ProbeError, modules_of, select_output, torch_reason
 
 SCALE_TANH = "tanh"
 SCALE_SIGMOID = "sigmoid"
@@ -104,7 +104,13 @@ def run_hooked(
         for layer, (module, selector) in modules.items():
             handles.append(module.register_forward_hook(hook_for(layer, selector)))
         with eval_mode(model), torch.no_grad():
-            output = model(_model_input(model, images))
+            try:
+                output = model(_model_input(model, images))
+            except ProbeError:
+                raise
+            except (RuntimeError, TypeError, ValueError, IndexError) as error:
+                # A shape or dtype the model cannot take: the user's probe images, not a bug to trace back.
+                raise ProbeError(f"the model could not run the probe images: {torch_reason(error)}.") from None
     finally:
         for handle in handles:
             handle.remove()

@@ -41,6 +41,12 @@ class ProbeError(Exception):
     """A model, layer name or probe set cannot be used; the message is one sentence for the user."""
 
 
+def torch_reason(error: BaseException) -> str:
+    """The first line of a torch error, without its trailing full stop, to quote inside a sentence."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__).rstrip(".")
+
+
 def split_selector(layer: str) -> tuple[str, str]:
     """Split ``"lstm[0]"`` into the module name ``"lstm"`` and the output selector ``"[0]"`` ("" when none)."""
     match = _SELECTOR.match(layer)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from actrec.probe._layers import ProbeError
+from actrec.probe._layers import ProbeError, torch_reason
 
 _IMAGE_KEYS = ("image", "images", "img", "input", "inputs", "x", "pixel_values")
 _LABEL_KEYS = ("label", "labels", "target", "targets", "y", "class", "classes")
@@ -85,17 +85,21 @@ def probes_from_tensors(images: torch.Tensor, labels: torch.Tensor | Sequence[in
     Raises:
         ProbeError: the labels do not match the images one for one, or no images are given.
     """
-    images = torch.as_tensor(images).detach().cpu()
+    try:
+        images = torch.as_tensor(images).detach().cpu()
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise ProbeError(f"probe_images cannot be made into one tensor: {torch_reason(error)}.") from None
     if images.ndim < 1 or images.shape[0] == 0:
         raise ProbeError("probe_images must hold at least one image, with the batch dimension first.")
     if labels is None:
         label_tensor = torch.full((images.shape[0],), UNLABELED, dtype=torch.int64)
     else:
-        label_tensor = torch.as_tensor(labels, dtype=torch.int64).reshape(-1).cpu()
+        try:
+            label_tensor = torch.as_tensor(labels, dtype=torch.int64).reshape(-1).cpu()
+        except (RuntimeError, TypeError, ValueError) as error:
+            raise ProbeError(f"probe_labels cannot be made into integer labels: {torch_reason(error)}.") from None
         if label_tensor.shape[0] != images.shape[0]:
-            raise ProbeError(
-                f"probe_labels has {label_tensor.shape[0]} labels for {images.shape[0]} probe images."
-            )
+            raise ProbeError(f"probe_labels has {label_tensor.shape[0]} labels for {images.shape[0]} probe images.")
     indices = torch.arange(images.shape[0], dtype=torch.int64)
     return ProbeSelection(_as_float(images), label_tensor, indices, "the images given")
 
@@ -125,7 +129,7 @@ def probes_from_dataset(
     if not chosen:
         raise ProbeError("the validation dataset is empty, so there are no probe images to take.")
     samples = [split_sample(dataset[i]) for i in chosen]
-    images = torch.stack([image for image, _ in samples])
+    images = _stacked([image for image, _ in samples], "the validation dataset")
     labels = torch.tensor([_label_of(label) for _, label in samples], dtype=torch.int64)
     return ProbeSelection(_as_float(images), labels, torch.as_tensor(chosen, dtype=torch.int64), "val_dataset")
 
@@ -181,11 +185,21 @@ def probes_from_loader(
     chosen = _pick(labels, per_class, max_probes)
     if not chosen:
         raise ProbeError("the validation loader yielded no batches, so there are no probe images to take.")
-    images = torch.stack([inputs[i] for i in chosen])
+    images = _stacked([inputs[i] for i in chosen], "the validation loader")
     label_tensor = torch.tensor([labels[i] for i in chosen], dtype=torch.int64)
     return ProbeSelection(
         _as_float(images), label_tensor, torch.as_tensor(chosen, dtype=torch.int64), "the validation loader"
     )
+
+
+def _stacked(images: Sequence[torch.Tensor], source: str) -> torch.Tensor:
+    """The probe images as one batch; images of different shapes are the data's problem, told in one sentence."""
+    try:
+        return torch.stack(list(images))
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise ProbeError(
+            f"the probe images from {source} cannot be stacked into one batch: {torch_reason(error)}."
+        ) from None
 
 
 def _as_float(images: torch.Tensor) -> torch.Tensor:

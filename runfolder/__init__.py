@@ -3,6 +3,7 @@
 from actrec.runs._layout import (
     CHECKPOINT_DIRNAME,
     CONFIG_FILENAME,
+    HPARAMS_FILENAME,
     STORE_FILENAME,
     SUMMARY_FILENAME,
     VERSION_PREFIX,
@@ -16,6 +17,7 @@ from actrec.runs._summary import config_digest, running_summary, write_summary
 __all__ = [
     "CHECKPOINT_DIRNAME",
     "CONFIG_FILENAME",
+    "HPARAMS_FILENAME",
     "STORE_FILENAME",
     "SUMMARY_FILENAME",
     "VERSION_PREFIX",

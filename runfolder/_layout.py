@@ -2,7 +2,7 @@
 
 A run is one folder, ``<runs_dir>/<experiment>/version_N/`` (TensorBoardLogger's layout)::
 
-    activations.h5     the activation store (absent with --record false; a resumed run keeps writing its
+    activations.h5     the activation store (absent with record false; a resumed run keeps writing its
                        checkpoint's store, which summary.json then names)
     config.yaml        the fully resolved config
     summary.json       written at the start of training (state "running", with the writer's pid and host)
@@ -38,10 +38,12 @@ STORE_FILENAME = "activations.h5"
 CONFIG_FILENAME = "config.yaml"
 SUMMARY_FILENAME = "summary.json"
 CHECKPOINT_DIRNAME = "checkpoints"
+HPARAMS_FILENAME = "hparams.yaml"
+"""Lightning's TensorBoard logger writes the model's hyperparameters here."""
 VERSION_PREFIX = "version_"
 
 #: Files that mark a folder as a run folder, whoever wrote them.
-_RUN_MARKERS = (SUMMARY_FILENAME, CONFIG_FILENAME, STORE_FILENAME, "hparams.yaml")
+_RUN_MARKERS = (SUMMARY_FILENAME, CONFIG_FILENAME, STORE_FILENAME, HPARAMS_FILENAME)
 _STEP_IN_NAME = re.compile(r"step=(\d+)")
 
 
@@ -293,7 +295,7 @@ def resolve_run(path: str | os.PathLike, *, need_store: bool = False) -> Run:
     if _is_run_folder(given) and not _version_folders(given):
         run = Run(given)
         if need_store and not run.store_path.exists():
-            raise RunError(f"{given} has no activation store (was it trained with --record false?).")
+            raise RunError(f"{given} has no activation store (was it trained with record set to false?).")
         return run
     versions = _version_folders(given)
     if not versions:
@@ -304,7 +306,7 @@ def resolve_run(path: str | os.PathLike, *, need_store: bool = False) -> Run:
         raise RunError(f"{given} is not a run folder, an experiment folder or an activation store.")
     candidates = [run for run in versions if run.store_path.exists()] if need_store else versions
     if not candidates:
-        raise RunError(f"no version under {given} has an activation store (trained with --record false?).")
+        raise RunError(f"no version under {given} has an activation store (trained with record set to false?).")
     chosen = candidates[-1]
     skipped = [run.path.name for run in versions if run.version > chosen.version]
     note = f"{given}: taking {chosen.path.name}, the newest of {len(versions)} version(s)"

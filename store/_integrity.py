@@ -295,6 +295,8 @@ def read_checked(
 
     Raises:
         DamagedDataError: for the first damaged row among ``rows``.
+        StoreError: the read failed, no single row fails its checksum, and a second try failed too
+            (an I/O error or damaged metadata, not damaged data: no step is blamed).
     """
     try:
         return read()
@@ -308,6 +310,11 @@ def read_checked(
             dataset[int(row)]
         except OSError:
             raise DamagedDataError(layer, key, step_of_row(int(row)), int(row)) from None
-    # The failure was not in a single row (a damaged chunk index, say): blame the first row asked for.
-    first = int(rows.min()) if rows.size else 0
-    raise DamagedDataError(layer, key, step_of_row(first), first) from None
+    # Every row reads alone, so this was not a checksum failure of a row: maybe a passing I/O error.
+    try:
+        return read()
+    except OSError as error:
+        raise StoreError(
+            f"{key} of {dataset.file.filename} could not be read ({_hdf5_reason(error)}), though each of "
+            "its rows reads alone; try again, or check the disk."
+        ) from None

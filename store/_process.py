@@ -122,7 +122,10 @@ class WriterProcess:
         self._reader = threading.Thread(target=self._read_replies, name="actrec-writer-replies", daemon=True)
         self._reader.start()
         if wait and not self.wait_ready():
-            raise StoreError(self.error or "the store writer process did not start in time.")
+            message = self.error or "the store writer process did not start in time."
+            # Nobody gets this object to close, so end the child and free the mapping and log here.
+            self._abandon()
+            raise StoreError(message)
 
     def wait_ready(self, timeout: float = _START_TIMEOUT) -> bool:
         """Block until the child has opened the store; False if it failed (see :attr:`error`) or timed out."""
@@ -166,8 +169,9 @@ class WriterProcess:
         if not self._send({"op": "flush", "id": wanted}):
             return False
         with self._flushed:
-            self._flushed.wait_for(lambda: self._flush_seen >= wanted or self.error is not None, timeout)
-        return self.error is None
+            done = self._flushed.wait_for(lambda: self._flush_seen >= wanted or self.error is not None, timeout)
+        # A timeout is not success: the rows may still be only in the child's hands.
+        return done and self.error is None
 
     def close(self, timeout: float = 300.0) -> None:
         """Write what was sent, close the store and end the child. Safe to call twice."""
@@ -187,6 +191,21 @@ class WriterProcess:
         self._log.close()
         del self._memory
         with contextlib.suppress(BufferError):  # a caller still holding a view keeps the mapping alive
+            self._mapping.close()
+
+    def _abandon(self) -> None:
+        """Kill the child and release everything this object holds, after a failed start."""
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._child.kill()
+        with contextlib.suppress(OSError):
+            self._child.stdin.close()
+        self._child.wait()
+        self._reader.join(timeout=10)
+        self._child.stdout.close()
+        self._log.close()
+        del self._memory
+        with contextlib.suppress(BufferError):
             self._mapping.close()
 
     def _send(self, message: dict[str, Any]) -> bool:
@@ -273,7 +292,8 @@ def _child_main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd = sys.stdin.fileno()
     lines = _lines(fd, 1.0)
-    first = next(lines, None)
+    # None only means a second passed without input (a slow parent); only the end of input ends the child.
+    first = next((line for line in lines if line is not None), None)
     if first is None:
         return
     setup = json.loads(first)

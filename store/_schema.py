@@ -30,8 +30,10 @@ any cap), ``scale_kind`` one of ``tanh`` (within +-1), ``sigmoid`` (within 0..1)
 HDF5's Fletcher-32 checksum filter. Version 1 stores read as: kind from the rank of sample_shape,
 output "", channels None, full_shape = sample_shape, nonfinite all zero.
 
-``/steps/global_step`` is written last for every row, so its length is the number of complete rows;
-readers never look past it. ``<name>`` is the layer's name as given (``net.conv1``, ``lstm[0]``).
+A row is complete once every dataset holds it: the number of complete rows is the shortest length
+among ``/steps/*`` (``global_step``, the step fields and ``logits``) and ``/layers/*/activations``, which
+is what the reader counts (``/steps/global_step`` is written last for every row); readers never look
+past it. ``<name>`` is the layer's name as given (``net.conv1``, ``lstm[0]``).
 
 A store left behind by a killed writer is still flagged "open for writing": open it with
 ``h5py.File(path, "r", swmr=True)`` (or :class:`actrec.store.StoreReader`); a plain read-only open

@@ -18,7 +18,7 @@ from actrec.store._integrity import (
     read_checked,
     text_attribute,
 )
-from actrec.store._schema import FIXED_SCALES, FORMAT_NAME, FORMAT_VERSION, STEP_FIELDS, StoreError, kind_of
+from actrec.store._schema import FORMAT_NAME, FORMAT_VERSION, STEP_FIELDS, StoreError, kind_of
 from actrec.store._types import LayerInfo, ProbeSet
 
 STORE_FILENAME = "activations.h5"
@@ -178,16 +178,6 @@ class StoreReader:
         """The recorded parameters of layer ``name`` at the chosen rows, by parameter name."""
         group = self._layer_group(name)["params"]
         return {param: self._rows(self._dataset(f"layers/{name}/params/{param}"), rows) for param in group}
-
-    def symmetric_scale(self, name: str, rows: slice | np.ndarray | None = None) -> float:
-        """The fixed colour scale of a layer: 1 for tanh and sigmoid layers, else the largest ``|activation|`` seen."""
-        fixed = FIXED_SCALES.get(self.layer(name).scale_kind)
-        if fixed is not None:
-            return fixed
-        values = self.abs_max(name, rows)
-        values = values[np.isfinite(values)]
-        scale = float(values.max()) if values.size else 0.0
-        return scale if scale > 0 else 1.0
 
     def scalars(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(global_steps, values)`` of a scalar series such as ``val/loss`` (empty if never logged, or if

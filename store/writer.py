@@ -20,6 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from actrec.store._integrity import _hdf5_reason, check_schema, open_swmr
 from actrec.store._schema import (
     FIXED_SCALES,
     FORMAT_NAME,
@@ -35,6 +36,9 @@ from actrec.store._schema import (
 from actrec.store._types import LayerSpec, ProbeSet, StepRecord
 
 __all__ = ["LayerSpec", "ProbeSet", "StepRecord", "StoreWriter", "check_writable"]
+
+_COPY_BLOCK_ROWS = 1024
+"""Rows copied at a time when resuming, so memory stays bounded whatever the store's size."""
 
 _MIN_FREE_BYTES = 1 << 20
 """Stop recording cleanly once a row would leave less than this free on the store's disk."""
@@ -142,8 +146,8 @@ class StoreWriter:
             background: write on a worker thread.
 
         Raises:
-            StoreError: the file exists (and ``overwrite`` is False), its folder is not writable, or
-                an argument is invalid.
+            StoreError: the file exists (and ``overwrite`` is False), its folder is not writable, it
+                cannot be written (e.g. a full disk), or an argument is invalid.
         """
         path = Path(path)
         check_dtype(dtype)
@@ -159,15 +163,17 @@ class StoreWriter:
         tmp = path.with_name(path.name + ".creating")
         # Build the file under a temporary name: a crash during creation never leaves a half-made
         # store where a finished one is expected, and an overwrite never destroys the old one early.
-        file = h5py.File(tmp, "w", libver="latest")
         try:
-            _write_layout(file, run_id, config, probes, layers, num_classes, dtype, compression)
-            file.close()
+            file = h5py.File(tmp, "w", libver="latest")
+            try:
+                _write_layout(file, run_id, config, probes, layers, num_classes, dtype, compression)
+            finally:
+                file.close()
             os.replace(tmp, path)
-        except BaseException:
-            file.close()
+        except OSError as error:
+            raise StoreError(f"{path} could not be created ({_hdf5_reason(error)}).") from None
+        finally:
             tmp.unlink(missing_ok=True)
-            raise
         return cls._open_for_append(path, flush_every, background)
 
     @classmethod
@@ -177,6 +183,7 @@ class StoreWriter:
         *,
         run_id: str,
         keep_through_step: int,
+        layers: Sequence[LayerSpec] | None = None,
         flush_every: int = 1,
         background: bool = True,
     ) -> StoreWriter:
@@ -186,27 +193,38 @@ class StoreWriter:
         store is never half-truncated, and a file left "open for writing" by a killed process is
         handled without any external tool.
 
+        Args:
+            path: the store to continue.
+            run_id: the resuming run's id; it must match the store's.
+            keep_through_step: the last global step to keep.
+            layers: the layers the resumed run will record; when given they must match the store's
+                (name, sample shape, channels), since rows of a changed layer set cannot be appended.
+            flush_every: flush to disk after this many steps.
+            background: write on a worker thread.
+
         Raises:
-            StoreError: no store at ``path``, it cannot be read, or it belongs to another run.
+            StoreError: no store at ``path``, it is damaged or incomplete, it belongs to another run, its
+                layers differ from ``layers``, or its kept rows cannot be copied (damaged chunk, full disk).
         """
         path = Path(path)
         check_writable(path)
         if not path.is_file():
             raise StoreError(f"no activation store at {path} to resume.")
         tmp = path.with_name(path.name + ".resuming")
-        try:
-            old = h5py.File(path, "r", libver="latest", swmr=True)
-        except OSError as error:
-            raise StoreError(f"{path} cannot be read to resume it ({error}).") from None
+        # Bounded open and schema check: a damaged or incomplete store is refused in one sentence.
+        old = open_swmr(path)
         try:
             if old.attrs.get("format") != FORMAT_NAME:
                 raise StoreError(f"{path} is not an actrec activation store; choose another output path.")
+            check_schema(old, path)
             old_run = str(old.attrs.get("run_id", ""))
             if old_run != run_id:
                 raise StoreError(
                     f"{path} belongs to run {old_run}, not to the checkpoint's run {run_id}; "
                     "choose another output path or pass overwrite to replace it."
                 )
+            if layers is not None:
+                _check_same_layers(old, path, layers)
             lengths = [
                 old[key].shape[0]
                 for key in (
@@ -219,9 +237,16 @@ class StoreWriter:
             keep = int(np.searchsorted(steps, keep_through_step, side="right"))
             with h5py.File(tmp, "w", libver="latest") as new:
                 _copy_rows(old, new, keep, keep_through_step)
+            os.replace(tmp, path)
+        except OSError as error:
+            # A damaged chunk in the kept rows, or a full disk while copying them.
+            raise StoreError(
+                f"{path} could not be copied to resume it ({_hdf5_reason(error)}); free disk space, or restore "
+                "the store or choose another output path."
+            ) from None
         finally:
             old.close()
-        os.replace(tmp, path)
+            tmp.unlink(missing_ok=True)
         return cls._open_for_append(path, flush_every, background)
 
     @classmethod
@@ -403,6 +428,35 @@ def check_new_path(path: str | os.PathLike, overwrite: bool) -> None:
     check_writable(path)
 
 
+def _check_same_layers(file: h5py.File, path: Path, layers: Sequence[LayerSpec]) -> None:
+    """Refuse, in one sentence naming every difference, to resume a store with a different layer set.
+
+    Appending rows of other layers would silently lose data: a new layer is never written, a dropped
+    one stops the row count, and a changed shape cannot be appended at all.
+    """
+    stored = file["layers"]
+    wanted = {spec.name: spec for spec in layers}
+    differences = [f"layer {name!r} is new" for name in wanted if name not in stored]
+    differences += [f"layer {name!r} is no longer recorded" for name in stored if name not in wanted]
+    for name, spec in wanted.items():
+        if name not in stored:
+            continue
+        attrs = stored[name].attrs
+        old_shape = tuple(int(n) for n in attrs.get("sample_shape", ()))
+        if old_shape != tuple(spec.sample_shape):
+            differences.append(f"layer {name!r} has sample shape {tuple(spec.sample_shape)}, not {old_shape}")
+        old_channels = attrs.get("channels")
+        old_channels = tuple(int(c) for c in old_channels) if old_channels is not None else None
+        new_channels = tuple(int(c) for c in spec.channels) if spec.channels is not None else None
+        if old_channels != new_channels:
+            differences.append(f"layer {name!r} keeps other channels")
+    if differences:
+        raise StoreError(
+            f"{path} was recorded with other layers than this run's ({'; '.join(differences)}); "
+            "record with the store's layer settings, or choose another output path."
+        )
+
+
 def _write_layout(
     file: h5py.File,
     run_id: str,
@@ -484,14 +538,13 @@ def _copy_rows(source: h5py.File, target: h5py.File, keep: int, keep_through_ste
         if not growable:
             target.create_dataset(name, data=obj[()])
             return
-        if name.startswith("scalars/"):
-            data = obj[()]
-            data = data[data[:, 0] <= keep_through_step]
-        else:
-            data = obj[:keep]
-        target.create_dataset(
+        scalars = obj[()] if name.startswith("scalars/") else None  # (N, 2): small
+        if scalars is not None:
+            scalars = scalars[scalars[:, 0] <= keep_through_step]
+        rows = len(scalars) if scalars is not None else keep
+        dataset = target.create_dataset(
             name,
-            data=data,
+            shape=(rows, *obj.shape[1:]),
             maxshape=obj.maxshape,
             chunks=obj.chunks,
             compression=obj.compression,
@@ -499,7 +552,14 @@ def _copy_rows(source: h5py.File, target: h5py.File, keep: int, keep_through_ste
             fletcher32=obj.fletcher32,
             dtype=obj.dtype,
         )
+        if scalars is not None:
+            dataset[...] = scalars
+        else:
+            # In blocks: an activation dataset can be far larger than memory.
+            for start in range(0, rows, _COPY_BLOCK_ROWS):
+                stop = min(start + _COPY_BLOCK_ROWS, rows)
+                dataset[start:stop] = obj[start:stop]
         for key, value in obj.attrs.items():
-            target[name].attrs[key] = value
+            dataset.attrs[key] = value
 
     source.visititems(copy)

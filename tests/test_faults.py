@@ -472,3 +472,68 @@ def test_an_open_reader_never_keeps_the_writer_from_opening_the_store(tmp_path: 
         result = subprocess.run([sys.executable, "-c", append, str(store)], capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr[-1000:]
         assert reader.num_steps == NUM_STEPS
+
+
+# -- resuming a damaged or incomplete store ------------------------------------------------------
+
+
+def test_resuming_an_incomplete_store_is_refused_listing_what_it_lacks(tmp_path: Path, pristine: Path) -> None:
+    store = _edited(pristine, tmp_path, lambda file: file.__delitem__("steps/logits"))
+    before = _fingerprint(tmp_path)
+    with pytest.raises(StoreError, match=r"is not a complete actrec store; it lacks dataset steps/logits\.$"):
+        StoreWriter.resume(store, run_id="run-a", keep_through_step=20, background=False)
+    assert _fingerprint(tmp_path) == before
+
+
+def test_resuming_over_a_damaged_kept_chunk_is_one_sentence_and_leaves_no_temporary_file(
+    tmp_path: Path, pristine: Path
+) -> None:
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    _damage(store, _chunk_offset(store, "layers/net.conv2/activations", 1), length=16)
+    before = _fingerprint(tmp_path)
+    with pytest.raises(StoreError, match=r"could not be copied to resume it \(.+\); free disk space, or restore"):
+        StoreWriter.resume(store, run_id="run-a", keep_through_step=20, background=False)
+    assert _fingerprint(tmp_path) == before  # the store untouched, no .resuming file left
+
+
+def test_resume_copies_a_store_longer_than_one_block_exactly(tmp_path: Path, pristine: Path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr("actrec.store.writer._COPY_BLOCK_ROWS", 5)  # 12 rows: blocks of 5, 5 and 2
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    StoreWriter.resume(store, run_id="run-a", keep_through_step=50, background=False).close()
+    with StoreReader(pristine) as expected, StoreReader(store) as resumed:
+        assert resumed.global_steps().tolist() == expected.global_steps()[:11].tolist()
+        np.testing.assert_array_equal(resumed.activations("net.conv2"), expected.activations("net.conv2")[:11])
+        weights = expected.params("net.conv1")["0.weight"][:11]
+        np.testing.assert_array_equal(resumed.params("net.conv1")["0.weight"], weights)
+
+
+# -- reads that fail without a damaged row -------------------------------------------------------
+
+
+def test_a_read_failing_once_with_every_row_intact_is_retried(pristine: Path) -> None:
+    attempts = []
+
+    def flaky_read() -> np.ndarray:  # a passing I/O error on the first try, as a network disk gives
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("Can't synchronously read data (passing I/O error)")
+        return dataset[:4]
+
+    with h5py.File(pristine, "r") as file:
+        dataset = file["layers/net.conv1/activations"]
+        data = _integrity.read_checked(flaky_read, dataset, np.arange(4), lambda row: row * 5)
+        np.testing.assert_array_equal(data, dataset[:4])
+    assert len(attempts) == 2
+
+
+def test_a_read_failing_twice_with_every_row_intact_is_not_blamed_on_a_step(pristine: Path) -> None:
+    def failing_read() -> np.ndarray:
+        raise OSError("Can't synchronously read data (I/O error)")
+
+    with h5py.File(pristine, "r") as file:
+        dataset = file["layers/net.conv1/activations"]
+        with pytest.raises(StoreError, match=r"could not be read \(I/O error\), though each of its rows") as raised:
+            _integrity.read_checked(failing_read, dataset, np.arange(4), lambda row: row * 5)
+    assert not isinstance(raised.value, DamagedDataError)

@@ -156,6 +156,20 @@ def test_resume_continues_the_store_without_gaps_or_duplicates(tmp_path: Path) -
         assert store.scalars("val/acc")[0].tolist() == [6, 12, 18]
 
 
+def test_resume_with_other_channel_settings_is_refused_and_keeps_the_store(tmp_path: Path) -> None:
+    # The checkpoint's state still matches (same layers and path): only the store can tell the change.
+    path = tmp_path / "activations.h5"
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    _fit(tmp_path / "a", ActivationRecorder(path=str(path)), also=(checkpoints,), max_epochs=1)
+    before = path.read_bytes()
+    resumed = ActivationRecorder(path=str(path), max_channels=2)
+    trainer = quiet_trainer(tmp_path / "b", callbacks=[resumed], max_epochs=2)
+    message = r"other layers than this run's \(layer 'net.conv2' has sample shape \(2, 6, 6\), not \(3, 6, 6\)"
+    with pytest.raises(MisconfigurationException, match=message):
+        trainer.fit(TinyNet(), TinyData(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=6.ckpt"))
+    assert path.read_bytes() == before
+
+
 def test_unknown_layer_fails_at_setup_listing_names(tmp_path: Path) -> None:
     recorder = ActivationRecorder(layers=["net.conv9"])
     with pytest.raises(

@@ -196,6 +196,27 @@ def test_probe_images_given_and_no_probes_at_all(tmp_path: Path) -> None:
     assert not (tmp_path / "b.h5").exists()
 
 
+@pytest.mark.parametrize(
+    ("probe_images", "message"),
+    [
+        # TinyNet takes one channel; three-channel images fail inside its first convolution.
+        (torch.rand(4, 3, 6, 6), r"^ActivationRecorder: the model could not run the probe images: .*channels"),
+        ([[0.0, 1.0], [2.0]], r"^ActivationRecorder: probe_images cannot be made into one tensor: "),
+    ],
+)
+def test_probe_images_the_model_cannot_take_are_one_sentence_at_setup(
+    tmp_path: Path, probe_images: object, message: str
+) -> None:
+    def construct() -> None:
+        recorder = ActivationRecorder(probe_images=probe_images, path=str(tmp_path / "a.h5"))
+        quiet_trainer(tmp_path, callbacks=[recorder], max_epochs=1).fit(TinyNet(), TinyData())
+
+    with pytest.raises(MisconfigurationException, match=message) as raised:
+        construct()
+    assert "\n" not in str(raised.value)
+    assert not (tmp_path / "a.h5").exists()
+
+
 def test_diverging_run_stores_nonfinite_values_and_counts_them(tmp_path: Path) -> None:
     recorder = ActivationRecorder(path=str(tmp_path / "a.h5"), layers=["net.*"])
     pl.seed_everything(0, verbose=False)

@@ -112,8 +112,8 @@ def test_a_resumed_run_points_at_its_checkpoints_store(tmp_path: Path) -> None:
         ("missing", "no activation store at {path}; pass a run folder, an experiment folder or an activations.h5."),
         ("empty", "{path} is not a run folder, an experiment folder or an activation store."),
         ("root", "{path} holds experiments (a, b), not a run; pass one of them or a run folder."),
-        ("no store", "{path} has no activation store (was it trained with --record false?)."),
-        ("no versioned store", "no version under {path} has an activation store (trained with --record false?)."),
+        ("no store", "{path} has no activation store (was it trained with record set to false?)."),
+        ("no versioned store", "no version under {path} has an activation store (trained with record set to false?)."),
     ],
 )
 def test_what_is_not_a_run_is_one_sentence(tmp_path: Path, layout: str, message: str) -> None:

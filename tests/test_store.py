@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import h5py
@@ -25,6 +26,7 @@ from actrec.store import (
     StoreWriter,
     resolve_store_path,
 )
+from actrec.store._process import WriterProcess
 
 LAYERS = [
     LayerSpec("net.conv1", (2, 4, 4), "Sequential", "tanh", params={"0.weight": (2, 1, 3, 3), "0.bias": (2,)}),
@@ -86,10 +88,9 @@ def test_round_trip(tmp_path: Path, background: bool) -> None:
         np.testing.assert_array_equal(store.logits()[3], expected.logits)
         assert store.activations("net.conv2").dtype == np.float16
         np.testing.assert_array_equal(store.params("net.conv1")["0.weight"][:, 0, 0, 0, 0], np.arange(5))
-        assert store.symmetric_scale("net.conv1") == 1.0
         np.testing.assert_allclose(
-            store.symmetric_scale("net.conv2"),
-            max(np.abs(_record(s).activations["net.conv2"]).max() for s in range(5)),
+            store.abs_max("net.conv2"),
+            [np.abs(_record(s).activations["net.conv2"]).max() for s in range(5)],
             rtol=1e-3,
         )
         steps, values = store.scalars("val/loss")
@@ -223,6 +224,27 @@ def test_resume_keeps_rows_through_the_checkpoint_step(tmp_path: Path) -> None:
         np.testing.assert_array_equal(store.activations("net.conv2")[6], expected)
 
 
+def test_resume_refuses_another_layer_set_naming_each_difference(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    with _create(path) as writer:
+        writer.append(_record(0))
+    before = path.read_bytes()
+    changed = [
+        LayerSpec("net.conv1", (2, 4, 4), "Sequential", "tanh", channels=(0, 3)),
+        LayerSpec("net.head", (3,), "Linear", "symmetric"),
+    ]
+    message = (
+        r"other layers than this run's \(layer 'net.head' is new; layer 'net.conv2' is no longer recorded; "
+        r"layer 'net.conv1' keeps other channels\); record with the store's layer settings"
+    )
+    with pytest.raises(StoreError, match=message):
+        StoreWriter.resume(path, run_id="run-a", keep_through_step=0, layers=changed)
+    assert path.read_bytes() == before
+    StoreWriter.resume(path, run_id="run-a", keep_through_step=0, layers=LAYERS).close()
+    with StoreReader(path) as store:
+        assert store.global_steps().tolist() == [0]
+
+
 _WRITER_SCRIPT = textwrap.dedent(
     """
     import sys, time
@@ -324,7 +346,6 @@ def test_format_v2_layer_attributes_checksums_and_nonfinite_counts(tmp_path: Pat
         assert store.nonfinite("net.conv").tolist() == [4]
         assert store.abs_max("net.conv").tolist() == [3.0]
         assert np.isnan(store.activations("net.conv")[0, 0, 0, 0, 0])
-        assert store.symmetric_scale("gate") == 1.0
         assert store.scalars("train/loss")[0].size == 0  # v2 stores keep only series that get written
     with h5py.File(path, "r") as raw:
         growable = []
@@ -369,3 +390,38 @@ def test_a_folder_in_place_of_the_store_is_refused_in_one_sentence(tmp_path: Pat
     (tmp_path / "activations.h5").mkdir()
     with pytest.raises(StoreError, match=r"activations.h5 is a folder; name a file for the activation store"):
         _create(tmp_path / "activations.h5", overwrite=True)
+
+
+def test_a_writer_process_that_fails_to_start_is_refused_and_leaves_nothing_open(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    path.write_text("not an HDF5 file")
+    descriptors = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(StoreError, match=f"cannot open {path} for writing"):
+        WriterProcess(path, [], row_bytes=8, wait=True)
+    # The child, its pipes, the shared rows and the log are all released, not left to the garbage collector.
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+
+
+def test_the_writer_child_waits_for_a_parent_slower_than_its_idle_tick(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    _create(path, background=False).close()
+    shared = os.memfd_create("rows")
+    os.ftruncate(shared, 8)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "actrec.store._process"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        pass_fds=(shared,),
+    )
+    try:
+        time.sleep(1.5)  # longer than the child's 1 s idle tick before the first line arrives
+        setup = {"path": str(path), "shared_fd": shared, "slots": 1, "row_bytes": 8, "flush_every": 1}
+        child.stdin.write(json.dumps({**setup, "flush_seconds": 1.0, "fields": []}).encode() + b"\n")
+        child.stdin.close()
+        assert json.loads(child.stdout.readline()) == {"ready": 1, "last_global_step": -1}
+        assert child.wait(timeout=60) == 0
+    finally:
+        os.close(shared)
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -36,7 +36,9 @@ from actrec.configs import config_names, config_path
 from actrec.runs import (
     CHECKPOINT_DIRNAME,
     CONFIG_FILENAME,
+    HPARAMS_FILENAME,
     SUMMARY_FILENAME,
+    Run,
     config_digest,
     running_summary,
     write_summary,
@@ -77,7 +79,7 @@ class _UsageError(Exception):
 _USER_ERRORS = (DatasetUnavailableError, _UsageError, MisconfigurationException, StoreError)
 
 #: What a refused run may have put into its new version folder; anything else keeps the folder.
-_REFUSED_RUN_FILES = (CONFIG_FILENAME, SUMMARY_FILENAME, "hparams.yaml")
+_REFUSED_RUN_FILES = (CONFIG_FILENAME, SUMMARY_FILENAME, HPARAMS_FILENAME)
 
 
 class TrainCLI(LightningCLI):
@@ -239,8 +241,8 @@ class TrainCLI(LightningCLI):
         recorder = self._recorder()
         store_path = recorder.store_path.resolve() if recorder is not None and recorder.store_path else None
         metrics = {**self._fit_metrics, **_scalar_metrics(self.trainer.callback_metrics)}
-        checkpoint_dir = self.run_folder / CHECKPOINT_DIRNAME
-        checkpoints = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda path: path.stat().st_mtime)
+        # The runs module's order (by step), so summary.json and `actrec runs` name the same checkpoint.
+        last_checkpoint = Run(self.run_folder).last_checkpoint()
         summary = running_summary(**self._run_facts())
         summary.update(
             state=state,
@@ -254,7 +256,7 @@ class TrainCLI(LightningCLI):
             store_path=str(store_path) if store_path is not None else None,
             store_bytes=store_path.stat().st_size if store_path is not None and store_path.is_file() else None,
             recorded_steps=_recorded_steps(store_path),
-            last_checkpoint=str(checkpoints[-1].resolve()) if checkpoints else None,
+            last_checkpoint=str(last_checkpoint.resolve()) if last_checkpoint is not None else None,
         )
         write_summary(self.run_folder, summary)
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from actrec.store import KIND_MAPS, KIND_TOKENS, KIND_VECTOR
 from actrec.viewer import _text, colors
 from actrec.viewer.scale import ColourScale, LiveScaleState, format_limit, live_scale
 
@@ -53,9 +54,6 @@ def frame_title(layer: str, step: int, epoch: int) -> str:
     return f"{layer} · step {step} · epoch {epoch}"
 
 
-KIND_MAPS = "maps"
-KIND_TOKENS = "tokens"
-KIND_VECTOR = "vector"
 _KIND_OF_RANK = {3: KIND_MAPS, 2: KIND_TOKENS, 1: KIND_VECTOR}
 NONFINITE_LABEL = "NaN/inf"
 """The legend's name for the non-finite colour."""

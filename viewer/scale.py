@@ -28,13 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from actrec.store import SCALE_KINDS, SCALE_NONNEGATIVE, SCALE_SIGMOID, SCALE_TANH
 from actrec.viewer import colors
-
-SCALE_TANH = "tanh"
-SCALE_SIGMOID = "sigmoid"
-SCALE_NONNEGATIVE = "nonnegative"
-SCALE_SYMMETRIC = "symmetric"
-SCALE_KINDS = (SCALE_TANH, SCALE_SIGMOID, SCALE_NONNEGATIVE, SCALE_SYMMETRIC)
 
 PERCENTILE = 99.5
 """Percentile of ``|activation|`` drawn at full colour on data-derived scales."""
