@@ -181,9 +181,7 @@ def default_layers(model: nn.Module) -> list[str]:
     if found:
         order = {name: i for i, (name, _) in enumerate(model.named_modules())}
         # A recurrent module inside a chosen block is already covered by the block.
-        found = [
-            f for f in found if not any(split_selector(f)[0].startswith(o + ".") for o in found if o != f)
-        ]
+        found = [f for f in found if not any(split_selector(f)[0].startswith(o + ".") for o in found if o != f)]
         return sorted(found, key=lambda layer: order[split_selector(layer)[0]])
     found = _single_layer_blocks(model, nn.modules.conv._ConvNd)
     if found:

@@ -318,7 +318,10 @@ def small_disk(tmp_path: Path):  # noqa: ANN201
     ],
 )
 def test_a_full_disk_stops_recording_cleanly_and_training_goes_on(
-    small_disk: Path, background_writes: bool, guard: str, monkeypatch  # noqa: ANN001
+    small_disk: Path,
+    background_writes: bool,
+    guard: str,
+    monkeypatch,  # noqa: ANN001
 ) -> None:
     monkeypatch.setenv("ACTREC_DISK_GUARD", guard)
     # 64 probes in float32: ~100 KB a row, so the 2 MB disk fills after a dozen of the 121 steps.
@@ -334,8 +337,9 @@ def test_a_full_disk_stops_recording_cleanly_and_training_goes_on(
     model = TinyNet()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer = quiet_trainer(small_disk.parent, callbacks=[recorder], max_epochs=2, logger=False,
-                                enable_checkpointing=False)
+        trainer = quiet_trainer(
+            small_disk.parent, callbacks=[recorder], max_epochs=2, logger=False, enable_checkpointing=False
+        )
         trainer.fit(model, data)
     assert trainer.global_step == 120  # training finished
     stops = [str(w.message) for w in caught if "stopped recording" in str(w.message)]

@@ -38,6 +38,7 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(f"actrec.trainer.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'actrec.trainer' has no attribute {name!r}")
 
+
 __all__ = [
     "DATASET_NAMES",
     "DEBIAN_FASHION_MNIST_DIR",
