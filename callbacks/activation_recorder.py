@@ -602,12 +602,12 @@ class ActivationRecorder(Callback):
         )
 
     def _log_images(self, trainer: pl.Trainer, views: dict[str, torch.Tensor], step: int, epoch: int) -> None:
-        from actrec.viewer import frame_title, live_frames
+        from actrec.viewer import frame_title, live_frames, predicted_classes
 
         experiment = getattr(trainer.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):
             return
-        predictions = views["logits"].numpy().argmax(axis=-1)
+        predictions = predicted_classes(views["logits"].numpy())
         probes = self._probes
         for name in self._engine.layouts:
             # The viewer's one colour-scale rule: bounded layers on their fixed range, others on a limit

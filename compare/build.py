@@ -33,7 +33,7 @@ from actrec.viewer._pipeline import (
     safe_filename,
 )
 from actrec.viewer.curves import Series, smooth
-from actrec.viewer.frames import FrameLayout, frame_height_width
+from actrec.viewer.frames import FrameLayout, frame_height_width, predicted_classes
 from actrec.viewer.render import RENDERS_DIRNAME
 
 DEFAULT_MAX_FRAMES = 600
@@ -192,7 +192,7 @@ def _open_run(store: StoreReader, run_dir: Path, layer: str, align: str, batch_s
                 "align by step or epoch."
             )
     positions = aligned_positions(steps["global_step"], steps["epoch"], align, batch_size)
-    predictions = store.logits(slice(0, num_rows)).argmax(axis=-1)
+    predictions = predicted_classes(store.logits(slice(0, num_rows)))
     return _Run(run_label(run_dir), store, run_dir, layer, num_rows, steps, positions, predictions, batch_size)
 
 

@@ -34,7 +34,7 @@ from actrec.store import StoreReader
 from actrec.viewer import colors, encode_png
 from actrec.viewer._pipeline import atomic_path, layer_colour_scale, prepare_out_dir, read_steps
 from actrec.viewer.curves import smooth
-from actrec.viewer.frames import as_colour_scale, drawn_maps
+from actrec.viewer.frames import as_colour_scale, drawn_maps, predicted_classes
 from actrec.viewer.scale import ColourScale
 
 REPORT_FILENAME = "report.html"
@@ -222,7 +222,7 @@ def build_report(
         target = Path(out) if out is not None else run_dir / REPORT_FILENAME
         prepare_out_dir(target.parent)
         probes = store.probes
-        predictions = store.logits(slice(0, primary.num_rows)).argmax(axis=-1)[rows]
+        predictions = predicted_classes(store.logits(slice(0, primary.num_rows)))[rows]
         layers = []
         for name in store.layer_names:
             channels, height, width = unit_maps(store.layer(name).sample_shape)

@@ -21,6 +21,7 @@ from actrec.viewer import (
     diverging_indices,
     frame_title,
     grey_indices,
+    predicted_classes,
     to_rgb,
     training_curves,
 )
@@ -137,6 +138,26 @@ def test_title_is_burned_in_and_only_the_title_changes_with_it() -> None:
     assert cols.max() < right
     title_pixels = first[top:bottom, left:right]
     assert (title_pixels == colors.TEXT_INDEX).sum() > 20  # solid ink, not just anti-aliasing
+
+
+def test_non_finite_logits_predict_no_class_and_are_drawn_as_a_question_mark() -> None:
+    logits = np.array([[0.1, 2.0, -1.0], [np.nan, 1.0, 0.0], [0.0, np.inf, 0.0]])
+    np.testing.assert_array_equal(predicted_classes(logits), [1, -1, -1])
+    layout = _layout()
+    activations = exact_activations(step=0)["net.conv1"]
+    predictions = predictions_at(0).copy()
+    predictions[0] = -1  # probe 0 is labelled 0: argmax of NaN logits would have called it right
+
+    def box(frame: np.ndarray) -> np.ndarray:
+        left, top, right, bottom = layout.prediction_box(0)
+        return frame[top:bottom, left:right]
+
+    unknown = box(layout.frame(activations, title="t", predictions=predictions))
+    right_ink = set(range(colors.RIGHT_START, colors.RIGHT_START + colors.INK_LEVELS))
+    wrong_ink = set(range(colors.WRONG_START, colors.WRONG_START + colors.INK_LEVELS))
+    assert set(np.unique(unknown).tolist()) & wrong_ink
+    assert not set(np.unique(unknown).tolist()) & right_ink
+    assert not np.array_equal(unknown, box(layout.frame(activations, title="t", predictions=predictions_at(0))))
 
 
 def test_predictions_are_marked_right_in_green_and_wrong_in_red() -> None:

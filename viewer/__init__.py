@@ -17,7 +17,15 @@ from actrec.viewer.colors import (
 )
 from actrec.viewer.curves import training_curves
 from actrec.viewer.errors import ViewerError
-from actrec.viewer.frames import TILE_SIZE, FrameLayout, activation_frame, frame_title, layer_kind, live_frames
+from actrec.viewer.frames import (
+    TILE_SIZE,
+    FrameLayout,
+    activation_frame,
+    frame_title,
+    layer_kind,
+    live_frames,
+    predicted_classes,
+)
 from actrec.viewer.render import RenderResult, render_run
 from actrec.viewer.scale import ColourScale, LiveScaleState, colour_scale, live_scale
 from actrec.viewer.tb_export import ExportResult, export_tensorboard
@@ -45,6 +53,7 @@ __all__ = [
     "encode_png",
     "export_tensorboard",
     "frame_title",
+    "predicted_classes",
     "grey_indices",
     "layer_kind",
     "live_frames",

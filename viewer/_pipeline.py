@@ -40,6 +40,7 @@ from actrec.viewer.frames import (
     frame_height_width,
     frame_title,
     layer_kind,
+    predicted_classes,
 )
 from actrec.viewer.scale import ColourScale, colour_scale, sample_rows
 
@@ -797,7 +798,7 @@ class RunContext:
             global_steps=steps["global_step"],
             epochs=steps["epoch"],
             wall_times=steps["wall_time"][:num_rows],
-            predictions=store.logits(slice(0, num_rows)).argmax(axis=-1),
+            predictions=predicted_classes(store.logits(slice(0, num_rows))),
             num_rows=num_rows,
         )
 

@@ -49,6 +49,16 @@ _SECTION_GAP = 6  # between the probe inputs and the first channel row
 _PANEL_GAP = 24  # between the panels of a contact sheet
 
 
+def predicted_classes(logits: np.ndarray) -> np.ndarray:
+    """The predicted class of each row of ``(..., K)`` logits; ``-1`` (drawn "?") where a row is not finite.
+
+    A diverged network's NaN logits have no predicted class: ``argmax`` would call it class 0.
+    """
+    logits = np.asarray(logits)
+    predicted = logits.argmax(axis=-1)
+    return np.where(np.isfinite(logits).all(axis=-1), predicted, -1)
+
+
 def frame_title(layer: str, step: int, epoch: int) -> str:
     """The label burned into every frame: ``"net.conv1 · step 120 · epoch 2"``."""
     return f"{layer} · step {step} · epoch {epoch}"
@@ -472,7 +482,9 @@ class FrameLayout:
 
     def _class_name(self, label: int) -> str:
         label = int(label)
-        if self.class_names is not None and 0 <= label < len(self.class_names):
+        if label < 0:  # no prediction (non-finite logits) or no label
+            return "?"
+        if self.class_names is not None and label < len(self.class_names):
             return str(self.class_names[label])
         return str(label)
 
