@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from actrec.store import KIND_MAPS, KIND_TOKENS, KIND_VECTOR
+from actrec.store import KIND_MAPS, KIND_TOKENS, KINDS_BY_RANK
 from actrec.viewer import _text, colors
 from actrec.viewer.scale import ColourScale, LiveScaleState, format_limit, live_scale
 
@@ -64,7 +64,6 @@ def frame_title(layer: str, step: int, epoch: int) -> str:
     return f"{layer} · step {step} · epoch {epoch}"
 
 
-_KIND_OF_RANK = {3: KIND_MAPS, 2: KIND_TOKENS, 1: KIND_VECTOR}
 NONFINITE_LABEL = "NaN/inf"
 """The legend's name for the non-finite colour."""
 
@@ -84,14 +83,14 @@ def layer_kind(info: object) -> str:
     """
     stored = getattr(info, "kind", None)
     shape = tuple(getattr(info, "sample_shape", info))
-    if len(shape) not in _KIND_OF_RANK or stored not in (None, _KIND_OF_RANK[len(shape)]):
+    if len(shape) not in KINDS_BY_RANK or stored not in (None, KINDS_BY_RANK[len(shape)]):
         name = getattr(info, "name", "")
         subject = f"layer {name!r}" if name else "a layer"
         raise ValueError(
             f"cannot draw {subject} of per-probe shape {shape}: actrec draws (C, H, W) maps, (T, D) tokens "
             "and (D,) vectors."
         )
-    return _KIND_OF_RANK[len(shape)]
+    return KINDS_BY_RANK[len(shape)]
 
 
 def as_colour_scale(scale: ColourScale | float) -> ColourScale:
