@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-CHROMIUM_FLAGS = [
+HEADLESS_FLAGS = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -28,9 +28,10 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--remote-debugging-port=0",
-    "--window-size=1400,1000",
 ]
+"""How every browser test starts Debian's chromium here: headless, as root, with no network of its own."""
+
+CHROMIUM_FLAGS = [*HEADLESS_FLAGS, "--remote-debugging-port=0", "--window-size=1400,1000"]
 
 
 def find_chromium() -> str | None:
@@ -110,7 +111,9 @@ async def browser_page(chromium: str) -> AsyncIterator[Page]:
     """Start headless chromium with a fresh profile and yield its first tab; everything is cleaned up."""
     import aiohttp
 
-    with tempfile.TemporaryDirectory(prefix="actrec-chromium-") as profile:
+    # Chromium's helper processes can still write into the profile after the browser exits: a throwaway
+    # profile that is not removed whole must not fail the test.
+    with tempfile.TemporaryDirectory(prefix="actrec-chromium-", ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from report_browser import HEADLESS_FLAGS
 from viewer_fixtures import make_store
 
 from actrec.viewer import colors
@@ -67,14 +68,7 @@ def _scalar_events(run_dir: Path) -> None:
 def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
         CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *HEADLESS_FLAGS,
         f"--user-data-dir={profile}",
         "--window-size=1280,900",
         "--virtual-time-budget=20000",
