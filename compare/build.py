@@ -19,6 +19,7 @@ from actrec.compare.align import ALIGNMENTS, aligned_positions, fractional_epoch
 from actrec.dynamics import Dynamics, compute_dynamics
 from actrec.dynamics._run import run_batch_size, run_label, run_paths
 from actrec.dynamics.plots import log10_or_nan, panel_figure
+from actrec.errors import UserError
 from actrec.store import StoreReader
 from actrec.viewer import colors, writers
 from actrec.viewer._pipeline import (
@@ -43,7 +44,7 @@ RUN_COLORS = ((33, 102, 172), (230, 97, 1), (26, 133, 60), (118, 42, 131), (178,
 _X_LABELS = {"step": "training step", "epoch": "epoch", "samples": "training samples seen"}
 
 
-class CompareError(Exception):
+class CompareError(UserError):
     """Runs cannot be compared; the message is one sentence for the user."""
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from actrec.cli._guard import run_guarded
 from actrec.compare.align import ALIGNMENTS
 from actrec.compare.build import DEFAULT_MAX_FRAMES, CompareError, compare_runs
 from actrec.dynamics import DynamicsError
+from actrec.errors import run_guarded
 from actrec.viewer._pipeline import MAX_TILE_SIZE
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from actrec.cli._guard import run_guarded
 from actrec.dynamics.compute import (
     DEFAULT_THRESHOLD,
     DYNAMICS_FILENAME,
@@ -14,6 +13,7 @@ from actrec.dynamics.compute import (
     write_dynamics,
 )
 from actrec.dynamics.metrics import MIN_CKA_PROBES
+from actrec.errors import run_guarded
 from actrec.store import StoreReader
 
 

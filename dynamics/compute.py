@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from actrec.dynamics import metrics
+from actrec.errors import UserError
 from actrec.store import StoreReader
 
 ROWS_PER_READ = 64
@@ -27,7 +28,7 @@ SERIES = ("relative_change", "cka_to_final", "cka_to_first", "saturated_fraction
 """Per-step series of every layer, in the order they are drawn."""
 
 
-class DynamicsError(Exception):
+class DynamicsError(UserError):
     """Dynamics cannot be computed or read; the message is one sentence for the user."""
 
 

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from actrec.errors import UserError
+
 _ACTIVATIONS = (
     nn.Tanh,
     nn.ReLU,
@@ -37,7 +39,7 @@ _BLOCK_SUFFIXES = ("Block", "Bottleneck", "EncoderLayer", "DecoderLayer")
 _SELECTOR = re.compile(r"^(?P<name>[^\[\]]*)(?P<selector>(\[[^\[\]]+\])+)$")
 
 
-class ProbeError(Exception):
+class ProbeError(UserError):
     """A model, layer name or probe set cannot be used; the message is one sentence for the user."""
 
 

@@ -28,6 +28,7 @@ from actrec.dynamics import (
 )
 from actrec.dynamics._run import run_label, run_paths
 from actrec.dynamics.plots import layer_colors, log10_or_nan
+from actrec.errors import UserError
 from actrec.report.charts import Line, css_color, svg_chart
 from actrec.report.page import render_page
 from actrec.store import StoreReader
@@ -43,7 +44,7 @@ DEFAULT_MAX_FRAMES = 600
 _ROWS_PER_READ = 64
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """A report cannot be made; the message is one sentence for the user."""
 
 

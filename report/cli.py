@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from actrec.cli._guard import run_guarded
 from actrec.dynamics import DEFAULT_THRESHOLD, DynamicsError
+from actrec.errors import run_guarded
 from actrec.report.build import DEFAULT_MAX_FRAMES, ReportError, build_report
 
 

@@ -22,6 +22,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from actrec.errors import UserError
+
 __all__ = [
     "CHECKPOINT_DIRNAME",
     "CONFIG_FILENAME",
@@ -47,7 +49,7 @@ _RUN_MARKERS = (SUMMARY_FILENAME, CONFIG_FILENAME, STORE_FILENAME, HPARAMS_FILEN
 _STEP_IN_NAME = re.compile(r"step=(\d+)")
 
 
-class RunError(Exception):
+class RunError(UserError):
     """A run that cannot be found or read, in one sentence for the user."""
 
 

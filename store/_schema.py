@@ -42,6 +42,8 @@ may refuse it on older HDF5 versions.
 
 from __future__ import annotations
 
+from actrec.errors import UserError
+
 FORMAT_NAME = "actrec-activations"
 FORMAT_VERSION = 2
 
@@ -73,7 +75,7 @@ COMPRESSIONS: tuple[str, ...] = ("none", "lzf", "gzip")
 DTYPES: tuple[str, ...] = ("float16", "float32")
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """A store cannot be created, opened or read; the message is one sentence for the user."""
 
 

@@ -240,7 +240,7 @@ def test_one_guard_turns_sigterm_and_missing_objects_into_one_sentence(capsys) -
     import os
     import signal
 
-    from actrec.cli._guard import run_guarded
+    from actrec.errors import run_guarded
 
     def terminated() -> int:
         os.kill(os.getpid(), signal.SIGTERM)  # a real signal, as `kill` sends it
@@ -252,8 +252,8 @@ def test_one_guard_turns_sigterm_and_missing_objects_into_one_sentence(capsys) -
     def program_bug() -> int:
         raise KeyError("a bug, not the store")
 
-    assert run_guarded("actrec dynamics", terminated) == 130
-    assert capsys.readouterr().err == "actrec dynamics: interrupted; files not yet finished were discarded.\n"
+    assert run_guarded("actrec dynamics", terminated) == 143  # 128 + SIGTERM, as a shell reports it
+    assert capsys.readouterr().err == "actrec dynamics: terminated; files not yet finished were discarded.\n"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back afterwards
     assert run_guarded("actrec report", missing_object) == 1
     assert capsys.readouterr().err == (

@@ -92,9 +92,9 @@ def test_killed_render_leaves_no_workers_behind(slow_store: Path, tmp_path: Path
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=30)
     assert _wait_gone(workers) == [], f"workers {workers} outlived their parent killed by {sig.name}"
-    if sig == signal.SIGTERM:  # handled like Ctrl-C: one sentence, exit 130, nothing half-written left
-        assert process.returncode == 130
-        assert stderr.strip().splitlines()[-1] == ("actrec render: interrupted; files not yet finished were discarded.")
+    if sig == signal.SIGTERM:  # handled like Ctrl-C: one sentence, exit 143, nothing half-written left
+        assert process.returncode == 143
+        assert stderr.strip().splitlines()[-1] == ("actrec render: terminated; files not yet finished were discarded.")
         assert list(out.glob(".*")) == []
     else:  # whatever a SIGKILL left is removed by the next render into the same folder
         assert process.returncode == -signal.SIGKILL

@@ -33,6 +33,7 @@ from typing_extensions import override
 
 from actrec.callbacks import ActivationRecorder
 from actrec.configs import config_names, config_path
+from actrec.errors import UserError
 from actrec.runs import (
     CHECKPOINT_DIRNAME,
     CONFIG_FILENAME,
@@ -70,7 +71,7 @@ _EXIT_INTERRUPTED = 130
 _SUMMARY_MAX_DEPTH = 2
 
 
-class _UsageError(Exception):
+class _UsageError(UserError):
     """A mistake on the command line that deserves one sentence rather than a traceback."""
 
 

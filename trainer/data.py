@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import MNIST, FashionMNIST
 from typing_extensions import override
 
+from actrec.errors import UserError
+
 __all__ = [
     "DATASET_NAMES",
     "DEBIAN_FASHION_MNIST_DIR",
@@ -46,7 +48,7 @@ _FULL_VAL_PER_CLASS = 100
 _DIGIT_CLASSES = [str(digit) for digit in range(10)]
 
 
-class DatasetUnavailableError(Exception):
+class DatasetUnavailableError(UserError):
     """A dataset is neither on disk nor downloadable; the message is one sentence saying how to get it."""
 
 

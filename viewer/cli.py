@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from actrec.cli._guard import run_guarded
+from actrec.errors import run_guarded
 from actrec.runs import Run, resolve_run
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import TILE_SIZE
