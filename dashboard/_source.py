@@ -36,19 +36,32 @@ class DashboardError(UserError):
     """A request the dashboard refuses (unknown run or layer, a row out of range), in one sentence."""
 
 
-def find_runs(logdir: str | os.PathLike) -> dict[str, Path]:
+def find_runs(logdir: str | os.PathLike, group: str | None = None) -> dict[str, Path]:
     """Every folder under ``logdir`` holding an activation store, by TensorBoard's name for it.
 
-    TensorBoard names a run by its folder relative to the logdir (``"."`` for the logdir itself), and an
-    actrec run folder holds both the event files and the store, so the names agree with TensorBoard's.
+    TensorBoard names a run by its folder relative to the logdir (``"."`` for the logdir itself), or,
+    for a ``--logdir_spec`` entry ``group:path``, by ``group`` joined with that relative folder
+    (``"version_0/."``). An actrec run folder holds both the event files and the store, so the names
+    agree with TensorBoard's own.
     """
     root = Path(logdir)
     found: dict[str, Path] = {}
     for folder, subfolders, files in os.walk(root, followlinks=False):
         subfolders[:] = sorted(name for name in subfolders if name not in _SKIP_DIRS and not name.startswith("."))
         if STORE_FILENAME in files:
-            relative = Path(folder).relative_to(root).as_posix()
-            found[relative or "."] = Path(folder) / STORE_FILENAME
+            relative = Path(folder).relative_to(root).as_posix() or "."
+            found[os.path.join(group, relative) if group else relative] = Path(folder) / STORE_FILENAME
+    return found
+
+
+def runs_of_spec(logdir_spec: str) -> dict[str, Path]:
+    """The runs of TensorBoard's ``--logdir_spec`` (``group:path,...`` or plain paths), named as it names them."""
+    found: dict[str, Path] = {}
+    for entry in filter(None, logdir_spec.split(",")):
+        group, path = None, entry
+        if ":" in entry and not entry.startswith("/") and "://" not in entry:
+            group, path = entry.split(":", 1)
+        found.update(find_runs(os.path.expanduser(path), group))
     return found
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from tensorboard.plugins import base_plugin
 from werkzeug import Request, Response
 
-from actrec.dashboard._source import DashboardError, FrameCache, RunSource, find_runs
+from actrec.dashboard._source import DashboardError, FrameCache, RunSource, find_runs, runs_of_spec
 from actrec.errors import UserError
 
 PLUGIN_NAME = "actrec"
@@ -36,6 +36,8 @@ class ActrecPlugin(base_plugin.TBPlugin):
 
     def __init__(self, context: base_plugin.TBContext) -> None:
         self._logdir = Path(context.logdir) if context.logdir else None
+        flags = context.flags
+        self._logdir_spec = "" if self._logdir is not None or flags is None else getattr(flags, "logdir_spec", "") or ""
         self._sources: dict[str, RunSource] = {}
         self._lock = threading.Lock()
         self._frames = FrameCache()
@@ -64,7 +66,9 @@ class ActrecPlugin(base_plugin.TBPlugin):
     # -- helpers ---------------------------------------------------------------------------------
 
     def _runs(self) -> dict[str, Path]:
-        return find_runs(self._logdir) if self._logdir is not None and self._logdir.is_dir() else {}
+        if self._logdir is not None:
+            return find_runs(self._logdir) if self._logdir.is_dir() else {}
+        return runs_of_spec(self._logdir_spec)
 
     def _source(self, request: Request) -> RunSource:
         name = request.args.get("run", "")
@@ -74,7 +78,8 @@ class ActrecPlugin(base_plugin.TBPlugin):
                 return source
             path = self._runs().get(name)
             if path is None:
-                raise DashboardError(f"there is no actrec run named {name!r} under {self._logdir}.")
+                where = self._logdir or self._logdir_spec
+                raise DashboardError(f"there is no actrec run named {name!r} under {where}.")
             source = self._sources[name] = RunSource(name, path)
             return source
 
