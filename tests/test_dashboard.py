@@ -289,3 +289,49 @@ def test_tab_moves_every_layer_on_one_slider(logdir: Path, tmp_path: Path) -> No
 
     with tensorboard("--logdir", str(logdir)) as base:
         asyncio.run(drive(base))
+
+
+def _mnist_like_store(folder: Path, steps: int = 3, probes: int = 10) -> Path:
+    """A store shaped like the quickstart's first layer: 10 probes, (2, 28, 28) tanh maps."""
+    from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreWriter
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = rng.random((probes, 1, 28, 28), dtype=np.float32)
+    writer = StoreWriter.create(
+        folder / "activations.h5",
+        run_id="mnist-like",
+        config={},
+        probes=ProbeSet(images, np.arange(probes), np.arange(probes), [str(i) for i in range(probes)]),
+        layers=[LayerSpec("net.conv1", (2, 28, 28), "Conv2d", "tanh")],
+        num_classes=probes,
+        background=False,
+    )
+    with writer:
+        for step in range(steps):
+            writer.append(
+                StepRecord(
+                    global_step=step,
+                    epoch=0,
+                    batch_loss=1.0,
+                    batch_acc=0.5,
+                    logits=np.eye(probes, dtype=np.float32),
+                    activations={"net.conv1": np.tanh(rng.normal(size=(probes, 2, 28, 28))).astype(np.float32)},
+                )
+            )
+    return folder / "activations.h5"
+
+
+def test_export_draws_maps_at_least_at_their_own_resolution(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from actrec.viewer import export_tensorboard
+
+    _mnist_like_store(tmp_path / "run")
+    result = export_tensorboard(tmp_path / "run", progress=False)
+    events = EventAccumulator(str(result.export_dir), size_guidance={"images": 0})
+    events.Reload()
+    frames = events.Images("activations/net.conv1")
+    assert len(frames) == 3
+    # Ten probes side by side, each 28 x 28 map in at least 28 x 28 pixels (plus gutters and margins).
+    assert all(frame.width >= 10 * 28 + 80 for frame in frames)
