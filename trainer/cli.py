@@ -25,14 +25,15 @@ import h5py
 import pytorch_lightning as pl
 import torch
 from jsonargparse import Namespace
-from pytorch_lightning.callbacks import ModelSummary
+from pytorch_lightning.callbacks import ModelSummary, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-from actrec.callbacks import ActivationRecorder
+from actrec.callbacks import ActivationRecorder, CompactModelSummary, LogLineProgress
 from actrec.configs import config_names, config_path
+from actrec.console import DEFAULT_EVERY_S
 from actrec.errors import UserError
 from actrec.runs import (
     CHECKPOINT_DIRNAME,
@@ -48,6 +49,7 @@ from actrec.store import StoreError, StoreReader
 from actrec.trainer.data import DatasetUnavailableError, ImageDataModule
 from actrec.trainer.help import short_help
 from actrec.trainer.module import ImageClassifier
+from actrec.trainer.notices import quiet_lightning_notices
 
 __all__ = ["CALLBACK_GROUPS", "QUICKSTART_DEFAULTS", "TrainCLI", "train_main"]
 
@@ -132,6 +134,18 @@ class TrainCLI(LightningCLI):
             default=True,
             help="Record activations with the settings of the `recorder` section (false: train without recording).",
         )
+        parser.add_argument(
+            "--full_summary",
+            type=bool,
+            default=False,
+            help="Print Lightning's full model table (modes, FLOPs, input sizes) instead of the compact one.",
+        )
+        parser.add_argument(
+            "--progress_every",
+            type=float,
+            default=DEFAULT_EVERY_S,
+            help="Seconds between plain progress lines when output is not a terminal (a log file, a pipe).",
+        )
         for key, callback_class in CALLBACK_GROUPS.items():
             parser.add_lightning_class_args(callback_class, key)
         parser.set_defaults(QUICKSTART_DEFAULTS)
@@ -162,10 +176,22 @@ class TrainCLI(LightningCLI):
             )
         if trainer_config.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(Path(self.config_init.runs_dir) / self.config_init.experiment)
-        if trainer_config.get("enable_model_summary") is not False:
-            callbacks = trainer_config.get("callbacks") or []
-            if not any(isinstance(callback, ModelSummary) for callback in callbacks):
-                kwargs["callbacks"] = [*callbacks, ModelSummary(max_depth=_SUMMARY_MAX_DEPTH)]
+        callbacks = [_StartLine(self), *(trainer_config.get("callbacks") or [])]
+        if trainer_config.get("enable_model_summary") is not False and not any(
+            isinstance(callback, ModelSummary) for callback in callbacks
+        ):
+            summary_class = ModelSummary if self.config_init.get("full_summary") else CompactModelSummary
+            callbacks.append(summary_class(max_depth=_SUMMARY_MAX_DEPTH))
+        every_s = self.config_init.get("progress_every", DEFAULT_EVERY_S)
+        if every_s is None or every_s <= 0:
+            raise _UsageError(f"--progress_every must be a positive number of seconds, got {every_s}.")
+        if (
+            not _stdout_is_terminal()
+            and trainer_config.get("enable_progress_bar") is not False
+            and not any(isinstance(callback, ProgressBar) for callback in callbacks)
+        ):
+            callbacks.append(LogLineProgress(every_s=every_s))  # a log file gets lines, not redraws
+        kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
     @override
@@ -212,6 +238,28 @@ class TrainCLI(LightningCLI):
             raise
         self._finish("interrupted" if self.trainer.interrupted else "finished", started)
         return test_metrics
+
+    def start_line(self) -> str:
+        """``actrec train: runs/quickstart/version_0 · six_conv_tanh on mnist-sample, seed 0 · 1,890 steps ...``."""
+        config = self.config
+        where = str(self.run_folder) if self.run_folder is not None else "no run folder (no logger)"
+        parts = [
+            f"actrec train: {where}",
+            f"{config.model.model} on {config.data.dataset}, seed {config.seed_everything}",
+        ]
+        schedule = f"{self.trainer.estimated_stepping_batches:,} steps" if _finite(self.trainer) else "steps unknown"
+        if self.trainer.max_epochs and self.trainer.max_epochs > 0 and not (self.trainer.max_steps or 0) > 0:
+            schedule += f" ({self.trainer.max_epochs} epochs of {self.trainer.num_training_batches:,} batches)"
+        if self._resumed_step:
+            schedule += f", resumed at step {self._resumed_step:,}"
+        parts.append(schedule)
+        recorder = self._recorder()
+        if recorder is None:
+            parts.append("not recording")
+        else:
+            every = "every step" if recorder.every_n_steps == 1 else f"every {recorder.every_n_steps} steps"
+            parts.append(f"recording {every} to {recorder.store_path}")
+        return " · ".join(parts)
 
     def _run_folder(self) -> Path | None:
         """The logger's version folder, where the run's files go; ``None`` without a logger or off rank 0."""
@@ -261,6 +309,33 @@ class TrainCLI(LightningCLI):
             last_checkpoint=str(last_checkpoint.resolve()) if last_checkpoint is not None else None,
         )
         write_summary(self.run_folder, summary)
+
+
+class _StartLine(pl.Callback):
+    """Prints the run's one start line as fit starts (before the model table): where, what, for how long."""
+
+    def __init__(self, cli: TrainCLI) -> None:
+        self._cli = cli
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            print(self._cli.start_line(), flush=True)
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _finite(trainer: pl.Trainer) -> bool:
+    try:
+        total = trainer.estimated_stepping_batches
+    except Exception:  # an iterable dataset without a length
+        return False
+    return total not in (None, float("inf"))
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -371,6 +446,7 @@ def train_main(argv: list[str]) -> int:
             # pytorch_lightning 2.6 still builds the pytree LeafSpec that torch 2.14 deprecates; nothing a user can
             # act on, so it is kept out of every run's output.
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
+            quiet_lightning_notices()
             cli = TrainCLI(args=argv)
             test_metrics = cli.fit_and_test()
     except (SystemExit, KeyboardInterrupt) as exit_request:  # --help, --print_config, usage errors, Ctrl-C
