@@ -461,14 +461,16 @@ class ActivationRecorder(Callback):
         self._record(trainer, loss, acc)
 
     @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Keep the epoch's validation loss and accuracy beside the activations."""
+        # Here, after Lightning has computed (and, under sync_dist, all-reduced) the epoch's metrics on every
+        # rank, reading them is a lookup. In on_validation_epoch_end the same read would compute them on rank 0
+        # alone: an all_reduce that the other ranks never join, or one that meets the module's own collective.
         if trainer.sanity_checking or not trainer.is_global_zero or self._stopped:
             return
         self._validated = True
-        metrics = trainer.callback_metrics
         for series, names in (("val/loss", self.val_loss_names), ("val/acc", self.val_acc_names)):
-            value = next((metrics[name] for name in names if name in metrics), None)
+            value = logged_tensor(trainer, names, on_step=False)
             if value is not None:
                 self._val_written[series] = True
                 self._write_scalar(series, trainer.global_step, value)
@@ -644,11 +646,34 @@ def _find_metric(outputs: Any, trainer: pl.Trainer, names: Sequence[str]) -> Any
         for name in names:
             if name in outputs:
                 return outputs[name]
-    metrics = trainer.callback_metrics
-    for name in names:
-        if name in metrics:
-            return metrics[name]
-    return None
+    return logged_tensor(trainer, names, on_step=True)
+
+
+def logged_tensor(trainer: pl.Trainer, names: Sequence[str], on_step: bool) -> torch.Tensor | None:
+    """The first of ``names`` that the LightningModule logged, as the tensor Lightning already holds.
+
+    ``trainer.callback_metrics`` is not read: it converts progress-bar metrics with ``.item()`` (a host sync
+    per call) and computes epoch metrics that are not computed yet (under ``sync_dist`` an all_reduce, which
+    on rank 0 alone hangs the run). Lightning's own cache is read instead: a step value (``on_step``) as
+    ``self.log`` stored it, an epoch value only once Lightning has computed it on every rank. Lightning keeps
+    both on private attributes of its result collection; when they are missing this finds nothing, and the
+    recorder warns at the end of training that the column is empty.
+    """
+    results = getattr(trainer, "_results", None)
+    if results is None or not hasattr(results, "valid_items"):
+        return None
+    found: dict[str, torch.Tensor] = {}
+    for _, metric in results.valid_items():
+        meta = getattr(metric, "meta", None)
+        if meta is None:
+            continue
+        if on_step:
+            value = getattr(metric, "_forward_cache", None) if meta.on_step else None
+        else:
+            value = getattr(metric, "_computed", None) if meta.on_epoch else None
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            found.setdefault(meta.name, value.detach())
+    return next((found[name] for name in names if name in found), None)
 
 
 def _resolve_checkpoint_path(stored: str, fallback: Path | None) -> Path:

@@ -1,0 +1,103 @@
+"""The recorder's GPU path, checked on a CPU: collectives under DDP, sharded strategies, host syncs,
+precision, stale graphs, capture failures and the host ring."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from recorder_fixtures import TinyData, TinyNet, quiet_trainer  # noqa: F401
+
+from actrec.store import StoreReader
+
+TESTS = Path(__file__).parent
+
+_NODE = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    import pytorch_lightning as pl
+    import torch
+    from recorder_fixtures import TinyData, TinyNet, quiet_trainer
+    from actrec.callbacks import ActivationRecorder
+
+    class GathersAtEpochEnd(TinyNet):
+        '''Its own on_validation_epoch_end all_gathers: a collective the recorder must never cut across.'''
+
+        gathered = []
+
+        def on_validation_epoch_end(self):
+            ranks = self.all_gather(torch.tensor([float(self.global_rank)]))
+            assert ranks.flatten().tolist() == [0.0, 1.0], ranks
+            self.gathered.append(self.trainer.sanity_checking)
+
+    pl.seed_everything(0)
+    trainer = quiet_trainer(
+        {root!r}, callbacks=[ActivationRecorder()], max_epochs=2, strategy="ddp", devices=1, num_nodes=2,
+        deterministic=False, num_sanity_val_steps=1,
+    )
+    module = GathersAtEpochEnd()
+    trainer.fit(module, TinyData())
+    print("global rank", trainer.global_rank, "local rank", trainer.local_rank, "steps", trainer.global_step,
+          "gathered", module.gathered)
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_node_ddp_with_a_module_that_all_gathers_at_validation_epoch_end(tmp_path: Path) -> None:
+    """Two processes as two nodes of one device each (gloo): the module all_gathers in its own
+    on_validation_epoch_end, sanity check included; only global rank 0 (node 0) writes a store, and the
+    validation series holds each epoch's synced metrics."""
+    port = _free_port()
+    processes = []
+    for node in (0, 1):
+        root = tmp_path / f"node{node}"
+        root.mkdir()
+        script = root / "train.py"
+        script.write_text(_NODE.format(tests=str(TESTS), root=str(root)))
+        env = {
+            **os.environ,
+            "PL_DISABLE_FORK": "1",
+            "OMP_NUM_THREADS": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "NODE_RANK": str(node),
+        }
+        env.pop("LOCAL_RANK", None)
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
+        )
+    outputs = []
+    try:
+        for process in processes:
+            # A collective met on one rank only hangs: the timeout is the failure.
+            outputs.append(process.communicate(timeout=240))
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr[-3000:]
+    # 48 images over 2 ranks, batch 8: 3 steps an epoch; the sanity check gathered too, then each epoch.
+    assert "global rank 0 local rank 0 steps 6 gathered [True, False, False]" in outputs[0][0]
+    assert "global rank 1 local rank 0 steps 6 gathered [True, False, False]" in outputs[1][0]
+    assert list((tmp_path / "node1").rglob("*.h5")) == []  # local rank 0 of node 1 is not global rank 0
+    (store_path,) = (tmp_path / "node0").rglob("*.h5")
+    with StoreReader(store_path) as store:
+        assert store.global_steps().tolist() == list(range(7))
+        steps, losses = store.scalars("val/loss")
+        assert steps.tolist() == [3, 6]  # one value per epoch, none from the sanity check
+        assert np.all(np.isfinite(losses))
+        assert store.scalars("val/acc")[0].tolist() == [3, 6]
