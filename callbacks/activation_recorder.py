@@ -270,6 +270,9 @@ class ActivationRecorder(Callback):
         """Resolve layers, probe images and the store path; fail here, before any training."""
         if stage != "fit":
             return
+        refusal = sharded_strategy_refusal(trainer.strategy)
+        if refusal is not None:
+            raise MisconfigurationException(refusal)
         try:
             self._layer_names = resolve_layers(pl_module, self.layers)
             self._probes = self._select_probes(trainer, pl_module)
@@ -674,6 +677,27 @@ def logged_tensor(trainer: pl.Trainer, names: Sequence[str], on_step: bool) -> t
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             found.setdefault(meta.name, value.detach())
     return next((found[name] for name in names if name in found), None)
+
+
+_SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
+
+
+def sharded_strategy_refusal(strategy: Any) -> str | None:
+    """The one sentence refusing a strategy that shards the model across ranks, or ``None`` for any other.
+
+    The probe pass runs the module on global rank 0 alone; a sharded module all-gathers its parameters in
+    forward, so rank 0 would wait forever for ranks that never join. Classes are matched by name along the
+    class hierarchy, so ``lightning.pytorch``'s, ``pytorch_lightning``'s and subclasses are all refused.
+    """
+    names = [cls.__name__ for cls in type(strategy).__mro__]
+    sharded = next((name for name in _SHARDED_STRATEGIES if name in names), None)
+    if sharded is None:
+        return None
+    return (
+        f"ActivationRecorder: {sharded} shards the model across ranks and the recorder's probe pass runs on "
+        "rank 0 alone, where the sharded layers' all-gathers would wait forever; record with strategy='ddp' "
+        "or on one device."
+    )
 
 
 def _resolve_checkpoint_path(stored: str, fallback: Path | None) -> Path:

@@ -3,6 +3,7 @@ precision, stale graphs, capture failures and the host ring."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import subprocess
@@ -11,8 +12,12 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-from recorder_fixtures import TinyData, TinyNet, quiet_trainer  # noqa: F401
+import pytest
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from recorder_fixtures import TinyData, TinyNet, quiet_trainer
 
+from actrec.callbacks import ActivationRecorder
+from actrec.callbacks.activation_recorder import sharded_strategy_refusal
 from actrec.store import StoreReader
 
 TESTS = Path(__file__).parent
@@ -101,3 +106,30 @@ def test_two_node_ddp_with_a_module_that_all_gathers_at_validation_epoch_end(tmp
         assert steps.tolist() == [3, 6]  # one value per epoch, none from the sanity check
         assert np.all(np.isfinite(losses))
         assert store.scalars("val/acc")[0].tolist() == [3, 6]
+
+
+@pytest.mark.parametrize("package", ["pytorch_lightning", "lightning.pytorch"])
+def test_sharded_strategies_are_refused_in_one_sentence(package: str) -> None:
+    strategies = importlib.import_module(f"{package}.strategies")
+    fsdp = strategies.FSDPStrategy()
+    model_parallel = strategies.ModelParallelStrategy()
+    # DeepSpeedStrategy's __init__ only checks that deepspeed is installed; the class itself is what counts.
+    deepspeed = object.__new__(strategies.DeepSpeedStrategy)
+    for strategy, name in ((fsdp, "FSDPStrategy"), (model_parallel, "ModelParallelStrategy"), (deepspeed, "DeepSpeed")):
+        refusal = sharded_strategy_refusal(strategy)
+        assert refusal is not None
+        assert refusal.startswith(f"ActivationRecorder: {name}")
+        assert refusal.count(". ") == 0
+        assert refusal.endswith("on one device.")
+    for strategy in (strategies.DDPStrategy(), strategies.SingleDeviceStrategy("cpu")):
+        assert sharded_strategy_refusal(strategy) is None
+
+
+def test_model_parallel_fit_on_cpu_is_refused_at_setup_before_anything_is_written(tmp_path: Path) -> None:
+    # FSDPStrategy needs a GPU to build a Trainer at all; ModelParallelStrategy builds one on a CPU.
+    from pytorch_lightning.strategies import ModelParallelStrategy
+
+    trainer = quiet_trainer(tmp_path, callbacks=[ActivationRecorder()], strategy=ModelParallelStrategy())
+    with pytest.raises(MisconfigurationException, match=r"^ActivationRecorder: ModelParallelStrategy shards the"):
+        trainer.fit(TinyNet(), TinyData())
+    assert list(tmp_path.rglob("*.h5")) == []
