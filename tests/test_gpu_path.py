@@ -9,10 +9,12 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from recorder_fixtures import TinyData, TinyNet, quiet_trainer
 
@@ -133,3 +135,60 @@ def test_model_parallel_fit_on_cpu_is_refused_at_setup_before_anything_is_writte
     with pytest.raises(MisconfigurationException, match=r"^ActivationRecorder: ModelParallelStrategy shards the"):
         trainer.fit(TinyNet(), TinyData())
     assert list(tmp_path.rglob("*.h5")) == []
+
+
+class LogsProgressBarMetrics(TinyNet):
+    """Returns the bare loss and logs accuracy to the progress bar: the recorder must find the accuracy
+    among the logged tensors, where Lightning's callback_metrics would ``.item()`` every progress-bar value."""
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        images, labels = batch
+        logits = self(images)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", (logits.argmax(-1) == labels).float().mean(), prog_bar=True)
+        self.accuracies.append(float((logits.argmax(-1) == labels).float().mean()))
+        return loss
+
+    def on_fit_start(self) -> None:
+        self.accuracies: list[float] = []
+
+
+def test_recorder_hooks_make_no_host_sync_during_a_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder = ActivationRecorder(path=str(tmp_path / "activations.h5"))
+    inside = {"hook": None}
+    syncs: list[str] = []
+    main = threading.main_thread()
+    for hook in ("on_train_batch_end", "on_validation_end", "on_train_start", "on_train_end"):
+        original = getattr(recorder, hook)
+
+        def wrapped(*args, _original=original, _hook=hook, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            inside["hook"] = _hook
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                inside["hook"] = None
+
+        monkeypatch.setattr(recorder, hook, wrapped)
+
+    def counting(name: str):  # noqa: ANN202
+        original = getattr(torch.Tensor, name)
+
+        def count(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            if inside["hook"] is not None and threading.current_thread() is main:
+                syncs.append(f"{name} in {inside['hook']}")
+            return original(self, *args, **kwargs)
+
+        return count
+
+    for name in ("item", "tolist", "__float__", "__bool__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    module = LogsProgressBarMetrics()
+    quiet_trainer(tmp_path, callbacks=[recorder], max_epochs=1).fit(module, TinyData())
+    monkeypatch.undo()
+    assert syncs == []
+    with StoreReader(tmp_path / "activations.h5") as store:
+        steps = store.steps()
+        # Read from the logged tensors, not converted: step k's row holds the accuracy of batch k-1.
+        np.testing.assert_allclose(steps["batch_acc"][1:], module.accuracies, rtol=1e-6)
+        assert np.all(np.isfinite(steps["batch_loss"][1:]))
