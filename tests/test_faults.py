@@ -794,3 +794,27 @@ def test_a_summary_with_an_impossible_pid_shows_as_crashed(
     assert main(["runs", str(tmp_path / "runs"), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["status"] == "crashed"
+
+
+def test_a_tensorboard_export_folder_that_is_a_link_is_refused_and_its_target_untouched(
+    tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(pristine, elsewhere / "activations.h5")
+    assert main(["tensorboard", str(elsewhere), "--print"]) == 0  # a real export, the link's target below
+    assert any(path.name.startswith("events.out.tfevents.") for path in (elsewhere / "activations").rglob("*"))
+    capsys.readouterr()
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(pristine, run / "activations.h5")
+    (run / "activations").symlink_to(elsewhere / "activations")
+    before, listing = _fingerprint(elsewhere), sorted(path.name for path in run.iterdir())
+    assert main(["tensorboard", str(run), "--print"]) == 1
+    assert capsys.readouterr().err == (
+        f"actrec tensorboard: {run / 'activations'} is a symbolic link and was not written by actrec tensorboard; "
+        "move it away to export here.\n"
+    )
+    assert _fingerprint(elsewhere) == before
+    assert sorted(path.name for path in run.iterdir()) == listing
+    assert (run / "activations").is_symlink()
