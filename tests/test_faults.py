@@ -818,3 +818,41 @@ def test_a_tensorboard_export_folder_that_is_a_link_is_refused_and_its_target_un
     assert _fingerprint(elsewhere) == before
     assert sorted(path.name for path in run.iterdir()) == listing
     assert (run / "activations").is_symlink()
+
+
+# -- attributes validated where every command opens a store -----------------------------------------
+
+_COMMANDS = {
+    "render": lambda store, out: ["render", str(store), "--out", str(out), "--quiet"],
+    "report": lambda store, out: ["report", str(store), "--out", str(out / "report.html")],
+    "dynamics": lambda store, out: ["dynamics", str(store), "--quiet", "--no-png", "--no-tensorboard"],
+    "tensorboard": lambda store, out: ["tensorboard", str(store), "--print"],
+    "compare": lambda store, out: ["compare", str(store), str(store), "--layer", "net.conv1", "--out", str(out)],
+}
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "reason"),
+    [
+        ("scale_kind", "sideways", "'sideways' is not one of tanh, sigmoid, nonnegative, symmetric"),
+        ("sample_shape", np.array([4, 8, 9]), "[4, 8, 9] does not match its activations, (4, 8, 8) a probe"),
+        ("sample_shape", np.array([4, 64]), "[4, 64] does not match its activations, (4, 8, 8) a probe"),
+        ("sample_shape", np.array([0, 8, 8]), "[0, 8, 8] is not a list of positive whole numbers"),
+        ("sample_shape", "4,8,8", "'4,8,8' is not a list of positive whole numbers"),
+        ("kind", "vector", "'vector' does not fit its sample shape (4, 8, 8)"),
+        ("kind", "pictures", "'pictures' is not one of maps, tokens, vector"),
+        ("order", "first", "'first' is not a whole number"),
+        ("channels", np.array([0.5, 1.5]), "[0.5, 1.5] is not a list of whole numbers"),
+    ],
+)
+def test_a_bogus_layer_attribute_is_the_same_sentence_in_every_command(
+    tmp_path: Path, pristine: Path, attribute: str, value: object, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = _edited(pristine, tmp_path, lambda file: file["layers/net.conv1"].attrs.__setitem__(attribute, value))
+    before = _fingerprint(tmp_path)
+    sentence = f"{store} is damaged: layer net.conv1's {attribute} attribute {reason}."
+    for command, argv in _COMMANDS.items():
+        assert main(argv(store, tmp_path / "out")) == 1, command
+        assert capsys.readouterr().err == f"actrec {command}: {sentence}\n", command
+    assert _fingerprint(tmp_path) == before
+    assert not (tmp_path / "out").exists()
