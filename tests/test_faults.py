@@ -856,3 +856,40 @@ def test_a_bogus_layer_attribute_is_the_same_sentence_in_every_command(
         assert capsys.readouterr().err == f"actrec {command}: {sentence}\n", command
     assert _fingerprint(tmp_path) == before
     assert not (tmp_path / "out").exists()
+
+
+# -- derived files are checked before use -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "change"),
+    [
+        ("layer0/relative_change", lambda values: values[:-1]),  # one row short: IndexError in the report
+        ("layer1/cka_to_final", lambda values: np.concatenate([values, values])),
+        ("global_steps", lambda values: values[:3]),
+        ("layer0/relative_change", lambda values: np.full_like(values, 1e308)),  # OverflowError in the curves
+        ("layer1/cka_to_first", lambda values: np.full_like(values, -7.0)),
+        ("layer0/constant_channels", lambda values: values + 1000),
+    ],
+)
+def test_a_well_formed_dynamics_file_that_does_not_fit_the_run_is_recomputed_not_trusted(
+    tmp_path: Path, pristine: Path, key: str, change: Callable[[np.ndarray], np.ndarray]
+) -> None:
+    from actrec.report import build_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(pristine, run / "activations.h5")
+    assert main(["dynamics", str(run), "--quiet", "--no-png", "--no-tensorboard"]) == 0
+    expected = json.loads(
+        re.search(r'id="report-data">(.*?)</script>', build_report(run).path.read_text(encoding="utf-8"), re.S)[1]
+    )["dynamics"]
+    saved = run / "dynamics.npz"
+    with np.load(saved, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays[key] = change(arrays[key])
+    np.savez(saved, **arrays)
+    tampered = saved.read_bytes()
+    page = build_report(run).path.read_text(encoding="utf-8")
+    assert json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S)[1])["dynamics"] == expected
+    assert saved.read_bytes() == tampered  # recomputed for the page; the user's file is left as it was
