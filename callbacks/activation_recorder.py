@@ -28,6 +28,7 @@ from actrec.probe import (
 )
 from actrec.probe._engine import ProbeEngine
 from actrec.probe._ring import HostRing
+from actrec.runs import RunError, store_for_resume
 from actrec.store import (
     STORE_FILENAME,
     LayerSpec,
@@ -334,7 +335,14 @@ class ActivationRecorder(Callback):
         resume = self._resume_state
         if resume is not None and not self.overwrite:
             self._run_id = resume["run_id"]
-            self._store_path = _resolve_checkpoint_path(resume["store_path"], self._store_path)
+            stored = _resolve_checkpoint_path(resume["store_path"], self._store_path)
+            # A copied run's checkpoint still names the original's store: continue the copy's own (actrec.runs).
+            if trainer.ckpt_path is not None:
+                try:
+                    stored = store_for_resume(trainer.ckpt_path, stored, explicit=self.path)
+                except RunError as error:
+                    raise StoreError(str(error)) from None
+            self._store_path = stored
             if not self._store_path.exists():
                 raise StoreError(
                     f"the checkpoint's activation store {self._store_path} is missing; restore it, or set the "

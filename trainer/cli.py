@@ -14,6 +14,7 @@ step (a bad flag found at setup, an existing store, a missing dataset) leaves no
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -34,7 +35,7 @@ from typing_extensions import override
 from actrec.callbacks import ActivationRecorder, CompactModelSummary, LogLineProgress
 from actrec.configs import config_names, config_path
 from actrec.console import DEFAULT_EVERY_S
-from actrec.errors import UserError
+from actrec.errors import UserError, terminal_safe
 from actrec.runs import (
     CHECKPOINT_DIRNAME,
     CONFIG_FILENAME,
@@ -381,12 +382,24 @@ def _remove_refused_run(created: list[Path]) -> None:
 
 
 def _check_runs_dir(runs_dir: Path, experiment: str) -> None:
-    """Refuse a ``--runs_dir`` (or experiment folder) that is, or lies under, something other than a folder."""
+    """Refuse a ``--runs_dir`` (or experiment folder) that is, or lies under, something other than a writable
+    folder, and an ``--experiment`` that leads outside ``--runs_dir`` (``../x``, ``/x``, ``.``)."""
+    root = runs_dir.absolute().resolve()
+    if not (runs_dir / experiment).absolute().resolve().is_relative_to(root) or (
+        (runs_dir / experiment).absolute().resolve() == root
+    ):
+        raise _UsageError(
+            f"--experiment {experiment} leads outside --runs_dir {runs_dir}; pass a folder name inside it."
+        )
     for folder in (runs_dir / experiment, runs_dir):
         existing = next((path for path in (folder, *folder.parents) if path.exists()), None)
         if existing is not None and not existing.is_dir():
             where = "" if existing == runs_dir else f" ({existing} is a file)"
             raise _UsageError(f"--runs_dir {runs_dir} is not a folder{where}; pass a folder for the runs.")
+    folder = runs_dir / experiment
+    existing = next((path for path in (folder, *folder.absolute().parents) if path.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise _UsageError(f"--runs_dir {runs_dir} cannot be written ({existing} is read-only); pass a writable folder.")
 
 
 def _check_checkpoint(path: Path) -> int:
@@ -457,7 +470,7 @@ def train_main(argv: list[str]) -> int:
         code = exit_request.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except _USER_ERRORS as error:
-        print(f"actrec train: {error}", file=sys.stderr)
+        print(f"actrec train: {terminal_safe(str(error))}", file=sys.stderr)
         return 1
     if cli.run_folder is not None:
         print(_next_steps(cli.run_folder, test_metrics, interrupted=cli.trainer.interrupted))
