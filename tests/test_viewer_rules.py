@@ -6,15 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from viewer_fixtures import make_store, record
+from PIL import Image
+from viewer_fixtures import CLASS_NAMES, NUM_PROBES, make_store, probe_set, record
 
 from actrec.compare.cli import compare_main
 from actrec.report import charts
 from actrec.report.cli import report_main
-from actrec.store import StepRecord
-from actrec.viewer import curves
+from actrec.store import LayerSpec, StepRecord, StoreWriter
+from actrec.viewer import FrameLayout, colour_scale, curves, frame_title
 from actrec.viewer.cli import render_main
 from actrec.viewer.curves import smooth
+
+RED_END = (178, 24, 43)  # literal: the documented colour of -limit
 
 NUM_STEPS = 40
 
@@ -104,3 +107,54 @@ def test_render_compare_and_report_start_the_smoothed_loss_at_the_first_batch_lo
     # The whole smoothed loss agrees, not only its first point; the old centred window started at ~1.6.
     np.testing.assert_allclose(compared[0].values, rendered[0].values)
     np.testing.assert_allclose(reported[0].values, rendered[0].values)
+
+
+def _gate_store(folder: Path) -> Path:
+    """A layer the recorder declared ``sigmoid`` whose values are not: channel 0 at -0.165, channel 1 at +0.15."""
+    folder.mkdir(parents=True)
+    writer = StoreWriter.create(
+        folder / "activations.h5",
+        run_id="gate",
+        config={},
+        probes=probe_set(),
+        layers=[LayerSpec("blocks.0.0.se", (2, 4, 4), "SqueezeExcite", "sigmoid")],
+        num_classes=3,
+        background=False,
+    )
+    gate = np.zeros((NUM_PROBES, 2, 4, 4), np.float32)
+    gate[:, 0], gate[:, 1] = -0.165, 0.15
+    with writer:
+        for step in range(3):
+            base = record(step)
+            writer.append(StepRecord(step, 0, 1.0, 0.5, base.logits, {"blocks.0.0.se": gate}, wall_time=base.wall_time))
+    return folder
+
+
+def test_a_declared_sigmoid_layer_with_negative_values_renders_them_red_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _gate_store(tmp_path / "run")
+    assert render_main([str(run), "--tile-size", "32", "--quiet"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "blocks.0.0.se" in line]
+    assert notes == [
+        "note: blocks.0.0.se: declared sigmoid (0 to 1), but its values reach -0.165; "
+        "drawn on the symmetric rule, -0.165 red to +0.165 blue."
+    ]
+    layout = FrameLayout(
+        (2, 4, 4),
+        num_probes=NUM_PROBES,
+        scale=colour_scale("sigmoid", np.array([-0.165, 0.15])),
+        probe_images=probe_set().images,
+        labels=np.arange(NUM_PROBES),
+        class_names=CLASS_NAMES,
+        tile_size=32,
+        longest_title=frame_title("blocks.0.0.se", 2, 0),
+    )
+    with Image.open(run / "renders" / "blocks.0.0.se.gif") as gif:
+        rgb = np.asarray(gif.convert("RGB"))
+    for probe in range(NUM_PROBES):
+        left, top, right, bottom = layout.tile_box(0, probe)
+        assert {tuple(c) for c in rgb[top:bottom, left:right].reshape(-1, 3).tolist()} == {RED_END}
+        left, top, right, bottom = layout.tile_box(1, probe)
+        (blue,) = {tuple(c) for c in rgb[top:bottom, left:right].reshape(-1, 3).tolist()}
+        assert blue[2] > blue[0]  # +0.15 of 0.165: nearly full blue
