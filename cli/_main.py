@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"actrec {version('actrec')}")
         return 0
     if command == "train":
+        if "-h" in rest or "--help" in rest:  # before importing Lightning: help prints at once
+            from actrec.trainer.help import short_help
+
+            print(short_help())
+            return 0
         from actrec.trainer.cli import train_main
 
         return train_main(rest)
