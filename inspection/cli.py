@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from actrec.errors import terminal_safe
 from actrec.inspection import drawing
 from actrec.inspection.errors import InspectError
 from actrec.inspection.loading import LoadedModel, load_run_model, stored_weights, zoo_model
@@ -380,6 +381,6 @@ def inspect_main(argv: list[str]) -> int:
     try:
         handler(args)
     except (InspectError, ProbeError, RunError, StoreError) as error:
-        print(f"actrec inspect {args.command}: {error}", file=sys.stderr)
+        print(f"actrec inspect {args.command}: {terminal_safe(str(error))}", file=sys.stderr)
         return 1
     return 0

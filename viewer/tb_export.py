@@ -223,8 +223,10 @@ def export_tensorboard(
                 notify(note)
         log_dir = run_folder.path
         final = log_dir / EXPORT_DIRNAME
-        if final.exists() and not (final / _MARKER).is_file():
-            raise ViewerError(f"{final} exists and was not written by actrec tensorboard; move it away to export here.")
+        # A link is never replaced: renaming through it would move the files of the folder it points to.
+        if final.is_symlink() or (final.exists() and not (final / _MARKER).is_file()):
+            what = "is a symbolic link" if final.is_symlink() else "exists"
+            raise ViewerError(f"{final} {what} and was not written by actrec tensorboard; move it away to export here.")
         remove_leftovers(log_dir)  # what a killed export left behind
         # Staged event files carry names TensorBoard ignores until the export is complete and in place,
         # so neither a running export nor a killed one ever shows up as a run.
