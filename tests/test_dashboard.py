@@ -335,3 +335,63 @@ def test_export_draws_maps_at_least_at_their_own_resolution(tmp_path: Path) -> N
     assert len(frames) == 3
     # Ten probes side by side, each 28 x 28 map in at least 28 x 28 pixels (plus gutters and margins).
     assert all(frame.width >= 10 * 28 + 80 for frame in frames)
+
+
+LIVE_WRITER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests_dir!r})
+from actrec.store import StoreWriter
+import viewer_fixtures as fx
+
+path = Path(sys.argv[1])
+path.parent.mkdir(parents=True, exist_ok=True)
+writer = StoreWriter.create(path, run_id="live", config={{}}, probes=fx.probe_set(), layers=fx.LAYERS,
+                            num_classes=3, background=False)
+for step in range(int(sys.argv[2])):
+    writer.append(fx.record(step))
+    writer.flush()
+    print(step + 1, flush=True)  # rows on disk so far
+    time.sleep(float(sys.argv[3]))
+writer.close()
+"""
+"""A writer process, as a training's recorder writes: one flushed row at a time, printing the count."""
+
+
+@needs_chromium
+def test_tab_follows_a_run_while_it_is_written(tmp_path: Path) -> None:
+    from report_browser import browser_page
+
+    logdir = tmp_path / "logs"
+    store = logdir / "live" / "version_0" / "activations.h5"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", LIVE_WRITER.format(tests_dir=str(Path(__file__).parent)), str(store), "400", "0.25"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    async def drive(base: str) -> None:
+        async with browser_page(CHROMIUM) as page:
+            await _tab(page, base)
+            await _wait_for(page, f"{CANVASES}.length === 2 && {CANVASES}.every(c => c.dataset.row)")
+            await page.evaluate(f"(() => {{ ({FRAME}).defaultView.notReloaded = true; }})()")
+            first = int(await _wait_for(page, f"{CANVASES}[0].dataset.row"))
+            # No reload, no click: the tab polls, the slider grows, and following moves every layer on.
+            later = await _wait_for(
+                page,
+                f"{CANVASES}.every(c => Number(c.dataset.row) >= {first + 3}) && Number({CANVASES}[0].dataset.row)",
+                timeout=90,
+            )
+            assert later >= first + 3
+            assert await page.evaluate(f"(() => ({FRAME}).defaultView.notReloaded === true)()")
+            slider_max = await page.evaluate(f"(() => Number(({FRAME}).getElementById('slider').max))()")
+            assert slider_max >= later
+            assert page.errors == []
+
+    try:
+        assert writer.stdout.readline().strip() == "1"  # the store exists and holds a row
+        with tensorboard("--logdir", str(logdir)) as base:
+            asyncio.run(drive(base))
+    finally:
+        writer.kill()
+        writer.wait()
