@@ -247,7 +247,7 @@ function className(label) {
 function zoomFor(layer, probes, available) {
   const { height, width } = layer.grid;
   const target = TILE_TARGETS[state.size];
-  let zoom = layer.kind === "maps" ? Math.floor(target / Math.max(height, width)) : Math.floor((2 * target) / width);
+  let zoom = layer.kind === "maps" ? Math.round(target / Math.max(height, width)) : Math.round((2 * target) / width);
   zoom = Math.max(1, Math.min(16, zoom));
   while (zoom > 1 && canvasSize(layer, probes, zoom).width > available) zoom -= 1;
   return zoom;
@@ -256,7 +256,7 @@ function zoomFor(layer, probes, available) {
 function layoutCards() {
   if (!state.info) return;
   const probes = state.info.probes.labels.length;
-  const available = Math.max(200, document.getElementById("layers").clientWidth - 120);
+  const available = Math.max(200, document.getElementById("layers").clientWidth - 140);
   for (const entry of state.cards) {
     const { layer } = entry;
     const { height, width } = layer.grid;
