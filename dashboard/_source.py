@@ -303,7 +303,11 @@ class RunSource:
 
 def _finite_list(values: np.ndarray) -> list[float | None]:
     """A JSON-safe list: NaN and infinities become ``None`` (a gap in the curve)."""
-    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
+    values = np.asarray(values, dtype=np.float64)
+    listed: list[float | None] = values.tolist()
+    for index in np.flatnonzero(~np.isfinite(values)).tolist():
+        listed[index] = None
+    return listed
 
 
 class FrameCache:
