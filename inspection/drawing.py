@@ -1,7 +1,7 @@
 """Pure drawing for the inspection pictures: tile grids with titles, labels and colour bars, as palette indices.
 
-Everything is drawn in the viewer's fixed palette (:mod:`actrec.viewer.colors`: red -scale, white 0, blue +scale;
-greys for images and text), on the viewer's colour scales (:mod:`actrec.viewer.scale`) and with its text
+Everything is drawn in the viewer's fixed palette (:mod:`actrec.recording.colors`: red -scale, white 0, blue +scale;
+greys for images and text), on the viewer's colour scales (:mod:`actrec.recording.scale`) and with its text
 (:mod:`actrec.viewer._text`), so an inspection picture reads like a render of the same run. Functions take arrays
 and return new ``(H, W)`` uint8 canvases of palette indices; :func:`actrec.viewer.write_png` writes them.
 """
@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from actrec.viewer import _text, colors
+from actrec.recording import colors
+from actrec.recording.scale import ColourScale
+from actrec.viewer import _text
 from actrec.viewer.frames import tile_shape, upscale_nearest
-from actrec.viewer.scale import ColourScale
 
 __all__ = ["colorbar", "grey_tiles", "label", "pad", "stack", "symmetric", "tile_grid", "titled", "value_tiles"]
 
@@ -73,7 +74,7 @@ def stack(canvases: Sequence[np.ndarray], *, vertical: bool = True, gap: int = 8
 
 
 def colorbar(scale: ColourScale, *, caption: str = "") -> np.ndarray:
-    """A labelled colour bar of ``scale`` (the viewer's :class:`~actrec.viewer.scale.ColourScale`).
+    """A labelled colour bar of ``scale`` (the viewer's :class:`~actrec.recording.scale.ColourScale`).
 
     Args:
         scale: diverging (``-limit`` red, 0 white, ``+limit`` blue) or one-sided (0 white to ``+limit`` blue).

@@ -5,7 +5,8 @@ writing is a thin layer on top (:mod:`.writers`); :func:`render_run` and :func:`
 are what ``actrec render`` and ``actrec tensorboard`` run. Never imports Lightning.
 """
 
-from actrec.viewer.colors import (
+from actrec.recording import layer_kind, predicted_classes
+from actrec.recording.colors import (
     NEGATIVE_RGB,
     PALETTE,
     POSITIVE_RGB,
@@ -15,6 +16,7 @@ from actrec.viewer.colors import (
     grey_indices,
     to_rgb,
 )
+from actrec.recording.scale import ColourScale, LiveScaleState, colour_scale, live_scale
 from actrec.viewer.curves import training_curves
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import (
@@ -22,12 +24,9 @@ from actrec.viewer.frames import (
     FrameLayout,
     activation_frame,
     frame_title,
-    layer_kind,
     live_frames,
-    predicted_classes,
 )
 from actrec.viewer.render import RenderResult, render_run
-from actrec.viewer.scale import ColourScale, LiveScaleState, colour_scale, live_scale
 from actrec.viewer.tb_export import ExportResult, export_tensorboard
 from actrec.viewer.writers import GifWriter, Mp4Writer, TensorBoardImageWriter, encode_png, write_png
 

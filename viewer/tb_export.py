@@ -21,21 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from actrec.runs import Run, resolve_run
-from actrec.store import StoreReader
+from actrec.recording import Recording, nearest_rows
+from actrec.runs import Run
 from actrec.viewer._events import EVENTS_PREFIX, STAGED_PREFIX, publish_staged
-from actrec.viewer._pipeline import (
-    TB_TAG,
-    LayerJob,
-    card_groups,
-    make_plan,
-    nearest_rows,
-    remove_leftovers,
-    run_jobs,
-    unique_stems,
-)
+from actrec.viewer._pipeline import TB_TAG, LayerJob, choose_jobs, run_jobs
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import CARD_CHANNELS, CARD_FRAME_WIDTH, CARD_TEXT_SCALE, TILE_SIZE
+from actrec.viewer.output import remove_leftovers, unique_stems
+from actrec.viewer.plan import card_groups, make_plan
 from actrec.viewer.render import default_sheet_steps
 
 EXPORT_DIRNAME = "activations"
@@ -150,16 +143,14 @@ def export_tensorboard(
         ViewerError: the store has no steps, a layer is unknown, the range holds no step, the run
             folder is not writable, or ``<run>/activations`` exists and is not an actrec export.
     """
-    run_folder = run if isinstance(run, Run) else resolve_run(run, need_store=True)
-    with StoreReader(run_folder.store_path) as store:
+    with Recording.open(run) as recording:
         plan = make_plan(
-            store,
+            recording,
             layers,
             start,
             stop,
             stride,
             tile_size,
-            jobs,
             channels,
             max_frame_width=CARD_FRAME_WIDTH,
             text_scale=CARD_TEXT_SCALE,
@@ -171,7 +162,7 @@ def export_tensorboard(
         for note in notes:
             if notify is not None:
                 notify(note)
-        log_dir = run_folder.path
+        log_dir = recording.run_dir
         final = log_dir / EXPORT_DIRNAME
         if final.exists() and not (final / _MARKER).is_file():
             raise ViewerError(f"{final} exists and was not written by actrec tensorboard; move it away to export here.")
@@ -188,7 +179,7 @@ def export_tensorboard(
             stems = unique_stems(plan.layers)
             job_list = [
                 LayerJob(
-                    store_path=store.path,
+                    store_path=recording.store_path,
                     layer=name,
                     num_rows=plan.num_rows,
                     rows=plan.rows,
@@ -201,12 +192,13 @@ def export_tensorboard(
                 )
                 for name in plan.layers
             ]
-            for _, job_notes in run_jobs(job_list, plan.jobs, progress, "exporting", store):
+            workers = choose_jobs(jobs, len(plan.layers), len(plan.rows))
+            for _, job_notes in run_jobs(job_list, workers, progress, "exporting", recording):
                 notes.extend(job_notes)
                 for note in job_notes:
                     if notify is not None:
                         notify(note)
-            marker = {"run_id": store.run_id, "layers": plan.layers, "steps": len(plan.rows)}
+            marker = {"run_id": recording.store.run_id, "layers": plan.layers, "steps": len(plan.rows)}
             (staging / _MARKER).write_text(json.dumps(marker) + "\n")
             _swap_in(staging, final)
         finally:
