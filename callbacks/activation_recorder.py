@@ -18,6 +18,8 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from actrec.probe import (
+    HostRing,
+    ProbeEngine,
     ProbeError,
     ProbeSelection,
     probes_from_dataset,
@@ -26,20 +28,18 @@ from actrec.probe import (
     resolve_layers,
     scale_kinds,
 )
-from actrec.probe._engine import ProbeEngine
-from actrec.probe._ring import HostRing
 from actrec.store import (
     STORE_FILENAME,
     LayerSpec,
     ProbeSet,
     StoreError,
     StoreWriter,
+    WriterProcess,
     check_compression,
     check_dtype,
     check_new_path,
     check_writable,
 )
-from actrec.store._process import WriterProcess
 
 log = logging.getLogger("actrec")
 
@@ -389,7 +389,7 @@ class ActivationRecorder(Callback):
             )
             self._last_recorded_step = self._process.last_global_step if wait else -1
         else:
-            self._writer = StoreWriter._open_for_append(self._store_path, self.flush_every, background=False)
+            self._writer = StoreWriter.open_for_append(self._store_path, flush_every=self.flush_every, background=False)
             self._last_recorded_step = self._writer.last_global_step
         if self.background_writes:
             self._ring = HostRing(self._engine.nbytes, self.ring_slots, self._engine.device, self._consume)

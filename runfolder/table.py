@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from actrec.errors import run_guarded
 from actrec.runs._layout import Run, RunError, find_runs
 
 __all__ = ["COLUMNS", "RunRow", "format_table", "run_row", "runs_main"]
@@ -207,24 +208,24 @@ def runs_main(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print a JSON list of runs instead of the table")
     args = parser.parse_args(argv)
 
-    try:
-        runs = find_runs(args.dir)
-    except RunError as error:
-        print(f"actrec runs: {error}", file=sys.stderr)
-        return 1
-    runs = [run for run in runs if _matches(run.experiment, args.experiment)]
-    now = time.time()
-    rows = [run_row(run, now) for run in runs]
-    rows = [
-        row
-        for row in rows
-        if _matches(row.model, args.model) and _matches(row.dataset, args.dataset) and _matches(row.status, args.status)
-    ]
-    rows = _sorted(rows, args.sort, args.reverse)
-    if args.json:
-        print(json.dumps([asdict(row) for row in rows], indent=2))
-    elif rows:
-        print(format_table(rows))
-    else:
-        print(f"actrec runs: no runs under {args.dir}{' match' if len(runs) else ''}.", file=sys.stderr)
-    return 0
+    def action() -> int:
+        runs = [run for run in find_runs(args.dir) if _matches(run.experiment, args.experiment)]
+        now = time.time()
+        rows = [run_row(run, now) for run in runs]
+        rows = [
+            row
+            for row in rows
+            if _matches(row.model, args.model)
+            and _matches(row.dataset, args.dataset)
+            and _matches(row.status, args.status)
+        ]
+        rows = _sorted(rows, args.sort, args.reverse)
+        if args.json:
+            print(json.dumps([asdict(row) for row in rows], indent=2))
+        elif rows:
+            print(format_table(rows))
+        else:
+            print(f"actrec runs: no runs under {args.dir}{' match' if len(runs) else ''}.", file=sys.stderr)
+        return 0
+
+    return run_guarded("actrec runs", action)

@@ -17,6 +17,8 @@ from actrec.recording.colors import (
     to_rgb,
 )
 from actrec.recording.scale import ColourScale, LiveScaleState, colour_scale, live_scale
+from actrec.viewer._events import EventFile
+from actrec.viewer._text import draw_text, fit_text, text_size
 from actrec.viewer.curves import training_curves
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import (
@@ -38,6 +40,7 @@ __all__ = [
     "ZERO_INDEX",
     "ZERO_RGB",
     "ColourScale",
+    "EventFile",
     "ExportResult",
     "FrameLayout",
     "GifWriter",
@@ -49,8 +52,10 @@ __all__ = [
     "activation_frame",
     "colour_scale",
     "diverging_indices",
+    "draw_text",
     "encode_png",
     "export_tensorboard",
+    "fit_text",
     "frame_title",
     "predicted_classes",
     "grey_indices",
@@ -58,6 +63,7 @@ __all__ = [
     "live_frames",
     "live_scale",
     "render_run",
+    "text_size",
     "to_rgb",
     "training_curves",
     "write_png",
