@@ -377,7 +377,7 @@ class ActivationRecorder(Callback):
             self._resumed = True
             return
         check_new_path(self._store_path, self.overwrite)
-        self._build_engine(pl_module)
+        self._build_engine(trainer, pl_module)
         StoreWriter.create(
             self._store_path,
             run_id=self._run_id,
@@ -385,7 +385,7 @@ class ActivationRecorder(Callback):
             probes=self._probe_set(),
             layers=self._layer_specs(),
             num_classes=self._engine.output_shape[1],
-            dtype=self.dtype,
+            dtype=self._engine.dtype,  # float32 when layers compute in bfloat16
             compression=self.compression,
             overwrite=self.overwrite,
             background=False,
@@ -467,7 +467,7 @@ class ActivationRecorder(Callback):
 
     def _start_writing(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._resumed:
-            self._build_engine(pl_module)
+            self._build_engine(trainer, pl_module)
             StoreWriter.resume(
                 self._store_path,
                 run_id=self._run_id,
@@ -503,7 +503,7 @@ class ActivationRecorder(Callback):
         if self.background_writes:
             self._ring = HostRing(self._engine.nbytes, self.ring_slots, self._engine.device, self._consume)
 
-    def _build_engine(self, pl_module: pl.LightningModule) -> None:
+    def _build_engine(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         try:
             self._engine = ProbeEngine(
                 pl_module,
@@ -513,6 +513,7 @@ class ActivationRecorder(Callback):
                 max_channels=self.max_channels,
                 record_params=self._record_weights,
                 cuda_graph=self.cuda_graphs,
+                forward_context=trainer.precision_plugin.forward_context,
             )
         except ProbeError as error:
             raise MisconfigurationException(f"ActivationRecorder: {error}") from None
