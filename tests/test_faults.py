@@ -893,3 +893,26 @@ def test_a_well_formed_dynamics_file_that_does_not_fit_the_run_is_recomputed_not
     page = build_report(run).path.read_text(encoding="utf-8")
     assert json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S)[1])["dynamics"] == expected
     assert saved.read_bytes() == tampered  # recomputed for the page; the user's file is left as it was
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("model: [unclosed\n", "is not valid YAML (expected ',' or ']', but got '<stream end>' at line 2, column 1)."),
+        (
+            "model:\n\t- tab\n",
+            "is not valid YAML (found character '\\t' that cannot start any token at line 2, column 1).",
+        ),
+        ("- a\n- b\n", "holds a list, not a mapping of options."),
+        ("just words\n", "holds a single value, not a mapping of options."),
+    ],
+)
+def test_a_config_file_that_is_not_a_yaml_mapping_is_one_sentence_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, reason: str
+) -> None:
+    config = tmp_path / "my.yaml"
+    config.write_text(text)
+    code, stderr = _train(["--config", str(config), "--runs_dir", str(tmp_path / "runs")], capsys)
+    assert code == 2
+    assert stderr == f"actrec train: config file {config} {reason}\n"
+    assert not (tmp_path / "runs").exists()
