@@ -916,3 +916,33 @@ def test_a_config_file_that_is_not_a_yaml_mapping_is_one_sentence_naming_the_fil
     assert code == 2
     assert stderr == f"actrec train: config file {config} {reason}\n"
     assert not (tmp_path / "runs").exists()
+
+
+def _diverged_store(path: Path) -> Path:
+    """A store whose rows from 4 on hold NaN (net.conv1) or inf and NaN (net.conv2): a run that diverged."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probes = ProbeSet(np.zeros((3, 1, 8, 8), np.float32), np.arange(3), np.arange(3), ["a", "b", "c"])
+    options = {"run_id": "diverged", "config": {}, "probes": probes, "layers": LAYERS, "num_classes": 3}
+    with StoreWriter.create(path, background=False, **options) as writer:
+        for step in range(8):
+            record = _record(step)
+            if step >= 4:
+                record.activations["net.conv1"][:] = np.nan
+                record.activations["net.conv2"][:] = np.inf if step % 2 else np.nan
+                record.activations["net.conv2"][0, 0, 0, 0] = 1.0
+            writer.append(record)
+    return path
+
+
+def test_dynamics_of_a_diverged_run_prints_its_table_and_no_numpy_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    store = _diverged_store(tmp_path / "run" / "activations.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning ("invalid value encountered") fails the command
+        assert main(["dynamics", str(store.parent), "--no-tensorboard"]) == 0
+    captured = capsys.readouterr()
+    assert "Warning" not in captured.err
+    assert re.search(r"^net\.conv1 +never ", captured.out, re.M)
