@@ -271,6 +271,9 @@ class ActivationRecorder(Callback):
         """Resolve layers, probe images and the store path; fail here, before any training."""
         if stage != "fit":
             return
+        refusal = sharded_strategy_refusal(trainer.strategy)
+        if refusal is not None:
+            raise MisconfigurationException(refusal)
         try:
             self._layer_names = resolve_layers(pl_module, self.layers)
             self._probes = self._select_probes(trainer, pl_module)
@@ -469,14 +472,16 @@ class ActivationRecorder(Callback):
         self._record(trainer, loss, acc)
 
     @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Keep the epoch's validation loss and accuracy beside the activations."""
+        # Here, after Lightning has computed (and, under sync_dist, all-reduced) the epoch's metrics on every
+        # rank, reading them is a lookup. In on_validation_epoch_end the same read would compute them on rank 0
+        # alone: an all_reduce that the other ranks never join, or one that meets the module's own collective.
         if trainer.sanity_checking or not trainer.is_global_zero or self._stopped:
             return
         self._validated = True
-        metrics = trainer.callback_metrics
         for series, names in (("val/loss", self.val_loss_names), ("val/acc", self.val_acc_names)):
-            value = next((metrics[name] for name in names if name in metrics), None)
+            value = logged_tensor(trainer, names, on_step=False)
             if value is not None:
                 self._val_written[series] = True
                 self._write_scalar(series, trainer.global_step, value)
@@ -652,11 +657,55 @@ def _find_metric(outputs: Any, trainer: pl.Trainer, names: Sequence[str]) -> Any
         for name in names:
             if name in outputs:
                 return outputs[name]
-    metrics = trainer.callback_metrics
-    for name in names:
-        if name in metrics:
-            return metrics[name]
-    return None
+    return logged_tensor(trainer, names, on_step=True)
+
+
+def logged_tensor(trainer: pl.Trainer, names: Sequence[str], on_step: bool) -> torch.Tensor | None:
+    """The first of ``names`` that the LightningModule logged, as the tensor Lightning already holds.
+
+    ``trainer.callback_metrics`` is not read: it converts progress-bar metrics with ``.item()`` (a host sync
+    per call) and computes epoch metrics that are not computed yet (under ``sync_dist`` an all_reduce, which
+    on rank 0 alone hangs the run). Lightning's own cache is read instead: a step value (``on_step``) as
+    ``self.log`` stored it, an epoch value only once Lightning has computed it on every rank. Lightning keeps
+    both on private attributes of its result collection; when they are missing this finds nothing, and the
+    recorder warns at the end of training that the column is empty.
+    """
+    results = getattr(trainer, "_results", None)
+    if results is None or not hasattr(results, "valid_items"):
+        return None
+    found: dict[str, torch.Tensor] = {}
+    for _, metric in results.valid_items():
+        meta = getattr(metric, "meta", None)
+        if meta is None:
+            continue
+        if on_step:
+            value = getattr(metric, "_forward_cache", None) if meta.on_step else None
+        else:
+            value = getattr(metric, "_computed", None) if meta.on_epoch else None
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            found.setdefault(meta.name, value.detach())
+    return next((found[name] for name in names if name in found), None)
+
+
+_SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
+
+
+def sharded_strategy_refusal(strategy: Any) -> str | None:
+    """The one sentence refusing a strategy that shards the model across ranks, or ``None`` for any other.
+
+    The probe pass runs the module on global rank 0 alone; a sharded module all-gathers its parameters in
+    forward, so rank 0 would wait forever for ranks that never join. Classes are matched by name along the
+    class hierarchy, so ``lightning.pytorch``'s, ``pytorch_lightning``'s and subclasses are all refused.
+    """
+    names = [cls.__name__ for cls in type(strategy).__mro__]
+    sharded = next((name for name in _SHARDED_STRATEGIES if name in names), None)
+    if sharded is None:
+        return None
+    return (
+        f"ActivationRecorder: {sharded} shards the model across ranks and the recorder's probe pass runs on "
+        "rank 0 alone, where the sharded layers' all-gathers would wait forever; record with strategy='ddp' "
+        "or on one device."
+    )
 
 
 def _resolve_checkpoint_path(stored: str, fallback: Path | None) -> Path:

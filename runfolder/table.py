@@ -203,7 +203,12 @@ def runs_main(argv: Sequence[str]) -> int:
     for flag, what in filters:
         parser.add_argument(flag, action="extend", type=_list, metavar="A[,B...]", help=f"keep only these {what}")
     parser.add_argument("--json", action="store_true", help="print a JSON list of runs instead of the table")
+    parser.add_argument("--sweep", metavar="NAME|ID", help="one row per trial of this sweep (varied keys as columns)")
     args = parser.parse_args(argv)
+    if args.sweep is not None:
+        from actrec.runs.sweeps import sweep_main
+
+        return sweep_main(args.dir, args.sweep, sort=args.sort, reverse=args.reverse, as_json=args.json)
 
     try:
         runs = find_runs(args.dir)
