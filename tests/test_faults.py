@@ -946,3 +946,41 @@ def test_dynamics_of_a_diverged_run_prints_its_table_and_no_numpy_warnings(
     captured = capsys.readouterr()
     assert "Warning" not in captured.err
     assert re.search(r"^net\.conv1 +never ", captured.out, re.M)
+
+
+# -- partial results ------------------------------------------------------------------------------
+
+
+def test_inspect_filters_over_a_damaged_weights_chunk_writes_nothing(
+    tmp_path: Path, trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    store = run / "activations.h5"
+    with h5py.File(store, "r") as file:
+        keys = [
+            f"layers/{layer}/params/{param}" for layer in file["layers"] for param in file[f"layers/{layer}/params"]
+        ]
+        last = max(
+            (key for key in keys if key.endswith(".weight")),
+            key=lambda key: file[f"layers/{key.split('/')[1]}"].attrs["order"],
+        )
+        layer = last.split("/")[1]
+        steps = file["steps/global_step"][()]
+    _damage(store, _chunk_offset(store, last, 2) + 16)
+    before = _fingerprint(tmp_path)
+    assert main(["inspect", "filters", str(run)]) == 1
+    assert capsys.readouterr().err == (
+        f"actrec inspect filters: step {steps[2]} of layer {layer} is damaged (checksum mismatch)\n"
+    )
+    assert _fingerprint(tmp_path) == before
+    assert sorted(path.name for path in run.iterdir()) == sorted(path.name for path in trained_run.iterdir())
+
+
+def test_inspect_featuremaps_with_a_folder_for_image_says_it_is_a_folder(
+    tmp_path: Path, trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["inspect", "featuremaps", str(trained_run), "--image", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f"actrec inspect featuremaps: image {tmp_path} is a folder; pass an image file (PNG, JPEG, ...).\n"
+    )
