@@ -118,8 +118,11 @@ def compute_dynamics(
     steps = store.steps()
     global_steps, epochs = steps["global_step"][:total], steps["epoch"][:total]
     result = {}
-    for name in names:
-        result[name] = _layer_dynamics(store, name, total, global_steps, threshold, rows_per_read)
+    # A diverged run's NaN and inf rows give NaN measures by design; numpy's warnings about them (with
+    # source lines) would only bury the table.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        for name in names:
+            result[name] = _layer_dynamics(store, name, total, global_steps, threshold, rows_per_read)
     return Dynamics(
         run_id=store.run_id,
         global_steps=global_steps,
