@@ -42,8 +42,9 @@ def on_startup(**kwargs: object) -> None:
     tree instead (the same layout a non-editable install has). Laid out at startup, before mkdocstrings
     reads its search paths.
     """
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parents[2]
     package_dirs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
