@@ -21,7 +21,7 @@ from actrec.dynamics.plots import log10_or_nan, panel_figure
 from actrec.errors import UserError
 from actrec.recording import ChannelChoice, Recording, colors
 from actrec.viewer import writers
-from actrec.viewer.curves import Series, smooth
+from actrec.viewer.curves import Series, faint, smooth
 from actrec.viewer.frames import FrameLayout, frame_height_width
 from actrec.viewer.output import atomic_path, prepare_out_dir, safe_filename
 from actrec.viewer.plan import MAX_FRAME_PIXELS, LayerPlan, check_tile_size, plan_layer
@@ -111,6 +111,7 @@ def compare_runs(
     tile_size: int = 28,
     max_frames: int = DEFAULT_MAX_FRAMES,
     batch_sizes: Mapping[int, int] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> CompareResult:
     """Write ``compare-<layer>.gif`` and ``compare-curves.png`` for two or more runs.
 
@@ -123,6 +124,7 @@ def compare_runs(
         tile_size: pixels of a tile's longer side.
         max_frames: thin the shared timeline to at most this many frames.
         batch_sizes: per run index, a batch size overriding the run's config (for ``"samples"``).
+        labels: each run's name in the panels and legends (default ``experiment/version_N``).
 
     Raises:
         CompareError, StoreError, RunError, ViewerError: one sentence each.
@@ -141,7 +143,7 @@ def compare_runs(
         for index, (run, layer) in enumerate(zip(runs, layers, strict=True)):
             recording = stack.enter_context(Recording.open(run))
             opened.append(_open_panel(recording, layer, align, (batch_sizes or {}).get(index)))
-        labels = _unique_labels([run.label for run in opened])
+        labels = _unique_labels(list(labels) if labels is not None else [run.label for run in opened])
         for run, label in zip(opened, labels, strict=True):
             run.label = label
         _plan_panels(opened, tile_size)  # refuses frames too large to draw before anything is written
@@ -258,12 +260,13 @@ def _curves(runs: Sequence[_Panel], align: str) -> np.ndarray:
         color = RUN_COLORS[index % len(RUN_COLORS)]
         x = _curve_positions(run, align)
         timeline = run.recording.timeline
-        window = max(5, timeline.num_rows // 25) | 1
-        batch_loss = smooth(timeline.series("batch_loss")[1], window)
+        raw_loss = timeline.series("batch_loss")[1]
+        batch_loss = smooth(raw_loss)
         val_steps, val_acc = timeline.series("val/acc")
         val_x = np.interp(val_steps, timeline.global_steps, x) if len(val_steps) else np.zeros(0)
         layer = result.layers[run.layer]
         label = f"{run.label} ({run.layer})"
+        panels["training batch loss (smoothed)"].insert(index, Series("", x, raw_loss, faint(color), width=1.0))
         panels["training batch loss (smoothed)"].append(Series(label, x, batch_loss, color, width=2.0))
         panels["validation accuracy"].append(Series(label, val_x, val_acc, color, width=1.5, markers=True))
         panels["CKA of the layer to its final step"].append(Series(label, x, layer.cka_to_final, color, width=2.0))

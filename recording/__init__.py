@@ -12,6 +12,7 @@ The rules a recording's readers share live here once: :mod:`.scale` (which value
 import it, never the other way round.
 """
 
+from actrec.recording import colors
 from actrec.recording.layers import (
     DEFAULT_MAX_CHANNELS,
     ChannelChoice,
@@ -44,6 +45,7 @@ __all__ = [
     "Timeline",
     "announce_on_stderr",
     "channel_axis",
+    "colors",
     "colour_scale",
     "layer_kind",
     "nearest_rows",

@@ -5,7 +5,7 @@ writing is a thin layer on top (:mod:`.writers`); :func:`render_run` and :func:`
 are what ``actrec render`` and ``actrec tensorboard`` run. Never imports Lightning.
 """
 
-from actrec.recording import layer_kind, predicted_classes
+from actrec.recording import colors, layer_kind, predicted_classes
 from actrec.recording.colors import (
     NEGATIVE_RGB,
     PALETTE,
@@ -50,6 +50,7 @@ __all__ = [
     "TensorBoardImageWriter",
     "ViewerError",
     "activation_frame",
+    "colors",
     "colour_scale",
     "diverging_indices",
     "draw_text",

@@ -113,6 +113,8 @@ def plan_layer(
     channels = view.channel_plan(choice)
     notes = [channels.note] if channels.note else []
     scale = view.scale_for(channels.select)
+    if scale.note:  # the declared scale kind did not fit the values: say which rule drew them
+        notes.append(f"{name}: {scale.note}")
     labels = channels.labels
     drawn_shape = (len(labels), *shape[1:]) if kind == KIND_MAPS else (*shape[:-1], len(labels))
     fitted = fit_tile_size(kind, drawn_shape, num_probes, tile_size, max_frame_width, text_scale)
