@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from actrec.errors import UserError
+from actrec.recording import DEFAULT_MAX_CHANNELS, ColourScale, colors, colour_scale, layer_kind, predicted_classes
+from actrec.recording.scale import sample_rows
 from actrec.store import STORE_FILENAME, StoreError, StoreReader
-from actrec.viewer import colors, encode_png
-from actrec.viewer.frames import DEFAULT_MAX_CHANNELS, drawn_maps, layer_kind, predicted_classes
-from actrec.viewer.scale import ColourScale, colour_scale, sample_rows
+from actrec.viewer import encode_png
+from actrec.viewer.frames import drawn_maps
 
 GUTTER = 1
 """Pixels between tiles in a served grid, at the maps' own resolution (the tab scales the whole image)."""

@@ -477,7 +477,7 @@ def test_an_open_reader_never_keeps_the_writer_from_opening_the_store(tmp_path: 
     shutil.copy(pristine, store)
     append = (
         "import sys; from pathlib import Path; from actrec.store import StoreWriter\n"
-        "StoreWriter._open_for_append(Path(sys.argv[1]), 1, False).close()"
+        "StoreWriter.open_for_append(Path(sys.argv[1]), flush_every=1, background=False).close()"
     )
     with StoreReader(store) as reader:
         result = subprocess.run([sys.executable, "-c", append, str(store)], capture_output=True, text=True, check=False)
@@ -893,3 +893,94 @@ def test_a_well_formed_dynamics_file_that_does_not_fit_the_run_is_recomputed_not
     page = build_report(run).path.read_text(encoding="utf-8")
     assert json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S)[1])["dynamics"] == expected
     assert saved.read_bytes() == tampered  # recomputed for the page; the user's file is left as it was
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("model: [unclosed\n", "is not valid YAML (expected ',' or ']', but got '<stream end>' at line 2, column 1)."),
+        (
+            "model:\n\t- tab\n",
+            "is not valid YAML (found character '\\t' that cannot start any token at line 2, column 1).",
+        ),
+        ("- a\n- b\n", "holds a list, not a mapping of options."),
+        ("just words\n", "holds a single value, not a mapping of options."),
+    ],
+)
+def test_a_config_file_that_is_not_a_yaml_mapping_is_one_sentence_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, reason: str
+) -> None:
+    config = tmp_path / "my.yaml"
+    config.write_text(text)
+    code, stderr = _train(["--config", str(config), "--runs_dir", str(tmp_path / "runs")], capsys)
+    assert code == 2
+    assert stderr == f"actrec train: config file {config} {reason}\n"
+    assert not (tmp_path / "runs").exists()
+
+
+def _diverged_store(path: Path) -> Path:
+    """A store whose rows from 4 on hold NaN (net.conv1) or inf and NaN (net.conv2): a run that diverged."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probes = ProbeSet(np.zeros((3, 1, 8, 8), np.float32), np.arange(3), np.arange(3), ["a", "b", "c"])
+    options = {"run_id": "diverged", "config": {}, "probes": probes, "layers": LAYERS, "num_classes": 3}
+    with StoreWriter.create(path, background=False, **options) as writer:
+        for step in range(8):
+            record = _record(step)
+            if step >= 4:
+                record.activations["net.conv1"][:] = np.nan
+                record.activations["net.conv2"][:] = np.inf if step % 2 else np.nan
+                record.activations["net.conv2"][0, 0, 0, 0] = 1.0
+            writer.append(record)
+    return path
+
+
+def test_dynamics_of_a_diverged_run_prints_its_table_and_no_numpy_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    store = _diverged_store(tmp_path / "run" / "activations.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning ("invalid value encountered") fails the command
+        assert main(["dynamics", str(store.parent), "--no-tensorboard"]) == 0
+    captured = capsys.readouterr()
+    assert "Warning" not in captured.err
+    assert re.search(r"^net\.conv1 +never ", captured.out, re.M)
+
+
+# -- partial results ------------------------------------------------------------------------------
+
+
+def test_inspect_filters_over_a_damaged_weights_chunk_writes_nothing(
+    tmp_path: Path, trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    store = run / "activations.h5"
+    with h5py.File(store, "r") as file:
+        keys = [
+            f"layers/{layer}/params/{param}" for layer in file["layers"] for param in file[f"layers/{layer}/params"]
+        ]
+        last = max(
+            (key for key in keys if key.endswith(".weight")),
+            key=lambda key: file[f"layers/{key.split('/')[1]}"].attrs["order"],
+        )
+        layer = last.split("/")[1]
+        steps = file["steps/global_step"][()]
+    _damage(store, _chunk_offset(store, last, 2) + 16)
+    before = _fingerprint(tmp_path)
+    assert main(["inspect", "filters", str(run)]) == 1
+    assert capsys.readouterr().err == (
+        f"actrec inspect filters: step {steps[2]} of layer {layer} is damaged (checksum mismatch)\n"
+    )
+    assert _fingerprint(tmp_path) == before
+    assert sorted(path.name for path in run.iterdir()) == sorted(path.name for path in trained_run.iterdir())
+
+
+def test_inspect_featuremaps_with_a_folder_for_image_says_it_is_a_folder(
+    tmp_path: Path, trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["inspect", "featuremaps", str(trained_run), "--image", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f"actrec inspect featuremaps: image {tmp_path} is a folder; pass an image file (PNG, JPEG, ...).\n"
+    )

@@ -453,6 +453,10 @@ def train_main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    unusable = _unusable_config_file(argv)
+    if unusable is not None:
+        print(f"actrec train: {terminal_safe(unusable)}", file=sys.stderr)
+        return 2
     cli: TrainCLI | None = None
     try:
         with warnings.catch_warnings():
@@ -514,6 +518,33 @@ def _resolve_config_names(argv: list[str]) -> list[str]:
         if shipped is not None:
             resolved[position] = str(shipped) if resolved[position] == value else f"--config={shipped}"
     return resolved
+
+
+def _unusable_config_file(argv: list[str]) -> str | None:
+    """Why the first ``--config`` file that cannot be a config (not YAML, not a mapping) cannot be, if any.
+
+    Checked before LightningCLI sees it: its own message prints the whole usage and names ``<unicode string>``.
+    """
+    import yaml
+
+    for _, path in _config_arguments(argv):
+        if path.lstrip().startswith("{"):
+            continue
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            return f"config file {path} cannot be read ({getattr(error, 'strerror', None) or error})."
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or "malformed"
+            return f"config file {path} is not valid YAML ({problem}{where})."
+        if config is not None and not isinstance(config, dict):
+            what = "a list" if isinstance(config, list) else "a single value"
+            return f"config file {path} holds {what}, not a mapping of options."
+    return None
 
 
 def _missing_config_file(argv: list[str]) -> str | None:
