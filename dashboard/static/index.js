@@ -201,9 +201,14 @@ function entryOf(name) {
 // Gap between tiles on screen, in CSS pixels (the served PNG has 1-pixel gutters at map resolution).
 const GAP = 3;
 
+// Vertical zoom: a vector layer's one-pixel-high heatmap row is drawn at least 24 pixels high.
+function zoomY(layer, zoom) {
+  return layer.kind === "vector" ? Math.max(zoom, Math.round(24 / layer.grid.height)) : zoom;
+}
+
 function canvasSize(layer, probes, zoom) {
   const { rows, height, width } = layer.grid;
-  return { width: probes * (width * zoom + GAP) + GAP, height: rows * (height * zoom + GAP) + GAP };
+  return { width: probes * (width * zoom + GAP) + GAP, height: rows * (height * zoomY(layer, zoom) + GAP) + GAP };
 }
 
 function drawTiles(entry) {
@@ -211,6 +216,7 @@ function drawTiles(entry) {
   const { rows, height, width, gutter } = entry.layer.grid;
   const probes = state.info.probes.labels.length;
   const zoom = entry.zoom;
+  const tall = zoomY(entry.layer, zoom);
   const context = entry.canvas.getContext("2d");
   context.imageSmoothingEnabled = false;
   context.fillStyle = GUTTER_COLOUR;
@@ -224,9 +230,9 @@ function drawTiles(entry) {
         width,
         height,
         GAP + probe * (width * zoom + GAP),
-        GAP + row * (height * zoom + GAP),
+        GAP + row * (height * tall + GAP),
         width * zoom,
-        height * zoom,
+        height * tall,
       );
     }
   }
@@ -249,7 +255,7 @@ function zoomFor(layer, probes, available) {
   const { height, width } = layer.grid;
   const target = TILE_TARGETS[state.size];
   let zoom = layer.kind === "maps" ? Math.round(target / Math.max(height, width)) : Math.round((2 * target) / width);
-  zoom = Math.max(1, Math.min(16, zoom));
+  zoom = Math.max(1, zoom);
   while (zoom > 1 && canvasSize(layer, probes, zoom).width > available) zoom -= 1;
   return zoom;
 }
@@ -282,6 +288,7 @@ function layoutCards() {
     entry.predictions.forEach((label, i) => Object.assign(label.style, column(i)));
     const side = el("div", { class: "rowlabels", style: { height: `${size.height}px` } });
     const rowHeight = layer.kind === "maps" ? height * zoom + GAP : size.height - GAP;
+    entry.narrow = width * zoom < 48;
     entry.rowLabels.forEach((text, i) => {
       side.append(el("span", { style: { top: `${GAP + i * rowHeight}px`, height: `${rowHeight - GAP}px` } }, text));
     });
@@ -354,7 +361,11 @@ async function loadPredictions(row) {
       if (!node) return;
       const known = labels[i] >= 0;
       const right = known && predicted === labels[i];
-      node.textContent = known && predicted >= 0 ? `${right ? "✓" : "✗"} ${className(predicted)}` : className(predicted);
+      const name = className(predicted);
+      const mark = known && predicted >= 0 ? (right ? "✓" : "✗") : "";
+      // A column too narrow for the class name shows the mark alone; the name is in its tooltip.
+      node.textContent = entry.narrow && mark ? mark : `${mark} ${name}`.trim();
+      node.title = `predicted ${name}`;
       node.className = `prediction ${known ? (right ? "right" : "wrong") : ""}`;
     });
   }
