@@ -63,11 +63,17 @@ def _get_json(url: str) -> object:
 
 
 @contextlib.contextmanager
-def tensorboard(*arguments: str) -> Iterator[str]:
-    """A real TensorBoard process on a free loopback port; yields its base URL, stops it afterwards."""
+def tensorboard(*arguments: str, command: list[str] | None = None) -> Iterator[str]:
+    """A real TensorBoard process on a free loopback port; yields its base URL, stops it afterwards.
+
+    ``command`` replaces ``python -m tensorboard.main`` (e.g. ``actrec tensorboard RUN``, which becomes TensorBoard).
+    """
     port = _free_port()
+    program = command or [sys.executable, "-m", "tensorboard.main", *arguments]
     process = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", *arguments, "--port", str(port), "--host", "127.0.0.1"],
+        [*program, "--port", str(port), "--", "--host", "127.0.0.1"]
+        if command
+        else [*program, "--port", str(port), "--host", "127.0.0.1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -480,3 +486,19 @@ def test_tab_follows_a_real_training(tmp_path: Path) -> None:
     finally:
         os.killpg(training.pid, signal.SIGTERM)
         training.wait(60)
+
+
+def test_actrec_tensorboard_shows_that_run_alone_with_the_tab(tmp_path: Path) -> None:
+    make_store(tmp_path / "quickstart" / "version_0")
+    make_store(tmp_path / "quickstart" / "version_1")
+    run = tmp_path / "quickstart" / "version_1"
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    actrec = [sys.executable, "-m", "actrec.cli", "tensorboard", str(run), "--quiet"]
+    with tensorboard(command=actrec) as base:
+        assert _get_json(f"{base}/data/plugins_listing")["actrec"]["enabled"] is True
+        assert _get_json(f"{base}/data/plugin/actrec/runs") == {"runs": ["quickstart/version_1/."]}
+        timeline = _get_json(f"{base}/data/plugin/actrec/timeline?run=quickstart%2Fversion_1%2F.")
+        assert timeline["global_steps"] == [0, 1, 2, 3, 4, 5]
+    with tensorboard(command=[*actrec, "--all"]) as base:
+        assert _get_json(f"{base}/data/plugin/actrec/runs") == {"runs": ["version_0", "version_1"]}
+    assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before  # nothing exported
