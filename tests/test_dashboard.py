@@ -502,3 +502,35 @@ def test_actrec_tensorboard_shows_that_run_alone_with_the_tab(tmp_path: Path) ->
     with tensorboard(command=[*actrec, "--all"]) as base:
         assert _get_json(f"{base}/data/plugin/actrec/runs") == {"runs": ["version_0", "version_1"]}
     assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before  # nothing exported
+
+
+@needs_chromium
+def test_a_second_run_is_drawn_under_each_layer_at_the_nearest_step(tmp_path: Path) -> None:
+    from report_browser import browser_page
+
+    make_store(tmp_path / "logs" / "a" / "version_0")
+    make_store(tmp_path / "logs" / "b" / "version_0", steps=[0, 2, 4, 6, 8])
+
+    async def drive(base: str) -> None:
+        async with browser_page(CHROMIUM) as page:
+            await _tab(page, base)
+            await _wait_for(page, f"{CANVASES}.length === 2 && {CANVASES}.every(c => c.dataset.row === '5')")
+            await page.evaluate(
+                f"(() => {{ const doc = {FRAME}; const s = doc.getElementById('compare'); s.value = 'b/version_0';"
+                " s.dispatchEvent(new Event('change')); })()"
+            )
+            compare = "[...doc.querySelectorAll('canvas.tiles.compare')]"
+            # Run a at step 5: run b's nearest recorded step is 4 (row 2; 6 is as near, the earlier wins).
+            await _wait_for(page, f"{compare}.length === 2 && {compare}.every(c => c.dataset.row === '2')")
+            await page.evaluate(
+                f"(() => {{ const doc = {FRAME}; const s = doc.getElementById('slider'); s.value = '1';"
+                " s.dispatchEvent(new Event('input')); })()"
+            )
+            await _wait_for(page, f"{compare}.every(c => c.dataset.row === '0' || c.dataset.row === '1')")
+            text = await _wait_for(page, "doc.querySelector('.compare-step').textContent")
+            assert text in ("step 0 (nearest to 1)", "step 2 (nearest to 1)")
+            await page.screenshot(tmp_path / "compare.png")
+            assert page.errors == []
+
+    with tensorboard("--logdir", str(tmp_path / "logs")) as base:
+        asyncio.run(drive(base))
