@@ -33,7 +33,7 @@ from actrec.viewer._pipeline import (
     read_steps,
     safe_filename,
 )
-from actrec.viewer.curves import Series, smooth
+from actrec.viewer.curves import Series, faint, smooth
 from actrec.viewer.frames import FrameLayout, frame_height_width, predicted_classes
 from actrec.viewer.render import RENDERS_DIRNAME
 
@@ -124,6 +124,7 @@ def compare_runs(
     tile_size: int = 28,
     max_frames: int = DEFAULT_MAX_FRAMES,
     batch_sizes: Mapping[int, int] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> CompareResult:
     """Write ``compare-<layer>.gif`` and ``compare-curves.png`` for two or more runs.
 
@@ -136,6 +137,7 @@ def compare_runs(
         tile_size: pixels of a tile's longer side.
         max_frames: thin the shared timeline to at most this many frames.
         batch_sizes: per run index, a batch size overriding the run's config (for ``"samples"``).
+        labels: each run's name in the panels and legends (default ``experiment/version_N``).
 
     Raises:
         CompareError, StoreError, RunError, ViewerError: one sentence each.
@@ -156,7 +158,7 @@ def compare_runs(
             store_path, run_dir = run_paths(run)
             store = stack.enter_context(StoreReader(store_path))
             opened.append(_open_run(store, run_dir, layer, align, (batch_sizes or {}).get(index)))
-        labels = _unique_labels([run.label for run in opened])
+        labels = _unique_labels(list(labels) if labels is not None else [run.label for run in opened])
         for run, label in zip(opened, labels, strict=True):
             run.label = label
         _plan_panels(opened, tile_size)  # refuses frames too large to draw before anything is written
@@ -276,12 +278,13 @@ def _curves(runs: Sequence[_Run], align: str) -> np.ndarray:
     for index, (run, result) in enumerate(zip(runs, dynamics, strict=True)):
         color = RUN_COLORS[index % len(RUN_COLORS)]
         x = _curve_positions(run, align)
-        window = max(5, run.num_rows // 25) | 1
-        batch_loss = smooth(np.asarray(run.steps["batch_loss"], np.float64), window)
+        raw_loss = np.asarray(run.steps["batch_loss"], np.float64)
+        batch_loss = smooth(raw_loss)
         val_steps, val_acc = run.store.scalars("val/acc")
         val_x = np.interp(val_steps, run.steps["global_step"], x) if len(val_steps) else np.zeros(0)
         layer = result.layers[run.layer]
         label = f"{run.label} ({run.layer})"
+        panels["training batch loss (smoothed)"].insert(index, Series("", x, raw_loss, faint(color), width=1.0))
         panels["training batch loss (smoothed)"].append(Series(label, x, batch_loss, color, width=2.0))
         panels["validation accuracy"].append(Series(label, val_x, val_acc, color, width=1.5, markers=True))
         panels["CKA of the layer to its final step"].append(Series(label, x, layer.cka_to_final, color, width=2.0))
