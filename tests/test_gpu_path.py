@@ -12,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +29,7 @@ from actrec.callbacks.activation_recorder import sharded_strategy_refusal
 from actrec.probe import _graph
 from actrec.probe._engine import ProbeEngine
 from actrec.probe._graph import CudaCalls
+from actrec.probe._ring import HostRing, RingCalls
 from actrec.store import StoreReader
 
 TESTS = Path(__file__).parent
@@ -450,3 +453,76 @@ def test_the_real_capture_is_thread_local_on_the_given_side_stream(monkeypatch: 
     monkeypatch.setattr(torch.cuda, "graph", graph)
     CudaCalls().graph("the graph", stream="the side stream")
     assert seen == {"stream": "the side stream", "capture_error_mode": "thread_local"}
+
+
+class StandInEvent:
+    def __init__(self, cuda: StandInRingCalls) -> None:
+        self.cuda = cuda
+        self.streams: list[str] = []
+
+    def record(self) -> None:
+        self.streams.append(self.cuda.current.name)
+
+    def synchronize(self) -> None:
+        pass
+
+
+class StandInRingCalls(RingCalls, StandInCuda):
+    """The staged ring's CUDA calls on a CPU: which stream each event is recorded on, what gets page-locked."""
+
+    def __init__(self) -> None:
+        StandInCuda.__init__(self)
+        self.pinned: list[int] = []
+        self.unpinned = 0
+        self.events: list[StandInEvent] = []
+
+    def new_stream(self, device: torch.device) -> StandInStream:
+        return StandInStream("copy", self)
+
+    def new_event(self) -> StandInEvent:
+        self.events.append(StandInEvent(self))
+        return self.events[-1]
+
+    def pin(self, host: torch.Tensor) -> bool:
+        self.pinned.append(host.numel() * host.element_size())
+        return True
+
+    def unpin(self, host: torch.Tensor) -> None:
+        self.unpinned += 1
+
+
+def test_staged_ring_copies_every_put_intact_through_exact_slots() -> None:
+    nbytes = 200_003  # not a power of two: a slot is exactly one step, never rounded up
+    cuda = StandInRingCalls()
+    consumed: list[int] = []
+
+    def consume(host: torch.Tensor, meta: int) -> None:
+        time.sleep(0.002)  # a slow writer: training finds every slot busy and waits
+        consumed.append(zlib.crc32(host.numpy().tobytes()))
+
+    ring = HostRing(nbytes, 3, torch.device("cpu"), consume, calls=cuda)
+    packed = torch.empty(nbytes, dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    sent = []
+    for step in range(50):
+        packed.copy_(torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=generator))  # reused buffer
+        sent.append(zlib.crc32(packed.numpy().tobytes()))
+        assert ring.put(packed, step)
+    ring.drain()
+    ring.close()
+    assert consumed == sent
+    assert ring.slot_bytes == nbytes
+    assert cuda.pinned == [nbytes] * 3
+    assert cuda.unpinned == 3
+    assert ring.waits > 0
+    # Each device-to-host copy is ordered after the compute stream, and its event is the copy stream's.
+    assert cuda.log.count("copy waits for default") == 50
+    assert sorted(s for event in cuda.events for s in event.streams) == ["copy"] * 50
+    assert cuda.current is cuda.default
+
+
+def test_ring_events_on_cuda_are_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = []
+    monkeypatch.setattr(torch.cuda, "Event", lambda **kwargs: made.append(kwargs))
+    RingCalls().new_event()
+    assert made == [{"blocking": True}]
