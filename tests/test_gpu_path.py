@@ -526,3 +526,29 @@ def test_ring_events_on_cuda_are_blocking(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(torch.cuda, "Event", lambda **kwargs: made.append(kwargs))
     RingCalls().new_event()
     assert made == [{"blocking": True}]
+
+
+def test_gpu_check_runs_on_a_cpu_and_says_what_it_skipped() -> None:
+    result = subprocess.run(
+        [sys.executable, str(TESTS.parent / "bench" / "gpu_check.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    verdicts = {line[6:].split(":")[0]: line[:4].strip() for line in lines if line[:4] in ("PASS", "FAIL", "SKIP")}
+    assert verdicts == {
+        "graph adopted on a CNN with BatchNorm and Dropout": "SKIP",
+        "graph replay bitwise equal to eager after each of 5 SGD steps": "SKIP",
+        "a forward with .item() falls back to eager, stream and allocator restored": "SKIP",
+        "SWA-style BatchNorm buffer replacement detected": "PASS",
+        "host ring": "PASS",
+        "50-step fit under set_sync_debug_mode('warn')": "SKIP",
+        "recorder cost": "SKIP",
+        "bench_recorder.py --accelerator gpu": "SKIP",
+        "bf16-mixed": "PASS",
+    }
+    assert all("no CUDA device here" in line for line in lines if line.startswith("SKIP"))
+    assert lines[-1] == "all checks passed"
