@@ -5,6 +5,9 @@ step (each layer's activations, their finite peak and non-finite count, the mode
 parameters, the batch loss and accuracy) is a typed view into that buffer, so handing a step to the
 host is a single ``non_blocking`` copy (see :mod:`actrec.probe._ring`). Nothing here calls ``.cpu()``,
 ``.item()`` or ``float()`` on a device tensor.
+
+Before each pass the engine checks that the model's parameters, buffers and hooks are the ones it was set
+up on (:class:`actrec.probe._graph.ModelWatch`); eager passes run on a forked random number generator.
 """
 
 from __future__ import annotations
@@ -101,7 +104,8 @@ class ProbeEngine:
         dtype: ``"float16"`` or ``"float32"`` for stored activations.
         max_channels: keep at most this many channels (maps) or units (tokens, vectors) per layer.
         record_params: also copy each layer's parameters into the step.
-        cuda_graph: on CUDA, capture the pass as a CUDA graph (checked bitwise against eager at capture).
+        cuda_graph: on CUDA, capture the pass as a CUDA graph (checked bitwise against eager at capture,
+            re-captured when the model's tensors or hooks change; see :mod:`actrec.probe._graph`).
         forward_context: entered around every pass and the capture, so the probes see the numbers training
             computes: the Lightning precision plugin's ``forward_context`` (autocast under ``16-mixed`` and
             ``bf16-mixed``, which Lightning applies only around ``*_step``).

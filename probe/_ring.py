@@ -17,6 +17,7 @@ is tested, on a CPU with stand-ins.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -26,6 +27,8 @@ from typing import Any, Protocol
 import torch
 
 from actrec.probe._graph import CudaCalls
+
+log = logging.getLogger("actrec")
 
 
 class Event(Protocol):
@@ -53,7 +56,9 @@ class RingCalls(CudaCalls):
 
     def pin(self, host: torch.Tensor) -> bool:
         """Page-lock ``host`` in place, at its exact size; False when the driver refuses."""
-        return torch.cuda.cudart().cudaHostRegister(host.data_ptr(), host.numel() * host.element_size(), 0) == 0
+        cudart = torch.cuda.cudart()
+        nbytes = host.numel() * host.element_size()
+        return cudart.cudaHostRegister(host.data_ptr(), nbytes, 0) == cudart.cudaError.success
 
     def unpin(self, host: torch.Tensor) -> None:
         torch.cuda.cudart().cudaHostUnregister(host.data_ptr())
@@ -97,6 +102,12 @@ class HostRing:
             for host in self._host:
                 if calls.pin(host):
                     self._pinned.append(host)
+            if len(self._pinned) < slots:
+                log.warning(
+                    "actrec: %d of %d host slots could not be page-locked; copies into them wait for the device.",
+                    slots - len(self._pinned),
+                    slots,
+                )
             self._staging = [torch.empty(nbytes, dtype=torch.uint8, device=device) for _ in range(slots)]
             self._copy_stream = calls.new_stream(device)
         if event_factory is None:
