@@ -33,7 +33,7 @@ from actrec.viewer._pipeline import (
     read_steps,
     safe_filename,
 )
-from actrec.viewer.curves import Series, smooth
+from actrec.viewer.curves import Series, faint, smooth
 from actrec.viewer.frames import FrameLayout, frame_height_width, predicted_classes
 from actrec.viewer.render import RENDERS_DIRNAME
 
@@ -278,12 +278,13 @@ def _curves(runs: Sequence[_Run], align: str) -> np.ndarray:
     for index, (run, result) in enumerate(zip(runs, dynamics, strict=True)):
         color = RUN_COLORS[index % len(RUN_COLORS)]
         x = _curve_positions(run, align)
-        window = max(5, run.num_rows // 25) | 1
-        batch_loss = smooth(np.asarray(run.steps["batch_loss"], np.float64), window)
+        raw_loss = np.asarray(run.steps["batch_loss"], np.float64)
+        batch_loss = smooth(raw_loss)
         val_steps, val_acc = run.store.scalars("val/acc")
         val_x = np.interp(val_steps, run.steps["global_step"], x) if len(val_steps) else np.zeros(0)
         layer = result.layers[run.layer]
         label = f"{run.label} ({run.layer})"
+        panels["training batch loss (smoothed)"].insert(index, Series("", x, raw_loss, faint(color), width=1.0))
         panels["training batch loss (smoothed)"].append(Series(label, x, batch_loss, color, width=2.0))
         panels["validation accuracy"].append(Series(label, val_x, val_acc, color, width=1.5, markers=True))
         panels["CKA of the layer to its final step"].append(Series(label, x, layer.cka_to_final, color, width=2.0))

@@ -13,7 +13,7 @@ from actrec.dynamics.compute import (
     write_dynamics,
 )
 from actrec.dynamics.metrics import MIN_CKA_PROBES
-from actrec.errors import run_guarded
+from actrec.errors import run_guarded, terminal_safe
 from actrec.store import StoreReader
 
 
@@ -97,7 +97,7 @@ def summary_text(dynamics: object) -> str:
         saturated = layer.saturated_fraction[-1]
         saturation = "-" if saturated != saturated else f"{100 * saturated:.1f}%"
         dead = f"{len(layer.always_constant)}/{layer.channels}"
-        lines.append(f"{layer.name:<20} {settles:>15} {saturation:>17} {dead:>14}")
+        lines.append(f"{terminal_safe(layer.name):<20} {settles:>15} {saturation:>17} {dead:>14}")
     if dynamics.num_probes < MIN_CKA_PROBES:
         lines.append(
             f"CKA needs at least {MIN_CKA_PROBES} probes; this run has {dynamics.num_probes}, so no layer settles."

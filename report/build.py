@@ -319,7 +319,6 @@ _RUN_DASHES = (False, True, True, True)
 
 def _charts(primary: _RunData, others: Sequence[_RunData]) -> dict[str, list[str]]:
     """The SVG charts: training curves (all runs), and the primary run's dynamics per layer."""
-    window = max(5, len(primary.steps["global_step"]) // 25) | 1
     training = []
     for kind, name, percent in (("loss", "loss", False), ("acc", "accuracy", True)):
         lines = []
@@ -330,7 +329,7 @@ def _charts(primary: _RunData, others: Sequence[_RunData]) -> dict[str, list[str
             batch = np.asarray(run_data.steps[f"batch_{kind}"], np.float64)
             if index == 0:
                 lines.append(Line("train batch", steps, batch, "#b0cbe4", width=1.0))
-            lines.append(Line("train batch, smoothed" + suffix, steps, smooth(batch, window), "#2166ac", 2.0, dashed))
+            lines.append(Line("train batch, smoothed" + suffix, steps, smooth(batch), "#2166ac", 2.0, dashed))
             val_steps, val_values = run_data.scalars[f"val/{kind}"]
             lines.append(Line("validation" + suffix, val_steps, val_values, "#e66101", 1.5, dashed, markers=True))
         y_range = (0.0, 1.0) if percent else None

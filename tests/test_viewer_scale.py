@@ -15,8 +15,8 @@ from actrec.viewer.render import render_run
 from actrec.viewer.scale import ColourScale, LiveScaleState, colour_scale, live_scale, sample_rows
 
 
-def test_tanh_is_fixed_at_plus_minus_one_whatever_the_data() -> None:
-    scale = colour_scale("tanh", np.array([5.0, -7.0, np.nan]))
+def test_tanh_is_fixed_at_plus_minus_one_while_the_data_stays_inside() -> None:
+    scale = colour_scale("tanh", np.array([0.5, -1.0, 1.0, np.nan, -np.inf]))
     assert scale == ColourScale(one_sided=False, limit=1.0, rule="fixed (tanh)")
     indices = scale.indices(np.array([-2.0, -1.0, 0.0, 0.5, 1.0, np.inf, np.nan]))
     assert indices.tolist() == [
@@ -40,6 +40,28 @@ def test_sigmoid_is_one_sided_on_zero_to_one() -> None:
         colors.ONE_SIDED_TOP_INDEX,
     ]
     assert scale.bar_labels() == (("0", 0.0), ("1", 1.0))
+
+
+def test_a_declared_bounded_kind_whose_values_leave_its_range_falls_back_to_the_symmetric_rule() -> None:
+    # timm efficientnet_b0's blocks.0.0.se: declared sigmoid, half its values negative, down to -0.165.
+    gate = np.linspace(-0.165, 0.15, 1000)
+    scale = colour_scale("sigmoid", gate)
+    assert not scale.one_sided
+    assert scale.limit == pytest.approx(0.165, rel=0.01)
+    assert scale.indices(np.array([-0.165]))[0] == colors.NEGATIVE_INDEX  # red, not white
+    assert scale.note == (
+        "declared sigmoid (0 to 1), but its values reach -0.165; "
+        "drawn on the symmetric rule, -0.163 red to +0.163 blue."
+    )
+    over = colour_scale("tanh", np.array([0.0, 2.0, -7.0, np.nan]))
+    assert (over.one_sided, over.note.split(";")[0]) == (False, "declared tanh (-1 to 1), but its values reach -7")
+    positive = colour_scale("sigmoid", np.array([0.0, 3.0]))  # never negative: one-sided, on the data's limit
+    assert positive.one_sided
+    assert positive.note.endswith("drawn on the symmetric rule, 0 white to 2.98 blue.")
+    assert colour_scale("sigmoid", np.array([0.0, 1.0005])).note == ""  # float16 rounding is not a mismatch
+    live, state = live_scale("sigmoid", gate)
+    assert (live.one_sided, state.seen_negative) == (False, True)
+    assert live_scale("sigmoid", np.array([0.1]), state)[0].limit == live.limit  # stays on the running scale
 
 
 def test_relu_layer_is_one_sided_and_outliers_cannot_wash_it_out() -> None:
@@ -90,7 +112,8 @@ def test_live_scale_only_grows_and_the_frame_prints_its_numbers() -> None:
     assert (second.one_sided, second.limit) == (False, 2.0)  # a smaller step keeps the larger limit
     third, state = live_scale("symmetric", np.full(4, -8.0), state)
     assert (third.one_sided, third.limit, state) == (False, 8.0, LiveScaleState(limit=8.0, seen_negative=True))
-    assert live_scale("tanh", np.full(3, 9.0), None)[0].limit == 1.0
+    assert live_scale("tanh", np.full(3, 0.9), None)[0].limit == 1.0
+    assert live_scale("tanh", np.full(3, 9.0), None)[0].limit == 9.0  # left its declared range
 
     activations = np.zeros((2, 2, 4, 4), np.float32)
     activations[:, 1] = 3.0

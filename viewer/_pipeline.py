@@ -284,6 +284,8 @@ def plan_layer(
                 )
     labels = full_labels if select is None else tuple(full_labels[i] for i in select)
     scale = layer_colour_scale(store, name, num_rows, select, samples=samples)
+    if scale.note:
+        notes.append(f"{name}: {scale.note}")
     drawn_shape = (len(labels), *shape[1:]) if kind == KIND_MAPS else (*shape[:-1], len(labels))
     fitted = fit_tile_size(kind, drawn_shape, num_probes, tile_size, max_frame_width, text_scale)
     height, frame_width = frame_height_width(kind, drawn_shape, num_probes, fitted, text_scale)
