@@ -97,6 +97,8 @@ def _start(spec: TrialSpec) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             cwd=spec.cwd,
             env={**os.environ, **spec.env},
+            # Its own session: a Ctrl-C at the terminal reaches the driver only, which stops each trial once.
+            start_new_session=True,
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -164,6 +165,23 @@ def test_trial_state_comes_from_its_newest_run_folder_else_the_plan(tmp_path):
     assert states[3].error == "actrec train: lr must be positive."
     assert "best test/acc 70.0% (model.lr=0.2)" in progress_text(record, states)
     assert "2/4 done, 0 running, 2 failed" in progress_text(record, states)
+
+
+def test_more_than_16_trials_keep_the_16_best_by_the_metric_in_trial_order(tmp_path):
+    from actrec.runs.sweeps import sweep_run_folders
+
+    record = _plan(tmp_path, [{"model.lr": index / 100} for index in range(19)])
+    accuracy = [0.5, 0.1, 0.9, 0.2, *[0.6] * 15]
+    for index, acc in enumerate(accuracy):
+        folder = _trial_run(record, index, index, "finished" if index != 18 else "failed", acc)
+        (folder / "activations.h5").write_bytes(b"")
+    _, kept, note = sweep_run_folders(tmp_path / "runs", "lr", limit=16)
+    assert [state.index for state in kept] == [0, 2, *range(4, 18)]  # trial 18 failed; 1 and 3 scored lowest
+    assert note == "sweep lr: showing 16 of 18 finished trials, the best by test/acc (max); left out: trials 1, 3."
+    for folder in (tmp_path / "runs/lr").glob("version_*"):
+        (folder / "activations.h5").unlink()
+    with pytest.raises(SweepError, match=r"sweep lr \(20260101-000000-abcd\) has no finished trial"):
+        sweep_run_folders(tmp_path / "runs", "lr")
 
 
 def test_a_sweep_is_found_by_id_prefix_or_newest_of_its_name(tmp_path):
@@ -375,6 +393,41 @@ def test_report_compare_accepts_a_sweep(grid_sweep):
     page = (root / "report.html").read_text()
     for version in (1, 2, 3):
         assert f"lr/version_{version}" in page
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_running_trial_and_marks_it_interrupted(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "actrec.cli", "sweep", "--grid", "model.lr=0.01,0.02", "--experiment", "c"]
+    long_trial = [arg for arg in TINY_TRIAL if "limit_train_batches" not in arg and "max_epochs" not in arg]
+    driver = subprocess.Popen(
+        [*command, *long_trial, "--trainer.max_epochs=50"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    summary_path = tmp_path / "runs/c/version_0/summary.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and driver.poll() is None:
+        if summary_path.is_file() and json.loads(summary_path.read_text()).get("global_step", 0) == 0:
+            break  # the first trial is training
+        time.sleep(0.5)
+    assert summary_path.is_file(), driver.communicate(timeout=60)
+    time.sleep(3)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary["state"] == "interrupted"
+    with pytest.raises(ProcessLookupError):
+        os.kill(summary["pid"], 0)  # the trial's process is gone
+    (plan_file,) = (tmp_path / "runs/c").glob("sweep-*.json")
+    plan = json.loads(plan_file.read_text())
+    assert [trial["state"] for trial in plan["trials"]] == ["interrupted", "pending"]
+    table = actrec("runs", "--sweep", "c", cwd=tmp_path)
+    assert table.stdout.strip().endswith("2 trial(s): 1 interrupted, 1 pending")
 
 
 # --- the cluster executors --------------------------------------------------------------------------------------
