@@ -44,6 +44,7 @@ __all__ = [
 
 _POLL_SECONDS = 0.5
 _STOP_GRACE_SECONDS = 30.0
+_REFRESH_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,7 @@ def run_sweep(
     running: dict[int, Any] = {}
     waiting = list(todo)
     threads = launcher.threads()
+    shown_at = 0.0
     try:
         while waiting or running:
             room = len(waiting) if launcher.slots is None else launcher.slots - len(running)
@@ -342,7 +344,10 @@ def run_sweep(
                         progress.note(f"trial {index} finished ({what}){shown}: {state.run.path if state.run else ''}")
                     else:
                         progress.note(f"trial {index} {state.status} ({what}): {state.error or f'exit code {code}'}")
-            progress.show(progress_text(record, trial_states(record)))
+            if starting or ended or time.monotonic() - shown_at >= _REFRESH_SECONDS:
+                # Reading every trial's summary is cheap, but not every half second for a large experiment.
+                progress.show(progress_text(record, trial_states(record)))
+                shown_at = time.monotonic()
             if running:
                 time.sleep(_POLL_SECONDS)
     except KeyboardInterrupt:

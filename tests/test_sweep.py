@@ -184,6 +184,27 @@ def test_more_than_16_trials_keep_the_16_best_by_the_metric_in_trial_order(tmp_p
         sweep_run_folders(tmp_path / "runs", "lr")
 
 
+def test_progress_is_one_line_rewritten_on_a_terminal_and_plain_lines_otherwise():
+    import io
+
+    from actrec.sweep.launch import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal, log = Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        progress = _Progress(stream)
+        progress.show("1/4 done")
+        progress.show("1/4 done")  # unchanged: not written again
+        progress.note("trial 0 finished")
+        progress.show("2/4 done")
+        progress.close()
+    assert terminal.getvalue() == "\r\x1b[K1/4 done\r\x1b[Ktrial 0 finished\n1/4 done\r\x1b[K2/4 done\n"
+    assert log.getvalue() == "1/4 done\ntrial 0 finished\n2/4 done\n"
+
+
 def test_a_sweep_is_found_by_id_prefix_or_newest_of_its_name(tmp_path):
     record = _plan(tmp_path, [{"model.lr": 0.1}])
     assert resolve_sweep(tmp_path / "runs", "lr").path == record.path
