@@ -205,6 +205,27 @@ def test_progress_is_one_line_rewritten_on_a_terminal_and_plain_lines_otherwise(
     assert log.getvalue() == "1/4 done\ntrial 0 finished\n2/4 done\n"
 
 
+def test_a_trial_is_actrec_train_with_its_overrides_last_and_a_share_of_the_cores(tmp_path):
+    from actrec.sweep import LocalLauncher, trial_spec
+
+    record = _plan(tmp_path, [{"model.lr": 0.01, "seed_everything": 1, "record": False}])
+    record.plan["train_args"] = ["--config", "fashion", "--model.lr=9"]
+    launcher = LocalLauncher(2)
+    assert launcher.threads() == max(1, (os.cpu_count() or 1) // 2)
+    spec = trial_spec(record, record.plan["trials"][0], launcher.threads())
+    runs_dir = str((tmp_path / "runs").resolve())
+    assert spec.command[1:] == (
+        "-m", "actrec.cli", "train", "--config", "fashion", "--model.lr=9", "--experiment", "lr", "--runs_dir",
+        runs_dir, "--model.lr=0.01", "--seed_everything=1", "--record=false",
+    )  # fmt: skip
+    assert spec.env["OMP_NUM_THREADS"] == str(launcher.threads())
+    assert json.loads(spec.env[SWEEP_TRIAL_ENV]) == {
+        "sweep": {"name": "lr", "id": record.sweep_id, "trial": 0},
+        "overrides": {"model.lr": 0.01, "seed_everything": 1, "record": False},
+    }
+    assert spec.log == str(record.experiment_dir / f"sweep-{record.sweep_id}-logs/trial-000.log")
+
+
 def test_a_sweep_is_found_by_id_prefix_or_newest_of_its_name(tmp_path):
     record = _plan(tmp_path, [{"model.lr": 0.1}])
     assert resolve_sweep(tmp_path / "runs", "lr").path == record.path
