@@ -62,17 +62,20 @@ def trial_spec(record: SweepRecord, trial: dict[str, Any], threads: int | None) 
     """The command, environment and log file of ``trial`` of the sweep ``record``."""
     plan = record.plan
     overrides = trial["overrides"]
+    # A varied --config goes first: LightningCLI applies a config where it stands, so every flag after it wins.
+    configs = [f"--config={value_text(value)}" for key, value in overrides.items() if key == "config"]
     command = [
         sys.executable,
         "-m",
         "actrec.cli",
         "train",
+        *configs,
         *plan.get("train_args", []),
         "--experiment",
         str(plan["experiment"]),
         "--runs_dir",
         str(plan["runs_dir"]),
-        *(f"--{key}={value_text(value)}" for key, value in overrides.items()),
+        *(f"--{key}={value_text(value)}" for key, value in overrides.items() if key != "config"),
     ]
     marker = {
         "sweep": {"name": record.name, "id": record.sweep_id, "trial": int(trial["index"])},

@@ -226,6 +226,34 @@ def test_a_trial_is_actrec_train_with_its_overrides_last_and_a_share_of_the_core
     assert spec.log == str(record.experiment_dir / f"sweep-{record.sweep_id}-logs/trial-000.log")
 
 
+def test_a_varied_config_comes_before_the_flags_it_must_not_override(tmp_path):
+    from actrec.sweep import trial_spec
+
+    record = _plan(tmp_path, [{"config": "fashion", "model.lr": 0.1}])
+    record.plan["train_args"] = ["--trainer.max_steps=3"]
+    command = trial_spec(record, record.plan["trials"][0], None).command
+    assert command[4:6] == ("--config=fashion", "--trainer.max_steps=3")
+    assert command[-1] == "--model.lr=0.1"
+
+
+def test_a_sweep_another_live_process_drives_is_refused(tmp_path):
+    import socket
+
+    from actrec.runs._layout import process_start_ticks
+    from actrec.sweep import LocalLauncher, run_sweep
+
+    record = _plan(tmp_path, [{"model.lr": 0.1}])
+    parent = os.getppid()
+    record.plan["driver"] = {
+        "pid": parent,
+        "hostname": socket.gethostname(),
+        "process_start_ticks": process_start_ticks(parent),
+    }
+    with pytest.raises(SweepError, match=rf"is being run by process {parent} on .*; wait for it to end or stop it"):
+        run_sweep(record, LocalLauncher(1))
+    assert read_plan(record.path)["trials"][0]["state"] == "pending"
+
+
 def test_a_sweep_is_found_by_id_prefix_or_newest_of_its_name(tmp_path):
     record = _plan(tmp_path, [{"model.lr": 0.1}])
     assert resolve_sweep(tmp_path / "runs", "lr").path == record.path
