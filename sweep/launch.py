@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from actrec.runs import VERSION_PREFIX
 from actrec.runs.sweeps import (
     SWEEP_TRIAL_ENV,
     SweepError,
@@ -36,6 +37,7 @@ __all__ = [
     "SweepOutcome",
     "TrialSpec",
     "best_trial",
+    "next_version",
     "progress_text",
     "run_sweep",
     "run_trial",
@@ -58,8 +60,10 @@ class TrialSpec:
     cwd: str
 
 
-def trial_spec(record: SweepRecord, trial: dict[str, Any], threads: int | None) -> TrialSpec:
-    """The command, environment and log file of ``trial`` of the sweep ``record``."""
+def trial_spec(
+    record: SweepRecord, trial: dict[str, Any], threads: int | None, version: int | None = None
+) -> TrialSpec:
+    """The command, environment and log file of ``trial`` of the sweep ``record`` (into ``version_<version>``)."""
     plan = record.plan
     overrides = trial["overrides"]
     # A varied --config goes first: LightningCLI applies a config where it stands, so every flag after it wins.
@@ -87,6 +91,21 @@ def trial_spec(record: SweepRecord, trial: dict[str, Any], threads: int | None) 
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log = record.experiment_dir / trial["log"]
     return TrialSpec(int(trial["index"]), tuple(command), env, str(log), str(plan.get("cwd") or os.getcwd()))
+
+
+def next_version(experiment_dir: Path, reserved: set[int]) -> int:
+    """The next ``version_N`` past every folder there and every number this driver already gave a trial.
+
+    The driver picks each trial's version itself: trials started together would each take the same
+    "next free" folder, as two ``actrec train`` processes started at the same moment would.
+    """
+    taken = set(reserved)
+    if experiment_dir.is_dir():
+        for entry in os.scandir(experiment_dir):
+            suffix = entry.name.removeprefix(VERSION_PREFIX)
+            if entry.name.startswith(VERSION_PREFIX) and suffix.isdigit():
+                taken.add(int(suffix))
+    return max(taken, default=-1) + 1
 
 
 def _start(spec: TrialSpec) -> subprocess.Popen:
@@ -310,6 +329,7 @@ def run_sweep(
     waiting = list(todo)
     threads = launcher.threads()
     shown_at = 0.0
+    reserved: set[int] = set()
     try:
         while waiting or running:
             room = len(waiting) if launcher.slots is None else launcher.slots - len(running)
@@ -318,10 +338,12 @@ def run_sweep(
                 waiting = waiting[len(starting) :]
                 for index in starting:
                     trial = trials[index]
+                    version = next_version(record.experiment_dir, reserved)
+                    reserved.add(version)
                     trial.update(state="running", started=time.time(), ended=None, returncode=None, error=None)
-                    trial["attempts"] = int(trial.get("attempts", 0)) + 1
+                    trial.update(attempts=int(trial.get("attempts", 0)) + 1, version=version)
                 _save(record)
-                specs = [trial_spec(record, trials[index], threads) for index in starting]
+                specs = [trial_spec(record, trials[index], threads, trials[index]["version"]) for index in starting]
                 running.update(zip(starting, launcher.start(specs), strict=True))
             ended = [(index, code) for index, handle in running.items() if (code := launcher.poll(handle)) is not None]
             for index, code in ended:

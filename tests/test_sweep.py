@@ -254,6 +254,22 @@ def test_a_sweep_another_live_process_drives_is_refused(tmp_path):
     assert read_plan(record.path)["trials"][0]["state"] == "pending"
 
 
+def test_the_driver_gives_each_trial_its_own_version_folder(tmp_path):
+    from actrec.runs import sweep_trial_version
+    from actrec.sweep.launch import next_version
+
+    experiment = tmp_path / "lr"
+    assert next_version(experiment, set()) == 0
+    for name in ("version_0", "version_4", "version_x", "notes"):
+        (experiment / name).mkdir(parents=True)
+    assert next_version(experiment, set()) == 5
+    assert next_version(experiment, {5, 6}) == 7  # given to trials whose folders do not exist yet
+    marker = {"sweep": {"id": "x"}, "overrides": {}, "version": 7}
+    assert sweep_trial_version({SWEEP_TRIAL_ENV: json.dumps(marker)}) == 7
+    assert sweep_trial_version({SWEEP_TRIAL_ENV: json.dumps({**marker, "version": "7"})}) is None
+    assert sweep_trial_version({}) is None
+
+
 def test_a_sweep_is_found_by_id_prefix_or_newest_of_its_name(tmp_path):
     record = _plan(tmp_path, [{"model.lr": 0.1}])
     assert resolve_sweep(tmp_path / "runs", "lr").path == record.path
@@ -350,6 +366,7 @@ def test_a_2x2_grid_runs_in_parallel_survives_a_failed_trial_and_resumes(grid_sw
         trial = plan["trials"][summary["sweep"]["trial"]]
         assert summary["overrides"] == trial["overrides"]
         assert summary["seed"] == trial["overrides"]["seed_everything"]
+        assert name == f"version_{summary['sweep']['trial']}"  # the driver numbered them, no race
         assert (root / "runs/lr" / name / "activations.h5").is_file()
     logs = sorted((root / "runs/lr" / f"sweep-{plan['id']}-logs").glob("trial-*.log"))
     assert [log.name for log in logs] == [f"trial-00{index}.log" for index in range(4)]
