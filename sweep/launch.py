@@ -75,10 +75,11 @@ def trial_spec(
         "train",
         *configs,
         *plan.get("train_args", []),
+        # Where the plan is, not where it was written: a runs folder moved (or mounted elsewhere) still resumes.
         "--experiment",
-        str(plan["experiment"]),
+        record.experiment_dir.name,
         "--runs_dir",
-        str(plan["runs_dir"]),
+        str(record.experiment_dir.parent.resolve()),
         *(f"--{key}={value_text(value)}" for key, value in overrides.items() if key != "config"),
     ]
     marker = {
