@@ -534,3 +534,45 @@ def test_a_second_run_is_drawn_under_each_layer_at_the_nearest_step(tmp_path: Pa
 
     with tensorboard("--logdir", str(tmp_path / "logs")) as base:
         asyncio.run(drive(base))
+
+
+@pytest.mark.slow
+def test_a_trained_run_s_frames_are_render_s_colours(tmp_path: Path) -> None:
+    """A real (tiny) training of the quickstart network: every layer's served tiles at the last step are the
+    tiles `actrec render` drew of that step."""
+    runs = tmp_path / "runs"
+    subprocess.run(
+        [sys.executable, "-m", "actrec.cli", "train", "--runs_dir", str(runs), "--trainer.max_epochs=1",
+         "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+         "--recorder.every_n_steps=1", "--trainer.enable_progress_bar=false"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    run_dir = runs / "quickstart" / "version_0"
+    renders = tmp_path / "renders"
+    subprocess.run(
+        [sys.executable, "-m", "actrec.cli", "render", str(run_dir), "--out", str(renders), "--quiet",
+         "--tile-size", str(TILE_SIZE)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    with tensorboard("--logdir", str(runs)) as base:
+        api = f"{base}/data/plugin/actrec"
+        run = "quickstart/version_0"
+        info = _get_json(f"{api}/run?run={urllib.parse.quote(run)}")
+        timeline = _get_json(f"{api}/timeline?run={urllib.parse.quote(run)}")
+        last = timeline["num_rows"] - 1
+        assert timeline["global_steps"][-1] == 4  # steps 0..4: before training and after each of 4 batches
+        probes = len(info["probes"]["labels"])
+        assert len(info["layers"]) == 6
+        for layer in info["layers"]:
+            frame = _gif_frames(renders / f"{layer['name']}.gif")[last]
+            factor = TILE_SIZE // max(layer["grid"]["height"], layer["grid"]["width"])
+            query = urllib.parse.urlencode({"run": run, "layer": layer["name"], "row": last})
+            status, body = _get(f"{api}/frame?{query}")
+            assert status == 200, body
+            tiles = _tiles(_png(body), layer["grid"], probes)
+            for (channel, probe), tile in tiles.items():
+                if channel in (0, layer["grid"]["rows"] - 1):  # first and last channel of every probe
+                    big = upscale_nearest(tile.transpose(2, 0, 1), tile.shape[0] * factor, tile.shape[1] * factor)
+                    assert _contains(frame, big.transpose(1, 2, 0)), (layer["name"], channel, probe)
