@@ -289,6 +289,10 @@ def test_tab_moves_every_layer_on_one_slider(logdir: Path, tmp_path: Path) -> No
             )
             expected = colors.to_rgb(colour_scale("tanh", np.zeros(1)).indices(np.ones(1)))[0]
             assert centre == [*expected.tolist(), 255]
+            # Play runs every layer through the remaining steps and stops at the last one.
+            await page.evaluate(f"(() => {FRAME}.getElementById('play').click())()")
+            await _wait_for(page, f"{CANVASES}.every(c => c.dataset.row === '5')")
+            await _wait_for(page, "doc.getElementById('play').textContent === '▶'")
             await page.screenshot(tmp_path / "tab.png")
             assert page.errors == []
             outside = [url for url in page.requests if not url.startswith(base + "/") and not url.startswith("data:")]
