@@ -580,3 +580,34 @@ def test_a_trained_run_s_frames_are_render_s_colours(tmp_path: Path) -> None:
                 if channel in (0, layer["grid"]["rows"] - 1):  # first and last channel of every probe
                     big = upscale_nearest(tile.transpose(2, 0, 1), tile.shape[0] * factor, tile.shape[1] * factor)
                     assert _contains(frame, big.transpose(1, 2, 0)), (layer["name"], channel, probe)
+
+
+def test_a_live_run_s_scales_are_fixed_anew_once_it_has_twice_the_rows(tmp_path: Path) -> None:
+    logdir = tmp_path / "logs"
+    store = logdir / "live" / "version_0" / "activations.h5"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", LIVE_WRITER.format(tests_dir=str(Path(__file__).parent)), str(store), "60", "0.1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "1"
+        client = _plugin_client(logdir)
+        run = "live/version_0"
+        first = client.get(f"/run?run={run}").json
+        assert first["generation"] == 0
+        rows = first["num_rows"]
+        assert client.get(f"/frame?run={run}&layer=net.conv2&row=0").status_code == 200
+        deadline = time.monotonic() + 60
+        while client.get(f"/poll?run={run}").json["num_rows"] < 2 * rows:
+            assert time.monotonic() < deadline, "the writer did not double the rows within a minute"
+            time.sleep(0.1)
+        timeline = client.get(f"/timeline?run={run}").json
+        assert timeline["generation"] == 1  # re-planned over every row there now is
+        again = client.get(f"/run?run={run}").json
+        assert again["generation"] == 1
+        assert again["num_rows"] >= 2 * rows
+        assert client.get(f"/frame?run={run}&layer=net.conv2&row=0").status_code == 200
+    finally:
+        writer.kill()
+        writer.wait()
