@@ -149,9 +149,11 @@ def test_a_layer_of_unsupported_rank_is_one_sentence(tmp_path: Path, capsys: pyt
     with h5py.File(path, "r+") as store:
         store["layers/net.conv2"].attrs["sample_shape"] = np.asarray([2, 4, 4, 1, 1])
     assert render_main([str(tmp_path / "run"), "--layers", "net.conv2"]) == 1
+    # The store checks every layer attribute at open, so the bogus shape is refused there, in one sentence,
+    # before the read side's kind rule (tested on its own in test_recording) is ever asked.
     assert capsys.readouterr().err.strip() == (
-        "actrec render: cannot draw layer 'net.conv2' of per-probe shape (2, 4, 4, 1, 1): actrec draws "
-        "(C, H, W) maps, (T, D) tokens and (D,) vectors."
+        f"actrec render: {path} is damaged: layer net.conv2's sample_shape attribute [2, 4, 4, 1, 1] does not "
+        "match its activations, (2, 4, 4) a probe."
     )
 
 
