@@ -40,9 +40,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from actrec.callbacks import ActivationRecorder
-from actrec.probe._engine import ProbeEngine
+from actrec.probe import HostRing, ProbeEngine
 from actrec.probe._graph import capture_failure
-from actrec.probe._ring import HostRing
 
 REPO = Path(__file__).resolve().parent.parent
 CUDA = torch.cuda.is_available()

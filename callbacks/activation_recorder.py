@@ -20,6 +20,8 @@ from typing_extensions import override
 
 from actrec.errors import UserError
 from actrec.probe import (
+    HostRing,
+    ProbeEngine,
     ProbeError,
     ProbeSelection,
     probes_from_dataset,
@@ -28,8 +30,6 @@ from actrec.probe import (
     resolve_layers,
     scale_kinds,
 )
-from actrec.probe._engine import ProbeEngine
-from actrec.probe._ring import HostRing
 from actrec.runs import VERSION_PREFIX, Run, RunError, running_summary, store_for_resume, write_summary
 from actrec.store import (
     STORE_FILENAME,
