@@ -10,12 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from actrec.names import SCALE_NONNEGATIVE, SCALE_SIGMOID, SCALE_SYMMETRIC, SCALE_TANH
 from actrec.probe._layers import ProbeError, modules_of, select_output, torch_reason
-
-SCALE_TANH = "tanh"
-SCALE_SIGMOID = "sigmoid"
-SCALE_NONNEGATIVE = "nonnegative"
-SCALE_SYMMETRIC = "symmetric"
 
 _BOUNDED = {
     nn.Tanh: SCALE_TANH,

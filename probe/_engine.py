@@ -21,15 +21,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from actrec.names import KIND_MAPS, KIND_TOKENS, KIND_VECTOR
 from actrec.probe._capture import capture, forked_rng, run_hooked
 from actrec.probe._graph import ModelWatch, capture_replay
 from actrec.probe._layers import ProbeError, modules_of, select_output
 
 log = logging.getLogger("actrec")
 
-KIND_MAPS = "maps"
-KIND_TOKENS = "tokens"
-KIND_VECTOR = "vector"
 _ALIGN = 8
 _MAX_RECAPTURES = 3  # a model that keeps changing (pruning every epoch) is then run eagerly
 
