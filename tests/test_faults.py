@@ -984,3 +984,49 @@ def test_inspect_featuremaps_with_a_folder_for_image_says_it_is_a_folder(
     assert capsys.readouterr().err == (
         f"actrec inspect featuremaps: image {tmp_path} is a folder; pass an image file (PNG, JPEG, ...).\n"
     )
+
+
+_WRITE_BIG_DYNAMICS = r"""
+import sys
+import numpy as np
+from actrec.dynamics.compute import SERIES, Dynamics, LayerDynamics
+from actrec.dynamics.tensorboard import write_scalars
+
+steps = np.arange(int(sys.argv[2]))
+layer = LayerDynamics(name="net.conv1", scale_kind="tanh", channels=4, always_constant=(), settling_step=None,
+                      **{key: np.linspace(0.0, 1.0, len(steps)) for key in SERIES})
+dynamics = Dynamics(run_id="big", global_steps=steps, epochs=steps // 100, num_probes=3, threshold=0.9,
+                    layers={"net.conv1": layer})
+print("writing", flush=True)
+write_scalars(dynamics, sys.argv[1])
+"""
+
+
+def _event_points(path: Path) -> int:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    return sum(1 for event in EventFileLoader(str(path)).Load() if event.summary.value)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_a_killed_dynamics_export_leaves_the_previous_events_file_whole(tmp_path: Path, how: str) -> None:
+    log_dir = tmp_path / "dynamics"
+    command = [sys.executable, "-c", _WRITE_BIG_DYNAMICS, str(log_dir)]
+    subprocess.run([*command, "300"], check=True, capture_output=True, timeout=120)
+    (previous,) = log_dir.iterdir()
+    assert _event_points(previous) == 300
+    before = _fingerprint(log_dir)
+    process = subprocess.Popen([*command, "99999"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "writing\n"
+    time.sleep(1.5)  # the 99,999-point file takes several seconds to write
+    assert process.poll() is None, "the write ended before it could be killed"
+    process.send_signal(getattr(signal, how))
+    process.communicate(timeout=60)
+    after = _fingerprint(log_dir)
+    # The old complete file, byte-identical; TensorBoard loads nothing else. Ctrl-C also removes the partial
+    # file; SIGKILL leaves it under its staged name, which TensorBoard ignores and the next write removes.
+    assert {name: digest for name, digest in after.items() if "tfevents" in name} == before
+    assert len(after) == (2 if how == "SIGKILL" else 1)
+    subprocess.run([*command, "10"], check=True, capture_output=True, timeout=120)
+    (rewritten,) = log_dir.iterdir()
+    assert _event_points(rewritten) == 10
