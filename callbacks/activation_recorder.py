@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -14,9 +15,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks.callback import Callback
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from actrec.errors import UserError
 from actrec.probe import (
     ProbeError,
     ProbeSelection,
@@ -28,7 +30,7 @@ from actrec.probe import (
 )
 from actrec.probe._engine import ProbeEngine
 from actrec.probe._ring import HostRing
-from actrec.runs import RunError, store_for_resume
+from actrec.runs import VERSION_PREFIX, Run, RunError, running_summary, store_for_resume, write_summary
 from actrec.store import (
     STORE_FILENAME,
     LayerSpec,
@@ -242,6 +244,12 @@ class ActivationRecorder(Callback):
         self._val_written: dict[str, bool] = {"val/loss": False, "val/acc": False}
         self._batch_metrics_found: dict[str, bool] = {"batch_loss": False, "batch_acc": False}
         self._validated = False
+        self._own_folder: Path | None = None
+        self._claim_folder = False
+        self._writes_summary = False
+        self._started: float | None = None
+        self._finished = False
+        self._recorded_rows = 0
 
     @property
     def store_path(self) -> Path | None:
@@ -282,9 +290,16 @@ class ActivationRecorder(Callback):
             raise MisconfigurationException(f"ActivationRecorder: {error}") from None
         num_parameters = sum(p.numel() for p in pl_module.parameters())
         self._record_weights = num_parameters < _SMALL_MODEL if self.record_weights is None else self.record_weights
-        path = Path(self.path) if self.path else Path(_default_folder(trainer)) / STORE_FILENAME
+        if self.path:
+            path, self._own_folder, self._claim_folder = Path(self.path), None, False
+        else:
+            folder, self._claim_folder = _default_folder(trainer)
+            path = folder / STORE_FILENAME
+            self._own_folder = folder.expanduser().absolute()
         self._store_path = path.expanduser().absolute()
-        _on_rank_zero_or_raise(trainer, lambda: check_writable(self._store_path))
+        # A version folder still to be claimed is made with the store; until then its parent is checked.
+        writable = self._own_folder.parent / STORE_FILENAME if self._claim_folder else self._store_path
+        _on_rank_zero_or_raise(trainer, lambda: check_writable(writable))
 
     def _select_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ProbeSelection:
         """Probes from, in order: the images given; ``val_dataset``; the first batches of the validation loader."""
@@ -332,6 +347,16 @@ class ActivationRecorder(Callback):
             self._record(trainer, None, None)
 
     def _prepare_store(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        claimed = self._claim_version_folder() if self._claim_folder else None
+        try:
+            self._open_store(trainer, pl_module)
+        except BaseException:
+            if claimed is not None and not any(claimed.iterdir()):
+                claimed.rmdir()  # a run refused before its first step leaves no empty version folder
+            raise
+        self._start_summary(trainer, pl_module)
+
+    def _open_store(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         resume = self._resume_state
         if resume is not None and not self.overwrite:
             self._run_id = resume["run_id"]
@@ -352,7 +377,7 @@ class ActivationRecorder(Callback):
             self._resumed = True
             return
         check_new_path(self._store_path, self.overwrite)
-        self._build_engine(pl_module)
+        self._build_engine(trainer, pl_module)
         StoreWriter.create(
             self._store_path,
             run_id=self._run_id,
@@ -360,16 +385,89 @@ class ActivationRecorder(Callback):
             probes=self._probe_set(),
             layers=self._layer_specs(),
             num_classes=self._engine.output_shape[1],
-            dtype=self.dtype,
+            dtype=self._engine.dtype,  # float32 when layers compute in bfloat16
             compression=self.compression,
             overwrite=self.overwrite,
             background=False,
         ).close()
         self._open_writer(wait=False)
 
+    def _claim_version_folder(self) -> Path:
+        """Create this run's ``actrec/version_N`` (the next free N: a folder made by another run meanwhile
+        is skipped), so two runs in one folder never share a store."""
+        parent = self._own_folder.parent
+        number = int(self._own_folder.name.removeprefix(VERSION_PREFIX))
+        parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            folder = parent / f"{VERSION_PREFIX}{number}"
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:
+                number += 1
+        self._own_folder = folder
+        self._store_path = folder / STORE_FILENAME
+        self._claim_folder = False
+        return folder
+
+    # -- summary.json ----------------------------------------------------------------------------
+
+    def _start_summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write ``summary.json`` ("running") into the run folder the recorder chose, unless this process
+        already wrote one there (``actrec train`` does, with more to say), and say where the store is."""
+        self._started = time.time()
+        folder = self._own_folder
+        if folder is not None:
+            try:
+                existing = Run(folder).summary()
+            except RunError:
+                existing = None
+            ours = existing is not None and existing.get("state") == "running" and existing.get("pid") == os.getpid()
+            self._writes_summary = not ours
+            if self._writes_summary:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_summary(folder, running_summary(**self._summary_facts(trainer, pl_module)))
+        rank_zero_info(f"ActivationRecorder: recording to {self._store_path}")
+
+    def _summary_facts(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        folder = self._own_folder
+        return {
+            "experiment": folder.parent.name if folder is not None else None,
+            "version": folder.name if folder is not None else None,
+            "model": type(pl_module).__name__,
+            "dataset": type(trainer.datamodule).__name__ if trainer.datamodule is not None else None,
+            "store_path": str(self._store_path),
+            "written_by": "ActivationRecorder",
+        }
+
+    def _finish_summary(self, trainer: pl.Trainer, state: str, error: str | None = None) -> None:
+        """Rewrite ``summary.json`` with how the run ended, once, and say where the store is."""
+        if self._finished or self._started is None or not trainer.is_global_zero:
+            return
+        self._finished = True
+        rank_zero_info(f"ActivationRecorder: {state}; the store is {self._store_path}")
+        if not self._writes_summary or self._own_folder is None or not self._own_folder.is_dir():
+            return
+        pl_module = trainer.lightning_module
+        summary = running_summary(**self._summary_facts(trainer, pl_module))
+        store = self._store_path
+        summary.update(
+            state=state,
+            error=error,
+            started=self._started,
+            ended=time.time(),
+            wall_time_s=round(time.time() - self._started, 3),
+            global_step=int(trainer.global_step),
+            epoch=int(trainer.current_epoch),
+            metrics=_scalar_metrics(trainer.callback_metrics),
+            store_bytes=store.stat().st_size if store is not None and store.is_file() else None,
+            recorded_steps=self._recorded_rows,
+        )
+        write_summary(self._own_folder, summary)
+
     def _start_writing(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._resumed:
-            self._build_engine(pl_module)
+            self._build_engine(trainer, pl_module)
             StoreWriter.resume(
                 self._store_path,
                 run_id=self._run_id,
@@ -405,7 +503,7 @@ class ActivationRecorder(Callback):
         if self.background_writes:
             self._ring = HostRing(self._engine.nbytes, self.ring_slots, self._engine.device, self._consume)
 
-    def _build_engine(self, pl_module: pl.LightningModule) -> None:
+    def _build_engine(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         try:
             self._engine = ProbeEngine(
                 pl_module,
@@ -415,6 +513,7 @@ class ActivationRecorder(Callback):
                 max_channels=self.max_channels,
                 record_params=self._record_weights,
                 cuda_graph=self.cuda_graphs,
+                forward_context=trainer.precision_plugin.forward_context,
             )
         except ProbeError as error:
             raise MisconfigurationException(f"ActivationRecorder: {error}") from None
@@ -466,6 +565,10 @@ class ActivationRecorder(Callback):
         if not trainer.is_global_zero or step == self._last_recorded_step or step % self.every_n_steps:
             return
         loss = _find_metric(outputs, trainer, self.batch_loss_names)
+        if loss is not None and _is_step_loss(outputs, loss, pl_module):
+            # Lightning divides the loss training_step returned by accumulate_grad_batches before handing
+            # it back (the part each micro-batch adds to the gradient); the batch's own loss is N times it.
+            loss = loss * trainer.accumulate_grad_batches
         acc = _find_metric(outputs, trainer, self.batch_acc_names)
         self._batch_metrics_found["batch_loss"] |= loss is not None
         self._batch_metrics_found["batch_acc"] |= acc is not None
@@ -518,13 +621,20 @@ class ActivationRecorder(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Close the store."""
+        """Close the store and write the run's outcome into ``summary.json``."""
         self._close()
+        if stage == "fit":
+            self._finish_summary(trainer, "interrupted" if trainer.interrupted else "finished")
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """Keep every step recorded so far when training fails."""
+        """Keep every step recorded so far when training fails, and say how it ended in ``summary.json``."""
         self._close()
+        if isinstance(exception, KeyboardInterrupt):
+            self._finish_summary(trainer, "interrupted")
+        else:
+            message = str(exception) if isinstance(exception, UserError) else f"{type(exception).__name__}: {exception}"
+            self._finish_summary(trainer, "failed", error=message)
 
     def _close(self) -> None:
         ring, self._ring = self._ring, None
@@ -562,6 +672,7 @@ class ActivationRecorder(Callback):
             return
         self._check_failure()
         packed = self._engine.run(batch_loss, batch_acc)
+        self._recorded_rows += 1
         log_images = bool(self.log_images_every_n_steps) and step % self.log_images_every_n_steps == 0
         row = _Row(step, trainer.current_epoch, time.time(), log_images)
         if self._ring is not None:
@@ -708,6 +819,28 @@ def sharded_strategy_refusal(strategy: Any) -> str | None:
     )
 
 
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The logged metrics that are one number, as floats (read once, when the run ends)."""
+    found = {}
+    for name, value in metrics.items():
+        if (
+            isinstance(value, torch.Tensor)
+            and value.numel() == 1
+            or isinstance(value, (int, float))
+            and not isinstance(value, bool)
+        ):
+            found[name] = float(value)
+    return dict(sorted(found.items()))
+
+
+def _is_step_loss(outputs: Any, loss: Any, pl_module: pl.LightningModule) -> bool:
+    """Whether ``loss`` is the loss ``training_step`` returned, which automatic optimisation normalises."""
+    if not pl_module.automatic_optimization:
+        return False
+    returned = outputs.get("loss") if isinstance(outputs, dict) else outputs
+    return returned is loss
+
+
 def _resolve_checkpoint_path(stored: str, fallback: Path | None) -> Path:
     """The checkpoint's store path; a relative one (older checkpoints) is tried against this run's folder."""
     path = Path(stored)
@@ -717,10 +850,17 @@ def _resolve_checkpoint_path(stored: str, fallback: Path | None) -> Path:
     return candidate if candidate.exists() else path.absolute()
 
 
-def _default_folder(trainer: pl.Trainer) -> str:
+def _default_folder(trainer: pl.Trainer) -> tuple[Path, bool]:
+    """The run's folder and whether it is still to be claimed: the logger's ``log_dir`` when it has one,
+    else ``<default_root_dir>/actrec/version_N`` with the next free N (claimed when the store is created)."""
     logger = trainer.logger
     log_dir = getattr(logger, "log_dir", None) if logger is not None else None
-    return log_dir or trainer.default_root_dir
+    if log_dir:
+        return Path(log_dir), False
+    parent = Path(trainer.default_root_dir) / "actrec"
+    suffixes = [p.name.removeprefix(VERSION_PREFIX) for p in parent.glob(f"{VERSION_PREFIX}*")]
+    taken = [int(suffix) for suffix in suffixes if suffix.isdigit()]
+    return parent / f"{VERSION_PREFIX}{max(taken, default=-1) + 1}", True
 
 
 def _on_rank_zero_or_raise(trainer: pl.Trainer, action: Callable[[], None]) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "read_plan",
     "resolve_sweep",
     "status_counts",
+    "sweep_run_folders",
     "sweep_main",
     "sweep_rows",
     "sweep_table",
@@ -206,6 +207,17 @@ class TrialState:
         shown = keys if keys is not None else list(self.overrides)
         return " ".join(f"{key}={value_text(self.overrides[key])}" for key in shown if key in self.overrides)
 
+    def short_label(self, keys: list[str] | None = None) -> str:
+        """``lr=0.01 seed=1``: :meth:`label` with each key's last part (``seed`` for ``seed_everything``)."""
+        shown = keys if keys is not None else list(self.overrides)
+        return " ".join(
+            f"{_short_key(key)}={value_text(self.overrides[key])}" for key in shown if key in self.overrides
+        )
+
+
+def _short_key(key: str) -> str:
+    return "seed" if key == "seed_everything" else key.rsplit(".", 1)[-1]
+
 
 def _trial_runs(record: SweepRecord) -> dict[int, list[tuple[Run, dict[str, Any]]]]:
     """The run folders of each trial of ``record``, oldest attempt first."""
@@ -349,3 +361,37 @@ def sweep_main(root: str, name_or_id: str, *, sort: str = "run", reverse: bool =
         return 0
 
     return run_guarded("actrec runs", action)
+
+
+def sweep_run_folders(
+    root: str | os.PathLike, name_or_id: str, *, limit: int = 16, need_store: bool = True
+) -> tuple[SweepRecord, list[TrialState], str | None]:
+    """The finished trials of a sweep that have a run folder (and a store), at most ``limit`` of them.
+
+    With more than ``limit``, the best ``limit`` by the sweep's metric are kept, in trial order.
+
+    Returns:
+        The sweep, the chosen trials, and a note saying which were left out (``None`` when none were).
+
+    Raises:
+        SweepError: no such sweep, or no finished trial with a store.
+    """
+    record = resolve_sweep(root, name_or_id)
+    states = [state for state in trial_states(record) if state.status == "finished" and state.run is not None]
+    if need_store:
+        states = [state for state in states if state.run.store_path.is_file()]
+    if not states:
+        raise SweepError(f"sweep {record.name} ({record.sweep_id}) has no finished trial with an activation store yet.")
+    note = None
+    if len(states) > limit:
+        metric, mode = str(record.plan.get("metric", "test/acc")), str(record.plan.get("mode", "max"))
+        scored = [state for state in states if isinstance(state.metrics.get(metric), int | float)]
+        unscored = [state for state in states if state not in scored]
+        scored.sort(key=lambda state: state.metrics[metric], reverse=mode == "max")
+        kept = (scored + unscored)[:limit]
+        note = (
+            f"sweep {record.name}: showing {limit} of {len(states)} finished trials, the best by {metric} ({mode}); "
+            f"left out: trials {', '.join(str(state.index) for state in states if state not in kept)}."
+        )
+        states = sorted(kept, key=lambda state: state.index)
+    return record, states, note

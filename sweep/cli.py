@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -99,8 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--random", type=int, default=0, metavar="N", help="draw N trials from the --space ranges")
     parser.add_argument("--space", action="append", default=[], metavar="KEY=LOW:HIGH[:log]", help="a range to draw")
     parser.add_argument("--seeds", type=int, default=0, metavar="N", help="repeat each trial with seeds 0..N-1")
-    parser.add_argument("--parallel", type=int, default=1, metavar="N", help="trials at once (default 1)")
-    parser.add_argument("--executor", choices=EXECUTORS, default="local", help="where trials run (default local)")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="trials at once (local default 1; ray and slurm: as many as the cluster schedules)",
+    )
+    parser.add_argument("--executor", choices=EXECUTORS, help="where trials run (default local)")
     parser.add_argument("--experiment", default="sweep", help="runs go to <runs_dir>/<experiment>/ (default sweep)")
     parser.add_argument("--runs_dir", default="runs", help="root folder of all runs (default runs)")
     parser.add_argument("--name", help="the sweep's name (default: the experiment's)")
@@ -110,37 +116,40 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="write the plan and list the trials; run nothing")
     ray = parser.add_argument_group("ray executor (pip install -e '.[ray]')")
     ray.add_argument("--address", help="join this Ray cluster (default: start a local Ray instance)")
-    ray.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray CPUs per trial (default 1)")
-    ray.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray GPUs per trial (default 0)")
+    ray.add_argument("--cpus-per-trial", type=float, help="Ray CPUs per trial (default 1)")
+    ray.add_argument("--gpus-per-trial", type=float, help="Ray GPUs per trial (default 0)")
+    ray.add_argument("--ray-num-cpus", type=int, help="CPUs of the local Ray instance (default: all of them)")
     slurm = parser.add_argument_group("slurm executor, through submitit (pip install -e '.[slurm]')")
     slurm.add_argument("--slurm-partition", help="the partition to submit to")
-    slurm.add_argument("--slurm-time", type=int, default=60, metavar="MINUTES", help="time limit per trial")
-    slurm.add_argument("--slurm-cpus-per-task", type=int, default=1, help="CPUs per trial (default 1)")
-    slurm.add_argument("--slurm-gpus-per-node", type=int, default=0, help="GPUs per trial (default 0)")
-    slurm.add_argument("--slurm-array", action="store_true", help="submit the trials as one job array")
+    slurm.add_argument("--slurm-time", type=int, metavar="MINUTES", help="time limit per trial")
+    slurm.add_argument("--slurm-cpus-per-task", type=int, help="CPUs per trial (default 1)")
+    slurm.add_argument("--slurm-gpus-per-node", type=int, help="GPUs per trial (default 0)")
+    slurm.add_argument("--slurm-array", action="store_true", default=None, help="submit the trials as one job array")
     slurm.add_argument(
         "--slurm-cluster",
         choices=("slurm", "local", "debug"),
-        default="slurm",
         help="submitit's cluster: slurm, or local/debug to run the same jobs on this machine",
     )
     return parser
 
 
 def _executor_settings(args: argparse.Namespace) -> dict[str, Any]:
-    settings: dict[str, Any] = {"kind": args.executor, "parallel": args.parallel}
-    if args.executor == "ray":
-        settings.update(address=args.address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
-    elif args.executor == "slurm":
-        settings.update(
-            partition=args.slurm_partition,
-            time_min=args.slurm_time,
-            cpus_per_task=args.slurm_cpus_per_task,
-            gpus_per_node=args.slurm_gpus_per_node,
-            array=args.slurm_array,
-            cluster=args.slurm_cluster,
-        )
-    return settings
+    """The executor flags given on this command line (a resumed sweep keeps its plan's for the others)."""
+    given = {
+        "kind": args.executor,
+        "parallel": args.parallel,
+        "address": args.address,
+        "cpus_per_trial": args.cpus_per_trial,
+        "gpus_per_trial": args.gpus_per_trial,
+        "num_cpus": args.ray_num_cpus,
+        "partition": args.slurm_partition,
+        "time_min": args.slurm_time,
+        "cpus_per_task": args.slurm_cpus_per_task,
+        "gpus_per_node": args.slurm_gpus_per_node,
+        "array": args.slurm_array,
+        "cluster": args.slurm_cluster,
+    }
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def make_launcher(record: SweepRecord, settings: dict[str, Any]) -> Launcher:
@@ -154,11 +163,11 @@ def make_launcher(record: SweepRecord, settings: dict[str, Any]) -> Launcher:
         from actrec.sweep.executors import SlurmLauncher
 
         return SlurmLauncher(record, settings)
-    return LocalLauncher(int(settings.get("parallel", 1)))
+    return LocalLauncher(settings.get("parallel"))
 
 
 def _sweep(args: argparse.Namespace, passthrough: list[str]) -> int:
-    if args.parallel < 1:
+    if args.parallel is not None and args.parallel < 1:
         raise SweepError(f"--parallel must be at least 1, got {args.parallel}.")
     if args.resume is not None:
         changed = [flag for flag, value in (("--grid", args.grid), ("--space", args.space)) if value]
@@ -188,19 +197,29 @@ def _sweep(args: argparse.Namespace, passthrough: list[str]) -> int:
             train_args=_train_args(passthrough, args.config),
             metric=args.metric,
             mode=mode,
-            executor=_executor_settings(args),
+            executor={"kind": "local", **_executor_settings(args)},
             sweep_id=sweep_id,
         )
         experiment_dir = runs_dir / args.experiment
+        created = [folder for folder in (experiment_dir, runs_dir) if not folder.exists()]
         experiment_dir.mkdir(parents=True, exist_ok=True)
-        record = SweepRecord(write_plan(plan_path(experiment_dir, sweep_id), plan), plan)
+        record = SweepRecord(plan_path(experiment_dir, sweep_id), plan)
+        try:  # an executor that cannot start (an extra not installed, no sbatch) leaves nothing behind
+            launcher = None if args.dry_run else make_launcher(record, plan["executor"])
+        except BaseException:
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
+        write_plan(record.path, plan)
         print(f"sweep {record.name} ({record.sweep_id}): {len(overrides)} trial(s), plan {record.path}")
     if args.dry_run:
         for trial in record.plan["trials"]:
             shown = " ".join(f"{key}={value}" for key, value in trial["overrides"].items())
             print(f"  trial {trial['index']}: {shown}")
         return 0
-    launcher = make_launcher(record, record.plan["executor"])
+    if args.resume is not None:
+        launcher = make_launcher(record, record.plan["executor"])
     outcome = run_sweep(record, launcher)
     print(sweep_table(record, outcome.states))
     if outcome.unfinished:

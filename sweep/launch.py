@@ -139,11 +139,15 @@ class Launcher(Protocol):
     def threads(self) -> int | None:
         """CPU threads for each trial's torch, or ``None`` to leave it to the executor."""
 
+    def close(self) -> None:
+        """Release what the launcher started (a local Ray instance)."""
+
 
 class LocalLauncher:
     """A pool of ``parallel`` trial processes on this machine, the CPU cores split between them."""
 
-    def __init__(self, parallel: int) -> None:
+    def __init__(self, parallel: int | None) -> None:
+        parallel = 1 if parallel is None else parallel
         if parallel < 1:
             raise SweepError(f"--parallel must be at least 1, got {parallel}.")
         self.slots = parallel
@@ -164,6 +168,9 @@ class LocalLauncher:
         for process in handles:
             _stop(process)
 
+    def close(self) -> None:
+        """Nothing to release: every trial process has ended."""
+
 
 def _last_line(log: Path | None) -> str | None:
     """The sentence a failed trial ended with: the last ``actrec train:`` line of its log, else its last line."""
@@ -176,7 +183,7 @@ def _last_line(log: Path | None) -> str | None:
             lines = [line.strip() for line in file.read().decode(errors="replace").splitlines() if line.strip()]
     except OSError:
         return None
-    said = [line for line in lines if line.startswith("actrec train:")]
+    said = [line for line in lines if line.startswith(("actrec train:", "actrec sweep:"))]
     chosen = said[-1] if said else (lines[-1] if lines else None)
     return chosen[:300] if chosen else None
 
@@ -344,6 +351,7 @@ def run_sweep(
         _save(record)
         raise
     finally:
+        launcher.close()
         record.plan["driver"] = {**record.plan["driver"], "ended": time.time()}
         record.plan["driver"]["pid"] = None  # no live driver: a resume may start at once
         _save(record)

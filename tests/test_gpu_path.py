@@ -20,6 +20,7 @@ from recorder_fixtures import TinyData, TinyNet, quiet_trainer
 
 from actrec.callbacks import ActivationRecorder
 from actrec.callbacks.activation_recorder import sharded_strategy_refusal
+from actrec.probe._engine import ProbeEngine
 from actrec.store import StoreReader
 
 TESTS = Path(__file__).parent
@@ -192,3 +193,37 @@ def test_recorder_hooks_make_no_host_sync_during_a_fit(tmp_path: Path, monkeypat
         # Read from the logged tensors, not converted: step k's row holds the accuracy of batch k-1.
         np.testing.assert_allclose(steps["batch_acc"][1:], module.accuracies, rtol=1e-6)
         assert np.all(np.isfinite(steps["batch_loss"][1:]))
+
+
+def test_bf16_mixed_probe_pass_computes_what_training_computes(tmp_path: Path) -> None:
+    """Under bf16-mixed the probe pass runs inside Lightning's autocast, as training_step does; its bfloat16
+    activations are stored as float32 (exactly), not float16."""
+    torch.manual_seed(0)
+    path = tmp_path / "activations.h5"
+    module = TinyNet()
+    recorder = ActivationRecorder(path=str(path), layers=["net.conv1", "net.conv2"], dtype="float16")
+    quiet_trainer(tmp_path, callbacks=[recorder], max_epochs=1, precision="bf16-mixed").fit(module, TinyData())
+    with StoreReader(path) as store:
+        images = torch.from_numpy(store.probes.images)
+        stored = store.activations("net.conv2", slice(-1, None))[0]
+        assert stored.dtype == np.float32
+    module.eval()
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = module.net.conv2(module.net.conv1(images))
+        full = module.net.conv2(module.net.conv1(images))
+    assert autocast.dtype == torch.bfloat16
+    np.testing.assert_array_equal(stored, autocast.float().numpy())
+    assert not np.array_equal(stored, full.numpy())  # a float32 pass differs: the probes saw what training saw
+
+
+def test_bfloat16_layers_beyond_float16_range_are_stored_finite() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).to(torch.bfloat16)
+    with torch.no_grad():
+        model[0].weight.fill_(1e5)  # 4e5 after the first layer: inf in float16
+    engine = ProbeEngine(model, torch.ones(2, 4), ["0", "2"], dtype="float16")
+    assert engine.dtype == "float32"
+    views = engine.host_views(engine.run().clone())
+    assert torch.isfinite(views["0/activations"]).all()
+    assert views["0/activations"].min() >= 3.9e5
+    assert views["0/nonfinite"] == 0
