@@ -1030,3 +1030,18 @@ def test_a_killed_dynamics_export_leaves_the_previous_events_file_whole(tmp_path
     subprocess.run([*command, "10"], check=True, capture_output=True, timeout=120)
     (rewritten,) = log_dir.iterdir()
     assert _event_points(rewritten) == 10
+
+
+@pytest.mark.parametrize(("sheet_steps", "outside"), [("7777,3", "7777"), ("-5,0,99999", "-5, 99999")])
+def test_sheet_steps_outside_the_recorded_steps_are_refused_like_steps(
+    tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str], sheet_steps: str, outside: str
+) -> None:
+    out = tmp_path / "out"
+    assert main(["render", str(pristine), f"--sheet-steps={sheet_steps}", "--out", str(out), "--quiet"]) == 1
+    last = (NUM_STEPS - 1) * 5
+    assert capsys.readouterr().err == (
+        f"actrec render: --sheet-steps {outside} lies outside the drawn steps 0..{last}; choose steps within them.\n"
+    )
+    assert not out.exists()
+    assert main(["render", str(pristine), "--steps", "99999:", "--out", str(out), "--quiet"]) == 1
+    assert "no recorded step lies in the chosen range" in capsys.readouterr().err
