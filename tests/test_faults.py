@@ -1045,3 +1045,17 @@ def test_sheet_steps_outside_the_recorded_steps_are_refused_like_steps(
     assert not out.exists()
     assert main(["render", str(pristine), "--steps", "99999:", "--out", str(out), "--quiet"]) == 1
     assert "no recorded step lies in the chosen range" in capsys.readouterr().err
+
+
+def test_nan_in_abs_max_of_a_v2_store_is_not_counted_as_a_non_finite_step(
+    tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def nan_peaks(file: h5py.File) -> None:
+        file["layers/net.conv2/abs_max"][:] = np.nan
+
+    store = _edited(pristine, tmp_path, nan_peaks)
+    assert main(["render", str(store), "--layers", "net.conv2", "--out", str(tmp_path / "out")]) == 0
+    assert "NaN or infinite" not in capsys.readouterr().err
+    diverged = _diverged_store(tmp_path / "diverged" / "activations.h5")
+    assert main(["render", str(diverged), "--layers", "net.conv2", "--out", str(tmp_path / "out2")]) == 0
+    assert "net.conv2: 4 of 8 recorded steps hold NaN or infinite values" in capsys.readouterr().err

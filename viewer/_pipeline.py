@@ -310,10 +310,9 @@ def _nonfinite_steps(store: StoreReader, name: str, num_rows: int) -> int:
     """Rows of a layer holding NaN or infinities: the stored counts (v2), else a non-finite row maximum (v1)."""
     try:
         counts = getattr(store, "nonfinite", None)
-        if counts is not None:
-            stored = np.asarray(counts(name, slice(0, num_rows)))
-            if stored.size and stored.any():
-                return int((stored > 0).sum())
+        if counts is not None and getattr(store, "format_version", 1) >= 2:
+            # v2 counts them as written: a NaN in abs_max (which holds only finite values) is damage, not a step.
+            return int((np.asarray(counts(name, slice(0, num_rows))) > 0).sum())
         peaks = np.asarray(store.abs_max(name, slice(0, num_rows)), dtype=np.float64)
     except (StoreError, KeyError):
         return 0
