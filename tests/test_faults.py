@@ -1059,3 +1059,14 @@ def test_nan_in_abs_max_of_a_v2_store_is_not_counted_as_a_non_finite_step(
     diverged = _diverged_store(tmp_path / "diverged" / "activations.h5")
     assert main(["render", str(diverged), "--layers", "net.conv2", "--out", str(tmp_path / "out2")]) == 0
     assert "net.conv2: 4 of 8 recorded steps hold NaN or infinite values" in capsys.readouterr().err
+
+
+def test_a_damaged_probe_image_is_refused_not_drawn_as_data(
+    tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with h5py.File(pristine, "r") as file:
+        assert all(file[f"probes/{name}"].fletcher32 for name in ("images", "labels", "indices"))
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    _damage(store, _chunk_offset(store, "probes/images", 0) + 40, length=16)
+    assert _refuse(store, capsys) == "row 0 of probes/images is damaged (checksum mismatch)"
