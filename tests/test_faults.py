@@ -1070,3 +1070,19 @@ def test_a_damaged_probe_image_is_refused_not_drawn_as_data(
     shutil.copy(pristine, store)
     _damage(store, _chunk_offset(store, "probes/images", 0) + 40, length=16)
     assert _refuse(store, capsys) == "row 0 of probes/images is damaged (checksum mismatch)"
+
+
+def test_a_run_shorter_than_the_recording_stride_does_not_claim_its_loss_was_never_logged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    from actrec.trainer.cli import train_main
+
+    short = [*_RESUME_RUN[:-1], "--trainer.max_epochs=1"]  # 3 batches, every_n_steps set below
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train_main(["--runs_dir", str(tmp_path), *short, "--recorder.every_n_steps=5"]) == 0
+    assert [str(w.message) for w in caught if "logged none of" in str(w.message)] == []
+    with StoreReader(tmp_path / "kill" / "version_0") as store:
+        assert store.global_steps().tolist() == [0, 3]
