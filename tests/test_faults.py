@@ -1086,3 +1086,23 @@ def test_a_run_shorter_than_the_recording_stride_does_not_claim_its_loss_was_nev
     assert [str(w.message) for w in caught if "logged none of" in str(w.message)] == []
     with StoreReader(tmp_path / "kill" / "version_0") as store:
         assert store.global_steps().tolist() == [0, 3]
+
+
+def test_ctrl_c_while_a_command_still_imports_is_one_line_not_a_traceback(
+    pristine: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # On a loaded machine `actrec render` spends seconds importing numpy, h5py and Pillow before its own guard
+    # is in place, and Ctrl-C there printed a traceback through importlib. A Ctrl-C that lands in the
+    # subcommand's import, made certain: an import hook raises it exactly there.
+    import importlib.abc
+
+    class CtrlCOnImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: object, target: object = None) -> None:
+            if name == "actrec.viewer.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "actrec.viewer.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [CtrlCOnImport(), *sys.meta_path])
+    assert main(["render", str(pristine), "--quiet"]) == 130
+    assert capsys.readouterr().err == "actrec: interrupted.\n"
