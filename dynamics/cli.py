@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from actrec.dynamics.compute import (
@@ -63,6 +64,10 @@ def dynamics_main(argv: Sequence[str]) -> int:
         store_path, run_dir = run_paths(args.run)
         with StoreReader(store_path) as store:
             dynamics = compute_dynamics(store, args.layers or None, threshold=args.threshold)
+        for layer in dynamics.layers.values():  # render's sentence for the same row
+            for step in layer.damaged_steps:
+                note = f"step {step} of layer {layer.name} is damaged (it failed its integrity check) and was left out."
+                print(f"note: {terminal_safe(note)}", file=sys.stderr, flush=True)
         written = [write_dynamics(dynamics, run_dir / DYNAMICS_FILENAME)]
         if not args.no_tensorboard:
             from actrec.dynamics.tensorboard import TENSORBOARD_DIRNAME, write_scalars

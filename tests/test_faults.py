@@ -1106,3 +1106,31 @@ def test_ctrl_c_while_a_command_still_imports_is_one_line_not_a_traceback(
     monkeypatch.setattr(sys, "meta_path", [CtrlCOnImport(), *sys.meta_path])
     assert main(["render", str(pristine), "--quiet"]) == 130
     assert capsys.readouterr().err == "actrec: interrupted.\n"
+
+
+def test_dynamics_leaves_a_damaged_row_out_and_says_so_as_render_does(
+    tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from actrec.dynamics import compute_dynamics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    store = run / "activations.h5"
+    shutil.copy(pristine, store)
+    _damage(store, _chunk_offset(store, "layers/net.conv1/activations", 7) + 100)
+    sentence = "step 35 of layer net.conv1 is damaged (it failed its integrity check) and was left out."
+    assert main(["dynamics", str(run), "--no-tensorboard", "--no-png"]) == 0
+    assert f"note: {sentence}\n" in capsys.readouterr().err
+    assert main(["render", str(run), "--layers", "net.conv1", "--out", str(tmp_path / "out")]) == 0
+    assert sentence in capsys.readouterr().err
+    with StoreReader(store) as damaged, StoreReader(pristine) as clean:
+        left_out = compute_dynamics(damaged).layers["net.conv1"]
+        whole = compute_dynamics(clean).layers["net.conv1"]
+        other = compute_dynamics(damaged).layers["net.conv2"]
+        assert other.cka_to_final.tolist() == compute_dynamics(clean).layers["net.conv2"].cka_to_final.tolist()
+    assert left_out.damaged_steps == (35,)
+    for key in ("cka_to_final", "cka_to_first", "saturated_fraction"):
+        values = getattr(left_out, key)
+        assert np.isnan(values[7]), key
+        np.testing.assert_array_equal(np.delete(values, 7), np.delete(getattr(whole, key), 7), err_msg=key)
+    assert np.isnan(left_out.relative_change[[7, 8]]).all()  # no change measured against a left-out row
