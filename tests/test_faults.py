@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -1134,3 +1135,57 @@ def test_dynamics_leaves_a_damaged_row_out_and_says_so_as_render_does(
         assert np.isnan(values[7]), key
         np.testing.assert_array_equal(np.delete(values, 7), np.delete(getattr(whole, key), 7), err_msg=key)
     assert np.isnan(left_out.relative_change[[7, 8]]).all()  # no change measured against a left-out row
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc to see the worker processes")
+def test_a_sigkilled_render_with_workers_leaves_no_leaked_semaphore_warning(tmp_path: Path, pristine: Path) -> None:
+    # Killed once its worker processes run (their queues' semaphores exist): multiprocessing's resource tracker
+    # cleaned them up and warned "There appear to be 8 leaked semaphore objects" on the user's terminal.
+    command = [sys.executable, "-m", "actrec.cli", "render", str(pristine), "--jobs", "2", "--quiet"]
+    command += ["--out", str(tmp_path / "out")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(_children(process.pid)) < 3 and process.poll() is None:  # the tracker and two workers
+        assert time.monotonic() < deadline, "no worker processes within 60 s"
+        time.sleep(0.02)
+    time.sleep(0.5)  # past the workers' start-up: a worker whose parent dies while it starts says so (EOFError)
+    if process.poll() is not None:
+        pytest.skip("the render finished before its workers could be seen")
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert "leaked" not in stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc to see the worker processes")
+@pytest.mark.parametrize("group", [False, True], ids=["render-alone", "process-group"])
+def test_ctrl_c_while_render_starts_its_workers_is_one_line(tmp_path: Path, pristine: Path, group: bool) -> None:
+    # SIGINT to the render process alone while a worker still read its start-up data from it: the worker
+    # printed an EOFError traceback. To the whole group (a terminal's Ctrl-C): the workers' own
+    # KeyboardInterrupts. Sent as soon as the first worker process exists.
+    command = [sys.executable, "-m", "actrec.cli", "render", str(pristine), "--jobs", "2", "--quiet"]
+    command += ["--out", str(tmp_path / "out")]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while len(_children(process.pid)) < 2 and process.poll() is None:  # the tracker and a starting worker
+        assert time.monotonic() < deadline, "no worker process within 60 s"
+        time.sleep(0.005)
+    if process.poll() is not None:
+        pytest.skip("the render finished before its workers could be seen")
+    if group:
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr == "actrec render: interrupted; files not yet finished were discarded.\n"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
