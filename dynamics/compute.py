@@ -17,7 +17,7 @@ import numpy as np
 
 from actrec.dynamics import metrics
 from actrec.errors import UserError
-from actrec.store import StoreReader
+from actrec.recording import LayerView, Recording
 
 ROWS_PER_READ = 64
 DEFAULT_THRESHOLD = 0.9
@@ -87,44 +87,35 @@ class Dynamics:
 
 
 def compute_dynamics(
-    store: StoreReader,
+    recording: Recording,
     layers: list[str] | None = None,
     *,
     threshold: float = DEFAULT_THRESHOLD,
-    num_rows: int | None = None,
     rows_per_read: int = ROWS_PER_READ,
 ) -> Dynamics:
-    """Compute the dynamics of ``layers`` (all by default) over the first ``num_rows`` rows.
+    """Compute the dynamics of ``layers`` (all by default) over the recording's rows (the last is "final").
 
     Args:
-        store: an open reader.
+        recording: the open run (:meth:`actrec.recording.Recording.open`), read as of its last refresh.
         layers: layer names; all recorded layers when ``None``.
         threshold: CKA-to-final level that counts as settled, in ``(0, 1]``.
-        num_rows: rows to use (default: every complete row now); the last of them is "final".
         rows_per_read: rows read per layer at a time (bounds memory).
 
     Raises:
-        DynamicsError: the store has no rows, a layer is unknown, or the threshold is out of range.
+        DynamicsError: the threshold is out of range.
+        RecordingError: a layer is unknown.
     """
     if not 0.0 < threshold <= 1.0:
         raise DynamicsError(f"threshold must be in (0, 1], got {threshold:g}.")
-    total = store.refresh() if num_rows is None else num_rows
-    if total == 0:
-        raise DynamicsError(f"{store.path} has no recorded steps yet, so there are no dynamics.")
-    names = store.layer_names if not layers else list(dict.fromkeys(layers))
-    unknown = [name for name in names if name not in store.layer_names]
-    if unknown:
-        raise DynamicsError(
-            f"unknown layer {', '.join(map(repr, unknown))}; this store records: {', '.join(store.layer_names)}."
-        )
-    steps = store.steps()
-    global_steps, epochs = steps["global_step"][:total], steps["epoch"][:total]
+    store, total = recording.store, recording.num_rows
+    names = recording.check_layers(layers)
+    global_steps, epochs = recording.timeline.global_steps, recording.timeline.epochs
     result = {}
     # A diverged run's NaN and inf rows give NaN measures by design; numpy's warnings about them (with
     # source lines) would only bury the table.
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         for name in names:
-            result[name] = _layer_dynamics(store, name, total, global_steps, threshold, rows_per_read)
+            result[name] = _layer_dynamics(recording, name, total, global_steps, threshold, rows_per_read)
     return Dynamics(
         run_id=store.run_id,
         global_steps=global_steps,
@@ -136,8 +127,9 @@ def compute_dynamics(
 
 
 def _layer_dynamics(
-    store: StoreReader, name: str, total: int, global_steps: np.ndarray, threshold: float, rows_per_read: int
+    recording: Recording, name: str, total: int, global_steps: np.ndarray, threshold: float, rows_per_read: int
 ) -> LayerDynamics:
+    store, view = recording.store, recording.layer(name)
     info = store.layer(name)
     channels = info.sample_shape[metrics.channel_axis(info.sample_shape)] if info.sample_shape else 1
     # v2 stores may keep a subset of a layer's channels; report dead ones by their index in the full layer.
@@ -146,21 +138,20 @@ def _layer_dynamics(
     # A damaged row is left out (NaN in every series) as render leaves it out; first and final are then the
     # first and last intact rows.
     damaged: list[int] = []
-    ends, ends_read, ends_damaged = store.intact_activations(name, _end_rows(store, name, total))
-    if not len(ends_read):
+    ends = view.read(_end_rows(view, total))
+    if not len(ends.rows):
         raise DynamicsError(f"every recorded step of layer {name} is damaged, so it has no dynamics.")
-    first_gram = metrics.centered_gram(ends[0].astype(np.float64))
-    final_gram = metrics.centered_gram(ends[-1].astype(np.float64))
+    first_gram = metrics.centered_gram(ends.values[0].astype(np.float64))
+    final_gram = metrics.centered_gram(ends.values[-1].astype(np.float64))
     series = {key: np.full(total, np.nan) for key in SERIES}
     series["constant_channels"] = np.zeros(total, np.int64)
     always_constant = np.ones(channels, dtype=bool)
     previous = None
     for start in range(0, total, rows_per_read):
         # One conversion per block: float16 arithmetic in numpy is slow, and CKA wants float64 anyway.
-        values, read, left_out = store.intact_activations(name, slice(start, min(total, start + rows_per_read)))
-        damaged.extend(left_out)
-        block = values.astype(np.float64)
-        for row, current in zip(read.tolist(), block, strict=True):
+        block = view.read(np.arange(start, min(total, start + rows_per_read)))  # damaged rows left out, listed
+        damaged.extend(block.damaged)
+        for row, current in zip(block.rows.tolist(), block.values.astype(np.float64), strict=True):
             if previous is not None and row - 1 not in damaged:
                 series["relative_change"][row] = metrics.relative_change(previous, current)
             gram = metrics.centered_gram(current)
@@ -182,14 +173,11 @@ def _layer_dynamics(
     )
 
 
-def _end_rows(store: StoreReader, name: str, total: int) -> np.ndarray:
+def _end_rows(view: LayerView, total: int) -> np.ndarray:
     """The first and the last row of a layer that pass their integrity check (both 0 for one row)."""
-    first = next((row for row in range(total) if not store.intact_activations(name, slice(row, row + 1))[2]), 0)
-    last = next(
-        (row for row in range(total - 1, first - 1, -1) if not store.intact_activations(name, slice(row, row + 1))[2]),
-        first,
-    )
-    return np.array([first, last], np.int64)
+    first = next((row for row in range(total) if not view.read([row]).damaged), 0)
+    last = next((row for row in range(total - 1, first - 1, -1) if not view.read([row]).damaged), first)
+    return np.array(sorted({first, last}), np.int64)
 
 
 def write_dynamics(dynamics: Dynamics, path: str | os.PathLike) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from actrec.dynamics.compute import SERIES, Dynamics
-from actrec.viewer._events import EVENTS_PREFIX, STAGED_PREFIX, EventFile
+from actrec.viewer import EVENTS_PREFIX, STAGED_PREFIX, EventFile
 
 TENSORBOARD_DIRNAME = "dynamics"
 """Sub-folder of the run that holds the scalars: TensorBoard on the run folder shows it as its own run."""

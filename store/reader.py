@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 
+from actrec.names import STORE_FILENAME
 from actrec.store._integrity import (
-    DamagedDataError,
     check_schema,
     format_version,
     json_attribute,
@@ -21,8 +21,6 @@ from actrec.store._integrity import (
 )
 from actrec.store._schema import FORMAT_NAME, FORMAT_VERSION, STEP_FIELDS, StoreError, kind_of
 from actrec.store._types import LayerInfo, ProbeSet
-
-STORE_FILENAME = "activations.h5"
 
 
 def resolve_store_path(path: str | os.PathLike) -> Path:
@@ -162,34 +160,6 @@ class StoreReader:
         """``(n, P, *sample_shape)`` activations of layer ``name`` at the chosen rows."""
         self._layer_group(name)
         return self._rows(self._dataset(f"layers/{name}/activations"), rows)
-
-    def intact_activations(self, name: str, rows: slice | np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        """Activations of layer ``name`` at ``rows``, leaving out every row that fails its integrity check.
-
-        The one rule for a damaged row, for every reader: it is left out and listed, and the rest is read.
-
-        Returns:
-            ``(values (k, P, *sample_shape), the k rows read, the damaged rows)``.
-
-        Raises:
-            StoreError: the layer is unknown, or the store itself (not one row) cannot be read.
-        """
-        wanted = np.arange(*rows.indices(self.num_steps)) if isinstance(rows, slice) else np.asarray(rows, np.int64)
-        try:
-            return self.activations(name, wanted), wanted, []
-        except DamagedDataError:
-            pass
-        kept, values, damaged = [], [], []
-        for row in wanted.tolist():
-            try:
-                values.append(self.activations(name, np.array([row]))[0])
-                kept.append(row)
-            except DamagedDataError:
-                damaged.append(row)
-        if values:
-            return np.stack(values), np.array(kept, np.int64), damaged
-        empty = self.activations(name, np.array([], np.int64))
-        return empty, np.array([], np.int64), damaged
 
     def abs_max(self, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
         """``(n,)`` largest absolute activation of layer ``name`` in each chosen row."""
