@@ -803,7 +803,7 @@ def test_a_tensorboard_export_folder_that_is_a_link_is_refused_and_its_target_un
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(pristine, elsewhere / "activations.h5")
-    assert main(["tensorboard", str(elsewhere), "--print"]) == 0  # a real export, the link's target below
+    assert main(["tensorboard", str(elsewhere), "--export", "--print"]) == 0  # a real export: the link's target
     assert any(path.name.startswith("events.out.tfevents.") for path in (elsewhere / "activations").rglob("*"))
     capsys.readouterr()
     run = tmp_path / "run"
@@ -811,7 +811,7 @@ def test_a_tensorboard_export_folder_that_is_a_link_is_refused_and_its_target_un
     shutil.copy(pristine, run / "activations.h5")
     (run / "activations").symlink_to(elsewhere / "activations")
     before, listing = _fingerprint(elsewhere), sorted(path.name for path in run.iterdir())
-    assert main(["tensorboard", str(run), "--print"]) == 1
+    assert main(["tensorboard", str(run), "--export", "--print"]) == 1
     assert capsys.readouterr().err == (
         f"actrec tensorboard: {run / 'activations'} is a symbolic link and was not written by actrec tensorboard; "
         "move it away to export here.\n"
@@ -1113,6 +1113,7 @@ def test_dynamics_leaves_a_damaged_row_out_and_says_so_as_render_does(
     tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from actrec.dynamics import compute_dynamics
+    from actrec.recording import Recording
 
     run = tmp_path / "run"
     run.mkdir()
@@ -1124,7 +1125,7 @@ def test_dynamics_leaves_a_damaged_row_out_and_says_so_as_render_does(
     assert f"note: {sentence}\n" in capsys.readouterr().err
     assert main(["render", str(run), "--layers", "net.conv1", "--out", str(tmp_path / "out")]) == 0
     assert sentence in capsys.readouterr().err
-    with StoreReader(store) as damaged, StoreReader(pristine) as clean:
+    with Recording.open(store) as damaged, Recording.open(pristine) as clean:
         left_out = compute_dynamics(damaged).layers["net.conv1"]
         whole = compute_dynamics(clean).layers["net.conv1"]
         other = compute_dynamics(damaged).layers["net.conv2"]
