@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from actrec.probe._batch import ProbeForward, batch_for, batch_size, map_tensors
 from actrec.probe._capture import capture, eval_mode, run_hooked
 from actrec.probe._layers import ProbeError, modules_of, select_output
 
@@ -93,12 +94,13 @@ class ProbeEngine:
 
     Args:
         model: the model to observe (its parameters' device is used).
-        images: the probe inputs ``(P, ...)``; copied once to the device.
+        images: the probe batch (a ``(P, ...)`` tensor, or a tuple or dict of them); copied once to the device.
         layers: names from :func:`actrec.probe.resolve_layers`.
         dtype: ``"float16"`` or ``"float32"`` for stored activations.
         max_channels: keep at most this many channels (maps) or units (tokens, vectors) per layer.
         record_params: also copy each layer's parameters into the step.
         cuda_graph: on CUDA, capture the pass as a CUDA graph (checked bitwise against eager at capture).
+        forward: ``forward(model, batch)``, how the probe batch reaches the model (default: its input part).
 
     Raises:
         ProbeError: a layer's output does not start with one row per probe.
@@ -113,22 +115,28 @@ class ProbeEngine:
         max_channels: int | None = None,
         record_params: bool = False,
         cuda_graph: bool = True,
+        forward: ProbeForward | None = None,
     ) -> None:
         self.model = model
         self.layers = list(layers)
         self.dtype = dtype
         parameter = next(model.parameters(), None)
         self.device = parameter.device if parameter is not None else torch.device("cpu")
-        if images.is_floating_point() and parameter is not None and parameter.is_floating_point():
-            images = images.to(parameter.dtype)
-        self.images = images.to(self.device).clone()
-        self.num_probes = int(self.images.shape[0])
+        # Any batch structure (tensor, tuple, dict), copied once to the device in the model's dtype.
+        self.images = map_tensors(batch_for(model, images), lambda tensor: tensor.clone())
+        self.num_probes = batch_size(self.images)
+        self.forward = forward
         modules = modules_of(model, self.layers)
         self._params = {
             layer: dict(module.named_parameters()) if record_params else {} for layer, (module, _) in modules.items()
         }
 
-        seen = capture(model, self.images, self.layers)
+        seen = capture(model, self.images, self.layers, forward)
+        if seen.output.ndim == 0 or seen.output.shape[0] != self.num_probes:
+            raise ProbeError(
+                f"the model's output has shape {tuple(seen.output.shape)}, not one row per probe "
+                f"({self.num_probes}); pass probe_forward returning the batch dimension first."
+            )
         self.layouts: dict[str, LayerLayout] = {}
         self._channels: dict[str, torch.Tensor | None] = {}
         for layer, tensor in seen.activations.items():
@@ -158,6 +166,7 @@ class ProbeEngine:
                 params={name: tuple(p.shape) for name, p in self._params[layer].items()},
             )
         self.output_shape = (self.num_probes, int(seen.output[0].numel()) if seen.output.ndim else 1)
+        self.output_full_shape = tuple(seen.output.shape)  # before flattening to (P, K), for deciding the task
 
         self.fields: list[Field] = []
         offset = 0
@@ -209,7 +218,7 @@ class ProbeEngine:
         self.views[f"{layer}/nonfinite"].copy_((~finite).sum())
 
     def _forward(self) -> None:
-        output = run_hooked(self.model, self.images, self.layers, self._store)
+        output = run_hooked(self.model, self.images, self.layers, self._store, self.forward)
         output = select_output(output, "", "the model's output")
         self.views["logits"].copy_(output.reshape(self.output_shape))
         for layer, params in self._params.items():
