@@ -20,6 +20,8 @@ from typing_extensions import override
 
 from actrec.errors import UserError
 from actrec.probe import (
+    HostRing,
+    ProbeEngine,
     ProbeError,
     ProbeForward,
     ProbeSelection,
@@ -32,21 +34,19 @@ from actrec.probe import (
     resolve_layers,
     scale_kinds,
 )
-from actrec.probe._engine import ProbeEngine
-from actrec.probe._ring import HostRing
-from actrec.runs import VERSION_PREFIX, Run, RunError, running_summary, write_summary
+from actrec.runs import VERSION_PREFIX, Run, RunError, running_summary, store_for_resume, write_summary
 from actrec.store import (
     STORE_FILENAME,
     LayerSpec,
     ProbeSet,
     StoreError,
     StoreWriter,
+    WriterProcess,
     check_compression,
     check_dtype,
     check_new_path,
     check_writable,
 )
-from actrec.store._process import WriterProcess
 
 log = logging.getLogger("actrec")
 
@@ -319,6 +319,9 @@ class ActivationRecorder(Callback):
         """Resolve layers, probe images and the store path; fail here, before any training."""
         if stage != "fit":
             return
+        refusal = sharded_strategy_refusal(trainer.strategy)
+        if refusal is not None:
+            raise MisconfigurationException(refusal)
         try:
             self._probes = self._select_probes(trainer, pl_module)
             self._forward = _probe_forward(pl_module, self.probe_forward)
@@ -402,7 +405,14 @@ class ActivationRecorder(Callback):
         resume = self._resume_state
         if resume is not None and not self.overwrite:
             self._run_id = resume["run_id"]
-            self._store_path = _resolve_checkpoint_path(resume["store_path"], self._store_path)
+            stored = _resolve_checkpoint_path(resume["store_path"], self._store_path)
+            # A copied run's checkpoint still names the original's store: continue the copy's own (actrec.runs).
+            if trainer.ckpt_path is not None:
+                try:
+                    stored = store_for_resume(trainer.ckpt_path, stored, explicit=self.path)
+                except RunError as error:
+                    raise StoreError(str(error)) from None
+            self._store_path = stored
             if not self._store_path.exists():
                 raise StoreError(
                     f"the checkpoint's activation store {self._store_path} is missing; restore it, or set the "
@@ -412,7 +422,7 @@ class ActivationRecorder(Callback):
             self._resumed = True
             return
         check_new_path(self._store_path, self.overwrite)
-        self._build_engine(pl_module)
+        self._build_engine(trainer, pl_module)
         StoreWriter.create(
             self._store_path,
             run_id=self._run_id,
@@ -420,7 +430,7 @@ class ActivationRecorder(Callback):
             probes=self._probe_set(),
             layers=self._layer_specs(),
             num_classes=self._engine.output_shape[1],
-            dtype=self.dtype,
+            dtype=self._engine.dtype,  # float32 when layers compute in bfloat16
             compression=self.compression,
             overwrite=self.overwrite,
             background=False,
@@ -503,7 +513,7 @@ class ActivationRecorder(Callback):
 
     def _start_writing(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._resumed:
-            self._build_engine(pl_module)
+            self._build_engine(trainer, pl_module)
             StoreWriter.resume(
                 self._store_path,
                 run_id=self._run_id,
@@ -534,12 +544,12 @@ class ActivationRecorder(Callback):
             )
             self._last_recorded_step = self._process.last_global_step if wait else -1
         else:
-            self._writer = StoreWriter._open_for_append(self._store_path, self.flush_every, background=False)
+            self._writer = StoreWriter.open_for_append(self._store_path, flush_every=self.flush_every, background=False)
             self._last_recorded_step = self._writer.last_global_step
         if self.background_writes:
             self._ring = HostRing(self._engine.nbytes, self.ring_slots, self._engine.device, self._consume)
 
-    def _build_engine(self, pl_module: pl.LightningModule) -> None:
+    def _build_engine(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         try:
             self._engine = ProbeEngine(
                 pl_module,
@@ -549,6 +559,7 @@ class ActivationRecorder(Callback):
                 max_channels=self.max_channels,
                 record_params=self._record_weights,
                 cuda_graph=self.cuda_graphs,
+                forward_context=trainer.precision_plugin.forward_context,
                 forward=self._forward,
             )
         except ProbeError as error:
@@ -621,14 +632,16 @@ class ActivationRecorder(Callback):
         self._record(trainer, loss, acc)
 
     @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Keep the epoch's validation loss and accuracy beside the activations."""
+        # Here, after Lightning has computed (and, under sync_dist, all-reduced) the epoch's metrics on every
+        # rank, reading them is a lookup. In on_validation_epoch_end the same read would compute them on rank 0
+        # alone: an all_reduce that the other ranks never join, or one that meets the module's own collective.
         if trainer.sanity_checking or not trainer.is_global_zero or self._stopped:
             return
         self._validated = True
-        metrics = trainer.callback_metrics
         for series, names in (("val/loss", self.val_loss_names), ("val/acc", self.val_acc_names)):
-            value = next((metrics[name] for name in names if name in metrics), None)
+            value = logged_tensor(trainer, names, on_step=False)
             if value is not None:
                 self._val_written[series] = True
                 self._write_scalar(series, trainer.global_step, value)
@@ -812,11 +825,55 @@ def _find_metric(outputs: Any, trainer: pl.Trainer, names: Sequence[str]) -> Any
         for name in names:
             if name in outputs:
                 return outputs[name]
-    metrics = trainer.callback_metrics
-    for name in names:
-        if name in metrics:
-            return metrics[name]
-    return None
+    return logged_tensor(trainer, names, on_step=True)
+
+
+def logged_tensor(trainer: pl.Trainer, names: Sequence[str], on_step: bool) -> torch.Tensor | None:
+    """The first of ``names`` that the LightningModule logged, as the tensor Lightning already holds.
+
+    ``trainer.callback_metrics`` is not read: it converts progress-bar metrics with ``.item()`` (a host sync
+    per call) and computes epoch metrics that are not computed yet (under ``sync_dist`` an all_reduce, which
+    on rank 0 alone hangs the run). Lightning's own cache is read instead: a step value (``on_step``) as
+    ``self.log`` stored it, an epoch value only once Lightning has computed it on every rank. Lightning keeps
+    both on private attributes of its result collection; when they are missing this finds nothing, and the
+    recorder warns at the end of training that the column is empty.
+    """
+    results = getattr(trainer, "_results", None)
+    if results is None or not hasattr(results, "valid_items"):
+        return None
+    found: dict[str, torch.Tensor] = {}
+    for _, metric in results.valid_items():
+        meta = getattr(metric, "meta", None)
+        if meta is None:
+            continue
+        if on_step:
+            value = getattr(metric, "_forward_cache", None) if meta.on_step else None
+        else:
+            value = getattr(metric, "_computed", None) if meta.on_epoch else None
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            found.setdefault(meta.name, value.detach())
+    return next((found[name] for name in names if name in found), None)
+
+
+_SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
+
+
+def sharded_strategy_refusal(strategy: Any) -> str | None:
+    """The one sentence refusing a strategy that shards the model across ranks, or ``None`` for any other.
+
+    The probe pass runs the module on global rank 0 alone; a sharded module all-gathers its parameters in
+    forward, so rank 0 would wait forever for ranks that never join. Classes are matched by name along the
+    class hierarchy, so ``lightning.pytorch``'s, ``pytorch_lightning``'s and subclasses are all refused.
+    """
+    names = [cls.__name__ for cls in type(strategy).__mro__]
+    sharded = next((name for name in _SHARDED_STRATEGIES if name in names), None)
+    if sharded is None:
+        return None
+    return (
+        f"ActivationRecorder: {sharded} shards the model across ranks and the recorder's probe pass runs on "
+        "rank 0 alone, where the sharded layers' all-gathers would wait forever; record with strategy='ddp' "
+        "or on one device."
+    )
 
 
 def _probe_forward(pl_module: pl.LightningModule, given: ProbeForward | None) -> ProbeForward | None:

@@ -36,6 +36,7 @@ from actrec.probe._capture import (
 from actrec.probe._dry import modules_that_ran
 from actrec.probe._engine import ProbeEngine
 from actrec.probe._layers import ProbeError, default_layers, resolve_layers, select_output, split_selector
+from actrec.probe._ring import HostRing
 from actrec.probe._select import (
     UNLABELED,
     ProbeSelection,
@@ -48,7 +49,6 @@ from actrec.probe._select import (
 )
 
 __all__ = [
-    "ProbeEngine",
     "decide_task",
     "LABEL_KEYS",
     "ProbeForward",
@@ -64,6 +64,8 @@ __all__ = [
     "SCALE_TANH",
     "UNLABELED",
     "Capture",
+    "HostRing",
+    "ProbeEngine",
     "ProbeError",
     "ProbeSelection",
     "capture",
