@@ -129,6 +129,7 @@ class StoreWriter:
         overwrite: bool = False,
         flush_every: int = 1,
         background: bool = True,
+        task: str | None = None,
     ) -> StoreWriter:
         """Create a new store and start SWMR writing.
 
@@ -144,6 +145,8 @@ class StoreWriter:
             overwrite: replace an existing file at ``path``.
             flush_every: flush to disk after this many steps.
             background: write on a worker thread.
+            task: what the model's output is (``"classification"``, ``"reconstruction"``, ``"generation"``,
+                ``"regression"``, ``"none"``), stored as the file's ``task`` attribute for the viewer.
 
         Raises:
             StoreError: the file exists (and ``overwrite`` is False), its folder is not writable, it
@@ -167,6 +170,8 @@ class StoreWriter:
             file = h5py.File(tmp, "w", libver="latest")
             try:
                 _write_layout(file, run_id, config, probes, layers, num_classes, dtype, compression)
+                if task is not None:
+                    file.attrs["task"] = task
             finally:
                 file.close()
             os.replace(tmp, path)
