@@ -15,6 +15,7 @@ from actrec.viewer import (
     POSITIVE_RGB,
     ZERO_INDEX,
     ZERO_RGB,
+    ColourScale,
     FrameLayout,
     activation_frame,
     colors,
@@ -278,3 +279,22 @@ def test_importing_the_viewer_pulls_in_neither_lightning_nor_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("scale", "shape"),
+    [(ColourScale(one_sided=False, limit=0.7), (3, 5, 6)), (ColourScale(one_sided=True, limit=2.5), (4, 3))],
+)
+def test_float16_frames_are_drawn_through_a_table_with_the_scales_own_colours(
+    scale: ColourScale, shape: tuple[int, ...]
+) -> None:
+    """Stores hold float16; frames look every value up in a 65,536-entry table built from the scale itself."""
+    rng = np.random.default_rng(1)
+    values = (rng.normal(size=(3, *shape)) * 1.5).astype(np.float16)
+    values.flat[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    layout = FrameLayout(shape, num_probes=3, scale=scale, tile_size=12)
+    through_table = layout.frame(values, title="t")
+    direct = layout.frame(values.astype(np.float32), title="t")  # float16 -> float32 is exact
+    np.testing.assert_array_equal(through_table, direct)
+    assert (through_table == colors.NONFINITE_INDEX).any()  # NaN and infinities keep their own colour
+    assert len(np.unique(through_table)) > 20  # a real spread of colours, not one flat tile

@@ -281,7 +281,8 @@ class FrameLayout:
         self._static_frame = np.full((self.height, self.width), colors.ZERO_INDEX, np.uint8)
         self._draw_header(self._static_frame, self.width, self._stacked)
         self._static_frame[self._header_height :, : self._body_with_labels.shape[1]] = self._body_with_labels
-        self._gather = self._gather_map()
+        self._gather_rows, self._gather_cols = self._gather_map()
+        self._float16_table: np.ndarray | None = None
         self._prediction_stamps: dict[tuple[int, bool | None], np.ndarray] = {}
 
     # -- geometry --------------------------------------------------------------------------------
@@ -461,8 +462,13 @@ class FrameLayout:
             row_label("predicted", predictions_top, self._label_height)
         return body
 
-    def _gather_map(self) -> np.ndarray:
-        """For each grid pixel, the flat index of the activation element it shows (or the gutter)."""
+    def _gather_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """Which source row and column of the tile table (:meth:`_tile_table`) each grid row and column shows.
+
+        Every tile pixel shows one activation element, chosen by its row (channel, map row) and its column
+        (probe, map column) independently, so the grid is the table's rows and columns repeated: the last
+        row and column of the table are the gutter.
+        """
         inner_rows = np.arange(self._grid_height) - 1
         inner_cols = np.arange(self._grid_width) - 1
         channel, tile_y = np.divmod(inner_rows, self.tile_height + _GUTTER)
@@ -471,11 +477,34 @@ class FrameLayout:
         col_valid = (inner_cols >= 0) & (probe < self.num_probes) & (tile_x < self.tile_width)
         source_y = tile_y * self._map_height // self.tile_height
         source_x = tile_x * self._map_width // self.tile_width
-        element = source_y[:, None] * self._map_width + source_x[None, :]
-        flat = (probe[None, :] * self.channels + channel[:, None]) * self._elements + element
-        valid = row_valid[:, None] & col_valid[None, :] & (element < self._elements)
-        gutter = self.num_probes * self.channels * self._elements  # one extra element: the gutter
-        return np.where(valid, flat, gutter).astype(np.intp)
+        rows = np.where(row_valid, channel * self._map_height + source_y, self.channels * self._map_height)
+        cols = np.where(col_valid, probe * self._map_width + source_x, self.num_probes * self._map_width)
+        return rows.astype(np.intp), cols.astype(np.intp)
+
+    def _tile_table(self, indices: np.ndarray) -> np.ndarray:
+        """``(C * map_h + 1, P * map_w + 1)`` palette indices: channels down, probes across, gutter last."""
+        table = np.full(
+            (self.channels * self._map_height + 1, self.num_probes * self._map_width + 1), colors.GUTTER_INDEX, np.uint8
+        )
+        maps = indices.reshape(self.num_probes, self.channels, self._map_height, self._map_width)
+        table[:-1, :-1].reshape(self.channels, self._map_height, self.num_probes, self._map_width)[...] = (
+            maps.transpose(1, 2, 0, 3)
+        )
+        return table
+
+    def _quantise(self, activations: np.ndarray) -> np.ndarray:
+        """Palette indices of ``activations``: float16 (what stores hold) through a table of all 65,536 values.
+
+        The table is the colour scale applied to every float16 value once, so the result is the scale's own,
+        value for value; other dtypes go through the scale directly.
+        """
+        if activations.dtype != np.float16:
+            return self.colour_scale.indices(activations)
+        if self._float16_table is None:
+            every_value = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN and infinities among them: non-finite colour
+                self._float16_table = self.colour_scale.indices(every_value)
+        return self._float16_table[np.ascontiguousarray(activations).view(np.uint16)]
 
     # -- per-step pixels -------------------------------------------------------------------------
 
@@ -506,9 +535,10 @@ class FrameLayout:
         activations = self._check_activations(activations)
         grid_left = self._grid_left(row_labels)
         _, _, grid_top, predictions_top = self._rows_top()
-        quantised = np.append(self.colour_scale.indices(activations).ravel(), colors.GUTTER_INDEX)
+        table = self._tile_table(self._quantise(activations))
         grid = canvas[top + grid_top : top + grid_top + self._grid_height, grid_left : grid_left + self._grid_width]
-        np.take(quantised, self._gather, out=grid)
+        # Columns first on the small table, then whole rows: copying rows is far cheaper than a per-pixel gather.
+        grid[...] = np.take(np.take(table, self._gather_cols, axis=1), self._gather_rows, axis=0)
         if predictions is None or not self.show_predictions:
             return
         predictions = np.asarray(predictions)
