@@ -298,3 +298,19 @@ def test_float16_frames_are_drawn_through_a_table_with_the_scales_own_colours(
     np.testing.assert_array_equal(through_table, direct)
     assert (through_table == colors.NONFINITE_INDEX).any()  # NaN and infinities keep their own colour
     assert len(np.unique(through_table)) > 20  # a real spread of colours, not one flat tile
+
+
+def test_contact_sheets_wrap_to_at_most_1600_pixels_with_row_labels_on_every_row() -> None:
+    rng = np.random.default_rng(0)
+    activations = np.tanh(rng.normal(size=(6, 10, 4, 28, 28))).astype(np.float32)  # the article's first layer
+    layout = FrameLayout((4, 28, 28), num_probes=10, scale=1.0, labels=np.arange(10), tile_size=48)
+    captions = [f"step {step}" for step in range(6)]
+    sheet = layout.sheet(activations, captions=captions, title="net.conv1")
+    assert sheet.shape[1] <= 1600
+    one_row = layout.sheet(activations, captions=captions, title="net.conv1", max_width=100_000)
+    assert one_row.shape[1] > 1600  # what the sheet would have been
+    assert sheet.shape[0] > 2 * one_row.shape[0] - 200  # three rows of two panels instead of one of six
+    # The last row is the last two panels, drawn as a sheet of their own would draw them (labels included).
+    last_two = layout.sheet(activations[4:], captions=captions[4:], title="net.conv1", max_width=100_000)
+    bottom = 3 * layout.height // 4
+    np.testing.assert_array_equal(sheet[-bottom:, : last_two.shape[1]], last_two[-bottom:])

@@ -47,6 +47,8 @@ _COLORBAR_WIDTH = 151  # odd, so the middle pixel is the exact zero colour
 _COLORBAR_HEIGHT = 10
 _SECTION_GAP = 6  # between the probe inputs and the first channel row
 _PANEL_GAP = 24  # between the panels of a contact sheet
+MAX_SHEET_WIDTH = 1600
+"""Widest contact sheet, in pixels, before its panels wrap: it still reads when fitted to a laptop screen."""
 
 
 def predicted_classes(logits: np.ndarray) -> np.ndarray:
@@ -603,6 +605,7 @@ class FrameLayout:
         captions: Sequence[str],
         title: str,
         predictions: np.ndarray | None = None,
+        max_width: int = MAX_SHEET_WIDTH,
     ) -> np.ndarray:
         """Draw a contact sheet: several steps of the layer side by side under one colour bar.
 
@@ -611,6 +614,8 @@ class FrameLayout:
             captions: one caption per panel, e.g. ``"step 120 · epoch 2"``.
             title: the sheet's title, e.g. the layer name.
             predictions: ``(n, P)`` predicted classes, or ``None``.
+            max_width: panels wrap onto further rows to keep the sheet this narrow (a single panel wider
+                than this stands alone on its row).
 
         Returns:
             A new ``(height, width)`` uint8 array of palette indices.
@@ -622,27 +627,35 @@ class FrameLayout:
         if count == 0 or len(captions) != count or (predictions is not None and len(predictions) != count):
             raise ValueError(f"a sheet needs one caption (and prediction row) per panel; got {count} panels.")
         caption_height = _text.text_size("Ag", self._caption_size)[1] + 4
-        panels = [self._body_with_labels] + [self._body_plain] * (count - 1)
-        body_width = sum(panel.shape[1] for panel in panels) + _PANEL_GAP * (count - 1)
+        labelled, plain = self._body_with_labels.shape[1], self._body_plain.shape[1]
+        # Panels wrap onto rows no wider than max_width (at least one panel a row); each row starts
+        # with the row labels, so every row reads on its own.
+        per_row = max(1, 1 + (max_width - labelled) // (plain + _PANEL_GAP)) if max_width >= labelled else 1
+        rows = [list(range(start, min(start + per_row, count))) for start in range(0, count, per_row)]
+        body_width = labelled + (len(rows[0]) - 1) * (plain + _PANEL_GAP)
         title_width = _text.text_size(title, self._title_size)[0]
         header_height, header_width, stacked = self._header_extent(title_width, body_width)
         width = max(body_width, header_width)
-        height = header_height + caption_height + self._body_with_labels.shape[0]
+        row_height = caption_height + self._body_with_labels.shape[0]
+        height = header_height + len(rows) * row_height + (len(rows) - 1) * _PANEL_GAP
         canvas = np.full((height, width), colors.ZERO_INDEX, np.uint8)
         self._draw_header(canvas, width, stacked)
         _text.draw_text(canvas, _MARGIN, _MARGIN, title, size=self._title_size)
-        left = 0
-        for index, panel in enumerate(panels):
-            row_labels = index == 0
-            top = header_height + caption_height
-            canvas[top : top + panel.shape[0], left : left + panel.shape[1]] = panel
-            grid_left = left + self._grid_left(row_labels)
-            _text.draw_text(canvas, grid_left, header_height, captions[index], size=self._caption_size)
-            view = canvas[:, left : left + panel.shape[1]]
-            self._draw_body(
-                view, top, row_labels, activations[index], None if predictions is None else predictions[index]
-            )
-            left += panel.shape[1] + _PANEL_GAP
+        for row_number, row in enumerate(rows):
+            caption_top = header_height + row_number * (row_height + _PANEL_GAP)
+            top = caption_top + caption_height
+            left = 0
+            for index in row:
+                row_labels = index == row[0]
+                panel = self._body_with_labels if row_labels else self._body_plain
+                canvas[top : top + panel.shape[0], left : left + panel.shape[1]] = panel
+                grid_left = left + self._grid_left(row_labels)
+                _text.draw_text(canvas, grid_left, caption_top, captions[index], size=self._caption_size)
+                view = canvas[:, left : left + panel.shape[1]]
+                self._draw_body(
+                    view, top, row_labels, activations[index], None if predictions is None else predictions[index]
+                )
+                left += panel.shape[1] + _PANEL_GAP
         return canvas
 
 
