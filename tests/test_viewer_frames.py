@@ -314,3 +314,11 @@ def test_contact_sheets_wrap_to_at_most_1600_pixels_with_row_labels_on_every_row
     last_two = layout.sheet(activations[4:], captions=captions[4:], title="net.conv1", max_width=100_000)
     bottom = 3 * layout.height // 4
     np.testing.assert_array_equal(sheet[-bottom:, : last_two.shape[1]], last_two[-bottom:])
+
+
+def test_a_vector_layer_is_at_least_8_pixels_high_however_many_units() -> None:
+    layout = FrameLayout((6000,), num_probes=3, scale=1.0, tile_size=8)
+    left, top, right, bottom = layout.tile_box(0, 0)
+    assert bottom - top >= 8
+    sheet = layout.sheet(np.zeros((2, 3, 6000), np.float32), captions=["a", "b"], title="fc")
+    assert sheet.shape[1] <= max(1600, layout.width)

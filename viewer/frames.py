@@ -35,6 +35,8 @@ CARD_TEXT_SCALE = 1.4
 CARD_CHANNELS = 4
 """Channels per TensorBoard image: Time Series cards fit images into about 220 px of height."""
 MIN_TILE_SIZE = 8
+MIN_UNIT_HEIGHT = 8
+"""A vector layer's row is at least this many pixels high, however narrow its units: a strip stays visible."""
 """The smallest tile :func:`fit_tile_size` shrinks to for a frame to fit :data:`MAX_FRAME_WIDTH`."""
 
 _GUTTER = 3
@@ -138,7 +140,7 @@ def _grid(kind: str, shape: Sequence[int], tile_size: int) -> tuple[int, int, in
         return 1, tokens, units, tokens * cell, units * cell
     (units,) = shape
     cell = heatmap_cell(units, tile_size)
-    return 1, 1, units, max(cell, tile_size // 4), units * cell
+    return 1, 1, units, max(cell, tile_size // 4, MIN_UNIT_HEIGHT), units * cell
 
 
 def drawn_maps(sample_shape: Sequence[int]) -> tuple[int, int, int]:
