@@ -115,14 +115,14 @@ def parse_channels(text: str | None) -> ChannelChoice:
     match = re.fullmatch(r"top:(\d+)", text)
     if match:
         if int(match[1]) < 1:
-            raise ViewerError(f"channels='top:K' needs K of at least 1, got {text!r}.")
+            raise ViewerError(f"--channels top:K needs K of at least 1, got {text!r}.")
         return ChannelChoice(top=int(match[1]))
     try:
         indices = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         indices = ()
     if not indices or min(indices) < 0:
-        raise ViewerError(f"channels takes indices ('0,3,7'), 'top:K' or 'all', got {text!r}.")
+        raise ViewerError(f"--channels takes indices ('0,3,7'), 'top:K' or 'all', got {text!r}.")
     return ChannelChoice(indices=tuple(dict.fromkeys(indices)))
 
 
@@ -280,7 +280,7 @@ def plan_layer(
             if choice.top is None:
                 notes.append(
                     f"{name}: drawing {keep} of its {width} {noun}, the {keep} that vary most over training; "
-                    f"channels= picks others (a list, top:K or all)."
+                    f"--channels picks others (a list, top:K or all)."
                 )
     labels = full_labels if select is None else tuple(full_labels[i] for i in select)
     scale = layer_colour_scale(store, name, num_rows, select, samples=samples)
@@ -290,11 +290,15 @@ def plan_layer(
     fitted = fit_tile_size(kind, drawn_shape, num_probes, tile_size, max_frame_width, text_scale)
     height, frame_width = frame_height_width(kind, drawn_shape, num_probes, fitted, text_scale)
     if frame_width > max(max_frame_width, MAX_FRAME_WIDTH):
-        notes.append(f"{name}: frames are {frame_width} pixels wide; fewer channels= make them narrower.")
+        if kind == KIND_MAPS:  # channels are rows: the width is the probes side by side
+            cause = f"from its {num_probes} probes side by side; a smaller --tile-size makes them narrower."
+        else:
+            cause = f"({num_probes} probes x {len(labels)} units); fewer --channels or a smaller --tile-size help."
+        notes.append(f"{name}: frames are {frame_width} pixels wide, {cause}")
     if height * frame_width > MAX_FRAME_PIXELS:
         raise ViewerError(
             f"a frame of {name} would be {frame_width} x {height} pixels, over the {MAX_FRAME_PIXELS:,} pixel "
-            "limit; choose fewer channels= or a smaller tile_size=."
+            "limit; choose fewer --channels or a smaller --tile-size."
         )
     nonfinite_steps = _nonfinite_steps(store, name, num_rows)
     if nonfinite_steps:
@@ -529,7 +533,7 @@ def make_plan(
         notes.insert(
             0,
             f"this will write roughly {estimate / 1e6:,.0f} MB ({len(names)} layer(s) x {len(rows)} step(s)); "
-            "stride=, start=/stop=, layers= or fewer channels= make it smaller.",
+            "--stride, --steps, --layers or fewer --channels make it smaller.",
         )
     return Plan(num_rows, global_steps, rows, names, min(jobs, len(names)), layer_plans, notes)
 
