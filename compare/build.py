@@ -124,6 +124,7 @@ def compare_runs(
     tile_size: int = 28,
     max_frames: int = DEFAULT_MAX_FRAMES,
     batch_sizes: Mapping[int, int] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> CompareResult:
     """Write ``compare-<layer>.gif`` and ``compare-curves.png`` for two or more runs.
 
@@ -136,6 +137,7 @@ def compare_runs(
         tile_size: pixels of a tile's longer side.
         max_frames: thin the shared timeline to at most this many frames.
         batch_sizes: per run index, a batch size overriding the run's config (for ``"samples"``).
+        labels: each run's name in the panels and legends (default ``experiment/version_N``).
 
     Raises:
         CompareError, StoreError, RunError, ViewerError: one sentence each.
@@ -156,7 +158,7 @@ def compare_runs(
             store_path, run_dir = run_paths(run)
             store = stack.enter_context(StoreReader(store_path))
             opened.append(_open_run(store, run_dir, layer, align, (batch_sizes or {}).get(index)))
-        labels = _unique_labels([run.label for run in opened])
+        labels = _unique_labels(list(labels) if labels is not None else [run.label for run in opened])
         for run, label in zip(opened, labels, strict=True):
             run.label = label
         _plan_panels(opened, tile_size)  # refuses frames too large to draw before anything is written

@@ -13,7 +13,7 @@ from actrec.dynamics.compute import (
     write_dynamics,
 )
 from actrec.dynamics.metrics import MIN_CKA_PROBES
-from actrec.errors import run_guarded
+from actrec.errors import run_guarded, terminal_safe
 from actrec.store import StoreReader
 
 
@@ -32,7 +32,11 @@ def dynamics_main(argv: Sequence[str]) -> int:
             "TensorBoard scalars in RUN/dynamics/ and RUN/renders/dynamics.png."
         ),
     )
-    parser.add_argument("run", metavar="RUN", help="a run folder, an experiment folder (newest version) or a store")
+    parser.add_argument(
+        "run", nargs="?", metavar="RUN", help="a run folder, an experiment folder (newest version) or a store"
+    )
+    parser.add_argument("--sweep", metavar="NAME|ID", help="tabulate every finished trial's settling steps instead")
+    parser.add_argument("--runs_dir", default="runs", metavar="DIR", help="where --sweep is found (default runs)")
     parser.add_argument("--layers", action="extend", type=_layer_list, metavar="L1,L2", help="default: all layers")
     parser.add_argument(
         "--threshold",
@@ -47,6 +51,14 @@ def dynamics_main(argv: Sequence[str]) -> int:
 
     def action() -> int:
         from actrec.dynamics._run import run_label, run_paths
+
+        if args.sweep is not None:
+            from actrec.dynamics.sweep import sweep_dynamics, sweep_dynamics_table
+
+            print(sweep_dynamics_table(sweep_dynamics(args.runs_dir, args.sweep, args.layers, args.threshold)))
+            return 0
+        if args.run is None:
+            raise DynamicsError("name a run (RUN) or a sweep (--sweep NAME).")
 
         store_path, run_dir = run_paths(args.run)
         with StoreReader(store_path) as store:
@@ -85,7 +97,7 @@ def summary_text(dynamics: object) -> str:
         saturated = layer.saturated_fraction[-1]
         saturation = "-" if saturated != saturated else f"{100 * saturated:.1f}%"
         dead = f"{len(layer.always_constant)}/{layer.channels}"
-        lines.append(f"{layer.name:<20} {settles:>15} {saturation:>17} {dead:>14}")
+        lines.append(f"{terminal_safe(layer.name):<20} {settles:>15} {saturation:>17} {dead:>14}")
     if dynamics.num_probes < MIN_CKA_PROBES:
         lines.append(
             f"CKA needs at least {MIN_CKA_PROBES} probes; this run has {dynamics.num_probes}, so no layer settles."

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from actrec.errors import terminal_safe
 from actrec.inspection import drawing
 from actrec.inspection.errors import InspectError
 from actrec.inspection.loading import LoadedModel, load_run_model, stored_weights, zoo_model
@@ -80,33 +81,36 @@ def _filters(args: argparse.Namespace) -> None:
     convs = pick_convs(conv_kernels(loaded.model), args.layer)
     if not convs:
         raise InspectError(f"{loaded.model_name} has no convolutions; filters draws conv kernels only.")
+    # Every stored kernel is read before anything is written: a damaged chunk in the last layer's weights
+    # refuses the command with nothing written, not with the other layers' pictures already there.
+    over_training: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if loaded.store_path is not None:
+        with StoreReader(loaded.store_path) as store:
+            for name in convs:
+                found = stored_kernels(store, name)
+                if found is not None and len(found[0]) >= 2:
+                    steps, weights = found
+                    rows = np.arange(0, len(steps), max(1, args.stride))
+                    over_training[name] = (np.asarray(steps)[rows], np.asarray(weights)[rows])
     out = _out_dir(args, loaded)
     for name, weight in convs.items():
         title = f"{name} kernels · {loaded.label}"
         _write(draw_kernels(weight, title=title, subtitle="symmetric scale for the layer"), out / f"filters-{name}.png")
-    if loaded.store_path is None:
-        return
-    with StoreReader(loaded.store_path) as store:
-        for name in convs:
-            found = stored_kernels(store, name)
-            if found is None or len(found[0]) < 2:
-                continue
-            steps, weights = found
-            rows = np.arange(0, len(steps), max(1, args.stride))
-            scale = kernel_scale(weights[rows])
-            path = out / f"filters-{name}.gif"
-            with GifWriter(path, fps=args.fps) as gif:
-                frames = [
-                    draw_kernels(
-                        weights[row],
-                        title=f"{name} kernels · step {int(steps[row])}",
-                        subtitle="one scale for every step",
-                        scale=scale,
-                    )
-                    for row in tqdm(rows, desc=f"{name} over training", unit="step", leave=False)
-                ]
-                _append_padded(gif, frames)
-            print(path)
+    for name, (steps, weights) in over_training.items():
+        scale = kernel_scale(weights)
+        path = out / f"filters-{name}.gif"
+        with GifWriter(path, fps=args.fps) as gif:
+            frames = [
+                draw_kernels(
+                    weights[row],
+                    title=f"{name} kernels · step {int(steps[row])}",
+                    subtitle="one scale for every step",
+                    scale=scale,
+                )
+                for row in tqdm(range(len(steps)), desc=f"{name} over training", unit="step", leave=False)
+            ]
+            _append_padded(gif, frames)
+        print(path)
 
 
 def _append_padded(gif: GifWriter, frames: Sequence[np.ndarray]) -> None:
@@ -380,6 +384,6 @@ def inspect_main(argv: list[str]) -> int:
     try:
         handler(args)
     except (InspectError, ProbeError, RunError, StoreError) as error:
-        print(f"actrec inspect {args.command}: {error}", file=sys.stderr)
+        print(f"actrec inspect {args.command}: {terminal_safe(str(error))}", file=sys.stderr)
         return 1
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,9 @@ class ProbeEngine:
         max_channels: keep at most this many channels (maps) or units (tokens, vectors) per layer.
         record_params: also copy each layer's parameters into the step.
         cuda_graph: on CUDA, capture the pass as a CUDA graph (checked bitwise against eager at capture).
+        forward_context: entered around every pass and the capture, so the probes see the numbers training
+            computes: the Lightning precision plugin's ``forward_context`` (autocast under ``16-mixed`` and
+            ``bf16-mixed``, which Lightning applies only around ``*_step``).
 
     Raises:
         ProbeError: a layer's output does not start with one row per probe.
@@ -113,8 +117,10 @@ class ProbeEngine:
         max_channels: int | None = None,
         record_params: bool = False,
         cuda_graph: bool = True,
+        forward_context: Callable[[], AbstractContextManager[object]] = nullcontext,
     ) -> None:
         self.model = model
+        self._forward_context = forward_context
         self.layers = list(layers)
         self.dtype = dtype
         parameter = next(model.parameters(), None)
@@ -128,7 +134,15 @@ class ProbeEngine:
             layer: dict(module.named_parameters()) if record_params else {} for layer, (module, _) in modules.items()
         }
 
-        seen = capture(model, self.images, self.layers)
+        with forward_context():
+            seen = capture(model, self.images, self.layers)
+        if dtype == "float16" and any(t.dtype == torch.bfloat16 for t in seen.activations.values()):
+            # bfloat16 reaches 3e38, float16 only 65,504: a larger value would be stored as inf, silently.
+            self.dtype = dtype = "float32"
+            log.warning(
+                "actrec: storing activations as float32, not float16: layers compute in bfloat16, whose values "
+                "above 65,504 would become inf in float16."
+            )
         self.layouts: dict[str, LayerLayout] = {}
         self._channels: dict[str, torch.Tensor | None] = {}
         for layer, tensor in seen.activations.items():
@@ -209,7 +223,8 @@ class ProbeEngine:
         self.views[f"{layer}/nonfinite"].copy_((~finite).sum())
 
     def _forward(self) -> None:
-        output = run_hooked(self.model, self.images, self.layers, self._store)
+        with self._forward_context():
+            output = run_hooked(self.model, self.images, self.layers, self._store)
         output = select_output(output, "", "the model's output")
         self.views["logits"].copy_(output.reshape(self.output_shape))
         for layer, params in self._params.items():

@@ -11,6 +11,7 @@ from actrec.runs._layout import (
     RunError,
     find_runs,
     resolve_run,
+    store_for_resume,
 )
 from actrec.runs._summary import config_digest, running_summary, write_summary
 
@@ -27,5 +28,6 @@ __all__ = [
     "find_runs",
     "resolve_run",
     "running_summary",
+    "store_for_resume",
     "write_summary",
 ]

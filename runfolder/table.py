@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from actrec.errors import terminal_safe
 from actrec.runs._layout import Run, RunError, find_runs
 
 __all__ = ["COLUMNS", "RunRow", "format_table", "run_row", "runs_main"]
@@ -81,10 +82,7 @@ def run_row(run: Run, now: float | None = None) -> RunRow:
         model, dataset, seed = _from_config(run)
     store_bytes = _number(summary.get("store_bytes"), int)
     if store_bytes is None:
-        try:
-            store_bytes = run.store_path.stat().st_size
-        except OSError:
-            store_bytes = None
+        store_bytes = run.store_bytes()
     wall = _number(summary.get("wall_time_s"), float)
     started = _number(summary.get("started"), float)
     if wall is None and started is not None and status == "running":
@@ -147,7 +145,7 @@ def _cell(field: str, value: Any) -> str:
         return _size(value)
     if field == "wall_time_s":
         return _duration(value)
-    return str(value)
+    return terminal_safe(str(value))  # summary.json's fields are anyone's text: escapes are shown, not obeyed
 
 
 def format_table(rows: Sequence[RunRow]) -> str:
@@ -205,7 +203,12 @@ def runs_main(argv: Sequence[str]) -> int:
     for flag, what in filters:
         parser.add_argument(flag, action="extend", type=_list, metavar="A[,B...]", help=f"keep only these {what}")
     parser.add_argument("--json", action="store_true", help="print a JSON list of runs instead of the table")
+    parser.add_argument("--sweep", metavar="NAME|ID", help="one row per trial of this sweep (varied keys as columns)")
     args = parser.parse_args(argv)
+    if args.sweep is not None:
+        from actrec.runs.sweeps import sweep_main
+
+        return sweep_main(args.dir, args.sweep, sort=args.sort, reverse=args.reverse, as_json=args.json)
 
     try:
         runs = find_runs(args.dir)
