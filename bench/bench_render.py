@@ -277,8 +277,14 @@ def _before_after(run: Path, baseline: str, rounds: int, jobs: int) -> None:
     compared, different = _identical_renders(run / "renders-baseline", run / "renders-this")
     sizes = [sum(p.stat().st_size for p in (run / f"renders-{n}").glob("*.gif")) / 1e6 for n in sides]
     print(f"   GIF bytes: baseline {sizes[0]:.1f} MB, this {sizes[1]:.1f} MB")
-    verdict = "pixel-identical" if not different else "DIFFERENT: " + ", ".join(different[:5])
-    print(f"   {compared} decoded frames and sheets compared: {verdict}")
+    verdict = "pixel-identical" if not different else "DIFFERENT: " + ", ".join(different[:8])
+    print(f"   {compared} decoded GIF frames, sheets and curves compared: {verdict}")
+    for sheet in sorted((run / "renders-this").glob("*.sheet.png")):
+        with Image.open(run / "renders-baseline" / sheet.name) as old, Image.open(sheet) as new:
+            if old.size != new.size:
+                print(
+                    f"   {sheet.name}: {old.size[0]}x{old.size[1]} -> {new.size[0]}x{new.size[1]} (a different layout)"
+                )
 
 
 def main() -> None:
