@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 from report_browser import browser_page, find_chromium
-from viewer_fixtures import CLASS_NAMES, make_store
+from viewer_fixtures import CLASS_NAMES, make_store, probe_set
 
 from actrec.report import build_report
+from actrec.store import LayerSpec, StepRecord, StoreWriter
 
 _PANELS = """(() => [...document.querySelectorAll("figure.layer[data-run='0']")].map((panel) => ({
   layer: panel.dataset.layer,
@@ -62,3 +64,35 @@ def test_layer_panels_carry_labels_and_colour_bars_and_predictions_stay_in_view(
     for state in (top, bottom):
         assert 0 <= state["top"] < state["bottom"] <= 768
         assert len(state["texts"]) == len(CLASS_NAMES)
+
+
+def test_a_vector_layer_is_a_row_at_least_8_pixels_high(tmp_path: Path) -> None:
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no chromium on this machine: the page is not tested in a browser")
+    pytest.importorskip("aiohttp", reason="the DevTools client needs aiohttp (installed with pytorch-lightning[extra])")
+    run = tmp_path / "run"
+    run.mkdir()
+    writer = StoreWriter.create(
+        run / "activations.h5",
+        run_id="vector",
+        config={},
+        probes=probe_set(),
+        layers=[LayerSpec("net.fc", (512,), "Linear", "symmetric")],
+        num_classes=3,
+        background=False,
+    )
+    with writer:
+        for step in range(3):
+            values = np.linspace(-1, 1, 3 * 512, dtype=np.float32).reshape(3, 512) * (step + 1)
+            writer.append(StepRecord(step, 0, 1.0, 0.5, np.zeros((3, 3), np.float32), {"net.fc": values}))
+    page_path = build_report(run).path
+
+    async def scenario() -> list:
+        async with browser_page(chromium) as page:
+            await page.open(page_path, width=1366, height=768)
+            return await page.evaluate(_PANELS)
+
+    (panel,) = asyncio.run(scenario())
+    assert panel["rows"] == ["units"]
+    assert panel["gridHeight"] >= 8
