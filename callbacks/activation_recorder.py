@@ -20,6 +20,8 @@ from typing_extensions import override
 
 from actrec.errors import UserError
 from actrec.probe import (
+    HostRing,
+    ProbeEngine,
     ProbeError,
     ProbeSelection,
     probes_from_dataset,
@@ -28,8 +30,6 @@ from actrec.probe import (
     resolve_layers,
     scale_kinds,
 )
-from actrec.probe._engine import ProbeEngine
-from actrec.probe._ring import HostRing
 from actrec.runs import VERSION_PREFIX, Run, RunError, running_summary, store_for_resume, write_summary
 from actrec.store import (
     STORE_FILENAME,
@@ -37,12 +37,12 @@ from actrec.store import (
     ProbeSet,
     StoreError,
     StoreWriter,
+    WriterProcess,
     check_compression,
     check_dtype,
     check_new_path,
     check_writable,
 )
-from actrec.store._process import WriterProcess
 
 log = logging.getLogger("actrec")
 
@@ -498,7 +498,7 @@ class ActivationRecorder(Callback):
             )
             self._last_recorded_step = self._process.last_global_step if wait else -1
         else:
-            self._writer = StoreWriter._open_for_append(self._store_path, self.flush_every, background=False)
+            self._writer = StoreWriter.open_for_append(self._store_path, flush_every=self.flush_every, background=False)
             self._last_recorded_step = self._writer.last_global_step
         if self.background_writes:
             self._ring = HostRing(self._engine.nbytes, self.ring_slots, self._engine.device, self._consume)

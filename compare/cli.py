@@ -9,7 +9,7 @@ from actrec.compare.align import ALIGNMENTS
 from actrec.compare.build import DEFAULT_MAX_FRAMES, CompareError, compare_runs
 from actrec.dynamics import DynamicsError
 from actrec.errors import run_guarded
-from actrec.viewer._pipeline import MAX_TILE_SIZE
+from actrec.viewer.plan import MAX_TILE_SIZE
 
 
 def compare_main(argv: Sequence[str]) -> int:

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from actrec.errors import UserError
-from actrec.store import STORE_FILENAME, StoreError, StoreReader
-from actrec.viewer import colors, encode_png
-from actrec.viewer.frames import DEFAULT_MAX_CHANNELS, drawn_maps, layer_kind, predicted_classes
-from actrec.viewer.scale import ColourScale, colour_scale, sample_rows
+from actrec.recording import ColourScale, LayerView, Recording, colors, thin_rows
+from actrec.store import KIND_MAPS, STORE_FILENAME
+from actrec.viewer import encode_png
+from actrec.viewer.frames import drawn_maps
 
 GUTTER = 1
 """Pixels between tiles in a served grid, at the maps' own resolution (the tab scales the whole image)."""
@@ -104,108 +104,77 @@ def grid_indices(activations: np.ndarray, scale: ColourScale) -> np.ndarray:
 
 
 class _LayerState:
-    """A layer's fixed drawing decisions: kind, drawn channels, colour scale (fixed when the run is opened)."""
+    """A layer's drawing decisions, fixed when the tab first asks: the read side's channel plan and scale."""
 
-    def __init__(
-        self,
-        name: str,
-        kind: str,
-        module_type: str,
-        select: np.ndarray | None,
-        labels: list[int],
-        scale: ColourScale,
-        drawn_shape: tuple[int, ...],
-    ) -> None:
-        self.name = name
-        self.kind = kind
-        self.module_type = module_type
-        self.select = select
-        self.labels = labels
-        self.scale = scale
-        self.drawn_shape = drawn_shape
+    def __init__(self, view: LayerView) -> None:
+        plan = view.channel_plan()
+        shape = view.sample_shape
+        self.name = view.name
+        self.kind = view.kind
+        self.module_type = str(view.info.module_type)
+        self.select = plan.select
+        self.labels = [int(label) for label in plan.labels]
+        self.note = plan.note
+        self.scale = view.scale_for(plan.select)
+        self.drawn_shape = (len(plan.labels), *shape[1:]) if self.kind == KIND_MAPS else (*shape[:-1], len(plan.labels))
+        self.axis = view.axis
 
     def selected(self, activations: np.ndarray) -> np.ndarray:
-        if self.select is None:
-            return activations
-        return np.take(activations, self.select, axis=-3 if self.kind == "maps" else -1)
+        return activations if self.select is None else np.take(activations, self.select, axis=self.axis)
 
 
 class RunSource:
-    """One run's store, opened read-only, and everything the tab asks of it.
+    """One run's recording, opened read-only, and everything the tab asks of it.
 
     Args:
         name: the run's name in TensorBoard.
         store_path: its ``activations.h5``.
 
     Raises:
-        StoreError: the store cannot be opened (one sentence).
+        UserError: the store cannot be opened (the read side's sentence).
     """
 
     def __init__(self, name: str, store_path: Path) -> None:
         self.name = name
         self.store_path = store_path
         self._lock = threading.RLock()
-        self._store = StoreReader(store_path)
+        self._recording = Recording.open(store_path, allow_empty=True, announce=None)
         self._layers: dict[str, _LayerState] = {}
-        self._num_rows = self._store.refresh()
-        self._steps: np.ndarray | None = None
 
     def close(self) -> None:
         with self._lock:
-            self._store.close()
+            self._recording.close()
 
     # -- whole-run facts -------------------------------------------------------------------------
 
     def refresh(self) -> int:
         """Pick up rows a training still running has flushed since (SWMR); returns the row count."""
         with self._lock:
-            rows = self._store.refresh()
-            if rows != self._num_rows:
-                self._num_rows = rows
-                self._steps = None
-            return rows
+            if self._recording.store.refresh() != self._recording.num_rows:
+                self._recording.refresh()
+            return self._recording.num_rows
 
     @property
     def num_rows(self) -> int:
-        return self._num_rows
-
-    def _columns(self) -> dict[str, np.ndarray]:
-        with self._lock:
-            if self._steps is None:
-                steps = self._store.steps()
-                self._steps = {key: np.asarray(value[: self._num_rows]) for key, value in steps.items()}
-            return self._steps
+        return self._recording.num_rows
 
     def _layer(self, name: str) -> _LayerState:
         with self._lock:
             state = self._layers.get(name)
-            if state is not None:
-                return state
-            if name not in self._store.layer_names:
-                raise DashboardError(f"run {self.name!r} has no layer {name!r}.")
-            info = self._store.layer(name)
-            kind = layer_kind(info)
-            shape = tuple(info.sample_shape)
-            width = shape[0] if kind == "maps" else shape[-1]
-            full_labels = list(info.channels) if info.channels is not None else list(range(width))
-            select = None if width <= DEFAULT_MAX_CHANNELS else np.arange(DEFAULT_MAX_CHANNELS)
-            labels = full_labels if select is None else [full_labels[i] for i in select]
-            samples = self._store.activations(name, sample_rows(self._num_rows)) if self._num_rows else np.zeros(1)
-            state = _LayerState(
-                name, kind, info.module_type, select, labels, colour_scale(info.scale_kind, np.zeros(1)), shape
-            )
-            samples = state.selected(samples)
-            state.scale = colour_scale(info.scale_kind, samples if samples.size else np.zeros(1))
-            state.drawn_shape = (len(labels), *shape[1:]) if kind == "maps" else (*shape[:-1], len(labels))
-            self._layers[name] = state
+            if state is None:
+                if name not in self._recording.layers:
+                    raise DashboardError(f"run {self.name!r} has no layer {name!r}.")
+                if not self._recording.num_rows:
+                    raise DashboardError(f"run {self.name!r} has no recorded step yet.")
+                state = self._layers[name] = _LayerState(self._recording.layer(name))
             return state
 
     def info(self) -> dict[str, Any]:
         """The run's layers (kind, drawn grid, channel labels, colour bar), probes and row count."""
         with self._lock:
-            probes = self._store.probes
+            probes = self._recording.probes
             layers = []
-            for name in self._store.layer_names:
+            for name in self._recording.layers if self._recording.num_rows else []:
                 state = self._layer(name)
                 grid_rows, height, width = drawn_maps(state.drawn_shape)
                 layers.append(
@@ -215,61 +184,54 @@ class RunSource:
                         "module_type": state.module_type,
                         "grid": {"rows": grid_rows, "height": height, "width": width, "gutter": GUTTER},
                         "channels": state.labels,
+                        "note": state.note,
                         "scale": scale_json(state.scale),
                     }
                 )
-            class_names = [str(name) for name in probes.class_names]
             return {
                 "run": self.name,
-                "num_rows": self._num_rows,
+                "num_rows": self._recording.num_rows,
                 "layers": layers,
                 "probes": {
                     "labels": [int(label) for label in probes.labels],
-                    "class_names": class_names,
+                    "class_names": [str(name) for name in probes.class_names],
                     "images": np.ndim(probes.images) in (3, 4),
                 },
             }
 
     def timeline(self) -> dict[str, Any]:
         """Every row's global step and epoch, and the loss/accuracy curves (thinned to :data:`CURVE_POINTS`)."""
-        columns = self._columns()
-        steps = columns["global_step"]
-        thin = sample_rows(len(steps), CURVE_POINTS)
-        curves = {
-            "train/loss": [steps[thin].tolist(), _finite_list(columns["batch_loss"][thin])],
-            "train/acc": [steps[thin].tolist(), _finite_list(columns["batch_acc"][thin])],
-        }
         with self._lock:
-            for name in ("val/loss", "val/acc"):
-                try:
-                    at, values = self._store.scalars(name)
-                except StoreError:
-                    continue
-                if len(at):
-                    curves[name] = [at.tolist(), _finite_list(values)]
-        return {
-            "num_rows": len(steps),
-            "global_steps": steps.tolist(),
-            "epochs": columns["epoch"].tolist(),
-            "curves": curves,
-        }
+            timeline = self._recording.timeline
+            curves = {}
+            for label, name in (("train/loss", "batch_loss"), ("train/acc", "batch_acc"), ("val/loss", "val/loss"),
+                                ("val/acc", "val/acc")):  # fmt: skip
+                steps, values = timeline.series(name)
+                if len(steps):
+                    keep = thin_rows(np.asarray(steps), stride=None, max_rows=CURVE_POINTS)
+                    curves[label] = [np.asarray(steps)[keep].tolist(), _finite_list(np.asarray(values)[keep])]
+            return {
+                "num_rows": timeline.num_rows,
+                "global_steps": timeline.global_steps.tolist(),
+                "epochs": np.asarray(timeline.epochs).tolist(),
+                "curves": curves,
+            }
 
     def _check_row(self, row: int) -> int:
-        if not 0 <= row < self._num_rows:
-            raise DashboardError(f"run {self.name!r} has rows 0 to {self._num_rows - 1}, not row {row}.")
+        if not 0 <= row < self._recording.num_rows:
+            raise DashboardError(f"run {self.name!r} has rows 0 to {self._recording.num_rows - 1}, not row {row}.")
         return row
 
     def step(self, row: int) -> dict[str, Any]:
         """One row's step, epoch and each probe's predicted class."""
         with self._lock:
             row = self._check_row(row)
-            columns = self._columns()
-            logits = self._store.logits(np.asarray([row]))[0]
+            timeline = self._recording.timeline
             return {
                 "row": row,
-                "global_step": int(columns["global_step"][row]),
-                "epoch": int(columns["epoch"][row]),
-                "predictions": [int(p) for p in predicted_classes(logits)],
+                "global_step": int(timeline.global_steps[row]),
+                "epoch": int(timeline.epochs[row]),
+                "predictions": [int(p) for p in timeline.predictions[row]],
             }
 
     def frame_png(self, layer: str, row: int) -> bytes:
@@ -277,18 +239,19 @@ class RunSource:
 
         Raises:
             DashboardError: unknown layer or row.
-            StoreError: the row is damaged (the read side's sentence).
+            UserError: the row is damaged (the read side's sentence).
         """
         with self._lock:
             state = self._layer(layer)
             row = self._check_row(row)
-            activations = state.selected(self._store.activations(layer, np.asarray([row]))[0])
+            ((_, values),) = self._recording.layer(layer).iter_rows([row], damaged=None)
+            activations = state.selected(values)
         return encode_png(grid_indices(activations, state.scale), compress_level=1)
 
     def probe_png(self, index: int) -> bytes:
         """PNG of probe ``index``'s input image at its own resolution, grey (or colour for RGB)."""
         with self._lock:
-            images = np.asarray(self._store.probes.images, dtype=np.float32)
+            images = np.asarray(self._recording.probes.images, dtype=np.float32)
         if images.ndim not in (3, 4) or not 0 <= index < len(images):
             raise DashboardError(f"run {self.name!r} has no probe image {index}.")
         finite = images[np.isfinite(images)]
@@ -303,7 +266,11 @@ class RunSource:
 
 def _finite_list(values: np.ndarray) -> list[float | None]:
     """A JSON-safe list: NaN and infinities become ``None`` (a gap in the curve)."""
-    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
+    values = np.asarray(values, dtype=np.float64)
+    listed: list[float | None] = values.tolist()
+    for index in np.flatnonzero(~np.isfinite(values)).tolist():
+        listed[index] = None
+    return listed
 
 
 class FrameCache:

@@ -14,7 +14,7 @@ from actrec.dynamics.compute import (
 )
 from actrec.dynamics.metrics import MIN_CKA_PROBES
 from actrec.errors import run_guarded, terminal_safe
-from actrec.store import StoreReader
+from actrec.recording import Recording
 
 
 def _layer_list(text: str) -> list[str]:
@@ -50,8 +50,6 @@ def dynamics_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
 
     def action() -> int:
-        from actrec.dynamics._run import run_label, run_paths
-
         if args.sweep is not None:
             from actrec.dynamics.sweep import sweep_dynamics, sweep_dynamics_table
 
@@ -60,9 +58,10 @@ def dynamics_main(argv: Sequence[str]) -> int:
         if args.run is None:
             raise DynamicsError("name a run (RUN) or a sweep (--sweep NAME).")
 
-        store_path, run_dir = run_paths(args.run)
-        with StoreReader(store_path) as store:
-            dynamics = compute_dynamics(store, args.layers or None, threshold=args.threshold)
+        with Recording.open(args.run) as recording:
+            run_dir, name = recording.run_dir, recording.name
+            layers = recording.check_layers(args.layers) if args.layers else None
+            dynamics = compute_dynamics(recording, layers, threshold=args.threshold)
         written = [write_dynamics(dynamics, run_dir / DYNAMICS_FILENAME)]
         if not args.no_tensorboard:
             from actrec.dynamics.tensorboard import TENSORBOARD_DIRNAME, write_scalars
@@ -71,11 +70,11 @@ def dynamics_main(argv: Sequence[str]) -> int:
         if not args.no_png:
             from actrec.dynamics.plots import dynamics_figure
             from actrec.viewer import write_png
-            from actrec.viewer._pipeline import atomic_path, prepare_out_dir
+            from actrec.viewer.output import atomic_path, prepare_out_dir
             from actrec.viewer.render import RENDERS_DIRNAME
 
             png = prepare_out_dir(run_dir / RENDERS_DIRNAME) / "dynamics.png"
-            title = f"{run_label(run_dir)} · {len(dynamics.global_steps)} recorded steps · layer dynamics"
+            title = f"{name} · {len(dynamics.global_steps)} recorded steps · layer dynamics"
             with atomic_path(png) as partial:
                 write_png(dynamics_figure(dynamics, title=title), partial)
             written.append(png)

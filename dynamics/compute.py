@@ -17,6 +17,7 @@ import numpy as np
 
 from actrec.dynamics import metrics
 from actrec.errors import UserError
+from actrec.recording import Recording
 from actrec.store import StoreReader
 
 ROWS_PER_READ = 64
@@ -85,38 +86,29 @@ class Dynamics:
 
 
 def compute_dynamics(
-    store: StoreReader,
+    recording: Recording,
     layers: list[str] | None = None,
     *,
     threshold: float = DEFAULT_THRESHOLD,
-    num_rows: int | None = None,
     rows_per_read: int = ROWS_PER_READ,
 ) -> Dynamics:
-    """Compute the dynamics of ``layers`` (all by default) over the first ``num_rows`` rows.
+    """Compute the dynamics of ``layers`` (all by default) over the recording's rows (the last is "final").
 
     Args:
-        store: an open reader.
+        recording: the open run (:meth:`actrec.recording.Recording.open`), read as of its last refresh.
         layers: layer names; all recorded layers when ``None``.
         threshold: CKA-to-final level that counts as settled, in ``(0, 1]``.
-        num_rows: rows to use (default: every complete row now); the last of them is "final".
         rows_per_read: rows read per layer at a time (bounds memory).
 
     Raises:
-        DynamicsError: the store has no rows, a layer is unknown, or the threshold is out of range.
+        DynamicsError: the threshold is out of range.
+        RecordingError: a layer is unknown.
     """
     if not 0.0 < threshold <= 1.0:
         raise DynamicsError(f"threshold must be in (0, 1], got {threshold:g}.")
-    total = store.refresh() if num_rows is None else num_rows
-    if total == 0:
-        raise DynamicsError(f"{store.path} has no recorded steps yet, so there are no dynamics.")
-    names = store.layer_names if not layers else list(dict.fromkeys(layers))
-    unknown = [name for name in names if name not in store.layer_names]
-    if unknown:
-        raise DynamicsError(
-            f"unknown layer {', '.join(map(repr, unknown))}; this store records: {', '.join(store.layer_names)}."
-        )
-    steps = store.steps()
-    global_steps, epochs = steps["global_step"][:total], steps["epoch"][:total]
+    store, total = recording.store, recording.num_rows
+    names = recording.check_layers(layers)
+    global_steps, epochs = recording.timeline.global_steps, recording.timeline.epochs
     result = {}
     # A diverged run's NaN and inf rows give NaN measures by design; numpy's warnings about them (with
     # source lines) would only bury the table.

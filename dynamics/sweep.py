@@ -13,8 +13,8 @@ import statistics
 from dataclasses import dataclass
 
 from actrec.dynamics.compute import DEFAULT_THRESHOLD, Dynamics, compute_dynamics
+from actrec.recording import Recording
 from actrec.runs.sweeps import SweepRecord, TrialState, sweep_run_folders, value_text
-from actrec.store import StoreReader
 
 __all__ = ["SweepDynamics", "sweep_dynamics", "sweep_dynamics_table"]
 
@@ -42,8 +42,8 @@ def sweep_dynamics(
     record, trials, note = sweep_run_folders(root, name_or_id, limit=10**9)
     computed = []
     for trial in trials:
-        with StoreReader(trial.run.store_path) as store:
-            computed.append(compute_dynamics(store, layers, threshold=threshold))
+        with Recording.open(trial.run, announce=None) as recording:
+            computed.append(compute_dynamics(recording, layers, threshold=threshold))
     return SweepDynamics(record, trials, computed, note)
 
 

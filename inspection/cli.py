@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,24 +16,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from actrec.errors import terminal_safe
+from actrec.errors import run_guarded
 from actrec.inspection import drawing
 from actrec.inspection.errors import InspectError
 from actrec.inspection.loading import LoadedModel, load_run_model, stored_weights, zoo_model
 from actrec.inspection.maximize import MaximizeSettings
-from actrec.probe import ProbeError
-from actrec.runs import RunError
-from actrec.store import StoreError, StoreReader
+from actrec.store import StoreReader
 from actrec.viewer import GifWriter, write_png
+from actrec.viewer.output import safe_filename
 
 __all__ = ["inspect_main"]
 
 _OUT_FOLDER = "inspect"
-
-
-def _safe(name: str) -> str:
-    """A layer or file name as a file-name part: ``net.conv3`` stays, anything odd becomes ``_``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def _out_dir(args: argparse.Namespace, loaded: LoadedModel | None) -> Path:
@@ -62,7 +55,7 @@ def _input_image(args: argparse.Namespace, config: dict) -> tuple[np.ndarray, st
     if args.image is not None:
         image, inverted = load_image(args.image)
         note = " (inverted: MNIST digits are white on black)" if inverted else ""
-        return image, f"{Path(args.image).name}{note}", _safe(Path(args.image).stem), None
+        return image, f"{Path(args.image).name}{note}", safe_filename(Path(args.image).stem), None
     index = 0 if args.index is None else args.index
     images, labels, class_names = dataset_split(config, "test")
     if not 0 <= index < len(images):
@@ -156,7 +149,7 @@ def _maximize(args: argparse.Namespace) -> None:
     with tqdm(total=settings.steps, desc=f"maximising {layer}", unit="step", leave=False) as bar:
         result = maximize_channels(loaded.model, layer, channels, settings=settings, on_step=bar.update)
     title = f"What drives each channel of {layer} · {loaded.label}"
-    _write(draw_maximized(result, title=title), out / f"maximize-{_safe(layer)}.png")
+    _write(draw_maximized(result, title=title), out / f"maximize-{safe_filename(layer)}.png")
     if args.over_training:
         _maximize_over_training(args, loaded, layer, channels, settings, out)
 
@@ -182,7 +175,7 @@ def _maximize_over_training(
         draw_maximized(result, title=f"What drives each channel of {layer} · {run_name} · step {step}")
         for step, result in results
     ]
-    path = out / f"maximize-{_safe(layer)}-over-training.gif"
+    path = out / f"maximize-{safe_filename(layer)}-over-training.gif"
     with GifWriter(path, fps=args.fps) as gif:
         _append_padded(gif, frames)
     print(path)
@@ -190,7 +183,7 @@ def _maximize_over_training(
         results,
         title=f"How the preferred patterns of {layer} form · {run_name}",
     )
-    _write(sheet, out / f"maximize-{_safe(layer)}-over-training.png")
+    _write(sheet, out / f"maximize-{safe_filename(layer)}-over-training.png")
 
 
 def _weights_over_training(loaded: LoadedModel, layer: str, frames: int) -> list[tuple[int, dict]]:
@@ -381,9 +374,10 @@ def inspect_main(argv: list[str]) -> int:
     except SystemExit as exit_request:
         return exit_request.code if isinstance(exit_request.code, int) else 2
     handler: Callable[[argparse.Namespace], None] = args.handler
-    try:
+
+    def action() -> int:
         handler(args)
-    except (InspectError, ProbeError, RunError, StoreError) as error:
-        print(f"actrec inspect {args.command}: {terminal_safe(str(error))}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    # The one guard: user errors in one sentence, Ctrl-C and SIGTERM end with 130 and 143.
+    return run_guarded(f"actrec inspect {args.command}", action)

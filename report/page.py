@@ -5,9 +5,9 @@ from __future__ import annotations
 import html
 import json
 
+from actrec.recording.colors import PALETTE
+from actrec.recording.scale import ColourScale
 from actrec.report.charts import css_color
-from actrec.viewer.colors import PALETTE
-from actrec.viewer.scale import ColourScale
 
 _CSS = """
 :root { --tile: 40px; font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #1e1e1e; }

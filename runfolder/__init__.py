@@ -13,7 +13,7 @@ from actrec.runs._layout import (
     resolve_run,
     store_for_resume,
 )
-from actrec.runs._summary import config_digest, running_summary, write_summary
+from actrec.runs._summary import config_digest, running_summary, sweep_trial_version, write_summary
 
 __all__ = [
     "CHECKPOINT_DIRNAME",
@@ -29,5 +29,6 @@ __all__ = [
     "resolve_run",
     "running_summary",
     "store_for_resume",
+    "sweep_trial_version",
     "write_summary",
 ]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from actrec.errors import UserError, terminal_safe
+from actrec.names import STORE_FILENAME
 
 __all__ = [
     "CHECKPOINT_DIRNAME",
@@ -37,7 +38,6 @@ __all__ = [
     "store_for_resume",
 ]
 
-STORE_FILENAME = "activations.h5"
 CONFIG_FILENAME = "config.yaml"
 SUMMARY_FILENAME = "summary.json"
 CHECKPOINT_DIRNAME = "checkpoints"

@@ -30,6 +30,7 @@ __all__ = [
     "config_digest",
     "running_summary",
     "sweep_trial_fields",
+    "sweep_trial_version",
     "write_summary",
 ]
 
@@ -68,6 +69,19 @@ def sweep_trial_fields(environ: dict[str, str] | None = None) -> dict[str, Any]:
     if not isinstance(sweep, dict) or not isinstance(sweep.get("id"), str) or not isinstance(overrides, dict):
         return {}
     return {"sweep": sweep, "overrides": overrides}
+
+
+def sweep_trial_version(environ: dict[str, str] | None = None) -> int | None:
+    """The ``version_N`` the sweep's driver chose for this trial (from :data:`SWEEP_TRIAL_ENV`), else ``None``.
+
+    Trials started together would otherwise race for the same next version folder.
+    """
+    text = (os.environ if environ is None else environ).get(SWEEP_TRIAL_ENV)
+    try:
+        version = json.loads(text).get("version") if text else None
+    except (ValueError, AttributeError):
+        return None
+    return version if isinstance(version, int) and not isinstance(version, bool) and version >= 0 else None
 
 
 def running_summary(**fields: Any) -> dict[str, Any]:

@@ -317,7 +317,8 @@ def sweep_table(record: SweepRecord, states: list[TrialState], sort: str = "run"
     present.sort(key=lambda row: row[field_name], reverse=reverse)
     rows = present + absent
     columns = [("trial", "trial"), *((key, key) for key in record.varied)]
-    columns += [("run", "run"), ("steps", "recorded_steps"), ("val acc", "val_acc"), ("test acc", "test_acc")]
+    columns += [("run", "run"), ("steps", "global_step"), ("rows", "recorded_steps")]
+    columns += [("val acc", "val_acc"), ("test acc", "test_acc")]
     columns += [("wall", "wall_time_s"), ("status", "status")]
     texts = [[_cell(field_name, row.get(field_name), cell_text) for _, field_name in columns] for row in rows]
     widths = [max([len(heading)] + [len(line[i]) for line in texts]) for i, (heading, _) in enumerate(columns)]

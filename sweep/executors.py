@@ -90,7 +90,7 @@ class RayLauncher:
         try:
             check = ray.remote(num_cpus=0)(_check_exists)
             refs = {
-                node["NodeManagerAddress"]: check.options(
+                f"{node['NodeManagerAddress']} ({str(node['NodeID'])[:8]})": check.options(
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
                 ).remote(str(marker.resolve()))
                 for node in nodes

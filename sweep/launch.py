@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from actrec.runs import VERSION_PREFIX
 from actrec.runs.sweeps import (
     SWEEP_TRIAL_ENV,
     SweepError,
@@ -36,6 +37,7 @@ __all__ = [
     "SweepOutcome",
     "TrialSpec",
     "best_trial",
+    "next_version",
     "progress_text",
     "run_sweep",
     "run_trial",
@@ -44,6 +46,7 @@ __all__ = [
 
 _POLL_SECONDS = 0.5
 _STOP_GRACE_SECONDS = 30.0
+_REFRESH_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -57,21 +60,27 @@ class TrialSpec:
     cwd: str
 
 
-def trial_spec(record: SweepRecord, trial: dict[str, Any], threads: int | None) -> TrialSpec:
-    """The command, environment and log file of ``trial`` of the sweep ``record``."""
+def trial_spec(
+    record: SweepRecord, trial: dict[str, Any], threads: int | None, version: int | None = None
+) -> TrialSpec:
+    """The command, environment and log file of ``trial`` of the sweep ``record`` (into ``version_<version>``)."""
     plan = record.plan
     overrides = trial["overrides"]
+    # A varied --config goes first: LightningCLI applies a config where it stands, so every flag after it wins.
+    configs = [f"--config={value_text(value)}" for key, value in overrides.items() if key == "config"]
     command = [
         sys.executable,
         "-m",
         "actrec.cli",
         "train",
+        *configs,
         *plan.get("train_args", []),
+        # Where the plan is, not where it was written: a runs folder moved (or mounted elsewhere) still resumes.
         "--experiment",
-        str(plan["experiment"]),
+        record.experiment_dir.name,
         "--runs_dir",
-        str(plan["runs_dir"]),
-        *(f"--{key}={value_text(value)}" for key, value in overrides.items()),
+        str(record.experiment_dir.parent.resolve()),
+        *(f"--{key}={value_text(value)}" for key, value in overrides.items() if key != "config"),
     ]
     marker = {
         "sweep": {"name": record.name, "id": record.sweep_id, "trial": int(trial["index"])},
@@ -83,6 +92,21 @@ def trial_spec(record: SweepRecord, trial: dict[str, Any], threads: int | None) 
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log = record.experiment_dir / trial["log"]
     return TrialSpec(int(trial["index"]), tuple(command), env, str(log), str(plan.get("cwd") or os.getcwd()))
+
+
+def next_version(experiment_dir: Path, reserved: set[int]) -> int:
+    """The next ``version_N`` past every folder there and every number this driver already gave a trial.
+
+    The driver picks each trial's version itself: trials started together would each take the same
+    "next free" folder, as two ``actrec train`` processes started at the same moment would.
+    """
+    taken = set(reserved)
+    if experiment_dir.is_dir():
+        for entry in os.scandir(experiment_dir):
+            suffix = entry.name.removeprefix(VERSION_PREFIX)
+            if entry.name.startswith(VERSION_PREFIX) and suffix.isdigit():
+                taken.add(int(suffix))
+    return max(taken, default=-1) + 1
 
 
 def _start(spec: TrialSpec) -> subprocess.Popen:
@@ -97,6 +121,8 @@ def _start(spec: TrialSpec) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             cwd=spec.cwd,
             env={**os.environ, **spec.env},
+            # Its own session: a Ctrl-C at the terminal reaches the driver only, which stops each trial once.
+            start_new_session=True,
         )
 
 
@@ -303,6 +329,8 @@ def run_sweep(
     running: dict[int, Any] = {}
     waiting = list(todo)
     threads = launcher.threads()
+    shown_at = 0.0
+    reserved: set[int] = set()
     try:
         while waiting or running:
             room = len(waiting) if launcher.slots is None else launcher.slots - len(running)
@@ -311,10 +339,12 @@ def run_sweep(
                 waiting = waiting[len(starting) :]
                 for index in starting:
                     trial = trials[index]
+                    version = next_version(record.experiment_dir, reserved)
+                    reserved.add(version)
                     trial.update(state="running", started=time.time(), ended=None, returncode=None, error=None)
-                    trial["attempts"] = int(trial.get("attempts", 0)) + 1
+                    trial.update(attempts=int(trial.get("attempts", 0)) + 1, version=version)
                 _save(record)
-                specs = [trial_spec(record, trials[index], threads) for index in starting]
+                specs = [trial_spec(record, trials[index], threads, trials[index]["version"]) for index in starting]
                 running.update(zip(starting, launcher.start(specs), strict=True))
             ended = [(index, code) for index, handle in running.items() if (code := launcher.poll(handle)) is not None]
             for index, code in ended:
@@ -340,7 +370,10 @@ def run_sweep(
                         progress.note(f"trial {index} finished ({what}){shown}: {state.run.path if state.run else ''}")
                     else:
                         progress.note(f"trial {index} {state.status} ({what}): {state.error or f'exit code {code}'}")
-            progress.show(progress_text(record, trial_states(record)))
+            if starting or ended or time.monotonic() - shown_at >= _REFRESH_SECONDS:
+                # Reading every trial's summary is cheap, but not every half second for a large experiment.
+                progress.show(progress_text(record, trial_states(record)))
+                shown_at = time.monotonic()
             if running:
                 time.sleep(_POLL_SECONDS)
     except KeyboardInterrupt:

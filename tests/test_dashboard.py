@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import shutil
 import signal
 import socket
@@ -395,3 +396,87 @@ def test_tab_follows_a_run_while_it_is_written(tmp_path: Path) -> None:
     finally:
         writer.kill()
         writer.wait()
+
+
+def _plugin_client(logdir: Path) -> object:
+    """The plugin's routes as one WSGI app, in-process (werkzeug's test client)."""
+    from werkzeug.routing import Map, Rule
+    from werkzeug.test import Client
+    from werkzeug.wrappers import Request, Response
+
+    class Context:
+        flags = None
+
+    Context.logdir = str(logdir)
+    routes = ActrecPlugin(Context()).get_plugin_apps()
+    urls = Map([Rule(path, endpoint=path) for path in routes])
+
+    def app(environ: dict, start_response: object) -> object:
+        endpoint, _ = urls.bind_to_environ(environ).match(Request(environ).path)
+        return routes[endpoint](environ, start_response)
+
+    return Client(app, Response)
+
+
+def test_a_damaged_row_is_refused_with_the_read_side_s_sentence(tmp_path: Path) -> None:
+    import h5py
+
+    store = make_store(tmp_path / "logs" / "exp" / "version_0")
+    with h5py.File(store, "r") as file:
+        offset = file["layers/net.conv1/activations"].id.get_chunk_info(2).byte_offset
+    with store.open("r+b") as file:  # scribble over row 2's chunk: its checksum no longer matches
+        file.seek(offset + 100)
+        file.write(b"\xab" * 64)
+    client = _plugin_client(tmp_path / "logs")
+    damaged = client.get(f"/frame?run={RUN}&layer=net.conv1&row=2")
+    assert damaged.status_code == 400
+    assert damaged.json == {"error": "step 2 of layer net.conv1 is damaged (checksum mismatch)"}
+    other = client.get(f"/frame?run={RUN}&layer=net.conv1&row=3")
+    assert other.status_code == 200, other.json
+    assert client.get(f"/frame?run={RUN}&layer=net.conv2&row=2").status_code == 200
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_tab_follows_a_real_training(tmp_path: Path) -> None:
+    """`actrec train` records while TensorBoard and the tab are open: the tab's last step advances by itself."""
+    from report_browser import browser_page
+
+    runs = tmp_path / "runs"
+    training = subprocess.Popen(
+        [sys.executable, "-m", "actrec.cli", "train", "--runs_dir", str(runs), "--trainer.max_epochs=1",
+         "--trainer.limit_train_batches=400", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+         "--data.batch_size=16", "--recorder.every_n_steps=1", "--trainer.enable_progress_bar=false"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+
+    async def drive(base: str) -> None:
+        async with browser_page(CHROMIUM) as page:
+            await _tab(page, base)
+            await _wait_for(page, f"{CANVASES}.length >= 6 && {CANVASES}.every(c => c.dataset.row)", timeout=120)
+            await page.evaluate(f"(() => {{ ({FRAME}).defaultView.notReloaded = true; }})()")
+            first = int(await _wait_for(page, f"{CANVASES}[0].dataset.row"))
+            later = await _wait_for(
+                page,
+                f"{CANVASES}.every(c => Number(c.dataset.row) >= {first + 2}) && Number({CANVASES}[0].dataset.row)",
+                timeout=120,
+            )
+            assert later >= first + 2
+            assert await page.evaluate(f"(() => ({FRAME}).defaultView.notReloaded === true)()")
+            assert page.errors == []
+
+    try:
+        store = runs / "quickstart" / "version_0" / "activations.h5"
+        deadline = time.monotonic() + 180
+        while not store.exists():
+            assert training.poll() is None, "the training ended before writing its store"
+            assert time.monotonic() < deadline, "the training wrote no store within 3 minutes"
+            time.sleep(0.5)
+        with tensorboard("--logdir", str(runs)) as base:
+            asyncio.run(drive(base))
+        assert training.poll() is None  # it was still training when the tab followed it
+    finally:
+        os.killpg(training.pid, signal.SIGTERM)
+        training.wait(60)

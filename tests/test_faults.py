@@ -477,7 +477,7 @@ def test_an_open_reader_never_keeps_the_writer_from_opening_the_store(tmp_path: 
     shutil.copy(pristine, store)
     append = (
         "import sys; from pathlib import Path; from actrec.store import StoreWriter\n"
-        "StoreWriter._open_for_append(Path(sys.argv[1]), 1, False).close()"
+        "StoreWriter.open_for_append(Path(sys.argv[1]), flush_every=1, background=False).close()"
     )
     with StoreReader(store) as reader:
         result = subprocess.run([sys.executable, "-c", append, str(store)], capture_output=True, text=True, check=False)

@@ -68,7 +68,7 @@ def _make_not_hdf5(store: Path) -> None:
         (_truncate, r"activations\.h5 cannot be read; it may be truncated or damaged"),
         (_make_foreign, r"activations\.h5 is an HDF5 file but not an actrec activation store\.$"),
         (_make_newer, rf"uses store format version {FORMAT_VERSION + 1}, newer than this actrec reads"),
-        (_make_empty, r"activations\.h5 has no recorded steps yet, so there is nothing to draw\.$"),
+        (_make_empty, r"activations\.h5 has no recorded steps yet, so there is nothing to show\.$"),
         (_make_not_hdf5, r"activations\.h5 is not an HDF5 file, so not an actrec activation store\.$"),
     ],
 )

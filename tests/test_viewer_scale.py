@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from viewer_fixtures import logits_for
 
+from actrec.recording import colors
+from actrec.recording.scale import ColourScale, LiveScaleState, colour_scale, live_scale, sample_rows
 from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreWriter
-from actrec.viewer import FrameLayout, colors, live_frames
+from actrec.viewer import FrameLayout, live_frames
 from actrec.viewer.frames import MAX_FRAME_WIDTH, fit_tile_size, frame_height_width, layer_kind
 from actrec.viewer.render import render_run
-from actrec.viewer.scale import ColourScale, LiveScaleState, colour_scale, live_scale, sample_rows
 
 
 def test_tanh_is_fixed_at_plus_minus_one_while_the_data_stays_inside() -> None:
@@ -225,27 +226,27 @@ def test_wide_layers_draw_the_channels_that_vary_most(tmp_path: Path) -> None:
     store = _wide_store(tmp_path / "run")
     result = render_run(store, channels="top:3")
     assert not [note for note in result.notes if "wide: drawing" in note]
-    from actrec.store import StoreReader
-    from actrec.viewer._pipeline import make_plan
+    from actrec.recording import Recording
+    from actrec.viewer.plan import make_plan
 
-    with StoreReader(store) as reader:
-        plan = make_plan(reader, None, None, None, 1, 56, 1, "top:3")
+    with Recording.open(store) as reader:
+        plan = make_plan(reader, None, None, None, 1, 56, "top:3")
         assert plan.layer_plans["wide"].labels == (5, 17, 33)
         assert 7 in plan.layer_plans["mlp"].labels  # unit 7 varies most
-        default = make_plan(reader, None, None, None, 1, 56, 1)
+        default = make_plan(reader, None, None, None, 1, 56)
         assert len(default.layer_plans["wide"].labels) == 16
         assert {5, 17, 33} <= set(default.layer_plans["wide"].labels)
         assert default.notes[0] == (
             "wide: drawing 16 of its 40 channels, the 16 that vary most over training; "
             "--channels picks others (a list, top:K or all)."
         )
-        chosen = make_plan(reader, ["wide"], None, None, 1, 56, 1, "33,5")
+        chosen = make_plan(reader, ["wide"], None, None, 1, 56, "33,5")
         assert chosen.layer_plans["wide"].labels == (33, 5)
         assert chosen.layer_plans["wide"].scale.one_sided  # ReLU data, stored as "symmetric": one-sided
 
 
 def test_unique_file_names_for_layers_that_map_to_one_name() -> None:
-    from actrec.viewer._pipeline import unique_stems
+    from actrec.viewer.output import unique_stems
 
     stems = unique_stems(["net conv", "net_conv", "net.conv1"])
     assert stems["net.conv1"] == "net.conv1"
@@ -254,8 +255,8 @@ def test_unique_file_names_for_layers_that_map_to_one_name() -> None:
 
 
 def test_frames_too_large_are_refused_and_large_renders_warned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from actrec.store import StoreReader
-    from actrec.viewer import _pipeline
+    from actrec.recording import Recording
+    from actrec.viewer import plan as planning
     from actrec.viewer.errors import ViewerError
 
     folder = tmp_path / "run"
@@ -274,11 +275,11 @@ def test_frames_too_large_are_refused_and_large_renders_warned(tmp_path: Path, m
         for step in range(2):
             values = {"huge": np.full((2, 200, 2, 2), float(step), np.float32)}
             writer.append(StepRecord(step, 0, 1.0, 0.5, logits_for(np.array([0, 1]), 2), values, wall_time=0.0))
-    with StoreReader(folder) as reader:
+    with Recording.open(folder) as reader:
         with pytest.raises(ViewerError, match=r"^a frame of huge would be \d+ x \d+ pixels, over the 40,000,000 pixel"):
-            _pipeline.make_plan(reader, None, None, None, 1, 512, 1, "all")
-        monkeypatch.setattr(_pipeline, "LARGE_RENDER_BYTES", 10_000)
-        notes = _pipeline.make_plan(reader, None, None, None, 1, 56, 1, "all").notes
+            planning.make_plan(reader, None, None, None, 1, 512, "all")
+        monkeypatch.setattr(planning, "LARGE_RENDER_BYTES", 10_000)
+        notes = planning.make_plan(reader, None, None, None, 1, 56, "all").notes
     assert notes[0].startswith("this will write roughly ")
     assert notes[0].endswith(
         "MB (1 layer(s) x 2 step(s)); --stride, --steps, --layers or fewer --channels make it smaller."

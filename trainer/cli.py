@@ -44,6 +44,7 @@ from actrec.runs import (
     Run,
     config_digest,
     running_summary,
+    sweep_trial_version,
     write_summary,
 )
 from actrec.store import StoreError, StoreReader
@@ -173,7 +174,10 @@ class TrainCLI(LightningCLI):
         trainer_config: Namespace = self.config_init.trainer
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(
-                save_dir=self.config_init.runs_dir, name=self.config_init.experiment, default_hp_metric=False
+                save_dir=self.config_init.runs_dir,
+                name=self.config_init.experiment,
+                default_hp_metric=False,
+                version=sweep_trial_version(),  # None (the next free one) outside `actrec sweep`
             )
         if trainer_config.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(Path(self.config_init.runs_dir) / self.config_init.experiment)

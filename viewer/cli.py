@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from actrec.errors import run_guarded
-from actrec.runs import Run, resolve_run
+from actrec.recording import Recording
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import TILE_SIZE
 
@@ -67,14 +67,6 @@ def _selection_arguments(parser: argparse.ArgumentParser) -> None:
         "over training) or all; default: all up to 16, else the 16 that vary most",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
-
-
-def _run_of(run: str) -> Run:
-    """The run ``run`` names (via :func:`actrec.runs.resolve_run`), saying which version an experiment folder gave."""
-    resolved = resolve_run(run, need_store=True)
-    if resolved.note:
-        print(resolved.note, file=sys.stderr, flush=True)
-    return resolved
 
 
 def _common_options(args: argparse.Namespace) -> dict:
@@ -133,7 +125,7 @@ def render_main(argv: Sequence[str]) -> int:
         from actrec.viewer.render import render_run
 
         result = render_run(
-            _run_of(args.run),
+            args.run,
             out_dir=args.out,
             fps=args.fps,
             video_format=args.format,
@@ -180,11 +172,13 @@ def tensorboard_main(argv: Sequence[str]) -> int:
 
         port = ["--port", str(args.port)] if args.port is not None else []
         if not args.export:
-            command = dashboard_command(_run_of(args.run), all_runs=args.all_runs, extra_args=[*port, *extra])
+            # Opened (and closed) here: a store that cannot be read is refused now, not later in TensorBoard's log.
+            with Recording.open(args.run, allow_empty=True) as recording:
+                command = dashboard_command(recording.run, all_runs=args.all_runs, extra_args=[*port, *extra])
             if not args.print_only and not args.quiet:
                 print(f"starting: {format_command(command)}; the actrec tab is at /#actrec", flush=True)
         else:
-            result = export_tensorboard(_run_of(args.run), **_common_options(args))
+            result = export_tensorboard(args.run, **_common_options(args))
             command = tensorboard_command(result.log_dir, result.samples_per_plugin, [*port, *extra])
         if args.print_only:
             print(format_command(command))

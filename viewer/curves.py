@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from actrec.viewer import _steps
+from actrec.recording import epochs as epoch_rule
 
 SUPERSAMPLE = 2
 PANEL_SIZE = (560, 380)  # output pixels per panel
@@ -279,7 +279,7 @@ def training_curves(
     global_step = np.asarray(steps.get("global_step", np.zeros(0)), dtype=np.int64)
     epochs = np.asarray(steps.get("epoch", np.zeros(0)), dtype=np.int64)
     validation_steps = np.asarray(scalars.get("val/loss", (np.zeros(0), np.zeros(0)))[0])
-    starts = _steps.epoch_starts(global_step, epochs, validation_steps)
+    starts = epoch_rule.epoch_starts(global_step, epochs, validation_steps)
     # Epoch lines help only while they are few enough to read.
     epoch_starts = starts if len(starts) <= 12 else []
     shown: dict[str, Series] = {}

@@ -22,22 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from actrec.runs import Run, resolve_run
+from actrec.recording import Recording, nearest_rows
+from actrec.runs import Run
 from actrec.store import KIND_MAPS, StoreReader
 from actrec.viewer._events import EVENTS_PREFIX, STAGED_PREFIX, publish_staged
-from actrec.viewer._pipeline import (
-    TB_TAG,
-    LayerJob,
-    LayerPlan,
-    card_groups,
-    make_plan,
-    nearest_rows,
-    remove_leftovers,
-    run_jobs,
-    unique_stems,
-)
+from actrec.viewer._pipeline import TB_TAG, LayerJob, choose_jobs, run_jobs
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import CARD_CHANNELS, CARD_FRAME_WIDTH, CARD_TEXT_SCALE, TILE_SIZE
+from actrec.viewer.output import remove_leftovers, unique_stems
+from actrec.viewer.plan import LayerPlan, card_groups, make_plan
 from actrec.viewer.render import default_sheet_steps
 
 EXPORT_DIRNAME = "activations"
@@ -198,16 +191,14 @@ def export_tensorboard(
         ViewerError: the store has no steps, a layer is unknown, the range holds no step, the run
             folder is not writable, or ``<run>/activations`` exists and is not an actrec export.
     """
-    run_folder = run if isinstance(run, Run) else resolve_run(run, need_store=True)
-    with StoreReader(run_folder.store_path) as store:
+    with Recording.open(run) as recording:
         plan = make_plan(
-            store,
+            recording,
             layers,
             start,
             stop,
             stride,
             tile_size,
-            jobs,
             channels,
             max_frame_width=CARD_FRAME_WIDTH,
             text_scale=CARD_TEXT_SCALE,
@@ -221,7 +212,7 @@ def export_tensorboard(
         for note in notes:
             if notify is not None:
                 notify(note)
-        log_dir = run_folder.path
+        log_dir = recording.run_dir
         final = log_dir / EXPORT_DIRNAME
         # A link is never replaced: renaming through it would move the files of the folder it points to.
         if final.is_symlink() or (final.exists() and not (final / _MARKER).is_file()):
@@ -240,7 +231,7 @@ def export_tensorboard(
             stems = unique_stems(plan.layers)
             job_list = [
                 LayerJob(
-                    store_path=store.path,
+                    store_path=recording.store_path,
                     layer=name,
                     num_rows=plan.num_rows,
                     rows=plan.rows,
@@ -253,12 +244,13 @@ def export_tensorboard(
                 )
                 for name in plan.layers
             ]
-            for _, job_notes in run_jobs(job_list, plan.jobs, progress, "exporting", store):
+            workers = choose_jobs(jobs, len(plan.layers), len(plan.rows))
+            for _, job_notes in run_jobs(job_list, workers, progress, "exporting", recording):
                 notes.extend(job_notes)
                 for note in job_notes:
                     if notify is not None:
                         notify(note)
-            marker = {"run_id": store.run_id, "layers": plan.layers, "steps": len(plan.rows)}
+            marker = {"run_id": recording.store.run_id, "layers": plan.layers, "steps": len(plan.rows)}
             (staging / _MARKER).write_text(json.dumps(marker) + "\n")
             _swap_in(staging, final)
         finally:

@@ -52,7 +52,7 @@ function buildShell() {
   const runPicker = el("select", { id: "run", title: "run", onchange: (e) => openRun(e.target.value) });
   const play = el("button", { id: "play", type: "button", title: "play / pause (space)", onclick: togglePlay }, "▶");
   const slider = el("input", { id: "slider", type: "range", min: "0", max: "0", value: "0", step: "1" });
-  slider.addEventListener("input", () => setRow(Number(slider.value), false));
+  slider.addEventListener("input", () => userRow(Number(slider.value), false));
   const follow = el("input", { id: "follow", type: "checkbox" });
   follow.checked = state.following;
   follow.addEventListener("change", () => {
@@ -92,9 +92,9 @@ function onKey(event) {
   if (!state.timeline || event.target.tagName === "SELECT") return;
   const last = state.timeline.num_rows - 1;
   const moves = { ArrowLeft: -1, ArrowRight: 1, PageDown: 10, PageUp: -10 };
-  if (event.key in moves) setRow(Math.max(0, Math.min(last, state.row + moves[event.key])));
-  else if (event.key === "Home") setRow(0);
-  else if (event.key === "End") setRow(last);
+  if (event.key in moves) userRow(Math.max(0, Math.min(last, state.row + moves[event.key])));
+  else if (event.key === "Home") userRow(0);
+  else if (event.key === "End") userRow(last);
   else if (event.key === " ") togglePlay();
   else return;
   event.preventDefault();
@@ -174,6 +174,7 @@ function buildCards() {
         {},
         el("h3", {}, layer.name),
         el("span", { class: "meta" }, `${layer.module_type} · ${layer.kind}`),
+        el("span", { class: "meta note-text" }, layer.note ? layer.note.replace(`${layer.name}: `, "") : ""),
         colourBar(layer.scale),
       ),
       grid,
@@ -247,7 +248,7 @@ function className(label) {
 function zoomFor(layer, probes, available) {
   const { height, width } = layer.grid;
   const target = TILE_TARGETS[state.size];
-  let zoom = layer.kind === "maps" ? Math.floor(target / Math.max(height, width)) : Math.floor((2 * target) / width);
+  let zoom = layer.kind === "maps" ? Math.round(target / Math.max(height, width)) : Math.round((2 * target) / width);
   zoom = Math.max(1, Math.min(16, zoom));
   while (zoom > 1 && canvasSize(layer, probes, zoom).width > available) zoom -= 1;
   return zoom;
@@ -256,7 +257,7 @@ function zoomFor(layer, probes, available) {
 function layoutCards() {
   if (!state.info) return;
   const probes = state.info.probes.labels.length;
-  const available = Math.max(200, document.getElementById("layers").clientWidth - 120);
+  const available = Math.max(200, document.getElementById("layers").clientWidth - 140);
   for (const entry of state.cards) {
     const { layer } = entry;
     const { height, width } = layer.grid;
@@ -311,6 +312,16 @@ async function explainFailure(image, note) {
 }
 
 // -- steps ------------------------------------------------------------------------------------
+
+// A step the user picked: looking back at an earlier step stops following the newest one.
+function userRow(row, moveSlider = true) {
+  const follow = document.getElementById("follow");
+  if (state.timeline && row < state.timeline.num_rows - 1 && state.following) {
+    state.following = false;
+    follow.checked = false;
+  }
+  setRow(row, moveSlider);
+}
 
 function setRow(row, moveSlider = true) {
   if (!state.timeline || !state.timeline.num_rows) return;
@@ -475,7 +486,7 @@ function seekFromCurve(canvas, event) {
   const steps = state.timeline.global_steps;
   let best = 0;
   for (let i = 1; i < steps.length; i += 1) if (Math.abs(steps[i] - step) < Math.abs(steps[best] - step)) best = i;
-  setRow(best);
+  userRow(best);
 }
 
 // -- live -------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ The rule, by the layer's ``scale_kind`` (stored per layer by the recorder):
 For data-derived scales ``limit`` is the 99.5th percentile of ``|activation|`` over the finite
 values of evenly sampled rows: a handful of outliers (or a single diverged step) cannot wash out the
 rest, and values beyond it are drawn at full colour. NaN and infinities never enter a scale; they are
-drawn in their own colour (:data:`actrec.viewer.colors.NONFINITE_INDEX`).
+drawn in their own colour (:data:`actrec.recording.colors.NONFINITE_INDEX`).
 
 All functions are pure: arrays in, new values out.
 """
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from actrec.recording import colors
 from actrec.store import SCALE_KINDS, SCALE_NONNEGATIVE, SCALE_SIGMOID, SCALE_TANH
-from actrec.viewer import colors
 
 PERCENTILE = 99.5
 """Percentile of ``|activation|`` drawn at full colour on data-derived scales."""
