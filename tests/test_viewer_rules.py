@@ -141,6 +141,11 @@ def test_a_declared_sigmoid_layer_with_negative_values_renders_them_red_and_says
         "note: blocks.0.0.se: declared sigmoid (0 to 1), but its values reach -0.165; "
         "drawn on the symmetric rule, -0.165 red to +0.165 blue."
     ]
+    # The report's colour bar for the layer says the same: its numbers and why they are not 0 .. 1.
+    assert report_main([str(run)]) == 0
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert re.search(r'<span class="cbar-ticks"><span>-0\.165</span><span>0</span><span>\+0\.165</span>', page)
+    assert "declared sigmoid (0 to 1), but its values reach -0.165" in page
     layout = FrameLayout(
         (2, 4, 4),
         num_probes=NUM_PROBES,
