@@ -706,6 +706,31 @@ def activation_frame(
     return colors.to_rgb(layout.frame(activations, title=title, predictions=predictions))
 
 
+def card_split(kind: str, labels: Sequence[int], per_image: int = CARD_CHANNELS) -> list[tuple[tuple[int, ...], str]]:
+    """How a layer's drawn channels are split into TensorBoard images: ``[(positions, tag suffix), ...]``.
+
+    Maps layers wider than ``per_image`` channels get one image per ``per_image`` channels, tagged
+    ``"/ch 4-7"`` by their channel labels (``"/ch 3,9,12"`` when not consecutive); anything else is one
+    image with no suffix. The one rule for the export (``actrec tensorboard``) and live logging alike.
+
+    Args:
+        kind: the layer's kind.
+        labels: each drawn channel's index in the full layer.
+        per_image: channels per image; 0 puts them all in one.
+    """
+    count = len(labels)
+    if kind != KIND_MAPS or per_image <= 0 or count <= per_image:
+        return [(tuple(range(count)), "")]
+    groups = []
+    for start in range(0, count, per_image):
+        positions = tuple(range(start, min(count, start + per_image)))
+        chosen = [int(labels[i]) for i in positions]
+        contiguous = chosen == list(range(chosen[0], chosen[0] + len(chosen)))
+        name = f"{chosen[0]}-{chosen[-1]}" if contiguous else ",".join(map(str, chosen))
+        groups.append((positions, f"/ch {name}"))
+    return groups
+
+
 def live_frames(
     scale_kind: str,
     activations: np.ndarray,
@@ -749,10 +774,9 @@ def live_frames(
     kind = layer_kind(activations.shape[1:])
     axis = 1 if kind == KIND_MAPS else activations.ndim - 1
     count = min(activations.shape[axis], max_channels)
-    per_image = CARD_CHANNELS if kind == KIND_MAPS and count > CARD_CHANNELS else count
     images = []
-    for start in range(0, count, per_image):
-        channels = np.arange(start, min(count, start + per_image))
+    for positions, suffix in card_split(kind, range(count)):
+        channels = np.asarray(positions)
         part = np.take(activations, channels, axis=axis)
         layout = FrameLayout(
             part.shape[1:],
@@ -769,6 +793,5 @@ def live_frames(
             nonfinite_legend=not bool(np.isfinite(part).all()),
             text_scale=CARD_TEXT_SCALE,
         )
-        suffix = "" if per_image == count else f"/ch {channels[0]}-{channels[-1]}"
         images.append((suffix, colors.to_rgb(layout.frame(part, title=title, predictions=predictions))))
     return images, state

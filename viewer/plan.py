@@ -17,7 +17,14 @@ from actrec.recording import ChannelChoice, LayerView, Recording, channel_axis, 
 from actrec.recording.scale import ColourScale
 from actrec.store import KIND_MAPS
 from actrec.viewer.errors import ViewerError
-from actrec.viewer.frames import MAX_FRAME_WIDTH, FrameLayout, fit_tile_size, frame_height_width, frame_title
+from actrec.viewer.frames import (
+    MAX_FRAME_WIDTH,
+    FrameLayout,
+    card_split,
+    fit_tile_size,
+    frame_height_width,
+    frame_title,
+)
 
 MAX_TILE_SIZE = 512
 """Largest ``--tile-size``: a 28x28 map drawn 18x; beyond that frames only grow."""
@@ -218,19 +225,16 @@ def card_groups(plan: LayerPlan, per_image: int) -> list[tuple[LayerPlan, str]]:
     Each group's plan selects from the drawn channels (its ``select`` indexes them, on ``axis``).
     One group (the plan itself, no suffix) when ``per_image`` is 0 or the layer is narrow enough.
     """
-    count = len(plan.labels)
-    if plan.kind != KIND_MAPS or per_image <= 0 or count <= per_image:
+    split = card_split(plan.kind, plan.labels, per_image)
+    if len(split) == 1:
         return [(plan, "")]
     groups = []
-    for start in range(0, count, per_image):
-        positions = tuple(range(start, min(count, start + per_image)))
+    for positions, suffix in split:
         labels = tuple(plan.labels[i] for i in positions)
-        contiguous = labels == tuple(range(labels[0], labels[0] + len(labels)))
-        name = f"{labels[0]}-{labels[-1]}" if contiguous else ",".join(map(str, labels))
         group = dataclasses.replace(
             plan, select=positions, labels=labels, drawn_shape=(len(positions), *plan.drawn_shape[1:])
         )
-        groups.append((group, f"/ch {name}"))
+        groups.append((group, suffix))
     return groups
 
 
