@@ -84,9 +84,9 @@ class LogLineProgress(ProgressBar):
             if isinstance(value, (int, float)):
                 parts.append(f"acc {100 * value:.1f}%" if label == "acc" else f"loss {value:.4g}")
         for name in ("val/loss", "val/acc"):
-            value = trainer.callback_metrics.get(name)
-            if value is not None and epoch_done and value.numel() == 1:
-                number = float(value)
+            logged = trainer.callback_metrics.get(name)
+            if logged is not None and epoch_done and logged.numel() == 1:
+                number = float(logged)
                 parts.append(f"{name} {100 * number:.1f}%" if name.endswith("acc") else f"{name} {number:.4g}")
         parts.append(f"{rate:.1f} steps/s")
         if total and rate > 0 and step < total:

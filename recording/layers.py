@@ -259,7 +259,8 @@ class LayerView:
         """Rows holding NaN or infinities: the stored counts (v2), else a non-finite row maximum (v1)."""
         try:
             stored = np.asarray(self._store.nonfinite(self.name, slice(0, self.num_rows)))
-            if stored.size and stored.any():
+            if self._store.format_version >= 2:
+                # v2 counts them as written: a NaN in abs_max (which holds only finite values) is damage.
                 return int((stored > 0).sum())
             peaks = np.asarray(self._store.abs_max(self.name, slice(0, self.num_rows)), dtype=np.float64)
         except (StoreError, KeyError):

@@ -63,11 +63,17 @@ def _get_json(url: str) -> object:
 
 
 @contextlib.contextmanager
-def tensorboard(*arguments: str) -> Iterator[str]:
-    """A real TensorBoard process on a free loopback port; yields its base URL, stops it afterwards."""
+def tensorboard(*arguments: str, command: list[str] | None = None) -> Iterator[str]:
+    """A real TensorBoard process on a free loopback port; yields its base URL, stops it afterwards.
+
+    ``command`` replaces ``python -m tensorboard.main`` (e.g. ``actrec tensorboard RUN``, which becomes TensorBoard).
+    """
     port = _free_port()
+    program = command or [sys.executable, "-m", "tensorboard.main", *arguments]
     process = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", *arguments, "--port", str(port), "--host", "127.0.0.1"],
+        [*program, "--port", str(port), "--", "--host", "127.0.0.1"]
+        if command
+        else [*program, "--port", str(port), "--host", "127.0.0.1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -480,3 +486,51 @@ def test_tab_follows_a_real_training(tmp_path: Path) -> None:
     finally:
         os.killpg(training.pid, signal.SIGTERM)
         training.wait(60)
+
+
+def test_actrec_tensorboard_shows_that_run_alone_with_the_tab(tmp_path: Path) -> None:
+    make_store(tmp_path / "quickstart" / "version_0")
+    make_store(tmp_path / "quickstart" / "version_1")
+    run = tmp_path / "quickstart" / "version_1"
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    actrec = [sys.executable, "-m", "actrec.cli", "tensorboard", str(run), "--quiet"]
+    with tensorboard(command=actrec) as base:
+        assert _get_json(f"{base}/data/plugins_listing")["actrec"]["enabled"] is True
+        assert _get_json(f"{base}/data/plugin/actrec/runs") == {"runs": ["quickstart/version_1/."]}
+        timeline = _get_json(f"{base}/data/plugin/actrec/timeline?run=quickstart%2Fversion_1%2F.")
+        assert timeline["global_steps"] == [0, 1, 2, 3, 4, 5]
+    with tensorboard(command=[*actrec, "--all"]) as base:
+        assert _get_json(f"{base}/data/plugin/actrec/runs") == {"runs": ["version_0", "version_1"]}
+    assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before  # nothing exported
+
+
+@needs_chromium
+def test_a_second_run_is_drawn_under_each_layer_at_the_nearest_step(tmp_path: Path) -> None:
+    from report_browser import browser_page
+
+    make_store(tmp_path / "logs" / "a" / "version_0")
+    make_store(tmp_path / "logs" / "b" / "version_0", steps=[0, 2, 4, 6, 8])
+
+    async def drive(base: str) -> None:
+        async with browser_page(CHROMIUM) as page:
+            await _tab(page, base)
+            await _wait_for(page, f"{CANVASES}.length === 2 && {CANVASES}.every(c => c.dataset.row === '5')")
+            await page.evaluate(
+                f"(() => {{ const doc = {FRAME}; const s = doc.getElementById('compare'); s.value = 'b/version_0';"
+                " s.dispatchEvent(new Event('change')); })()"
+            )
+            compare = "[...doc.querySelectorAll('canvas.tiles.compare')]"
+            # Run a at step 5: run b's nearest recorded step is 4 (row 2; 6 is as near, the earlier wins).
+            await _wait_for(page, f"{compare}.length === 2 && {compare}.every(c => c.dataset.row === '2')")
+            await page.evaluate(
+                f"(() => {{ const doc = {FRAME}; const s = doc.getElementById('slider'); s.value = '1';"
+                " s.dispatchEvent(new Event('input')); })()"
+            )
+            await _wait_for(page, f"{compare}.every(c => c.dataset.row === '0' || c.dataset.row === '1')")
+            text = await _wait_for(page, "doc.querySelector('.compare-step').textContent")
+            assert text in ("step 0 (nearest to 1)", "step 2 (nearest to 1)")
+            await page.screenshot(tmp_path / "compare.png")
+            assert page.errors == []
+
+    with tensorboard("--logdir", str(tmp_path / "logs")) as base:
+        asyncio.run(drive(base))

@@ -273,7 +273,8 @@ class TrainCLI(LightningCLI):
         return Path(self.trainer.logger.log_dir)
 
     def _recorder(self) -> ActivationRecorder | None:
-        return next((cb for cb in self.trainer.callbacks if isinstance(cb, ActivationRecorder)), None)
+        callbacks: list[pl.Callback] = getattr(self.trainer, "callbacks", [])  # set by Lightning's connector
+        return next((cb for cb in callbacks if isinstance(cb, ActivationRecorder)), None)
 
     def _run_facts(self) -> dict[str, Any]:
         """What the run is, known before it starts."""
