@@ -80,14 +80,14 @@ def parse_channels(text: str | None) -> ChannelChoice:
     match = re.fullmatch(r"top:(\d+)", text)
     if match:
         if int(match[1]) < 1:
-            raise RecordingError(f"channels='top:K' needs K of at least 1, got {text!r}.")
+            raise RecordingError(f"--channels top:K needs K of at least 1, got {text!r}.")
         return ChannelChoice(top=int(match[1]))
     try:
         indices = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         indices = ()
     if not indices or min(indices) < 0:
-        raise RecordingError(f"channels takes indices ('0,3,7'), 'top:K' or 'all', got {text!r}.")
+        raise RecordingError(f"--channels takes indices ('0,3,7'), 'top:K' or 'all', got {text!r}.")
     return ChannelChoice(indices=tuple(dict.fromkeys(indices)))
 
 
@@ -250,7 +250,7 @@ class LayerView:
                 if choice.top is None:
                     note = (
                         f"{self.name}: drawing {keep} of its {width} {noun}, the {keep} that vary most over training; "
-                        "channels= picks others (a list, top:K or all)."
+                        "--channels picks others (a list, top:K or all)."
                     )
         labels = full_labels if select is None else tuple(full_labels[i] for i in select)
         return ChannelPlan(select, labels, width, note)

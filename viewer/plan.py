@@ -127,11 +127,15 @@ def plan_layer(
     fitted = fit_tile_size(kind, drawn_shape, num_probes, tile_size, max_frame_width, text_scale)
     height, frame_width = frame_height_width(kind, drawn_shape, num_probes, fitted, text_scale)
     if frame_width > max(max_frame_width, MAX_FRAME_WIDTH):
-        notes.append(f"{name}: frames are {frame_width} pixels wide; fewer channels= make them narrower.")
+        if kind == KIND_MAPS:  # channels are rows: the width is the probes side by side
+            cause = f"from its {num_probes} probes side by side; a smaller --tile-size makes them narrower."
+        else:
+            cause = f"({num_probes} probes x {len(labels)} units); fewer --channels or a smaller --tile-size help."
+        notes.append(f"{name}: frames are {frame_width} pixels wide, {cause}")
     if height * frame_width > MAX_FRAME_PIXELS:
         raise ViewerError(
             f"a frame of {name} would be {frame_width} x {height} pixels, over the {MAX_FRAME_PIXELS:,} pixel "
-            "limit; choose fewer channels= or a smaller tile_size=."
+            "limit; choose fewer --channels or a smaller --tile-size."
         )
     nonfinite_steps = view.nonfinite_rows()
     if nonfinite_steps:
@@ -210,7 +214,7 @@ def make_plan(
         notes.insert(
             0,
             f"this will write roughly {estimate / 1e6:,.0f} MB ({len(names)} layer(s) x {len(rows)} step(s)); "
-            "stride=, start=/stop=, layers= or fewer channels= make it smaller.",
+            "--stride, --steps, --layers or fewer --channels make it smaller.",
         )
     return Plan(timeline.num_rows, timeline.global_steps, rows, names, layer_plans, notes, pixels)
 
