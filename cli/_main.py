@@ -28,6 +28,16 @@ options:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``actrec`` command line; returns the process exit code."""
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while a command's modules still import (seconds on a loaded machine), before the command's own
+        # guard is in place: nothing was written yet, and a traceback through importlib helps no one.
+        print("actrec: interrupted.", file=sys.stderr)
+        return 130
+
+
+def _dispatch(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_USAGE, end="")
