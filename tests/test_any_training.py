@@ -595,6 +595,18 @@ class CompiledNet(TinyNet):
         self.net = torch.compile(self.net, backend="aot_eager")
 
 
+def test_a_whole_compiled_lightning_module_records(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    model = TinyNet(dropout=0.0)
+    recorder = ActivationRecorder(background_writes=False)
+    trainer = _trainer(tmp_path, logger=False, callbacks=[recorder])
+    trainer.fit(torch.compile(model, backend="aot_eager"), TinyData(batch_size=8, size=24))
+    with StoreReader(recorder.store_path) as store:
+        assert store.layer_names == ["net.conv1", "net.conv2"]  # Lightning unwraps it; the recorder sees the module
+        assert store.global_steps().tolist() == [0, 1, 2, 3]
+        _assert_last_row_is_a_fresh_pass(store, model)
+
+
 def test_a_compiled_model_records_its_original_modules(tmp_path: Path) -> None:
     pl.seed_everything(0, verbose=False)
     model = CompiledNet()
