@@ -283,6 +283,7 @@ class ActivationRecorder(Callback):
         self._resumed = False
         self._val_written: dict[str, bool] = {"val/loss": False, "val/acc": False}
         self._batch_metrics_found: dict[str, bool] = {"batch_loss": False, "batch_acc": False}
+        self._batch_metrics_looked_up = False
         self._validated = False
         self._own_folder: Path | None = None
         self._claim_folder = False
@@ -636,6 +637,7 @@ class ActivationRecorder(Callback):
         acc = _find_metric(outputs, trainer, self.batch_acc_names)
         self._batch_metrics_found["batch_loss"] |= loss is not None
         self._batch_metrics_found["batch_acc"] |= acc is not None
+        self._batch_metrics_looked_up = True
         self._record(trainer, loss, acc)
 
     @override
@@ -667,7 +669,9 @@ class ActivationRecorder(Callback):
         elif self._writer is not None and not self._stopped:
             self._writer.flush()
         self._check_failure()
-        if self._last_recorded_step > 0:
+        # Only once a due step looked for them: a run shorter than every_n_steps records step 0 (no batch yet)
+        # and its last step (from on_train_end, which sees no outputs), and logged them all the same.
+        if self._last_recorded_step > 0 and self._batch_metrics_looked_up:
             for column, names in (("batch_loss", self.batch_loss_names), ("batch_acc", self.batch_acc_names)):
                 if not self._batch_metrics_found[column]:
                     rank_zero_warn(

@@ -167,11 +167,15 @@ class Recording:
         trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
         steps = self.store.steps() if num_rows else {key: _empty() for key in STEP_COLUMNS}
         scalars = {name: self.store.scalars(name) for name in SCALAR_SERIES}
-        logits = self.store.logits(slice(0, num_rows)) if num_rows else np.zeros((0, self.num_probes, 1))
+        store = self.store
+
+        def read_logits() -> np.ndarray:
+            return store.logits(slice(0, num_rows)) if num_rows else np.zeros((0, len(store.probes.labels), 1))
+
         self._timeline = build_timeline(
             steps,
             scalars,
-            logits,
+            read_logits,
             num_rows,
             batch_size=self._batch_size(config),
             max_epochs=_positive_int(trainer.get("max_epochs")),

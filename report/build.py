@@ -237,7 +237,8 @@ def build_report(
 def _scale_label(scale: ColourScale) -> str:
     """The colour bar in words: ``"-1 .. +1, fixed (tanh)"`` or ``"0 .. 2.5, 99.5th percentile of |a|"``."""
     labels = [text for text, _ in scale.bar_labels()]
-    return f"{labels[0]} .. {labels[-1]}" + (f", {scale.rule}" if scale.rule else "")
+    mismatch = f" ({scale.note.split(';')[0]})" if scale.note else ""  # the declared kind did not fit
+    return f"{labels[0]} .. {labels[-1]}" + (f", {scale.rule}" if scale.rule else "") + mismatch
 
 
 def _dynamics_rows(dynamics: Dynamics, rows: np.ndarray) -> list[dict]:
