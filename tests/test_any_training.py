@@ -164,6 +164,7 @@ def test_without_a_logger_every_run_gets_its_own_version_folder(
         assert recorder.store_path == tmp_path / "actrec" / f"version_{number}" / "activations.h5"
         lines = [r.getMessage() for r in caplog.records if "ActivationRecorder" in r.getMessage()]
         assert lines == [
+            "ActivationRecorder: task classification (3 scores per probe); pass task= to choose another.",
             f"ActivationRecorder: recording to {recorder.store_path}",
             f"ActivationRecorder: finished; the store is {recorder.store_path}",
         ]
