@@ -472,8 +472,12 @@ class ActivationRecorder(Callback):
             ours = existing is not None and existing.get("state") == "running" and existing.get("pid") == os.getpid()
             self._writes_summary = not ours
             if self._writes_summary:
-                folder.mkdir(parents=True, exist_ok=True)
-                write_summary(folder, running_summary(**self._summary_facts(trainer, pl_module)))
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    write_summary(folder, running_summary(**self._summary_facts(trainer, pl_module)))
+                except OSError as error:  # the store is what matters; a summary that cannot be written is said
+                    self._writes_summary = False
+                    rank_zero_warn(f"ActivationRecorder: cannot write {folder / 'summary.json'}: {error.strerror}.")
         rank_zero_info(f"ActivationRecorder: recording to {self._store_path}")
 
     def _summary_facts(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
@@ -510,7 +514,10 @@ class ActivationRecorder(Callback):
             store_bytes=store.stat().st_size if store is not None and store.is_file() else None,
             recorded_steps=self._recorded_rows,
         )
-        write_summary(self._own_folder, summary)
+        try:
+            write_summary(self._own_folder, summary)
+        except OSError as error:
+            rank_zero_warn(f"ActivationRecorder: cannot write {self._own_folder / 'summary.json'}: {error.strerror}.")
 
     def _start_writing(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._resumed:

@@ -74,14 +74,6 @@ def _device_of(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _model_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    parameter = next(model.parameters(), None)
-    if parameter is None:
-        return images
-    dtype = parameter.dtype if parameter.is_floating_point() and images.is_floating_point() else images.dtype
-    return images.to(device=parameter.device, dtype=dtype)
-
-
 @contextmanager
 def forked_rng(device: torch.device) -> Iterator[None]:
     """Restore the random number generator of ``device`` (and the CPU's) on exit: an observation pass
