@@ -115,8 +115,8 @@ class ActivationRecorder(Callback):
             trainer's ``default_root_dir``.
         overwrite: replace an existing store at the path instead of refusing to start.
         compression: ``"none"`` (default), ``"lzf"`` or ``"gzip"`` (level 1) for the activations.
-        flush_every: flush the store to disk every this many recorded steps (and after a second with
-            steps unflushed).
+        flush_every: write and flush the store in blocks of this many recorded steps, and at least once a
+            second: a killed run loses at most the steps of its last second (or block).
         log_images_every_n_steps: also log every layer's activation grid to TensorBoard every this many
             steps (``0``: off).
         background_writes: hand steps to a writer process through a ring of host slots (``False``:
@@ -159,7 +159,7 @@ class ActivationRecorder(Callback):
         path: str | None = None,
         overwrite: bool = False,
         compression: Literal["none", "lzf", "gzip"] = "none",
-        flush_every: int = 1,
+        flush_every: int = 16,
         log_images_every_n_steps: int = 0,
         background_writes: bool = True,
         max_channels: int | None = None,
@@ -391,7 +391,9 @@ class ActivationRecorder(Callback):
         else:
             self._writer = StoreWriter._open_for_append(self._store_path, self.flush_every, background=False)
             self._last_recorded_step = self._writer.last_global_step
-        if self.background_writes:
+        # On a CPU the packed step already is host memory and the writer process takes it with one copy:
+        # a ring thread would only add a hand-off (and a thread contending for the GIL) to every step.
+        if self.background_writes and (self._process is None or self._engine.device.type != "cpu"):
             self._ring = HostRing(self._engine.nbytes, self.ring_slots, self._engine.device, self._consume)
 
     def _build_engine(self, pl_module: pl.LightningModule) -> None:

@@ -5,6 +5,11 @@ step (each layer's activations, their finite peak and non-finite count, the mode
 parameters, the batch loss and accuracy) is a typed view into that buffer, so handing a step to the
 host is a single ``non_blocking`` copy (see :mod:`actrec.probe._ring`). Nothing here calls ``.cpu()``,
 ``.item()`` or ``float()`` on a device tensor.
+
+On a CPU the packed buffer already is host memory, so the per-layer statistics take the cheap route: one
+``aminmax`` per layer, read back at no cost, and the NaN/inf count only when that finds a non-finite value.
+Everything a pass touches per layer (views, kept-channel indices, parameter pairs) is looked up once here,
+not per step: the training thread does the probe forward and one copy per layer into the packed buffer.
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ class ProbeEngine:
         self.images = images.to(self.device).clone()
         self.num_probes = int(self.images.shape[0])
         modules = modules_of(model, self.layers)
+        self._modules = modules
         self._params = {
             layer: dict(module.named_parameters()) if record_params else {} for layer, (module, _) in modules.items()
         }
@@ -180,6 +186,23 @@ class ProbeEngine:
         self.nbytes = offset
         self.packed = torch.zeros(max(offset, _ALIGN), dtype=torch.uint8, device=self.device)
         self.views = {field.key: self._view(self.packed, field) for field in self.fields}
+        # Resolved once: the pass runs every step, and per-layer string keys and dict lookups add up.
+        self._targets = {
+            layer: (
+                self.views[f"{layer}/activations"],
+                self.views[f"{layer}/abs_max"],
+                self.views[f"{layer}/nonfinite"],
+                self._channels[layer],
+                1 if layout.kind == KIND_MAPS else len(layout.sample_shape),
+            )
+            for layer, layout in self.layouts.items()
+        }
+        self._param_targets = [
+            (self.views[f"{layer}/params/{name}"], param)
+            for layer, params in self._params.items()
+            for name, param in params.items()
+        ]
+        self._host_statistics = self.device.type == "cpu"
         self._replay: Callable[[], None] | None = None
         self.graph_note = "eager (not on CUDA)" if self.device.type != "cuda" else "eager (graphs turned off)"
         if cuda_graph and self.device.type == "cuda":
@@ -197,24 +220,31 @@ class ProbeEngine:
     # -- the pass ----------------------------------------------------------------------------------------
 
     def _store(self, layer: str, tensor: torch.Tensor) -> None:
-        stored, kind = _stored_view(tensor)
-        channels = self._channels[layer]
+        view, peak, nonfinite, channels, channel_dim = self._targets[layer]
+        stored, _ = _stored_view(tensor)
         if channels is not None:
-            stored = stored.index_select(1 if kind == KIND_MAPS else stored.ndim - 1, channels)
-        view = self.views[f"{layer}/activations"]
+            stored = stored.index_select(channel_dim, channels)
         view.copy_(stored)
+        if not view.numel():
+            nonfinite.zero_()
+            return
+        if self._host_statistics:
+            # Host memory: reading two numbers back costs nothing, and when both are finite so is every value.
+            low, high = (float(value) for value in torch.aminmax(view))
+            if math.isfinite(low) and math.isfinite(high):
+                peak.fill_(max(-low, high))
+                nonfinite.zero_()
+                return
         finite = torch.isfinite(view)
-        if view.numel():
-            self.views[f"{layer}/abs_max"].copy_(torch.where(finite, view, 0).abs().amax())
-        self.views[f"{layer}/nonfinite"].copy_((~finite).sum())
+        peak.copy_(torch.where(finite, view, 0).abs().amax())
+        nonfinite.copy_((~finite).sum())
 
     def _forward(self) -> None:
-        output = run_hooked(self.model, self.images, self.layers, self._store)
+        output = run_hooked(self.model, self.images, self.layers, self._store, self._modules)
         output = select_output(output, "", "the model's output")
         self.views["logits"].copy_(output.reshape(self.output_shape))
-        for layer, params in self._params.items():
-            for name, param in params.items():
-                self.views[f"{layer}/params/{name}"].copy_(param.detach())
+        for view, param in self._param_targets:
+            view.copy_(param.detach())
 
     def run(
         self, batch_loss: torch.Tensor | float | None = None, batch_acc: torch.Tensor | float | None = None
