@@ -252,7 +252,8 @@ def main() -> None:
         f"{args.steps} steps x {args.rounds} rounds (medians)"
     )
     header = (
-        f"{'variant':36s} {'ms/step':>8s} {'wall':>8s} {'hooks':>7s} {'hook ms':>8s} {'hookCPU':>8s} {'CPU':>8s} {'KB/step':>8s} {'/raw f16':>8s} "
+        f"{'variant':36s} {'ms/step':>8s} {'wall':>8s} {'hooks':>7s} {'hook ms':>8s} {'hookCPU':>8s} {'CPU':>8s} "
+        f"{'KB/step':>8s} {'/raw f16':>8s} "
         f"{'waits':>6s}"
     )
     print(header)

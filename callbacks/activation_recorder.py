@@ -44,6 +44,7 @@ from actrec.store._process import WriterProcess
 log = logging.getLogger("actrec")
 
 _SMALL_MODEL = 1_000_000  # parameters; below this, recording weights every step costs little
+_WEIGHTS_CAP = 16_384  # parameter values; by default a layer's weights are recorded only if a conv or this small
 _VAL_LOSS_NAMES = ["val/loss", "val_loss", "valid/loss", "valid_loss", "validation/loss", "validation_loss"]
 _VAL_ACC_NAMES = ["val/acc", "val_acc", "val/accuracy", "val_accuracy", "valid/acc", "valid_acc"]
 _BATCH_LOSS_NAMES = ["loss", "train/loss", "train_loss"]
@@ -110,7 +111,9 @@ class ActivationRecorder(Callback):
         max_probes: at most this many probes (without labels: the first this many).
         dtype: ``"float16"`` (half the size) or ``"float32"`` for stored activations.
         record_weights: also store the recorded layers' parameters each step; ``None`` does so for
-            models under one million parameters.
+            models under one million parameters, and there only for layers holding a convolution (the
+            kernels ``actrec inspect filters`` draws) or at most 16,384 parameter values (dense layers'
+            weights, most of an MLP's bytes, are left out); ``True`` stores every recorded layer's.
         path: the store's path; default ``activations.h5`` in the logger's ``log_dir``, else in the
             trainer's ``default_root_dir``.
         overwrite: replace an existing store at the path instead of refusing to start.
@@ -406,6 +409,7 @@ class ActivationRecorder(Callback):
                 max_channels=self.max_channels,
                 record_params=self._record_weights,
                 cuda_graph=self.cuda_graphs,
+                params_cap=_WEIGHTS_CAP if self.record_weights is None else None,
             )
         except ProbeError as error:
             raise MisconfigurationException(f"ActivationRecorder: {error}") from None

@@ -84,6 +84,18 @@ def _stored_view(tensor: torch.Tensor) -> tuple[torch.Tensor, str]:
     return tensor.reshape(tensor.shape[0], tensor.shape[1], -1, tensor.shape[-1]), KIND_MAPS
 
 
+def _weights_kept(module: nn.Module, cap: int | None) -> bool:
+    """Whether a recorded layer's weights go into every step: all under no cap; else conv kernels and small layers.
+
+    A dense layer's weights are most of an MLP's bytes per step (784 x 512 floats) and no picture uses them.
+    """
+    if cap is None:
+        return True
+    if any(isinstance(inner, nn.modules.conv._ConvNd) for inner in module.modules()):
+        return True
+    return sum(p.numel() for p in module.parameters()) <= cap
+
+
 def kept_channels(count: int, cap: int | None) -> tuple[int, ...] | None:
     """Evenly spaced indices of ``cap`` of ``count`` channels (``None``: keep all)."""
     if cap is None or cap >= count:
@@ -103,6 +115,9 @@ class ProbeEngine:
         dtype: ``"float16"`` or ``"float32"`` for stored activations.
         max_channels: keep at most this many channels (maps) or units (tokens, vectors) per layer.
         record_params: also copy each layer's parameters into the step.
+        params_cap: with ``record_params``, copy only the parameters of layers that hold a convolution (their
+            kernels are what the filter pictures show) or at most this many parameter values in all; ``None``
+            copies every layer's.
         cuda_graph: on CUDA, capture the pass as a CUDA graph (checked bitwise against eager at capture).
 
     Raises:
@@ -118,6 +133,7 @@ class ProbeEngine:
         max_channels: int | None = None,
         record_params: bool = False,
         cuda_graph: bool = True,
+        params_cap: int | None = None,
     ) -> None:
         self.model = model
         self.layers = list(layers)
@@ -131,7 +147,8 @@ class ProbeEngine:
         modules = modules_of(model, self.layers)
         self._modules = modules
         self._params = {
-            layer: dict(module.named_parameters()) if record_params else {} for layer, (module, _) in modules.items()
+            layer: dict(module.named_parameters()) if record_params and _weights_kept(module, params_cap) else {}
+            for layer, (module, _) in modules.items()
         }
 
         seen = capture(model, self.images, self.layers)
