@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_render import build_article_store  # noqa: E402
 
 from actrec.dynamics import compute_dynamics  # noqa: E402
+from actrec.recording import Recording  # noqa: E402
 from actrec.report import build_report  # noqa: E402
-from actrec.store import StoreReader  # noqa: E402
 
 
 def main() -> None:
@@ -41,8 +41,8 @@ def main() -> None:
         report_times, dynamics_times, report_cpu = [], [], []
         for _ in range(args.repeats):  # interleaved, so both see the same machine
             started = time.perf_counter()
-            with StoreReader(run) as store:
-                compute_dynamics(store)
+            with Recording.open(run) as recording:
+                compute_dynamics(recording)
             dynamics_times.append(time.perf_counter() - started)
             started, cpu_started = time.perf_counter(), time.process_time()
             result = build_report(run)

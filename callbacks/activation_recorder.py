@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -14,10 +15,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks.callback import Callback
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from actrec.errors import UserError
 from actrec.probe import (
+    HostRing,
+    ProbeEngine,
     ProbeError,
     ProbeSelection,
     probes_from_dataset,
@@ -26,20 +30,19 @@ from actrec.probe import (
     resolve_layers,
     scale_kinds,
 )
-from actrec.probe._engine import ProbeEngine
-from actrec.probe._ring import HostRing
+from actrec.runs import VERSION_PREFIX, Run, RunError, running_summary, store_for_resume, write_summary
 from actrec.store import (
     STORE_FILENAME,
     LayerSpec,
     ProbeSet,
     StoreError,
     StoreWriter,
+    WriterProcess,
     check_compression,
     check_dtype,
     check_new_path,
     check_writable,
 )
-from actrec.store._process import WriterProcess
 
 log = logging.getLogger("actrec")
 
@@ -244,6 +247,12 @@ class ActivationRecorder(Callback):
         self._val_written: dict[str, bool] = {"val/loss": False, "val/acc": False}
         self._batch_metrics_found: dict[str, bool] = {"batch_loss": False, "batch_acc": False}
         self._validated = False
+        self._own_folder: Path | None = None
+        self._claim_folder = False
+        self._writes_summary = False
+        self._started: float | None = None
+        self._finished = False
+        self._recorded_rows = 0
 
     @property
     def store_path(self) -> Path | None:
@@ -273,6 +282,9 @@ class ActivationRecorder(Callback):
         """Resolve layers, probe images and the store path; fail here, before any training."""
         if stage != "fit":
             return
+        refusal = sharded_strategy_refusal(trainer.strategy)
+        if refusal is not None:
+            raise MisconfigurationException(refusal)
         try:
             self._layer_names = resolve_layers(pl_module, self.layers)
             self._probes = self._select_probes(trainer, pl_module)
@@ -281,9 +293,16 @@ class ActivationRecorder(Callback):
             raise MisconfigurationException(f"ActivationRecorder: {error}") from None
         num_parameters = sum(p.numel() for p in pl_module.parameters())
         self._record_weights = num_parameters < _SMALL_MODEL if self.record_weights is None else self.record_weights
-        path = Path(self.path) if self.path else Path(_default_folder(trainer)) / STORE_FILENAME
+        if self.path:
+            path, self._own_folder, self._claim_folder = Path(self.path), None, False
+        else:
+            folder, self._claim_folder = _default_folder(trainer)
+            path = folder / STORE_FILENAME
+            self._own_folder = folder.expanduser().absolute()
         self._store_path = path.expanduser().absolute()
-        _on_rank_zero_or_raise(trainer, lambda: check_writable(self._store_path))
+        # A version folder still to be claimed is made with the store; until then its parent is checked.
+        writable = self._own_folder.parent / STORE_FILENAME if self._claim_folder else self._store_path
+        _on_rank_zero_or_raise(trainer, lambda: check_writable(writable))
 
     def _select_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ProbeSelection:
         """Probes from, in order: the images given; ``val_dataset``; the first batches of the validation loader."""
@@ -331,10 +350,27 @@ class ActivationRecorder(Callback):
             self._record(trainer, None, None)
 
     def _prepare_store(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        claimed = self._claim_version_folder() if self._claim_folder else None
+        try:
+            self._open_store(trainer, pl_module)
+        except BaseException:
+            if claimed is not None and not any(claimed.iterdir()):
+                claimed.rmdir()  # a run refused before its first step leaves no empty version folder
+            raise
+        self._start_summary(trainer, pl_module)
+
+    def _open_store(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         resume = self._resume_state
         if resume is not None and not self.overwrite:
             self._run_id = resume["run_id"]
-            self._store_path = _resolve_checkpoint_path(resume["store_path"], self._store_path)
+            stored = _resolve_checkpoint_path(resume["store_path"], self._store_path)
+            # A copied run's checkpoint still names the original's store: continue the copy's own (actrec.runs).
+            if trainer.ckpt_path is not None:
+                try:
+                    stored = store_for_resume(trainer.ckpt_path, stored, explicit=self.path)
+                except RunError as error:
+                    raise StoreError(str(error)) from None
+            self._store_path = stored
             if not self._store_path.exists():
                 raise StoreError(
                     f"the checkpoint's activation store {self._store_path} is missing; restore it, or set the "
@@ -344,7 +380,7 @@ class ActivationRecorder(Callback):
             self._resumed = True
             return
         check_new_path(self._store_path, self.overwrite)
-        self._build_engine(pl_module)
+        self._build_engine(trainer, pl_module)
         StoreWriter.create(
             self._store_path,
             run_id=self._run_id,
@@ -352,16 +388,89 @@ class ActivationRecorder(Callback):
             probes=self._probe_set(),
             layers=self._layer_specs(),
             num_classes=self._engine.output_shape[1],
-            dtype=self.dtype,
+            dtype=self._engine.dtype,  # float32 when layers compute in bfloat16
             compression=self.compression,
             overwrite=self.overwrite,
             background=False,
         ).close()
         self._open_writer(wait=False)
 
+    def _claim_version_folder(self) -> Path:
+        """Create this run's ``actrec/version_N`` (the next free N: a folder made by another run meanwhile
+        is skipped), so two runs in one folder never share a store."""
+        parent = self._own_folder.parent
+        number = int(self._own_folder.name.removeprefix(VERSION_PREFIX))
+        parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            folder = parent / f"{VERSION_PREFIX}{number}"
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:
+                number += 1
+        self._own_folder = folder
+        self._store_path = folder / STORE_FILENAME
+        self._claim_folder = False
+        return folder
+
+    # -- summary.json ----------------------------------------------------------------------------
+
+    def _start_summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write ``summary.json`` ("running") into the run folder the recorder chose, unless this process
+        already wrote one there (``actrec train`` does, with more to say), and say where the store is."""
+        self._started = time.time()
+        folder = self._own_folder
+        if folder is not None:
+            try:
+                existing = Run(folder).summary()
+            except RunError:
+                existing = None
+            ours = existing is not None and existing.get("state") == "running" and existing.get("pid") == os.getpid()
+            self._writes_summary = not ours
+            if self._writes_summary:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_summary(folder, running_summary(**self._summary_facts(trainer, pl_module)))
+        rank_zero_info(f"ActivationRecorder: recording to {self._store_path}")
+
+    def _summary_facts(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        folder = self._own_folder
+        return {
+            "experiment": folder.parent.name if folder is not None else None,
+            "version": folder.name if folder is not None else None,
+            "model": type(pl_module).__name__,
+            "dataset": type(trainer.datamodule).__name__ if trainer.datamodule is not None else None,
+            "store_path": str(self._store_path),
+            "written_by": "ActivationRecorder",
+        }
+
+    def _finish_summary(self, trainer: pl.Trainer, state: str, error: str | None = None) -> None:
+        """Rewrite ``summary.json`` with how the run ended, once, and say where the store is."""
+        if self._finished or self._started is None or not trainer.is_global_zero:
+            return
+        self._finished = True
+        rank_zero_info(f"ActivationRecorder: {state}; the store is {self._store_path}")
+        if not self._writes_summary or self._own_folder is None or not self._own_folder.is_dir():
+            return
+        pl_module = trainer.lightning_module
+        summary = running_summary(**self._summary_facts(trainer, pl_module))
+        store = self._store_path
+        summary.update(
+            state=state,
+            error=error,
+            started=self._started,
+            ended=time.time(),
+            wall_time_s=round(time.time() - self._started, 3),
+            global_step=int(trainer.global_step),
+            epoch=int(trainer.current_epoch),
+            metrics=_scalar_metrics(trainer.callback_metrics),
+            store_bytes=store.stat().st_size if store is not None and store.is_file() else None,
+            recorded_steps=self._recorded_rows,
+        )
+        write_summary(self._own_folder, summary)
+
     def _start_writing(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._resumed:
-            self._build_engine(pl_module)
+            self._build_engine(trainer, pl_module)
             StoreWriter.resume(
                 self._store_path,
                 run_id=self._run_id,
@@ -392,14 +501,14 @@ class ActivationRecorder(Callback):
             )
             self._last_recorded_step = self._process.last_global_step if wait else -1
         else:
-            self._writer = StoreWriter._open_for_append(self._store_path, self.flush_every, background=False)
+            self._writer = StoreWriter.open_for_append(self._store_path, flush_every=self.flush_every, background=False)
             self._last_recorded_step = self._writer.last_global_step
         # On a CPU the packed step already is host memory and the writer process takes it with one copy:
         # a ring thread would only add a hand-off (and a thread contending for the GIL) to every step.
         if self.background_writes and (self._process is None or self._engine.device.type != "cpu"):
             self._ring = HostRing(self._engine.nbytes, self.ring_slots, self._engine.device, self._consume)
 
-    def _build_engine(self, pl_module: pl.LightningModule) -> None:
+    def _build_engine(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         try:
             self._engine = ProbeEngine(
                 pl_module,
@@ -409,6 +518,7 @@ class ActivationRecorder(Callback):
                 max_channels=self.max_channels,
                 record_params=self._record_weights,
                 cuda_graph=self.cuda_graphs,
+                forward_context=trainer.precision_plugin.forward_context,
                 params_cap=_WEIGHTS_CAP if self.record_weights is None else None,
             )
         except ProbeError as error:
@@ -461,20 +571,26 @@ class ActivationRecorder(Callback):
         if not trainer.is_global_zero or step == self._last_recorded_step or step % self.every_n_steps:
             return
         loss = _find_metric(outputs, trainer, self.batch_loss_names)
+        if loss is not None and _is_step_loss(outputs, loss, pl_module):
+            # Lightning divides the loss training_step returned by accumulate_grad_batches before handing
+            # it back (the part each micro-batch adds to the gradient); the batch's own loss is N times it.
+            loss = loss * trainer.accumulate_grad_batches
         acc = _find_metric(outputs, trainer, self.batch_acc_names)
         self._batch_metrics_found["batch_loss"] |= loss is not None
         self._batch_metrics_found["batch_acc"] |= acc is not None
         self._record(trainer, loss, acc)
 
     @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Keep the epoch's validation loss and accuracy beside the activations."""
+        # Here, after Lightning has computed (and, under sync_dist, all-reduced) the epoch's metrics on every
+        # rank, reading them is a lookup. In on_validation_epoch_end the same read would compute them on rank 0
+        # alone: an all_reduce that the other ranks never join, or one that meets the module's own collective.
         if trainer.sanity_checking or not trainer.is_global_zero or self._stopped:
             return
         self._validated = True
-        metrics = trainer.callback_metrics
         for series, names in (("val/loss", self.val_loss_names), ("val/acc", self.val_acc_names)):
-            value = next((metrics[name] for name in names if name in metrics), None)
+            value = logged_tensor(trainer, names, on_step=False)
             if value is not None:
                 self._val_written[series] = True
                 self._write_scalar(series, trainer.global_step, value)
@@ -511,13 +627,20 @@ class ActivationRecorder(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Close the store."""
+        """Close the store and write the run's outcome into ``summary.json``."""
         self._close()
+        if stage == "fit":
+            self._finish_summary(trainer, "interrupted" if trainer.interrupted else "finished")
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """Keep every step recorded so far when training fails."""
+        """Keep every step recorded so far when training fails, and say how it ended in ``summary.json``."""
         self._close()
+        if isinstance(exception, KeyboardInterrupt):
+            self._finish_summary(trainer, "interrupted")
+        else:
+            message = str(exception) if isinstance(exception, UserError) else f"{type(exception).__name__}: {exception}"
+            self._finish_summary(trainer, "failed", error=message)
 
     def _close(self) -> None:
         ring, self._ring = self._ring, None
@@ -555,6 +678,7 @@ class ActivationRecorder(Callback):
             return
         self._check_failure()
         packed = self._engine.run(batch_loss, batch_acc)
+        self._recorded_rows += 1
         log_images = bool(self.log_images_every_n_steps) and step % self.log_images_every_n_steps == 0
         row = _Row(step, trainer.current_epoch, time.time(), log_images)
         if self._ring is not None:
@@ -650,11 +774,77 @@ def _find_metric(outputs: Any, trainer: pl.Trainer, names: Sequence[str]) -> Any
         for name in names:
             if name in outputs:
                 return outputs[name]
-    metrics = trainer.callback_metrics
-    for name in names:
-        if name in metrics:
-            return metrics[name]
-    return None
+    return logged_tensor(trainer, names, on_step=True)
+
+
+def logged_tensor(trainer: pl.Trainer, names: Sequence[str], on_step: bool) -> torch.Tensor | None:
+    """The first of ``names`` that the LightningModule logged, as the tensor Lightning already holds.
+
+    ``trainer.callback_metrics`` is not read: it converts progress-bar metrics with ``.item()`` (a host sync
+    per call) and computes epoch metrics that are not computed yet (under ``sync_dist`` an all_reduce, which
+    on rank 0 alone hangs the run). Lightning's own cache is read instead: a step value (``on_step``) as
+    ``self.log`` stored it, an epoch value only once Lightning has computed it on every rank. Lightning keeps
+    both on private attributes of its result collection; when they are missing this finds nothing, and the
+    recorder warns at the end of training that the column is empty.
+    """
+    results = getattr(trainer, "_results", None)
+    if results is None or not hasattr(results, "valid_items"):
+        return None
+    found: dict[str, torch.Tensor] = {}
+    for _, metric in results.valid_items():
+        meta = getattr(metric, "meta", None)
+        if meta is None:
+            continue
+        if on_step:
+            value = getattr(metric, "_forward_cache", None) if meta.on_step else None
+        else:
+            value = getattr(metric, "_computed", None) if meta.on_epoch else None
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            found.setdefault(meta.name, value.detach())
+    return next((found[name] for name in names if name in found), None)
+
+
+_SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
+
+
+def sharded_strategy_refusal(strategy: Any) -> str | None:
+    """The one sentence refusing a strategy that shards the model across ranks, or ``None`` for any other.
+
+    The probe pass runs the module on global rank 0 alone; a sharded module all-gathers its parameters in
+    forward, so rank 0 would wait forever for ranks that never join. Classes are matched by name along the
+    class hierarchy, so ``lightning.pytorch``'s, ``pytorch_lightning``'s and subclasses are all refused.
+    """
+    names = [cls.__name__ for cls in type(strategy).__mro__]
+    sharded = next((name for name in _SHARDED_STRATEGIES if name in names), None)
+    if sharded is None:
+        return None
+    return (
+        f"ActivationRecorder: {sharded} shards the model across ranks and the recorder's probe pass runs on "
+        "rank 0 alone, where the sharded layers' all-gathers would wait forever; record with strategy='ddp' "
+        "or on one device."
+    )
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The logged metrics that are one number, as floats (read once, when the run ends)."""
+    found = {}
+    for name, value in metrics.items():
+        if (
+            isinstance(value, torch.Tensor)
+            and value.numel() == 1
+            or isinstance(value, (int, float))
+            and not isinstance(value, bool)
+        ):
+            found[name] = float(value)
+    return dict(sorted(found.items()))
+
+
+def _is_step_loss(outputs: Any, loss: Any, pl_module: pl.LightningModule) -> bool:
+    """Whether ``loss`` is the loss ``training_step`` returned, which automatic optimisation normalises."""
+    if not pl_module.automatic_optimization:
+        return False
+    returned = outputs.get("loss") if isinstance(outputs, dict) else outputs
+    return returned is loss
 
 
 def _resolve_checkpoint_path(stored: str, fallback: Path | None) -> Path:
@@ -666,10 +856,17 @@ def _resolve_checkpoint_path(stored: str, fallback: Path | None) -> Path:
     return candidate if candidate.exists() else path.absolute()
 
 
-def _default_folder(trainer: pl.Trainer) -> str:
+def _default_folder(trainer: pl.Trainer) -> tuple[Path, bool]:
+    """The run's folder and whether it is still to be claimed: the logger's ``log_dir`` when it has one,
+    else ``<default_root_dir>/actrec/version_N`` with the next free N (claimed when the store is created)."""
     logger = trainer.logger
     log_dir = getattr(logger, "log_dir", None) if logger is not None else None
-    return log_dir or trainer.default_root_dir
+    if log_dir:
+        return Path(log_dir), False
+    parent = Path(trainer.default_root_dir) / "actrec"
+    suffixes = [p.name.removeprefix(VERSION_PREFIX) for p in parent.glob(f"{VERSION_PREFIX}*")]
+    taken = [int(suffix) for suffix in suffixes if suffix.isdigit()]
+    return parent / f"{VERSION_PREFIX}{max(taken, default=-1) + 1}", True
 
 
 def _on_rank_zero_or_raise(trainer: pl.Trainer, action: Callable[[], None]) -> None:

@@ -18,6 +18,7 @@ commands:
   dynamics     per-layer change, CKA to first/final step, saturation, dead channels, settling steps
   compare      one layer of several runs side by side (GIF), and their curves overlaid
   report       one self-contained HTML page: every layer on one step slider, curves, dynamics, probes
+  sweep        many train runs over a grid, random draws or seeds, locally, on Ray or SLURM (actrec sweep --help)
   inspect      filters, feature maps, maximisation, shift, summary, hand-made filters (actrec inspect --help)
 
 options:
@@ -38,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"actrec {version('actrec')}")
         return 0
     if command == "train":
+        if "-h" in rest or "--help" in rest:  # before importing Lightning: help prints at once
+            from actrec.trainer.help import short_help
+
+            print(short_help())
+            return 0
         from actrec.trainer.cli import train_main
 
         return train_main(rest)
@@ -65,13 +71,17 @@ def main(argv: list[str] | None = None) -> int:
         from actrec.report.cli import report_main
 
         return report_main(rest)
+    if command == "sweep":
+        from actrec.sweep import sweep_main
+
+        return sweep_main(rest)
     if command == "inspect":
         from actrec.inspection.cli import inspect_main
 
         return inspect_main(rest)
     print(
         f"actrec: unknown command {command!r}; choose one of: train, render, tensorboard, runs, dynamics, compare, "
-        "report, inspect.",
+        "report, sweep, inspect.",
         file=sys.stderr,
     )
     return 2

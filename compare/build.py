@@ -17,24 +17,14 @@ import numpy as np
 
 from actrec.compare.align import ALIGNMENTS, aligned_positions, fractional_epochs, rows_at, shared_timeline
 from actrec.dynamics import Dynamics, compute_dynamics
-from actrec.dynamics._run import run_batch_size, run_label, run_paths
 from actrec.dynamics.plots import log10_or_nan, panel_figure
 from actrec.errors import UserError
-from actrec.store import StoreReader
-from actrec.viewer import colors, writers
-from actrec.viewer._pipeline import (
-    MAX_FRAME_PIXELS,
-    MAX_TILE_SIZE,
-    ChannelChoice,
-    LayerPlan,
-    atomic_path,
-    plan_layer,
-    prepare_out_dir,
-    read_steps,
-    safe_filename,
-)
-from actrec.viewer.curves import Series, smooth
-from actrec.viewer.frames import FrameLayout, frame_height_width, predicted_classes
+from actrec.recording import ChannelChoice, Recording, colors
+from actrec.viewer import writers
+from actrec.viewer.curves import Series, faint, smooth
+from actrec.viewer.frames import FrameLayout, frame_height_width
+from actrec.viewer.output import atomic_path, prepare_out_dir, safe_filename
+from actrec.viewer.plan import MAX_FRAME_PIXELS, LayerPlan, check_tile_size, plan_layer
 from actrec.viewer.render import RENDERS_DIRNAME
 
 DEFAULT_MAX_FRAMES = 600
@@ -101,16 +91,13 @@ def side_by_side(panels: Sequence[np.ndarray], gap: int = _PANEL_GAP) -> np.ndar
 
 
 @dataclass
-class _Run:
+class _Panel:
+    """One run's part of the comparison: its recording, the layer shown, and where its rows fall."""
+
     label: str
-    store: StoreReader
-    run_dir: Path
+    recording: Recording
     layer: str
-    num_rows: int
-    steps: dict[str, np.ndarray]
     positions: np.ndarray
-    predictions: np.ndarray
-    batch_size: int | None
     plan: LayerPlan | None = None
 
 
@@ -124,6 +111,7 @@ def compare_runs(
     tile_size: int = 28,
     max_frames: int = DEFAULT_MAX_FRAMES,
     batch_sizes: Mapping[int, int] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> CompareResult:
     """Write ``compare-<layer>.gif`` and ``compare-curves.png`` for two or more runs.
 
@@ -136,6 +124,7 @@ def compare_runs(
         tile_size: pixels of a tile's longer side.
         max_frames: thin the shared timeline to at most this many frames.
         batch_sizes: per run index, a batch size overriding the run's config (for ``"samples"``).
+        labels: each run's name in the panels and legends (default ``experiment/version_N``).
 
     Raises:
         CompareError, StoreError, RunError, ViewerError: one sentence each.
@@ -146,22 +135,21 @@ def compare_runs(
         raise CompareError(f"align must be one of {', '.join(ALIGNMENTS)}, got {align!r}.")
     if max_frames < 1:
         raise CompareError(f"max_frames must be positive, got {max_frames}.")
-    if not 4 <= tile_size <= MAX_TILE_SIZE:
-        raise CompareError(f"tile_size must be between 4 and {MAX_TILE_SIZE} pixels, got {tile_size}.")
+    check_tile_size(tile_size)
     writers.check_fps(fps)
     layers = parse_layers(layer_specs, len(runs))
     with contextlib.ExitStack() as stack:
         opened = []
         for index, (run, layer) in enumerate(zip(runs, layers, strict=True)):
-            store_path, run_dir = run_paths(run)
-            store = stack.enter_context(StoreReader(store_path))
-            opened.append(_open_run(store, run_dir, layer, align, (batch_sizes or {}).get(index)))
-        labels = _unique_labels([run.label for run in opened])
+            recording = stack.enter_context(Recording.open(run))
+            opened.append(_open_panel(recording, layer, align, (batch_sizes or {}).get(index)))
+        labels = _unique_labels(list(labels) if labels is not None else [run.label for run in opened])
         for run, label in zip(opened, labels, strict=True):
             run.label = label
         _plan_panels(opened, tile_size)  # refuses frames too large to draw before anything is written
         timeline = shared_timeline([run.positions for run in opened], max_frames)
-        out = prepare_out_dir(Path(out_dir) if out_dir is not None else opened[0].run_dir / RENDERS_DIRNAME)
+        first_run = opened[0].recording.run_dir
+        out = prepare_out_dir(Path(out_dir) if out_dir is not None else first_run / RENDERS_DIRNAME)
         name = safe_filename(layers[0] if len(set(layers)) == 1 else "-".join(layers))
         animation = out / f"compare-{name}.gif"
         with atomic_path(animation) as partial:
@@ -178,26 +166,21 @@ def _unique_labels(labels: list[str]) -> list[str]:
     return [f"{chr(ord('A') + index)}: {label}" for index, label in enumerate(labels)]
 
 
-def _open_run(store: StoreReader, run_dir: Path, layer: str, align: str, batch_size: int | None) -> _Run:
-    num_rows = store.refresh()
-    if num_rows == 0:
-        raise CompareError(f"{store.path} has no recorded steps yet, so there is nothing to compare.")
-    if layer not in store.layer_names:
-        raise CompareError(f"{run_label(run_dir)} has no layer {layer!r}; it records: {', '.join(store.layer_names)}.")
-    steps = read_steps(store, num_rows)  # the viewer's epoch rule: the end-of-training row joins the last epoch
+def _open_panel(recording: Recording, layer: str, align: str, batch_size: int | None) -> _Panel:
+    recording.layer(layer)  # refuses a layer the run did not record, naming those it did
+    timeline = recording.timeline
     if align == "samples" and batch_size is None:
-        batch_size = run_batch_size(run_dir)
+        batch_size = timeline.batch_size
         if batch_size is None:
             raise CompareError(
-                f"{run_label(run_dir)} has no batch size in its config.yaml, so samples seen are unknown; "
+                f"{recording.name} has no batch size in its config.yaml, so samples seen are unknown; "
                 "align by step or epoch."
             )
-    positions = aligned_positions(steps["global_step"], steps["epoch"], align, batch_size)
-    predictions = predicted_classes(store.logits(slice(0, num_rows)))
-    return _Run(run_label(run_dir), store, run_dir, layer, num_rows, steps, positions, predictions, batch_size)
+    positions = aligned_positions(timeline.global_steps, timeline.epochs, align, batch_size)
+    return _Panel(recording.name, recording, layer, positions)
 
 
-def _plan_panels(runs: Sequence[_Run], tile_size: int) -> None:
+def _plan_panels(runs: Sequence[_Panel], tile_size: int) -> None:
     """Each run's panel planned as ``actrec render`` plans a layer (channels, colour scale, tile fit), and
     the side-by-side canvas checked against the render's frame limit.
 
@@ -207,8 +190,8 @@ def _plan_panels(runs: Sequence[_Run], tile_size: int) -> None:
     """
     height, width = 0, _PANEL_GAP * (len(runs) - 1)
     for run in runs:
-        num_probes = len(run.store.probes.labels)
-        run.plan, _ = plan_layer(run.store, run.layer, run.num_rows, ChannelChoice(), tile_size, num_probes)
+        num_probes = run.recording.num_probes
+        run.plan, _ = plan_layer(run.recording.layer(run.layer), ChannelChoice(), tile_size, num_probes)
         panel_height, panel_width = frame_height_width(
             run.plan.kind, run.plan.drawn_shape, num_probes, run.plan.tile_size
         )
@@ -220,11 +203,11 @@ def _plan_panels(runs: Sequence[_Run], tile_size: int) -> None:
         )
 
 
-def _write_animation(runs: Sequence[_Run], timeline: np.ndarray, target: Path, fps: float) -> None:
+def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path, fps: float) -> None:
     layouts = []
     row_lists = [rows_at(run.positions, timeline) for run in runs]
     for run, rows in zip(runs, row_lists, strict=True):
-        probes = run.store.probes
+        probes = run.recording.probes
         plan = run.plan
         title = _title(run, int(rows[-1]))
         layouts.append(
@@ -248,24 +231,24 @@ def _write_animation(runs: Sequence[_Run], timeline: np.ndarray, target: Path, f
             values = []
             for run, rows in zip(runs, row_lists, strict=True):
                 needed = np.unique(rows[block])
-                read = run.plan.selected(run.store.activations(run.layer, needed))
+                read = run.plan.selected(run.recording.store.activations(run.layer, needed))
                 values.append({int(row): read[i] for i, row in enumerate(needed.tolist())})
             for offset in range(len(timeline[block])):
                 panels = []
                 for run, rows, layout, by_row in zip(runs, row_lists, layouts, values, strict=True):
                     row = int(rows[start + offset])
-                    panels.append(layout.frame(by_row[row], title=_title(run, row), predictions=run.predictions[row]))
+                    predictions = run.recording.timeline.predictions[row]
+                    panels.append(layout.frame(by_row[row], title=_title(run, row), predictions=predictions))
                 gif.append(side_by_side(panels))
 
 
-def _title(run: _Run, row: int) -> str:
-    return (
-        f"{run.label} · {run.layer} · step {int(run.steps['global_step'][row])} · epoch {int(run.steps['epoch'][row])}"
-    )
+def _title(run: _Panel, row: int) -> str:
+    timeline = run.recording.timeline
+    return f"{run.label} · {run.layer} · step {int(timeline.global_steps[row])} · epoch {int(timeline.epochs[row])}"
 
 
-def _curves(runs: Sequence[_Run], align: str) -> np.ndarray:
-    dynamics: list[Dynamics] = [compute_dynamics(run.store, [run.layer], num_rows=run.num_rows) for run in runs]
+def _curves(runs: Sequence[_Panel], align: str) -> np.ndarray:
+    dynamics: list[Dynamics] = [compute_dynamics(run.recording, [run.layer]) for run in runs]
     panels: dict[str, list[Series]] = {
         "training batch loss (smoothed)": [],
         "validation accuracy": [],
@@ -276,12 +259,14 @@ def _curves(runs: Sequence[_Run], align: str) -> np.ndarray:
     for index, (run, result) in enumerate(zip(runs, dynamics, strict=True)):
         color = RUN_COLORS[index % len(RUN_COLORS)]
         x = _curve_positions(run, align)
-        window = max(5, run.num_rows // 25) | 1
-        batch_loss = smooth(np.asarray(run.steps["batch_loss"], np.float64), window)
-        val_steps, val_acc = run.store.scalars("val/acc")
-        val_x = np.interp(val_steps, run.steps["global_step"], x) if len(val_steps) else np.zeros(0)
+        timeline = run.recording.timeline
+        raw_loss = timeline.series("batch_loss")[1]
+        batch_loss = smooth(raw_loss)
+        val_steps, val_acc = timeline.series("val/acc")
+        val_x = np.interp(val_steps, timeline.global_steps, x) if len(val_steps) else np.zeros(0)
         layer = result.layers[run.layer]
         label = f"{run.label} ({run.layer})"
+        panels["training batch loss (smoothed)"].insert(index, Series("", x, raw_loss, faint(color), width=1.0))
         panels["training batch loss (smoothed)"].append(Series(label, x, batch_loss, color, width=2.0))
         panels["validation accuracy"].append(Series(label, val_x, val_acc, color, width=1.5, markers=True))
         panels["CKA of the layer to its final step"].append(Series(label, x, layer.cka_to_final, color, width=2.0))
@@ -297,8 +282,8 @@ def _curves(runs: Sequence[_Run], align: str) -> np.ndarray:
     )
 
 
-def _curve_positions(run: _Run, align: str) -> np.ndarray:
+def _curve_positions(run: _Panel, align: str) -> np.ndarray:
     """The rows on a continuous axis: by epoch, how far through the epoch each row is counts too."""
     if align == "epoch":
-        return fractional_epochs(run.steps["global_step"], run.steps["epoch"])
+        return fractional_epochs(run.recording.timeline.global_steps, run.recording.timeline.epochs)
     return run.positions.astype(np.float64)

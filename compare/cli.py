@@ -9,7 +9,7 @@ from actrec.compare.align import ALIGNMENTS
 from actrec.compare.build import DEFAULT_MAX_FRAMES, CompareError, compare_runs
 from actrec.dynamics import DynamicsError
 from actrec.errors import run_guarded
-from actrec.viewer._pipeline import MAX_TILE_SIZE
+from actrec.viewer.plan import MAX_TILE_SIZE
 
 
 def compare_main(argv: Sequence[str]) -> int:
@@ -21,7 +21,9 @@ def compare_main(argv: Sequence[str]) -> int:
             "seen, and draw their loss, validation accuracy and the layer's dynamics overlaid (PNG)."
         ),
     )
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders, experiment folders or stores")
+    parser.add_argument("runs", nargs="*", metavar="RUN", help="two or more run folders, experiment folders or stores")
+    parser.add_argument("--sweep", metavar="NAME|ID", help="compare the finished trials of this sweep (at most 16)")
+    parser.add_argument("--runs_dir", default="runs", metavar="DIR", help="where --sweep is found (default runs)")
     parser.add_argument(
         "--layer",
         action="append",
@@ -43,6 +45,21 @@ def compare_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
 
     def action() -> int:
+        labels = None
+        if args.sweep is not None:
+            from actrec.runs.sweeps import sweep_run_folders
+
+            record, trials, note = sweep_run_folders(args.runs_dir, args.sweep, limit=16)
+            if not args.runs:  # panels named by what the trials vary
+                labels = [f"{trial.short_label(record.varied)} ({trial.run.path.name})" for trial in trials]
+            args.runs = [*args.runs, *(str(trial.run.path) for trial in trials)]
+            if not args.quiet:
+                for trial in trials:
+                    print(f"{trial.run.name}: trial {trial.index}, {trial.label(record.varied)}")
+                if note:
+                    print(note)
+        elif not args.runs:
+            raise CompareError("name two or more runs, or a sweep with --sweep NAME.")
         if len(args.runs) >= 2 and not args.layer:
             raise CompareError("name the layer to compare with --layer L (or --layer A=L1 --layer B=L2 per run).")
         if not 4 <= args.tile_size <= MAX_TILE_SIZE:
@@ -55,6 +72,7 @@ def compare_main(argv: Sequence[str]) -> int:
             fps=args.fps,
             tile_size=args.tile_size,
             max_frames=args.max_frames,
+            labels=labels,
         )
         if not args.quiet:
             print(f"compared {', '.join(result.labels)} over {len(result.timeline)} frame(s) by {args.align}:")

@@ -13,8 +13,8 @@ from actrec.dynamics.compute import (
     write_dynamics,
 )
 from actrec.dynamics.metrics import MIN_CKA_PROBES
-from actrec.errors import run_guarded
-from actrec.store import StoreReader
+from actrec.errors import run_guarded, terminal_safe
+from actrec.recording import Recording
 
 
 def _layer_list(text: str) -> list[str]:
@@ -32,7 +32,11 @@ def dynamics_main(argv: Sequence[str]) -> int:
             "TensorBoard scalars in RUN/dynamics/ and RUN/renders/dynamics.png."
         ),
     )
-    parser.add_argument("run", metavar="RUN", help="a run folder, an experiment folder (newest version) or a store")
+    parser.add_argument(
+        "run", nargs="?", metavar="RUN", help="a run folder, an experiment folder (newest version) or a store"
+    )
+    parser.add_argument("--sweep", metavar="NAME|ID", help="tabulate every finished trial's settling steps instead")
+    parser.add_argument("--runs_dir", default="runs", metavar="DIR", help="where --sweep is found (default runs)")
     parser.add_argument("--layers", action="extend", type=_layer_list, metavar="L1,L2", help="default: all layers")
     parser.add_argument(
         "--threshold",
@@ -46,11 +50,18 @@ def dynamics_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
 
     def action() -> int:
-        from actrec.dynamics._run import run_label, run_paths
+        if args.sweep is not None:
+            from actrec.dynamics.sweep import sweep_dynamics, sweep_dynamics_table
 
-        store_path, run_dir = run_paths(args.run)
-        with StoreReader(store_path) as store:
-            dynamics = compute_dynamics(store, args.layers or None, threshold=args.threshold)
+            print(sweep_dynamics_table(sweep_dynamics(args.runs_dir, args.sweep, args.layers, args.threshold)))
+            return 0
+        if args.run is None:
+            raise DynamicsError("name a run (RUN) or a sweep (--sweep NAME).")
+
+        with Recording.open(args.run) as recording:
+            run_dir, name = recording.run_dir, recording.name
+            layers = recording.check_layers(args.layers) if args.layers else None
+            dynamics = compute_dynamics(recording, layers, threshold=args.threshold)
         written = [write_dynamics(dynamics, run_dir / DYNAMICS_FILENAME)]
         if not args.no_tensorboard:
             from actrec.dynamics.tensorboard import TENSORBOARD_DIRNAME, write_scalars
@@ -59,11 +70,11 @@ def dynamics_main(argv: Sequence[str]) -> int:
         if not args.no_png:
             from actrec.dynamics.plots import dynamics_figure
             from actrec.viewer import write_png
-            from actrec.viewer._pipeline import atomic_path, prepare_out_dir
+            from actrec.viewer.output import atomic_path, prepare_out_dir
             from actrec.viewer.render import RENDERS_DIRNAME
 
             png = prepare_out_dir(run_dir / RENDERS_DIRNAME) / "dynamics.png"
-            title = f"{run_label(run_dir)} · {len(dynamics.global_steps)} recorded steps · layer dynamics"
+            title = f"{name} · {len(dynamics.global_steps)} recorded steps · layer dynamics"
             with atomic_path(png) as partial:
                 write_png(dynamics_figure(dynamics, title=title), partial)
             written.append(png)
@@ -85,7 +96,7 @@ def summary_text(dynamics: object) -> str:
         saturated = layer.saturated_fraction[-1]
         saturation = "-" if saturated != saturated else f"{100 * saturated:.1f}%"
         dead = f"{len(layer.always_constant)}/{layer.channels}"
-        lines.append(f"{layer.name:<20} {settles:>15} {saturation:>17} {dead:>14}")
+        lines.append(f"{terminal_safe(layer.name):<20} {settles:>15} {saturation:>17} {dead:>14}")
     if dynamics.num_probes < MIN_CKA_PROBES:
         lines.append(
             f"CKA needs at least {MIN_CKA_PROBES} probes; this run has {dynamics.num_probes}, so no layer settles."

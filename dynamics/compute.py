@@ -17,6 +17,7 @@ import numpy as np
 
 from actrec.dynamics import metrics
 from actrec.errors import UserError
+from actrec.recording import Recording
 from actrec.store import StoreReader
 
 ROWS_PER_READ = 64
@@ -85,41 +86,35 @@ class Dynamics:
 
 
 def compute_dynamics(
-    store: StoreReader,
+    recording: Recording,
     layers: list[str] | None = None,
     *,
     threshold: float = DEFAULT_THRESHOLD,
-    num_rows: int | None = None,
     rows_per_read: int = ROWS_PER_READ,
 ) -> Dynamics:
-    """Compute the dynamics of ``layers`` (all by default) over the first ``num_rows`` rows.
+    """Compute the dynamics of ``layers`` (all by default) over the recording's rows (the last is "final").
 
     Args:
-        store: an open reader.
+        recording: the open run (:meth:`actrec.recording.Recording.open`), read as of its last refresh.
         layers: layer names; all recorded layers when ``None``.
         threshold: CKA-to-final level that counts as settled, in ``(0, 1]``.
-        num_rows: rows to use (default: every complete row now); the last of them is "final".
         rows_per_read: rows read per layer at a time (bounds memory).
 
     Raises:
-        DynamicsError: the store has no rows, a layer is unknown, or the threshold is out of range.
+        DynamicsError: the threshold is out of range.
+        RecordingError: a layer is unknown.
     """
     if not 0.0 < threshold <= 1.0:
         raise DynamicsError(f"threshold must be in (0, 1], got {threshold:g}.")
-    total = store.refresh() if num_rows is None else num_rows
-    if total == 0:
-        raise DynamicsError(f"{store.path} has no recorded steps yet, so there are no dynamics.")
-    names = store.layer_names if not layers else list(dict.fromkeys(layers))
-    unknown = [name for name in names if name not in store.layer_names]
-    if unknown:
-        raise DynamicsError(
-            f"unknown layer {', '.join(map(repr, unknown))}; this store records: {', '.join(store.layer_names)}."
-        )
-    steps = store.steps()
-    global_steps, epochs = steps["global_step"][:total], steps["epoch"][:total]
+    store, total = recording.store, recording.num_rows
+    names = recording.check_layers(layers)
+    global_steps, epochs = recording.timeline.global_steps, recording.timeline.epochs
     result = {}
-    for name in names:
-        result[name] = _layer_dynamics(store, name, total, global_steps, threshold, rows_per_read)
+    # A diverged run's NaN and inf rows give NaN measures by design; numpy's warnings about them (with
+    # source lines) would only bury the table.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        for name in names:
+            result[name] = _layer_dynamics(store, name, total, global_steps, threshold, rows_per_read)
     return Dynamics(
         run_id=store.run_id,
         global_steps=global_steps,
@@ -231,7 +226,7 @@ def read_dynamics(path: str | os.PathLike) -> Dynamics:
                     settling_step=layer["settling_step"],
                     **{key: data[f"layer{index}/{key}"] for key in SERIES},
                 )
-            return Dynamics(
+            dynamics = Dynamics(
                 run_id=meta["run_id"],
                 global_steps=data["global_steps"],
                 epochs=data["epochs"],
@@ -244,3 +239,41 @@ def read_dynamics(path: str | os.PathLike) -> Dynamics:
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
         # A truncated or overwritten file fails inside zipfile or np.load with any of these.
         raise DynamicsError(f"{path} cannot be read as a dynamics file ({error}).") from None
+    problem = _inconsistency(dynamics)
+    if problem is not None:
+        raise DynamicsError(f"{path} cannot be read as a dynamics file ({problem}).")
+    return dynamics
+
+
+#: Larger than any relative change of float16 or float32 activations (norms lie within ~1e-45..1e39
+#: times the square root of the size), so a saved value beyond it was not written by compute_dynamics.
+_LARGEST_CHANGE = 1e100
+
+
+def _inconsistency(dynamics: Dynamics) -> str | None:
+    """What makes a well-formed dynamics file unusable (arrays of another length, values no computation
+    gives), or ``None``: the report trusts the file only if this is ``None``, and recomputes otherwise."""
+    steps = dynamics.global_steps
+    if steps.ndim != 1 or steps.dtype.kind not in "iu" or dynamics.epochs.shape != steps.shape:
+        return "its steps and epochs are not one whole number per row"
+    if not 0.0 < dynamics.threshold <= 1.0 or not isinstance(dynamics.run_id, str) or dynamics.num_probes < 0:
+        return "its threshold, run id or probe count is out of range"
+    for layer in dynamics.layers.values():
+        for key in SERIES:
+            values = getattr(layer, key)
+            if values.shape != steps.shape or values.dtype.kind not in "iuf":
+                return f"layer {layer.name}'s {key} does not hold one number per row"
+        fractions = np.stack([layer.cka_to_final, layer.cka_to_first, layer.saturated_fraction]).astype(np.float64)
+        if np.any((fractions < -1e-6) | (fractions > 1 + 1e-6)):
+            return f"layer {layer.name} has a CKA or saturated fraction outside 0..1"
+        change = layer.relative_change.astype(np.float64)
+        if np.any((change < 0) | (np.isfinite(change) & (change > _LARGEST_CHANGE))):
+            return f"layer {layer.name} has a relative change no computation gives"
+        constant = layer.constant_channels
+        if np.any(~np.isfinite(constant)) or np.any((constant < 0) | (constant > layer.channels)):
+            return f"layer {layer.name} counts constant channels outside 0..{layer.channels}"
+        if layer.settling_step is not None and (
+            not isinstance(layer.settling_step, int) or layer.settling_step not in steps
+        ):
+            return f"layer {layer.name} settles at a step that was not recorded"
+    return None

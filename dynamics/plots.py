@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from actrec.viewer.curves import _PANEL_SIZE, _SUPERSAMPLE, Series, _draw_legend, _draw_panel, _font
+from actrec.viewer.curves import PANEL_SIZE, SUPERSAMPLE, Series, draw_legend, draw_panel, font
 
 _BACKGROUND = (255, 255, 255)
 _TEXT = (30, 30, 30)
@@ -52,28 +52,24 @@ def panel_figure(
     Returns:
         A new ``(H, W, 3)`` uint8 RGB image.
     """
-    s = _SUPERSAMPLE
+    s = SUPERSAMPLE
     rows = -(-len(panels) // columns)
     title_height = 30
-    width, height = columns * _PANEL_SIZE[0], rows * _PANEL_SIZE[1] + title_height
+    width, height = columns * PANEL_SIZE[0], rows * PANEL_SIZE[1] + title_height
     image = Image.new("RGB", (width * s, height * s), _BACKGROUND)
     draw = ImageDraw.Draw(image)
     if title:
-        draw.text((16 * s, 10 * s), title, font=_font(15), fill=_TEXT)
+        draw.text((16 * s, 10 * s), title, font=font(15), fill=_TEXT)
     shown: dict[str, Series] = {}
     for index, (name, series, percent) in enumerate(panels):
-        origin = ((index % columns) * _PANEL_SIZE[0] * s, (title_height + (index // columns) * _PANEL_SIZE[1]) * s)
-        visible = _draw_panel(draw, origin, name, series, percent=percent, epoch_starts=())
+        origin = ((index % columns) * PANEL_SIZE[0] * s, (title_height + (index // columns) * PANEL_SIZE[1]) * s)
+        visible = draw_panel(
+            draw, origin, name, series, percent=percent, epoch_starts=(), x_label=x_label or "training step"
+        )
         shown.update((item.label, item) for item in visible if item.label)
-        if x_label and visible:
-            # The shared panel drawing labels x "training step"; paint over it for other alignments.
-            left, right = origin[0] + 64 * s, origin[0] + _PANEL_SIZE[0] * s - 18 * s
-            bottom = origin[1] + _PANEL_SIZE[1] * s - 44 * s
-            draw.rectangle((left, bottom + 24 * s, right, bottom + 42 * s), fill=_BACKGROUND)
-            draw.text(((left + right) // 2, bottom + 26 * s), x_label, font=_font(11), fill=_TEXT, anchor="mt")
     items = list(legend) if legend is not None else list(shown.values())
     if items:
-        _draw_legend(draw, (width - 18) * s, 20 * s, items)
+        draw_legend(draw, (width - 18) * s, 20 * s, items)
     return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from actrec.dynamics.compute import SERIES, Dynamics
-from actrec.viewer._events import EventFile
+from actrec.viewer import EventFile
 
 TENSORBOARD_DIRNAME = "dynamics"
 """Sub-folder of the run that holds the scalars: TensorBoard on the run folder shows it as its own run."""

@@ -10,12 +10,13 @@ This package imports nothing else of actrec, so every package may import it with
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import threading
 from collections.abc import Callable
 
-__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "UserError", "run_guarded"]
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "UserError", "run_guarded", "terminal_safe"]
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -24,6 +25,23 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 class UserError(Exception):
     """Bad input or an unusable file, said in one sentence; the base of every actrec refusal."""
+
+
+#: C0 and C1 control characters (ESC starts every terminal escape sequence), DEL, line and paragraph
+#: separators, and the bidirectional overrides and isolates that reorder what a terminal shows.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character written as its Python escape (``\\x1b``, ``\\n``, ``\\u202e``).
+
+    Names and fields read from files (a layer name, a summary's ``model``) may hold terminal escape sequences
+    that clear the screen or set the window title; printed through this they are shown, not obeyed.
+
+    Args:
+        text: what is about to be printed.
+    """
+    return _UNSAFE.sub(lambda match: match[0].encode("unicode_escape").decode("ascii"), text)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -47,7 +65,7 @@ def run_guarded(program: str, action: Callable[[], int], errors: tuple[type[Exce
     try:
         return action()
     except (UserError, *errors) as error:
-        print(f"{program}: {error}", file=sys.stderr)
+        print(f"{program}: {terminal_safe(str(error))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyError as error:
         # h5py's word for an object the file lacks: a store missing a dataset or group. The store
@@ -55,11 +73,12 @@ def run_guarded(program: str, action: Callable[[], int], errors: tuple[type[Exce
         message = str(error.args[0]) if error.args else ""
         if not message.startswith("Unable to"):
             raise
-        print(f"{program}: the store is incomplete or damaged ({message.rstrip('.')}).", file=sys.stderr)
+        message = terminal_safe(message.rstrip("."))
+        print(f"{program}: the store is incomplete or damaged ({message}).", file=sys.stderr)
         return EXIT_ERROR
     except OSError as error:
         # A disk that fills up or a folder removed mid-run: name the file, keep it to one sentence.
-        where = f" {error.filename}" if error.filename else ""
+        where = f" {terminal_safe(str(error.filename))}" if error.filename else ""
         print(f"{program}: could not read or write{where}: {error.strerror or error}.", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt as interrupt:

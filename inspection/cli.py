@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,23 +16,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from actrec.errors import run_guarded
 from actrec.inspection import drawing
 from actrec.inspection.errors import InspectError
 from actrec.inspection.loading import LoadedModel, load_run_model, stored_weights, zoo_model
 from actrec.inspection.maximize import MaximizeSettings
-from actrec.probe import ProbeError
-from actrec.runs import RunError
-from actrec.store import StoreError, StoreReader
+from actrec.store import StoreReader
 from actrec.viewer import GifWriter, write_png
+from actrec.viewer.output import safe_filename
 
 __all__ = ["inspect_main"]
 
 _OUT_FOLDER = "inspect"
-
-
-def _safe(name: str) -> str:
-    """A layer or file name as a file-name part: ``net.conv3`` stays, anything odd becomes ``_``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def _out_dir(args: argparse.Namespace, loaded: LoadedModel | None) -> Path:
@@ -61,7 +55,7 @@ def _input_image(args: argparse.Namespace, config: dict) -> tuple[np.ndarray, st
     if args.image is not None:
         image, inverted = load_image(args.image)
         note = " (inverted: MNIST digits are white on black)" if inverted else ""
-        return image, f"{Path(args.image).name}{note}", _safe(Path(args.image).stem), None
+        return image, f"{Path(args.image).name}{note}", safe_filename(Path(args.image).stem), None
     index = 0 if args.index is None else args.index
     images, labels, class_names = dataset_split(config, "test")
     if not 0 <= index < len(images):
@@ -80,33 +74,36 @@ def _filters(args: argparse.Namespace) -> None:
     convs = pick_convs(conv_kernels(loaded.model), args.layer)
     if not convs:
         raise InspectError(f"{loaded.model_name} has no convolutions; filters draws conv kernels only.")
+    # Every stored kernel is read before anything is written: a damaged chunk in the last layer's weights
+    # refuses the command with nothing written, not with the other layers' pictures already there.
+    over_training: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if loaded.store_path is not None:
+        with StoreReader(loaded.store_path) as store:
+            for name in convs:
+                found = stored_kernels(store, name)
+                if found is not None and len(found[0]) >= 2:
+                    steps, weights = found
+                    rows = np.arange(0, len(steps), max(1, args.stride))
+                    over_training[name] = (np.asarray(steps)[rows], np.asarray(weights)[rows])
     out = _out_dir(args, loaded)
     for name, weight in convs.items():
         title = f"{name} kernels · {loaded.label}"
         _write(draw_kernels(weight, title=title, subtitle="symmetric scale for the layer"), out / f"filters-{name}.png")
-    if loaded.store_path is None:
-        return
-    with StoreReader(loaded.store_path) as store:
-        for name in convs:
-            found = stored_kernels(store, name)
-            if found is None or len(found[0]) < 2:
-                continue
-            steps, weights = found
-            rows = np.arange(0, len(steps), max(1, args.stride))
-            scale = kernel_scale(weights[rows])
-            path = out / f"filters-{name}.gif"
-            with GifWriter(path, fps=args.fps) as gif:
-                frames = [
-                    draw_kernels(
-                        weights[row],
-                        title=f"{name} kernels · step {int(steps[row])}",
-                        subtitle="one scale for every step",
-                        scale=scale,
-                    )
-                    for row in tqdm(rows, desc=f"{name} over training", unit="step", leave=False)
-                ]
-                _append_padded(gif, frames)
-            print(path)
+    for name, (steps, weights) in over_training.items():
+        scale = kernel_scale(weights)
+        path = out / f"filters-{name}.gif"
+        with GifWriter(path, fps=args.fps) as gif:
+            frames = [
+                draw_kernels(
+                    weights[row],
+                    title=f"{name} kernels · step {int(steps[row])}",
+                    subtitle="one scale for every step",
+                    scale=scale,
+                )
+                for row in tqdm(range(len(steps)), desc=f"{name} over training", unit="step", leave=False)
+            ]
+            _append_padded(gif, frames)
+        print(path)
 
 
 def _append_padded(gif: GifWriter, frames: Sequence[np.ndarray]) -> None:
@@ -152,7 +149,7 @@ def _maximize(args: argparse.Namespace) -> None:
     with tqdm(total=settings.steps, desc=f"maximising {layer}", unit="step", leave=False) as bar:
         result = maximize_channels(loaded.model, layer, channels, settings=settings, on_step=bar.update)
     title = f"What drives each channel of {layer} · {loaded.label}"
-    _write(draw_maximized(result, title=title), out / f"maximize-{_safe(layer)}.png")
+    _write(draw_maximized(result, title=title), out / f"maximize-{safe_filename(layer)}.png")
     if args.over_training:
         _maximize_over_training(args, loaded, layer, channels, settings, out)
 
@@ -178,7 +175,7 @@ def _maximize_over_training(
         draw_maximized(result, title=f"What drives each channel of {layer} · {run_name} · step {step}")
         for step, result in results
     ]
-    path = out / f"maximize-{_safe(layer)}-over-training.gif"
+    path = out / f"maximize-{safe_filename(layer)}-over-training.gif"
     with GifWriter(path, fps=args.fps) as gif:
         _append_padded(gif, frames)
     print(path)
@@ -186,7 +183,7 @@ def _maximize_over_training(
         results,
         title=f"How the preferred patterns of {layer} form · {run_name}",
     )
-    _write(sheet, out / f"maximize-{_safe(layer)}-over-training.png")
+    _write(sheet, out / f"maximize-{safe_filename(layer)}-over-training.png")
 
 
 def _weights_over_training(loaded: LoadedModel, layer: str, frames: int) -> list[tuple[int, dict]]:
@@ -377,9 +374,10 @@ def inspect_main(argv: list[str]) -> int:
     except SystemExit as exit_request:
         return exit_request.code if isinstance(exit_request.code, int) else 2
     handler: Callable[[argparse.Namespace], None] = args.handler
-    try:
+
+    def action() -> int:
         handler(args)
-    except (InspectError, ProbeError, RunError, StoreError) as error:
-        print(f"actrec inspect {args.command}: {error}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    # The one guard: user errors in one sentence, Ctrl-C and SIGTERM end with 130 and 143.
+    return run_guarded(f"actrec inspect {args.command}", action)

@@ -1,8 +1,8 @@
 """Pure drawing for the inspection pictures: tile grids with titles, labels and colour bars, as palette indices.
 
-Everything is drawn in the viewer's fixed palette (:mod:`actrec.viewer.colors`: red -scale, white 0, blue +scale;
-greys for images and text), on the viewer's colour scales (:mod:`actrec.viewer.scale`) and with its text
-(:mod:`actrec.viewer._text`), so an inspection picture reads like a render of the same run. Functions take arrays
+Everything is drawn in the viewer's fixed palette (:mod:`actrec.recording.colors`: red -scale, white 0, blue +scale;
+greys for images and text), on the viewer's colour scales (:mod:`actrec.recording.scale`) and with its text
+(:func:`actrec.viewer.draw_text`), so an inspection picture reads like a render of the same run. Functions take arrays
 and return new ``(H, W)`` uint8 canvases of palette indices; :func:`actrec.viewer.write_png` writes them.
 """
 
@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from actrec.viewer import _text, colors
+from actrec.recording import colors
+from actrec.recording.scale import ColourScale
+from actrec.viewer import draw_text, fit_text, text_size
 from actrec.viewer.frames import tile_shape, upscale_nearest
-from actrec.viewer.scale import ColourScale
 
 __all__ = ["colorbar", "grey_tiles", "label", "pad", "stack", "symmetric", "tile_grid", "titled", "value_tiles"]
 
@@ -32,9 +33,9 @@ def _blank(height: int, width: int) -> np.ndarray:
 
 def label(text: str, *, size: int = LABEL_SIZE, ink: str = "text") -> np.ndarray:
     """A canvas holding one line of text."""
-    width, height = _text.text_size(text, size)
+    width, height = text_size(text, size)
     canvas = _blank(height, width)
-    _text.draw_text(canvas, 0, 0, text, size=size, ink=ink)
+    draw_text(canvas, 0, 0, text, size=size, ink=ink)
     return canvas
 
 
@@ -73,7 +74,7 @@ def stack(canvases: Sequence[np.ndarray], *, vertical: bool = True, gap: int = 8
 
 
 def colorbar(scale: ColourScale, *, caption: str = "") -> np.ndarray:
-    """A labelled colour bar of ``scale`` (the viewer's :class:`~actrec.viewer.scale.ColourScale`).
+    """A labelled colour bar of ``scale`` (the viewer's :class:`~actrec.recording.scale.ColourScale`).
 
     Args:
         scale: diverging (``-limit`` red, 0 white, ``+limit`` blue) or one-sided (0 white to ``+limit`` blue).
@@ -81,12 +82,12 @@ def colorbar(scale: ColourScale, *, caption: str = "") -> np.ndarray:
     """
     bar = pad(np.repeat(scale.bar_indices(_BAR_WIDTH)[None, :], _BAR_HEIGHT, axis=0), 1, 1, 1, 1)
     bar[0, :] = bar[-1, :] = bar[:, 0] = bar[:, -1] = colors.GUTTER_INDEX
-    label_height = _text.text_size("0", LABEL_SIZE)[1]
+    label_height = text_size("0", LABEL_SIZE)[1]
     tick_row = _blank(label_height, bar.shape[1] + 24)
     for text, position in scale.bar_labels():
         x = 1 + round(position * (_BAR_WIDTH - 1))
-        width = _text.text_size(text, LABEL_SIZE)[0]
-        _text.draw_text(tick_row, min(max(x - width // 2, 0), tick_row.shape[1] - width), 0, text, size=LABEL_SIZE)
+        width = text_size(text, LABEL_SIZE)[0]
+        draw_text(tick_row, min(max(x - width // 2, 0), tick_row.shape[1] - width), 0, text, size=LABEL_SIZE)
     body = stack([bar, tick_row], gap=1)
     if caption:
         body = stack([body, pad(label(caption, ink="muted"), top=1)], vertical=False, gap=8)
@@ -128,9 +129,9 @@ def tile_grid(
         gutter: light-grey pixels between tiles.
     """
     rows, columns, tile_h, tile_w = tiles.shape
-    left = max((_text.text_size(text, LABEL_SIZE)[0] for text in row_labels), default=-6) + 6
-    top = _text.text_size("Ag", LABEL_SIZE)[1] + 2 if column_labels else 0
-    under = _text.text_size("0", LABEL_SIZE - 1)[1] + 1 if under_labels else 0
+    left = max((text_size(text, LABEL_SIZE)[0] for text in row_labels), default=-6) + 6
+    top = text_size("Ag", LABEL_SIZE)[1] + 2 if column_labels else 0
+    under = text_size("0", LABEL_SIZE - 1)[1] + 1 if under_labels else 0
     pitch_w, pitch_h = tile_w + gutter, tile_h + gutter + under
     canvas = _blank(top + rows * pitch_h + gutter, left + columns * pitch_w + gutter)
     canvas[top : top + rows * pitch_h + gutter, left:] = colors.GUTTER_INDEX
@@ -142,17 +143,17 @@ def tile_grid(
             x = left + gutter + column * pitch_w
             canvas[y : y + tile_h, x : x + tile_w] = tiles[row, column]
             if under and row < len(under_labels) and column < len(under_labels[row]):
-                text = _text.fit_text(under_labels[row][column], LABEL_SIZE - 1, tile_w)
-                width = _text.text_size(text, LABEL_SIZE - 1)[0]
-                _text.draw_text(canvas, x + (tile_w - width) // 2, y + tile_h, text, size=LABEL_SIZE - 1, ink="muted")
+                text = fit_text(under_labels[row][column], LABEL_SIZE - 1, tile_w)
+                width = text_size(text, LABEL_SIZE - 1)[0]
+                draw_text(canvas, x + (tile_w - width) // 2, y + tile_h, text, size=LABEL_SIZE - 1, ink="muted")
         if row < len(row_labels):
-            width, height = _text.text_size(row_labels[row], LABEL_SIZE)
+            width, height = text_size(row_labels[row], LABEL_SIZE)
             x = left - 6 - width  # right-aligned, next to its row
-            _text.draw_text(canvas, x, y + (tile_h - height) // 2, row_labels[row], size=LABEL_SIZE, ink="muted")
+            draw_text(canvas, x, y + (tile_h - height) // 2, row_labels[row], size=LABEL_SIZE, ink="muted")
     for column, text in enumerate(column_labels):
-        text = _text.fit_text(text, LABEL_SIZE, pitch_w)
-        width = _text.text_size(text, LABEL_SIZE)[0]
-        _text.draw_text(
+        text = fit_text(text, LABEL_SIZE, pitch_w)
+        width = text_size(text, LABEL_SIZE)[0]
+        draw_text(
             canvas, left + gutter + column * pitch_w + (tile_w - width) // 2, 0, text, size=LABEL_SIZE, ink="muted"
         )
     return canvas

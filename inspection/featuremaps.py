@@ -11,9 +11,9 @@ from torch import nn
 from actrec.inspection import drawing
 from actrec.inspection.reference import layer_plan
 from actrec.probe import capture
+from actrec.recording import colors
+from actrec.recording.scale import ColourScale, colour_scale
 from actrec.store import SCALE_SYMMETRIC, SCALE_TANH
-from actrec.viewer import colors
-from actrec.viewer.scale import ColourScale, colour_scale
 
 __all__ = ["FeatureStage", "draw_featuremaps", "feature_stages"]
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from actrec.inspection import drawing
+from actrec.recording.scale import colour_scale
 from actrec.store import SCALE_SYMMETRIC, SCALE_TANH
-from actrec.viewer.scale import colour_scale
 
 __all__ = ["EDGE_FILTERS", "HandcraftedResult", "apply_edge_filters", "draw_handcrafted"]
 

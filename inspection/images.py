@@ -42,6 +42,8 @@ def load_image(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
         InspectError: the file is missing or is not an image.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InspectError(f"image {path} is a folder; pass an image file (PNG, JPEG, ...).")
     if not path.is_file():
         raise InspectError(f"image {path} does not exist.")
     try:

@@ -13,9 +13,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from actrec.recording import colors
+from actrec.recording.scale import colour_scale
 from actrec.store import SCALE_SIGMOID
-from actrec.viewer import colors
-from actrec.viewer.scale import colour_scale
 
 __all__ = [
     "DEFAULT_SHIFTS",

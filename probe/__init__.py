@@ -32,7 +32,9 @@ from actrec.probe._capture import (
     run_hooked,
     scale_kinds,
 )
+from actrec.probe._engine import ProbeEngine
 from actrec.probe._layers import ProbeError, default_layers, resolve_layers, select_output, split_selector
+from actrec.probe._ring import HostRing
 from actrec.probe._select import (
     UNLABELED,
     ProbeSelection,
@@ -49,6 +51,8 @@ __all__ = [
     "SCALE_TANH",
     "UNLABELED",
     "Capture",
+    "HostRing",
+    "ProbeEngine",
     "ProbeError",
     "ProbeSelection",
     "capture",

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from actrec.names import SCALE_NONNEGATIVE, SCALE_SIGMOID, SCALE_SYMMETRIC, SCALE_TANH
 from actrec.probe._layers import ProbeError, modules_of, select_output, torch_reason
-
-SCALE_TANH = "tanh"
-SCALE_SIGMOID = "sigmoid"
-SCALE_NONNEGATIVE = "nonnegative"
-SCALE_SYMMETRIC = "symmetric"
 
 _BOUNDED = {
     nn.Tanh: SCALE_TANH,
@@ -68,6 +64,11 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
             object.__setattr__(submodule, "training", flag)
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 def _model_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     parameter = next(model.parameters(), None)
     if parameter is None:
@@ -76,18 +77,29 @@ def _model_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return images.to(device=parameter.device, dtype=dtype)
 
 
+@contextmanager
+def forked_rng(device: torch.device) -> Iterator[None]:
+    """Restore the random number generator of ``device`` (and the CPU's) on exit: an observation pass
+    through a model that draws random numbers in eval mode leaves training's sequence where it was."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        yield
+
+
 def run_hooked(
     model: nn.Module,
     images: torch.Tensor,
     layers: Sequence[str],
     on_output: Callable[[str, torch.Tensor], None],
+    fork_rng: bool = True,
     modules: Mapping[str, tuple[nn.Module, str]] | None = None,
 ) -> Any:
     """One forward pass in eval mode under ``no_grad`` calling ``on_output(layer, tensor)`` once per layer.
 
     Hooks are registered inside ``try`` and removed in ``finally``; each submodule's ``training`` flag is
-    restored. Returns the model's raw output. ``modules``: :func:`modules_of` ``(model, layers)`` resolved
-    beforehand by a caller that runs the pass every step.
+    restored; the CPU's and the model's device's random numbers are restored unless ``fork_rng`` is false
+    (a CUDA graph capture, which cannot read the generator). Returns the model's raw output. ``modules``:
+    :func:`modules_of` ``(model, layers)`` resolved beforehand by a caller that runs the pass every step.
 
     Raises:
         ProbeError: a layer produced nothing, ran more than once, or its output holds no tensor.
@@ -108,7 +120,8 @@ def run_hooked(
     try:
         for layer, (module, selector) in modules.items():
             handles.append(module.register_forward_hook(hook_for(layer, selector)))
-        with eval_mode(model), torch.no_grad():
+        forked = forked_rng(_device_of(model)) if fork_rng else nullcontext()
+        with eval_mode(model), torch.no_grad(), forked:
             try:
                 output = model(_model_input(model, images))
             except ProbeError:

@@ -8,8 +8,10 @@ host is a single ``non_blocking`` copy (see :mod:`actrec.probe._ring`). Nothing 
 
 On a CPU the packed buffer already is host memory, so the per-layer statistics take the cheap route: one
 ``aminmax`` per layer, read back at no cost, and the NaN/inf count only when that finds a non-finite value.
-Everything a pass touches per layer (views, kept-channel indices, parameter pairs) is looked up once here,
-not per step: the training thread does the probe forward and one copy per layer into the packed buffer.
+What a pass touches per layer (views, kept-channel indices, modules) is looked up once, not per step.
+
+Before each pass the engine checks that the model's parameters, buffers and hooks are the ones it was set
+up on (:class:`actrec.probe._graph.ModelWatch`); eager passes run on a forked random number generator.
 """
 
 from __future__ import annotations
@@ -17,20 +19,21 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from actrec.probe._capture import capture, eval_mode, run_hooked
+from actrec.names import KIND_MAPS, KIND_TOKENS, KIND_VECTOR
+from actrec.probe._capture import capture, forked_rng, run_hooked
+from actrec.probe._graph import ModelWatch, capture_replay
 from actrec.probe._layers import ProbeError, modules_of, select_output
 
 log = logging.getLogger("actrec")
 
-KIND_MAPS = "maps"
-KIND_TOKENS = "tokens"
-KIND_VECTOR = "vector"
 _ALIGN = 8
+_MAX_RECAPTURES = 3  # a model that keeps changing (pruning every epoch) is then run eagerly
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,11 @@ class ProbeEngine:
         params_cap: with ``record_params``, copy only the parameters of layers that hold a convolution (their
             kernels are what the filter pictures show) or at most this many parameter values in all; ``None``
             copies every layer's.
-        cuda_graph: on CUDA, capture the pass as a CUDA graph (checked bitwise against eager at capture).
+        cuda_graph: on CUDA, capture the pass as a CUDA graph (checked bitwise against eager at capture,
+            re-captured when the model's tensors or hooks change; see :mod:`actrec.probe._graph`).
+        forward_context: entered around every pass and the capture, so the probes see the numbers training
+            computes: the Lightning precision plugin's ``forward_context`` (autocast under ``16-mixed`` and
+            ``bf16-mixed``, which Lightning applies only around ``*_step``).
 
     Raises:
         ProbeError: a layer's output does not start with one row per probe.
@@ -133,9 +140,11 @@ class ProbeEngine:
         max_channels: int | None = None,
         record_params: bool = False,
         cuda_graph: bool = True,
+        forward_context: Callable[[], AbstractContextManager[object]] = nullcontext,
         params_cap: int | None = None,
     ) -> None:
         self.model = model
+        self._forward_context = forward_context
         self.layers = list(layers)
         self.dtype = dtype
         parameter = next(model.parameters(), None)
@@ -146,12 +155,27 @@ class ProbeEngine:
         self.num_probes = int(self.images.shape[0])
         modules = modules_of(model, self.layers)
         self._modules = modules
+        # Parameters are looked up by name at every pass, not held: SWA, pruning and `.data` assignments
+        # replace the tensors, and a held reference would keep copying the old ones.
         self._params = {
-            layer: dict(module.named_parameters()) if record_params and _weights_kept(module, params_cap) else {}
+            layer: (
+                module,
+                [name for name, _ in module.named_parameters()]
+                if record_params and _weights_kept(module, params_cap)
+                else [],
+            )
             for layer, (module, _) in modules.items()
         }
 
-        seen = capture(model, self.images, self.layers)
+        with forward_context():
+            seen = capture(model, self.images, self.layers)
+        if dtype == "float16" and any(t.dtype == torch.bfloat16 for t in seen.activations.values()):
+            # bfloat16 reaches 3e38, float16 only 65,504: a larger value would be stored as inf, silently.
+            self.dtype = dtype = "float32"
+            log.warning(
+                "actrec: storing activations as float32, not float16: layers compute in bfloat16, whose values "
+                "above 65,504 would become inf in float16."
+            )
         self.layouts: dict[str, LayerLayout] = {}
         self._channels: dict[str, torch.Tensor | None] = {}
         for layer, tensor in seen.activations.items():
@@ -178,7 +202,7 @@ class ProbeEngine:
                 sample_shape=tuple(shape),
                 full_shape=tuple(tensor.shape[1:]),
                 channels=channels,
-                params={name: tuple(p.shape) for name, p in self._params[layer].items()},
+                params={name: tuple(module.get_parameter(name).shape) for name in self._params[layer][1]},
             )
         self.output_shape = (self.num_probes, int(seen.output[0].numel()) if seen.output.ndim else 1)
 
@@ -215,13 +239,18 @@ class ProbeEngine:
             for layer, layout in self.layouts.items()
         }
         self._param_targets = [
-            (self.views[f"{layer}/params/{name}"], param)
-            for layer, params in self._params.items()
-            for name, param in params.items()
+            (self.views[f"{layer}/params/{name}"], module, name)
+            for layer, (module, names) in self._params.items()
+            for name in names
         ]
         self._host_statistics = self.device.type == "cpu"
         self._replay: Callable[[], None] | None = None
         self.graph_note = "eager (not on CUDA)" if self.device.type != "cuda" else "eager (graphs turned off)"
+        self._watch = ModelWatch(model)
+        self.model_changes = 0
+        """How many times the model's tensors or hooks were found changed before a pass."""
+        self._recaptures = 0
+        self._said: set[str] = set()
         if cuda_graph and self.device.type == "cuda":
             self._capture_graph()
 
@@ -257,20 +286,30 @@ class ProbeEngine:
         nonfinite.copy_((~finite).sum())
 
     def _forward(self) -> None:
-        output = run_hooked(self.model, self.images, self.layers, self._store, self._modules)
+        """The pass as captured: no RNG fork (a graph cannot read the generator's state while capturing)."""
+        with self._forward_context():
+            output = run_hooked(
+                self.model, self.images, self.layers, self._store, fork_rng=False, modules=self._modules
+            )
         output = select_output(output, "", "the model's output")
         self.views["logits"].copy_(output.reshape(self.output_shape))
-        for view, param in self._param_targets:
-            view.copy_(param.detach())
+        for view, module, name in self._param_targets:
+            view.copy_(_current_parameter(module, name).detach())
+
+    def _eager(self) -> None:
+        """The pass run eagerly, on a forked generator: random numbers in an eval forward leave training's alone."""
+        with forked_rng(self.device):
+            self._forward()
 
     def run(
         self, batch_loss: torch.Tensor | float | None = None, batch_acc: torch.Tensor | float | None = None
     ) -> torch.Tensor:
         """Compute one step into :attr:`packed` (asynchronously on CUDA) and return it."""
+        self._check_model()
         if self._replay is not None:
             self._replay()
         else:
-            self._forward()
+            self._eager()
         self._set_scalar("batch_loss", batch_loss)
         self._set_scalar("batch_acc", batch_acc)
         return self.packed
@@ -291,21 +330,48 @@ class ProbeEngine:
 
     # -- CUDA graph ----------------------------------------------------------------------------------
 
+    def _check_model(self) -> None:
+        """Compare the model's tensors and hooks with those the pass was set up on (microseconds); on a change
+        re-capture the graph (a replay would read stale or freed memory), or run eagerly, and say so once."""
+        change = self._watch.changed()
+        if change is None:
+            return
+        self.model_changes += 1
+        if self._replay is None:
+            self._say_once(
+                "changed",
+                logging.INFO,
+                "actrec: the model's tensors or hooks changed (%s); the eager probe pass follows them.",
+                change,
+            )
+            return
+        self._replay = None
+        if self._recaptures >= _MAX_RECAPTURES:
+            self.graph_note = f"eager (the model changed {self.model_changes} times)"
+            self._say_once(
+                "eager",
+                logging.WARNING,
+                "actrec: the probe pass runs eagerly: the model keeps changing (%s).",
+                change,
+            )
+            return
+        self._recaptures += 1
+        self._say_once(
+            "changed",
+            logging.WARNING,
+            "actrec: the model's tensors or hooks changed (%s); re-capturing the probe pass's graph.",
+            change,
+        )
+        self.adopt_graph(*self._graph_maker)
+
+    def _say_once(self, topic: str, level: int, message: str, *args: object) -> None:
+        if topic not in self._said:
+            self._said.add(topic)
+            log.log(level, message, *args)
+
     def _capture_graph(self) -> None:
         """Capture the pass as a CUDA graph; keep it only if a replay equals an eager pass bitwise."""
-        self.adopt_graph(self._cuda_graph, "CUDA graph")
-
-    def _cuda_graph(self, forward: Callable[[], None]) -> Callable[[], None]:
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm up the allocator and library handles outside the capture
-                forward()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with eval_mode(self.model), torch.cuda.graph(graph):
-            forward()
-        return graph.replay
+        self.adopt_graph(lambda forward: capture_replay(forward, self.device), "CUDA graph")
 
     def adopt_graph(self, make_replay: Callable[[Callable[[], None]], Callable[[], None]], name: str) -> bool:
         """Replace the eager pass by ``make_replay(forward)``'s replay if it captures and a replay equals an
@@ -313,22 +379,54 @@ class ProbeEngine:
 
         ``make_replay`` is the CUDA graph capture on CUDA; tests pass stand-ins to check the decisions on a CPU.
         """
+        self._graph_maker = (make_replay, name)
         try:
             replay = make_replay(self._forward)
             replay()
             replayed = self.packed.clone()
-            self._forward()
+            self._eager()
             eager = self.packed.clone()
         except Exception as error:  # capture refuses many things (host syncs, CPU work); eager always works
             self._replay = None
             self.graph_note = f"eager ({name} capture failed: {type(error).__name__})"
-            log.warning("actrec: the probe pass runs eagerly: %s capture failed (%s).", name, error)
+            self._say_once(
+                "capture", logging.WARNING, "actrec: the probe pass runs eagerly: %s capture failed (%s).", name, error
+            )
             return False
         if not torch.equal(replayed, eager):  # a deliberate synchronisation, once, at setup
             self._replay = None
+            field, difference = self._largest_difference(replayed, eager)
             self.graph_note = f"eager (a {name} replay differed from an eager pass)"
-            log.warning("actrec: the probe pass runs eagerly: a %s replay differed from an eager pass.", name)
+            self._say_once(
+                "differed",
+                logging.WARNING,
+                "actrec: the probe pass runs eagerly: a %s replay differed from an eager pass, by up to %.3g in "
+                "%s; the model draws random numbers in eval mode or uses non-deterministic atomics "
+                "(index_add_, scatter_add_).",
+                name,
+                difference,
+                field,
+            )
             return False
         self._replay = replay
         self.graph_note = name
         return True
+
+    def _largest_difference(self, replayed: torch.Tensor, eager: torch.Tensor) -> tuple[str, float]:
+        """The field whose replayed and eager values differ most, and by how much (non-finite counts as inf)."""
+        worst = ("no field", 0.0)
+        for field in self.fields:
+            region = slice(field.offset, field.offset + field.nbytes)
+            if torch.equal(replayed[region], eager[region]):  # bytes: a NaN equals itself
+                continue
+            a, b = self._view(replayed, field).double(), self._view(eager, field).double()
+            difference = float((a - b).abs().nan_to_num(nan=math.inf).max()) if a.numel() else 0.0
+            if difference >= worst[1] or worst[0] == "no field":
+                worst = (field.key, difference)
+        return worst
+
+
+def _current_parameter(module: nn.Module, name: str) -> torch.Tensor:
+    """``module``'s parameter ``name`` as forward uses it now: after pruning, the masked attribute."""
+    owner, _, attribute = name.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, attribute)

@@ -26,22 +26,20 @@ from actrec.dynamics import (
     compute_dynamics,
     read_dynamics,
 )
-from actrec.dynamics._run import run_label, run_paths
 from actrec.dynamics.plots import layer_colors, log10_or_nan
 from actrec.errors import UserError
+from actrec.recording import Recording, Timeline, colors
+from actrec.recording.scale import ColourScale
 from actrec.report.charts import Line, css_color, svg_chart
 from actrec.report.page import render_page
-from actrec.store import StoreReader
-from actrec.viewer import colors, encode_png
-from actrec.viewer._pipeline import atomic_path, layer_colour_scale, prepare_out_dir, read_steps
+from actrec.viewer import encode_png
 from actrec.viewer.curves import smooth
-from actrec.viewer.frames import as_colour_scale, drawn_maps, predicted_classes
-from actrec.viewer.scale import ColourScale
+from actrec.viewer.frames import as_colour_scale, drawn_maps
+from actrec.viewer.output import atomic_path, prepare_out_dir
 
 REPORT_FILENAME = "report.html"
 DEFAULT_MAX_FRAMES = 600
 """More recorded steps than this are thinned to every k-th (the last is always kept), bounding the file."""
-_ROWS_PER_READ = 64
 
 
 class ReportError(UserError):
@@ -81,7 +79,7 @@ def tile_grid(activations: np.ndarray, scale: ColourScale | float) -> np.ndarray
         scale: the layer's colour scale (a number means the diverging ``-scale .. +scale``).
 
     Returns:
-        A new ``(C * H, P * W)`` uint8 array (see :mod:`actrec.viewer.colors`).
+        A new ``(C * H, P * W)`` uint8 array (see :mod:`actrec.recording.colors`).
     """
     probes = activations.shape[0]
     channels, height, width = unit_maps(activations.shape[1:])
@@ -111,63 +109,33 @@ def probe_strip(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(grey.transpose(1, 0, 2).reshape(images.shape[1], -1))
 
 
-def choose_rows(num_rows: int, stride: int | None, max_frames: int) -> tuple[np.ndarray, int]:
-    """Rows to show: every ``stride``-th (default: the smallest stride within ``max_frames``), plus the last."""
-    if stride is None:
-        stride = max(1, math.ceil(num_rows / max_frames))
-    if stride < 1:
-        raise ReportError(f"stride must be a positive integer, got {stride}.")
-    rows = np.arange(0, num_rows, stride)
-    if rows[-1] != num_rows - 1:
-        rows = np.append(rows, num_rows - 1)
-    return rows, stride
+def _layer_frames(recording: Recording, name: str, rows: np.ndarray, scale: ColourScale) -> list[str]:
+    return [_b64_png(tile_grid(values, scale)) for _, values in recording.layer(name).iter_rows(rows)]
 
 
-def _layer_frames(store: StoreReader, name: str, rows: np.ndarray, scale: ColourScale) -> list[str]:
-    frames = []
-    for start in range(0, len(rows), _ROWS_PER_READ):
-        chunk = rows[start : start + _ROWS_PER_READ]
-        contiguous = chunk[-1] - chunk[0] == len(chunk) - 1
-        block = store.activations(name, slice(int(chunk[0]), int(chunk[-1]) + 1) if contiguous else chunk)
-        frames.extend(_b64_png(tile_grid(values, scale)) for values in block)
-    return frames
+@dataclass(frozen=True)
+class _Curves:
+    """What the training charts draw of one run (plain data: its store may be closed by then)."""
 
-
-@dataclass
-class _RunData:
     label: str
-    store_path: Path
-    steps: dict[str, np.ndarray]
-    scalars: dict[str, tuple[np.ndarray, np.ndarray]]
+    timeline: Timeline
     dynamics: Dynamics
-    num_rows: int
 
 
-def _read_run(store: StoreReader, run_dir: Path, threshold: float) -> _RunData:
-    num_rows = store.refresh()
-    if num_rows == 0:
-        raise ReportError(f"{store.path} has no recorded steps yet, so there is nothing to report.")
-    steps = read_steps(store, num_rows)  # the viewer's epoch rule: the end-of-training row joins the last epoch
-    scalars = {}
-    for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
-        try:
-            scalars[key] = store.scalars(key)
-        except Exception:  # noqa: BLE001 - a series never logged is simply not drawn
-            scalars[key] = (np.zeros(0, np.int64), np.zeros(0))
-    dynamics = _saved_dynamics(store, run_dir, num_rows, threshold) or compute_dynamics(
-        store, threshold=threshold, num_rows=num_rows
-    )
-    return _RunData(run_label(run_dir), store.path, steps, scalars, dynamics, num_rows)
+def _run_dynamics(recording: Recording, threshold: float) -> Dynamics:
+    """The run's dynamics: saved by ``actrec dynamics`` for exactly these rows, else computed now."""
+    return _saved_dynamics(recording, threshold) or compute_dynamics(recording, threshold=threshold)
 
 
-def _saved_dynamics(store: StoreReader, run_dir: Path, num_rows: int, threshold: float) -> Dynamics | None:
+def _saved_dynamics(recording: Recording, threshold: float) -> Dynamics | None:
     """``dynamics.npz`` in the run folder (where ``actrec dynamics`` writes it) when it was computed on
     exactly these rows with this threshold.
 
     Computing dynamics reads every row once (seconds for the article's run, minutes for 100,000 steps);
     ``actrec dynamics`` saves them, and a report of the same rows reuses them.
     """
-    path = run_dir / DYNAMICS_FILENAME
+    store, num_rows = recording.store, recording.num_rows
+    path = recording.run_dir / DYNAMICS_FILENAME
     if not path.exists():
         return None
     try:
@@ -216,18 +184,20 @@ def build_report(
         raise ReportError(f"max_frames must be at least 2, got {max_frames}.")
     if not 0 < fps <= 60:
         raise ReportError(f"fps must be in (0, 60], got {fps:g}.")
-    store_path, run_dir = run_paths(run)
-    with StoreReader(store_path) as store:
-        primary = _read_run(store, run_dir, threshold)
-        rows, stride = choose_rows(primary.num_rows, stride, max_frames)
-        target = Path(out) if out is not None else run_dir / REPORT_FILENAME
+    with Recording.open(run) as recording:
+        timeline = recording.timeline
+        if stride is None:
+            stride = max(1, math.ceil(timeline.num_rows / max_frames))
+        rows = timeline.thin(stride=stride)  # the one thinning rule: ``actrec render --stride`` shows these steps
+        primary = _Curves(recording.name, timeline, _run_dynamics(recording, threshold))
+        target = Path(out) if out is not None else recording.run_dir / REPORT_FILENAME
         prepare_out_dir(target.parent)
-        probes = store.probes
-        predictions = predicted_classes(store.logits(slice(0, primary.num_rows)))[rows]
+        probes = recording.probes
+        predictions = timeline.predictions[rows]
         layers = []
-        for name in store.layer_names:
-            channels, height, width = unit_maps(store.layer(name).sample_shape)
-            scale = layer_colour_scale(store, name, primary.num_rows)
+        for name in recording.layers:
+            channels, height, width = unit_maps(recording.layer(name).sample_shape)
+            scale = recording.layer(name).scale
             layers.append(
                 {
                     "name": name,
@@ -235,18 +205,18 @@ def build_report(
                     "height": height,
                     "width": width,
                     "scaleLabel": _scale_label(scale),
-                    "frames": _layer_frames(store, name, rows, scale),
+                    "frames": _layer_frames(recording, name, rows, scale),
                 }
             )
-        shown_steps = primary.steps["global_step"][rows]
+        shown_steps = timeline.global_steps[rows]
         compared = [_compare_data(path, shown_steps, threshold) for path in compare]
         data = {
             "run": primary.label,
             "fps": fps,
             "stride": stride,
-            "recordedSteps": int(primary.num_rows),
+            "recordedSteps": int(timeline.num_rows),
             "steps": shown_steps.tolist(),
-            "epochs": primary.steps["epoch"][rows].tolist(),
+            "epochs": timeline.epochs[rows].tolist(),
             "classNames": list(probes.class_names),
             "labels": np.asarray(probes.labels).tolist(),
             "predictions": predictions.tolist(),
@@ -289,20 +259,19 @@ def _dynamics_rows(dynamics: Dynamics, rows: np.ndarray) -> list[dict]:
     ]
 
 
-def _compare_data(run: str | os.PathLike, shown_steps: np.ndarray, threshold: float) -> tuple[dict, _RunData]:
-    store_path, run_dir = run_paths(run)
-    with StoreReader(store_path) as store:
-        other = _read_run(store, run_dir, threshold)
-        their_steps = other.steps["global_step"]
+def _compare_data(run: str | os.PathLike, shown_steps: np.ndarray, threshold: float) -> tuple[dict, _Curves]:
+    with Recording.open(run) as recording:
+        other = _Curves(recording.name, recording.timeline, _run_dynamics(recording, threshold))
+        their_steps = other.timeline.global_steps
         # Aligned by training step: the latest of their rows at or before each shown step (-1: none yet).
-        index = np.searchsorted(their_steps, shown_steps, side="right") - 1
+        index = other.timeline.rows_at_or_before(shown_steps)
         used = np.unique(index[index >= 0])
         position = {int(row): i for i, row in enumerate(used.tolist())}
         layers = []
-        for name in store.layer_names:
-            channels, height, width = unit_maps(store.layer(name).sample_shape)
-            scale = layer_colour_scale(store, name, other.num_rows)
-            frames = _layer_frames(store, name, used, scale) if used.size else []
+        for name in recording.layers:
+            channels, height, width = unit_maps(recording.layer(name).sample_shape)
+            scale = recording.layer(name).scale
+            frames = _layer_frames(recording, name, used, scale) if used.size else []
             layers.append({"name": name, "channels": channels, "height": height, "width": width, "frames": frames})
         entry = {
             "run": other.label,
@@ -317,21 +286,19 @@ def _compare_data(run: str | os.PathLike, shown_steps: np.ndarray, threshold: fl
 _RUN_DASHES = (False, True, True, True)
 
 
-def _charts(primary: _RunData, others: Sequence[_RunData]) -> dict[str, list[str]]:
+def _charts(primary: _Curves, others: Sequence[_Curves]) -> dict[str, list[str]]:
     """The SVG charts: training curves (all runs), and the primary run's dynamics per layer."""
-    window = max(5, len(primary.steps["global_step"]) // 25) | 1
     training = []
     for kind, name, percent in (("loss", "loss", False), ("acc", "accuracy", True)):
         lines = []
         for index, run_data in enumerate([primary, *others]):
             dashed = index > 0
             suffix = "" if index == 0 else f" ({run_data.label})"
-            steps = run_data.steps["global_step"]
-            batch = np.asarray(run_data.steps[f"batch_{kind}"], np.float64)
+            steps, batch = run_data.timeline.series(f"batch_{kind}")
             if index == 0:
                 lines.append(Line("train batch", steps, batch, "#b0cbe4", width=1.0))
-            lines.append(Line("train batch, smoothed" + suffix, steps, smooth(batch, window), "#2166ac", 2.0, dashed))
-            val_steps, val_values = run_data.scalars[f"val/{kind}"]
+            lines.append(Line("train batch, smoothed" + suffix, steps, smooth(batch), "#2166ac", 2.0, dashed))
+            val_steps, val_values = run_data.timeline.series(f"val/{kind}")
             lines.append(Line("validation" + suffix, val_steps, val_values, "#e66101", 1.5, dashed, markers=True))
         y_range = (0.0, 1.0) if percent else None
         training.append(svg_chart(name, lines, percent=percent, y_range=y_range))

@@ -27,8 +27,9 @@ def report_main(argv: Sequence[str]) -> int:
         nargs="+",
         default=[],
         metavar="RUN",
-        help="other runs to show beside it, aligned by training step",
+        help="other runs to show beside it, aligned by training step; sweep:NAME|ID adds a sweep's finished trials",
     )
+    parser.add_argument("--runs_dir", default="runs", metavar="DIR", help="where sweep:NAME is found (default runs)")
     parser.add_argument("--out", metavar="FILE", help="the HTML file (default: RUN/report.html)")
     parser.add_argument("--stride", type=int, help="show every K-th recorded step (default: all, up to --max-frames)")
     parser.add_argument(
@@ -48,9 +49,22 @@ def report_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
 
     def action() -> int:
+        compare = []
+        for value in args.compare:
+            if not value.startswith("sweep:"):
+                compare.append(value)
+                continue
+            from actrec.runs import resolve_run
+            from actrec.runs.sweeps import sweep_run_folders
+
+            shown = resolve_run(args.run).path.resolve()
+            _, trials, note = sweep_run_folders(args.runs_dir, value.removeprefix("sweep:"), limit=16)
+            compare += [str(trial.run.path) for trial in trials if trial.run.path.resolve() != shown]
+            if note and not args.quiet:
+                print(note)
         result = build_report(
             args.run,
-            compare=args.compare,
+            compare=compare,
             out=args.out,
             stride=args.stride,
             max_frames=args.max_frames,

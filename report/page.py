@@ -235,7 +235,9 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
         else f"all {data['recordedSteps']} recorded steps"
     )
     layers_html = "".join(layer_panels) if data["compare"] else f'<div class="panels">{"".join(layer_panels)}</div>'
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    # Every "<" as \u003c: neither "</script>" nor "<!--" (which makes the element swallow the page script)
+    # can then appear inside the JSON element, whatever a folder, layer or class name holds.
+    payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
     training = "".join(_chart_panel(svg) for svg in charts["training"])
     dynamics = "".join(_chart_panel(svg) for svg in charts["dynamics"])
     return f"""<!DOCTYPE html>

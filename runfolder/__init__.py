@@ -11,8 +11,9 @@ from actrec.runs._layout import (
     RunError,
     find_runs,
     resolve_run,
+    store_for_resume,
 )
-from actrec.runs._summary import config_digest, running_summary, write_summary
+from actrec.runs._summary import config_digest, running_summary, sweep_trial_version, write_summary
 
 __all__ = [
     "CHECKPOINT_DIRNAME",
@@ -27,5 +28,7 @@ __all__ = [
     "find_runs",
     "resolve_run",
     "running_summary",
+    "store_for_resume",
+    "sweep_trial_version",
     "write_summary",
 ]

@@ -22,7 +22,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from actrec.errors import UserError
+from actrec.errors import UserError, terminal_safe
+from actrec.names import STORE_FILENAME
 
 __all__ = [
     "CHECKPOINT_DIRNAME",
@@ -34,9 +35,9 @@ __all__ = [
     "RunError",
     "find_runs",
     "resolve_run",
+    "store_for_resume",
 ]
 
-STORE_FILENAME = "activations.h5"
 CONFIG_FILENAME = "config.yaml"
 SUMMARY_FILENAME = "summary.json"
 CHECKPOINT_DIRNAME = "checkpoints"
@@ -120,6 +121,20 @@ class Run:
             named_path = Path(named)
             return named_path if named_path.is_absolute() else self.path / named_path
         return own
+
+    def store_bytes(self) -> int | None:
+        """The store's size, or ``None`` when it is missing or lies outside the run's experiment folder.
+
+        A summary.json may name any file as its store; only one where a run of this experiment could have
+        written it (this run's folder, or an earlier version's that a resume continued) is looked at.
+        """
+        experiment = self.path.parent if self.version is not None else self.path
+        try:
+            if not _inside(self.store_path, experiment.resolve()):
+                return None
+            return self.store_path.stat().st_size
+        except OSError:
+            return None
 
     @property
     def config_path(self) -> Path:
@@ -240,7 +255,8 @@ def process_start_ticks(pid: int) -> int | None:
 def writer_alive(summary: dict[str, Any]) -> bool:
     """Whether the process that wrote a "running" summary still runs (trusted when on another host)."""
     host, pid = summary.get("hostname"), summary.get("pid")
-    if not isinstance(pid, int):
+    # Not a process id (0 and negatives name process groups; os.kill overflows past a C int): no writer.
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:
         return False
     if host != socket.gethostname():
         return True  # another machine's process table cannot be read from here
@@ -258,7 +274,9 @@ def writer_alive(summary: dict[str, Any]) -> bool:
     if fields[0] in ("Z", "X"):
         return False  # killed, not yet reaped by its parent
     started = summary.get("process_start_ticks")
-    return started is None or len(fields) <= 19 or int(fields[19]) == started
+    if not isinstance(started, int) or len(fields) <= 19:
+        return True  # an older summary without the start time: the pid is all there is
+    return int(fields[19]) == started
 
 
 def _describe(run: Run) -> str:
@@ -268,7 +286,7 @@ def _describe(run: Run) -> str:
     except RunError:
         return ""
     model, dataset = summary.get("model"), summary.get("dataset")
-    return f"{model} on {dataset}" if model and dataset else ""
+    return terminal_safe(f"{model} on {dataset}") if model and dataset else ""
 
 
 def resolve_run(path: str | os.PathLike, *, need_store: bool = False) -> Run:
@@ -322,6 +340,56 @@ def resolve_run(path: str | os.PathLike, *, need_store: bool = False) -> Run:
             note += f"; other versions trained {', '.join(others)}"
     chosen.note = note + f"; pass {given / chosen.path.name} or another version_N to choose."
     return chosen
+
+
+def store_for_resume(
+    checkpoint: str | os.PathLike, stored: str | os.PathLike, explicit: str | os.PathLike | None
+) -> Path:
+    """The activation store a resume from ``checkpoint`` may continue: one that belongs to the checkpoint's run.
+
+    A checkpoint records its store's absolute path, which still names the original after the run folder was
+    copied: continuing it would trim and extend another run's store. So a checkpoint in a run's
+    ``checkpoints/`` folder continues a store inside its own experiment folder: the one it names if it lies
+    there (the run's own, or an earlier version's that a resumed run kept writing), else the store of the same
+    name in the checkpoint's run folder or in the same version folder beside it (a copied run or experiment).
+    A store outside is continued only when named explicitly (``explicit``, the recorder's ``path``). A
+    checkpoint kept elsewhere (a ``ModelCheckpoint`` with its own ``dirpath``) has no run folder to check
+    against, and continues the store it names.
+
+    Args:
+        checkpoint: the checkpoint being resumed.
+        stored: the store path the checkpoint recorded (absolute; a relative one is taken as it is).
+        explicit: the store path the user set for this run, or ``None``.
+
+    Raises:
+        RunError: the named store lies outside the checkpoint's experiment folder and no copy of it is there.
+    """
+    checkpoint = Path(checkpoint).absolute()
+    stored = Path(stored)
+    if checkpoint.parent.name != CHECKPOINT_DIRNAME:
+        return stored.absolute()
+    run_folder = checkpoint.parent.parent
+    experiment = run_folder.parent.resolve()
+    if _inside(stored, experiment):
+        return stored.absolute()
+    for candidate in (run_folder / stored.name, run_folder.parent / stored.parent.name / stored.name):
+        if candidate.is_file():
+            return candidate
+    if explicit is not None and Path(explicit).expanduser().absolute() == stored.absolute():
+        return stored.absolute()
+    raise RunError(
+        f"the checkpoint {checkpoint} belongs to the run in {run_folder}, but the activation store it continues, "
+        f"{stored}, lies outside that run (a copied or moved run?); copy that store into {run_folder}, set the "
+        "recorder's path to it to continue it anyway, or set the recorder's overwrite option to start a new store."
+    )
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (symbolic links resolved) lies under ``root`` (already resolved)."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):
+        return False
 
 
 def _version_folders(folder: Path) -> list[Run]:

@@ -4,6 +4,10 @@ Written twice by ``actrec train``: at the start of training with ``state: "runni
 pid, host and process start time (so a run whose process died is told apart from one still running),
 then at the end with ``finished``, ``failed`` (and the sentence that ended it) or ``interrupted``, and
 the final metrics. Each write replaces the file atomically, so a reader never sees half of one.
+
+A trial of ``actrec sweep`` is an ordinary ``actrec train`` process told its sweep through the
+:data:`SWEEP_TRIAL_ENV` environment variable; its summary then also names the sweep (``sweep``: name, id,
+trial index) and the trial's ``overrides`` (the varied keys and their values).
 """
 
 from __future__ import annotations
@@ -18,7 +22,17 @@ from typing import Any
 
 from actrec.runs._layout import SUMMARY_FILENAME, process_start_ticks
 
-__all__ = ["SUMMARY_FORMAT", "SUMMARY_VERSION", "PLACEMENT_KEYS", "config_digest", "running_summary", "write_summary"]
+__all__ = [
+    "PLACEMENT_KEYS",
+    "SUMMARY_FORMAT",
+    "SUMMARY_VERSION",
+    "SWEEP_TRIAL_ENV",
+    "config_digest",
+    "running_summary",
+    "sweep_trial_fields",
+    "sweep_trial_version",
+    "write_summary",
+]
 
 SUMMARY_FORMAT = "actrec-run-summary"
 SUMMARY_VERSION = 1
@@ -26,6 +40,9 @@ SUMMARY_VERSION = 1
 #: Config keys that say where a run goes, not what it computes; left out of the digest, so the same
 #: training under two experiment names has one digest.
 PLACEMENT_KEYS = ("experiment", "runs_dir", "ckpt_path", "config")
+
+#: Set by ``actrec sweep`` for each trial's process: JSON ``{"sweep": {"name", "id", "trial"}, "overrides": {...}}``.
+SWEEP_TRIAL_ENV = "ACTREC_SWEEP_TRIAL"
 
 
 def config_digest(config: dict[str, Any]) -> str:
@@ -35,8 +52,40 @@ def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def sweep_trial_fields(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """``sweep`` and ``overrides`` for a summary, from :data:`SWEEP_TRIAL_ENV`; empty outside a sweep.
+
+    A value that is not the JSON ``actrec sweep`` writes is ignored: it must never stop a training run.
+    """
+    text = (os.environ if environ is None else environ).get(SWEEP_TRIAL_ENV)
+    if not text:
+        return {}
+    try:
+        trial = json.loads(text)
+    except ValueError:
+        return {}
+    sweep = trial.get("sweep") if isinstance(trial, dict) else None
+    overrides = trial.get("overrides") if isinstance(trial, dict) else None
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("id"), str) or not isinstance(overrides, dict):
+        return {}
+    return {"sweep": sweep, "overrides": overrides}
+
+
+def sweep_trial_version(environ: dict[str, str] | None = None) -> int | None:
+    """The ``version_N`` the sweep's driver chose for this trial (from :data:`SWEEP_TRIAL_ENV`), else ``None``.
+
+    Trials started together would otherwise race for the same next version folder.
+    """
+    text = (os.environ if environ is None else environ).get(SWEEP_TRIAL_ENV)
+    try:
+        version = json.loads(text).get("version") if text else None
+    except (ValueError, AttributeError):
+        return None
+    return version if isinstance(version, int) and not isinstance(version, bool) and version >= 0 else None
+
+
 def running_summary(**fields: Any) -> dict[str, Any]:
-    """A summary in state "running" naming this process, plus ``fields``."""
+    """A summary in state "running" naming this process, plus ``fields`` (and the sweep, in a sweep's trial)."""
     return {
         "format": SUMMARY_FORMAT,
         "format_version": SUMMARY_VERSION,
@@ -45,6 +94,7 @@ def running_summary(**fields: Any) -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "process_start_ticks": process_start_ticks(os.getpid()),
         "started": time.time(),
+        **sweep_trial_fields(),
         **fields,
     }
 

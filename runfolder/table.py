@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from actrec.errors import UserError, run_guarded, terminal_safe
 from actrec.runs._layout import Run, RunError, find_runs
 
 __all__ = ["COLUMNS", "RunRow", "format_table", "run_row", "runs_main"]
@@ -27,6 +28,9 @@ class RunRow:
     seed: int | None
     recorded_steps: int | None
     global_step: int | None
+    max_steps: int | None
+    epoch: int | None
+    max_epochs: int | None
     val_acc: float | None
     test_acc: float | None
     store_bytes: int | None
@@ -41,7 +45,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("model", "model"),
     ("dataset", "dataset"),
     ("seed", "seed"),
-    ("steps", "recorded_steps"),
+    ("steps", "global_step"),
+    ("rows", "recorded_steps"),
     ("val acc", "val_acc"),
     ("test acc", "test_acc"),
     ("store", "store_bytes"),
@@ -55,7 +60,8 @@ SORT_KEYS = {
     "model": "model",
     "dataset": "dataset",
     "seed": "seed",
-    "steps": "recorded_steps",
+    "steps": "global_step",
+    "rows": "recorded_steps",
     "val": "val_acc",
     "test": "test_acc",
     "size": "store_bytes",
@@ -81,14 +87,19 @@ def run_row(run: Run, now: float | None = None) -> RunRow:
         model, dataset, seed = _from_config(run)
     store_bytes = _number(summary.get("store_bytes"), int)
     if store_bytes is None:
-        try:
-            store_bytes = run.store_path.stat().st_size
-        except OSError:
-            store_bytes = None
+        store_bytes = run.store_bytes()
     wall = _number(summary.get("wall_time_s"), float)
     started = _number(summary.get("started"), float)
     if wall is None and started is not None and status == "running":
         wall = (now if now is not None else time.time()) - started
+    recorded, global_step = _number(summary.get("recorded_steps"), int), _number(summary.get("global_step"), int)
+    epoch = _number(summary.get("epoch"), int)
+    max_steps = max_epochs = None
+    if status == "running" or (recorded is None and status in ("crashed", "interrupted")):
+        # Training has not written its final numbers yet: the store says how far it got, and its limits.
+        progress = store_progress(run)
+        if progress is not None:
+            recorded, global_step, epoch, max_steps, max_epochs = progress
     error = summary.get("error") if isinstance(summary.get("error"), str) else None
     if status == "corrupt":
         error = f"{run.summary_path.name} cannot be parsed"
@@ -100,8 +111,11 @@ def run_row(run: Run, now: float | None = None) -> RunRow:
         model=model if isinstance(model, str) else None,
         dataset=dataset if isinstance(dataset, str) else None,
         seed=_number(seed, int),
-        recorded_steps=_number(summary.get("recorded_steps"), int),
-        global_step=_number(summary.get("global_step"), int),
+        recorded_steps=recorded,
+        global_step=global_step,
+        max_steps=max_steps,
+        epoch=epoch,
+        max_epochs=max_epochs,
         val_acc=_number(metrics.get("val/acc"), float),
         test_acc=_number(metrics.get("test/acc"), float),
         store_bytes=store_bytes,
@@ -109,6 +123,44 @@ def run_row(run: Run, now: float | None = None) -> RunRow:
         status=status,
         error=error,
     )
+
+
+def store_progress(run: Run) -> tuple[int, int | None, int | None, int | None, int | None] | None:
+    """``(recorded rows, last training step, its epoch, max_steps, max_epochs)`` from a run's store as flushed so
+    far (a run still training), the limits from the trainer settings the recorder stored; ``None`` without a
+    readable store. Limits Lightning leaves open (``max_steps=-1``) are ``None``."""
+    if not run.store_path.is_file():
+        return None
+    from actrec.store import StoreReader  # only here: listing finished runs never opens HDF5
+
+    try:
+        with StoreReader(run.store_path) as store:
+            rows = store.refresh()
+            steps = store.steps() if rows else {}
+            config = store.config if isinstance(store.config, dict) else {}
+    except (UserError, OSError, KeyError, ValueError):
+        return None
+    trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
+    step = int(steps["global_step"][rows - 1]) if rows else None
+    epoch = int(steps["epoch"][rows - 1]) if rows else None
+    return rows, step, epoch, _positive(trainer.get("max_steps")), _positive(trainer.get("max_epochs"))
+
+
+def _positive(value: Any) -> int | None:
+    number = _number(value, int)
+    return number if number is not None and number > 0 else None
+
+
+def progress_text(row: RunRow) -> str:
+    """How far a running run is: ``"step 120 of 1,890"``, ``"epoch 3 of 30"`` or ``"step 120"``; ``""`` if unknown."""
+    if row.global_step is None:
+        return ""
+    if row.max_steps is not None:
+        return f"step {row.global_step:,} of {row.max_steps:,}"
+    if row.max_epochs is not None and row.epoch is not None:
+        # Epochs count from 0: during epoch 2 of a 30-epoch run, the third of 30 is running.
+        return f"epoch {min(row.epoch, row.max_epochs - 1) + 1} of {row.max_epochs}, step {row.global_step:,}"
+    return f"step {row.global_step:,}"
 
 
 def _from_config(run: Run) -> tuple[Any, Any, Any]:
@@ -147,14 +199,20 @@ def _cell(field: str, value: Any) -> str:
         return _size(value)
     if field == "wall_time_s":
         return _duration(value)
-    return str(value)
+    return terminal_safe(str(value))  # summary.json's fields are anyone's text: escapes are shown, not obeyed
+
+
+def _row_cell(row: RunRow, field: str) -> str:
+    if field == "status" and row.status == "running" and progress_text(row):
+        return f"running ({progress_text(row)})"
+    return _cell(field, getattr(row, field))
 
 
 def format_table(rows: Sequence[RunRow]) -> str:
     """The rows as an aligned text table, numbers right-aligned."""
-    cells = [[_cell(field, getattr(row, field)) for _, field in COLUMNS] for row in rows]
+    cells = [[_row_cell(row, field) for _, field in COLUMNS] for row in rows]
     widths = [max([len(heading)] + [len(line[i]) for line in cells]) for i, (heading, _) in enumerate(COLUMNS)]
-    numeric = {"seed", "recorded_steps", "val_acc", "test_acc", "store_bytes", "wall_time_s"}
+    numeric = {"seed", "global_step", "recorded_steps", "val_acc", "test_acc", "store_bytes", "wall_time_s"}
 
     def line(values: Sequence[str]) -> str:
         parts = [
@@ -205,26 +263,31 @@ def runs_main(argv: Sequence[str]) -> int:
     for flag, what in filters:
         parser.add_argument(flag, action="extend", type=_list, metavar="A[,B...]", help=f"keep only these {what}")
     parser.add_argument("--json", action="store_true", help="print a JSON list of runs instead of the table")
+    parser.add_argument("--sweep", metavar="NAME|ID", help="one row per trial of this sweep (varied keys as columns)")
     args = parser.parse_args(argv)
 
-    try:
-        runs = find_runs(args.dir)
-    except RunError as error:
-        print(f"actrec runs: {error}", file=sys.stderr)
-        return 1
-    runs = [run for run in runs if _matches(run.experiment, args.experiment)]
-    now = time.time()
-    rows = [run_row(run, now) for run in runs]
-    rows = [
-        row
-        for row in rows
-        if _matches(row.model, args.model) and _matches(row.dataset, args.dataset) and _matches(row.status, args.status)
-    ]
-    rows = _sorted(rows, args.sort, args.reverse)
-    if args.json:
-        print(json.dumps([asdict(row) for row in rows], indent=2))
-    elif rows:
-        print(format_table(rows))
-    else:
-        print(f"actrec runs: no runs under {args.dir}{' match' if len(runs) else ''}.", file=sys.stderr)
-    return 0
+    def action() -> int:
+        if args.sweep is not None:
+            from actrec.runs.sweeps import sweep_main
+
+            return sweep_main(args.dir, args.sweep, sort=args.sort, reverse=args.reverse, as_json=args.json)
+        runs = [run for run in find_runs(args.dir) if _matches(run.experiment, args.experiment)]
+        now = time.time()
+        rows = [run_row(run, now) for run in runs]
+        rows = [
+            row
+            for row in rows
+            if _matches(row.model, args.model)
+            and _matches(row.dataset, args.dataset)
+            and _matches(row.status, args.status)
+        ]
+        rows = _sorted(rows, args.sort, args.reverse)
+        if args.json:
+            print(json.dumps([asdict(row) for row in rows], indent=2))
+        elif rows:
+            print(format_table(rows))
+        else:
+            print(f"actrec runs: no runs under {args.dir}{' match' if len(runs) else ''}.", file=sys.stderr)
+        return 0
+
+    return run_guarded("actrec runs", action)

@@ -1,5 +1,6 @@
 """The activation store: the one module that reads and writes actrec's HDF5 files."""
 
+from actrec.store._process import WriterProcess
 from actrec.store._schema import (
     COMPRESSIONS,
     FIXED_SCALES,
@@ -46,6 +47,7 @@ __all__ = [
     "StoreError",
     "StoreReader",
     "StoreWriter",
+    "WriterProcess",
     "check_compression",
     "check_dtype",
     "check_new_path",

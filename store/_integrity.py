@@ -31,7 +31,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from actrec.store._schema import STEP_FIELDS, StoreError
+from actrec.store._schema import KIND_MAPS, KIND_TOKENS, KIND_VECTOR, SCALE_KINDS, STEP_FIELDS, StoreError
 
 METADATA_READ_ATTEMPTS = 27
 """Reads of one checksummed metadata block before HDF5 gives up (SWMR's default is 100: ~40 min)."""
@@ -227,6 +227,68 @@ def check_schema(file: h5py.File, path: Path) -> None:
             missing += [f"attribute {attr} of layers/{name}" for attr in _LAYER_ATTRS if attr not in layer.attrs]
     if missing:
         raise StoreError(f"{path} is not a complete actrec store; it lacks {', '.join(missing)}.")
+    for name, layer in layers.items():
+        _check_layer_attributes(layer, name, path)
+
+
+#: The rank of a layer's per-probe sample for each kind the writer records (probe/_engine's layouts).
+_RANK_OF_KIND = {KIND_MAPS: 3, KIND_TOKENS: 2, KIND_VECTOR: 1}
+
+
+def _check_layer_attributes(layer: h5py.Group, name: str, path: Path) -> None:
+    """Refuse a layer whose attributes cannot describe its data: every reader then meets the same sentence
+    instead of a ValueError or IndexError deep in whichever command drew it first."""
+    attrs = layer.attrs
+
+    def refuse(attribute: str, value: object, reason: str) -> StoreError:
+        return StoreError(f"{path} is damaged: layer {name}'s {attribute} attribute {_shown(value)} {reason}.")
+
+    order = _whole_numbers(attrs.get("order", 0))
+    if order is None or len(order) != 1:
+        raise refuse("order", attrs["order"], "is not a whole number")
+    sample_shape = _whole_numbers(attrs["sample_shape"])
+    if sample_shape is None or not sample_shape or min(sample_shape) < 1:
+        raise refuse("sample_shape", attrs["sample_shape"], "is not a list of positive whole numbers")
+    stored = layer["activations"].shape[2:] if isinstance(layer["activations"], h5py.Dataset) else None
+    if stored is not None and tuple(sample_shape) != tuple(stored):
+        raise refuse("sample_shape", attrs["sample_shape"], f"does not match its activations, {tuple(stored)} a probe")
+    scale_kind = _text(attrs["scale_kind"])
+    if scale_kind not in SCALE_KINDS:
+        raise refuse("scale_kind", attrs["scale_kind"], f"is not one of {', '.join(SCALE_KINDS)}")
+    if "kind" in attrs:
+        kind = _text(attrs["kind"])
+        if kind not in _RANK_OF_KIND:
+            raise refuse("kind", attrs["kind"], f"is not one of {', '.join(_RANK_OF_KIND)}")
+        if _RANK_OF_KIND[kind] != len(sample_shape):
+            raise refuse("kind", attrs["kind"], f"does not fit its sample shape {tuple(sample_shape)}")
+    for attribute in ("full_shape", "channels"):
+        if attribute in attrs and _whole_numbers(attrs[attribute]) is None:
+            raise refuse(attribute, attrs[attribute], "is not a list of whole numbers")
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value) if isinstance(value, str) else None
+
+
+def _whole_numbers(value: object) -> list[int] | None:
+    """``value`` (a number or a 1-d array of them) as ints, or ``None`` when it is anything else."""
+    array = np.asarray(value)
+    if array.ndim > 1 or array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and not np.isfinite(array).all()):
+        return None
+    numbers = array.reshape(-1)
+    if array.dtype.kind == "f" and not (numbers == np.round(numbers)).all():
+        return None
+    if numbers.size and np.abs(numbers).max() > 2**62:
+        return None
+    return [int(n) for n in numbers]
+
+
+def _shown(value: object) -> str:
+    """An attribute's value for a message: text quoted, arrays as lists, anything long cut short."""
+    text = repr(_text(value)) if _text(value) is not None else repr(np.asarray(value).tolist())
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def format_version(file: h5py.File, path: Path) -> int:

@@ -299,7 +299,7 @@ def _child_main() -> None:
         return
     setup = json.loads(first)
     try:
-        writer = StoreWriter._open_for_append(Path(setup["path"]), setup["flush_every"], background=False)
+        writer = StoreWriter.open_for_append(Path(setup["path"]), flush_every=setup["flush_every"], background=False)
     except (OSError, StoreError) as error:
         _reply({"error": f"cannot open {setup['path']} for writing: {error}"})
         return

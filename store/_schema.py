@@ -43,6 +43,19 @@ may refuse it on older HDF5 versions.
 from __future__ import annotations
 
 from actrec.errors import UserError
+from actrec.names import (  # noqa: F401 - re-exported: the store's words, defined once in actrec.names
+    FIXED_SCALES,
+    KIND_MAPS,
+    KIND_TOKENS,
+    KIND_VECTOR,
+    KINDS_BY_RANK,
+    SCALE_KINDS,
+    SCALE_NONNEGATIVE,
+    SCALE_SIGMOID,
+    SCALE_SYMMETRIC,
+    SCALE_TANH,
+    kind_of,
+)
 
 FORMAT_NAME = "actrec-activations"
 FORMAT_VERSION = 2
@@ -58,18 +71,6 @@ STEP_FIELDS: dict[str, str] = {
 SCALAR_NAMES: tuple[str, ...] = ("val/loss", "val/acc")
 """Scalar series created in every store, so SWMR writers never need to create objects later."""
 
-SCALE_TANH = "tanh"
-SCALE_SIGMOID = "sigmoid"
-SCALE_NONNEGATIVE = "nonnegative"
-SCALE_SYMMETRIC = "symmetric"
-SCALE_KINDS: tuple[str, ...] = (SCALE_TANH, SCALE_SIGMOID, SCALE_NONNEGATIVE, SCALE_SYMMETRIC)
-FIXED_SCALES: dict[str, float] = {SCALE_TANH: 1.0, SCALE_SIGMOID: 1.0}
-"""Scale kinds whose colour scale is known in advance; the others derive it from ``abs_max``."""
-
-KIND_MAPS = "maps"
-KIND_TOKENS = "tokens"
-KIND_VECTOR = "vector"
-KINDS_BY_RANK: dict[int, str] = {3: KIND_MAPS, 2: KIND_TOKENS, 1: KIND_VECTOR}
 
 COMPRESSIONS: tuple[str, ...] = ("none", "lzf", "gzip")
 DTYPES: tuple[str, ...] = ("float16", "float32")
@@ -99,8 +100,3 @@ def check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
         raise StoreError(f"dtype must be 'float16' or 'float32', got {dtype!r}.")
     return dtype
-
-
-def kind_of(sample_shape: tuple[int, ...]) -> str:
-    """The kind of a layer from the rank of its stored per-probe shape (maps, tokens or vector)."""
-    return KINDS_BY_RANK.get(len(sample_shape), KIND_MAPS if len(sample_shape) > 3 else KIND_VECTOR)

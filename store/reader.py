@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 
+from actrec.names import STORE_FILENAME
 from actrec.store._integrity import (
     check_schema,
     format_version,
@@ -20,8 +21,6 @@ from actrec.store._integrity import (
 )
 from actrec.store._schema import FORMAT_NAME, FORMAT_VERSION, STEP_FIELDS, StoreError, kind_of
 from actrec.store._types import LayerInfo, ProbeSet
-
-STORE_FILENAME = "activations.h5"
 
 
 def resolve_store_path(path: str | os.PathLike) -> Path:

@@ -267,6 +267,20 @@ class StoreWriter:
         return cls._open_for_append(path, flush_every, background)
 
     @classmethod
+    def open_for_append(
+        cls, path: str | os.PathLike, *, flush_every: int = BLOCK_ROWS, background: bool = True
+    ) -> StoreWriter:
+        """Reopen an existing store (made by :meth:`create` or kept by :meth:`resume`) to append rows, in SWMR
+        mode so readers can follow it.
+
+        Args:
+            path: the store.
+            flush_every: flush to disk after this many steps.
+            background: write on a worker thread.
+        """
+        return cls._open_for_append(Path(path), flush_every, background)
+
+    @classmethod
     def _open_for_append(cls, path: Path, flush_every: int, background: bool) -> StoreWriter:
         file = h5py.File(path, "r+", libver="latest")
         file.swmr_mode = True

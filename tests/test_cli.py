@@ -151,3 +151,22 @@ def test_ctrl_c_ends_actrec_train_with_the_run_folder_and_an_interrupted_summary
     run = Run(tmp_path / "runs" / "quickstart" / "version_0")
     assert run.status() == "interrupted"
     assert run.summary()["global_step"] >= 5  # recorded every 5th step
+
+
+@pytest.mark.parametrize("command", ["train", "render", "tensorboard", "runs", "dynamics", "compare", "report"])
+def test_help_prints_without_importing_torch_or_lightning(command: str) -> None:
+    """Help is read before anything runs: it must not wait seconds for torch and Lightning to import."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from actrec.cli._main import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    try:\n"
+        f"        code = main([{command!r}, '--help'])\n"
+        "    except SystemExit as exit_request:\n"
+        "        code = exit_request.code\n"
+        "heavy = sorted(name for name in ('torch', 'pytorch_lightning', 'lightning') if name in sys.modules)\n"
+        "print(code, heavy, out.getvalue().startswith('usage:'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[0] in ("0 [] True", "None [] True")

@@ -21,7 +21,8 @@ from actrec.compare import (
 )
 from actrec.compare.align import fractional_epochs
 from actrec.compare.cli import compare_main
-from actrec.viewer import colors
+from actrec.errors import UserError
+from actrec.recording import colors
 
 
 def test_parse_layers() -> None:
@@ -180,7 +181,7 @@ def test_compare_draws_the_channels_render_would_and_bounds_the_tile_size(tmp_pa
     capped_frame = _frames(compare_runs(capped, ["wide"], out_dir=tmp_path / "c", tile_size=8).animation)[0]
     # 64 channels are drawn as render draws them: the 16 that vary most, so the frames are as tall.
     assert wide_frame.shape[0] == capped_frame.shape[0]
-    with pytest.raises(CompareError, match=r"^tile_size must be between 4 and 512 pixels, got 600\.$"):
+    with pytest.raises(UserError, match=r"^tile_size must be between 4 and 512 pixels, got 600\.$"):
         compare_runs(wide, ["wide"], out_dir=tmp_path / "t", tile_size=600)
 
 

@@ -22,7 +22,8 @@ from actrec.dynamics import (
     write_dynamics,
 )
 from actrec.dynamics.cli import dynamics_main
-from actrec.store import FORMAT_VERSION, LayerSpec, ProbeSet, StepRecord, StoreReader, StoreWriter
+from actrec.recording import Recording
+from actrec.store import FORMAT_VERSION, LayerSpec, ProbeSet, StepRecord, StoreWriter
 
 # Four probes, one unit: X and Y are already centred, X.Y = 0 and X.Z = 1 with |X|^2 = |Z|^2 = 2.
 X = np.array([1.0, -1.0, 0.0, 0.0])
@@ -141,7 +142,8 @@ def _make_run(folder: Path, probes: int = 4) -> Path:
 @pytest.mark.parametrize("rows_per_read", [2, 64])
 def test_compute_dynamics_on_a_store_streams_blocks_and_gets_known_answers(tmp_path: Path, rows_per_read: int) -> None:
     run = _make_run(tmp_path / "run")
-    with StoreReader(run) as store:
+    with Recording.open(run) as recording:
+        store = recording.store
         largest = []
         original = store.activations
 
@@ -151,7 +153,7 @@ def test_compute_dynamics_on_a_store_streams_blocks_and_gets_known_answers(tmp_p
             return block
 
         store.activations = counting
-        dynamics = compute_dynamics(store, rows_per_read=rows_per_read)
+        dynamics = compute_dynamics(recording, rows_per_read=rows_per_read)
     assert max(largest) <= rows_per_read  # never the whole store at once
     a, b = dynamics.layers["a"], dynamics.layers["b"]
     assert np.allclose(a.relative_change[1:], [1 / (row + 1) for row in range(1, 6)])
@@ -172,8 +174,8 @@ def test_compute_dynamics_on_a_store_streams_blocks_and_gets_known_answers(tmp_p
 
 def test_write_and_read_back(tmp_path: Path) -> None:
     run = _make_run(tmp_path / "run")
-    with StoreReader(run) as store:
-        dynamics = compute_dynamics(store, ["b"], threshold=0.5)
+    with Recording.open(run) as recording:
+        dynamics = compute_dynamics(recording, ["b"], threshold=0.5)
     path = write_dynamics(dynamics, tmp_path / "dynamics.npz")
     back = read_dynamics(path)
     assert list(back.layers) == ["b"]

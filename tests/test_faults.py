@@ -477,7 +477,7 @@ def test_an_open_reader_never_keeps_the_writer_from_opening_the_store(tmp_path: 
     shutil.copy(pristine, store)
     append = (
         "import sys; from pathlib import Path; from actrec.store import StoreWriter\n"
-        "StoreWriter._open_for_append(Path(sys.argv[1]), 1, False).close()"
+        "StoreWriter.open_for_append(Path(sys.argv[1]), flush_every=1, background=False).close()"
     )
     with StoreReader(store) as reader:
         result = subprocess.run([sys.executable, "-c", append, str(store)], capture_output=True, text=True, check=False)
@@ -548,3 +548,439 @@ def test_a_read_failing_twice_with_every_row_intact_is_not_blamed_on_a_step(pris
         with pytest.raises(StoreError, match=r"could not be read \(I/O error\), though each of its rows") as raised:
             _integrity.read_checked(failing_read, dataset, np.arange(4), lambda row: row * 5)
     assert not isinstance(raised.value, DamagedDataError)
+
+
+# -- a run's store belongs to its run ------------------------------------------------------------
+
+_RESUME_RUN = [
+    "--experiment=kill",
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=1",
+    "--trainer.limit_test_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.batch_size=32",
+    "--recorder.every_n_steps=2",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``<tmp>/runs/kill/version_0`` of a 2-epoch run, 3 batches each: checkpoint epoch=1-step=6, rows 0..6."""
+    from actrec.trainer.cli import train_main
+
+    runs_dir = tmp_path_factory.mktemp("original") / "runs"
+    assert train_main(["--runs_dir", str(runs_dir), "--trainer.max_epochs=2", *_RESUME_RUN]) == 0
+    return runs_dir / "kill" / "version_0"
+
+
+def _copy_run(run: Path, root: Path) -> tuple[Path, Path]:
+    """``run`` copied to ``root/runs/kill/version_0``; returns (the copy, its checkpoint)."""
+    copy = root / "runs" / "kill" / "version_0"
+    shutil.copytree(run, copy)
+    return copy, next((copy / "checkpoints").iterdir())
+
+
+def _train(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from actrec.trainer.cli import train_main
+
+    code = train_main(args)
+    return code, capsys.readouterr().err
+
+
+def test_resuming_a_copied_run_continues_the_copys_store_and_leaves_the_original_byte_identical(
+    tmp_path: Path, trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The issue's data loss: the checkpoint names the original's store by its absolute path, and the resume
+    # trimmed and extended that store, leaving the copy's untouched.
+    original = _fingerprint(trained_run.parent.parent)
+    copy, checkpoint = _copy_run(trained_run, tmp_path)
+    runs_dir = copy.parent.parent
+    code, stderr = _train(
+        ["--runs_dir", str(runs_dir), "--trainer.max_epochs=3", *_RESUME_RUN, "--ckpt_path", str(checkpoint)], capsys
+    )
+    assert code == 0, stderr
+    assert _fingerprint(trained_run.parent.parent) == original
+    with StoreReader(copy / "activations.h5") as store:
+        assert store.global_steps().tolist() == [0, 2, 4, 6, 8, 9]
+    summary = json.loads((runs_dir / "kill" / "version_1" / "summary.json").read_text())
+    assert summary["store_path"] == str((copy / "activations.h5").resolve())
+
+
+def test_resuming_a_copied_run_without_its_store_is_refused_and_touches_nothing(
+    tmp_path: Path, trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = _fingerprint(trained_run.parent.parent)
+    copy, checkpoint = _copy_run(trained_run, tmp_path)
+    (copy / "activations.h5").unlink()
+    before = _fingerprint(tmp_path)
+    runs_dir = copy.parent.parent
+    code, stderr = _train(
+        ["--runs_dir", str(runs_dir), "--trainer.max_epochs=3", *_RESUME_RUN, "--ckpt_path", str(checkpoint)], capsys
+    )
+    assert code == 1
+    assert stderr == (
+        f"actrec train: the checkpoint {checkpoint} belongs to the run in {copy}, but the "
+        f"activation store it continues, {trained_run / 'activations.h5'}, lies outside that run (a copied or "
+        f"moved run?); copy that store into {copy}, set the recorder's path to it to continue it anyway, or set "
+        "the recorder's overwrite option to start a new store.\n"
+    )
+    assert _fingerprint(trained_run.parent.parent) == original
+    assert _fingerprint(tmp_path) == before
+    assert not (runs_dir / "kill" / "version_1").exists()
+
+
+def test_resuming_into_another_runs_store_is_refused_and_neither_store_is_trimmed(
+    tmp_path: Path, trained_run: Path, pristine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = _fingerprint(trained_run.parent.parent)
+    copy, checkpoint = _copy_run(trained_run, tmp_path)
+    shutil.copy(pristine, copy / "activations.h5")  # another run's store (run_id "run-a") in the copy's place
+    before = _fingerprint(tmp_path)
+    runs_dir = copy.parent.parent
+    code, stderr = _train(
+        ["--runs_dir", str(runs_dir), "--trainer.max_epochs=3", *_RESUME_RUN, "--ckpt_path", str(checkpoint)], capsys
+    )
+    assert code == 1
+    assert re.fullmatch(
+        rf"actrec train: .*{re.escape(str(copy / 'activations.h5'))} belongs to run run-a, not to the checkpoint's "
+        r"run [0-9a-f]{32}; .*\.\n",
+        stderr,
+    ), stderr
+    assert _fingerprint(trained_run.parent.parent) == original
+    assert _fingerprint(tmp_path) == before
+
+
+# -- paths and text that escape --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("experiment", ["../../ESCAPED", "/tmp/ESCAPED-actrec", ".", "a/../.."])
+def test_an_experiment_name_leading_outside_the_runs_dir_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], experiment: str
+) -> None:
+    runs_dir = tmp_path / "a" / "b" / "runs"
+    runs_dir.mkdir(parents=True)
+    code, stderr = _train(["--runs_dir", str(runs_dir), "--experiment", experiment], capsys)
+    assert code == 1
+    assert stderr == (
+        f"actrec train: --experiment {experiment} leads outside --runs_dir {runs_dir}; pass a folder name inside it.\n"
+    )
+    assert [path for path in tmp_path.rglob("*") if path != runs_dir and path not in runs_dir.parents] == []
+    assert not Path("/tmp/ESCAPED-actrec").exists()
+
+
+def test_a_read_only_runs_dir_is_one_sentence(tmp_path: Path) -> None:
+    # A read-only file system (root may write into a chmod 555 folder, not into a read-only mount): a private
+    # mount namespace binds the folder read-only for the one `actrec train` process.
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    probe = (
+        subprocess.run(["unshare", "-rm", "true"], capture_output=True, check=False)
+        if shutil.which("unshare")
+        else None
+    )
+    if probe is None or probe.returncode != 0:
+        pytest.skip("unshare cannot make a mount namespace here, so no read-only folder can be made")
+    script = (
+        f"mount --bind {runs_dir} {runs_dir} && mount -o remount,bind,ro {runs_dir} && "
+        f"exec {sys.executable} -m actrec.cli train --runs_dir {runs_dir}"
+    )
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        f"actrec train: --runs_dir {runs_dir} cannot be written ({runs_dir} is read-only); pass a writable folder.\n"
+    )
+    assert list(runs_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("hostile", ["<!--<script>", "</script><script>alert(1)</script>", "<!--"])
+def test_html_comment_and_script_openers_in_report_data_leave_the_page_script_whole(
+    tmp_path: Path, hostile: str
+) -> None:
+    from actrec.report import build_report
+
+    store = _write_store(tmp_path / f"{hostile.replace('/', '_')}x" / "version_0" / "activations.h5")
+    page = build_report(store.parent).path.read_text(encoding="utf-8")
+    # The JSON element holds no "<" at all: by the HTML spec nothing in it can then end the element early or
+    # enter the escaped state that makes "<!--<script>" swallow the page script.
+    match = re.search(r'<script type="application/json" id="report-data">(.*?)</script>\n<script>', page, re.S)
+    assert match is not None
+    assert "<" not in match[1]
+    assert hostile.replace("/", "_") in json.dumps(json.loads(match[1]), ensure_ascii=False)
+    assert page.count("<script") == 2
+
+
+EVIL = "net.\x1b]0;pwned\x07\x1b[2Jconv"
+
+
+@pytest.fixture(scope="module")
+def evil_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store whose second layer is named with terminal escapes (set the window title, clear the screen)."""
+    path = tmp_path_factory.mktemp("evil") / "run" / "activations.h5"
+    path.parent.mkdir()
+    layers = [LAYERS[0], LayerSpec(EVIL, (6, 4, 4), "Sequential", "symmetric")]
+    probes = ProbeSet(np.zeros((3, 1, 8, 8), np.float32), np.arange(3), np.arange(3), ["a", "b", "c"])
+    options = {"run_id": "evil", "config": {}, "probes": probes, "layers": layers, "num_classes": 3}
+    with StoreWriter.create(path, background=False, **options) as writer:
+        for step in range(4):
+            record = _record(step)
+            record.activations[EVIL] = record.activations.pop("net.conv2")
+            writer.append(record)
+    return path
+
+
+def test_terminal_escapes_in_layer_names_are_shown_not_obeyed(
+    tmp_path: Path, evil_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", str(evil_store), "--layers", "nope", "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    stderr = capsys.readouterr().err
+    assert "\x1b" not in stderr
+    assert "\x07" not in stderr
+    assert "net.\\x1b]0;pwned\\x07\\x1b[2Jconv" in stderr
+    run = tmp_path / "run"
+    shutil.copytree(evil_store.parent, run)
+    assert main(["dynamics", str(run), "--no-png", "--no-tensorboard"]) == 0
+    captured = capsys.readouterr()
+    assert "\x1b" not in captured.out + captured.err
+    assert "net.\\x1b]0;pwned\\x07\\x1b[2Jconv" in captured.out
+
+
+def test_terminal_escapes_in_summary_fields_are_shown_not_obeyed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from actrec.runs import write_summary
+
+    run = tmp_path / "runs" / "x" / "version_0"
+    run.mkdir(parents=True)
+    write_summary(run, {"state": "finished", "model": "\x1b]0;pwned\x07mlp\x1b[2J", "dataset": "mnist\x9b2J"})
+    assert main(["runs", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "\x9b" not in out
+    assert "\\x1b]0;pwned\\x07mlp\\x1b[2J" in out
+
+
+def test_runs_never_looks_at_a_store_the_summary_names_outside_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from actrec.runs import write_summary
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"x" * 651)
+    run = tmp_path / "runs" / "x" / "version_0"
+    run.mkdir(parents=True)
+    write_summary(run, {"state": "finished", "store_path": str(secret)})
+    assert main(["runs", str(tmp_path / "runs"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["store_bytes"] is None
+    inside = tmp_path / "runs" / "x" / "version_0" / "activations.h5"
+    inside.write_bytes(b"x" * 651)
+    assert main(["runs", str(tmp_path / "runs"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["store_bytes"] == 651
+
+
+@pytest.mark.parametrize("pid", [1099511627776, -1, 0, True, 2**31])
+def test_a_summary_with_an_impossible_pid_shows_as_crashed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pid: int
+) -> None:
+    import socket
+
+    from actrec.runs import write_summary
+
+    run = tmp_path / "runs" / "x" / "version_0"
+    run.mkdir(parents=True)
+    write_summary(run, {"state": "running", "pid": pid, "hostname": socket.gethostname()})
+    assert main(["runs", str(tmp_path / "runs"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["status"] == "crashed"
+
+
+def test_a_tensorboard_export_folder_that_is_a_link_is_refused_and_its_target_untouched(
+    tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(pristine, elsewhere / "activations.h5")
+    assert main(["tensorboard", str(elsewhere), "--print"]) == 0  # a real export, the link's target below
+    assert any(path.name.startswith("events.out.tfevents.") for path in (elsewhere / "activations").rglob("*"))
+    capsys.readouterr()
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(pristine, run / "activations.h5")
+    (run / "activations").symlink_to(elsewhere / "activations")
+    before, listing = _fingerprint(elsewhere), sorted(path.name for path in run.iterdir())
+    assert main(["tensorboard", str(run), "--print"]) == 1
+    assert capsys.readouterr().err == (
+        f"actrec tensorboard: {run / 'activations'} is a symbolic link and was not written by actrec tensorboard; "
+        "move it away to export here.\n"
+    )
+    assert _fingerprint(elsewhere) == before
+    assert sorted(path.name for path in run.iterdir()) == listing
+    assert (run / "activations").is_symlink()
+
+
+# -- attributes validated where every command opens a store -----------------------------------------
+
+_COMMANDS = {
+    "render": lambda store, out: ["render", str(store), "--out", str(out), "--quiet"],
+    "report": lambda store, out: ["report", str(store), "--out", str(out / "report.html")],
+    "dynamics": lambda store, out: ["dynamics", str(store), "--quiet", "--no-png", "--no-tensorboard"],
+    "tensorboard": lambda store, out: ["tensorboard", str(store), "--print"],
+    "compare": lambda store, out: ["compare", str(store), str(store), "--layer", "net.conv1", "--out", str(out)],
+}
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "reason"),
+    [
+        ("scale_kind", "sideways", "'sideways' is not one of tanh, sigmoid, nonnegative, symmetric"),
+        ("sample_shape", np.array([4, 8, 9]), "[4, 8, 9] does not match its activations, (4, 8, 8) a probe"),
+        ("sample_shape", np.array([4, 64]), "[4, 64] does not match its activations, (4, 8, 8) a probe"),
+        ("sample_shape", np.array([0, 8, 8]), "[0, 8, 8] is not a list of positive whole numbers"),
+        ("sample_shape", "4,8,8", "'4,8,8' is not a list of positive whole numbers"),
+        ("kind", "vector", "'vector' does not fit its sample shape (4, 8, 8)"),
+        ("kind", "pictures", "'pictures' is not one of maps, tokens, vector"),
+        ("order", "first", "'first' is not a whole number"),
+        ("channels", np.array([0.5, 1.5]), "[0.5, 1.5] is not a list of whole numbers"),
+    ],
+)
+def test_a_bogus_layer_attribute_is_the_same_sentence_in_every_command(
+    tmp_path: Path, pristine: Path, attribute: str, value: object, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = _edited(pristine, tmp_path, lambda file: file["layers/net.conv1"].attrs.__setitem__(attribute, value))
+    before = _fingerprint(tmp_path)
+    sentence = f"{store} is damaged: layer net.conv1's {attribute} attribute {reason}."
+    for command, argv in _COMMANDS.items():
+        assert main(argv(store, tmp_path / "out")) == 1, command
+        assert capsys.readouterr().err == f"actrec {command}: {sentence}\n", command
+    assert _fingerprint(tmp_path) == before
+    assert not (tmp_path / "out").exists()
+
+
+# -- derived files are checked before use -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "change"),
+    [
+        ("layer0/relative_change", lambda values: values[:-1]),  # one row short: IndexError in the report
+        ("layer1/cka_to_final", lambda values: np.concatenate([values, values])),
+        ("global_steps", lambda values: values[:3]),
+        ("layer0/relative_change", lambda values: np.full_like(values, 1e308)),  # OverflowError in the curves
+        ("layer1/cka_to_first", lambda values: np.full_like(values, -7.0)),
+        ("layer0/constant_channels", lambda values: values + 1000),
+    ],
+)
+def test_a_well_formed_dynamics_file_that_does_not_fit_the_run_is_recomputed_not_trusted(
+    tmp_path: Path, pristine: Path, key: str, change: Callable[[np.ndarray], np.ndarray]
+) -> None:
+    from actrec.report import build_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(pristine, run / "activations.h5")
+    assert main(["dynamics", str(run), "--quiet", "--no-png", "--no-tensorboard"]) == 0
+    expected = json.loads(
+        re.search(r'id="report-data">(.*?)</script>', build_report(run).path.read_text(encoding="utf-8"), re.S)[1]
+    )["dynamics"]
+    saved = run / "dynamics.npz"
+    with np.load(saved, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays[key] = change(arrays[key])
+    np.savez(saved, **arrays)
+    tampered = saved.read_bytes()
+    page = build_report(run).path.read_text(encoding="utf-8")
+    assert json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S)[1])["dynamics"] == expected
+    assert saved.read_bytes() == tampered  # recomputed for the page; the user's file is left as it was
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("model: [unclosed\n", "is not valid YAML (expected ',' or ']', but got '<stream end>' at line 2, column 1)."),
+        (
+            "model:\n\t- tab\n",
+            "is not valid YAML (found character '\\t' that cannot start any token at line 2, column 1).",
+        ),
+        ("- a\n- b\n", "holds a list, not a mapping of options."),
+        ("just words\n", "holds a single value, not a mapping of options."),
+    ],
+)
+def test_a_config_file_that_is_not_a_yaml_mapping_is_one_sentence_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, reason: str
+) -> None:
+    config = tmp_path / "my.yaml"
+    config.write_text(text)
+    code, stderr = _train(["--config", str(config), "--runs_dir", str(tmp_path / "runs")], capsys)
+    assert code == 2
+    assert stderr == f"actrec train: config file {config} {reason}\n"
+    assert not (tmp_path / "runs").exists()
+
+
+def _diverged_store(path: Path) -> Path:
+    """A store whose rows from 4 on hold NaN (net.conv1) or inf and NaN (net.conv2): a run that diverged."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probes = ProbeSet(np.zeros((3, 1, 8, 8), np.float32), np.arange(3), np.arange(3), ["a", "b", "c"])
+    options = {"run_id": "diverged", "config": {}, "probes": probes, "layers": LAYERS, "num_classes": 3}
+    with StoreWriter.create(path, background=False, **options) as writer:
+        for step in range(8):
+            record = _record(step)
+            if step >= 4:
+                record.activations["net.conv1"][:] = np.nan
+                record.activations["net.conv2"][:] = np.inf if step % 2 else np.nan
+                record.activations["net.conv2"][0, 0, 0, 0] = 1.0
+            writer.append(record)
+    return path
+
+
+def test_dynamics_of_a_diverged_run_prints_its_table_and_no_numpy_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    store = _diverged_store(tmp_path / "run" / "activations.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning ("invalid value encountered") fails the command
+        assert main(["dynamics", str(store.parent), "--no-tensorboard"]) == 0
+    captured = capsys.readouterr()
+    assert "Warning" not in captured.err
+    assert re.search(r"^net\.conv1 +never ", captured.out, re.M)
+
+
+# -- partial results ------------------------------------------------------------------------------
+
+
+def test_inspect_filters_over_a_damaged_weights_chunk_writes_nothing(
+    tmp_path: Path, trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    store = run / "activations.h5"
+    with h5py.File(store, "r") as file:
+        keys = [
+            f"layers/{layer}/params/{param}" for layer in file["layers"] for param in file[f"layers/{layer}/params"]
+        ]
+        last = max(
+            (key for key in keys if key.endswith(".weight")),
+            key=lambda key: file[f"layers/{key.split('/')[1]}"].attrs["order"],
+        )
+        layer = last.split("/")[1]
+        steps = file["steps/global_step"][()]
+    _damage(store, _chunk_offset(store, last, 2) + 16)
+    before = _fingerprint(tmp_path)
+    assert main(["inspect", "filters", str(run)]) == 1
+    assert capsys.readouterr().err == (
+        f"actrec inspect filters: step {steps[2]} of layer {layer} is damaged (checksum mismatch)\n"
+    )
+    assert _fingerprint(tmp_path) == before
+    assert sorted(path.name for path in run.iterdir()) == sorted(path.name for path in trained_run.iterdir())
+
+
+def test_inspect_featuremaps_with_a_folder_for_image_says_it_is_a_folder(
+    tmp_path: Path, trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["inspect", "featuremaps", str(trained_run), "--image", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f"actrec inspect featuremaps: image {tmp_path} is a folder; pass an image file (PNG, JPEG, ...).\n"
+    )

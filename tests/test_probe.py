@@ -12,12 +12,9 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from actrec import store
 from actrec.probe import (
     UNLABELED,
     ProbeError,
-    _capture,
-    _engine,
     capture,
     default_layers,
     eval_mode,
@@ -164,12 +161,3 @@ def test_probe_imports_neither_lightning_nor_h5py() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
-
-
-def test_the_probes_copy_of_the_store_constants_matches_the_store() -> None:
-    # probe/ cannot import actrec.store (h5py), so it keeps its own copy of these names.
-    for name in ("SCALE_TANH", "SCALE_SIGMOID", "SCALE_NONNEGATIVE", "SCALE_SYMMETRIC"):
-        assert getattr(_capture, name) == getattr(store, name), name
-    for name in ("KIND_MAPS", "KIND_TOKENS", "KIND_VECTOR"):
-        assert getattr(_engine, name) == getattr(store, name), name
-    assert set(_capture._BOUNDED.values()) <= set(store.SCALE_KINDS)

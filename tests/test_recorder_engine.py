@@ -109,7 +109,7 @@ def test_graph_decisions_on_a_cpu_stand_in(caplog: pytest.LogCaptureFixture) -> 
     def drifts(forward):  # noqa: ANN001, ANN202 - a replay that is not the eager pass
         def replay() -> None:
             forward()
-            engine.views["net.conv1/activations"].add_(1e-6)
+            engine.views["net.conv1/activations"].add_(0.25)
 
         return replay
 
@@ -119,7 +119,9 @@ def test_graph_decisions_on_a_cpu_stand_in(caplog: pytest.LogCaptureFixture) -> 
     assert [r.getMessage() for r in caplog.records] == [
         "actrec: the probe pass runs eagerly: stand-in graph capture failed "
         "(operation not permitted when stream is capturing).",
-        "actrec: the probe pass runs eagerly: a stand-in graph replay differed from an eager pass.",
+        "actrec: the probe pass runs eagerly: a stand-in graph replay differed from an eager pass, by up to "
+        "0.25 in net.conv1/activations; the model draws random numbers in eval mode or uses non-deterministic "
+        "atomics (index_add_, scatter_add_).",
     ]
     assert engine.graph_note == "eager (a stand-in graph replay differed from an eager pass)"
     assert torch.equal(engine.run(), eager)  # fell back to the eager pass

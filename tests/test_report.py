@@ -15,11 +15,12 @@ from PIL import Image
 from report_browser import browser_page, find_chromium
 from viewer_fixtures import NUM_PROBES, exact_activations, make_store, predictions_at
 
+from actrec.recording import colors
+from actrec.recording.scale import ColourScale
 from actrec.report import build_report, tile_grid
 from actrec.report.cli import report_main
 from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreWriter
-from actrec.viewer import PALETTE, colors
-from actrec.viewer.scale import ColourScale
+from actrec.viewer import PALETTE
 
 
 def _page_data(path: Path) -> dict:
@@ -190,9 +191,9 @@ def test_layer_colour_scales_are_the_renders_and_skip_damaged_rows(tmp_path: Pat
     import h5py
 
     from actrec.dynamics.cli import dynamics_main
+    from actrec.recording import ChannelChoice, Recording
     from actrec.report.build import _scale_label
-    from actrec.store import StoreReader
-    from actrec.viewer._pipeline import ChannelChoice, plan_layer
+    from actrec.viewer.plan import plan_layer
 
     store_path = make_store(tmp_path / "run", range(10))
     # Dynamics read every row; saved before the damage, the report reuses them and reads only its own rows.
@@ -203,9 +204,9 @@ def test_layer_colour_scales_are_the_renders_and_skip_damaged_rows(tmp_path: Pat
         file.seek(chunk.byte_offset + 2)
         file.write(b"\xab" * 32)
     data = _page_data(build_report(store_path.parent, stride=3).path)  # shows steps 0, 3, 6, 9, not 4
-    with StoreReader(store_path) as store:
+    with Recording.open(store_path) as recording:
         for layer in data["layers"]:
-            plan, _ = plan_layer(store, layer["name"], 10, ChannelChoice(everything=True), 28, NUM_PROBES)
+            plan, _ = plan_layer(recording.layer(layer["name"]), ChannelChoice(everything=True), 28, NUM_PROBES)
             assert layer["scaleLabel"] == _scale_label(plan.scale)  # the render's scale, by the one function
     assert "2.5" in data["layers"][1]["scaleLabel"]  # net.conv2's largest |activation|, from the good rows
 

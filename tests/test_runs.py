@@ -205,9 +205,3 @@ def test_config_digest_ignores_where_the_run_goes() -> None:
     assert config_digest(config) == config_digest(moved)
     assert config_digest(config) != config_digest({**config, "seed_everything": 1})
     assert len(config_digest(config)) == 16
-
-
-def test_the_store_file_name_is_the_one_the_recorder_writes() -> None:
-    from actrec.store import STORE_FILENAME as WRITTEN
-
-    assert STORE_FILENAME == WRITTEN

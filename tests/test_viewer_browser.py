@@ -28,7 +28,7 @@ from PIL import Image
 from report_browser import HEADLESS_FLAGS
 from viewer_fixtures import make_store
 
-from actrec.viewer import colors
+from actrec.recording import colors
 from actrec.viewer._events import EventFile
 from actrec.viewer.frames import CARD_TEXT_SCALE
 from actrec.viewer.tb_export import export_tensorboard, tensorboard_command

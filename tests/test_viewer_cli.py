@@ -68,7 +68,7 @@ def _make_not_hdf5(store: Path) -> None:
         (_truncate, r"activations\.h5 cannot be read; it may be truncated or damaged"),
         (_make_foreign, r"activations\.h5 is an HDF5 file but not an actrec activation store\.$"),
         (_make_newer, rf"uses store format version {FORMAT_VERSION + 1}, newer than this actrec reads"),
-        (_make_empty, r"activations\.h5 has no recorded steps yet, so there is nothing to draw\.$"),
+        (_make_empty, r"activations\.h5 has no recorded steps yet, so there is nothing to show\.$"),
         (_make_not_hdf5, r"activations\.h5 is not an HDF5 file, so not an actrec activation store\.$"),
     ],
 )
@@ -166,22 +166,40 @@ def test_actrec_command_exits_non_zero_without_traceback(tmp_path: Path) -> None
 
 def test_tensorboard_print_exports_and_prints_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_store(tmp_path / "run", range(0, 10, 2))
-    assert tensorboard_main([str(tmp_path / "run"), "--print", "--tile-size", "8", "--port", "6123"]) == 0
+    assert tensorboard_main([str(tmp_path / "run"), "--export", "--print", "--tile-size", "8", "--port", "6123"]) == 0
     command = capsys.readouterr().out.strip()
     # Not a run folder in actrec's layout: named by --logdir_spec, never ".".
     assert command.endswith(f"--logdir_spec run:{tmp_path / 'run'} --samples_per_plugin images=5 --port 6123")
-    assert "tensorboard" in command.split()[0]
+    program = command.split()
+    assert "tensorboard" in program[0] or program[1:3] == ["-m", "tensorboard.main"]  # no script: python -m
     assert (tmp_path / "run" / "activations").is_dir()
     # A run in actrec's layout is shown from its experiment folder, as version_3.
     make_store(tmp_path / "quickstart" / "version_3", range(2))
-    assert tensorboard_main([str(tmp_path / "quickstart" / "version_3"), "--print", "--quiet"]) == 0
+    assert tensorboard_main([str(tmp_path / "quickstart" / "version_3"), "--export", "--print", "--quiet"]) == 0
     command = capsys.readouterr().out.strip()
     assert f"--logdir {tmp_path / 'quickstart'} --window_title quickstart/version_3 --samples_per_plugin" in command
 
 
+def test_tensorboard_starts_the_actrec_tab_on_that_run_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_store(tmp_path / "quickstart" / "version_3", range(2))
+    make_store(tmp_path / "quickstart" / "version_4", range(2))
+    run = tmp_path / "quickstart" / "version_3"
+    assert tensorboard_main([str(run), "--print", "--port", "6123"]) == 0
+    command = capsys.readouterr().out.strip()
+    assert command.endswith(f"--logdir_spec quickstart/version_3:{run} --window_title quickstart/version_3 --port 6123")
+    assert not (run / "activations").exists()  # nothing exported, nothing written
+    assert tensorboard_main([str(run), "--print", "--all"]) == 0
+    command = capsys.readouterr().out.strip()
+    assert command.endswith(f"--logdir {tmp_path / 'quickstart'} --window_title quickstart/version_3")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "activations.h5").write_text("not hdf5")
+    assert tensorboard_main([str(tmp_path / "broken"), "--print"]) == 1
+    assert "is not an HDF5 file" in capsys.readouterr().err
+
+
 def test_tensorboard_errors_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_store(tmp_path / "run", range(2))
-    assert tensorboard_main([str(tmp_path / "run"), "--print", "--layers", "net.fc"]) == 1
+    assert tensorboard_main([str(tmp_path / "run"), "--export", "--print", "--layers", "net.fc"]) == 1
     assert _one_sentence(capsys.readouterr().err, "actrec tensorboard") == (
         "actrec tensorboard: unknown layer 'net.fc'; this store records: net.conv1, net.conv2."
     )

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from viewer_fixtures import make_store, record
 
-from actrec.viewer import colors
+from actrec.recording import colors
 from actrec.viewer.cli import render_main
 from actrec.viewer.render import render_run
 

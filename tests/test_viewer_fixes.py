@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 from viewer_fixtures import make_store, record
 
-from actrec.store import StoreReader
-from actrec.viewer import FrameLayout, colors
-from actrec.viewer._pipeline import RunContext
-from actrec.viewer._steps import epoch_starts, row_epochs
+from actrec.recording import Recording, colors
+from actrec.recording.epochs import epoch_starts, row_epochs
+from actrec.viewer import FrameLayout
+from actrec.viewer.plan import row_title
 
 
 def test_end_of_training_row_belongs_to_the_last_epoch() -> None:
@@ -32,10 +32,9 @@ def test_frame_titles_count_epochs_from_zero(tmp_path: Path) -> None:
         return record(step, epoch=3 if step == 9 else step // 4)
 
     make_store(tmp_path / "run", [0, 4, 8, 9], record_fn=final_row)  # val/loss logged at step 9
-    with StoreReader(tmp_path / "run") as store:
-        context = RunContext.read(store, store.refresh())
-    assert context.epochs.tolist() == [0, 1, 2, 2]
-    assert context.title("net.conv1", 3) == "net.conv1 · step 9 · epoch 2"
+    with Recording.open(tmp_path / "run") as recording:
+        assert recording.timeline.epochs.tolist() == [0, 1, 2, 2]
+        assert row_title(recording, "net.conv1", 3) == "net.conv1 · step 9 · epoch 2"
 
 
 def test_rgb_probes_are_drawn_in_colour() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from viewer_fixtures import CLASS_NAMES, exact_activations, predictions_at, probe_set
 
+from actrec.recording import colors
 from actrec.viewer import (
     NEGATIVE_RGB,
     PALETTE,
@@ -17,7 +18,6 @@ from actrec.viewer import (
     ZERO_RGB,
     FrameLayout,
     activation_frame,
-    colors,
     diverging_indices,
     frame_title,
     grey_indices,

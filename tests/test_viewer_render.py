@@ -23,6 +23,7 @@ from viewer_fixtures import (
     rgb_to_indices,
 )
 
+from actrec.recording import colors
 from actrec.store import StoreReader
 from actrec.viewer import (
     FrameLayout,
@@ -30,7 +31,6 @@ from actrec.viewer import (
     Mp4Writer,
     TensorBoardImageWriter,
     ViewerError,
-    colors,
     export_tensorboard,
     frame_title,
     render_run,

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 from viewer_fixtures import logits_for
 
+from actrec.recording import colors
+from actrec.recording.scale import ColourScale, LiveScaleState, colour_scale, live_scale, sample_rows
 from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreWriter
-from actrec.viewer import FrameLayout, colors, live_frames
+from actrec.viewer import FrameLayout, live_frames
 from actrec.viewer.frames import MAX_FRAME_WIDTH, fit_tile_size, frame_height_width, layer_kind
 from actrec.viewer.render import render_run
-from actrec.viewer.scale import ColourScale, LiveScaleState, colour_scale, live_scale, sample_rows
 
 
-def test_tanh_is_fixed_at_plus_minus_one_whatever_the_data() -> None:
-    scale = colour_scale("tanh", np.array([5.0, -7.0, np.nan]))
+def test_tanh_is_fixed_at_plus_minus_one_while_the_data_stays_inside() -> None:
+    scale = colour_scale("tanh", np.array([0.5, -1.0, 1.0, np.nan, -np.inf]))
     assert scale == ColourScale(one_sided=False, limit=1.0, rule="fixed (tanh)")
     indices = scale.indices(np.array([-2.0, -1.0, 0.0, 0.5, 1.0, np.inf, np.nan]))
     assert indices.tolist() == [
@@ -40,6 +41,28 @@ def test_sigmoid_is_one_sided_on_zero_to_one() -> None:
         colors.ONE_SIDED_TOP_INDEX,
     ]
     assert scale.bar_labels() == (("0", 0.0), ("1", 1.0))
+
+
+def test_a_declared_bounded_kind_whose_values_leave_its_range_falls_back_to_the_symmetric_rule() -> None:
+    # timm efficientnet_b0's blocks.0.0.se: declared sigmoid, half its values negative, down to -0.165.
+    gate = np.linspace(-0.165, 0.15, 1000)
+    scale = colour_scale("sigmoid", gate)
+    assert not scale.one_sided
+    assert scale.limit == pytest.approx(0.165, rel=0.01)
+    assert scale.indices(np.array([-0.165]))[0] == colors.NEGATIVE_INDEX  # red, not white
+    assert scale.note == (
+        "declared sigmoid (0 to 1), but its values reach -0.165; "
+        "drawn on the symmetric rule, -0.163 red to +0.163 blue."
+    )
+    over = colour_scale("tanh", np.array([0.0, 2.0, -7.0, np.nan]))
+    assert (over.one_sided, over.note.split(";")[0]) == (False, "declared tanh (-1 to 1), but its values reach -7")
+    positive = colour_scale("sigmoid", np.array([0.0, 3.0]))  # never negative: one-sided, on the data's limit
+    assert positive.one_sided
+    assert positive.note.endswith("drawn on the symmetric rule, 0 white to 2.98 blue.")
+    assert colour_scale("sigmoid", np.array([0.0, 1.0005])).note == ""  # float16 rounding is not a mismatch
+    live, state = live_scale("sigmoid", gate)
+    assert (live.one_sided, state.seen_negative) == (False, True)
+    assert live_scale("sigmoid", np.array([0.1]), state)[0].limit == live.limit  # stays on the running scale
 
 
 def test_relu_layer_is_one_sided_and_outliers_cannot_wash_it_out() -> None:
@@ -90,7 +113,8 @@ def test_live_scale_only_grows_and_the_frame_prints_its_numbers() -> None:
     assert (second.one_sided, second.limit) == (False, 2.0)  # a smaller step keeps the larger limit
     third, state = live_scale("symmetric", np.full(4, -8.0), state)
     assert (third.one_sided, third.limit, state) == (False, 8.0, LiveScaleState(limit=8.0, seen_negative=True))
-    assert live_scale("tanh", np.full(3, 9.0), None)[0].limit == 1.0
+    assert live_scale("tanh", np.full(3, 0.9), None)[0].limit == 1.0
+    assert live_scale("tanh", np.full(3, 9.0), None)[0].limit == 9.0  # left its declared range
 
     activations = np.zeros((2, 2, 4, 4), np.float32)
     activations[:, 1] = 3.0
@@ -202,27 +226,27 @@ def test_wide_layers_draw_the_channels_that_vary_most(tmp_path: Path) -> None:
     store = _wide_store(tmp_path / "run")
     result = render_run(store, channels="top:3")
     assert not [note for note in result.notes if "wide: drawing" in note]
-    from actrec.store import StoreReader
-    from actrec.viewer._pipeline import make_plan
+    from actrec.recording import Recording
+    from actrec.viewer.plan import make_plan
 
-    with StoreReader(store) as reader:
-        plan = make_plan(reader, None, None, None, 1, 56, 1, "top:3")
+    with Recording.open(store) as reader:
+        plan = make_plan(reader, None, None, None, 1, 56, "top:3")
         assert plan.layer_plans["wide"].labels == (5, 17, 33)
         assert 7 in plan.layer_plans["mlp"].labels  # unit 7 varies most
-        default = make_plan(reader, None, None, None, 1, 56, 1)
+        default = make_plan(reader, None, None, None, 1, 56)
         assert len(default.layer_plans["wide"].labels) == 16
         assert {5, 17, 33} <= set(default.layer_plans["wide"].labels)
         assert default.notes[0] == (
             "wide: drawing 16 of its 40 channels, the 16 that vary most over training; "
             "channels= picks others (a list, top:K or all)."
         )
-        chosen = make_plan(reader, ["wide"], None, None, 1, 56, 1, "33,5")
+        chosen = make_plan(reader, ["wide"], None, None, 1, 56, "33,5")
         assert chosen.layer_plans["wide"].labels == (33, 5)
         assert chosen.layer_plans["wide"].scale.one_sided  # ReLU data, stored as "symmetric": one-sided
 
 
 def test_unique_file_names_for_layers_that_map_to_one_name() -> None:
-    from actrec.viewer._pipeline import unique_stems
+    from actrec.viewer.output import unique_stems
 
     stems = unique_stems(["net conv", "net_conv", "net.conv1"])
     assert stems["net.conv1"] == "net.conv1"
@@ -231,8 +255,8 @@ def test_unique_file_names_for_layers_that_map_to_one_name() -> None:
 
 
 def test_frames_too_large_are_refused_and_large_renders_warned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from actrec.store import StoreReader
-    from actrec.viewer import _pipeline
+    from actrec.recording import Recording
+    from actrec.viewer import plan as planning
     from actrec.viewer.errors import ViewerError
 
     folder = tmp_path / "run"
@@ -251,11 +275,11 @@ def test_frames_too_large_are_refused_and_large_renders_warned(tmp_path: Path, m
         for step in range(2):
             values = {"huge": np.full((2, 200, 2, 2), float(step), np.float32)}
             writer.append(StepRecord(step, 0, 1.0, 0.5, logits_for(np.array([0, 1]), 2), values, wall_time=0.0))
-    with StoreReader(folder) as reader:
+    with Recording.open(folder) as reader:
         with pytest.raises(ViewerError, match=r"^a frame of huge would be \d+ x \d+ pixels, over the 40,000,000 pixel"):
-            _pipeline.make_plan(reader, None, None, None, 1, 512, 1, "all")
-        monkeypatch.setattr(_pipeline, "LARGE_RENDER_BYTES", 10_000)
-        notes = _pipeline.make_plan(reader, None, None, None, 1, 56, 1, "all").notes
+            planning.make_plan(reader, None, None, None, 1, 512, "all")
+        monkeypatch.setattr(planning, "LARGE_RENDER_BYTES", 10_000)
+        notes = planning.make_plan(reader, None, None, None, 1, 56, "all").notes
     assert notes[0].startswith("this will write roughly ")
     assert notes[0].endswith(
         "MB (1 layer(s) x 2 step(s)); stride=, start=/stop=, layers= or fewer channels= make it smaller."

@@ -1,15 +1,14 @@
 """Training: the model zoo, the in-memory data module, the LightningModule and the ``actrec train`` CLI.
 
-The zoo (torch only) is imported at once; the data module and the LightningModule, which import Lightning
-(about 5 s on 2 cores), only when first asked for, so ``actrec inspect`` can build a zoo model without them.
+Every name is imported only when first asked for: the zoo imports torch, the data module and the
+LightningModule import Lightning (about 5 s on 2 cores), and ``actrec train --help`` (:mod:`actrec.trainer.help`)
+must print without either.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
-
-from actrec.trainer.models import INIT_NAMES, MLP, MODEL_NAMES, InitName, LeNet, ModelName, SixConvTanh, build_model
 
 if TYPE_CHECKING:
     from actrec.trainer.data import (
@@ -20,9 +19,27 @@ if TYPE_CHECKING:
         ImageDataModule,
         InMemoryImageDataset,
     )
+    from actrec.trainer.models import (
+        INIT_NAMES,
+        MLP,
+        MODEL_NAMES,
+        InitName,
+        LeNet,
+        ModelName,
+        SixConvTanh,
+        build_model,
+    )
     from actrec.trainer.module import ImageClassifier
 
 _LAZY = {
+    "INIT_NAMES": "models",
+    "MLP": "models",
+    "MODEL_NAMES": "models",
+    "InitName": "models",
+    "LeNet": "models",
+    "ModelName": "models",
+    "SixConvTanh": "models",
+    "build_model": "models",
     "DATASET_NAMES": "data",
     "DEBIAN_FASHION_MNIST_DIR": "data",
     "DatasetName": "data",

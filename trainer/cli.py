@@ -14,6 +14,7 @@ step (a bad flag found at setup, an existing store, a missing dataset) leaves no
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -25,15 +26,16 @@ import h5py
 import pytorch_lightning as pl
 import torch
 from jsonargparse import Namespace
-from pytorch_lightning.callbacks import ModelSummary
+from pytorch_lightning.callbacks import ModelSummary, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-from actrec.callbacks import ActivationRecorder
+from actrec.callbacks import ActivationRecorder, CompactModelSummary, LogLineProgress
 from actrec.configs import config_names, config_path
-from actrec.errors import UserError
+from actrec.console import DEFAULT_EVERY_S
+from actrec.errors import UserError, terminal_safe
 from actrec.runs import (
     CHECKPOINT_DIRNAME,
     CONFIG_FILENAME,
@@ -42,11 +44,14 @@ from actrec.runs import (
     Run,
     config_digest,
     running_summary,
+    sweep_trial_version,
     write_summary,
 )
 from actrec.store import StoreError, StoreReader
 from actrec.trainer.data import DatasetUnavailableError, ImageDataModule
+from actrec.trainer.help import short_help
 from actrec.trainer.module import ImageClassifier
+from actrec.trainer.notices import quiet_lightning_notices
 
 __all__ = ["CALLBACK_GROUPS", "QUICKSTART_DEFAULTS", "TrainCLI", "train_main"]
 
@@ -131,6 +136,18 @@ class TrainCLI(LightningCLI):
             default=True,
             help="Record activations with the settings of the `recorder` section (false: train without recording).",
         )
+        parser.add_argument(
+            "--full_summary",
+            type=bool,
+            default=False,
+            help="Print Lightning's full model table (modes, FLOPs, input sizes) instead of the compact one.",
+        )
+        parser.add_argument(
+            "--progress_every",
+            type=float,
+            default=DEFAULT_EVERY_S,
+            help="Seconds between plain progress lines when output is not a terminal (a log file, a pipe).",
+        )
         for key, callback_class in CALLBACK_GROUPS.items():
             parser.add_lightning_class_args(callback_class, key)
         parser.set_defaults(QUICKSTART_DEFAULTS)
@@ -157,14 +174,29 @@ class TrainCLI(LightningCLI):
         trainer_config: Namespace = self.config_init.trainer
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(
-                save_dir=self.config_init.runs_dir, name=self.config_init.experiment, default_hp_metric=False
+                save_dir=self.config_init.runs_dir,
+                name=self.config_init.experiment,
+                default_hp_metric=False,
+                version=sweep_trial_version(),  # None (the next free one) outside `actrec sweep`
             )
         if trainer_config.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(Path(self.config_init.runs_dir) / self.config_init.experiment)
-        if trainer_config.get("enable_model_summary") is not False:
-            callbacks = trainer_config.get("callbacks") or []
-            if not any(isinstance(callback, ModelSummary) for callback in callbacks):
-                kwargs["callbacks"] = [*callbacks, ModelSummary(max_depth=_SUMMARY_MAX_DEPTH)]
+        callbacks = [_StartLine(self), *(trainer_config.get("callbacks") or [])]
+        if trainer_config.get("enable_model_summary") is not False and not any(
+            isinstance(callback, ModelSummary) for callback in callbacks
+        ):
+            summary_class = ModelSummary if self.config_init.get("full_summary") else CompactModelSummary
+            callbacks.append(summary_class(max_depth=_SUMMARY_MAX_DEPTH))
+        every_s = self.config_init.get("progress_every", DEFAULT_EVERY_S)
+        if every_s is None or every_s <= 0:
+            raise _UsageError(f"--progress_every must be a positive number of seconds, got {every_s}.")
+        if (
+            not _stdout_is_terminal()
+            and trainer_config.get("enable_progress_bar") is not False
+            and not any(isinstance(callback, ProgressBar) for callback in callbacks)
+        ):
+            callbacks.append(LogLineProgress(every_s=every_s))  # a log file gets lines, not redraws
+        kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
     @override
@@ -211,6 +243,28 @@ class TrainCLI(LightningCLI):
             raise
         self._finish("interrupted" if self.trainer.interrupted else "finished", started)
         return test_metrics
+
+    def start_line(self) -> str:
+        """``actrec train: runs/quickstart/version_0 · six_conv_tanh on mnist-sample, seed 0 · 1,890 steps ...``."""
+        config = self.config
+        where = str(self.run_folder) if self.run_folder is not None else "no run folder (no logger)"
+        parts = [
+            f"actrec train: {where}",
+            f"{config.model.model} on {config.data.dataset}, seed {config.seed_everything}",
+        ]
+        schedule = f"{self.trainer.estimated_stepping_batches:,} steps" if _finite(self.trainer) else "steps unknown"
+        if self.trainer.max_epochs and self.trainer.max_epochs > 0 and not (self.trainer.max_steps or 0) > 0:
+            schedule += f" ({self.trainer.max_epochs} epochs of {self.trainer.num_training_batches:,} batches)"
+        if self._resumed_step:
+            schedule += f", resumed at step {self._resumed_step:,}"
+        parts.append(schedule)
+        recorder = self._recorder()
+        if recorder is None:
+            parts.append("not recording")
+        else:
+            every = "every step" if recorder.every_n_steps == 1 else f"every {recorder.every_n_steps} steps"
+            parts.append(f"recording {every} to {recorder.store_path}")
+        return " · ".join(parts)
 
     def _run_folder(self) -> Path | None:
         """The logger's version folder, where the run's files go; ``None`` without a logger or off rank 0."""
@@ -262,6 +316,33 @@ class TrainCLI(LightningCLI):
         write_summary(self.run_folder, summary)
 
 
+class _StartLine(pl.Callback):
+    """Prints the run's one start line as fit starts (before the model table): where, what, for how long."""
+
+    def __init__(self, cli: TrainCLI) -> None:
+        self._cli = cli
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            print(self._cli.start_line(), flush=True)
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _finite(trainer: pl.Trainer) -> bool:
+    try:
+        total = trainer.estimated_stepping_batches
+    except Exception:  # an iterable dataset without a length
+        return False
+    return total not in (None, float("inf"))
+
+
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The one-number entries of Lightning's ``callback_metrics`` as floats."""
     return {name: float(value) for name, value in metrics.items() if getattr(value, "numel", lambda: 1)() == 1}
@@ -305,12 +386,24 @@ def _remove_refused_run(created: list[Path]) -> None:
 
 
 def _check_runs_dir(runs_dir: Path, experiment: str) -> None:
-    """Refuse a ``--runs_dir`` (or experiment folder) that is, or lies under, something other than a folder."""
+    """Refuse a ``--runs_dir`` (or experiment folder) that is, or lies under, something other than a writable
+    folder, and an ``--experiment`` that leads outside ``--runs_dir`` (``../x``, ``/x``, ``.``)."""
+    root = runs_dir.absolute().resolve()
+    if not (runs_dir / experiment).absolute().resolve().is_relative_to(root) or (
+        (runs_dir / experiment).absolute().resolve() == root
+    ):
+        raise _UsageError(
+            f"--experiment {experiment} leads outside --runs_dir {runs_dir}; pass a folder name inside it."
+        )
     for folder in (runs_dir / experiment, runs_dir):
         existing = next((path for path in (folder, *folder.parents) if path.exists()), None)
         if existing is not None and not existing.is_dir():
             where = "" if existing == runs_dir else f" ({existing} is a file)"
             raise _UsageError(f"--runs_dir {runs_dir} is not a folder{where}; pass a folder for the runs.")
+    folder = runs_dir / experiment
+    existing = next((path for path in (folder, *folder.absolute().parents) if path.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise _UsageError(f"--runs_dir {runs_dir} cannot be written ({existing} is read-only); pass a writable folder.")
 
 
 def _check_checkpoint(path: Path) -> int:
@@ -352,7 +445,7 @@ def train_main(argv: list[str]) -> int:
         The process exit code: 0 on success, non-zero on error.
     """
     if "-h" in argv or "--help" in argv:
-        print(_short_help())
+        print(short_help())
         return 0
     argv = ["--help" if argument == "--help-all" else argument for argument in argv]
     argv = _resolve_config_names(argv)
@@ -364,12 +457,17 @@ def train_main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    unusable = _unusable_config_file(argv)
+    if unusable is not None:
+        print(f"actrec train: {terminal_safe(unusable)}", file=sys.stderr)
+        return 2
     cli: TrainCLI | None = None
     try:
         with warnings.catch_warnings():
             # pytorch_lightning 2.6 still builds the pytree LeafSpec that torch 2.14 deprecates; nothing a user can
             # act on, so it is kept out of every run's output.
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
+            quiet_lightning_notices()
             cli = TrainCLI(args=argv)
             test_metrics = cli.fit_and_test()
     except (SystemExit, KeyboardInterrupt) as exit_request:  # --help, --print_config, usage errors, Ctrl-C
@@ -380,7 +478,7 @@ def train_main(argv: list[str]) -> int:
         code = exit_request.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except _USER_ERRORS as error:
-        print(f"actrec train: {error}", file=sys.stderr)
+        print(f"actrec train: {terminal_safe(str(error))}", file=sys.stderr)
         return 1
     if cli.run_folder is not None:
         print(_next_steps(cli.run_folder, test_metrics, interrupted=cli.trainer.interrupted))
@@ -426,55 +524,31 @@ def _resolve_config_names(argv: list[str]) -> list[str]:
     return resolved
 
 
-def _short_help() -> str:
-    """``actrec train --help``: actrec's own options first; ``--help-all`` gives LightningCLI's full list."""
-    names = ", ".join(config_names())
-    return f"""usage: actrec train [--config NAME|FILE] [--experiment NAME] [--runs_dir DIR] [--ckpt_path FILE]
-                    [--record true|false] [--<group>.<argument> VALUE ...]
+def _unusable_config_file(argv: list[str]) -> str | None:
+    """Why the first ``--config`` file that cannot be a config (not YAML, not a mapping) cannot be, if any.
 
-Train a network from the actrec model zoo, recording every conv layer's activations at every recorded step,
-then test the final weights. The run goes to <runs_dir>/<experiment>/version_N/.
+    Checked before LightningCLI sees it: its own message prints the whole usage and names ``<unicode string>``.
+    """
+    import yaml
 
-actrec options:
-  --config NAME|FILE        a shipped config by name ({names}) or a YAML file
-  --experiment NAME         runs go to <runs_dir>/<experiment>/version_N/ (default: quickstart)
-  --runs_dir DIR            root folder of all runs (default: runs)
-  --ckpt_path FILE          resume from a Lightning checkpoint; its run's activation store continues
-  --seed_everything N       same config and seed give the same metrics (default: 0)
-  --record true|false       record activations with the recorder options below (default: true)
-  --print_config            print the resolved config as YAML and exit (a file for --config)
-
-model (--model.*):
-  --model.model NAME        six_conv_tanh (default), lenet or mlp
-  --model.init NAME         default (PyTorch's) or article (normal(0, 0.01))
-  --model.lr LR             Adam's learning rate (default: 0.002)
-
-data (--data.*):
-  --data.dataset NAME       mnist-sample (default, offline), mnist or fashion-mnist
-  --data.batch_size N       (default: 64)
-  --data.data_dir DIR       where mnist and fashion-mnist are found or downloaded (default: data)
-  --data.download BOOL      allow downloading them (default: false; true in article and fashion)
-
-recorder (--recorder.*):
-  --recorder.layers LIST    module names or globs, e.g. '[net.conv1, net.conv5]' (default: every conv block)
-  --recorder.every_n_steps N          record every N optimizer steps, step 0 always (default: 5)
-  --recorder.probes_per_class N       probe images per class from the validation split (default: 1)
-  --recorder.probe_indices LIST       explicit validation-split indices instead
-  --recorder.dtype float16|float32    (default: float16)
-  --recorder.compression none|lzf|gzip  (default: none)
-  --recorder.path FILE      where the store goes (default: <run>/activations.h5)
-  --recorder.overwrite BOOL replace an existing store at path (default: false)
-
-trainer (--trainer.*): every pl.Trainer argument, e.g.
-  --trainer.max_epochs N    (default: 30)
-  --trainer.max_steps N     stop after N optimizer steps
-  --trainer.accelerator cpu|gpu|auto
-
-  --help-all                all options, Lightning's included (500+ lines)
-  -h, --help                this message
-
-At the end actrec train prints the run folder and the commands to render it, view it in TensorBoard and
-report it; `actrec runs` lists every run."""
+    for _, path in _config_arguments(argv):
+        if path.lstrip().startswith("{"):
+            continue
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            return f"config file {path} cannot be read ({getattr(error, 'strerror', None) or error})."
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or "malformed"
+            return f"config file {path} is not valid YAML ({problem}{where})."
+        if config is not None and not isinstance(config, dict):
+            what = "a list" if isinstance(config, list) else "a single value"
+            return f"config file {path} holds {what}, not a mapping of options."
+    return None
 
 
 def _missing_config_file(argv: list[str]) -> str | None:

@@ -5,7 +5,8 @@ writing is a thin layer on top (:mod:`.writers`); :func:`render_run` and :func:`
 are what ``actrec render`` and ``actrec tensorboard`` run. Never imports Lightning.
 """
 
-from actrec.viewer.colors import (
+from actrec.recording import colors, layer_kind, predicted_classes
+from actrec.recording.colors import (
     NEGATIVE_RGB,
     PALETTE,
     POSITIVE_RGB,
@@ -15,6 +16,9 @@ from actrec.viewer.colors import (
     grey_indices,
     to_rgb,
 )
+from actrec.recording.scale import ColourScale, LiveScaleState, colour_scale, live_scale
+from actrec.viewer._events import EventFile
+from actrec.viewer._text import draw_text, fit_text, text_size
 from actrec.viewer.curves import training_curves
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import (
@@ -22,12 +26,9 @@ from actrec.viewer.frames import (
     FrameLayout,
     activation_frame,
     frame_title,
-    layer_kind,
     live_frames,
-    predicted_classes,
 )
 from actrec.viewer.render import RenderResult, render_run
-from actrec.viewer.scale import ColourScale, LiveScaleState, colour_scale, live_scale
 from actrec.viewer.tb_export import ExportResult, export_tensorboard
 from actrec.viewer.writers import GifWriter, Mp4Writer, TensorBoardImageWriter, encode_png, write_png
 
@@ -39,6 +40,7 @@ __all__ = [
     "ZERO_INDEX",
     "ZERO_RGB",
     "ColourScale",
+    "EventFile",
     "ExportResult",
     "FrameLayout",
     "GifWriter",
@@ -48,10 +50,13 @@ __all__ = [
     "TensorBoardImageWriter",
     "ViewerError",
     "activation_frame",
+    "colors",
     "colour_scale",
     "diverging_indices",
+    "draw_text",
     "encode_png",
     "export_tensorboard",
+    "fit_text",
     "frame_title",
     "predicted_classes",
     "grey_indices",
@@ -59,6 +64,7 @@ __all__ = [
     "live_frames",
     "live_scale",
     "render_run",
+    "text_size",
     "to_rgb",
     "training_curves",
     "write_png",

@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from actrec.viewer import colors
+from actrec.recording import colors
 
 INKS = ("text", "muted", "right", "wrong")
 

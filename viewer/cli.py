@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from actrec.errors import run_guarded
-from actrec.runs import Run, resolve_run
+from actrec.recording import Recording
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import TILE_SIZE
 
@@ -67,14 +67,6 @@ def _selection_arguments(parser: argparse.ArgumentParser) -> None:
         "over training) or all; default: all up to 16, else the 16 that vary most",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
-
-
-def _run_of(run: str) -> Run:
-    """The run ``run`` names (via :func:`actrec.runs.resolve_run`), saying which version an experiment folder gave."""
-    resolved = resolve_run(run, need_store=True)
-    if resolved.note:
-        print(resolved.note, file=sys.stderr, flush=True)
-    return resolved
 
 
 def _common_options(args: argparse.Namespace) -> dict:
@@ -133,7 +125,7 @@ def render_main(argv: Sequence[str]) -> int:
         from actrec.viewer.render import render_run
 
         result = render_run(
-            _run_of(args.run),
+            args.run,
             out_dir=args.out,
             fps=args.fps,
             video_format=args.format,
@@ -154,18 +146,21 @@ def render_main(argv: Sequence[str]) -> int:
 
 
 def tensorboard_main(argv: Sequence[str]) -> int:
-    """``actrec tensorboard RUN``: export image summaries, then start TensorBoard; returns the exit code."""
+    """``actrec tensorboard RUN``: start TensorBoard with the actrec tab (or export first); returns the exit code."""
     parser = argparse.ArgumentParser(
         prog="actrec tensorboard",
         description=(
-            "Export every recorded step (or every --stride-th) of every layer as TensorBoard images under "
-            "activations/<layer>, into RUN/activations/ (replacing a previous export), then start TensorBoard "
-            "on the run folder, keeping every exported step. Arguments after -- go to TensorBoard."
+            "Start TensorBoard on the run with the actrec tab (every layer on one step slider, read from the "
+            "store as it trains; only this run unless --all). With --export: first write every recorded step "
+            "(or every --stride-th) of every layer as TensorBoard images under activations/<layer>, into "
+            "RUN/activations/ (for TensorBoards without actrec installed). Arguments after -- go to TensorBoard."
         ),
     )
     _selection_arguments(parser)
+    parser.add_argument("--export", action="store_true", help="export the frames as TensorBoard images first")
+    parser.add_argument("--all", dest="all_runs", action="store_true", help="show every run of the experiment")
     parser.add_argument(
-        "--print", dest="print_only", action="store_true", help="export, then print the TensorBoard command"
+        "--print", dest="print_only", action="store_true", help="print the TensorBoard command instead of starting it"
     )
     parser.add_argument("--port", type=int, help="TensorBoard's port (default: TensorBoard's own, 6006)")
     argv = list(argv)
@@ -173,15 +168,22 @@ def tensorboard_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
 
     def action() -> int:
-        from actrec.viewer.tb_export import export_tensorboard, format_command, tensorboard_command
+        from actrec.viewer.tb_export import dashboard_command, export_tensorboard, format_command, tensorboard_command
 
-        result = export_tensorboard(_run_of(args.run), **_common_options(args))
         port = ["--port", str(args.port)] if args.port is not None else []
-        command = tensorboard_command(result.log_dir, result.samples_per_plugin, [*port, *extra])
+        if not args.export:
+            # Opened (and closed) here: a store that cannot be read is refused now, not later in TensorBoard's log.
+            with Recording.open(args.run, allow_empty=True) as recording:
+                command = dashboard_command(recording.run, all_runs=args.all_runs, extra_args=[*port, *extra])
+            if not args.print_only and not args.quiet:
+                print(f"starting: {format_command(command)}; the actrec tab is at /#actrec", flush=True)
+        else:
+            result = export_tensorboard(args.run, **_common_options(args))
+            command = tensorboard_command(result.log_dir, result.samples_per_plugin, [*port, *extra])
         if args.print_only:
             print(format_command(command))
             return 0
-        if not args.quiet:
+        if args.export and not args.quiet:
             print(
                 f"exported {len(result.tags)} tag(s) x {len(result.global_steps)} step(s) into {result.export_dir}; "
                 f"starting: {format_command(command)}",

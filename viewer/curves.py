@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from actrec.viewer import _steps
+from actrec.recording import epochs as epoch_rule
 
-_SUPERSAMPLE = 2
-_PANEL_SIZE = (560, 380)  # output pixels per panel
+SUPERSAMPLE = 2
+PANEL_SIZE = (560, 380)  # output pixels per panel
 _BACKGROUND = (255, 255, 255)
 _AXIS = (60, 60, 60)
 _GRID = (232, 232, 232)
@@ -67,22 +67,45 @@ def _format_tick(value: float, step: float, percent: bool) -> str:
     return f"{value:.{decimals}f}" + ("%" if percent else "")
 
 
-def smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average over ``window`` points, ignoring NaN; NaN points stay NaN.
+DEFAULT_SMOOTHING = 0.9
+"""The smoothing weight every curve uses (about ten points of memory); one value for every run, so two
+compared runs are smoothed alike."""
 
-    Centred rather than exponential, so the smoothed line does not lag behind the raw one.
+
+def smooth(values: np.ndarray, weight: float = DEFAULT_SMOOTHING) -> np.ndarray:
+    """TensorBoard's debiased exponential moving average: causal, and its first point is the first value.
+
+    ``s_t = m_t / (1 - weight**n_t)`` with ``m_t = weight * m_(t-1) + (1 - weight) * x_t`` over the ``n_t`` finite
+    values so far. Non-finite points are left as they are and do not enter the average; a constant series is
+    returned unchanged (as TensorBoard does).
+
+    Args:
+        values: the series, in order.
+        weight: between 0 (no smoothing) and 1 (exclusive).
+
+    Returns:
+        A new float64 array of the same length.
+
+    Raises:
+        ValueError: if ``weight`` is not in ``[0, 1)``.
     """
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"weight must be in [0, 1), got {weight!r}")
     values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return values.copy()
-    valid = np.isfinite(values)
-    # No wider than the data ("same" convolution returns the longer of the two), and odd, so centred.
-    window = max(1, min(window, values.size))
-    kernel = np.ones(window if window % 2 else window - 1 or 1)
-    totals = np.convolve(np.where(valid, values, 0.0), kernel, mode="same")
-    counts = np.convolve(valid.astype(np.float64), kernel, mode="same")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(valid & (counts > 0), totals / counts, np.nan)
+    smoothed = values.copy()
+    finite = np.flatnonzero(np.isfinite(values))
+    if finite.size == 0 or np.all(values[finite] == values[finite[0]]):
+        return smoothed
+    last = 0.0
+    for count, index in enumerate(finite.tolist(), start=1):
+        last = last * weight + (1.0 - weight) * values[index]
+        smoothed[index] = last / (1.0 - weight**count)
+    return smoothed
+
+
+def faint(color: tuple[int, int, int], strength: float = 0.35) -> tuple[int, int, int]:
+    """``color`` mixed with white: the raw series drawn under its smoothed line."""
+    return tuple(round(255 - strength * (255 - channel)) for channel in color)  # type: ignore[return-value]
 
 
 class _Panel:
@@ -108,9 +131,10 @@ class _Panel:
         return bottom - (np.asarray(value, dtype=np.float64) - self.y_low) / (self.y_high - self.y_low) * (bottom - top)
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's default font at ``size`` output pixels (drawn on the supersampled canvas)."""
     try:
-        return ImageFont.load_default(size=size * _SUPERSAMPLE)
+        return ImageFont.load_default(size=size * SUPERSAMPLE)
     except TypeError:  # Pillow < 10.1
         return ImageFont.load_default()
 
@@ -124,7 +148,7 @@ def _data_range(series: Sequence[Series], axis: str) -> tuple[float, float] | No
     return float(min(a.min() for a in finite)), float(max(a.max() for a in finite))
 
 
-def _draw_panel(
+def draw_panel(
     draw: ImageDraw.ImageDraw,
     origin: tuple[int, int],
     title: str,
@@ -132,19 +156,33 @@ def _draw_panel(
     *,
     percent: bool,
     epoch_starts: Sequence[tuple[int, int]],
+    x_label: str = "training step",
 ) -> list[Series]:
-    """Draw one panel; returns the series that had data, for the legend."""
-    s = _SUPERSAMPLE
-    width, height = _PANEL_SIZE[0] * s, _PANEL_SIZE[1] * s
+    """Draw one panel of ``PANEL_SIZE`` (times ``SUPERSAMPLE``) with its top left at ``origin``.
+
+    Args:
+        draw: the supersampled canvas.
+        origin: the panel's top left, in canvas pixels.
+        title: drawn above the axes.
+        series: the lines, drawn in order (the first underneath); all-NaN ones are left out.
+        percent: values are fractions, labelled in percent and clipped to 0..1.
+        epoch_starts: ``(epoch, step)`` pairs marked by vertical lines.
+        x_label: the x axis's label.
+
+    Returns:
+        The series that had data, for the legend.
+    """
+    s = SUPERSAMPLE
+    width, height = PANEL_SIZE[0] * s, PANEL_SIZE[1] * s
     left, top = origin[0] + 64 * s, origin[1] + 40 * s
     right, bottom = origin[0] + width - 18 * s, origin[1] + height - 44 * s
-    draw.text((left, origin[1] + 12 * s), title, font=_font(15), fill=_TEXT)
+    draw.text((left, origin[1] + 12 * s), title, font=font(15), fill=_TEXT)
     visible = [item for item in series if np.isfinite(np.asarray(item.values, dtype=np.float64)).any()]
     x_data, y_data = _data_range(visible, "x"), _data_range(visible, "y")
     if x_data is None or y_data is None:
         draw.rectangle((left, top, right, bottom), outline=_GRID, width=s)
         draw.text(
-            ((left + right) // 2, (top + bottom) // 2), "no data recorded yet", font=_font(12), fill=_MUTED, anchor="mm"
+            ((left + right) // 2, (top + bottom) // 2), "no data recorded yet", font=font(12), fill=_MUTED, anchor="mm"
         )
         return []
     x_ticks = nice_ticks(*x_data)
@@ -159,7 +197,7 @@ def _draw_panel(
     x_range = (x_data[0], max(x_data[1], x_data[0] + 1))
     y_range = (min(y_ticks[0], y_low), max(y_ticks[-1], y_high))
     panel = _Panel(draw, (left, top, right, bottom), x_range, y_range)
-    label_font, small_font = _font(11), _font(10)
+    label_font, small_font = font(11), font(10)
     for tick in y_ticks:
         y = float(panel.y(tick))
         draw.line((left, y, right, y), fill=_GRID, width=s)
@@ -177,7 +215,7 @@ def _draw_panel(
         draw.text((x, bottom + 8 * s), _format_tick(tick, step, False), font=label_font, fill=_MUTED, anchor="mt")
     draw.line((left, bottom, right, bottom), fill=_AXIS, width=s)
     draw.line((left, top, left, bottom), fill=_AXIS, width=s)
-    draw.text(((left + right) // 2, bottom + 26 * s), "training step", font=label_font, fill=_TEXT, anchor="mt")
+    draw.text(((left + right) // 2, bottom + 26 * s), x_label, font=label_font, fill=_TEXT, anchor="mt")
     for item in visible:
         xs, ys = np.asarray(item.steps, dtype=np.float64), np.asarray(item.values, dtype=np.float64)
         keep = np.isfinite(xs) & np.isfinite(ys)
@@ -192,18 +230,18 @@ def _draw_panel(
     return visible
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, right: int, middle: int, series: Sequence[Series]) -> None:
+def draw_legend(draw: ImageDraw.ImageDraw, right: int, middle: int, series: Sequence[Series]) -> None:
     """One horizontal legend, right-aligned at ``right``, centred on the line ``middle``."""
-    s = _SUPERSAMPLE
-    font = _font(11)
-    widths = [30 * s + int(draw.textlength(item.label, font=font)) for item in series]
+    s = SUPERSAMPLE
+    legend_font = font(11)
+    widths = [30 * s + int(draw.textlength(item.label, font=legend_font)) for item in series]
     x = right - sum(widths) - 16 * s * (len(series) - 1)
     for item, width in zip(series, widths, strict=True):
         draw.line((x, middle, x + 22 * s, middle), fill=item.color, width=max(s, round(item.width * s * 1.3)))
         if item.markers:
             radius = 2.5 * s
             draw.ellipse((x + 11 * s - radius, middle - radius, x + 11 * s + radius, middle + radius), fill=item.color)
-        draw.text((x + 28 * s, middle), item.label, font=font, fill=_TEXT, anchor="lm")
+        draw.text((x + 28 * s, middle), item.label, font=legend_font, fill=_TEXT, anchor="lm")
         x += width + 16 * s
 
 
@@ -231,33 +269,32 @@ def training_curves(
     Returns:
         A new ``(H, W, 3)`` uint8 RGB image.
     """
-    s = _SUPERSAMPLE
+    s = SUPERSAMPLE
     title_height = 30  # also holds the legend
-    width, height = 2 * _PANEL_SIZE[0], _PANEL_SIZE[1] + title_height
+    width, height = 2 * PANEL_SIZE[0], PANEL_SIZE[1] + title_height
     image = Image.new("RGB", (width * s, height * s), _BACKGROUND)
     draw = ImageDraw.Draw(image)
     if title:
-        draw.text((16 * s, 10 * s), title, font=_font(15), fill=_TEXT)
+        draw.text((16 * s, 10 * s), title, font=font(15), fill=_TEXT)
     global_step = np.asarray(steps.get("global_step", np.zeros(0)), dtype=np.int64)
     epochs = np.asarray(steps.get("epoch", np.zeros(0)), dtype=np.int64)
     validation_steps = np.asarray(scalars.get("val/loss", (np.zeros(0), np.zeros(0)))[0])
-    starts = _steps.epoch_starts(global_step, epochs, validation_steps)
+    starts = epoch_rule.epoch_starts(global_step, epochs, validation_steps)
     # Epoch lines help only while they are few enough to read.
     epoch_starts = starts if len(starts) <= 12 else []
-    window = max(5, len(global_step) // 25) | 1  # odd, so the window is centred on its point
     shown: dict[str, Series] = {}
     for column, (kind, name, percent) in enumerate((("loss", "Loss", False), ("acc", "Accuracy", True))):
         batch = np.asarray(steps.get(f"batch_{kind}", np.zeros(0)), dtype=np.float64)
         series = [
             Series("train batch", global_step, batch, _BATCH_RAW, width=1.0),
-            Series("train batch (smoothed)", global_step, smooth(batch, window), _BATCH_SMOOTH, width=2.0),
+            Series("train batch (smoothed)", global_step, smooth(batch), _BATCH_SMOOTH, width=2.0),
         ]
         for prefix, label, color in (("train", "train (logged)", _TRAIN_EPOCH), ("val", "validation", _VALIDATION)):
             x, y = scalars.get(f"{prefix}/{kind}", (np.zeros(0), np.zeros(0)))
             series.append(Series(label, np.asarray(x), np.asarray(y), color, width=1.5, markers=True))
-        visible = _draw_panel(
+        visible = draw_panel(
             draw,
-            (column * _PANEL_SIZE[0] * s, title_height * s),
+            (column * PANEL_SIZE[0] * s, title_height * s),
             name,
             series,
             percent=percent,
@@ -265,5 +302,5 @@ def training_curves(
         )
         shown.update((item.label, item) for item in visible)
     if shown:
-        _draw_legend(draw, (width - 18) * s, 20 * s, list(shown.values()))
+        draw_legend(draw, (width - 18) * s, 20 * s, list(shown.values()))
     return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS))

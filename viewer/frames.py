@@ -17,15 +17,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from actrec.store import KIND_MAPS, KIND_TOKENS, KINDS_BY_RANK
-from actrec.viewer import _text, colors
-from actrec.viewer.scale import ColourScale, LiveScaleState, format_limit, live_scale
+from actrec.recording import DEFAULT_MAX_CHANNELS, colors, layer_kind
+from actrec.recording.scale import ColourScale, LiveScaleState, format_limit, live_scale
+from actrec.store import KIND_MAPS, KIND_TOKENS
+from actrec.viewer import _text
 
 TILE_SIZE = 56
 """Default tile edge in pixels: 28x28 maps are doubled, 14x14 quadrupled, 7x7 drawn 8x."""
 
-DEFAULT_MAX_CHANNELS = 16
-"""Channels (maps) or units (tokens, vectors) drawn by default; wider layers show a selection."""
 MAX_FRAME_WIDTH = 1600
 """Frames are sized to fit this many pixels across (readable at 100% on a laptop screen) when possible."""
 CARD_FRAME_WIDTH = 360
@@ -49,16 +48,6 @@ _SECTION_GAP = 6  # between the probe inputs and the first channel row
 _PANEL_GAP = 24  # between the panels of a contact sheet
 
 
-def predicted_classes(logits: np.ndarray) -> np.ndarray:
-    """The predicted class of each row of ``(..., K)`` logits; ``-1`` (drawn "?") where a row is not finite.
-
-    A diverged network's NaN logits have no predicted class: ``argmax`` would call it class 0.
-    """
-    logits = np.asarray(logits)
-    predicted = logits.argmax(axis=-1)
-    return np.where(np.isfinite(logits).all(axis=-1), predicted, -1)
-
-
 def frame_title(layer: str, step: int, epoch: int) -> str:
     """The label burned into every frame: ``"net.conv1 · step 120 · epoch 2"``."""
     return f"{layer} · step {step} · epoch {epoch}"
@@ -71,26 +60,6 @@ NONFINITE_LABEL = "NaN/inf"
 def format_scale(scale: float) -> str:
     """How the colour bar labels ``scale``: ``"1"`` for tanh layers, else 3 significant digits."""
     return format_limit(scale)
-
-
-def layer_kind(info: object) -> str:
-    """A layer's kind: ``"maps"`` (C, H, W), ``"tokens"`` (T, D) or ``"vector"`` (D,).
-
-    The rank of ``sample_shape`` decides; a stored ``kind`` (store format v2) must agree with it.
-
-    Raises:
-        ValueError: the per-probe shape has no kind (e.g. 4-D); the message is one sentence.
-    """
-    stored = getattr(info, "kind", None)
-    shape = tuple(getattr(info, "sample_shape", info))
-    if len(shape) not in KINDS_BY_RANK or stored not in (None, KINDS_BY_RANK[len(shape)]):
-        name = getattr(info, "name", "")
-        subject = f"layer {name!r}" if name else "a layer"
-        raise ValueError(
-            f"cannot draw {subject} of per-probe shape {shape}: actrec draws (C, H, W) maps, (T, D) tokens "
-            "and (D,) vectors."
-        )
-    return KINDS_BY_RANK[len(shape)]
 
 
 def as_colour_scale(scale: ColourScale | float) -> ColourScale:
@@ -193,7 +162,7 @@ class FrameLayout:
         sample_shape: one probe's activation shape as drawn (after any channel selection), e.g.
             ``(8, 14, 14)``.
         num_probes: number of probes (columns).
-        scale: the colour scale (:func:`actrec.viewer.scale.colour_scale`); a plain number means the
+        scale: the colour scale (:func:`actrec.recording.scale.colour_scale`); a plain number means the
             diverging ``-scale`` red, 0 white, ``+scale`` blue.
         probe_images: ``(P, C, H, W)`` probe inputs, drawn above the activations (RGB in colour,
             other channel counts averaged into grey); ``None`` (or inputs that are not images, such
@@ -656,7 +625,7 @@ def activation_frame(
 
     Args:
         activations: ``(P, *sample_shape)`` activations of the layer for the ``P`` probes.
-        scale: the colour scale (:mod:`actrec.viewer.scale`); a plain number means the diverging
+        scale: the colour scale (:mod:`actrec.recording.scale`); a plain number means the diverging
             ``-scale`` red, 0 white, ``+scale`` blue.
         title: the label burned into the frame, usually :func:`frame_title`.
         probe_images: ``(P, C, H, W)`` probe inputs shown above the tiles, or ``None``.
@@ -704,7 +673,7 @@ def live_frames(
     class_names: Sequence[str] | None = None,
     max_channels: int = DEFAULT_MAX_CHANNELS,
 ) -> tuple[list[tuple[str, np.ndarray]], LiveScaleState]:
-    """One layer's TensorBoard images for one step logged during training, on :func:`~actrec.viewer.scale.live_scale`.
+    """One layer's TensorBoard images for one step logged during training, on the live colour scale.
 
     What the recorder calls once per layer and logged step. The images are the ones ``actrec
     tensorboard`` exports, with the same tag suffixes: sized for TensorBoard's cards

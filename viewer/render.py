@@ -15,22 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from actrec.runs import Run, resolve_run
-from actrec.store import StoreReader
+from actrec.recording import Recording, nearest_rows
+from actrec.runs import Run
 from actrec.viewer import writers
-from actrec.viewer._pipeline import (
-    LayerJob,
-    atomic_path,
-    make_plan,
-    nearest_rows,
-    prepare_out_dir,
-    read_steps,
-    run_jobs,
-    unique_stems,
-)
+from actrec.viewer._pipeline import LayerJob, choose_jobs, run_jobs
 from actrec.viewer.curves import training_curves
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import TILE_SIZE
+from actrec.viewer.output import atomic_path, prepare_out_dir, unique_stems
+from actrec.viewer.plan import make_plan
 
 RENDERS_DIRNAME = "renders"
 VIDEO_FORMATS = ("gif", "mp4")
@@ -140,9 +133,8 @@ def render_run(
     if video_format == "mp4":
         writers.Mp4Writer.check_available()
     writers.check_fps(fps)
-    run_folder = run if isinstance(run, Run) else resolve_run(run, need_store=True)
-    with StoreReader(run_folder.store_path) as store:
-        plan = make_plan(store, layers, start, stop, stride, tile_size, jobs, channels)
+    with Recording.open(run) as recording:
+        plan = make_plan(recording, layers, start, stop, stride, tile_size, channels)
         notes = list(plan.notes)
         for note in notes:
             if notify is not None:
@@ -150,11 +142,11 @@ def render_run(
         shown = list(sheet_steps) if sheet_steps else default_sheet_steps(plan.global_steps[plan.rows])
         sheet_rows = plan.rows[nearest_rows(plan.global_steps[plan.rows], shown)]
         sheet_rows = np.asarray(list(dict.fromkeys(sheet_rows.tolist())), dtype=np.int64)
-        out = prepare_out_dir(Path(out_dir) if out_dir is not None else run_folder.path / RENDERS_DIRNAME)
+        out = prepare_out_dir(Path(out_dir) if out_dir is not None else recording.run_dir / RENDERS_DIRNAME)
         stems = unique_stems(plan.layers)
         job_list = [
             LayerJob(
-                store_path=store.path,
+                store_path=recording.store_path,
                 layer=name,
                 num_rows=plan.num_rows,
                 rows=plan.rows,
@@ -168,7 +160,8 @@ def render_run(
             )
             for name in plan.layers
         ]
-        results = run_jobs(job_list, plan.jobs, progress, "rendering", store)
+        workers = choose_jobs(jobs, len(plan.layers), len(plan.rows))
+        results = run_jobs(job_list, workers, progress, "rendering", recording)
         files = [path for paths, _ in results for path in paths if path.exists()]
         for _, job_notes in results:
             notes.extend(job_notes)
@@ -177,11 +170,10 @@ def render_run(
                     notify(note)
         curves = out / "curves.png"
         with atomic_path(curves) as partial:
-            steps = read_steps(store, plan.num_rows)
-            scalars = {key: store.scalars(key) for key in ("train/loss", "train/acc", "val/loss", "val/acc")}
+            timeline = recording.timeline
             # The run's folder names it for people (quickstart/version_0); the id is for machines.
-            title = f"{run_folder.name} · {plan.num_rows} recorded steps"
-            writers.write_png(training_curves(steps, scalars, title=title), partial)
+            title = f"{recording.name} · {plan.num_rows} recorded steps"
+            writers.write_png(training_curves(timeline.steps_dict(), timeline.scalars, title=title), partial)
         files.append(curves)
     return RenderResult(
         out_dir=out,

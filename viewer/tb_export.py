@@ -9,6 +9,7 @@ so images are never duplicated and the run's own event files are never touched.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -21,21 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from actrec.runs import Run, resolve_run
-from actrec.store import StoreReader
+from actrec.recording import Recording, nearest_rows
+from actrec.runs import Run
+from actrec.store import KIND_MAPS, StoreReader
 from actrec.viewer._events import EVENTS_PREFIX, STAGED_PREFIX, publish_staged
-from actrec.viewer._pipeline import (
-    TB_TAG,
-    LayerJob,
-    card_groups,
-    make_plan,
-    nearest_rows,
-    remove_leftovers,
-    run_jobs,
-    unique_stems,
-)
+from actrec.viewer._pipeline import TB_TAG, LayerJob, choose_jobs, run_jobs
 from actrec.viewer.errors import ViewerError
 from actrec.viewer.frames import CARD_CHANNELS, CARD_FRAME_WIDTH, CARD_TEXT_SCALE, TILE_SIZE
+from actrec.viewer.output import remove_leftovers, unique_stems
+from actrec.viewer.plan import LayerPlan, card_groups, make_plan
 from actrec.viewer.render import default_sheet_steps
 
 EXPORT_DIRNAME = "activations"
@@ -62,6 +57,19 @@ class ExportResult:
     global_steps: np.ndarray
     samples_per_plugin: int
     notes: tuple[str, ...] = ()
+
+
+def at_least_own_resolution(layer_plan: LayerPlan) -> LayerPlan:
+    """``layer_plan`` with its maps drawn no smaller than their own resolution.
+
+    Fitting a frame to a TensorBoard card shrinks its tiles; a 28 x 28 map drawn in 19 pixels loses
+    rows and columns. TensorBoard scales a wide image down to its card by itself (and shows it whole
+    at "actual size"), so a map is never drawn smaller than one pixel per value here.
+    """
+    if layer_plan.kind != KIND_MAPS:
+        return layer_plan  # token and vector heatmaps draw every unit in at least one pixel already
+    native = max(layer_plan.drawn_shape[1:])
+    return layer_plan if layer_plan.tile_size >= native else dataclasses.replace(layer_plan, tile_size=native)
 
 
 def images_to_keep(num_images: int) -> int:
@@ -92,20 +100,53 @@ def logdir_arguments(run_dir: Path) -> list[str]:
     return ["--logdir_spec", f"{run_dir.name.replace(':', '_')}:{run_dir}"]
 
 
+def _tensorboard_program() -> list[str]:
+    """TensorBoard's command: the script beside this Python first, so actrec's own TensorBoard (with its tab) runs."""
+    script = Path(sys.executable).with_name("tensorboard")
+    if script.exists():
+        return [str(script)]
+    if shutil.which("tensorboard"):
+        return ["tensorboard"]
+    return [sys.executable, "-m", "tensorboard.main"]
+
+
 def tensorboard_command(log_dir: Path, samples: int, extra_args: Sequence[str] = ()) -> list[str]:
     """The command that starts TensorBoard on the run folder ``log_dir`` keeping ``samples`` images per tag.
 
     Prefers the ``tensorboard`` script installed beside this Python, so the command uses the
     TensorBoard of actrec's environment even when another one comes first on ``PATH``.
     """
-    script = Path(sys.executable).with_name("tensorboard")
-    if script.exists():
-        program = [str(script)]
-    elif shutil.which("tensorboard"):
-        program = ["tensorboard"]
+    return [
+        *_tensorboard_program(),
+        *logdir_arguments(log_dir),
+        "--samples_per_plugin",
+        f"images={samples}",
+        *extra_args,
+    ]
+
+
+def dashboard_command(run: Run, *, all_runs: bool = False, extra_args: Sequence[str] = ()) -> list[str]:
+    """The command that starts TensorBoard with the actrec tab on ``run``; nothing is exported or written.
+
+    Only that run is shown, as ``<experiment>/version_N/.`` (TensorBoard's name for a ``--logdir_spec``
+    folder): its scalars, and its activations in the actrec tab, read from the store. ``all_runs`` shows
+    the whole experiment folder instead (every version, to compare them).
+
+    Raises:
+        StoreError: the run's store cannot be read (checked now, not later in TensorBoard's log).
+    """
+    with StoreReader(run.store_path):
+        pass
+    run_dir = Path(run.path).resolve()
+    versioned = re.fullmatch(r"version_\d+", run_dir.name) is not None and run_dir.parent != run_dir
+    title = f"{run_dir.parent.name}/{run_dir.name}" if versioned else run_dir.name
+    if all_runs:
+        logdir = ["--logdir", str(run_dir.parent if versioned else run_dir)]
+    elif "," in str(run_dir):
+        raise ViewerError(f"TensorBoard cannot show {run_dir} alone (its path holds a comma); use --all.")
     else:
-        program = [sys.executable, "-m", "tensorboard.main"]
-    return [*program, *logdir_arguments(log_dir), "--samples_per_plugin", f"images={samples}", *extra_args]
+        logdir = ["--logdir_spec", f"{title.replace(':', '_')}:{run_dir}"]
+    return [*_tensorboard_program(), *logdir, "--window_title", title, *extra_args]
 
 
 def format_command(command: Sequence[str]) -> str:
@@ -150,20 +191,20 @@ def export_tensorboard(
         ViewerError: the store has no steps, a layer is unknown, the range holds no step, the run
             folder is not writable, or ``<run>/activations`` exists and is not an actrec export.
     """
-    run_folder = run if isinstance(run, Run) else resolve_run(run, need_store=True)
-    with StoreReader(run_folder.store_path) as store:
+    with Recording.open(run) as recording:
         plan = make_plan(
-            store,
+            recording,
             layers,
             start,
             stop,
             stride,
             tile_size,
-            jobs,
             channels,
             max_frame_width=CARD_FRAME_WIDTH,
             text_scale=CARD_TEXT_SCALE,
         )
+        for name, layer_plan in plan.layer_plans.items():
+            plan.layer_plans[name] = at_least_own_resolution(layer_plan)
         steps = plan.global_steps[plan.rows]
         overview_rows = plan.rows[nearest_rows(steps, default_sheet_steps(steps, OVERVIEW_STEPS))]
         overview_rows = np.unique(overview_rows)
@@ -171,10 +212,12 @@ def export_tensorboard(
         for note in notes:
             if notify is not None:
                 notify(note)
-        log_dir = run_folder.path
+        log_dir = recording.run_dir
         final = log_dir / EXPORT_DIRNAME
-        if final.exists() and not (final / _MARKER).is_file():
-            raise ViewerError(f"{final} exists and was not written by actrec tensorboard; move it away to export here.")
+        # A link is never replaced: renaming through it would move the files of the folder it points to.
+        if final.is_symlink() or (final.exists() and not (final / _MARKER).is_file()):
+            what = "is a symbolic link" if final.is_symlink() else "exists"
+            raise ViewerError(f"{final} {what} and was not written by actrec tensorboard; move it away to export here.")
         remove_leftovers(log_dir)  # what a killed export left behind
         # Staged event files carry names TensorBoard ignores until the export is complete and in place,
         # so neither a running export nor a killed one ever shows up as a run.
@@ -188,7 +231,7 @@ def export_tensorboard(
             stems = unique_stems(plan.layers)
             job_list = [
                 LayerJob(
-                    store_path=store.path,
+                    store_path=recording.store_path,
                     layer=name,
                     num_rows=plan.num_rows,
                     rows=plan.rows,
@@ -201,12 +244,13 @@ def export_tensorboard(
                 )
                 for name in plan.layers
             ]
-            for _, job_notes in run_jobs(job_list, plan.jobs, progress, "exporting", store):
+            workers = choose_jobs(jobs, len(plan.layers), len(plan.rows))
+            for _, job_notes in run_jobs(job_list, workers, progress, "exporting", recording):
                 notes.extend(job_notes)
                 for note in job_notes:
                     if notify is not None:
                         notify(note)
-            marker = {"run_id": store.run_id, "layers": plan.layers, "steps": len(plan.rows)}
+            marker = {"run_id": recording.store.run_id, "layers": plan.layers, "steps": len(plan.rows)}
             (staging / _MARKER).write_text(json.dumps(marker) + "\n")
             _swap_in(staging, final)
         finally:

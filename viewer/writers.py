@@ -1,6 +1,6 @@
 """Thin writers: palette-index frames to GIF, MP4, PNG and TensorBoard image summaries.
 
-Frames are ``(H, W)`` uint8 arrays of indices into :data:`actrec.viewer.colors.PALETTE` (what
+Frames are ``(H, W)`` uint8 arrays of indices into :data:`actrec.recording.colors.PALETTE` (what
 :class:`~actrec.viewer.frames.FrameLayout` draws); the PNG and MP4 writers also take ``(H, W, 3)`` RGB.
 """
 
@@ -16,7 +16,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import GifImagePlugin, Image
 
-from actrec.viewer import colors
+from actrec.recording import colors
 from actrec.viewer._events import EventFile
 from actrec.viewer.errors import ViewerError
 

@@ -8,6 +8,9 @@ The rule, by the layer's ``scale_kind`` (stored per layer by the recorder):
 
 - ``"tanh"``: the fixed range -1 .. +1 on the diverging red-white-blue ramp.
 - ``"sigmoid"``: the fixed range 0 .. 1 on the one-sided white-to-blue ramp.
+- A declared kind is checked against the values: a "tanh" or "sigmoid" layer whose finite values leave
+  its range (a gate the recorder guessed from the module's name, a module that multiplies after its
+  activation) is drawn on the ``"symmetric"`` rule below, and the scale's ``note`` says so in a line.
 - ``"nonnegative"`` (ReLU-like): one-sided, 0 white up to ``limit`` dark blue.
 - ``"symmetric"`` (anything else): diverging, ``-limit`` red, 0 white, ``+limit`` blue; but when
   none of the finite values is negative, one-sided as for ``"nonnegative"``. v1 stores mark every
@@ -17,7 +20,7 @@ The rule, by the layer's ``scale_kind`` (stored per layer by the recorder):
 For data-derived scales ``limit`` is the 99.5th percentile of ``|activation|`` over the finite
 values of evenly sampled rows: a handful of outliers (or a single diverged step) cannot wash out the
 rest, and values beyond it are drawn at full colour. NaN and infinities never enter a scale; they are
-drawn in their own colour (:data:`actrec.viewer.colors.NONFINITE_INDEX`).
+drawn in their own colour (:data:`actrec.recording.colors.NONFINITE_INDEX`).
 
 All functions are pure: arrays in, new values out.
 """
@@ -28,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from actrec.recording import colors
 from actrec.store import SCALE_KINDS, SCALE_NONNEGATIVE, SCALE_SIGMOID, SCALE_TANH
-from actrec.viewer import colors
 
 PERCENTILE = 99.5
 """Percentile of ``|activation|`` drawn at full colour on data-derived scales."""
@@ -46,11 +49,14 @@ class ColourScale:
             ``False``: ``-limit`` red, 0 white, ``+limit`` blue.
         limit: the positive, finite value drawn at full colour.
         rule: a few words on where ``limit`` came from, e.g. ``"fixed (tanh)"``.
+        note: empty, or why the layer's declared kind was not used (one line for the user, without the
+            layer's name).
     """
 
     one_sided: bool
     limit: float
     rule: str = ""
+    note: str = ""
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.limit) or self.limit <= 0:
@@ -110,6 +116,23 @@ def _robust_limit(magnitudes: np.ndarray) -> float:
     return limit if limit > 0 else 1.0
 
 
+_BOUNDED_RANGES = {SCALE_TANH: (-1.0, 1.0), SCALE_SIGMOID: (0.0, 1.0)}
+_RANGE_SLACK = 1e-3
+"""How far past a bounded kind's range a value may lie and still count as inside (float16 rounding)."""
+
+
+def _outside_declared_range(scale_kind: str, finite: np.ndarray) -> float | None:
+    """The finite value farthest outside ``scale_kind``'s fixed range, or ``None`` if all lie inside."""
+    if finite.size == 0:
+        return None
+    low, high = _BOUNDED_RANGES[scale_kind]
+    smallest, largest = float(finite.min()), float(finite.max())
+    below, above = low - smallest, largest - high
+    if max(below, above) <= _RANGE_SLACK:
+        return None
+    return smallest if below >= above else largest
+
+
 def colour_scale(scale_kind: str, samples: np.ndarray) -> ColourScale:
     """The fixed colour scale of a layer for a whole animation.
 
@@ -120,21 +143,31 @@ def colour_scale(scale_kind: str, samples: np.ndarray) -> ColourScale:
             ignored for bounded kinds. NaN and infinities are left out.
 
     Returns:
-        The scale: fixed ranges for bounded kinds, else a percentile of the finite ``|samples|``.
+        The scale: fixed ranges for bounded kinds whose samples lie in them, else a percentile of the
+        finite ``|samples|`` (with a ``note`` when a bounded kind's samples left its range).
 
     Raises:
         ValueError: ``scale_kind`` is unknown.
     """
     check_scale_kind(scale_kind)
-    if scale_kind == SCALE_TANH:
-        return ColourScale(one_sided=False, limit=1.0, rule="fixed (tanh)")
-    if scale_kind == SCALE_SIGMOID:
-        return ColourScale(one_sided=True, limit=1.0, rule="fixed (sigmoid)")
     flat = np.asarray(samples, dtype=np.float64).ravel()
     finite = flat[np.isfinite(flat)]
+    note = ""
+    if scale_kind in _BOUNDED_RANGES:
+        outlier = _outside_declared_range(scale_kind, finite)
+        if outlier is None:
+            one_sided = scale_kind == SCALE_SIGMOID
+            return ColourScale(one_sided=one_sided, limit=1.0, rule=f"fixed ({scale_kind})")
+        low, high = _BOUNDED_RANGES[scale_kind]
+        note = f"declared {scale_kind} ({low:g} to {high:g}), but its values reach {outlier:.3g}"
     one_sided = scale_kind == SCALE_NONNEGATIVE or (finite.size > 0 and float(finite.min()) >= 0)
     rule = f"{PERCENTILE:g}th percentile of |a|"
-    return ColourScale(one_sided=one_sided, limit=_robust_limit(np.abs(finite)), rule=rule)
+    limit = _robust_limit(np.abs(finite))
+    if note:
+        text = format_limit(limit)
+        drawn = f"0 white to {text} blue" if one_sided else f"-{text} red to +{text} blue"
+        note += f"; drawn on the symmetric rule, {drawn}."
+    return ColourScale(one_sided=one_sided, limit=limit, rule=rule, note=note)
 
 
 @dataclass(frozen=True)
@@ -155,7 +188,8 @@ def live_scale(
 ) -> tuple[ColourScale, LiveScaleState]:
     """The colour scale for one step logged during training, where later steps are unknown.
 
-    Bounded kinds use their fixed range, as :func:`colour_scale`. Otherwise the limit is the running
+    Bounded kinds use their fixed range, as :func:`colour_scale`, until a step's values leave it; from then
+    on, and for every other kind, the limit is the running
     maximum of each step's percentile of finite ``|activation|``: it only grows, so a colour never
     comes to mean a smaller value later in the run; a layer stays one-sided until a negative value
     is seen. Frames carry their limit on the colour bar, so frames on different limits say so.
@@ -173,10 +207,10 @@ def live_scale(
     """
     check_scale_kind(scale_kind)
     state = state or LiveScaleState()
-    if scale_kind in (SCALE_TANH, SCALE_SIGMOID):
-        return colour_scale(scale_kind, activations), state
     flat = np.asarray(activations, dtype=np.float64).ravel()
     finite = flat[np.isfinite(flat)]
+    if scale_kind in _BOUNDED_RANGES and state.limit == 0 and _outside_declared_range(scale_kind, finite) is None:
+        return colour_scale(scale_kind, finite), state
     seen_negative = state.seen_negative or (finite.size > 0 and float(finite.min()) < 0)
     magnitudes = np.abs(finite)
     step_limit = _robust_limit(magnitudes) if magnitudes.size and magnitudes.max() > 0 else 0.0

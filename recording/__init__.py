@@ -1,0 +1,55 @@
+"""A recorded run, opened for reading: the one public face every command that reads a run goes through.
+
+``Recording.open(path)`` takes a run folder, an experiment folder (its newest version with a store,
+named on stderr) or a store file, and gives the run folder, the open store, a :class:`Timeline` (steps,
+epochs, samples seen, predictions, scalars; the one thinning rule, last row included) and a
+:class:`LayerView` per layer (kind, colour scale, channel plan, reads that leave damaged rows out).
+
+The rules a recording's readers share live here once: :mod:`.scale` (which value a colour means) and
+:mod:`.colors` (the palette it points into), :mod:`.epochs` (which epoch a row belongs to), and
+:func:`thin_rows`, :func:`layer_kind`, :func:`predicted_classes`. This package imports ``store``,
+``runs`` and ``errors`` only; ``viewer``, ``report``, ``compare``, ``dynamics`` and ``inspection``
+import it, never the other way round.
+"""
+
+from actrec.recording import colors
+from actrec.recording.layers import (
+    DEFAULT_MAX_CHANNELS,
+    ChannelChoice,
+    ChannelPlan,
+    LayerRead,
+    LayerView,
+    channel_axis,
+    layer_kind,
+    parse_channels,
+)
+from actrec.recording.run import Recording, announce_on_stderr
+from actrec.recording.scale import ColourScale, colour_scale
+from actrec.recording.timeline import (
+    RecordingError,
+    Timeline,
+    nearest_rows,
+    predicted_classes,
+    thin_rows,
+)
+
+__all__ = [
+    "DEFAULT_MAX_CHANNELS",
+    "ChannelChoice",
+    "ChannelPlan",
+    "ColourScale",
+    "LayerRead",
+    "LayerView",
+    "Recording",
+    "RecordingError",
+    "Timeline",
+    "announce_on_stderr",
+    "channel_axis",
+    "colors",
+    "colour_scale",
+    "layer_kind",
+    "nearest_rows",
+    "parse_channels",
+    "predicted_classes",
+    "thin_rows",
+]

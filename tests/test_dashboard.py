@@ -1,0 +1,482 @@
+"""The actrec tab in a real TensorBoard process, and (where Debian's chromium is installed) in a real browser.
+
+TensorBoard is started as ``python -m tensorboard.main`` on loopback, on a free port, so it finds the
+plugin the way a user's TensorBoard does: through the installed ``tensorboard_plugins`` entry point.
+Frames served by the plugin are compared pixel for pixel with the frames ``actrec render`` draws of the
+same steps (same colours); the tab is driven in headless chromium over the DevTools protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from viewer_fixtures import make_store
+
+from actrec.dashboard import ActrecPlugin, find_runs
+from actrec.viewer import colors, colour_scale
+from actrec.viewer.frames import upscale_nearest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium) for the browser"
+)
+RUN = "exp/version_0"
+TILE_SIZE = 56
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - loopback only
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _get_json(url: str) -> object:
+    status, body = _get(url)
+    assert status == 200, body
+    return json.loads(body)
+
+
+@contextlib.contextmanager
+def tensorboard(*arguments: str) -> Iterator[str]:
+    """A real TensorBoard process on a free loopback port; yields its base URL, stops it afterwards."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", *arguments, "--port", str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"tensorboard exited: {process.stderr.read().decode()[-2000:]}")
+            try:
+                _get(f"{base}/data/plugins_listing")
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield base
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _gif_frames(path: Path) -> list[np.ndarray]:
+    frames = []
+    with Image.open(path) as image:
+        for index in range(image.n_frames):
+            image.seek(index)
+            frames.append(np.asarray(image.convert("RGB")))
+    return frames
+
+
+def _tiles(grid: np.ndarray, layout: dict, probes: int) -> dict[tuple[int, int], np.ndarray]:
+    """The served grid cut into its tiles, by (row, probe)."""
+    rows, height, width, gutter = (layout[key] for key in ("rows", "height", "width", "gutter"))
+    assert grid.shape[:2] == (rows * (height + gutter) + gutter, probes * (width + gutter) + gutter)
+    return {
+        (row, probe): grid[
+            gutter + row * (height + gutter) : gutter + row * (height + gutter) + height,
+            gutter + probe * (width + gutter) : gutter + probe * (width + gutter) + width,
+        ]
+        for row in range(rows)
+        for probe in range(probes)
+    }
+
+
+def _contains(frame: np.ndarray, tile: np.ndarray) -> bool:
+    """Whether ``tile`` appears, pixel for pixel, somewhere in ``frame`` (both RGB)."""
+
+    def key(image: np.ndarray) -> np.ndarray:
+        image = image.astype(np.int64)
+        return image[..., 0] << 16 | image[..., 1] << 8 | image[..., 2]
+
+    whole, part = key(frame), key(tile)
+    windows = np.lib.stride_tricks.sliding_window_view(whole, part.shape)
+    first_rows = np.argwhere((windows[:, :, 0, :] == part[0]).all(axis=-1))
+    return any((windows[y, x] == part).all() for y, x in first_rows)
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dashboard")
+    make_store(root / "logs" / "exp" / "version_0")
+    return root / "logs"
+
+
+def test_runs_are_named_as_tensorboard_names_them(tmp_path: Path) -> None:
+    make_store(tmp_path / "a" / "version_0")
+    make_store(tmp_path / "a" / "version_1")
+    (tmp_path / "a" / "version_1" / "checkpoints").mkdir()
+    make_store(tmp_path / "a" / "version_1" / "checkpoints")  # never a run of its own
+    assert sorted(find_runs(tmp_path)) == ["a/version_0", "a/version_1"]
+    assert list(find_runs(tmp_path / "a" / "version_0")) == ["."]
+    assert list(find_runs(tmp_path / "a" / "version_0", group="version_0")) == ["version_0/."]
+
+
+def test_plugin_serves_frames_with_render_s_colours(logdir: Path, tmp_path: Path) -> None:
+    renders = tmp_path / "renders"
+    subprocess.run(
+        [sys.executable, "-m", "actrec.cli", "render", str(logdir / RUN), "--out", str(renders), "--quiet",
+         "--tile-size", str(TILE_SIZE)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    before = sorted(path.relative_to(logdir) for path in logdir.rglob("*"))
+    with tensorboard("--logdir", str(logdir)) as base:
+        listing = _get_json(f"{base}/data/plugins_listing")
+        assert listing["actrec"]["enabled"] is True
+        assert listing["actrec"]["loading_mechanism"] == {
+            "type": "IFRAME",
+            "module_path": "/data/plugin/actrec/index.js",
+        }
+        api = f"{base}/data/plugin/actrec"
+        assert _get_json(f"{api}/runs") == {"runs": [RUN]}
+        info = _get_json(f"{api}/run?run={urllib.parse.quote(RUN)}")
+        timeline = _get_json(f"{api}/timeline?run={urllib.parse.quote(RUN)}")
+        assert timeline["global_steps"] == [0, 1, 2, 3, 4, 5]
+        probes = len(info["probes"]["labels"])
+        for layer in info["layers"]:
+            gif = _gif_frames(renders / f"{layer['name']}.gif")
+            assert len(gif) == 6
+            factor = TILE_SIZE // max(layer["grid"]["height"], layer["grid"]["width"])
+            served = {}
+            for row in range(6):
+                query = urllib.parse.urlencode({"run": RUN, "layer": layer["name"], "row": row})
+                status, body = _get(f"{api}/frame?{query}")
+                assert status == 200, body
+                served[row] = _tiles(_png(body), layer["grid"], probes)
+                for tile in served[row].values():
+                    big = upscale_nearest(tile.transpose(2, 0, 1), tile.shape[0] * factor, tile.shape[1] * factor)
+                    assert _contains(gif[row], big.transpose(1, 2, 0)), (layer["name"], row)
+            # The step-dependent tile (probe 2, channel 0) differs between rows, and each row's is the
+            # render's frame of that row, not of a neighbour: the slider and render agree on steps (net.conv1's
+            # ramp; net.conv2's alternates with plain white, which any frame's background holds).
+            for row in (2, 3) if layer["name"] == "net.conv1" else ():
+                tile = served[row][(0, 2)]
+                big = upscale_nearest(tile.transpose(2, 0, 1), tile.shape[0] * factor, tile.shape[1] * factor)
+                assert not _contains(gif[row + 1 if row == 2 else row - 1], big.transpose(1, 2, 0))
+            # The colour bar's numbers come from the scale rule render used.
+            assert [text for text, _ in layer["scale"]["labels"]] == (
+                ["-1", "0", "+1"] if layer["name"] == "net.conv1" else ["-2.5", "0", "+2.5"]
+            )
+        step = _get_json(f"{api}/step?run={urllib.parse.quote(RUN)}&row=1")
+        assert step == {"row": 1, "global_step": 1, "epoch": 0, "predictions": [0, 2, 0]}
+        status, body = _get(f"{api}/frame?run={urllib.parse.quote(RUN)}&layer=net.conv1&row=6")
+        assert status == 400
+        assert json.loads(body) == {"error": "run 'exp/version_0' has rows 0 to 5, not row 6."}
+        status, body = _get(f"{api}/frame?run=..%2F..&layer=net.conv1&row=0")
+        assert status == 400
+        assert "no actrec run named '../..'" in json.loads(body)["error"]
+    assert sorted(path.relative_to(logdir) for path in logdir.rglob("*")) == before  # nothing written
+
+
+def test_plugin_is_inactive_without_stores(tmp_path: Path) -> None:
+    class Context:
+        logdir = str(tmp_path)
+        flags = None
+
+    assert ActrecPlugin(Context()).is_active() is False
+    make_store(tmp_path / "run")
+    assert ActrecPlugin(Context()).is_active() is True
+
+
+async def _tab(page: object, base: str) -> None:
+    for domain in ("Runtime", "Log", "Page", "Network"):
+        await page.send(f"{domain}.enable")
+    await page.send("Emulation.setDeviceMetricsOverride", width=1366, height=768, deviceScaleFactor=1, mobile=False)
+    await page.send("Page.navigate", url=f"{base}/#actrec")
+
+
+FRAME = "document.querySelector('iframe') && document.querySelector('iframe').contentDocument"
+
+
+async def _wait_for(page: object, expression: str, timeout: float = 60) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await page.evaluate(f"(() => {{ const doc = {FRAME}; if (!doc) return null; return {expression}; }})()")
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression}")
+        await asyncio.sleep(0.2)
+
+
+CANVASES = "[...doc.querySelectorAll('canvas.tiles')]"
+
+
+@needs_chromium
+def test_tab_moves_every_layer_on_one_slider(logdir: Path, tmp_path: Path) -> None:
+    from report_browser import browser_page
+
+    async def drive(base: str) -> None:
+        async with browser_page(CHROMIUM) as page:
+            await _tab(page, base)
+            # Following is on: the tab opens on the last recorded row, every layer drawn at it.
+            await _wait_for(page, f"{CANVASES}.length === 2 && {CANVASES}.every(c => c.dataset.row === '5')")
+            before = await page.evaluate(
+                f"(() => {{ const doc = {FRAME}; return {CANVASES}.map(c => c.toDataURL()); }})()"
+            )
+            where = await _wait_for(page, "doc.getElementById('where').textContent")
+            assert where.startswith("step 5 · epoch 1")
+            # The slider's left arrow (keyboard focus in the tab) moves every layer to row 4.
+            await page.evaluate(f"(() => {{ const doc = {FRAME}; doc.defaultView.focus(); doc.body.focus(); }})()")
+            await page.press("ArrowLeft", 37)
+            await _wait_for(page, f"{CANVASES}.every(c => c.dataset.row === '4')")
+            after = await page.evaluate(
+                f"(() => {{ const doc = {FRAME}; return {CANVASES}.map(c => c.toDataURL()); }})()"
+            )
+            assert all(a != b for a, b in zip(before, after, strict=True)), "a layer's tiles did not change"
+            # Dragging the slider to row 0 moves them all again; predictions follow the row.
+            await page.evaluate(
+                f"(() => {{ const doc = {FRAME}; const s = doc.getElementById('slider'); s.value = '0';"
+                " s.dispatchEvent(new Event('input')); })()"
+            )
+            await _wait_for(page, f"{CANVASES}.every(c => c.dataset.row === '0')")
+            predicted = await _wait_for(
+                page,
+                "(() => { const p = [...doc.querySelectorAll('.card')[0].querySelectorAll('.prediction')]"
+                ".map(n => n.textContent); return p.every(t => t) && p; })()",
+            )
+            assert predicted == ["✓ zero", "✓ one", "✗ zero"]  # fixtures: probe 1 right on even steps
+            # A tile's colour on screen is the scale rule's colour (no smoothing): net.conv1's channel 1 is +1.
+            centre = await page.evaluate(
+                f"(() => {{ const doc = {FRAME}; const c = {CANVASES}[0]; const t = (c.height - 3) / 3 - 3;"
+                " return [...c.getContext('2d').getImageData(3 + t / 2, 3 + (t + 3) + t / 2, 1, 1).data]; })()"
+            )
+            expected = colors.to_rgb(colour_scale("tanh", np.zeros(1)).indices(np.ones(1)))[0]
+            assert centre == [*expected.tolist(), 255]
+            await page.screenshot(tmp_path / "tab.png")
+            assert page.errors == []
+            outside = [url for url in page.requests if not url.startswith(base + "/") and not url.startswith("data:")]
+            assert outside == []
+
+    with tensorboard("--logdir", str(logdir)) as base:
+        asyncio.run(drive(base))
+
+
+def _mnist_like_store(folder: Path, steps: int = 3, probes: int = 10) -> Path:
+    """A store shaped like the quickstart's first layer: 10 probes, (2, 28, 28) tanh maps."""
+    from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreWriter
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = rng.random((probes, 1, 28, 28), dtype=np.float32)
+    writer = StoreWriter.create(
+        folder / "activations.h5",
+        run_id="mnist-like",
+        config={},
+        probes=ProbeSet(images, np.arange(probes), np.arange(probes), [str(i) for i in range(probes)]),
+        layers=[LayerSpec("net.conv1", (2, 28, 28), "Conv2d", "tanh")],
+        num_classes=probes,
+        background=False,
+    )
+    with writer:
+        for step in range(steps):
+            writer.append(
+                StepRecord(
+                    global_step=step,
+                    epoch=0,
+                    batch_loss=1.0,
+                    batch_acc=0.5,
+                    logits=np.eye(probes, dtype=np.float32),
+                    activations={"net.conv1": np.tanh(rng.normal(size=(probes, 2, 28, 28))).astype(np.float32)},
+                )
+            )
+    return folder / "activations.h5"
+
+
+def test_export_draws_maps_at_least_at_their_own_resolution(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from actrec.viewer import export_tensorboard
+
+    _mnist_like_store(tmp_path / "run")
+    result = export_tensorboard(tmp_path / "run", progress=False)
+    events = EventAccumulator(str(result.export_dir), size_guidance={"images": 0})
+    events.Reload()
+    frames = events.Images("activations/net.conv1")
+    assert len(frames) == 3
+    # Ten probes side by side, each 28 x 28 map in at least 28 x 28 pixels (plus gutters and margins).
+    assert all(frame.width >= 10 * 28 + 80 for frame in frames)
+
+
+LIVE_WRITER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests_dir!r})
+from actrec.store import StoreWriter
+import viewer_fixtures as fx
+
+path = Path(sys.argv[1])
+path.parent.mkdir(parents=True, exist_ok=True)
+writer = StoreWriter.create(path, run_id="live", config={{}}, probes=fx.probe_set(), layers=fx.LAYERS,
+                            num_classes=3, background=False)
+for step in range(int(sys.argv[2])):
+    writer.append(fx.record(step))
+    writer.flush()
+    print(step + 1, flush=True)  # rows on disk so far
+    time.sleep(float(sys.argv[3]))
+writer.close()
+"""
+"""A writer process, as a training's recorder writes: one flushed row at a time, printing the count."""
+
+
+@needs_chromium
+def test_tab_follows_a_run_while_it_is_written(tmp_path: Path) -> None:
+    from report_browser import browser_page
+
+    logdir = tmp_path / "logs"
+    store = logdir / "live" / "version_0" / "activations.h5"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", LIVE_WRITER.format(tests_dir=str(Path(__file__).parent)), str(store), "400", "0.25"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    async def drive(base: str) -> None:
+        async with browser_page(CHROMIUM) as page:
+            await _tab(page, base)
+            await _wait_for(page, f"{CANVASES}.length === 2 && {CANVASES}.every(c => c.dataset.row)")
+            await page.evaluate(f"(() => {{ ({FRAME}).defaultView.notReloaded = true; }})()")
+            first = int(await _wait_for(page, f"{CANVASES}[0].dataset.row"))
+            # No reload, no click: the tab polls, the slider grows, and following moves every layer on.
+            later = await _wait_for(
+                page,
+                f"{CANVASES}.every(c => Number(c.dataset.row) >= {first + 3}) && Number({CANVASES}[0].dataset.row)",
+                timeout=90,
+            )
+            assert later >= first + 3
+            assert await page.evaluate(f"(() => ({FRAME}).defaultView.notReloaded === true)()")
+            slider_max = await page.evaluate(f"(() => Number(({FRAME}).getElementById('slider').max))()")
+            assert slider_max >= later
+            assert page.errors == []
+
+    try:
+        assert writer.stdout.readline().strip() == "1"  # the store exists and holds a row
+        with tensorboard("--logdir", str(logdir)) as base:
+            asyncio.run(drive(base))
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def _plugin_client(logdir: Path) -> object:
+    """The plugin's routes as one WSGI app, in-process (werkzeug's test client)."""
+    from werkzeug.routing import Map, Rule
+    from werkzeug.test import Client
+    from werkzeug.wrappers import Request, Response
+
+    class Context:
+        flags = None
+
+    Context.logdir = str(logdir)
+    routes = ActrecPlugin(Context()).get_plugin_apps()
+    urls = Map([Rule(path, endpoint=path) for path in routes])
+
+    def app(environ: dict, start_response: object) -> object:
+        endpoint, _ = urls.bind_to_environ(environ).match(Request(environ).path)
+        return routes[endpoint](environ, start_response)
+
+    return Client(app, Response)
+
+
+def test_a_damaged_row_is_refused_with_the_read_side_s_sentence(tmp_path: Path) -> None:
+    import h5py
+
+    store = make_store(tmp_path / "logs" / "exp" / "version_0")
+    with h5py.File(store, "r") as file:
+        offset = file["layers/net.conv1/activations"].id.get_chunk_info(2).byte_offset
+    with store.open("r+b") as file:  # scribble over row 2's chunk: its checksum no longer matches
+        file.seek(offset + 100)
+        file.write(b"\xab" * 64)
+    client = _plugin_client(tmp_path / "logs")
+    damaged = client.get(f"/frame?run={RUN}&layer=net.conv1&row=2")
+    assert damaged.status_code == 400
+    assert damaged.json == {"error": "step 2 of layer net.conv1 is damaged (checksum mismatch)"}
+    other = client.get(f"/frame?run={RUN}&layer=net.conv1&row=3")
+    assert other.status_code == 200, other.json
+    assert client.get(f"/frame?run={RUN}&layer=net.conv2&row=2").status_code == 200
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_tab_follows_a_real_training(tmp_path: Path) -> None:
+    """`actrec train` records while TensorBoard and the tab are open: the tab's last step advances by itself."""
+    from report_browser import browser_page
+
+    runs = tmp_path / "runs"
+    training = subprocess.Popen(
+        [sys.executable, "-m", "actrec.cli", "train", "--runs_dir", str(runs), "--trainer.max_epochs=1",
+         "--trainer.limit_train_batches=400", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+         "--data.batch_size=16", "--recorder.every_n_steps=1", "--trainer.enable_progress_bar=false"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+
+    async def drive(base: str) -> None:
+        async with browser_page(CHROMIUM) as page:
+            await _tab(page, base)
+            await _wait_for(page, f"{CANVASES}.length >= 6 && {CANVASES}.every(c => c.dataset.row)", timeout=120)
+            await page.evaluate(f"(() => {{ ({FRAME}).defaultView.notReloaded = true; }})()")
+            first = int(await _wait_for(page, f"{CANVASES}[0].dataset.row"))
+            later = await _wait_for(
+                page,
+                f"{CANVASES}.every(c => Number(c.dataset.row) >= {first + 2}) && Number({CANVASES}[0].dataset.row)",
+                timeout=120,
+            )
+            assert later >= first + 2
+            assert await page.evaluate(f"(() => ({FRAME}).defaultView.notReloaded === true)()")
+            assert page.errors == []
+
+    try:
+        store = runs / "quickstart" / "version_0" / "activations.h5"
+        deadline = time.monotonic() + 180
+        while not store.exists():
+            assert training.poll() is None, "the training ended before writing its store"
+            assert time.monotonic() < deadline, "the training wrote no store within 3 minutes"
+            time.sleep(0.5)
+        with tensorboard("--logdir", str(runs)) as base:
+            asyncio.run(drive(base))
+        assert training.poll() is None  # it was still training when the tab followed it
+    finally:
+        os.killpg(training.pid, signal.SIGTERM)
+        training.wait(60)

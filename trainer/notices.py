@@ -1,0 +1,50 @@
+"""Lightning's notices that say nothing about an ``actrec train`` run, filtered out of its log.
+
+Lightning announces, at INFO level on its ``rank_zero`` logger, that no GPU or TPU is used on a CPU-only
+machine, advertises two other products ("💡 Tip: ... litlogger / litmodels"), notes that a model-summary
+callback was configured (actrec configures it), and that a seed was set (actrec's start line says so). A
+:class:`logging.Filter` on that logger drops exactly these; everything else it logs (resuming from a checkpoint,
+why fit stopped) and every warning still shows.
+"""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["LIGHTNING_LOGGERS", "NoticeFilter", "quiet_lightning_notices"]
+
+LIGHTNING_LOGGERS = (
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning_fabric.utilities.seed",
+    "lightning.fabric.utilities.seed",
+)
+
+_DROPPED_PREFIXES = (
+    "GPU available: False",  # a CPU-only machine: nothing to report (with a GPU, the line stays)
+    "TPU available: False",
+    "HPU available: False",
+    "💡 Tip:",
+    "Trainer already configured with model summary callbacks",
+    "Seed set to",
+)
+
+
+class NoticeFilter(logging.Filter):
+    """Drops the log records listed in this module's docstring; passes every other record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return not str(record.getMessage()).lstrip().startswith(_DROPPED_PREFIXES)
+
+
+_FILTER = NoticeFilter()
+
+
+def quiet_lightning_notices() -> None:
+    """Install the filter on Lightning's rank-zero loggers (both package names); safe to call twice."""
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
