@@ -483,3 +483,20 @@ def test_the_writer_process_writes_blocks_when_full_or_after_the_flush_interval(
         assert store.global_steps().tolist() == [0, 1, 2, 3, 4, 5]
     with h5py.File(path, "r") as raw:
         assert raw["layers/net.conv1/activations"].fletcher32  # checksums kept in blocks
+
+
+@pytest.mark.parametrize("compression", ["lzf", "gzip"])
+def test_compressed_stores_shuffle_bytes_and_keep_it_through_a_resume(tmp_path: Path, compression: str) -> None:
+    path = tmp_path / "activations.h5"
+    with _create(path, compression=compression) as writer:
+        for step in range(20):
+            writer.append(_record(step))
+    with StoreWriter.resume(path, run_id="run-a", keep_through_step=9):
+        pass
+    with h5py.File(path, "r") as raw:
+        activations = raw["layers/net.conv1/activations"]
+        assert (activations.compression, activations.shuffle, activations.fletcher32) == (compression, True, True)
+    with StoreReader(path) as store:
+        assert store.global_steps().tolist() == list(range(10))
+        expected = np.stack([_record(step).activations["net.conv1"] for step in range(10)]).astype(np.float16)
+        np.testing.assert_array_equal(store.activations("net.conv1"), expected)
