@@ -42,13 +42,12 @@ _COPY_BLOCK_ROWS = 1024
 
 BLOCK_ROWS = 16
 """Rows written (and flushed) together by default: SWMR's flush costs ~1 ms whatever it carries, and a
-dataset's ``set_extent`` and ``write`` cost the same for one row as for sixteen. Chunks are sized for it."""
+dataset's ``set_extent`` and ``write`` cost the same for one row as for sixteen. Activation chunks stay one
+row each (a block write fills sixteen): 16-row chunks would save another ~0.2 ms a row, but a damaged chunk
+would then take sixteen rows with it instead of the one a reader reports and reads around."""
 _FLUSH_SECONDS = 1.0
 """A block waiting this long is written and flushed whatever its length: a killed writer loses at most the
 rows of the last second (or of one block), and a live reader sees rows within a second."""
-_CHUNK_BYTES = 512 * 1024
-"""At most this many bytes per activation chunk: a reader's chunk cache (1 MiB by default) keeps one whole."""
-
 _MIN_FREE_BYTES = 1 << 20
 """Stop recording cleanly once a row would leave less than this free on the store's disk."""
 _FLETCHER32 = True
@@ -577,30 +576,22 @@ def _write_layout(
         if spec.channels is not None:
             layer.attrs["channels"] = np.asarray(spec.channels, dtype=np.int64)
         row = (num_probes, *spec.sample_shape)
-        # A block's rows per chunk (see _chunk_rows): a block write touches one chunk per dataset.
+        # One chunk per step: a damaged chunk costs one row, and a frame reads one chunk (see BLOCK_ROWS).
         # gzip at level 1: nearly all of gzip's saving on activations for a fraction of its time. HDF5's
         # byte shuffle first (any HDF5 reader undoes it): float16 activations' sign-and-exponent bytes repeat
-        # far more than their mantissa bytes, so shuffled they compress to 0.83 of raw with lzf instead of
-        # 0.96, and to 0.70 with gzip-1 instead of 0.82, at no extra time (measured on a six-conv run's rows).
+        # far more than their mantissa bytes, so shuffled they compress to 0.84 of raw with lzf instead of
+        # 0.96, and to 0.75 with gzip-1 instead of 0.82, at no extra time (measured on a six-conv run's rows).
         options = {
             "none": {},
             "lzf": {"compression": "lzf", "shuffle": True},
             "gzip": {"compression": "gzip", "compression_opts": 1, "shuffle": True},
         }[compression]
-        _growable(layer, "activations", row, dtype, chunks=(_chunk_rows(row, dtype), *row), **options)
+        _growable(layer, "activations", row, dtype, chunks=(1, *row), **options)
         _growable(layer, "abs_max", (), "float32", chunks=(1024,))
         _growable(layer, "nonfinite", (), "int64", chunks=(1024,))
         params = layer.create_group("params")
         for param_name, shape in spec.params.items():
-            _growable(
-                params, param_name, tuple(shape), "float32", chunks=(_chunk_rows(tuple(shape), "float32"), *shape)
-            )
-
-
-def _chunk_rows(row_shape: tuple[int, ...], dtype: str) -> int:
-    """Rows per chunk: a block's worth, fewer when that would pass :data:`_CHUNK_BYTES`."""
-    row_bytes = max(int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize, 1)
-    return max(1, min(BLOCK_ROWS, _CHUNK_BYTES // row_bytes))
+            _growable(params, param_name, tuple(shape), "float32", chunks=(1, *shape))
 
 
 def _copy_rows(source: h5py.File, target: h5py.File, keep: int, keep_through_step: int) -> None:

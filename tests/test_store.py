@@ -104,8 +104,7 @@ def test_round_trip(tmp_path: Path, background: bool) -> None:
         assert raw.attrs["format"] == FORMAT_NAME
         assert json.loads(raw.attrs["config"]) == {"lr": 0.1}
         assert raw["layers/net.conv1/activations"].shape == (5, 3, 2, 4, 4)
-        # Chunks hold a written block of rows (16), so a block write touches one chunk per dataset.
-        assert raw["layers/net.conv1/activations"].chunks == (16, 3, 2, 4, 4)
+        assert raw["layers/net.conv1/activations"].chunks == (1, 3, 2, 4, 4)
 
 
 def test_a_folder_holding_a_store_resolves_to_it(tmp_path: Path) -> None:
