@@ -495,7 +495,9 @@ class ActivationRecorder(Callback):
                 self._store_path,
                 fields,
                 self._engine.nbytes,
-                slots=self.ring_slots + 1,
+                # Room for a whole block beside the one the writer is writing: training waits for a slot
+                # only when the writer falls a block behind (on a CPU no ring sits in front of it).
+                slots=self.ring_slots + self.flush_every + 1,
                 flush_every=self.flush_every,
                 wait=wait,
             )
