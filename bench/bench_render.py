@@ -14,7 +14,13 @@ dependency: without it that part is skipped, saying so.
 
 C: the size of each layer's GIF.
 
+D (with ``--baseline-python PY``): the same render by another checkout's interpreter (e.g. a script that
+runs python with an older tree on ``PYTHONPATH``) and by this one, alternating in child processes so both
+see the same load; reports wall and CPU seconds, their ratios, and whether every decoded GIF frame and
+every PNG is pixel-identical.
+
     python bench/bench_render.py
+    python bench/bench_render.py --baseline-python /tmp/old-python --rounds 3
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import io
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,9 +69,15 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="timed renders per setting (best is reported)")
     parser.add_argument("--mpl-frames", type=int, default=5, help="frames drawn by each side in part B")
     parser.add_argument("--keep", type=Path, help="also copy the renders here, to look at them")
+    parser.add_argument("--baseline-python", help="an interpreter that imports the baseline actrec (part D)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds in part D")
+    parser.add_argument("--jobs", type=int, default=2, help="render worker processes in part D")
+    parser.add_argument("--only-d", action="store_true", help="run part D only (needs --baseline-python)")
     args = parser.parse_args()
     if args.steps < 2 or args.repeats < 1 or args.mpl_frames < 1:
         parser.error("--steps must be at least 2, --repeats and --mpl-frames at least 1.")
+    if args.only_d and not args.baseline_python:
+        parser.error("--only-d needs --baseline-python.")
     return args
 
 
@@ -197,6 +210,83 @@ def _compare_per_frame(run: Path, frames: int) -> dict[str, float] | None:
     }
 
 
+_CHILD = """
+import os, sys, time
+from actrec.viewer import render_run
+if __name__ == "__main__":
+    started = time.perf_counter()
+    render_run(sys.argv[1], out_dir=sys.argv[2], jobs=int(sys.argv[3]), progress=False)
+    wall = time.perf_counter() - started
+    t = os.times()
+    print(wall, t.user + t.system + t.children_user + t.children_system)
+"""
+
+
+def _child_render(python: list[str], run: Path, out: Path, jobs: int) -> tuple[float, float]:
+    """Wall and CPU seconds of one render in a child process (CPU includes its workers and imports)."""
+    script = out.parent / "bench_child.py"
+    script.write_text(_CHILD)
+    done = subprocess.run([*python, str(script), str(run), str(out), str(jobs)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the render failed:\n{done.stderr}")
+    wall, cpu = map(float, done.stdout.split()[-2:])
+    return wall, cpu
+
+
+def _identical_renders(first: Path, second: Path) -> tuple[int, list[str]]:
+    """Frames compared, and the files whose decoded pixels differ."""
+    compared, different = 0, []
+    for path in sorted(first.iterdir()):
+        other = second / path.name
+        if path.suffix not in (".gif", ".png"):
+            continue
+        with Image.open(path) as mine, Image.open(other) as theirs:
+            frames = getattr(mine, "n_frames", 1)
+            if frames != getattr(theirs, "n_frames", 1):
+                different.append(path.name)
+                continue
+            for index in range(frames):
+                mine.seek(index)
+                theirs.seek(index)
+                compared += 1
+                if not np.array_equal(np.asarray(mine.convert("RGB")), np.asarray(theirs.convert("RGB"))):
+                    different.append(f"{path.name} frame {index}")
+                    break
+    return compared, different
+
+
+def _before_after(run: Path, baseline: str, rounds: int, jobs: int) -> None:
+    print(f"D. baseline ({baseline}) against this checkout, {jobs} render workers, {rounds} alternating rounds")
+    sides = {"baseline": shlex.split(baseline), "this": [sys.executable]}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+    loads = []
+    for _ in range(rounds):
+        for name, python in sides.items():
+            times[name].append(_child_render(python, run, run / f"renders-{name}", jobs))
+            loads.append(os.getloadavg()[0])
+    print(f"   {'side':<10}{'wall s (median)':>16}{'CPU s (median)':>16}{'walls':>28}")
+    medians = {}
+    for name, samples in times.items():
+        wall, cpu = statistics.median(w for w, _ in samples), statistics.median(c for _, c in samples)
+        medians[name] = (wall, cpu)
+        walls = " ".join(f"{w:.2f}" for w, _ in samples)
+        print(f"   {name:<10}{wall:>16.2f}{cpu:>16.2f}{walls:>28}")
+    (old_wall, old_cpu), (new_wall, new_cpu) = medians["baseline"], medians["this"]
+    print(f"   this / baseline: wall {new_wall / old_wall:.2f}x, CPU {new_cpu / old_cpu:.2f}x; "
+          f"load average during: {min(loads):.1f} to {max(loads):.1f} on {available_cpus()} CPUs")  # fmt: skip
+    compared, different = _identical_renders(run / "renders-baseline", run / "renders-this")
+    sizes = [sum(p.stat().st_size for p in (run / f"renders-{n}").glob("*.gif")) / 1e6 for n in sides]
+    print(f"   GIF bytes: baseline {sizes[0]:.1f} MB, this {sizes[1]:.1f} MB")
+    verdict = "pixel-identical" if not different else "DIFFERENT: " + ", ".join(different[:8])
+    print(f"   {compared} decoded GIF frames, sheets and curves compared: {verdict}")
+    for sheet in sorted((run / "renders-this").glob("*.sheet.png")):
+        with Image.open(run / "renders-baseline" / sheet.name) as old, Image.open(sheet) as new:
+            if old.size != new.size:
+                print(
+                    f"   {sheet.name}: {old.size[0]}x{old.size[1]} -> {new.size[0]}x{new.size[1]} (a different layout)"
+                )
+
+
 def main() -> None:
     args = _parse_args()
     print("$ " + shlex.join([Path(sys.executable).name, *sys.argv]))
@@ -210,6 +300,9 @@ def main() -> None:
             f"built a {args.steps}-step article-shaped store in {time.perf_counter() - started:.1f} s (not timed below)"
         )
 
+        if args.only_d:
+            _before_after(run, args.baseline_python, args.rounds, args.jobs)
+            return
         jobs_auto = min(len(ARTICLE_SHAPES), available_cpus())
         parallel, parallel_cpu, files = _time_renders(run, run / "renders", jobs_auto, args.repeats)
         serial, serial_cpu, _ = _time_renders(run, run / "renders-serial", 1, args.repeats)
@@ -263,6 +356,9 @@ def main() -> None:
                     f"   {layer:<12}{'x'.join(map(str, shape)):<14}{f'{width}x{height}':>12}"
                     f"{size / 1e6:>8.2f}{size / 1e3 / frames_in_file:>10.1f}"
                 )
+        if args.baseline_python:
+            print()
+            _before_after(run, args.baseline_python, args.rounds, args.jobs)
         if args.keep:
             import shutil
 

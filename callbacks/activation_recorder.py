@@ -23,7 +23,11 @@ from actrec.probe import (
     HostRing,
     ProbeEngine,
     ProbeError,
+    ProbeForward,
     ProbeSelection,
+    decide_task,
+    modules_that_ran,
+    probes_from_batch,
     probes_from_dataset,
     probes_from_loader,
     probes_from_tensors,
@@ -52,8 +56,10 @@ _VAL_LOSS_NAMES = ["val/loss", "val_loss", "valid/loss", "valid_loss", "validati
 _VAL_ACC_NAMES = ["val/acc", "val_acc", "val/accuracy", "val_accuracy", "valid/acc", "valid_acc"]
 _BATCH_LOSS_NAMES = ["loss", "train/loss", "train_loss"]
 _BATCH_ACC_NAMES = ["acc", "accuracy", "train/acc", "train_acc", "train/accuracy"]
+_TASKS = ("auto", "classification", "reconstruction", "generation", "regression", "none")
 _CONFIG_KEYS = (
     "layers",
+    "task",
     "every_n_steps",
     "probes_per_class",
     "probe_indices",
@@ -111,6 +117,18 @@ class ActivationRecorder(Callback):
         probe_indices: explicit indices into the data module's ``val_dataset``.
         probe_images: the probe inputs themselves, ``(P, ...)``; first choice when given.
         probe_labels: their labels, ``(P,)`` (optional).
+        probe_batch: the probes as the model's own step sees a batch: a tensor, a tuple ``(inputs, labels)``
+            or a dict (``input_ids``, ``attention_mask``, ``labels`` ...); first choice when given. By default
+            probes come from the data module's ``val_dataset`` or the validation loader, in their structure.
+        probe_forward: ``probe_forward(module, batch) -> output``, how a probe batch reaches the model (an
+            autoencoder that flattens in its step, a GAN's generator). ``None`` uses the LightningModule's own
+            ``probe_forward(batch)`` method when it has one, else its ``forward`` with the batch's input part
+            (the tensor; a tuple's first element; a dict as keyword arguments without ``labels``, ``label``,
+            ``y``, ``target``).
+        task: what the model's output is, stored for the viewer: ``"classification"`` (predictions kept and
+            marked right or wrong), ``"reconstruction"`` (the output has the input's shape),
+            ``"generation"`` (an output drawn from a vector), ``"regression"``, ``"none"``; ``"auto"``
+            decides from the shapes and says its decision once.
         max_probes: at most this many probes (without labels: the first this many).
         dtype: ``"float16"`` (half the size) or ``"float32"`` for stored activations.
         record_weights: also store the recorded layers' parameters each step; ``None`` does so for
@@ -159,6 +177,9 @@ class ActivationRecorder(Callback):
         probe_indices: list[int] | None = None,
         probe_images: torch.Tensor | None = None,
         probe_labels: list[int] | None = None,
+        probe_batch: Any = None,
+        probe_forward: Callable[[torch.nn.Module, Any], Any] | None = None,
+        task: Literal["auto", "classification", "reconstruction", "generation", "regression", "none"] = "auto",
         max_probes: int = 64,
         dtype: Literal["float16", "float32"] = "float16",
         record_weights: bool | None = None,
@@ -198,8 +219,23 @@ class ActivationRecorder(Callback):
             raise MisconfigurationException("ActivationRecorder: probe_indices must name at least one image.")
         if layers is not None and not layers:
             raise MisconfigurationException("ActivationRecorder: layers must name at least one module, or be None.")
+        if task not in _TASKS:
+            raise MisconfigurationException(
+                f"ActivationRecorder: task must be one of auto, {', '.join(_TASKS[1:])}, got {task!r}."
+            )
+        if probe_forward is not None and not callable(probe_forward):
+            raise MisconfigurationException(
+                f"ActivationRecorder: probe_forward must be a callable (module, batch), got {probe_forward!r}."
+            )
         self._given_probes: ProbeSelection | None = None
-        if probe_images is not None:
+        if probe_batch is not None:
+            if probe_images is not None:
+                raise MisconfigurationException("ActivationRecorder: pass probe_batch or probe_images, not both.")
+            try:
+                self._given_probes = probes_from_batch(probe_batch)
+            except ProbeError as error:
+                raise MisconfigurationException(f"ActivationRecorder: {error}") from None
+        elif probe_images is not None:
             try:
                 self._given_probes = probes_from_tensors(probe_images, probe_labels)
             except ProbeError as error:
@@ -208,6 +244,8 @@ class ActivationRecorder(Callback):
             raise MisconfigurationException("ActivationRecorder: probe_labels needs probe_images.")
 
         self.layers = list(layers) if layers is not None else None
+        self.probe_forward = probe_forward
+        self.task = task
         self.every_n_steps = every_n_steps
         self.probes_per_class = probes_per_class
         self.probe_indices = list(probe_indices) if probe_indices is not None else None
@@ -229,6 +267,8 @@ class ActivationRecorder(Callback):
         self.val_acc_names = list(val_acc_names or _VAL_ACC_NAMES)
 
         self._layer_names: list[str] = []
+        self._forward: ProbeForward | None = None
+        self._task = task
         self._probes: ProbeSelection | None = None
         self._class_names: list[str] = []
         self._scale_kinds: dict[str, str] = {}
@@ -246,6 +286,7 @@ class ActivationRecorder(Callback):
         self._resumed = False
         self._val_written: dict[str, bool] = {"val/loss": False, "val/acc": False}
         self._batch_metrics_found: dict[str, bool] = {"batch_loss": False, "batch_acc": False}
+        self._batch_metrics_looked_up = False
         self._validated = False
         self._own_folder: Path | None = None
         self._claim_folder = False
@@ -286,9 +327,14 @@ class ActivationRecorder(Callback):
         if refusal is not None:
             raise MisconfigurationException(refusal)
         try:
-            self._layer_names = resolve_layers(pl_module, self.layers)
             self._probes = self._select_probes(trainer, pl_module)
-            self._scale_kinds = scale_kinds(pl_module, self._probes.images, self._layer_names)
+            self._forward = _probe_forward(pl_module, self.probe_forward)
+            batch = self._probes.model_batch
+            # Only modules that run on the probes can be defaults (not a GAN's discriminator under its
+            # generator's probes); named layers are checked by the engine's first pass instead.
+            ran = modules_that_ran(pl_module, batch, self._forward) if self.layers is None else None
+            self._layer_names = resolve_layers(pl_module, self.layers, ran)
+            self._scale_kinds = scale_kinds(pl_module, batch, self._layer_names, self._forward)
         except ProbeError as error:
             raise MisconfigurationException(f"ActivationRecorder: {error}") from None
         num_parameters = sum(p.numel() for p in pl_module.parameters())
@@ -392,6 +438,7 @@ class ActivationRecorder(Callback):
             compression=self.compression,
             overwrite=self.overwrite,
             background=False,
+            task=self._task,
         ).close()
         self._open_writer(wait=False)
 
@@ -514,19 +561,25 @@ class ActivationRecorder(Callback):
         try:
             self._engine = ProbeEngine(
                 pl_module,
-                self._probes.images,
+                self._probes.model_batch,
                 self._layer_names,
                 dtype=self.dtype,
                 max_channels=self.max_channels,
                 record_params=self._record_weights,
                 cuda_graph=self.cuda_graphs,
                 forward_context=trainer.precision_plugin.forward_context,
+                forward=self._forward,
                 params_cap=_WEIGHTS_CAP if self.record_weights is None else None,
             )
         except ProbeError as error:
             raise MisconfigurationException(f"ActivationRecorder: {error}") from None
-        if not self._class_names:
+        if self._task == "auto":
+            self._task, why = decide_task(self._probes, self._engine.output_full_shape)
+            rank_zero_info(f"ActivationRecorder: task {self._task} ({why}); pass task= to choose another.")
+        if self._task == "classification" and not self._class_names:
             self._class_names = [str(k) for k in range(self._engine.output_shape[1])]
+        elif self._task != "classification":
+            self._class_names = []  # no fake classes for outputs that are not class scores
 
     def _probe_set(self) -> ProbeSet:
         probes = self._probes
@@ -560,7 +613,12 @@ class ActivationRecorder(Callback):
             "data": dict(getattr(datamodule, "hparams", {}) or {}) if datamodule is not None else {},
             "model_class": type(pl_module).__qualname__,
             "recorder": {key: getattr(self, key) for key in _CONFIG_KEYS},
-            "probes": {"source": self._probes.source, "count": int(self._probes.images.shape[0])},
+            "probes": {
+                "source": self._probes.source,
+                "count": int(self._probes.images.shape[0]),
+                "forward": _callable_name(self._forward) if self._forward is not None else "forward(input part)",
+            },
+            "task": self._task,
             "trainer": {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps},
         }
 
@@ -580,6 +638,7 @@ class ActivationRecorder(Callback):
         acc = _find_metric(outputs, trainer, self.batch_acc_names)
         self._batch_metrics_found["batch_loss"] |= loss is not None
         self._batch_metrics_found["batch_acc"] |= acc is not None
+        self._batch_metrics_looked_up = True
         self._record(trainer, loss, acc)
 
     @override
@@ -611,7 +670,9 @@ class ActivationRecorder(Callback):
         elif self._writer is not None and not self._stopped:
             self._writer.flush()
         self._check_failure()
-        if self._last_recorded_step > 0:
+        # Only once a due step looked for them: a run shorter than every_n_steps records step 0 (no batch yet)
+        # and its last step (from on_train_end, which sees no outputs), and logged them all the same.
+        if self._last_recorded_step > 0 and self._batch_metrics_looked_up:
             for column, names in (("batch_loss", self.batch_loss_names), ("batch_acc", self.batch_acc_names)):
                 if not self._batch_metrics_found[column]:
                     rank_zero_warn(
@@ -825,6 +886,25 @@ def sharded_strategy_refusal(strategy: Any) -> str | None:
         "rank 0 alone, where the sharded layers' all-gathers would wait forever; record with strategy='ddp' "
         "or on one device."
     )
+
+
+def _probe_forward(pl_module: pl.LightningModule, given: ProbeForward | None) -> ProbeForward | None:
+    """The callable given, else the module's own ``probe_forward(batch)`` method, else ``None`` (the default)."""
+    if given is not None:
+        return given
+    if callable(getattr(pl_module, "probe_forward", None)):
+        return _call_probe_forward_method
+    return None
+
+
+def _call_probe_forward_method(module: torch.nn.Module, batch: Any) -> Any:
+    return module.probe_forward(batch)
+
+
+def _callable_name(function: Callable[..., Any]) -> str:
+    if function is _call_probe_forward_method:
+        return "the module's probe_forward method"
+    return getattr(function, "__qualname__", None) or type(function).__name__
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:

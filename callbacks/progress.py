@@ -74,7 +74,9 @@ class LogLineProgress(ProgressBar):
         rate = (step - self._first_step) / max(now - self._started, 1e-9)
         parts = [f"step {step}/{total} ({100 * step / total:.0f}%)" if total else f"step {step}"]
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        parts.append(f"epoch {trainer.current_epoch + 1}{epochs}{' done' if epoch_done else ''}")
+        stopped = trainer.max_steps is not None and 0 < trainer.max_steps <= step  # max_steps may end mid-epoch
+        ending = (" (stopped at max_steps)" if stopped else " done") if epoch_done else ""
+        parts.append(f"epoch {trainer.current_epoch + 1}{epochs}{ending}")
         metrics = self.get_metrics(trainer, pl_module)
         for label, names in (
             ("loss", ("train/loss", "loss", "train_loss")),
@@ -84,9 +86,9 @@ class LogLineProgress(ProgressBar):
             if isinstance(value, (int, float)):
                 parts.append(f"acc {100 * value:.1f}%" if label == "acc" else f"loss {value:.4g}")
         for name in ("val/loss", "val/acc"):
-            value = trainer.callback_metrics.get(name)
-            if value is not None and epoch_done and value.numel() == 1:
-                number = float(value)
+            logged = trainer.callback_metrics.get(name)
+            if logged is not None and epoch_done and logged.numel() == 1:
+                number = float(logged)
                 parts.append(f"{name} {100 * number:.1f}%" if name.endswith("acc") else f"{name} {number:.4g}")
         parts.append(f"{rate:.1f} steps/s")
         if total and rate > 0 and step < total:

@@ -13,7 +13,7 @@ _USAGE = """usage: actrec <command> [options]
 commands:
   train        train a network with LightningCLI, recording activations (actrec train --help)
   render       render a run's activation store to GIF/MP4 animations, contact sheets and curves
-  tensorboard  export a run's activations as TensorBoard images and start TensorBoard
+  tensorboard  open a run in TensorBoard's actrec tab: every layer on one step slider (--export: write images)
   runs         list runs: model, data, accuracy, store size, wall time, status (actrec runs --help)
   dynamics     per-layer change, CKA to first/final step, saturation, dead channels, settling steps
   compare      one layer of several runs side by side (GIF), and their curves overlaid
@@ -28,6 +28,16 @@ options:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``actrec`` command line; returns the process exit code."""
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while a command's modules still import (seconds on a loaded machine), before the command's own
+        # guard is in place: nothing was written yet, and a traceback through importlib helps no one.
+        print("actrec: interrupted.", file=sys.stderr)
+        return 130
+
+
+def _dispatch(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_USAGE, end="")

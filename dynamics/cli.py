@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from actrec.dynamics.compute import (
@@ -62,6 +63,10 @@ def dynamics_main(argv: Sequence[str]) -> int:
             run_dir, name = recording.run_dir, recording.name
             layers = recording.check_layers(args.layers) if args.layers else None
             dynamics = compute_dynamics(recording, layers, threshold=args.threshold)
+        for layer in dynamics.layers.values():  # render's sentence for the same row
+            for step in layer.damaged_steps:
+                note = f"step {step} of layer {layer.name} is damaged (it failed its integrity check) and was left out."
+                print(f"note: {terminal_safe(note)}", file=sys.stderr, flush=True)
         written = [write_dynamics(dynamics, run_dir / DYNAMICS_FILENAME)]
         if not args.no_tensorboard:
             from actrec.dynamics.tensorboard import TENSORBOARD_DIRNAME, write_scalars

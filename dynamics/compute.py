@@ -17,8 +17,7 @@ import numpy as np
 
 from actrec.dynamics import metrics
 from actrec.errors import UserError
-from actrec.recording import Recording
-from actrec.store import StoreReader
+from actrec.recording import LayerView, Recording
 
 ROWS_PER_READ = 64
 DEFAULT_THRESHOLD = 0.9
@@ -49,6 +48,7 @@ class LayerDynamics:
         always_constant: channels constant at every recorded row: dead all run long (indices into the
             full layer when the store kept only some of its channels).
         settling_step: first step from which ``cka_to_final`` stays at or above the threshold.
+        damaged_steps: recorded steps whose row failed its integrity check: left out (NaN in every series).
     """
 
     name: str
@@ -61,6 +61,7 @@ class LayerDynamics:
     constant_channels: np.ndarray
     always_constant: tuple[int, ...]
     settling_step: int | None
+    damaged_steps: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def compute_dynamics(
     # source lines) would only bury the table.
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         for name in names:
-            result[name] = _layer_dynamics(store, name, total, global_steps, threshold, rows_per_read)
+            result[name] = _layer_dynamics(recording, name, total, global_steps, threshold, rows_per_read)
     return Dynamics(
         run_id=store.run_id,
         global_steps=global_steps,
@@ -126,25 +127,32 @@ def compute_dynamics(
 
 
 def _layer_dynamics(
-    store: StoreReader, name: str, total: int, global_steps: np.ndarray, threshold: float, rows_per_read: int
+    recording: Recording, name: str, total: int, global_steps: np.ndarray, threshold: float, rows_per_read: int
 ) -> LayerDynamics:
+    store, view = recording.store, recording.layer(name)
     info = store.layer(name)
     channels = info.sample_shape[metrics.channel_axis(info.sample_shape)] if info.sample_shape else 1
     # v2 stores may keep a subset of a layer's channels; report dead ones by their index in the full layer.
     stored = getattr(info, "channels", None)
     labels = tuple(stored) if stored is not None else tuple(range(channels))
-    first_gram = metrics.centered_gram(store.activations(name, slice(0, 1))[0])
-    final_gram = metrics.centered_gram(store.activations(name, slice(total - 1, total))[0])
+    # A damaged row is left out (NaN in every series) as render leaves it out; first and final are then the
+    # first and last intact rows.
+    damaged: list[int] = []
+    ends = view.read(_end_rows(view, total))
+    if not len(ends.rows):
+        raise DynamicsError(f"every recorded step of layer {name} is damaged, so it has no dynamics.")
+    first_gram = metrics.centered_gram(ends.values[0].astype(np.float64))
+    final_gram = metrics.centered_gram(ends.values[-1].astype(np.float64))
     series = {key: np.full(total, np.nan) for key in SERIES}
     series["constant_channels"] = np.zeros(total, np.int64)
     always_constant = np.ones(channels, dtype=bool)
     previous = None
     for start in range(0, total, rows_per_read):
         # One conversion per block: float16 arithmetic in numpy is slow, and CKA wants float64 anyway.
-        block = store.activations(name, slice(start, min(total, start + rows_per_read))).astype(np.float64)
-        for offset, current in enumerate(block):
-            row = start + offset
-            if previous is not None:
+        block = view.read(np.arange(start, min(total, start + rows_per_read)))  # damaged rows left out, listed
+        damaged.extend(block.damaged)
+        for row, current in zip(block.rows.tolist(), block.values.astype(np.float64), strict=True):
+            if previous is not None and row - 1 not in damaged:
                 series["relative_change"][row] = metrics.relative_change(previous, current)
             gram = metrics.centered_gram(current)
             series["cka_to_final"][row] = metrics.cka_from_grams(gram, final_gram)
@@ -160,8 +168,16 @@ def _layer_dynamics(
         channels=channels,
         always_constant=tuple(int(labels[channel]) for channel in np.flatnonzero(always_constant)),
         settling_step=metrics.settling_step(global_steps, series["cka_to_final"], threshold),
+        damaged_steps=tuple(int(global_steps[row]) for row in sorted(set(damaged))),
         **series,
     )
+
+
+def _end_rows(view: LayerView, total: int) -> np.ndarray:
+    """The first and the last row of a layer that pass their integrity check (both 0 for one row)."""
+    first = next((row for row in range(total) if not view.read([row]).damaged), 0)
+    last = next((row for row in range(total - 1, first - 1, -1) if not view.read([row]).damaged), first)
+    return np.array(sorted({first, last}), np.int64)
 
 
 def write_dynamics(dynamics: Dynamics, path: str | os.PathLike) -> Path:

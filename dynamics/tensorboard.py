@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from actrec.dynamics.compute import SERIES, Dynamics
-from actrec.viewer import EventFile
+from actrec.viewer import EVENTS_PREFIX, STAGED_PREFIX, EventFile
 
 TENSORBOARD_DIRNAME = "dynamics"
 """Sub-folder of the run that holds the scalars: TensorBoard on the run folder shows it as its own run."""
@@ -18,16 +18,19 @@ TENSORBOARD_DIRNAME = "dynamics"
 def write_scalars(dynamics: Dynamics, log_dir: str | os.PathLike) -> Path:
     """Write every layer's series as ``dynamics/<series>/<layer>`` scalars into a fresh event file.
 
-    Earlier event files in ``log_dir`` are removed first, so a recomputation replaces the curves
-    instead of drawing a second copy over them. Non-finite values are left out.
+    Earlier event files in ``log_dir`` are replaced once the new one is complete, so a recomputation
+    replaces the curves instead of drawing a second copy over them. Non-finite values are left out.
     """
     from tensorboard.compat.proto import event_pb2, summary_pb2
 
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    for old in log_dir.glob("events.out.tfevents.*"):
-        old.unlink()
-    file = EventFile(log_dir, ".dynamics")
+    for leftover in log_dir.glob(STAGED_PREFIX + "*"):  # what a killed write left behind
+        leftover.unlink()
+    # Written under a name TensorBoard ignores and swapped in whole: a kill or Ctrl-C midway leaves the
+    # previous complete file (or, between the swap's two renames, none), never a truncated one that loads.
+    file = EventFile(log_dir, ".dynamics", staged=True)
+    staged = Path(file.path)
     try:
         file.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
         now = time.time()
@@ -41,6 +44,12 @@ def write_scalars(dynamics: Dynamics, log_dir: str | os.PathLike) -> Path:
             if values:
                 event = event_pb2.Event(wall_time=now, step=int(step), summary=summary_pb2.Summary(value=values))
                 file.write(event.SerializeToString())
+        file.close()
+        for old in log_dir.glob(EVENTS_PREFIX + "*"):
+            old.unlink()
+        final = staged.with_name(EVENTS_PREFIX + staged.name[len(STAGED_PREFIX) :])
+        os.replace(staged, final)
     finally:
         file.close()
-    return Path(file.path)
+        staged.unlink(missing_ok=True)
+    return final

@@ -62,9 +62,10 @@ def run_guarded(program: str, action: Callable[[], int], errors: tuple[type[Exce
     """
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    refusals: tuple[type[BaseException], ...] = (UserError, *errors)
     try:
         return action()
-    except (UserError, *errors) as error:
+    except refusals as error:
         print(f"{program}: {terminal_safe(str(error))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyError as error:

@@ -21,7 +21,7 @@ from actrec.inspection import drawing
 from actrec.inspection.errors import InspectError
 from actrec.inspection.loading import LoadedModel, load_run_model, stored_weights, zoo_model
 from actrec.inspection.maximize import MaximizeSettings
-from actrec.store import StoreReader
+from actrec.recording import Recording, thin_rows
 from actrec.viewer import GifWriter, write_png
 from actrec.viewer.output import safe_filename
 
@@ -78,12 +78,12 @@ def _filters(args: argparse.Namespace) -> None:
     # refuses the command with nothing written, not with the other layers' pictures already there.
     over_training: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if loaded.store_path is not None:
-        with StoreReader(loaded.store_path) as store:
+        with Recording.open(loaded.store_path, allow_empty=True, announce=None) as recording:
             for name in convs:
-                found = stored_kernels(store, name)
+                found = stored_kernels(recording.store, name)
                 if found is not None and len(found[0]) >= 2:
                     steps, weights = found
-                    rows = np.arange(0, len(steps), max(1, args.stride))
+                    rows = thin_rows(np.asarray(steps), stride=max(1, args.stride))  # the one rule: last row kept
                     over_training[name] = (np.asarray(steps)[rows], np.asarray(weights)[rows])
     out = _out_dir(args, loaded)
     for name, weight in convs.items():
@@ -192,8 +192,8 @@ def _weights_over_training(loaded: LoadedModel, layer: str, frames: int) -> list
 
     needed = weights_needed(loaded.model, layer)
     if loaded.store_path is not None:
-        with StoreReader(loaded.store_path) as store:
-            steps, weights = stored_weights(store, loaded.model)
+        with Recording.open(loaded.store_path, allow_empty=True, announce=None) as recording:
+            steps, weights = stored_weights(recording.store, loaded.model)
         if needed <= weights.keys() and len(steps) >= 2:
             rows = _spread(len(steps), frames)
             return [

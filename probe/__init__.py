@@ -21,6 +21,7 @@ followed by an output selector for modules that return tuples, lists, dicts or d
 selector the first tensor of the output is taken.
 """
 
+from actrec.probe._batch import LABEL_KEYS, ProbeForward, default_forward, input_part, label_part, shown_inputs
 from actrec.probe._capture import (
     SCALE_NONNEGATIVE,
     SCALE_SIGMOID,
@@ -32,12 +33,15 @@ from actrec.probe._capture import (
     run_hooked,
     scale_kinds,
 )
+from actrec.probe._dry import modules_that_ran
 from actrec.probe._engine import ProbeEngine
 from actrec.probe._layers import ProbeError, default_layers, resolve_layers, select_output, split_selector
 from actrec.probe._ring import HostRing
 from actrec.probe._select import (
     UNLABELED,
     ProbeSelection,
+    decide_task,
+    probes_from_batch,
     probes_from_dataset,
     probes_from_loader,
     probes_from_tensors,
@@ -45,6 +49,15 @@ from actrec.probe._select import (
 )
 
 __all__ = [
+    "decide_task",
+    "LABEL_KEYS",
+    "ProbeForward",
+    "default_forward",
+    "input_part",
+    "label_part",
+    "modules_that_ran",
+    "probes_from_batch",
+    "shown_inputs",
     "SCALE_NONNEGATIVE",
     "SCALE_SIGMOID",
     "SCALE_SYMMETRIC",

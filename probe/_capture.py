@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from actrec.names import SCALE_NONNEGATIVE, SCALE_SIGMOID, SCALE_SYMMETRIC, SCALE_TANH
+from actrec.probe._batch import ProbeForward, run_forward
 from actrec.probe._layers import ProbeError, modules_of, select_output, torch_reason
 
 _BOUNDED = {
@@ -24,6 +25,12 @@ _BOUNDED = {
     # An LSTM's output is o * tanh(c), a GRU's a mix of tanh values: both stay within (-1, 1).
     nn.LSTM: SCALE_TANH,
     nn.GRU: SCALE_TANH,
+}
+_RANGES = {
+    SCALE_TANH: (-1.0, 1.0),
+    SCALE_SIGMOID: (0.0, 1.0),
+    SCALE_NONNEGATIVE: (0.0, float("inf")),
+    SCALE_SYMMETRIC: (-float("inf"), float("inf")),
 }
 _RANGE_KEEPING = (
     nn.modules.dropout._DropoutNd,
@@ -88,13 +95,17 @@ def forked_rng(device: torch.device) -> Iterator[None]:
 
 def run_hooked(
     model: nn.Module,
-    images: torch.Tensor,
+    images: Any,
     layers: Sequence[str],
     on_output: Callable[[str, torch.Tensor], None],
+    forward: ProbeForward | None = None,
     fork_rng: bool = True,
     modules: Mapping[str, tuple[nn.Module, str]] | None = None,
 ) -> Any:
     """One forward pass in eval mode under ``no_grad`` calling ``on_output(layer, tensor)`` once per layer.
+
+    ``images`` is a probe batch of any structure; ``forward(model, batch)`` runs it (default: the model's
+    ``forward`` with the batch's input part, see :func:`actrec.probe.default_forward`).
 
     Hooks are registered inside ``try`` and removed in ``finally``; each submodule's ``training`` flag is
     restored; the CPU's and the model's device's random numbers are restored unless ``fork_rng`` is false
@@ -123,7 +134,7 @@ def run_hooked(
         forked = forked_rng(_device_of(model)) if fork_rng else nullcontext()
         with eval_mode(model), torch.no_grad(), forked:
             try:
-                output = model(_model_input(model, images))
+                output = run_forward(model, images, forward)
             except ProbeError:
                 raise
             except (RuntimeError, TypeError, ValueError, IndexError) as error:
@@ -140,7 +151,7 @@ def run_hooked(
     return output
 
 
-def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[str]) -> Capture:
+def capture(model: nn.Module, images: Any, layers: Sequence[str], forward: ProbeForward | None = None) -> Capture:
     """Run ``images`` through ``model`` without changing it and capture the named layers' outputs.
 
     The model runs in eval mode under ``torch.no_grad()``; every submodule's ``training`` flag is
@@ -150,6 +161,7 @@ def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[str]) -> Ca
         model: any ``nn.Module``; the images are moved to its parameters' device and dtype.
         images: a batch, ``(P, ...)``.
         layers: names from :func:`resolve_layers` (selectors such as ``"lstm[0]"`` allowed).
+        forward: ``forward(model, batch)``, how the batch reaches the model (default: its input part).
 
     Returns:
         A :class:`Capture` of detached copies on the model's device.
@@ -174,11 +186,13 @@ def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[str]) -> Ca
     def keep(layer: str, tensor: torch.Tensor) -> None:
         activations[layer] = tensor.detach().clone()
 
-    output = run_hooked(model, images, layers, keep)
+    output = run_hooked(model, images, layers, keep, forward)
     return Capture(activations=activations, output=select_output(output, "", "the model's output").detach().clone())
 
 
-def scale_kinds(model: nn.Module, images: torch.Tensor, layers: Sequence[str]) -> dict[str, str]:
+def scale_kinds(
+    model: nn.Module, images: Any, layers: Sequence[str], forward: ProbeForward | None = None
+) -> dict[str, str]:
     """Each layer's value range, from the last activation module that ran inside it before it returned.
 
     Returns ``"tanh"`` (within +-1), ``"sigmoid"`` (within 0..1), ``"nonnegative"`` (ReLU-like) or
@@ -190,21 +204,35 @@ def scale_kinds(model: nn.Module, images: torch.Tensor, layers: Sequence[str]) -
         for inner in module.modules():
             owners.setdefault(inner, []).append(layer)
     last: dict[str, str] = dict.fromkeys(layers, SCALE_SYMMETRIC)
+    last_shape: dict[str, tuple[int, ...] | None] = dict.fromkeys(layers)
+    within: dict[str, bool] = {}
 
     def trace(module: nn.Module, inputs: Any, output: Any) -> None:
         kind = _BOUNDED.get(type(module))
         if kind is None and (isinstance(module, _RANGE_KEEPING) or list(module.children())):
             return  # dropout, pooling, reshaping and containers keep whatever range came in
+        tensor = select_output(output, "") if kind is not None and module not in modules_by_layer else None
         for layer in owners.get(module, ()):
             last[layer] = kind or SCALE_SYMMETRIC
+            last_shape[layer] = tuple(tensor.shape) if tensor is not None else None
 
+    def check(layer: str, tensor: torch.Tensor) -> None:
+        # The bounded function's output must be the layer's output: same shape (a squeeze-excite gate is
+        # (C, 1, 1) inside a (C, H, W) block) and values in its range (x * sigmoid(...) is not a sigmoid).
+        shape = last_shape[layer]
+        low, high = _RANGES[last[layer]]
+        finite = tensor[torch.isfinite(tensor)]
+        in_range = not finite.numel() or (float(finite.min()) >= low and float(finite.max()) <= high)
+        within[layer] = (shape is None or shape == tuple(tensor.shape)) and in_range
+
+    modules_by_layer = {module for module, _ in modules.values()}
     handles = []
     try:
         for inner in owners:
             handles.append(inner.register_forward_hook(trace))
         # Leaves and recurrent modules report in the order they finish, so the last one decides.
-        run_hooked(model, images, layers, lambda layer, tensor: None)
+        run_hooked(model, images, layers, check, forward)
     finally:
         for handle in handles:
             handle.remove()
-    return last
+    return {layer: kind if within.get(layer, True) else SCALE_SYMMETRIC for layer, kind in last.items()}

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from actrec.names import KIND_MAPS, KIND_TOKENS, KIND_VECTOR
+from actrec.probe._batch import ProbeForward, batch_for, batch_size, map_tensors
 from actrec.probe._capture import capture, forked_rng, run_hooked
 from actrec.probe._graph import ModelWatch, capture_replay
 from actrec.probe._layers import ProbeError, modules_of, select_output
@@ -113,7 +114,7 @@ class ProbeEngine:
 
     Args:
         model: the model to observe (its parameters' device is used).
-        images: the probe inputs ``(P, ...)``; copied once to the device.
+        images: the probe batch (a ``(P, ...)`` tensor, or a tuple or dict of them); copied once to the device.
         layers: names from :func:`actrec.probe.resolve_layers`.
         dtype: ``"float16"`` or ``"float32"`` for stored activations.
         max_channels: keep at most this many channels (maps) or units (tokens, vectors) per layer.
@@ -126,6 +127,7 @@ class ProbeEngine:
         forward_context: entered around every pass and the capture, so the probes see the numbers training
             computes: the Lightning precision plugin's ``forward_context`` (autocast under ``16-mixed`` and
             ``bf16-mixed``, which Lightning applies only around ``*_step``).
+        forward: ``forward(model, batch)``, how the probe batch reaches the model (default: its input part).
 
     Raises:
         ProbeError: a layer's output does not start with one row per probe.
@@ -141,6 +143,7 @@ class ProbeEngine:
         record_params: bool = False,
         cuda_graph: bool = True,
         forward_context: Callable[[], AbstractContextManager[object]] = nullcontext,
+        forward: ProbeForward | None = None,
         params_cap: int | None = None,
     ) -> None:
         self.model = model
@@ -149,10 +152,10 @@ class ProbeEngine:
         self.dtype = dtype
         parameter = next(model.parameters(), None)
         self.device = parameter.device if parameter is not None else torch.device("cpu")
-        if images.is_floating_point() and parameter is not None and parameter.is_floating_point():
-            images = images.to(parameter.dtype)
-        self.images = images.to(self.device).clone()
-        self.num_probes = int(self.images.shape[0])
+        # Any batch structure (tensor, tuple, dict), copied once to the device in the model's dtype.
+        self.images = map_tensors(batch_for(model, images), lambda tensor: tensor.clone())
+        self.num_probes = batch_size(self.images)
+        self.forward = forward
         modules = modules_of(model, self.layers)
         self._modules = modules
         # Parameters are looked up by name at every pass, not held: SWA, pruning and `.data` assignments
@@ -168,7 +171,12 @@ class ProbeEngine:
         }
 
         with forward_context():
-            seen = capture(model, self.images, self.layers)
+            seen = capture(model, self.images, self.layers, forward)
+        if seen.output.ndim == 0 or seen.output.shape[0] != self.num_probes:
+            raise ProbeError(
+                f"the model's output has shape {tuple(seen.output.shape)}, not one row per probe "
+                f"({self.num_probes}); pass probe_forward returning the batch dimension first."
+            )
         if dtype == "float16" and any(t.dtype == torch.bfloat16 for t in seen.activations.values()):
             # bfloat16 reaches 3e38, float16 only 65,504: a larger value would be stored as inf, silently.
             self.dtype = dtype = "float32"
@@ -205,6 +213,7 @@ class ProbeEngine:
                 params={name: tuple(module.get_parameter(name).shape) for name in self._params[layer][1]},
             )
         self.output_shape = (self.num_probes, int(seen.output[0].numel()) if seen.output.ndim else 1)
+        self.output_full_shape = tuple(seen.output.shape)  # before flattening to (P, K), for deciding the task
 
         self.fields: list[Field] = []
         offset = 0
@@ -289,7 +298,7 @@ class ProbeEngine:
         """The pass as captured: no RNG fork (a graph cannot read the generator's state while capturing)."""
         with self._forward_context():
             output = run_hooked(
-                self.model, self.images, self.layers, self._store, fork_rng=False, modules=self._modules
+                self.model, self.images, self.layers, self._store, self.forward, fork_rng=False, modules=self._modules
             )
         output = select_output(output, "", "the model's output")
         self.views["logits"].copy_(output.reshape(self.output_shape))

@@ -6,7 +6,7 @@ import ast
 import dataclasses
 import fnmatch
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -44,9 +44,19 @@ class ProbeError(UserError):
 
 
 def torch_reason(error: BaseException) -> str:
-    """The first line of a torch error, without its trailing full stop, to quote inside a sentence."""
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__).rstrip(".")
+    """The first line of a torch error, without its trailing full stop, to quote inside a sentence.
+
+    A first line that only introduces the cause (a compiler's "backend='inductor' raised:") is followed by
+    the cause's own first line, so the sentence never ends at the colon.
+    """
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    reason = lines[0] if lines else type(error).__name__
+    if reason.endswith(":"):
+        cause = lines[1] if len(lines) > 1 else None
+        if cause is None and error.__cause__ is not None:
+            cause = torch_reason(error.__cause__)
+        reason = f"{reason} {cause}" if cause else reason.rstrip(":")
+    return reason.rstrip(".")
 
 
 def split_selector(layer: str) -> tuple[str, str]:
@@ -127,7 +137,7 @@ def _describe(output: Any) -> str:
     return type(output).__name__
 
 
-def resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
+def resolve_layers(model: nn.Module, layers: Sequence[str] | None, ran: Collection[str] | None = None) -> list[str]:
     """Turn layer names and glob patterns into qualified module names, in the order the model lists them.
 
     Args:
@@ -135,6 +145,8 @@ def resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
         layers: qualified names (``"features.3"``), glob patterns (``"net.conv*"``: a pattern means the
             outermost matching modules, not every leaf inside them), each optionally followed by an output
             selector (``"lstm[0]"``); ``None`` takes :func:`default_layers`.
+        ran: for ``None``, the names of the modules that ran in a probe pass (:func:`modules_that_ran`);
+            modules that never run (a GAN's discriminator under generator probes) are never defaults.
 
     Returns:
         The chosen names, each with its selector when one was given.
@@ -144,7 +156,7 @@ def resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
     """
     names = [name for name, _ in model.named_modules() if name]
     if layers is None:
-        return default_layers(model)
+        return default_layers(model, ran)
     chosen: list[str] = []
     for requested in layers:
         # "net.conv[12]" is a glob when it matches as one; otherwise "[...]" is an output selector.
@@ -164,31 +176,43 @@ def resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
     return sorted(chosen, key=lambda layer: order[split_selector(layer)[0]])
 
 
-def default_layers(model: nn.Module) -> list[str]:
+def default_layers(model: nn.Module, ran: Collection[str] | None = None) -> list[str]:
     """The modules a person would call the model's layers.
 
-    In this order of preference: repeated blocks (residual blocks of a ResNet, encoder layers of a
-    transformer: the outermost non-container modules whose class occurs more than once, or is named
-    ``*Block``/``*Bottleneck``/``*EncoderLayer``), together with any recurrent module (recorded with
-    selector ``[0]``, its output sequence); else every block holding one convolution, taken after its
-    nonlinearity (and after its batch norm); else the same for linear layers, leaving out the last one
-    (the model's output, which the store keeps as logits anyway).
+    In this order of preference: repeated blocks (the items of a ``ModuleList`` or ``Sequential`` of
+    blocks of one class, such as GPT-2's ``transformer.h``, BERT's ``encoder.layer`` or timm's
+    ``blocks``; residual blocks of a ResNet; the outermost non-container modules whose class occurs more
+    than once side by side in a chain, or is named ``*Block``/``*Bottleneck``/``*EncoderLayer``), together
+    with any recurrent module (recorded with selector ``[0]``, its output sequence); else every block
+    holding one convolution, taken after its nonlinearity (and after its batch norm); else the same for
+    linear layers, leaving out the last one (the model's output, which the store keeps as logits anyway).
+
+    A module nested alone inside a block (a squeeze-excite gate, whose output is not the block's) is never
+    a default, however often its class occurs.
+
+    Args:
+        model: any ``nn.Module``.
+        ran: when given, only these modules (names from :func:`modules_that_ran`) can be defaults.
 
     Raises:
         ProbeError: nothing sensible is found; the message lists the candidates.
     """
-    found = _repeated_blocks(model) + [
-        name + "[0]" for name, module in model.named_modules() if name and isinstance(module, _RECURRENT)
+    if ran is not None:
+        ran = set(ran)
+    found = _repeated_blocks(model, ran) + [
+        name + "[0]"
+        for name, module in model.named_modules()
+        if name and isinstance(module, _RECURRENT) and (ran is None or name in ran)
     ]
     if found:
         order = {name: i for i, (name, _) in enumerate(model.named_modules())}
         # A recurrent module inside a chosen block is already covered by the block.
         found = [f for f in found if not any(split_selector(f)[0].startswith(o + ".") for o in found if o != f)]
         return sorted(found, key=lambda layer: order[split_selector(layer)[0]])
-    found = _single_layer_blocks(model, nn.modules.conv._ConvNd)
+    found = _single_layer_blocks(model, nn.modules.conv._ConvNd, ran)
     if found:
         return found
-    found = _single_layer_blocks(model, nn.Linear)
+    found = _single_layer_blocks(model, nn.Linear, ran)
     if len(found) > 1:
         return found[:-1]
     raise ProbeError(
@@ -203,21 +227,55 @@ def _candidates(model: nn.Module, limit: int = 30) -> str:
     return shown + (f" ... ({len(names) - limit} more)" if len(names) > limit else "") if names else "(none)"
 
 
-def _repeated_blocks(model: nn.Module) -> list[str]:
+def _repeated_blocks(model: nn.Module, ran: set[str] | None = None) -> list[str]:
+    modules = dict(model.named_modules())
+    listed = _listed_blocks(model)
     counts: dict[type, int] = {}
-    for name, module in model.named_modules():
+    for name, module in modules.items():
         if name and _is_block(module):
             counts[type(module)] = counts.get(type(module), 0) + 1
     chosen: list[str] = []
-    for name, module in model.named_modules():
-        if not name or not _is_block(module):
+    for name, module in modules.items():
+        if not name or (ran is not None and name not in ran):
             continue
-        if counts[type(module)] < 2 and not type(module).__name__.endswith(_BLOCK_SUFFIXES):
-            continue
+        if name not in listed:
+            if not _is_block(module):
+                continue
+            named_block = type(module).__name__.endswith(_BLOCK_SUFFIXES)
+            if not named_block and (counts[type(module)] < 2 or not _in_chain(modules, name, module)):
+                continue
         if any(name.startswith(outer + ".") for outer in chosen):
             continue
         chosen.append(name)
     return chosen
+
+
+def _listed_blocks(model: nn.Module) -> set[str]:
+    """Items of a ``ModuleList``/``Sequential`` of two or more blocks of one class that hold parameters
+    (GPT-2's ``transformer.h.N``, whose layers are not ``nn.Linear``, count too)."""
+    found: set[str] = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+            continue
+        items = list(module.named_children())
+        kinds = {type(child) for _, child in items}
+        if len(items) < 2 or len(kinds) != 1 or isinstance(items[0][1], _CONTAINERS):
+            continue
+        child = items[0][1]
+        if not list(child.children()) or next(child.parameters(), None) is None:
+            continue
+        found.update(f"{name}.{item}" if name else item for item, _ in items)
+    return found
+
+
+def _in_chain(modules: dict[str, nn.Module], name: str, module: nn.Module) -> bool:
+    """Whether a module is a link of a chain: under a container or the model itself, or beside a sibling of its
+    own class. A module alone of its class inside a block (a squeeze-excite gate) is a part, not a layer."""
+    parent_name = name.rpartition(".")[0]
+    parent = modules[parent_name]
+    if not parent_name or isinstance(parent, _CONTAINERS):
+        return True
+    return sum(type(child) is type(module) for child in parent.children()) > 1
 
 
 def _is_block(module: nn.Module) -> bool:
@@ -229,7 +287,7 @@ def _is_block(module: nn.Module) -> bool:
     return any(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, *_RECURRENT)) for m in module.modules())
 
 
-def _single_layer_blocks(root: nn.Module, kind: type[nn.Module]) -> list[str]:
+def _single_layer_blocks(root: nn.Module, kind: type[nn.Module], ran: set[str] | None = None) -> list[str]:
     """The outermost modules holding exactly one weighted layer, of ``kind``; a bare layer in a Sequential is
     taken after the norm and nonlinearity that follow it."""
     found: list[str] = []
@@ -242,12 +300,16 @@ def _single_layer_blocks(root: nn.Module, kind: type[nn.Module]) -> list[str]:
         children = list(module.named_children())
         for index, (child_name, child) in enumerate(children):
             name = f"{prefix}{child_name}"
+            if ran is not None and name not in ran:
+                continue
             n = count(child)
             if n == 1 and any(isinstance(m, kind) for m in child.modules()):
                 if isinstance(child, kind) and isinstance(module, nn.Sequential):
                     # A flat Sequential(conv, BN, ReLU, ...): record after the norm and the nonlinearity.
                     for follower_name, follower in children[index + 1 :]:
                         if not isinstance(follower, (*_NORMS, *_ACTIVATIONS)):
+                            break
+                        if ran is not None and f"{prefix}{follower_name}" not in ran:
                             break
                         name = f"{prefix}{follower_name}"
                 found.append(name)

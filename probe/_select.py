@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import default_collate
 
+from actrec.probe._batch import batch_size, concatenate, label_part, map_tensors, shown_inputs, take
 from actrec.probe._layers import ProbeError, torch_reason
 
 _IMAGE_KEYS = ("image", "images", "img", "input", "inputs", "x", "pixel_values")
@@ -26,16 +29,24 @@ class ProbeSelection:
         indices: ``(P,)`` int64 tensor, each probe's position in its source (dataset index, or position
             in the loader's batches).
         source: where they came from, in words ("the images given", "val_dataset", "the validation loader").
+        batch: the probes as the model's own step sees them: a tensor, a tuple or a dict (labels included),
+            ``None`` when that is ``images`` itself.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
     source: str
+    batch: Any = None
 
     @property
     def labeled(self) -> bool:
         return bool((self.labels != UNLABELED).all())
+
+    @property
+    def model_batch(self) -> Any:
+        """The probes as the model's step sees them (a tensor, tuple or dict); ``images`` when none was kept."""
+        return self.images if self.batch is None else self.batch
 
 
 def split_sample(sample: Any) -> tuple[torch.Tensor, Any]:
@@ -45,8 +56,8 @@ def split_sample(sample: Any) -> tuple[torch.Tensor, Any]:
     if isinstance(sample, dict):
         image = next((sample[k] for k in _IMAGE_KEYS if k in sample), None)
         label = next((sample[k] for k in _LABEL_KEYS if k in sample), None)
-        if image is None:
-            raise ProbeError(f"cannot tell the input in a sample with keys {', '.join(map(repr, sample))}.")
+        if image is None:  # token ids and the like: the first tensor of the input part
+            return torch.as_tensor(shown_inputs(sample)), label
         return torch.as_tensor(image), label
     if isinstance(sample, (tuple, list)) and sample:
         return torch.as_tensor(sample[0]), (sample[1] if len(sample) > 1 else None)
@@ -128,10 +139,17 @@ def probes_from_dataset(
         chosen = _pick(_dataset_labels(dataset, per_class, max_probes), per_class, max_probes)
     if not chosen:
         raise ProbeError("the validation dataset is empty, so there are no probe images to take.")
-    samples = [split_sample(dataset[i]) for i in chosen]
+    items = [dataset[i] for i in chosen]
+    samples = [split_sample(item) for item in items]
     images = _stacked([image for image, _ in samples], "the validation dataset")
     labels = torch.tensor([_label_of(label) for _, label in samples], dtype=torch.int64)
-    return ProbeSelection(_as_float(images), labels, torch.as_tensor(chosen, dtype=torch.int64), "val_dataset")
+    try:
+        batch = default_collate(items)  # what a DataLoader over the dataset hands the model's step
+    except (RuntimeError, TypeError, ValueError):
+        batch = None
+    return ProbeSelection(
+        _as_float(images), labels, torch.as_tensor(chosen, dtype=torch.int64), "val_dataset", batch=batch
+    )
 
 
 def _dataset_labels(dataset: Any, per_class: int, max_probes: int) -> list[int]:
@@ -169,27 +187,78 @@ def probes_from_loader(
     Raises:
         ProbeError: the loader yields nothing.
     """
-    inputs: list[torch.Tensor] = []
+    kept: list[Any] = []
     labels: list[int] = []
     with torch.random.fork_rng(devices=[]):
         for number, batch in enumerate(batches):
-            images, batch_labels = split_sample(batch)
-            images = images.detach().cpu()
-            inputs.extend(images)
-            if batch_labels is None:
-                labels.extend([UNLABELED] * images.shape[0])
-            else:
-                labels.extend(_label_of(label) for label in torch.as_tensor(batch_labels).reshape(images.shape[0], -1))
+            kept.append(map_tensors(batch, lambda tensor: tensor.detach().cpu()))
+            labels.extend(_labels_of(batch))
             if number + 1 >= max_batches:
                 break
     chosen = _pick(labels, per_class, max_probes)
     if not chosen:
         raise ProbeError("the validation loader yielded no batches, so there are no probe images to take.")
-    images = _stacked([inputs[i] for i in chosen], "the validation loader")
+    joined = take(concatenate(kept), chosen, len(labels))
     label_tensor = torch.tensor([labels[i] for i in chosen], dtype=torch.int64)
     return ProbeSelection(
-        _as_float(images), label_tensor, torch.as_tensor(chosen, dtype=torch.int64), "the validation loader"
+        _as_float(shown_inputs(joined)),
+        label_tensor,
+        torch.as_tensor(chosen, dtype=torch.int64),
+        "the validation loader",
+        batch=joined,
     )
+
+
+def probes_from_batch(batch: Any) -> ProbeSelection:
+    """All the probes of one batch given as the model's step sees it (a tensor, a tuple or a dict).
+
+    Raises:
+        ProbeError: no input tensor with a batch dimension is found in it.
+    """
+    batch = map_tensors(batch, lambda tensor: torch.as_tensor(tensor).detach().cpu())
+    labels = _labels_of(batch)
+    return ProbeSelection(
+        _as_float(shown_inputs(batch)),
+        torch.tensor(labels, dtype=torch.int64),
+        torch.arange(len(labels), dtype=torch.int64),
+        "the batch given",
+        batch=batch,
+    )
+
+
+def decide_task(probes: ProbeSelection, output_shape: Sequence[int]) -> tuple[str, str]:
+    """What a model's output is, from shapes alone: ``(task, why in words)``.
+
+    ``reconstruction``: floating inputs and an output with as many values per probe; ``generation``: a
+    vector in, a map or sequence out; ``classification``: two or more scores per probe; ``regression``:
+    one value per probe; ``none``: anything else (language-model logits per token, for instance).
+    """
+    shown_in = tuple(probes.images.shape[1:])
+    shown_out = tuple(output_shape[1:])
+    values_in, values_out = math.prod(shown_in), math.prod(shown_out)
+    floating = probes.images.is_floating_point()
+    if floating and values_in > 1 and values_in == values_out:
+        return "reconstruction", f"the output {shown_out} holds as many values as the input {shown_in}"
+    if floating and len(shown_in) == 1 and len(shown_out) >= 2:
+        return "generation", f"a vector of {values_in} in, {shown_out} out"
+    if len(shown_out) == 1 and shown_out[0] >= 2:
+        return "classification", f"{shown_out[0]} scores per probe"
+    if values_out == 1:
+        return "regression", "one value per probe"
+    return "none", f"an output of {shown_out} per probe is not class scores"
+
+
+def _labels_of(batch: Any) -> list[int]:
+    """One label per item of a batch (:data:`UNLABELED` where an item has none, or a label per token)."""
+    size = batch_size(batch)
+    found = label_part(batch)
+    if found is None:
+        return [UNLABELED] * size
+    try:
+        rows = torch.as_tensor(found).reshape(size, -1)
+    except (RuntimeError, TypeError, ValueError):
+        return [UNLABELED] * size
+    return [_label_of(label) for label in rows]
 
 
 def _stacked(images: Sequence[torch.Tensor], source: str) -> torch.Tensor:

@@ -80,14 +80,14 @@ def parse_channels(text: str | None) -> ChannelChoice:
     match = re.fullmatch(r"top:(\d+)", text)
     if match:
         if int(match[1]) < 1:
-            raise RecordingError(f"channels='top:K' needs K of at least 1, got {text!r}.")
+            raise RecordingError(f"--channels top:K needs K of at least 1, got {text!r}.")
         return ChannelChoice(top=int(match[1]))
     try:
         indices = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         indices = ()
     if not indices or min(indices) < 0:
-        raise RecordingError(f"channels takes indices ('0,3,7'), 'top:K' or 'all', got {text!r}.")
+        raise RecordingError(f"--channels takes indices ('0,3,7'), 'top:K' or 'all', got {text!r}.")
     return ChannelChoice(indices=tuple(dict.fromkeys(indices)))
 
 
@@ -250,7 +250,7 @@ class LayerView:
                 if choice.top is None:
                     note = (
                         f"{self.name}: drawing {keep} of its {width} {noun}, the {keep} that vary most over training; "
-                        "channels= picks others (a list, top:K or all)."
+                        "--channels picks others (a list, top:K or all)."
                     )
         labels = full_labels if select is None else tuple(full_labels[i] for i in select)
         return ChannelPlan(select, labels, width, note)
@@ -259,7 +259,8 @@ class LayerView:
         """Rows holding NaN or infinities: the stored counts (v2), else a non-finite row maximum (v1)."""
         try:
             stored = np.asarray(self._store.nonfinite(self.name, slice(0, self.num_rows)))
-            if stored.size and stored.any():
+            if self._store.format_version >= 2:
+                # v2 counts them as written: a NaN in abs_max (which holds only finite values) is damage.
                 return int((stored > 0).sum())
             peaks = np.asarray(self._store.abs_max(self.name, slice(0, self.num_rows)), dtype=np.float64)
         except (StoreError, KeyError):

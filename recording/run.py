@@ -42,6 +42,7 @@ class Recording:
         self._allow_empty = allow_empty
         self._layers: dict[str, LayerView] = {}
         self._timeline: Timeline | None = None
+        self._known_batch_size: tuple[int | None] | None = None  # read once: a live run's refreshes parse no YAML
         self.refresh()
 
     @classmethod
@@ -167,11 +168,15 @@ class Recording:
         trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
         steps = self.store.steps() if num_rows else {key: _empty() for key in STEP_COLUMNS}
         scalars = {name: self.store.scalars(name) for name in SCALAR_SERIES}
-        logits = self.store.logits(slice(0, num_rows)) if num_rows else np.zeros((0, self.num_probes, 1))
+        store = self.store
+
+        def read_logits() -> np.ndarray:
+            return store.logits(slice(0, num_rows)) if num_rows else np.zeros((0, len(store.probes.labels), 1))
+
         self._timeline = build_timeline(
             steps,
             scalars,
-            logits,
+            read_logits,
             num_rows,
             batch_size=self._batch_size(config),
             max_epochs=_positive_int(trainer.get("max_epochs")),
@@ -194,6 +199,11 @@ class Recording:
         return f"Recording({str(self.store_path)!r}, rows={self.num_rows}, layers={len(self.layers)})"
 
     def _batch_size(self, store_config: dict[str, Any]) -> int | None:
+        if self._known_batch_size is None:
+            self._known_batch_size = (self._read_batch_size(store_config),)
+        return self._known_batch_size[0]
+
+    def _read_batch_size(self, store_config: dict[str, Any]) -> int | None:
         run_config: dict[str, Any] = {}
         if self.run.config_path.exists():
             try:

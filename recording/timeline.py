@@ -7,8 +7,9 @@ rows with :meth:`Timeline.thin`, so ``--stride 10`` shows the same steps everywh
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -100,7 +101,8 @@ class Timeline:
         batch_size: the training batch size when the run's config names it, else ``None``.
         columns: every per-row column (``batch_loss``, ``batch_acc``, ... as stored; ``epoch`` corrected).
         scalars: logged series by name, ``(steps, values)`` each.
-        predictions: ``(N, P)`` predicted class of each probe at each row (``-1``: logits not finite).
+        read_logits: reads the ``(N, P, K)`` probe logits; called once, on first use of :attr:`predictions`
+            (while the recording is open: logits are the largest per-row column, and most readers never need them).
         max_steps: the run's step limit from its config, when known.
         max_epochs: the run's epoch limit from its config, when known.
     """
@@ -112,9 +114,14 @@ class Timeline:
     batch_size: int | None
     columns: dict[str, np.ndarray]
     scalars: dict[str, tuple[np.ndarray, np.ndarray]] = field(repr=False)
-    predictions: np.ndarray = field(repr=False)
+    read_logits: Callable[[], np.ndarray] = field(repr=False, compare=False)
     max_steps: int | None = None
     max_epochs: int | None = None
+
+    @cached_property
+    def predictions(self) -> np.ndarray:
+        """``(N, P)`` predicted class of each probe at each row (``-1``: logits not finite)."""
+        return predicted_classes(self.read_logits()[: self.num_rows])
 
     @property
     def samples_seen(self) -> np.ndarray | None:
@@ -176,7 +183,7 @@ class Timeline:
 def build_timeline(
     steps: dict[str, np.ndarray],
     scalars: dict[str, tuple[np.ndarray, np.ndarray]],
-    logits: np.ndarray,
+    read_logits: Callable[[], np.ndarray],
     num_rows: int,
     *,
     batch_size: int | None = None,
@@ -195,7 +202,7 @@ def build_timeline(
         batch_size=batch_size,
         columns=columns,
         scalars=scalars,
-        predictions=predicted_classes(logits[:num_rows]),
+        read_logits=read_logits,
         max_steps=max_steps,
         max_epochs=max_epochs,
     )

@@ -55,6 +55,7 @@ class ReportResult:
     layers: tuple[str, ...]
     stride: int
     size_bytes: int
+    notes: tuple[str, ...] = ()
 
 
 def unit_maps(sample_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -193,19 +194,37 @@ def build_report(
         target = Path(out) if out is not None else recording.run_dir / REPORT_FILENAME
         prepare_out_dir(target.parent)
         probes = recording.probes
+        # The read side's rule: a damaged row is left out and named. The page shows one step for every layer,
+        # so a step damaged in any layer is left out of the whole page.
+        frames: dict[str, dict[int, str]] = {}
+        damaged: dict[int, list[str]] = {}
+        for name in recording.layers:
+            view, missing = recording.layer(name), []
+            frames[name] = {
+                row: _b64_png(tile_grid(values, view.scale)) for row, values in view.iter_rows(rows, missing)
+            }
+            for row in missing:
+                damaged.setdefault(row, []).append(name)
+        notes = [
+            f"step {int(timeline.global_steps[row])} of layer {', '.join(names)} is damaged (it failed its integrity "
+            "check) and was left out."
+            for row, names in sorted(damaged.items())
+        ]
+        rows = np.asarray([row for row in rows.tolist() if row not in damaged], dtype=np.int64)
+        if rows.size == 0:
+            raise ReportError("every shown step is damaged (it failed its integrity check); nothing to report.")
         predictions = timeline.predictions[rows]
         layers = []
         for name in recording.layers:
             channels, height, width = unit_maps(recording.layer(name).sample_shape)
-            scale = recording.layer(name).scale
             layers.append(
                 {
                     "name": name,
                     "channels": channels,
                     "height": height,
                     "width": width,
-                    "scaleLabel": _scale_label(scale),
-                    "frames": _layer_frames(recording, name, rows, scale),
+                    "scaleLabel": _scale_label(recording.layer(name).scale),
+                    "frames": [frames[name][row] for row in rows.tolist()],
                 }
             )
         shown_steps = timeline.global_steps[rows]
@@ -231,13 +250,15 @@ def build_report(
         page = render_page(data, charts=charts, title=f"actrec report · {primary.label}")
     with atomic_path(target) as partial:
         partial.write_text(page, encoding="utf-8")
-    return ReportResult(target, shown_steps, tuple(layer["name"] for layer in layers), stride, target.stat().st_size)
+    names = tuple(layer["name"] for layer in layers)
+    return ReportResult(target, shown_steps, names, stride, target.stat().st_size, tuple(notes))
 
 
 def _scale_label(scale: ColourScale) -> str:
     """The colour bar in words: ``"-1 .. +1, fixed (tanh)"`` or ``"0 .. 2.5, 99.5th percentile of |a|"``."""
     labels = [text for text, _ in scale.bar_labels()]
-    return f"{labels[0]} .. {labels[-1]}" + (f", {scale.rule}" if scale.rule else "")
+    mismatch = f" ({scale.note.split(';')[0]})" if scale.note else ""  # the declared kind did not fit
+    return f"{labels[0]} .. {labels[-1]}" + (f", {scale.rule}" if scale.rule else "") + mismatch
 
 
 def _dynamics_rows(dynamics: Dynamics, rows: np.ndarray) -> list[dict]:

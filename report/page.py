@@ -5,6 +5,10 @@ from __future__ import annotations
 import html
 import json
 
+from actrec.recording.colors import PALETTE
+from actrec.recording.scale import ColourScale
+from actrec.report.charts import css_color
+
 _CSS = """
 :root { --tile: 40px; font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #1e1e1e; }
 body { margin: 0; background: #fafafa; }
@@ -33,6 +37,15 @@ h2 { font-size: 14px; margin: 8px 0; color: #444; text-transform: uppercase; let
 .labels span { overflow: hidden; white-space: nowrap; text-overflow: ellipsis; }
 .right { color: #1a853c; } .wrong { color: #c81e1e; }
 .scalebar { font-size: 11px; color: #777; }
+.layer-body { display: grid; grid-template-columns: auto auto; column-gap: 6px; align-items: start; }
+.rowlabels { display: grid; font-size: 11px; color: #777; text-align: right; white-space: nowrap; }
+.rowlabels span { display: flex; align-items: center; justify-content: flex-end; overflow: hidden; }
+.probe-labels { color: #555; }
+.cbar { display: inline-flex; flex-direction: column; gap: 1px; min-width: 110px; font-size: 10px; color: #555; }
+.cbar-ramp { height: 8px; border: 1px solid #ccc; }
+.cbar-ticks { display: flex; justify-content: space-between; font-variant-numeric: tabular-nums; }
+#sticky-predictions { flex-basis: 100%; display: flex; gap: 8px; align-items: center; font-size: 11px; }
+#sticky-predictions .labels { flex: 0 0 auto; }
 .chart .grid { stroke: #e8e8e8; } .chart .axis { stroke: #3c3c3c; }
 .chart .tick { font-size: 10px; fill: #777; } .chart .chart-title { font-size: 12px; fill: #1e1e1e; }
 .chart .cursor { stroke: #c81e1e; stroke-width: 1.2; }
@@ -60,11 +73,14 @@ _SCRIPT = r"""
     const tile = Number(zoom.value);
     document.querySelectorAll(".grid[data-channels]").forEach((grid) => {
       const w = Number(grid.dataset.width), h = Number(grid.dataset.height);
-      const th = Math.max(3, Math.round(tile * h / w));
+      // A vector layer (one row of units) stays at least 8 px high, so it reads as a row, not a line.
+      const th = Math.max(Number(grid.dataset.channels) === 1 && h === 1 ? 8 : 3, Math.round(tile * h / w));
       grid.style.setProperty("--tw", tile + "px");
       grid.style.setProperty("--th", th + "px");
       grid.style.width = (tile * Number(grid.dataset.probes)) + "px";
       grid.style.height = (th * Number(grid.dataset.channels)) + "px";
+      const rows = grid.parentElement.querySelector(".rowlabels");
+      if (rows) rows.style.gridTemplateRows = "repeat(" + grid.dataset.channels + ", " + th + "px)";
     });
     document.querySelectorAll(".labels").forEach((row) => {
       row.style.gridTemplateColumns = "repeat(" + D.labels.length + ", " + tile + "px)";
@@ -100,7 +116,8 @@ _SCRIPT = r"""
       });
     });
     const predicted = D.predictions[current];
-    document.querySelectorAll("#predictions span").forEach((cell, probe) => {
+    document.querySelectorAll(".predictions span").forEach((cell, i) => {
+      const probe = i % D.labels.length;
       if (D.labels[probe] < 0) {  // unlabeled: neither right nor wrong
         cell.textContent = className(predicted[probe]);
         cell.className = "";
@@ -170,10 +187,41 @@ def _class_name(names: list[str], label: int) -> str:
     return str(names[label]) if 0 <= label < len(names) else "?"
 
 
-def _grid(layer: dict, probes: int) -> str:
-    return (
+def _grid(layer: dict, probes: int, probe_labels: str = "") -> str:
+    """A layer's tiles with its labels: class names above the columns, channels beside the rows."""
+    grid = (
         f'<div class="grid" data-channels="{layer["channels"]}" data-height="{layer["height"]}" '
         f'data-width="{layer["width"]}" data-probes="{probes}"><img alt="{html.escape(layer["name"])}"></div>'
+    )
+    channels, height = int(layer["channels"]), int(layer["height"])
+    if channels == 1:
+        names = ["units" if height == 1 else "tokens"]
+    else:
+        names = [f"ch {channel}" for channel in range(channels)]
+    rows = "".join(f"<span>{name}</span>" for name in names)
+    return (
+        f'<div class="layer-body"><span></span><div class="labels probe-labels">{probe_labels}</div>'
+        f'<div class="rowlabels">{rows}</div>{grid}</div>'
+    )
+
+
+def _colour_bar(scale_label: str) -> str:
+    """The colour bar of a layer's scale (``"-1 .. +1, fixed (tanh)"``): its ramp and the numbers at its ends.
+
+    The ramp is sampled from the palette's own ramp (:meth:`ColourScale.bar_indices`), so it shows the colours
+    the tiles are drawn in; the numbers are the scale's.
+    """
+    ends, _, rule = scale_label.partition(", ")
+    low, _, high = ends.partition(" .. ")
+    one_sided = low == "0"
+    stops = ColourScale(one_sided=one_sided, limit=1.0).bar_indices(9)
+    gradient = ", ".join(css_color(PALETTE[index]) for index in stops.tolist())
+    ticks = [low, high] if one_sided else [low, "0", high]
+    return (
+        f'<span class="cbar" title="{html.escape(scale_label)}"><span class="cbar-ramp" '
+        f'style="background: linear-gradient(to right, {gradient})"></span><span class="cbar-ticks">'
+        + "".join(f"<span>{html.escape(tick)}</span>" for tick in ticks)
+        + f'</span><span class="cbar-rule">{html.escape(rule)}</span></span>'
     )
 
 
@@ -196,11 +244,10 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
         )
     layer_panels = []
     for index, layer in enumerate(data["layers"]):
-        scale = html.escape(layer["scaleLabel"])
         figures = [
             f'<figure class="panel layer" data-run="0" data-index="{index}" data-layer="{html.escape(layer["name"])}">'
-            f'<figcaption><b>{html.escape(layer["name"])}</b><span class="scalebar">{scale}</span>'
-            f'<span class="panel-step"></span></figcaption>{_grid(layer, probes)}</figure>'
+            f"<figcaption><b>{html.escape(layer['name'])}</b>{_colour_bar(layer['scaleLabel'])}"
+            f'<span class="panel-step"></span></figcaption>{_grid(layer, probes, label_row)}</figure>'
         ]
         for k, other in enumerate(data["compare"]):
             match = [i for i, theirs in enumerate(other["layers"]) if theirs["name"] == layer["name"]]
@@ -210,7 +257,7 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
                     f'<figure class="panel layer" data-run="{k + 1}" data-index="{match[0]}" '
                     f'data-layer="{html.escape(layer["name"])}"><figcaption><b>{html.escape(other["run"])}</b>'
                     f'<span class="scalebar">{html.escape(layer["name"])}</span>'
-                    f'<span class="panel-step"></span></figcaption>{_grid(theirs, probes)}</figure>'
+                    f'<span class="panel-step"></span></figcaption>{_grid(theirs, probes, label_row)}</figure>'
                 )
         layer_panels.append(
             "".join(figures) if not data["compare"] else f'<div class="panels">{"".join(figures)}</div>'
@@ -250,6 +297,8 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
 <input id="slider" type="range" min="0" max="{len(data["steps"]) - 1}" value="0" step="1" aria-label="training step">
 <span id="step-label"></span>
 <label class="scalebar">zoom <input id="zoom" type="range" min="12" max="96" value="40" step="2"></label>
+<div id="sticky-predictions"><span class="scalebar">predicted</span>
+<div class="labels predictions">{"<span></span>" * probes}</div></div>
 </header>
 <main>
 <p class="note">One slider drives every panel ({stride_note}). Keys: ← → one step, PgUp/PgDn ten, Home/End,
@@ -260,7 +309,7 @@ on each layer's fixed scale, as actrec render draws them; rows are channels, col
 <div class="panel" id="probes"><div class="caption"><b>probes</b><span class="panel-step"></span></div>
 <div class="labels">{label_row}</div>
 {probe_picture}
-<div class="labels" id="predictions">{"<span></span>" * probes}</div></div></section>
+<div class="labels predictions" id="predictions">{"<span></span>" * probes}</div></div></section>
 <section><h2>Layers</h2>{layers_html}</section>
 <section><h2>Training curves</h2><p class="note">{"".join(charts["training_legend"])}</p>
 <div class="panels">{training}</div></section>

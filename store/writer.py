@@ -145,6 +145,7 @@ class StoreWriter:
         overwrite: bool = False,
         flush_every: int = BLOCK_ROWS,
         background: bool = True,
+        task: str | None = None,
     ) -> StoreWriter:
         """Create a new store and start SWMR writing.
 
@@ -160,6 +161,8 @@ class StoreWriter:
             overwrite: replace an existing file at ``path``.
             flush_every: write and flush rows in blocks of this many (and at least once a second).
             background: write on a worker thread.
+            task: what the model's output is (``"classification"``, ``"reconstruction"``, ``"generation"``,
+                ``"regression"``, ``"none"``), stored as the file's ``task`` attribute for the viewer.
 
         Raises:
             StoreError: the file exists (and ``overwrite`` is False), its folder is not writable, it
@@ -183,6 +186,8 @@ class StoreWriter:
             file = h5py.File(tmp, "w", libver="latest")
             try:
                 _write_layout(file, run_id, config, probes, layers, num_classes, dtype, compression)
+                if task is not None:
+                    file.attrs["task"] = task
             finally:
                 file.close()
             os.replace(tmp, path)
@@ -546,9 +551,14 @@ def _write_layout(
     file.attrs["class_names"] = json.dumps(list(probes.class_names))
 
     group = file.create_group("probes")
-    group.create_dataset("images", data=np.asarray(probes.images, dtype=np.float32))
-    group.create_dataset("labels", data=np.asarray(probes.labels, dtype=np.int64))
-    group.create_dataset("indices", data=np.asarray(probes.indices, dtype=np.int64))
+    # Checksummed like every row (a chunked layout; an empty array cannot be chunked): damage to a probe
+    # image is then refused by the reader instead of being drawn as data.
+    for name, values in (
+        ("images", np.asarray(probes.images, dtype=np.float32)),
+        ("labels", np.asarray(probes.labels, dtype=np.int64)),
+        ("indices", np.asarray(probes.indices, dtype=np.int64)),
+    ):
+        group.create_dataset(name, data=values, fletcher32=values.size > 0)
 
     steps = file.create_group("steps")
     _growable(steps, "global_step", (), "int64", chunks=(1024,))
@@ -607,7 +617,7 @@ def _copy_rows(source: h5py.File, target: h5py.File, keep: int, keep_through_ste
             return
         growable = obj.maxshape and obj.maxshape[0] is None
         if not growable:
-            target.create_dataset(name, data=obj[()])
+            target.create_dataset(name, data=obj[()], fletcher32=obj.fletcher32)
             return
         scalars = obj[()] if name.startswith("scalars/") else None  # (N, 2): small
         if scalars is not None:

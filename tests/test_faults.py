@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -802,7 +803,7 @@ def test_a_tensorboard_export_folder_that_is_a_link_is_refused_and_its_target_un
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(pristine, elsewhere / "activations.h5")
-    assert main(["tensorboard", str(elsewhere), "--print"]) == 0  # a real export, the link's target below
+    assert main(["tensorboard", str(elsewhere), "--export", "--print"]) == 0  # a real export: the link's target
     assert any(path.name.startswith("events.out.tfevents.") for path in (elsewhere / "activations").rglob("*"))
     capsys.readouterr()
     run = tmp_path / "run"
@@ -810,7 +811,7 @@ def test_a_tensorboard_export_folder_that_is_a_link_is_refused_and_its_target_un
     shutil.copy(pristine, run / "activations.h5")
     (run / "activations").symlink_to(elsewhere / "activations")
     before, listing = _fingerprint(elsewhere), sorted(path.name for path in run.iterdir())
-    assert main(["tensorboard", str(run), "--print"]) == 1
+    assert main(["tensorboard", str(run), "--export", "--print"]) == 1
     assert capsys.readouterr().err == (
         f"actrec tensorboard: {run / 'activations'} is a symbolic link and was not written by actrec tensorboard; "
         "move it away to export here.\n"
@@ -984,3 +985,208 @@ def test_inspect_featuremaps_with_a_folder_for_image_says_it_is_a_folder(
     assert capsys.readouterr().err == (
         f"actrec inspect featuremaps: image {tmp_path} is a folder; pass an image file (PNG, JPEG, ...).\n"
     )
+
+
+_WRITE_BIG_DYNAMICS = r"""
+import sys
+import numpy as np
+from actrec.dynamics.compute import SERIES, Dynamics, LayerDynamics
+from actrec.dynamics.tensorboard import write_scalars
+
+steps = np.arange(int(sys.argv[2]))
+layer = LayerDynamics(name="net.conv1", scale_kind="tanh", channels=4, always_constant=(), settling_step=None,
+                      **{key: np.linspace(0.0, 1.0, len(steps)) for key in SERIES})
+dynamics = Dynamics(run_id="big", global_steps=steps, epochs=steps // 100, num_probes=3, threshold=0.9,
+                    layers={"net.conv1": layer})
+print("writing", flush=True)
+write_scalars(dynamics, sys.argv[1])
+"""
+
+
+def _event_points(path: Path) -> int:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    return sum(1 for event in EventFileLoader(str(path)).Load() if event.summary.value)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_a_killed_dynamics_export_leaves_the_previous_events_file_whole(tmp_path: Path, how: str) -> None:
+    log_dir = tmp_path / "dynamics"
+    command = [sys.executable, "-c", _WRITE_BIG_DYNAMICS, str(log_dir)]
+    subprocess.run([*command, "300"], check=True, capture_output=True, timeout=120)
+    (previous,) = log_dir.iterdir()
+    assert _event_points(previous) == 300
+    before = _fingerprint(log_dir)
+    process = subprocess.Popen([*command, "99999"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "writing\n"
+    time.sleep(1.5)  # the 99,999-point file takes several seconds to write
+    assert process.poll() is None, "the write ended before it could be killed"
+    process.send_signal(getattr(signal, how))
+    process.communicate(timeout=60)
+    after = _fingerprint(log_dir)
+    # The old complete file, byte-identical; TensorBoard loads nothing else. Ctrl-C also removes the partial
+    # file; SIGKILL leaves it under its staged name, which TensorBoard ignores and the next write removes.
+    assert {name: digest for name, digest in after.items() if "tfevents" in name} == before
+    assert len(after) == (2 if how == "SIGKILL" else 1)
+    subprocess.run([*command, "10"], check=True, capture_output=True, timeout=120)
+    (rewritten,) = log_dir.iterdir()
+    assert _event_points(rewritten) == 10
+
+
+@pytest.mark.parametrize(("sheet_steps", "outside"), [("7777,3", "7777"), ("-5,0,99999", "-5, 99999")])
+def test_sheet_steps_outside_the_recorded_steps_are_refused_like_steps(
+    tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str], sheet_steps: str, outside: str
+) -> None:
+    out = tmp_path / "out"
+    assert main(["render", str(pristine), f"--sheet-steps={sheet_steps}", "--out", str(out), "--quiet"]) == 1
+    last = (NUM_STEPS - 1) * 5
+    assert capsys.readouterr().err == (
+        f"actrec render: --sheet-steps {outside} lies outside the drawn steps 0..{last}; choose steps within them.\n"
+    )
+    assert not out.exists()
+    assert main(["render", str(pristine), "--steps", "99999:", "--out", str(out), "--quiet"]) == 1
+    assert "no recorded step lies in the chosen range" in capsys.readouterr().err
+
+
+def test_nan_in_abs_max_of_a_v2_store_is_not_counted_as_a_non_finite_step(
+    tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def nan_peaks(file: h5py.File) -> None:
+        file["layers/net.conv2/abs_max"][:] = np.nan
+
+    store = _edited(pristine, tmp_path, nan_peaks)
+    assert main(["render", str(store), "--layers", "net.conv2", "--out", str(tmp_path / "out")]) == 0
+    assert "NaN or infinite" not in capsys.readouterr().err
+    diverged = _diverged_store(tmp_path / "diverged" / "activations.h5")
+    assert main(["render", str(diverged), "--layers", "net.conv2", "--out", str(tmp_path / "out2")]) == 0
+    assert "net.conv2: 4 of 8 recorded steps hold NaN or infinite values" in capsys.readouterr().err
+
+
+def test_a_damaged_probe_image_is_refused_not_drawn_as_data(
+    tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with h5py.File(pristine, "r") as file:
+        assert all(file[f"probes/{name}"].fletcher32 for name in ("images", "labels", "indices"))
+    store = tmp_path / "activations.h5"
+    shutil.copy(pristine, store)
+    _damage(store, _chunk_offset(store, "probes/images", 0) + 40, length=16)
+    assert _refuse(store, capsys) == "row 0 of probes/images is damaged (checksum mismatch)"
+
+
+def test_a_run_shorter_than_the_recording_stride_does_not_claim_its_loss_was_never_logged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    from actrec.trainer.cli import train_main
+
+    short = [*_RESUME_RUN[:-1], "--trainer.max_epochs=1"]  # 3 batches, every_n_steps set below
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train_main(["--runs_dir", str(tmp_path), *short, "--recorder.every_n_steps=5"]) == 0
+    assert [str(w.message) for w in caught if "logged none of" in str(w.message)] == []
+    with StoreReader(tmp_path / "kill" / "version_0") as store:
+        assert store.global_steps().tolist() == [0, 3]
+
+
+def test_ctrl_c_while_a_command_still_imports_is_one_line_not_a_traceback(
+    pristine: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # On a loaded machine `actrec render` spends seconds importing numpy, h5py and Pillow before its own guard
+    # is in place, and Ctrl-C there printed a traceback through importlib. A Ctrl-C that lands in the
+    # subcommand's import, made certain: an import hook raises it exactly there.
+    import importlib.abc
+
+    class CtrlCOnImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: object, target: object = None) -> None:
+            if name == "actrec.viewer.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "actrec.viewer.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [CtrlCOnImport(), *sys.meta_path])
+    assert main(["render", str(pristine), "--quiet"]) == 130
+    assert capsys.readouterr().err == "actrec: interrupted.\n"
+
+
+def test_dynamics_leaves_a_damaged_row_out_and_says_so_as_render_does(
+    tmp_path: Path, pristine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from actrec.dynamics import compute_dynamics
+    from actrec.recording import Recording
+
+    run = tmp_path / "run"
+    run.mkdir()
+    store = run / "activations.h5"
+    shutil.copy(pristine, store)
+    _damage(store, _chunk_offset(store, "layers/net.conv1/activations", 7) + 100)
+    sentence = "step 35 of layer net.conv1 is damaged (it failed its integrity check) and was left out."
+    assert main(["dynamics", str(run), "--no-tensorboard", "--no-png"]) == 0
+    assert f"note: {sentence}\n" in capsys.readouterr().err
+    assert main(["render", str(run), "--layers", "net.conv1", "--out", str(tmp_path / "out")]) == 0
+    assert sentence in capsys.readouterr().err
+    with Recording.open(store) as damaged, Recording.open(pristine) as clean:
+        left_out = compute_dynamics(damaged).layers["net.conv1"]
+        whole = compute_dynamics(clean).layers["net.conv1"]
+        other = compute_dynamics(damaged).layers["net.conv2"]
+        assert other.cka_to_final.tolist() == compute_dynamics(clean).layers["net.conv2"].cka_to_final.tolist()
+    assert left_out.damaged_steps == (35,)
+    for key in ("cka_to_final", "cka_to_first", "saturated_fraction"):
+        values = getattr(left_out, key)
+        assert np.isnan(values[7]), key
+        np.testing.assert_array_equal(np.delete(values, 7), np.delete(getattr(whole, key), 7), err_msg=key)
+    assert np.isnan(left_out.relative_change[[7, 8]]).all()  # no change measured against a left-out row
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc to see the worker processes")
+def test_a_sigkilled_render_with_workers_leaves_no_leaked_semaphore_warning(tmp_path: Path, pristine: Path) -> None:
+    # Killed once its worker processes run (their queues' semaphores exist): multiprocessing's resource tracker
+    # cleaned them up and warned "There appear to be 8 leaked semaphore objects" on the user's terminal.
+    command = [sys.executable, "-m", "actrec.cli", "render", str(pristine), "--jobs", "2", "--quiet"]
+    command += ["--out", str(tmp_path / "out")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(_children(process.pid)) < 3 and process.poll() is None:  # the tracker and two workers
+        assert time.monotonic() < deadline, "no worker processes within 60 s"
+        time.sleep(0.02)
+    time.sleep(0.5)  # past the workers' start-up: a worker whose parent dies while it starts says so (EOFError)
+    if process.poll() is not None:
+        pytest.skip("the render finished before its workers could be seen")
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert "leaked" not in stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc to see the worker processes")
+@pytest.mark.parametrize("group", [False, True], ids=["render-alone", "process-group"])
+def test_ctrl_c_while_render_starts_its_workers_is_one_line(tmp_path: Path, pristine: Path, group: bool) -> None:
+    # SIGINT to the render process alone while a worker still read its start-up data from it: the worker
+    # printed an EOFError traceback. To the whole group (a terminal's Ctrl-C): the workers' own
+    # KeyboardInterrupts. Sent as soon as the first worker process exists.
+    command = [sys.executable, "-m", "actrec.cli", "render", str(pristine), "--jobs", "2", "--quiet"]
+    command += ["--out", str(tmp_path / "out")]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while len(_children(process.pid)) < 2 and process.poll() is None:  # the tracker and a starting worker
+        assert time.monotonic() < deadline, "no worker process within 60 s"
+        time.sleep(0.005)
+    if process.poll() is not None:
+        pytest.skip("the render finished before its workers could be seen")
+    if group:
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr == "actrec render: interrupted; files not yet finished were discarded.\n"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -585,3 +585,40 @@ def test_a_runs_folder_some_node_cannot_see_is_named():
 
     assert unshared_nodes({"10.0.0.1": True, "10.0.0.2": True}) == []
     assert unshared_nodes({"10.0.0.2": False, "10.0.0.1": True, "10.0.0.3": False}) == ["10.0.0.2", "10.0.0.3"]
+
+
+@pytest.mark.slow
+def test_a_two_node_ray_cluster_has_every_node_look_for_the_runs_folder(tmp_path, monkeypatch):
+    """Two real raylets on this machine: both must be asked, and both see the folder (one filesystem).
+
+    That a node cannot see it is simulated by turning one real answer into False: the refusal then names it.
+    """
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    from ray.cluster_utils import Cluster
+
+    from actrec.sweep import executors
+
+    record = _plan(tmp_path, [{"model.lr": 0.1}])
+    answers = []
+    real = executors.unshared_nodes
+
+    def record_answers(visible):
+        answers.append(dict(visible))
+        return real(visible if len(answers) == 1 else {**visible, next(iter(visible)): False})
+
+    monkeypatch.setattr(executors, "unshared_nodes", record_answers)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        executors.RayLauncher(record, {"address": cluster.address}).close()
+        assert len(answers) == 1
+        assert len(answers[0]) == 2
+        assert all(answers[0].values())
+        with pytest.raises(
+            SweepError, match=r"is not shared: 1 of 2 Ray nodes \(.+\) cannot see it; pass a --runs_dir"
+        ):
+            executors.RayLauncher(record, {"address": cluster.address})
+    finally:
+        cluster.shutdown()
+    assert not list(record.experiment_dir.glob(".shared-check-*"))  # the marker is removed either way

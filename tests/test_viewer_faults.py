@@ -145,13 +145,24 @@ def test_a_diverged_run_renders_with_non_finite_values_in_their_own_colour(
 
 
 def test_a_layer_of_unsupported_rank_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A rank-5 layer as a version 1 store (no kind attribute) could hold it; a sample_shape attribute that
+    # disagrees with the data is refused earlier, as damage (test_faults.py).
     path = make_store(tmp_path / "run", range(2))
     with h5py.File(path, "r+") as store:
-        store["layers/net.conv2"].attrs["sample_shape"] = np.asarray([2, 4, 4, 1, 1])
+        layer = store["layers/net.conv2"]
+        data = layer["activations"][()]
+        del layer["activations"]
+        layer.create_dataset(
+            "activations", data=data.reshape(*data.shape, 1, 1), maxshape=(None, *data.shape[1:], 1, 1)
+        )
+        layer.attrs["sample_shape"] = np.asarray([2, 4, 4, 1, 1])
+        del layer.attrs["kind"]
     assert render_main([str(tmp_path / "run"), "--layers", "net.conv2"]) == 1
+    # The store checks every layer attribute at open, so the bogus shape is refused there, in one sentence,
+    # before the read side's kind rule (tested on its own in test_recording) is ever asked.
     assert capsys.readouterr().err.strip() == (
-        "actrec render: cannot draw layer 'net.conv2' of per-probe shape (2, 4, 4, 1, 1): actrec draws "
-        "(C, H, W) maps, (T, D) tokens and (D,) vectors."
+        f"actrec render: {path} is damaged: layer net.conv2's sample_shape attribute [2, 4, 4, 1, 1] does not "
+        "match its activations, (2, 4, 4) a probe."
     )
 
 

@@ -16,6 +16,7 @@ from actrec.viewer import (
     POSITIVE_RGB,
     ZERO_INDEX,
     ZERO_RGB,
+    ColourScale,
     FrameLayout,
     activation_frame,
     diverging_indices,
@@ -278,3 +279,46 @@ def test_importing_the_viewer_pulls_in_neither_lightning_nor_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("scale", "shape"),
+    [(ColourScale(one_sided=False, limit=0.7), (3, 5, 6)), (ColourScale(one_sided=True, limit=2.5), (4, 3))],
+)
+def test_float16_frames_are_drawn_through_a_table_with_the_scales_own_colours(
+    scale: ColourScale, shape: tuple[int, ...]
+) -> None:
+    """Stores hold float16; frames look every value up in a 65,536-entry table built from the scale itself."""
+    rng = np.random.default_rng(1)
+    values = (rng.normal(size=(3, *shape)) * 1.5).astype(np.float16)
+    values.flat[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    layout = FrameLayout(shape, num_probes=3, scale=scale, tile_size=12)
+    through_table = layout.frame(values, title="t")
+    direct = layout.frame(values.astype(np.float32), title="t")  # float16 -> float32 is exact
+    np.testing.assert_array_equal(through_table, direct)
+    assert (through_table == colors.NONFINITE_INDEX).any()  # NaN and infinities keep their own colour
+    assert len(np.unique(through_table)) > 20  # a real spread of colours, not one flat tile
+
+
+def test_contact_sheets_wrap_to_at_most_1600_pixels_with_row_labels_on_every_row() -> None:
+    rng = np.random.default_rng(0)
+    activations = np.tanh(rng.normal(size=(6, 10, 4, 28, 28))).astype(np.float32)  # the article's first layer
+    layout = FrameLayout((4, 28, 28), num_probes=10, scale=1.0, labels=np.arange(10), tile_size=48)
+    captions = [f"step {step}" for step in range(6)]
+    sheet = layout.sheet(activations, captions=captions, title="net.conv1")
+    assert sheet.shape[1] <= 1600
+    one_row = layout.sheet(activations, captions=captions, title="net.conv1", max_width=100_000)
+    assert one_row.shape[1] > 1600  # what the sheet would have been
+    assert sheet.shape[0] > 2 * one_row.shape[0] - 200  # three rows of two panels instead of one of six
+    # The last row is the last two panels, drawn as a sheet of their own would draw them (labels included).
+    last_two = layout.sheet(activations[4:], captions=captions[4:], title="net.conv1", max_width=100_000)
+    bottom = 3 * layout.height // 4
+    np.testing.assert_array_equal(sheet[-bottom:, : last_two.shape[1]], last_two[-bottom:])
+
+
+def test_a_vector_layer_is_at_least_8_pixels_high_however_many_units() -> None:
+    layout = FrameLayout((6000,), num_probes=3, scale=1.0, tile_size=8)
+    left, top, right, bottom = layout.tile_box(0, 0)
+    assert bottom - top >= 8
+    sheet = layout.sheet(np.zeros((2, 3, 6000), np.float32), captions=["a", "b"], title="fc")
+    assert sheet.shape[1] <= max(1600, layout.width)

@@ -86,6 +86,35 @@ def test_gif_round_trip_is_pixel_exact_with_one_palette(tmp_path: Path) -> None:
     assert {index[0] for _, _, index in controls[1:]} == {colors.TRANSPARENT_INDEX}
 
 
+def test_gif_writer_encodes_in_the_background_from_copies_and_reports_failures_to_the_caller() -> None:
+    frames = _random_frames(5)
+    buffer = io.BytesIO()
+    reused = np.zeros_like(frames[0])
+    with GifWriter(buffer, queue_frames=1) as writer:
+        for frame in frames:
+            reused[...] = frame  # one array, overwritten: the writer must have kept its own copy
+            writer.append(reused)
+    for frame, rgb in zip(frames, _gif_frames_of(buffer.getvalue()), strict=True):
+        np.testing.assert_array_equal(rgb, to_rgb(frame))
+
+    class Broken(io.BytesIO):
+        def write(self, data: bytes) -> int:
+            raise OSError("disk full")
+
+    def write_all() -> None:
+        with GifWriter(Broken()) as broken:
+            for frame in frames:
+                broken.append(frame)
+
+    with pytest.raises(OSError, match="disk full"):  # raised on the encoder thread, re-raised to the caller
+        write_all()
+
+
+def _gif_frames_of(data: bytes) -> list[np.ndarray]:
+    with Image.open(io.BytesIO(data)) as image:
+        return [np.asarray(image.seek(i) or image.convert("RGB")) for i in range(image.n_frames)]
+
+
 def test_gif_writer_accepts_a_file_object_and_rejects_bad_frames(tmp_path: Path) -> None:
     buffer = io.BytesIO()
     with GifWriter(buffer) as writer:
@@ -213,8 +242,8 @@ def test_render_range_and_stride_choose_the_frames(tmp_path: Path) -> None:
     assert result.global_steps.tolist() == [10, 16, 22, 28]
     assert len(_gif_frames(result.out_dir / "net.conv2.gif")) == 4
     assert result.sheet_steps == (10, 16, 22, 28)  # default: first, log-spaced, last, without repeats
-    chosen = render_run(tmp_path / "run", layers=["net.conv2"], sheet_steps=[0, 13, 100], tile_size=16)
-    assert chosen.sheet_steps == (0, 12, 38)  # the nearest recorded step to each
+    chosen = render_run(tmp_path / "run", layers=["net.conv2"], sheet_steps=[0, 13, 38], tile_size=16)
+    assert chosen.sheet_steps == (0, 12, 38)  # the nearest recorded step to each (100 is refused: test_faults)
 
 
 def test_render_in_worker_processes_gives_the_same_files(tmp_path: Path) -> None:

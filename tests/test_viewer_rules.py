@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from viewer_fixtures import CLASS_NAMES, NUM_PROBES, make_store, probe_set, reco
 from actrec.compare.cli import compare_main
 from actrec.report import charts
 from actrec.report.cli import report_main
-from actrec.store import LayerSpec, StepRecord, StoreWriter
+from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreWriter
 from actrec.viewer import FrameLayout, colour_scale, curves, frame_title
 from actrec.viewer.cli import render_main
 from actrec.viewer.curves import smooth
@@ -140,6 +141,11 @@ def test_a_declared_sigmoid_layer_with_negative_values_renders_them_red_and_says
         "note: blocks.0.0.se: declared sigmoid (0 to 1), but its values reach -0.165; "
         "drawn on the symmetric rule, -0.165 red to +0.165 blue."
     ]
+    # The report's colour bar for the layer says the same: its numbers and why they are not 0 .. 1.
+    assert report_main([str(run)]) == 0
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert re.search(r'<span class="cbar-ticks"><span>-0\.165</span><span>0</span><span>\+0\.165</span>', page)
+    assert "declared sigmoid (0 to 1), but its values reach -0.165" in page
     layout = FrameLayout(
         (2, 4, 4),
         num_probes=NUM_PROBES,
@@ -158,3 +164,33 @@ def test_a_declared_sigmoid_layer_with_negative_values_renders_them_red_and_says
         left, top, right, bottom = layout.tile_box(1, probe)
         (blue,) = {tuple(c) for c in rgb[top:bottom, left:right].reshape(-1, 3).tolist()}
         assert blue[2] > blue[0]  # +0.15 of 0.165: nearly full blue
+
+
+def test_the_width_hint_blames_the_probes_when_they_make_the_width_and_names_cli_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    probes = 300
+    run = tmp_path / "run"
+    run.mkdir()
+    images = np.zeros((probes, 1, 4, 4), np.float32)
+    writer = StoreWriter.create(
+        run / "activations.h5",
+        run_id="wide",
+        config={},
+        probes=ProbeSet(images, np.zeros(probes, np.int64), np.arange(probes), CLASS_NAMES),
+        layers=[LayerSpec("net.conv", (2, 4, 4), "Conv2d", "symmetric")],
+        num_classes=3,
+        background=False,
+    )
+    with writer:
+        for step in range(2):
+            values = np.full((probes, 2, 4, 4), step - 0.5, np.float32)
+            writer.append(StepRecord(step, 0, 1.0, 0.5, np.zeros((probes, 3), np.float32), {"net.conv": values}))
+    assert render_main([str(run), "--quiet", "--steps", "0:1"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "pixels wide" in line]
+    assert len(notes) == 1
+    assert re.fullmatch(
+        r"note: net\.conv: frames are \d+ pixels wide, from its 300 probes side by side; "
+        r"a smaller --tile-size makes them narrower\.",
+        notes[0],
+    )

@@ -238,7 +238,7 @@ def test_wide_layers_draw_the_channels_that_vary_most(tmp_path: Path) -> None:
         assert {5, 17, 33} <= set(default.layer_plans["wide"].labels)
         assert default.notes[0] == (
             "wide: drawing 16 of its 40 channels, the 16 that vary most over training; "
-            "channels= picks others (a list, top:K or all)."
+            "--channels picks others (a list, top:K or all)."
         )
         chosen = make_plan(reader, ["wide"], None, None, 1, 56, "33,5")
         assert chosen.layer_plans["wide"].labels == (33, 5)
@@ -282,5 +282,5 @@ def test_frames_too_large_are_refused_and_large_renders_warned(tmp_path: Path, m
         notes = planning.make_plan(reader, None, None, None, 1, 56, "all").notes
     assert notes[0].startswith("this will write roughly ")
     assert notes[0].endswith(
-        "MB (1 layer(s) x 2 step(s)); stride=, start=/stop=, layers= or fewer channels= make it smaller."
+        "MB (1 layer(s) x 2 step(s)); --stride, --steps, --layers or fewer --channels make it smaller."
     )

@@ -273,7 +273,8 @@ class TrainCLI(LightningCLI):
         return Path(self.trainer.logger.log_dir)
 
     def _recorder(self) -> ActivationRecorder | None:
-        return next((cb for cb in self.trainer.callbacks if isinstance(cb, ActivationRecorder)), None)
+        callbacks: list[pl.Callback] = getattr(self.trainer, "callbacks", [])  # set by Lightning's connector
+        return next((cb for cb in callbacks if isinstance(cb, ActivationRecorder)), None)
 
     def _run_facts(self) -> dict[str, Any]:
         """What the run is, known before it starts."""
@@ -493,7 +494,7 @@ def _next_steps(run_folder: Path, test_metrics: dict[str, float], *, interrupted
     shown = str(run_folder)
     commands = [
         (f"actrec render {shown}", "animations, contact sheets, curves"),
-        (f"actrec tensorboard {shown}", "every recorded step as TensorBoard images"),
+        (f"actrec tensorboard {shown}", "every layer on one step slider in TensorBoard's actrec tab"),
         (f"actrec report {shown}", "one self-contained HTML page"),
         (f"actrec runs {run_folder.parent.parent}", "every run in a table"),
     ]

@@ -281,7 +281,7 @@ class ImageDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=_collate_prebatched,
+            collate_fn=_collate_prebatched,  # type: ignore[arg-type]  # batches arrive whole, not as lists
             persistent_workers=self.num_workers > 0,
         )
 

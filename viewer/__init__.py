@@ -17,7 +17,7 @@ from actrec.recording.colors import (
     to_rgb,
 )
 from actrec.recording.scale import ColourScale, LiveScaleState, colour_scale, live_scale
-from actrec.viewer._events import EventFile
+from actrec.viewer._events import EVENTS_PREFIX, STAGED_PREFIX, EventFile
 from actrec.viewer._text import draw_text, fit_text, text_size
 from actrec.viewer.curves import training_curves
 from actrec.viewer.errors import ViewerError
@@ -33,9 +33,11 @@ from actrec.viewer.tb_export import ExportResult, export_tensorboard
 from actrec.viewer.writers import GifWriter, Mp4Writer, TensorBoardImageWriter, encode_png, write_png
 
 __all__ = [
+    "EVENTS_PREFIX",
     "NEGATIVE_RGB",
     "PALETTE",
     "POSITIVE_RGB",
+    "STAGED_PREFIX",
     "TILE_SIZE",
     "ZERO_INDEX",
     "ZERO_RGB",

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,9 @@ def _init_worker(queue: Any, parent_pid: int) -> None:
     global _worker_progress
     _worker_progress = queue
     signal.signal(signal.SIGTERM, _stop_worker)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops its workers on Ctrl-C (SIGTERM)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
@@ -142,6 +145,7 @@ def run_jobs(
 
         # spawn, not fork: forking a process that holds an open HDF5 file is unsafe.
         context = multiprocessing.get_context("spawn")
+        _start_quiet_resource_tracker()
         counts = context.Queue()
         with ProcessPoolExecutor(
             jobs, mp_context=context, initializer=_init_worker, initargs=(counts, os.getpid())
@@ -149,9 +153,15 @@ def run_jobs(
             # Biggest layers first, so the last one to finish is a small one.
             size = {job.layer: int(np.prod(job.plan.drawn_shape)) for job in job_list}
             order = sorted(range(len(job_list)), key=lambda i: -size[job_list[i].layer])
-            futures = {pool.submit(_run_in_worker, job_list[i]): i for i in order}
-            pending = set(futures)
+            futures: dict[Any, int] = {}
             try:
+                # The pool starts its workers in these submits. Ctrl-C is held back meanwhile: arriving while a
+                # worker still read its start-up data from this process, it made the worker print an EOFError
+                # traceback. The workers inherit the held signal and then ignore Ctrl-C (this process stops
+                # them, below); here it is delivered once the submits are done.
+                with _ctrl_c_held():
+                    futures = {pool.submit(_run_in_worker, job_list[i]): i for i in order}
+                pending = set(futures)
                 while pending:
                     done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                     for future in done:
@@ -160,8 +170,8 @@ def run_jobs(
                         while True:
                             bar.update(counts.get_nowait())
             except BaseException:
-                # Ctrl-C reaches the workers too, SIGTERM (turned into KeyboardInterrupt by the
-                # command) only this process: stop them now rather than wait for their current layer.
+                # Ctrl-C and SIGTERM (turned into KeyboardInterrupt by the command) reach only this process:
+                # stop the workers now rather than wait for their current layer.
                 for process in list(getattr(pool, "_processes", {}).values()):
                     process.terminate()
                 pool.shutdown(wait=True, cancel_futures=True)  # layers not yet started never start
@@ -170,6 +180,54 @@ def run_jobs(
             for future, index in futures.items():
                 results[index] = future.result()
             return results
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold Ctrl-C back until the block ends, then act on it as it would have been acted on.
+
+    Two parts, both needed: Python's handler is swapped for one that only notes the signal (another thread
+    may take SIGINT and make the main thread raise mid-spawn, whatever its own mask), and SIGINT is blocked
+    on this thread, so processes started in the block inherit it blocked and a terminal's Ctrl-C to the
+    whole group cannot interrupt their start-up either.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    masking = hasattr(signal, "pthread_sigmask")
+    if masking:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        if masking:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a held one is noted now
+        signal.signal(signal.SIGINT, previous)
+    if noted and callable(previous):
+        previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt here
+
+
+def _start_quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker with its stderr on /dev/null.
+
+    The pool's queues hold semaphores the tracker removes when this process dies; after a SIGKILL it also
+    warns "There appear to be 8 leaked semaphore objects" on the user's terminal, about a cleanup that went as
+    it should. Started here with no stderr, it cleans up just the same, silently. (A no-op when it runs.)
+    """
+    from multiprocessing import resource_tracker
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        resource_tracker.ensure_running()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _run_in_worker(job: LayerJob) -> JobResult:

@@ -34,6 +34,8 @@ CARD_TEXT_SCALE = 1.4
 CARD_CHANNELS = 4
 """Channels per TensorBoard image: Time Series cards fit images into about 220 px of height."""
 MIN_TILE_SIZE = 8
+MIN_UNIT_HEIGHT = 8
+"""A vector layer's row is at least this many pixels high, however narrow its units: a strip stays visible."""
 """The smallest tile :func:`fit_tile_size` shrinks to for a frame to fit :data:`MAX_FRAME_WIDTH`."""
 
 _GUTTER = 3
@@ -46,6 +48,8 @@ _COLORBAR_WIDTH = 151  # odd, so the middle pixel is the exact zero colour
 _COLORBAR_HEIGHT = 10
 _SECTION_GAP = 6  # between the probe inputs and the first channel row
 _PANEL_GAP = 24  # between the panels of a contact sheet
+MAX_SHEET_WIDTH = 1600
+"""Widest contact sheet, in pixels, before its panels wrap: it still reads when fitted to a laptop screen."""
 
 
 def frame_title(layer: str, step: int, epoch: int) -> str:
@@ -105,7 +109,7 @@ def _grid(kind: str, shape: Sequence[int], tile_size: int) -> tuple[int, int, in
         return 1, tokens, units, tokens * cell, units * cell
     (units,) = shape
     cell = heatmap_cell(units, tile_size)
-    return 1, 1, units, max(cell, tile_size // 4), units * cell
+    return 1, 1, units, max(cell, tile_size // 4, MIN_UNIT_HEIGHT), units * cell
 
 
 def drawn_maps(sample_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -250,7 +254,8 @@ class FrameLayout:
         self._static_frame = np.full((self.height, self.width), colors.ZERO_INDEX, np.uint8)
         self._draw_header(self._static_frame, self.width, self._stacked)
         self._static_frame[self._header_height :, : self._body_with_labels.shape[1]] = self._body_with_labels
-        self._gather = self._gather_map()
+        self._gather_rows, self._gather_cols = self._gather_map()
+        self._float16_table: np.ndarray | None = None
         self._prediction_stamps: dict[tuple[int, bool | None], np.ndarray] = {}
 
     # -- geometry --------------------------------------------------------------------------------
@@ -430,8 +435,13 @@ class FrameLayout:
             row_label("predicted", predictions_top, self._label_height)
         return body
 
-    def _gather_map(self) -> np.ndarray:
-        """For each grid pixel, the flat index of the activation element it shows (or the gutter)."""
+    def _gather_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """Which source row and column of the tile table (:meth:`_tile_table`) each grid row and column shows.
+
+        Every tile pixel shows one activation element, chosen by its row (channel, map row) and its column
+        (probe, map column) independently, so the grid is the table's rows and columns repeated: the last
+        row and column of the table are the gutter.
+        """
         inner_rows = np.arange(self._grid_height) - 1
         inner_cols = np.arange(self._grid_width) - 1
         channel, tile_y = np.divmod(inner_rows, self.tile_height + _GUTTER)
@@ -440,11 +450,34 @@ class FrameLayout:
         col_valid = (inner_cols >= 0) & (probe < self.num_probes) & (tile_x < self.tile_width)
         source_y = tile_y * self._map_height // self.tile_height
         source_x = tile_x * self._map_width // self.tile_width
-        element = source_y[:, None] * self._map_width + source_x[None, :]
-        flat = (probe[None, :] * self.channels + channel[:, None]) * self._elements + element
-        valid = row_valid[:, None] & col_valid[None, :] & (element < self._elements)
-        gutter = self.num_probes * self.channels * self._elements  # one extra element: the gutter
-        return np.where(valid, flat, gutter).astype(np.intp)
+        rows = np.where(row_valid, channel * self._map_height + source_y, self.channels * self._map_height)
+        cols = np.where(col_valid, probe * self._map_width + source_x, self.num_probes * self._map_width)
+        return rows.astype(np.intp), cols.astype(np.intp)
+
+    def _tile_table(self, indices: np.ndarray) -> np.ndarray:
+        """``(C * map_h + 1, P * map_w + 1)`` palette indices: channels down, probes across, gutter last."""
+        table = np.full(
+            (self.channels * self._map_height + 1, self.num_probes * self._map_width + 1), colors.GUTTER_INDEX, np.uint8
+        )
+        maps = indices.reshape(self.num_probes, self.channels, self._map_height, self._map_width)
+        table[:-1, :-1].reshape(self.channels, self._map_height, self.num_probes, self._map_width)[...] = (
+            maps.transpose(1, 2, 0, 3)
+        )
+        return table
+
+    def _quantise(self, activations: np.ndarray) -> np.ndarray:
+        """Palette indices of ``activations``: float16 (what stores hold) through a table of all 65,536 values.
+
+        The table is the colour scale applied to every float16 value once, so the result is the scale's own,
+        value for value; other dtypes go through the scale directly.
+        """
+        if activations.dtype != np.float16:
+            return self.colour_scale.indices(activations)
+        if self._float16_table is None:
+            every_value = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN and infinities among them: non-finite colour
+                self._float16_table = self.colour_scale.indices(every_value)
+        return self._float16_table[np.ascontiguousarray(activations).view(np.uint16)]
 
     # -- per-step pixels -------------------------------------------------------------------------
 
@@ -475,9 +508,10 @@ class FrameLayout:
         activations = self._check_activations(activations)
         grid_left = self._grid_left(row_labels)
         _, _, grid_top, predictions_top = self._rows_top()
-        quantised = np.append(self.colour_scale.indices(activations).ravel(), colors.GUTTER_INDEX)
+        table = self._tile_table(self._quantise(activations))
         grid = canvas[top + grid_top : top + grid_top + self._grid_height, grid_left : grid_left + self._grid_width]
-        np.take(quantised, self._gather, out=grid)
+        # Columns first on the small table, then whole rows: copying rows is far cheaper than a per-pixel gather.
+        grid[...] = np.take(np.take(table, self._gather_cols, axis=1), self._gather_rows, axis=0)
         if predictions is None or not self.show_predictions:
             return
         predictions = np.asarray(predictions)
@@ -542,6 +576,7 @@ class FrameLayout:
         captions: Sequence[str],
         title: str,
         predictions: np.ndarray | None = None,
+        max_width: int = MAX_SHEET_WIDTH,
     ) -> np.ndarray:
         """Draw a contact sheet: several steps of the layer side by side under one colour bar.
 
@@ -550,6 +585,8 @@ class FrameLayout:
             captions: one caption per panel, e.g. ``"step 120 · epoch 2"``.
             title: the sheet's title, e.g. the layer name.
             predictions: ``(n, P)`` predicted classes, or ``None``.
+            max_width: panels wrap onto further rows to keep the sheet this narrow (a single panel wider
+                than this stands alone on its row).
 
         Returns:
             A new ``(height, width)`` uint8 array of palette indices.
@@ -561,27 +598,35 @@ class FrameLayout:
         if count == 0 or len(captions) != count or (predictions is not None and len(predictions) != count):
             raise ValueError(f"a sheet needs one caption (and prediction row) per panel; got {count} panels.")
         caption_height = _text.text_size("Ag", self._caption_size)[1] + 4
-        panels = [self._body_with_labels] + [self._body_plain] * (count - 1)
-        body_width = sum(panel.shape[1] for panel in panels) + _PANEL_GAP * (count - 1)
+        labelled, plain = self._body_with_labels.shape[1], self._body_plain.shape[1]
+        # Panels wrap onto rows no wider than max_width (at least one panel a row); each row starts
+        # with the row labels, so every row reads on its own.
+        per_row = max(1, 1 + (max_width - labelled) // (plain + _PANEL_GAP)) if max_width >= labelled else 1
+        rows = [list(range(start, min(start + per_row, count))) for start in range(0, count, per_row)]
+        body_width = labelled + (len(rows[0]) - 1) * (plain + _PANEL_GAP)
         title_width = _text.text_size(title, self._title_size)[0]
         header_height, header_width, stacked = self._header_extent(title_width, body_width)
         width = max(body_width, header_width)
-        height = header_height + caption_height + self._body_with_labels.shape[0]
+        row_height = caption_height + self._body_with_labels.shape[0]
+        height = header_height + len(rows) * row_height + (len(rows) - 1) * _PANEL_GAP
         canvas = np.full((height, width), colors.ZERO_INDEX, np.uint8)
         self._draw_header(canvas, width, stacked)
         _text.draw_text(canvas, _MARGIN, _MARGIN, title, size=self._title_size)
-        left = 0
-        for index, panel in enumerate(panels):
-            row_labels = index == 0
-            top = header_height + caption_height
-            canvas[top : top + panel.shape[0], left : left + panel.shape[1]] = panel
-            grid_left = left + self._grid_left(row_labels)
-            _text.draw_text(canvas, grid_left, header_height, captions[index], size=self._caption_size)
-            view = canvas[:, left : left + panel.shape[1]]
-            self._draw_body(
-                view, top, row_labels, activations[index], None if predictions is None else predictions[index]
-            )
-            left += panel.shape[1] + _PANEL_GAP
+        for row_number, row in enumerate(rows):
+            caption_top = header_height + row_number * (row_height + _PANEL_GAP)
+            top = caption_top + caption_height
+            left = 0
+            for index in row:
+                row_labels = index == row[0]
+                panel = self._body_with_labels if row_labels else self._body_plain
+                canvas[top : top + panel.shape[0], left : left + panel.shape[1]] = panel
+                grid_left = left + self._grid_left(row_labels)
+                _text.draw_text(canvas, grid_left, caption_top, captions[index], size=self._caption_size)
+                view = canvas[:, left : left + panel.shape[1]]
+                self._draw_body(
+                    view, top, row_labels, activations[index], None if predictions is None else predictions[index]
+                )
+                left += panel.shape[1] + _PANEL_GAP
         return canvas
 
 
@@ -661,6 +706,31 @@ def activation_frame(
     return colors.to_rgb(layout.frame(activations, title=title, predictions=predictions))
 
 
+def card_split(kind: str, labels: Sequence[int], per_image: int = CARD_CHANNELS) -> list[tuple[tuple[int, ...], str]]:
+    """How a layer's drawn channels are split into TensorBoard images: ``[(positions, tag suffix), ...]``.
+
+    Maps layers wider than ``per_image`` channels get one image per ``per_image`` channels, tagged
+    ``"/ch 4-7"`` by their channel labels (``"/ch 3,9,12"`` when not consecutive); anything else is one
+    image with no suffix. The one rule for the export (``actrec tensorboard``) and live logging alike.
+
+    Args:
+        kind: the layer's kind.
+        labels: each drawn channel's index in the full layer.
+        per_image: channels per image; 0 puts them all in one.
+    """
+    count = len(labels)
+    if kind != KIND_MAPS or per_image <= 0 or count <= per_image:
+        return [(tuple(range(count)), "")]
+    groups = []
+    for start in range(0, count, per_image):
+        positions = tuple(range(start, min(count, start + per_image)))
+        chosen = [int(labels[i]) for i in positions]
+        contiguous = chosen == list(range(chosen[0], chosen[0] + len(chosen)))
+        name = f"{chosen[0]}-{chosen[-1]}" if contiguous else ",".join(map(str, chosen))
+        groups.append((positions, f"/ch {name}"))
+    return groups
+
+
 def live_frames(
     scale_kind: str,
     activations: np.ndarray,
@@ -704,10 +774,9 @@ def live_frames(
     kind = layer_kind(activations.shape[1:])
     axis = 1 if kind == KIND_MAPS else activations.ndim - 1
     count = min(activations.shape[axis], max_channels)
-    per_image = CARD_CHANNELS if kind == KIND_MAPS and count > CARD_CHANNELS else count
     images = []
-    for start in range(0, count, per_image):
-        channels = np.arange(start, min(count, start + per_image))
+    for positions, suffix in card_split(kind, range(count)):
+        channels = np.asarray(positions)
         part = np.take(activations, channels, axis=axis)
         layout = FrameLayout(
             part.shape[1:],
@@ -724,6 +793,5 @@ def live_frames(
             nonfinite_legend=not bool(np.isfinite(part).all()),
             text_scale=CARD_TEXT_SCALE,
         )
-        suffix = "" if per_image == count else f"/ch {channels[0]}-{channels[-1]}"
         images.append((suffix, colors.to_rgb(layout.frame(part, title=title, predictions=predictions))))
     return images, state

@@ -17,7 +17,14 @@ from actrec.recording import ChannelChoice, LayerView, Recording, channel_axis, 
 from actrec.recording.scale import ColourScale
 from actrec.store import KIND_MAPS
 from actrec.viewer.errors import ViewerError
-from actrec.viewer.frames import MAX_FRAME_WIDTH, FrameLayout, fit_tile_size, frame_height_width, frame_title
+from actrec.viewer.frames import (
+    MAX_FRAME_WIDTH,
+    FrameLayout,
+    card_split,
+    fit_tile_size,
+    frame_height_width,
+    frame_title,
+)
 
 MAX_TILE_SIZE = 512
 """Largest ``--tile-size``: a 28x28 map drawn 18x; beyond that frames only grow."""
@@ -120,11 +127,15 @@ def plan_layer(
     fitted = fit_tile_size(kind, drawn_shape, num_probes, tile_size, max_frame_width, text_scale)
     height, frame_width = frame_height_width(kind, drawn_shape, num_probes, fitted, text_scale)
     if frame_width > max(max_frame_width, MAX_FRAME_WIDTH):
-        notes.append(f"{name}: frames are {frame_width} pixels wide; fewer channels= make them narrower.")
+        if kind == KIND_MAPS:  # channels are rows: the width is the probes side by side
+            cause = f"from its {num_probes} probes side by side; a smaller --tile-size makes them narrower."
+        else:
+            cause = f"({num_probes} probes x {len(labels)} units); fewer --channels or a smaller --tile-size help."
+        notes.append(f"{name}: frames are {frame_width} pixels wide, {cause}")
     if height * frame_width > MAX_FRAME_PIXELS:
         raise ViewerError(
             f"a frame of {name} would be {frame_width} x {height} pixels, over the {MAX_FRAME_PIXELS:,} pixel "
-            "limit; choose fewer channels= or a smaller tile_size=."
+            "limit; choose fewer --channels or a smaller --tile-size."
         )
     nonfinite_steps = view.nonfinite_rows()
     if nonfinite_steps:
@@ -203,7 +214,7 @@ def make_plan(
         notes.insert(
             0,
             f"this will write roughly {estimate / 1e6:,.0f} MB ({len(names)} layer(s) x {len(rows)} step(s)); "
-            "stride=, start=/stop=, layers= or fewer channels= make it smaller.",
+            "--stride, --steps, --layers or fewer --channels make it smaller.",
         )
     return Plan(timeline.num_rows, timeline.global_steps, rows, names, layer_plans, notes, pixels)
 
@@ -214,19 +225,16 @@ def card_groups(plan: LayerPlan, per_image: int) -> list[tuple[LayerPlan, str]]:
     Each group's plan selects from the drawn channels (its ``select`` indexes them, on ``axis``).
     One group (the plan itself, no suffix) when ``per_image`` is 0 or the layer is narrow enough.
     """
-    count = len(plan.labels)
-    if plan.kind != KIND_MAPS or per_image <= 0 or count <= per_image:
+    split = card_split(plan.kind, plan.labels, per_image)
+    if len(split) == 1:
         return [(plan, "")]
     groups = []
-    for start in range(0, count, per_image):
-        positions = tuple(range(start, min(count, start + per_image)))
+    for positions, suffix in split:
         labels = tuple(plan.labels[i] for i in positions)
-        contiguous = labels == tuple(range(labels[0], labels[0] + len(labels)))
-        name = f"{labels[0]}-{labels[-1]}" if contiguous else ",".join(map(str, labels))
         group = dataclasses.replace(
             plan, select=positions, labels=labels, drawn_shape=(len(positions), *plan.drawn_shape[1:])
         )
-        groups.append((group, f"/ch {name}"))
+        groups.append((group, suffix))
     return groups
 
 

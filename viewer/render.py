@@ -140,6 +140,13 @@ def render_run(
             if notify is not None:
                 notify(note)
         shown = list(sheet_steps) if sheet_steps else default_sheet_steps(plan.global_steps[plan.rows])
+        drawn = plan.global_steps[plan.rows]
+        outside = [step for step in shown if not drawn[0] <= step <= drawn[-1]]
+        if outside:  # refused as --steps is: the nearest recorded step of 7777 is no picture of step 7777
+            raise ViewerError(
+                f"--sheet-steps {', '.join(map(str, outside))} lies outside the drawn steps "
+                f"{drawn[0]}..{drawn[-1]}; choose steps within them."
+            )
         sheet_rows = plan.rows[nearest_rows(plan.global_steps[plan.rows], shown)]
         sheet_rows = np.asarray(list(dict.fromkeys(sheet_rows.tolist())), dtype=np.int64)
         out = prepare_out_dir(Path(out_dir) if out_dir is not None else recording.run_dir / RENDERS_DIRNAME)

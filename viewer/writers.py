@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import queue
 import struct
+import threading
 import time
 from typing import IO, Any
 
@@ -58,24 +60,35 @@ class GifWriter:
     the rectangle that changed, drawn over the previous frame (disposal "do not dispose"), with
     unchanged pixels in it transparent.
 
+    Differencing and LZW encoding run on a background thread (Pillow's encoder releases the GIL), so
+    the caller draws the next frame while this one is encoded; at most ``queue_frames`` frames wait.
+
     Args:
         target: a path, or a binary file object opened for writing.
         fps: frames per second (at most 50).
+        queue_frames: frames that may wait for the encoder before :meth:`append` blocks.
 
     Raises:
         ViewerError: ``fps`` is out of range.
     """
 
-    def __init__(self, target: str | os.PathLike | IO[bytes], *, fps: float = 10.0) -> None:
+    def __init__(self, target: str | os.PathLike | IO[bytes], *, fps: float = 10.0, queue_frames: int = 4) -> None:
         self._delay_cs = max(2, round(100 / check_fps(fps)))
         self._owns_file = isinstance(target, (str, os.PathLike))
-        self._file: IO[bytes] = open(target, "wb") if self._owns_file else target  # noqa: SIM115
+        self._file: IO[bytes] | None = open(target, "wb") if self._owns_file else target  # noqa: SIM115
         self._previous: np.ndarray | None = None
+        self._shape: tuple[int, ...] | None = None
         self._pending: tuple[Image.Image, tuple[int, int], dict] | None = None
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=max(1, queue_frames))
+        self._failure: BaseException | None = None
+        self._encoder = threading.Thread(target=self._encode_frames, name="gif-encoder", daemon=True)
+        self._encoder.start()
         self.frames_written = 0
 
     def append(self, frame: np.ndarray) -> None:
         """Add one ``(H, W)`` uint8 palette-index frame; every frame must have the first one's size.
+
+        The frame is copied, so the caller may reuse its array.
 
         Raises:
             ValueError: the frame is not ``(H, W)`` uint8, uses the reserved transparent index, or its
@@ -84,23 +97,44 @@ class GifWriter:
         frame = _as_indices(frame)
         if frame.size and int(frame.max()) >= colors.TRANSPARENT_INDEX:
             raise ValueError(f"frame uses palette index {colors.TRANSPARENT_INDEX}, reserved for transparency.")
+        if self._shape is not None and frame.shape != self._shape:
+            raise ValueError(f"frame of shape {frame.shape} after frames of shape {self._shape}.")
+        self._raise_failure()
+        self._shape = frame.shape
+        self._queue.put(np.array(frame, copy=True, order="C"))
+        self.frames_written += 1
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def _encode_frames(self) -> None:
+        while True:
+            frame = self._queue.get()
+            if frame is None:
+                return
+            if self._failure is not None:
+                continue  # drain: the caller learns of the failure at its next append or close
+            try:
+                self._encode(frame)
+            except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+                self._failure = error
+
+    def _encode(self, frame: np.ndarray) -> None:
         if self._previous is None:
             self._write_header(frame.shape[1], frame.shape[0])
             left, top, patch = 0, 0, frame
         else:
-            if frame.shape != self._previous.shape:
-                raise ValueError(f"frame of shape {frame.shape} after frames of shape {self._previous.shape}.")
-            unchanged = np.equal(frame, self._previous).view(np.uint8)
-            rows = np.flatnonzero(unchanged.min(axis=1) == 0)
+            changed = np.not_equal(frame, self._previous)
+            rows = np.flatnonzero(changed.any(axis=1))
             if rows.size:
-                cols = np.flatnonzero(unchanged[rows[0] : rows[-1] + 1].min(axis=0) == 0)
+                cols = np.flatnonzero(changed[rows[0] : rows[-1] + 1].any(axis=0))
                 top, left = int(rows[0]), int(cols[0])
                 box = (slice(top, rows[-1] + 1), slice(left, cols[-1] + 1))
-                # Unchanged pixels inside the changed box become the transparent index (255: OR with
-                # 255 where unchanged, with 0 elsewhere), showing the previous frame through. Long runs
-                # of one index cost LZW a few codes.
-                mask = np.negative(unchanged[box])
-                patch = np.bitwise_or(frame[box], mask)
+                # Unchanged pixels inside the changed box become the transparent index, showing the
+                # previous frame through. Long runs of one index cost LZW a few codes.
+                patch = np.where(changed[box], frame[box], np.uint8(colors.TRANSPARENT_INDEX))
             else:  # an identical frame still takes its time slot, so frame counts match steps
                 left, top, patch = 0, 0, frame[:1, :1]
         image = Image.fromarray(np.ascontiguousarray(patch), "P")
@@ -109,8 +143,7 @@ class GifWriter:
         # the last one is held for LAST_FRAME_HOLD_S, so the animation pauses on the trained state.
         self._write_pending(self._delay_cs)
         self._pending = (image, (left, top), extra)
-        self._previous = frame.copy()
-        self.frames_written += 1
+        self._previous = frame
 
     def _write_pending(self, delay_cs: int) -> None:
         if self._pending is None:
@@ -133,6 +166,9 @@ class GifWriter:
         if self._file is None:
             return
         try:
+            self._queue.put(None)
+            self._encoder.join()
+            self._raise_failure()
             self._write_pending(max(self._delay_cs, round(LAST_FRAME_HOLD_S * 100)))
             if self._previous is not None:
                 self._file.write(b";")

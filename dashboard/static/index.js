@@ -19,6 +19,7 @@ const state = {
   size: "medium",
   cards: [],
   stepRequest: 0,
+  compare: null, // { run, info, timeline }: a second run drawn under each layer, at the nearest step
 };
 
 function el(tag, attrs = {}, ...children) {
@@ -50,6 +51,8 @@ function buildShell() {
   const link = el("link", { rel: "stylesheet", href: "dashboard.css" });
   document.head.append(link);
   const runPicker = el("select", { id: "run", title: "run", onchange: (e) => openRun(e.target.value) });
+  const comparePicker = el("select", { id: "compare", title: "a second run, drawn under each layer at the nearest step" });
+  comparePicker.addEventListener("change", () => openCompare(comparePicker.value));
   const play = el("button", { id: "play", type: "button", title: "play / pause (space)", onclick: togglePlay }, "▶");
   const slider = el("input", { id: "slider", type: "range", min: "0", max: "0", value: "0", step: "1" });
   slider.addEventListener("input", () => userRow(Number(slider.value), false));
@@ -70,6 +73,7 @@ function buildShell() {
     "div",
     { class: "bar" },
     el("label", {}, "run ", runPicker),
+    el("label", {}, "compare ", comparePicker),
     play,
     slider,
     el("span", { id: "where", class: "where" }, ""),
@@ -106,6 +110,8 @@ async function loadRuns() {
   const { runs } = await getJson("runs");
   const picker = document.getElementById("run");
   picker.replaceChildren(...runs.map((name) => el("option", { value: name }, name)));
+  const compare = document.getElementById("compare");
+  compare.replaceChildren(el("option", { value: "" }, "none"), ...runs.map((name) => el("option", { value: name }, name)));
   if (!runs.length) {
     say("No run under this logdir has an activation store (activations.h5) yet.");
     return;
@@ -127,6 +133,44 @@ async function openRun(name) {
   updateSlider();
   say(timeline.num_rows ? "" : "This run has no recorded step yet; the tab follows it as it trains.");
   if (timeline.num_rows) setRow(state.following ? timeline.num_rows - 1 : 0);
+}
+
+async function openCompare(name) {
+  if (!name) {
+    state.compare = null;
+  } else {
+    try {
+      const [info, timeline] = await Promise.all([getJson(`run?${query({ run: name })}`), getJson(`timeline?${query({ run: name })}`)]);
+      state.compare = { run: name, info, timeline };
+    } catch (error) {
+      say(error.message);
+      state.compare = null;
+    }
+  }
+  if (!state.info) return;
+  buildCards();
+  if (state.timeline && state.timeline.num_rows) setRow(state.row);
+}
+
+function nearestRow(steps, step) {
+  let low = 0;
+  let high = steps.length - 1;
+  while (low < high) {
+    const middle = (low + high) >> 1;
+    if (steps[middle] < step) low = middle + 1;
+    else high = middle;
+  }
+  return low > 0 && Math.abs(steps[low - 1] - step) <= Math.abs(steps[low] - step) ? low - 1 : low;
+}
+
+// The server fixed the run's colour scales and channel plans anew (it has twice the rows it had):
+// redraw the cards from the new plan, staying at the step shown (or following the newest).
+async function replan(name) {
+  const info = await getJson(`run?${query({ run: name })}`);
+  if (name !== state.run) return;
+  state.info = info;
+  buildCards();
+  setRow(state.following && !state.playing ? state.timeline.num_rows - 1 : Math.min(state.row, state.timeline.num_rows - 1));
 }
 
 function updateSlider() {
@@ -184,6 +228,22 @@ function buildCards() {
     return { layer, card, grid, image, canvas, note, rowLabels, probeLabels: [], predictions: [], inputs: [], zoom: 1 };
   });
   container.replaceChildren(...state.cards.map((entry) => entry.card));
+  const other = state.compare;
+  for (const entry of state.cards) {
+    const layer = other && other.timeline.num_rows ? other.info.layers.find((l) => l.name === entry.layer.name) : null;
+    entry.compare = null;
+    if (!layer) continue;
+    const sub = { layer, image: new Image(), canvas: el("canvas", { class: "tiles compare" }), zoom: 1 };
+    sub.probes = other.info.probes.labels.length;
+    sub.canvas.dataset.layer = layer.name;
+    sub.predictions = other.info.probes.labels.map(() => el("span", { class: "prediction" }, ""));
+    sub.image.addEventListener("error", () => explainFailure(sub.image, entry.note));
+    sub.image.addEventListener("load", () => {
+      drawTiles(sub);
+      sub.canvas.dataset.row = sub.image.dataset.pendingRow;
+    });
+    entry.compare = sub;
+  }
   for (const entry of state.cards) {
     entry.probeLabels = probes.labels.map((label) => el("span", { class: "probe-label" }, className(label)));
     entry.predictions = probes.labels.map(() => el("span", { class: "prediction" }, ""));
@@ -201,16 +261,22 @@ function entryOf(name) {
 // Gap between tiles on screen, in CSS pixels (the served PNG has 1-pixel gutters at map resolution).
 const GAP = 3;
 
+// Vertical zoom: a vector layer's one-pixel-high heatmap row is drawn at least 24 pixels high.
+function zoomY(layer, zoom) {
+  return layer.kind === "vector" ? Math.max(zoom, Math.round(24 / layer.grid.height)) : zoom;
+}
+
 function canvasSize(layer, probes, zoom) {
   const { rows, height, width } = layer.grid;
-  return { width: probes * (width * zoom + GAP) + GAP, height: rows * (height * zoom + GAP) + GAP };
+  return { width: probes * (width * zoom + GAP) + GAP, height: rows * (height * zoomY(layer, zoom) + GAP) + GAP };
 }
 
 function drawTiles(entry) {
   if (!entry || !entry.image.complete || !entry.image.naturalWidth) return;
   const { rows, height, width, gutter } = entry.layer.grid;
-  const probes = state.info.probes.labels.length;
+  const probes = entry.probes || state.info.probes.labels.length;
   const zoom = entry.zoom;
+  const tall = zoomY(entry.layer, zoom);
   const context = entry.canvas.getContext("2d");
   context.imageSmoothingEnabled = false;
   context.fillStyle = GUTTER_COLOUR;
@@ -224,9 +290,9 @@ function drawTiles(entry) {
         width,
         height,
         GAP + probe * (width * zoom + GAP),
-        GAP + row * (height * zoom + GAP),
+        GAP + row * (height * tall + GAP),
         width * zoom,
-        height * zoom,
+        height * tall,
       );
     }
   }
@@ -249,7 +315,7 @@ function zoomFor(layer, probes, available) {
   const { height, width } = layer.grid;
   const target = TILE_TARGETS[state.size];
   let zoom = layer.kind === "maps" ? Math.round(target / Math.max(height, width)) : Math.round((2 * target) / width);
-  zoom = Math.max(1, Math.min(16, zoom));
+  zoom = Math.max(1, zoom);
   while (zoom > 1 && canvasSize(layer, probes, zoom).width > available) zoom -= 1;
   return zoom;
 }
@@ -282,6 +348,7 @@ function layoutCards() {
     entry.predictions.forEach((label, i) => Object.assign(label.style, column(i)));
     const side = el("div", { class: "rowlabels", style: { height: `${size.height}px` } });
     const rowHeight = layer.kind === "maps" ? height * zoom + GAP : size.height - GAP;
+    entry.narrow = width * zoom < 48;
     entry.rowLabels.forEach((text, i) => {
       side.append(el("span", { style: { top: `${GAP + i * rowHeight}px`, height: `${rowHeight - GAP}px` } }, text));
     });
@@ -296,6 +363,26 @@ function layoutCards() {
       strip(entry.predictions),
     );
     drawTiles(entry);
+    const sub = entry.compare;
+    if (sub) {
+      sub.zoom = zoomFor(sub.layer, sub.probes, available);
+      const subSize = canvasSize(sub.layer, sub.probes, sub.zoom);
+      sub.canvas.width = subSize.width;
+      sub.canvas.height = subSize.height;
+      const subWidth = sub.layer.grid.width * sub.zoom;
+      sub.predictions.forEach((label, i) => Object.assign(label.style, { left: `${GAP + i * (subWidth + GAP)}px`, width: `${subWidth}px` }));
+      const predictions = el("div", { class: "columns" }, ...sub.predictions);
+      predictions.style.width = `${subSize.width}px`;
+      entry.grid.append(
+        el("span", { class: "side compare-name", title: state.compare.run }, state.compare.run),
+        el("div", { class: "compare-head" }, el("span", { class: "compare-step" }, ""), colourBar(sub.layer.scale)),
+        el("span", { class: "side" }, ""),
+        sub.canvas,
+        el("span", { class: "side" }, "predicted"),
+        predictions,
+      );
+      drawTiles(sub);
+    }
   }
 }
 
@@ -333,6 +420,17 @@ function setRow(row, moveSlider = true) {
     entry.image.dataset.pendingRow = String(row);
     entry.image.src = `frame?${query({ run: state.run, layer: entry.layer.name, row })}`;
   }
+  if (state.compare && state.cards.some((entry) => entry.compare)) {
+    const other = nearestRow(state.compare.timeline.global_steps, steps[row]);
+    for (const entry of state.cards) {
+      if (!entry.compare) continue;
+      entry.compare.image.dataset.pendingRow = String(other);
+      entry.compare.image.src = `frame?${query({ run: state.compare.run, layer: entry.layer.name, row: other })}`;
+      const head = entry.grid.querySelector(".compare-step");
+      if (head) head.textContent = `step ${state.compare.timeline.global_steps[other]} (nearest to ${steps[row]})`;
+    }
+    loadComparePredictions(other);
+  }
   drawCurves();
   loadPredictions(row);
 }
@@ -354,8 +452,37 @@ async function loadPredictions(row) {
       if (!node) return;
       const known = labels[i] >= 0;
       const right = known && predicted === labels[i];
-      node.textContent = known && predicted >= 0 ? `${right ? "✓" : "✗"} ${className(predicted)}` : className(predicted);
+      const name = className(predicted);
+      const mark = known && predicted >= 0 ? (right ? "✓" : "✗") : "";
+      // A column too narrow for the class name shows the mark alone; the name is in its tooltip.
+      node.textContent = entry.narrow && mark ? mark : `${mark} ${name}`.trim();
+      node.title = `predicted ${name}`;
       node.className = `prediction ${known ? (right ? "right" : "wrong") : ""}`;
+    });
+  }
+}
+
+async function loadComparePredictions(row) {
+  const compare = state.compare;
+  let payload;
+  try {
+    payload = await getJson(`step?${query({ run: compare.run, row })}`);
+  } catch (error) {
+    say(error.message);
+    return;
+  }
+  if (compare !== state.compare) return;
+  const labels = compare.info.probes.labels;
+  for (const entry of state.cards) {
+    if (!entry.compare) continue;
+    payload.predictions.forEach((predicted, i) => {
+      const node = entry.compare.predictions[i];
+      if (!node) return;
+      const right = labels[i] >= 0 && predicted === labels[i];
+      const mark = labels[i] >= 0 && predicted >= 0 ? (right ? "✓" : "✗") : "";
+      node.textContent = entry.narrow && mark ? mark : `${mark} ${className(predicted)}`.trim();
+      node.title = `predicted ${className(predicted)}`;
+      node.className = `prediction ${labels[i] >= 0 ? (right ? "right" : "wrong") : ""}`;
     });
   }
 }
@@ -372,7 +499,7 @@ function startPlay() {
   if (state.row >= state.timeline.num_rows - 1) setRow(0);
   const tick = () => {
     if (!state.playing) return;
-    const ready = state.cards.every((entry) => entry.image.complete);
+    const ready = state.cards.every((entry) => entry.image.complete && (!entry.compare || entry.compare.image.complete));
     if (ready) {
       if (state.row >= state.timeline.num_rows - 1) {
         stopPlay();
@@ -500,9 +627,11 @@ async function poll() {
         const timeline = await getJson(`timeline?${query({ run: name })}`);
         if (name === state.run) {
           const wasEmpty = !state.timeline.num_rows;
+          const replanned = state.info && timeline.generation !== state.info.generation;
           state.timeline = timeline;
           updateSlider();
           if (wasEmpty) await openRun(name);
+          else if (replanned) await replan(name);
           else if (state.following && !state.playing) setRow(timeline.num_rows - 1);
           else drawCurves();
         }

@@ -35,29 +35,17 @@ def on_page_markdown(markdown: str, **kwargs: object) -> str:
 
 
 def on_startup(**kwargs: object) -> None:
-    """Lay out ``build/api-src/actrec/`` as symlinks to the top-level folders, for the API reference.
+    """Lay out ``build/api-src/actrec/`` (``tools/package_tree.py``) before mkdocstrings reads its search paths.
 
-    The packages live in top-level folders mapped into ``actrec.*`` by pyproject's ``package-dir``; griffe
-    (mkdocstrings' loader) reads source trees from disk and cannot follow that mapping, so it is given this
-    tree instead (the same layout a non-editable install has). Laid out at startup, before mkdocstrings
-    reads its search paths.
+    griffe, mkdocstrings' loader, reads source trees from disk and cannot follow pyproject's package-dir mapping.
     """
+    import importlib.util
     from pathlib import Path
 
-    import tomllib
-
     root = Path(__file__).resolve().parents[2]
-    package_dirs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-    tree = root / "build" / "api-src"
-    for package, folder in package_dirs.items():
-        link = tree.joinpath(*package.split("."))
-        if package == "actrec":
-            link.mkdir(parents=True, exist_ok=True)
-            for item in (root / folder).iterdir():
-                if item.suffix == ".py" and not (link / item.name).exists():
-                    (link / item.name).symlink_to(item)
-            continue
-        if link.is_symlink() or link.exists():
-            continue
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(root / folder, target_is_directory=True)
+    spec = importlib.util.spec_from_file_location("package_tree", root / "tools" / "package_tree.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.lay_out(root / "build" / "api-src")
