@@ -263,9 +263,23 @@ def test_tab_moves_every_layer_on_one_slider(logdir: Path, tmp_path: Path) -> No
             where = await _wait_for(page, "doc.getElementById('where').textContent")
             assert where.startswith("step 5 · epoch 1")
             # The slider's left arrow (keyboard focus in the tab) moves every layer to row 4.
+            # Every stroke the curves draw from here on is logged (colour, width): see what the tab draws.
+            await page.evaluate(
+                f"(() => {{ const win = ({FRAME}).defaultView; const proto = win.CanvasRenderingContext2D.prototype;"
+                " const stroke = proto.stroke; win.strokes = [];"
+                " proto.stroke = function (...a) { if (this.canvas.classList.contains('curve'))"
+                " win.strokes.push([this.strokeStyle, this.lineWidth]); return stroke.apply(this, a); }; })()"
+            )
             await page.evaluate(f"(() => {{ const doc = {FRAME}; doc.defaultView.focus(); doc.body.focus(); }})()")
             await page.press("ArrowLeft", 37)
             await _wait_for(page, f"{CANVASES}.every(c => c.dataset.row === '4')")
+            # The training curves as actrec render draws them: the smoothed line over the raw one in a faint
+            # tint of its colour; validation as it is.
+            strokes = await page.evaluate(f"(() => ({FRAME}).defaultView.strokes)()")
+            assert ["#b0cbe4", 1] in strokes  # raw batch loss / accuracy, faint
+            assert ["#2166ac", 2] in strokes  # smoothed
+            assert ["#e08a1e", 1] in strokes  # validation
+            assert strokes.index(["#b0cbe4", 1]) < strokes.index(["#2166ac", 2])  # the raw one underneath
             after = await page.evaluate(
                 f"(() => {{ const doc = {FRAME}; return {CANVASES}.map(c => c.toDataURL()); }})()"
             )
@@ -300,6 +314,24 @@ def test_tab_moves_every_layer_on_one_slider(logdir: Path, tmp_path: Path) -> No
 
     with tensorboard("--logdir", str(logdir)) as base:
         asyncio.run(drive(base))
+
+
+def test_training_curves_carry_render_s_smoothing_over_the_raw_values(tmp_path: Path) -> None:
+    from actrec.viewer.curves import smooth
+
+    make_store(tmp_path / "logs" / "exp" / "version_0", steps=range(40))
+    timeline = _plugin_client(tmp_path / "logs").get(f"/timeline?run={RUN}").json
+    for label, column in (("train/loss", "batch_loss"), ("train/acc", "batch_acc")):
+        steps, raw, smoothed = timeline["curves"][label]
+        assert steps == list(range(40))
+        values = np.array([2.0 / (s + 1) if column == "batch_loss" else min(1.0, 0.1 * s) for s in steps])
+        values[0] = np.nan  # the fixtures' first row has no loss or accuracy
+        assert raw[0] is None
+        assert raw[1:] == pytest.approx(values[1:].tolist())
+        assert smoothed[0] is None
+        assert smoothed[1:] == pytest.approx(smooth(values)[1:].tolist())  # TensorBoard's EMA, weight 0.9
+        assert smoothed[5] != pytest.approx(raw[5])
+    assert timeline["curves"]["val/loss"] == [[39], [0.5]]  # validation is drawn as it is: no third list
 
 
 def _mnist_like_store(folder: Path, steps: int = 3, probes: int = 10) -> Path:
