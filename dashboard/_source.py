@@ -301,7 +301,11 @@ def _finite_list(values: np.ndarray) -> list[float | None]:
 
 
 class FrameCache:
-    """A small thread-safe LRU cache of PNG bytes."""
+    """A small thread-safe LRU cache of PNG bytes.
+
+    The plugin keys a frame on ``(run, generation, layer, row)``: once a live run's scales are fixed anew,
+    its older frames are never asked for again and age out.
+    """
 
     def __init__(self, size: int = FRAME_CACHE_SIZE) -> None:
         self._size = size
@@ -321,8 +325,3 @@ class FrameCache:
             self._items.move_to_end(key)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
-
-    def drop(self, run: str) -> None:
-        with self._lock:
-            for key in [key for key in self._items if key[0] == run]:
-                del self._items[key]

@@ -643,3 +643,46 @@ def test_a_live_run_s_scales_are_fixed_anew_once_it_has_twice_the_rows(tmp_path:
     finally:
         writer.kill()
         writer.wait()
+
+
+GROWING_WRITER = LIVE_WRITER.replace("writer.append(fx.record(step))", "writer.append(grown(step))").replace(
+    "path = Path(sys.argv[1])",
+    """def grown(step):
+    record = fx.record(step)
+    record.activations["net.conv2"] = record.activations["net.conv2"] * (step + 1)
+    return record
+
+path = Path(sys.argv[1])""",
+)
+"""A live writer whose ``net.conv2`` grows with the step, so its colour scale widens as rows come in."""
+
+
+def test_a_re_fixed_scale_redraws_the_frames_cached_on_the_old_one(tmp_path: Path) -> None:
+    logdir = tmp_path / "logs"
+    store = logdir / "live" / "version_0" / "activations.h5"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", GROWING_WRITER.format(tests_dir=str(Path(__file__).parent)), str(store), "80", "0.05"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    run = "live/version_0"
+    try:
+        assert writer.stdout.readline().strip() == "1"
+        client = _plugin_client(logdir)
+        first = client.get(f"/run?run={run}").json
+        before = client.get(f"/frame?run={run}&layer=net.conv2&row=0").data
+        assert client.get(f"/frame?run={run}&layer=net.conv2&row=0").data == before  # cached
+        deadline = time.monotonic() + 60
+        while client.get(f"/poll?run={run}").json["num_rows"] < 2 * first["num_rows"]:
+            assert time.monotonic() < deadline, "the writer did not double the rows within a minute"
+            time.sleep(0.05)
+    finally:
+        writer.kill()
+        writer.wait()
+    after = client.get(f"/frame?run={run}&layer=net.conv2&row=0").data
+    again = client.get(f"/run?run={run}").json
+    assert again["generation"] == first["generation"] + 1
+    limits = [next(layer["scale"]["limit"] for layer in info["layers"] if layer["name"] == "net.conv2")
+              for info in (first, again)]  # fmt: skip
+    assert limits[1] > limits[0]  # the scale was fixed anew over the grown rows ...
+    assert after != before  # ... and row 0 is drawn on it, not served from the cache of the old one
