@@ -257,7 +257,7 @@ class RunSource:
                 "row": row,
                 "global_step": int(timeline.global_steps[row]),
                 "epoch": int(timeline.epochs[row]),
-                "predictions": [int(p) for p in timeline.predictions[row]],
+                "predictions": [int(p) for p in timeline.predictions_at(row)],  # this row's logits only
             }
 
     def frame_png(self, layer: str, row: int) -> tuple[int, bytes]:

@@ -478,6 +478,36 @@ def test_a_damaged_row_is_refused_with_the_read_side_s_sentence(tmp_path: Path) 
     assert client.get(f"/frame?run={RUN}&layer=net.conv2&row=2").status_code == 200
 
 
+def test_a_step_s_predictions_read_that_row_s_logits_only(tmp_path: Path) -> None:
+    import h5py
+    from viewer_fixtures import predictions_at
+
+    from actrec.recording import Recording
+
+    store = make_store(tmp_path / "logs" / "exp" / "version_0", steps=range(130))
+    with Recording.open(store) as recording:
+        timeline = recording.timeline
+        assert [timeline.predictions_at(row).tolist() for row in range(130)] == [
+            predictions_at(s).tolist() for s in range(130)
+        ]
+        assert "predictions" not in timeline.__dict__  # the whole logits column was never read
+        assert timeline.predictions.tolist() == [predictions_at(s).tolist() for s in range(130)]  # one answer
+    with h5py.File(store, "r") as file:
+        rows_per_chunk = file["steps/logits"].chunks[0]
+        assert rows_per_chunk < 100
+        offset = file["steps/logits"].id.get_chunk_info(1).byte_offset
+    with store.open("r+b") as file:  # the logits of rows 64... fail their checksum
+        file.seek(offset + 8)
+        file.write(b"\xab" * 16)
+    client = _plugin_client(tmp_path / "logs")
+    fine = client.get(f"/step?run={RUN}&row=4")
+    assert fine.status_code == 200, fine.json  # another row's damage does not stop this one
+    assert fine.json["predictions"] == predictions_at(4).tolist()
+    damaged = client.get(f"/step?run={RUN}&row={rows_per_chunk + 1}")
+    assert damaged.status_code == 400
+    assert "damaged" in damaged.json["error"]
+
+
 @pytest.mark.slow
 @needs_chromium
 def test_tab_follows_a_real_training(tmp_path: Path) -> None:
