@@ -87,6 +87,8 @@ def trial_spec(
         "sweep": {"name": record.name, "id": record.sweep_id, "trial": int(trial["index"])},
         "overrides": overrides,
     }
+    if version is not None:
+        marker["version"] = version  # train's logger writes into this folder, not "the next free one"
     env = {SWEEP_TRIAL_ENV: json.dumps(marker)}
     if threads is not None:
         # torch reads these at start-up: the trials share the CPUs instead of each taking all of them.

@@ -407,6 +407,15 @@ def test_the_driver_gives_each_trial_its_own_version_folder(tmp_path):
     assert sweep_trial_version({}) is None
 
 
+def test_a_trial_is_told_the_version_folder_the_driver_gave_it(tmp_path):
+    from actrec.runs import sweep_trial_version
+    from actrec.sweep import trial_spec
+
+    record = _plan(tmp_path, [{"model.lr": 0.1}])
+    assert sweep_trial_version(trial_spec(record, record.plan["trials"][0], None, 7).env) == 7
+    assert sweep_trial_version(trial_spec(record, record.plan["trials"][0], None).env) is None
+
+
 def test_a_sweep_is_found_by_id_prefix_or_newest_of_its_name(tmp_path):
     record = _plan(tmp_path, [{"model.lr": 0.1}])
     assert resolve_sweep(tmp_path / "runs", "lr").path == record.path
