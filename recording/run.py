@@ -181,6 +181,7 @@ class Recording:
             batch_size=self._batch_size(config),
             max_epochs=_positive_int(trainer.get("max_epochs")),
             max_steps=_positive_int(trainer.get("max_steps")),
+            read_logit_rows=store.logits,
         )
         self._layers.clear()
         return num_rows
