@@ -122,11 +122,11 @@ class _Panel:
         self.x_low, self.x_high = x_range
         self.y_low, self.y_high = y_range
 
-    def x(self, value: np.ndarray | float) -> np.ndarray | float:
+    def x(self, value: np.ndarray | float) -> np.ndarray:  # a NumPy scalar for a float
         left, _, right, _ = self.box
         return left + (np.asarray(value, dtype=np.float64) - self.x_low) / (self.x_high - self.x_low) * (right - left)
 
-    def y(self, value: np.ndarray | float) -> np.ndarray | float:
+    def y(self, value: np.ndarray | float) -> np.ndarray:  # a NumPy scalar for a float
         _, top, _, bottom = self.box
         return bottom - (np.asarray(value, dtype=np.float64) - self.y_low) / (self.y_high - self.y_low) * (bottom - top)
 
