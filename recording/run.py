@@ -36,7 +36,7 @@ class Recording:
 
     def __init__(self, run: Run, store: StoreReader, *, allow_empty: bool = False) -> None:
         self.run = run
-        self.run_dir: Path | None = Path(run.path)
+        self.run_dir = Path(run.path)  # never None: a bare .h5 gives its folder
         self.store_path = Path(store.path)
         self.store = store
         self._allow_empty = allow_empty

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -194,7 +195,7 @@ def build_report(
         prepare_out_dir(target.parent)
         probes = recording.probes
         predictions = timeline.predictions[rows]
-        layers = []
+        layers: list[dict[str, Any]] = []
         for name in recording.layers:
             channels, height, width = unit_maps(recording.layer(name).sample_shape)
             scale = recording.layer(name).scale
