@@ -144,8 +144,8 @@ def compare_runs(
             recording = stack.enter_context(Recording.open(run))
             opened.append(_open_panel(recording, layer, align, (batch_sizes or {}).get(index)))
         labels = _unique_labels(list(labels) if labels is not None else [run.label for run in opened])
-        for run, label in zip(opened, labels, strict=True):
-            run.label = label
+        for panel, label in zip(opened, labels, strict=True):
+            panel.label = label
         _plan_panels(opened, tile_size)  # refuses frames too large to draw before anything is written
         timeline = shared_timeline([run.positions for run in opened], max_frames)
         first_run = opened[0].recording.run_dir
@@ -205,10 +205,13 @@ def _plan_panels(runs: Sequence[_Panel], tile_size: int) -> None:
 
 def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path, fps: float) -> None:
     layouts = []
+    plans: list[LayerPlan] = []
     row_lists = [rows_at(run.positions, timeline) for run in runs]
     for run, rows in zip(runs, row_lists, strict=True):
         probes = run.recording.probes
         plan = run.plan
+        assert plan is not None, "_plan_panels() planned every panel"
+        plans.append(plan)
         title = _title(run, int(rows[-1]))
         layouts.append(
             FrameLayout(
@@ -229,9 +232,9 @@ def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path,
         for start in range(0, len(timeline), _ROWS_PER_READ):
             block = slice(start, start + _ROWS_PER_READ)
             values = []
-            for run, rows in zip(runs, row_lists, strict=True):
+            for run, rows, plan in zip(runs, row_lists, plans, strict=True):
                 needed = np.unique(rows[block])
-                read = run.plan.selected(run.recording.store.activations(run.layer, needed))
+                read = plan.selected(run.recording.store.activations(run.layer, needed))
                 values.append({int(row): read[i] for i, row in enumerate(needed.tolist())})
             for offset in range(len(timeline[block])):
                 panels = []
