@@ -74,7 +74,9 @@ class LogLineProgress(ProgressBar):
         rate = (step - self._first_step) / max(now - self._started, 1e-9)
         parts = [f"step {step}/{total} ({100 * step / total:.0f}%)" if total else f"step {step}"]
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        parts.append(f"epoch {trainer.current_epoch + 1}{epochs}{' done' if epoch_done else ''}")
+        stopped = trainer.max_steps is not None and 0 < trainer.max_steps <= step  # max_steps may end mid-epoch
+        ending = (" (stopped at max_steps)" if stopped else " done") if epoch_done else ""
+        parts.append(f"epoch {trainer.current_epoch + 1}{epochs}{ending}")
         metrics = self.get_metrics(trainer, pl_module)
         for label, names in (
             ("loss", ("train/loss", "loss", "train_loss")),

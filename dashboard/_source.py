@@ -140,6 +140,10 @@ class RunSource:
         self._lock = threading.RLock()
         self._recording = Recording.open(store_path, allow_empty=True, announce=None)
         self._layers: dict[str, _LayerState] = {}
+        self._planned_rows = 0
+        self.generation = 0
+        """Counts re-plans: the channel plans and colour scales were fixed anew (frames of another
+        generation are drawn on other scales, so caches key on it)."""
 
     def close(self) -> None:
         with self._lock:
@@ -148,10 +152,18 @@ class RunSource:
     # -- whole-run facts -------------------------------------------------------------------------
 
     def refresh(self) -> int:
-        """Pick up rows a training still running has flushed since (SWMR); returns the row count."""
+        """Pick up rows a training still running has flushed since (SWMR); returns the row count.
+
+        Channel plans and colour scales are fixed from the rows there were when first asked for; once the
+        run has twice as many, they are fixed anew from all of them (a new :attr:`generation`), so a live
+        run's colours follow the read side's rule over what it has recorded, without changing every poll.
+        """
         with self._lock:
             if self._recording.store.refresh() != self._recording.num_rows:
                 self._recording.refresh()
+                if self._layers and self._recording.num_rows >= 2 * self._planned_rows:
+                    self._layers.clear()
+                    self.generation += 1
             return self._recording.num_rows
 
     @property
@@ -166,6 +178,8 @@ class RunSource:
                     raise DashboardError(f"run {self.name!r} has no layer {name!r}.")
                 if not self._recording.num_rows:
                     raise DashboardError(f"run {self.name!r} has no recorded step yet.")
+                if not self._layers:
+                    self._planned_rows = self._recording.num_rows
                 state = self._layers[name] = _LayerState(self._recording.layer(name))
             return state
 
@@ -191,6 +205,7 @@ class RunSource:
             return {
                 "run": self.name,
                 "num_rows": self._recording.num_rows,
+                "generation": self.generation,
                 "layers": layers,
                 "probes": {
                     "labels": [int(label) for label in probes.labels],
@@ -212,6 +227,7 @@ class RunSource:
                     curves[label] = [np.asarray(steps)[keep].tolist(), _finite_list(np.asarray(values)[keep])]
             return {
                 "num_rows": timeline.num_rows,
+                "generation": self.generation,
                 "global_steps": timeline.global_steps.tolist(),
                 "epochs": np.asarray(timeline.epochs).tolist(),
                 "curves": curves,
@@ -234,8 +250,8 @@ class RunSource:
                 "predictions": [int(p) for p in timeline.predictions[row]],
             }
 
-    def frame_png(self, layer: str, row: int) -> bytes:
-        """PNG of ``layer``'s tiles at ``row``, at the maps' own resolution.
+    def frame_png(self, layer: str, row: int) -> tuple[int, bytes]:
+        """``(generation, PNG)`` of ``layer``'s tiles at ``row``, at the maps' own resolution.
 
         Raises:
             DashboardError: unknown layer or row.
@@ -246,7 +262,8 @@ class RunSource:
             row = self._check_row(row)
             ((_, values),) = self._recording.layer(layer).iter_rows([row], damaged=None)
             activations = state.selected(values)
-        return encode_png(grid_indices(activations, state.scale), compress_level=1)
+            generation = self.generation
+        return generation, encode_png(grid_indices(activations, state.scale), compress_level=1)
 
     def probe_png(self, index: int) -> bytes:
         """PNG of probe ``index``'s input image at its own resolution, grey (or colour for RGB)."""

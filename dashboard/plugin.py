@@ -124,11 +124,10 @@ class ActrecPlugin(base_plugin.TBPlugin):
         def frame() -> Response:
             source = self._source(request)
             layer, row = request.args.get("layer", ""), self._int(request, "row")
-            key = (source.name, layer, row)
-            data = self._frames.get(key)
+            data = self._frames.get((source.name, source.generation, layer, row))
             if data is None:
-                data = source.frame_png(layer, row)
-                self._frames.put(key, data)
+                generation, data = source.frame_png(layer, row)
+                self._frames.put((source.name, generation, layer, row), data)
             return Response(data, content_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
         return _guarded(frame)

@@ -96,7 +96,7 @@ def test_actrec_train_ends_with_the_run_folder_and_the_next_commands_then_actrec
         f"run folder: runs/quickstart/version_0 (finished, test accuracy {accuracy:.1%})",
         "next:",
         "  actrec render runs/quickstart/version_0       # animations, contact sheets, curves",
-        "  actrec tensorboard runs/quickstart/version_0  # every recorded step as TensorBoard images",
+        "  actrec tensorboard runs/quickstart/version_0  # every layer on one step slider in TensorBoard's actrec tab",
         "  actrec report runs/quickstart/version_0       # one self-contained HTML page",
         "  actrec runs runs                              # every run in a table",
     ]

@@ -289,6 +289,10 @@ def test_tab_moves_every_layer_on_one_slider(logdir: Path, tmp_path: Path) -> No
             )
             expected = colors.to_rgb(colour_scale("tanh", np.zeros(1)).indices(np.ones(1)))[0]
             assert centre == [*expected.tolist(), 255]
+            # Play runs every layer through the remaining steps and stops at the last one.
+            await page.evaluate(f"(() => {FRAME}.getElementById('play').click())()")
+            await _wait_for(page, f"{CANVASES}.every(c => c.dataset.row === '5')")
+            await _wait_for(page, "doc.getElementById('play').textContent === '▶'")
             await page.screenshot(tmp_path / "tab.png")
             assert page.errors == []
             outside = [url for url in page.requests if not url.startswith(base + "/") and not url.startswith("data:")]
@@ -534,3 +538,76 @@ def test_a_second_run_is_drawn_under_each_layer_at_the_nearest_step(tmp_path: Pa
 
     with tensorboard("--logdir", str(tmp_path / "logs")) as base:
         asyncio.run(drive(base))
+
+
+@pytest.mark.slow
+def test_a_trained_run_s_frames_are_render_s_colours(tmp_path: Path) -> None:
+    """A real (tiny) training of the quickstart network: every layer's served tiles at the last step are the
+    tiles `actrec render` drew of that step."""
+    runs = tmp_path / "runs"
+    subprocess.run(
+        [sys.executable, "-m", "actrec.cli", "train", "--runs_dir", str(runs), "--trainer.max_epochs=1",
+         "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+         "--recorder.every_n_steps=1", "--trainer.enable_progress_bar=false"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    run_dir = runs / "quickstart" / "version_0"
+    renders = tmp_path / "renders"
+    subprocess.run(
+        [sys.executable, "-m", "actrec.cli", "render", str(run_dir), "--out", str(renders), "--quiet",
+         "--tile-size", str(TILE_SIZE)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    with tensorboard("--logdir", str(runs)) as base:
+        api = f"{base}/data/plugin/actrec"
+        run = "quickstart/version_0"
+        info = _get_json(f"{api}/run?run={urllib.parse.quote(run)}")
+        timeline = _get_json(f"{api}/timeline?run={urllib.parse.quote(run)}")
+        last = timeline["num_rows"] - 1
+        assert timeline["global_steps"][-1] == 4  # steps 0..4: before training and after each of 4 batches
+        probes = len(info["probes"]["labels"])
+        assert len(info["layers"]) == 6
+        for layer in info["layers"]:
+            frame = _gif_frames(renders / f"{layer['name']}.gif")[last]
+            factor = TILE_SIZE // max(layer["grid"]["height"], layer["grid"]["width"])
+            query = urllib.parse.urlencode({"run": run, "layer": layer["name"], "row": last})
+            status, body = _get(f"{api}/frame?{query}")
+            assert status == 200, body
+            tiles = _tiles(_png(body), layer["grid"], probes)
+            for (channel, probe), tile in tiles.items():
+                if channel in (0, layer["grid"]["rows"] - 1):  # first and last channel of every probe
+                    big = upscale_nearest(tile.transpose(2, 0, 1), tile.shape[0] * factor, tile.shape[1] * factor)
+                    assert _contains(frame, big.transpose(1, 2, 0)), (layer["name"], channel, probe)
+
+
+def test_a_live_run_s_scales_are_fixed_anew_once_it_has_twice_the_rows(tmp_path: Path) -> None:
+    logdir = tmp_path / "logs"
+    store = logdir / "live" / "version_0" / "activations.h5"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", LIVE_WRITER.format(tests_dir=str(Path(__file__).parent)), str(store), "60", "0.1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "1"
+        client = _plugin_client(logdir)
+        run = "live/version_0"
+        first = client.get(f"/run?run={run}").json
+        assert first["generation"] == 0
+        rows = first["num_rows"]
+        assert client.get(f"/frame?run={run}&layer=net.conv2&row=0").status_code == 200
+        deadline = time.monotonic() + 60
+        while client.get(f"/poll?run={run}").json["num_rows"] < 2 * rows:
+            assert time.monotonic() < deadline, "the writer did not double the rows within a minute"
+            time.sleep(0.1)
+        timeline = client.get(f"/timeline?run={run}").json
+        assert timeline["generation"] == 1  # re-planned over every row there now is
+        again = client.get(f"/run?run={run}").json
+        assert again["generation"] == 1
+        assert again["num_rows"] >= 2 * rows
+        assert client.get(f"/frame?run={run}&layer=net.conv2&row=0").status_code == 200
+    finally:
+        writer.kill()
+        writer.wait()

@@ -43,7 +43,9 @@ def test_piped_train_prints_the_run_first_then_periodic_progress_and_no_lightnin
     assert all("loss " in line and "steps/s" in line for line in progress)
     assert "\r" not in result.stdout
     # Lightning's notices about this machine and other products are gone; real output stays.
-    for notice in ("GPU available: False", "TPU available", "💡 Tip", "Trainer already configured", "Seed set to"):
+    notices = ("GPU available: False", "TPU available", "💡 Tip", "Trainer already configured", "Seed set to")
+    notices += ("Loading `train_dataloader`",)
+    for notice in notices:
         assert notice not in result.stdout + result.stderr, notice
     assert "run folder: " in result.stdout
 

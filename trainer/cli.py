@@ -494,7 +494,7 @@ def _next_steps(run_folder: Path, test_metrics: dict[str, float], *, interrupted
     shown = str(run_folder)
     commands = [
         (f"actrec render {shown}", "animations, contact sheets, curves"),
-        (f"actrec tensorboard {shown}", "every recorded step as TensorBoard images"),
+        (f"actrec tensorboard {shown}", "every layer on one step slider in TensorBoard's actrec tab"),
         (f"actrec report {shown}", "one self-contained HTML page"),
         (f"actrec runs {run_folder.parent.parent}", "every run in a table"),
     ]

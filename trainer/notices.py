@@ -2,7 +2,8 @@
 
 Lightning announces, at INFO level on its ``rank_zero`` logger, that no GPU or TPU is used on a CPU-only
 machine, advertises two other products ("💡 Tip: ... litlogger / litmodels"), notes that a model-summary
-callback was configured (actrec configures it), and that a seed was set (actrec's start line says so). A
+callback was configured (actrec configures it), that a seed was set (actrec's start line says so) and that the
+train loader was loaded to count the steps (for the start line). A
 :class:`logging.Filter` on that logger drops exactly these; everything else it logs (resuming from a checkpoint,
 why fit stopped) and every warning still shows.
 """
@@ -27,6 +28,7 @@ _DROPPED_PREFIXES = (
     "💡 Tip:",
     "Trainer already configured with model summary callbacks",
     "Seed set to",
+    "Loading `train_dataloader` to estimate number of stepping batches",  # the start line's step count
 )
 
 

@@ -163,6 +163,16 @@ function nearestRow(steps, step) {
   return low > 0 && Math.abs(steps[low - 1] - step) <= Math.abs(steps[low] - step) ? low - 1 : low;
 }
 
+// The server fixed the run's colour scales and channel plans anew (it has twice the rows it had):
+// redraw the cards from the new plan, staying at the step shown (or following the newest).
+async function replan(name) {
+  const info = await getJson(`run?${query({ run: name })}`);
+  if (name !== state.run) return;
+  state.info = info;
+  buildCards();
+  setRow(state.following && !state.playing ? state.timeline.num_rows - 1 : Math.min(state.row, state.timeline.num_rows - 1));
+}
+
 function updateSlider() {
   const slider = document.getElementById("slider");
   slider.max = String(Math.max(0, state.timeline.num_rows - 1));
@@ -617,9 +627,11 @@ async function poll() {
         const timeline = await getJson(`timeline?${query({ run: name })}`);
         if (name === state.run) {
           const wasEmpty = !state.timeline.num_rows;
+          const replanned = state.info && timeline.generation !== state.info.generation;
           state.timeline = timeline;
           updateSlider();
           if (wasEmpty) await openRun(name);
+          else if (replanned) await replan(name);
           else if (state.following && !state.playing) setRow(timeline.num_rows - 1);
           else drawCurves();
         }
