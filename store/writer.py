@@ -295,6 +295,7 @@ class StoreWriter:
             return
         try:
             if self._queue is not None:
+                assert self._worker is not None, "the worker thread starts with its queue"
                 self._queue.put(None)
                 self._worker.join()
         finally:
@@ -389,8 +390,10 @@ class StoreWriter:
         self._raise_worker_error()
 
     def _drain(self) -> None:
+        work = self._queue
+        assert work is not None, "the worker thread runs only with its queue"
         while True:
-            item = self._queue.get()
+            item = work.get()
             try:
                 if item is None:
                     return
@@ -400,7 +403,7 @@ class StoreWriter:
             except BaseException as error:  # handed to the training thread by the next call
                 self._worker_error = error
             finally:
-                self._queue.task_done()
+                work.task_done()
 
     def _raise_worker_error(self) -> None:
         if self._worker_error is not None:
@@ -482,7 +485,7 @@ def _write_layout(
     layers: Sequence[LayerSpec],
     num_classes: int,
     dtype: str,
-    compression: str | None,
+    compression: str,
 ) -> None:
     num_probes = len(probes.labels)
     file.attrs["format"] = FORMAT_NAME
@@ -532,11 +535,12 @@ def _write_layout(
         row = (num_probes, *spec.sample_shape)
         # One chunk per step: appending touches one chunk, and a frame reads one chunk.
         # gzip at level 1: nearly all of gzip's saving on activations for a fraction of its time.
-        options = {
+        presets: dict[str, dict[str, Any]] = {
             "none": {},
             "lzf": {"compression": "lzf"},
             "gzip": {"compression": "gzip", "compression_opts": 1},
-        }[compression]
+        }
+        options = presets[compression]
         _growable(layer, "activations", row, dtype, chunks=(1, *row), **options)
         _growable(layer, "abs_max", (), "float32", chunks=(1024,))
         _growable(layer, "nonfinite", (), "int64", chunks=(1024,))
