@@ -47,6 +47,7 @@ class CompareResult:
     timeline: np.ndarray
     labels: tuple[str, ...]
     layers: tuple[str, ...]
+    notes: tuple[str, ...] = ()
 
 
 def parse_layers(specs: Sequence[str], count: int) -> list[str]:
@@ -153,11 +154,11 @@ def compare_runs(
         name = safe_filename(layers[0] if len(set(layers)) == 1 else "-".join(layers))
         animation = out / f"compare-{name}.gif"
         with atomic_path(animation) as partial:
-            _write_animation(opened, timeline, partial, fps)
+            notes = _write_animation(opened, timeline, partial, fps)
         curves = out / "compare-curves.png"
         with atomic_path(curves) as partial:
             writers.write_png(_curves(opened, align), partial)
-    return CompareResult(animation, curves, timeline, tuple(labels), tuple(layers))
+    return CompareResult(animation, curves, timeline, tuple(labels), tuple(layers), tuple(notes))
 
 
 def _unique_labels(labels: list[str]) -> list[str]:
@@ -203,7 +204,12 @@ def _plan_panels(runs: Sequence[_Panel], tile_size: int) -> None:
         )
 
 
-def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path, fps: float) -> None:
+def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path, fps: float) -> list[str]:
+    """Write the side-by-side animation; returns a note per damaged row, whose frames are left out.
+
+    Raises:
+        CompareError: every frame holds a damaged row.
+    """
     layouts = []
     plans: list[LayerPlan] = []
     row_lists = [rows_at(run.positions, timeline) for run in runs]
@@ -228,21 +234,33 @@ def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path,
                 nonfinite_legend=plan.nonfinite_steps > 0,
             )
         )
+    damaged: list[set[int]] = [set() for _ in runs]
     with writers.GifWriter(target, fps=fps) as gif:
         for start in range(0, len(timeline), _ROWS_PER_READ):
             block = slice(start, start + _ROWS_PER_READ)
             values = []
-            for run, rows, plan in zip(runs, row_lists, plans, strict=True):
-                needed = np.unique(rows[block])
-                read = plan.selected(run.recording.store.activations(run.layer, needed))
-                values.append({int(row): read[i] for i, row in enumerate(needed.tolist())})
+            for index, (run, rows, plan) in enumerate(zip(runs, row_lists, plans, strict=True)):
+                # The read side's rule: a damaged row is left out (its frames are not drawn) and named.
+                read = run.recording.layer(run.layer).read(np.unique(rows[block]))
+                damaged[index].update(read.damaged)
+                values.append(dict(zip(read.rows.tolist(), plan.selected(read.values), strict=True)))
             for offset in range(len(timeline[block])):
+                frame_rows = [int(rows[start + offset]) for rows in row_lists]
+                if any(row not in by_row for row, by_row in zip(frame_rows, values, strict=True)):
+                    continue
                 panels = []
-                for run, rows, layout, by_row in zip(runs, row_lists, layouts, values, strict=True):
-                    row = int(rows[start + offset])
+                for run, row, layout, by_row in zip(runs, frame_rows, layouts, values, strict=True):
                     predictions = run.recording.timeline.predictions[row]
                     panels.append(layout.frame(by_row[row], title=_title(run, row), predictions=predictions))
                 gif.append(side_by_side(panels))
+        if gif.frames_written == 0:
+            raise CompareError("every compared frame holds a damaged step (it failed its integrity check).")
+    return [
+        f"step {int(run.recording.timeline.global_steps[row])} of {run.label}'s layer {run.layer} is damaged "
+        "(it failed its integrity check); its frames were left out."
+        for run, rows in zip(runs, damaged, strict=True)
+        for row in sorted(rows)
+    ]
 
 
 def _title(run: _Panel, row: int) -> str:

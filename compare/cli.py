@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from actrec.compare.align import ALIGNMENTS
@@ -74,6 +75,8 @@ def compare_main(argv: Sequence[str]) -> int:
             max_frames=args.max_frames,
             labels=labels,
         )
+        for note in result.notes:  # what was left out is said even with --quiet, as render says it
+            print(f"note: {note}", file=sys.stderr)
         if not args.quiet:
             print(f"compared {', '.join(result.labels)} over {len(result.timeline)} frame(s) by {args.align}:")
             print(f"  {result.animation}")

@@ -42,6 +42,7 @@ class Recording:
         self._allow_empty = allow_empty
         self._layers: dict[str, LayerView] = {}
         self._timeline: Timeline | None = None
+        self._known_batch_size: tuple[int | None] | None = None  # read once: a live run's refreshes parse no YAML
         self.refresh()
 
     @classmethod
@@ -198,6 +199,11 @@ class Recording:
         return f"Recording({str(self.store_path)!r}, rows={self.num_rows}, layers={len(self.layers)})"
 
     def _batch_size(self, store_config: dict[str, Any]) -> int | None:
+        if self._known_batch_size is None:
+            self._known_batch_size = (self._read_batch_size(store_config),)
+        return self._known_batch_size[0]
+
+    def _read_batch_size(self, store_config: dict[str, Any]) -> int | None:
         run_config: dict[str, Any] = {}
         if self.run.config_path.exists():
             try:

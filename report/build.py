@@ -56,6 +56,7 @@ class ReportResult:
     layers: tuple[str, ...]
     stride: int
     size_bytes: int
+    notes: tuple[str, ...] = ()
 
 
 def unit_maps(sample_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -194,19 +195,37 @@ def build_report(
         target = Path(out) if out is not None else recording.run_dir / REPORT_FILENAME
         prepare_out_dir(target.parent)
         probes = recording.probes
+        # The read side's rule: a damaged row is left out and named. The page shows one step for every layer,
+        # so a step damaged in any layer is left out of the whole page.
+        frames: dict[str, dict[int, str]] = {}
+        damaged: dict[int, list[str]] = {}
+        for name in recording.layers:
+            view, missing = recording.layer(name), []
+            frames[name] = {
+                row: _b64_png(tile_grid(values, view.scale)) for row, values in view.iter_rows(rows, missing)
+            }
+            for row in missing:
+                damaged.setdefault(row, []).append(name)
+        notes = [
+            f"step {int(timeline.global_steps[row])} of layer {', '.join(names)} is damaged (it failed its integrity "
+            "check) and was left out."
+            for row, names in sorted(damaged.items())
+        ]
+        rows = np.asarray([row for row in rows.tolist() if row not in damaged], dtype=np.int64)
+        if rows.size == 0:
+            raise ReportError("every shown step is damaged (it failed its integrity check); nothing to report.")
         predictions = timeline.predictions[rows]
         layers: list[dict[str, Any]] = []
         for name in recording.layers:
             channels, height, width = unit_maps(recording.layer(name).sample_shape)
-            scale = recording.layer(name).scale
             layers.append(
                 {
                     "name": name,
                     "channels": channels,
                     "height": height,
                     "width": width,
-                    "scaleLabel": _scale_label(scale),
-                    "frames": _layer_frames(recording, name, rows, scale),
+                    "scaleLabel": _scale_label(recording.layer(name).scale),
+                    "frames": [frames[name][row] for row in rows.tolist()],
                 }
             )
         shown_steps = timeline.global_steps[rows]
@@ -232,7 +251,8 @@ def build_report(
         page = render_page(data, charts=charts, title=f"actrec report · {primary.label}")
     with atomic_path(target) as partial:
         partial.write_text(page, encoding="utf-8")
-    return ReportResult(target, shown_steps, tuple(layer["name"] for layer in layers), stride, target.stat().st_size)
+    names = tuple(layer["name"] for layer in layers)
+    return ReportResult(target, shown_steps, names, stride, target.stat().st_size, tuple(notes))
 
 
 def _scale_label(scale: ColourScale) -> str:

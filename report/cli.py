@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from actrec.dynamics import DEFAULT_THRESHOLD, DynamicsError
@@ -71,6 +72,8 @@ def report_main(argv: Sequence[str]) -> int:
             threshold=args.threshold,
             fps=args.fps,
         )
+        for note in result.notes:  # what was left out is said even with --quiet, as render says it
+            print(f"note: {note}", file=sys.stderr)
         if not args.quiet:
             print(
                 f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB): {len(result.layers)} layer(s) x "

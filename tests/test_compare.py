@@ -191,3 +191,21 @@ def test_compare_by_epoch_puts_the_end_of_training_row_in_the_last_epoch(tmp_pat
     runs = [make_store(tmp_path / name / "version_0", range(9), run_id=name).parent for name in ("a", "b")]
     result = compare_runs(runs, ["net.conv1"], align="epoch", out_dir=tmp_path / "out", tile_size=8)
     assert result.timeline.tolist() == [0, 1]
+
+
+def test_a_damaged_step_is_left_out_of_the_comparison_and_named(tmp_path: Path, capsys) -> None:
+    import h5py
+
+    first = make_store(tmp_path / "a", range(6), run_id="a")
+    second = make_store(tmp_path / "b", range(6), run_id="b")
+    with h5py.File(second, "r+") as store:
+        chunk = store["layers/net.conv2/activations"].id.get_chunk_info(2)
+    with second.open("r+b") as file:  # scribble over step 2's chunk: it fails its checksum
+        file.seek(chunk.byte_offset + 2)
+        file.write(b"\xab" * 32)
+    out = tmp_path / "out"
+    assert compare_main([str(first), str(second), "--layer", "net.conv2", "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().err == (
+        "note: step 2 of b's layer net.conv2 is damaged (it failed its integrity check); its frames were left out.\n"
+    )
+    assert len(_frames(out / "compare-net.conv2.gif")) == 5  # steps 0 to 5 but 2

@@ -352,3 +352,24 @@ def test_page_in_headless_chromium_one_slider_moves_every_panel(tmp_path: Path) 
     assert keyed["label"] == "step 6 · epoch 1"
     assert played["current"] > 0  # play advanced on its own from step 0
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_a_damaged_step_is_left_out_of_the_report_and_named(tmp_path: Path, capsys) -> None:
+    import h5py
+
+    from actrec.report.cli import report_main
+
+    store_path = make_store(tmp_path / "run", range(6))
+    with h5py.File(store_path, "r") as store:
+        chunk = store["layers/net.conv2/activations"].id.get_chunk_info(4)
+    with store_path.open("r+b") as file:  # scribble over step 4's chunk: it fails its checksum
+        file.seek(chunk.byte_offset + 2)
+        file.write(b"\xab" * 32)
+    assert report_main([str(store_path.parent), "--quiet"]) == 0
+    assert capsys.readouterr().err == (
+        "note: step 4 of layer net.conv2 is damaged (it failed its integrity check) and was left out.\n"
+    )
+    data = _page_data(store_path.parent / "report.html")
+    assert data["steps"] == [0, 1, 2, 3, 5]  # every layer shows the same steps
+    assert all(len(layer["frames"]) == 5 for layer in data["layers"])
+    assert len(data["predictions"]) == len(data["epochs"]) == 5
