@@ -200,7 +200,8 @@ def build_report(
         frames: dict[str, dict[int, str]] = {}
         damaged: dict[int, list[str]] = {}
         for name in recording.layers:
-            view, missing = recording.layer(name), []
+            view = recording.layer(name)
+            missing: list[int] = []
             frames[name] = {
                 row: _b64_png(tile_grid(values, view.scale)) for row, values in view.iter_rows(rows, missing)
             }
