@@ -105,7 +105,8 @@ def smooth(values: np.ndarray, weight: float = DEFAULT_SMOOTHING) -> np.ndarray:
 
 def faint(color: tuple[int, int, int], strength: float = 0.35) -> tuple[int, int, int]:
     """``color`` mixed with white: the raw series drawn under its smoothed line."""
-    return tuple(round(255 - strength * (255 - channel)) for channel in color)  # type: ignore[return-value]
+    red, green, blue = (round(255 - strength * (255 - channel)) for channel in color)
+    return red, green, blue
 
 
 class _Panel:
