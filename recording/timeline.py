@@ -175,7 +175,7 @@ class Timeline:
         """For each training step, the index of the recorded row nearest to it."""
         return nearest_rows(self.global_steps, steps)
 
-    def rows_at_or_before(self, steps: Sequence[int]) -> np.ndarray:
+    def rows_at_or_before(self, steps: Sequence[int] | np.ndarray) -> np.ndarray:
         """For each training step, the last row recorded at or before it (``-1``: none yet)."""
         return np.searchsorted(self.global_steps, np.asarray(steps), side="right") - 1
 

@@ -154,7 +154,9 @@ def _stop(process: subprocess.Popen) -> None:
 class Launcher(Protocol):
     """Where trials run. ``slots``: how many may run at once (``None``: all, the executor queues them)."""
 
-    slots: int | None
+    @property
+    def slots(self) -> int | None:
+        """How many trials may run at once; ``None``: all (the executor queues them)."""
 
     def start(self, specs: Sequence[TrialSpec]) -> list[Any]:
         """Start these trials; one handle each."""

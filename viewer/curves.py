@@ -127,7 +127,8 @@ def _moving_average(values: np.ndarray, weight: float) -> np.ndarray:
 
 def faint(color: tuple[int, int, int], strength: float = 0.35) -> tuple[int, int, int]:
     """``color`` mixed with white: the raw series drawn under its smoothed line."""
-    return tuple(round(255 - strength * (255 - channel)) for channel in color)  # type: ignore[return-value]
+    red, green, blue = (round(255 - strength * (255 - channel)) for channel in color)
+    return red, green, blue
 
 
 class _Panel:
@@ -144,11 +145,11 @@ class _Panel:
         self.x_low, self.x_high = x_range
         self.y_low, self.y_high = y_range
 
-    def x(self, value: np.ndarray | float) -> np.ndarray | float:
+    def x(self, value: np.ndarray | float) -> np.ndarray:  # a NumPy scalar for a float
         left, _, right, _ = self.box
         return left + (np.asarray(value, dtype=np.float64) - self.x_low) / (self.x_high - self.x_low) * (right - left)
 
-    def y(self, value: np.ndarray | float) -> np.ndarray | float:
+    def y(self, value: np.ndarray | float) -> np.ndarray:  # a NumPy scalar for a float
         _, top, _, bottom = self.box
         return bottom - (np.asarray(value, dtype=np.float64) - self.y_low) / (self.y_high - self.y_low) * (bottom - top)
 
