@@ -7,9 +7,10 @@ epochs, samples seen, predictions, scalars; the one thinning rule, last row incl
 
 The rules a recording's readers share live here once: :mod:`.scale` (which value a colour means) and
 :mod:`.colors` (the palette it points into), :mod:`.epochs` (which epoch a row belongs to), and
-:func:`thin_rows`, :func:`layer_kind`, :func:`predicted_classes`. This package imports ``store``,
-``runs`` and ``errors`` only; ``viewer``, ``report``, ``compare``, ``dynamics`` and ``inspection``
-import it, never the other way round.
+:func:`thin_rows`, :func:`layer_kind`, :func:`predicted_classes`, :func:`shows_predictions` (whether
+a run's ``task`` has predictions to draw). This package imports ``store``, ``runs`` and ``errors``
+only; ``viewer``, ``report``, ``compare``, ``dynamics`` and ``inspection`` import it, never the other
+way round.
 """
 
 from actrec.recording import colors
@@ -30,6 +31,7 @@ from actrec.recording.timeline import (
     Timeline,
     nearest_rows,
     predicted_classes,
+    shows_predictions,
     thin_rows,
 )
 
@@ -51,5 +53,6 @@ __all__ = [
     "nearest_rows",
     "parse_channels",
     "predicted_classes",
+    "shows_predictions",
     "thin_rows",
 ]

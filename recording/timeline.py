@@ -26,6 +26,19 @@ class RecordingError(UserError):
     """A recording cannot be opened or read as asked; the message is one sentence for the user."""
 
 
+TASK_CLASSIFICATION = "classification"
+"""The task of a store written without a ``task`` attribute (every store before the attribute existed)."""
+
+
+def shows_predictions(task: str) -> bool:
+    """Whether a run of this ``task`` has predictions to draw: only a classifier's output is class scores.
+
+    Every reader (render, the report, the dashboard, the TensorBoard export) asks this one rule; for
+    reconstruction, generation, regression or ``none`` the argmax of the output means nothing.
+    """
+    return task == TASK_CLASSIFICATION
+
+
 def predicted_classes(logits: np.ndarray) -> np.ndarray:
     """The predicted class of each row of ``(..., K)`` logits; ``-1`` (drawn "?") where a row is not finite.
 

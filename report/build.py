@@ -238,7 +238,8 @@ def build_report(
             "epochs": timeline.epochs[rows].tolist(),
             "classNames": list(probes.class_names),
             "labels": np.asarray(probes.labels).tolist(),
-            "predictions": predictions.tolist(),
+            # The recording's one rule: only a classifier's output has predictions (no row, no ✓/✗ otherwise).
+            "predictions": predictions.tolist() if recording.shows_predictions else None,
             # Token ids, feature vectors and volumes are not pictures: their predictions are still listed.
             "probeImage": _b64_png(probe_strip(probes.images)) if _is_picture(probes.images) else None,
             "probeShape": list(np.asarray(probes.images).shape[-2:]) if _is_picture(probes.images) else None,

@@ -263,6 +263,7 @@ def frame_layout(recording: Recording, plan: LayerPlan, rows: np.ndarray) -> Fra
         channel_labels=plan.labels,
         nonfinite_legend=plan.nonfinite_steps > 0,
         text_scale=plan.text_scale,
+        show_predictions=recording.shows_predictions,
     )
 
 
@@ -282,9 +283,10 @@ def layer_frames(
     damaged: list[int] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(row, frame)`` for each readable row, reading the store in bounded chunks."""
-    predictions = recording.timeline.predictions
+    predictions = recording.timeline.predictions if recording.shows_predictions else None
     for row, values in layer_rows(recording, plan, rows, damaged):
-        yield row, layout.frame(values, title=row_title(recording, plan.name, row), predictions=predictions[row])
+        predicted = None if predictions is None else predictions[row]
+        yield row, layout.frame(values, title=row_title(recording, plan.name, row), predictions=predicted)
 
 
 def sheet_frame(recording: Recording, plan: LayerPlan, layout: FrameLayout, sheet_rows: np.ndarray) -> np.ndarray:
@@ -292,6 +294,5 @@ def sheet_frame(recording: Recording, plan: LayerPlan, layout: FrameLayout, shee
     timeline = recording.timeline
     read = recording.layer(plan.name).read(sheet_rows)
     captions = [f"step {int(timeline.global_steps[row])} · epoch {int(timeline.epochs[row])}" for row in read.rows]
-    return layout.sheet(
-        plan.selected(read.values), captions=captions, title=plan.name, predictions=timeline.predictions[read.rows]
-    )
+    predictions = timeline.predictions[read.rows] if recording.shows_predictions else None
+    return layout.sheet(plan.selected(read.values), captions=captions, title=plan.name, predictions=predictions)
