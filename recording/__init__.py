@@ -16,11 +16,13 @@ way round.
 from actrec.recording import colors
 from actrec.recording.layers import (
     DEFAULT_MAX_CHANNELS,
+    DEFAULT_MAX_PROBES,
     ChannelChoice,
     ChannelPlan,
     LayerRead,
     LayerView,
     channel_axis,
+    choose_probes,
     layer_kind,
     parse_channels,
 )
@@ -37,6 +39,7 @@ from actrec.recording.timeline import (
 
 __all__ = [
     "DEFAULT_MAX_CHANNELS",
+    "DEFAULT_MAX_PROBES",
     "ChannelChoice",
     "ChannelPlan",
     "ColourScale",
@@ -47,6 +50,7 @@ __all__ = [
     "Timeline",
     "announce_on_stderr",
     "channel_axis",
+    "choose_probes",
     "colors",
     "colour_scale",
     "layer_kind",
