@@ -31,6 +31,7 @@ from actrec.recording.scale import ColourScale, colour_scale
 from actrec.recording.timeline import (
     RecordingError,
     Timeline,
+    auto_stride,
     nearest_rows,
     predicted_classes,
     shows_predictions,
@@ -49,6 +50,7 @@ __all__ = [
     "RecordingError",
     "Timeline",
     "announce_on_stderr",
+    "auto_stride",
     "channel_axis",
     "choose_probes",
     "colors",

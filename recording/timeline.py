@@ -49,6 +49,17 @@ def predicted_classes(logits: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(logits).all(axis=-1), predicted, -1)
 
 
+def auto_stride(count: int, max_rows: int) -> int:
+    """The smallest stride that keeps at most ``max_rows`` of ``count`` rows (plus the last): ``stride=None``.
+
+    Raises:
+        RecordingError: ``max_rows`` is not a positive integer.
+    """
+    if max_rows is None or max_rows < 1:
+        raise RecordingError(f"max_rows must be a positive integer when stride is None, got {max_rows}.")
+    return max(1, math.ceil(count / max_rows))
+
+
 def thin_rows(
     global_steps: np.ndarray,
     *,
@@ -81,9 +92,7 @@ def thin_rows(
         in_range &= np.asarray(global_steps) < stop
     candidates = np.flatnonzero(in_range)
     if stride is None:
-        if max_rows is None or max_rows < 1:
-            raise RecordingError(f"max_rows must be a positive integer when stride is None, got {max_rows}.")
-        stride = max(1, math.ceil(len(candidates) / max_rows))
+        stride = auto_stride(len(candidates), max_rows)
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
         raise RecordingError(f"stride must be a positive integer, got {stride}.")
     rows = candidates[::stride]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from actrec.dynamics import (
 )
 from actrec.dynamics.plots import layer_colors, log10_or_nan
 from actrec.errors import UserError
-from actrec.recording import Recording, Timeline, choose_probes, colors
+from actrec.recording import Recording, Timeline, auto_stride, choose_probes, colors
 from actrec.recording.scale import ColourScale
 from actrec.report.charts import Line, css_color, svg_chart
 from actrec.report.page import render_page
@@ -199,8 +198,8 @@ def build_report(
     probes_text = probes  # the name ``probes`` is the probe set below
     with Recording.open(run) as recording:
         timeline = recording.timeline
-        if stride is None:
-            stride = max(1, math.ceil(timeline.num_rows / max_frames))
+        if stride is None:  # the one rule's stride=None: at most max_frames rows, plus the last
+            stride = auto_stride(timeline.num_rows, max_frames)
         rows = timeline.thin(stride=stride)  # the one thinning rule: ``actrec render --stride`` shows these steps
         primary = _Curves(recording.name, timeline, _run_dynamics(recording, threshold))
         target = Path(out) if out is not None else recording.run_dir / REPORT_FILENAME
