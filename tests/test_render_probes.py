@@ -128,3 +128,34 @@ def test_the_report_shows_the_probes_render_draws(tmp_path: Path) -> None:
     assert chosen["labels"] == [p % 5 for p in range(40, 50)]
     every = page_data(build_report(tmp_path / "run", out=tmp_path / "every.html", probes="all"))
     assert len(every["labels"]) == PROBES
+
+
+@pytest.mark.parametrize("channels", [None, "all"])
+def test_sheets_of_a_28x28_16_channel_layer_and_a_64_unit_vector_are_at_most_1600_wide(
+    tmp_path: Path, channels: str | None
+) -> None:
+    probes, rng = 10, np.random.default_rng(0)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    probe_set = ProbeSet(
+        rng.random((probes, 1, 28, 28), np.float32), np.arange(probes), np.arange(probes), list("0123456789")
+    )
+    layers = [LayerSpec("conv", (16, 28, 28), "Conv2d", "nonnegative"), LayerSpec("fc", (64,), "Linear", "symmetric")]
+    writer = StoreWriter.create(
+        folder / "activations.h5", run_id="w", config={}, probes=probe_set, layers=layers, num_classes=10,
+        background=False,
+    )  # fmt: skip
+    with writer:
+        for step in range(8):
+            activations = {
+                "conv": np.abs(rng.normal(size=(probes, 16, 28, 28))).astype(np.float32),
+                "fc": rng.normal(size=(probes, 64)).astype(np.float32),
+            }
+            logits = rng.normal(size=(probes, 10)).astype(np.float32)
+            writer.append(StepRecord(step, 0, 1.0, 0.5, logits, activations))
+    result = render_run(folder, channels=channels)  # the default tile size
+    for layer in ("conv", "fc"):
+        with Image.open(result.out_dir / f"{layer}.sheet.png") as sheet:
+            assert sheet.size[0] <= 1600, (layer, sheet.size)
+        with Image.open(result.out_dir / f"{layer}.gif") as gif:
+            assert gif.size[0] <= 1600, (layer, gif.size)
