@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from viewer_fixtures import make_store
 
+from actrec.compare import compare_runs
 from actrec.recording import Recording, colors, shows_predictions
 from actrec.report import build_report
 from actrec.viewer import export_tensorboard, render_run
@@ -107,3 +108,11 @@ def test_report_lists_predictions_for_classifiers_only(tmp_path: Path, task: str
         assert 'class="labels predictions"' not in page
         assert 'id="sticky-predictions"' not in page
         assert "Probes and predictions" not in page
+
+
+@pytest.mark.parametrize("task", ["reconstruction", "classification"])
+def test_compare_marks_predictions_for_classifiers_only(tmp_path: Path, task: str) -> None:
+    for name in ("a", "b"):
+        make_store(tmp_path / name, range(3), task=task)
+    result = compare_runs([tmp_path / "a", tmp_path / "b"], ["net.conv1"], out_dir=tmp_path / "out", tile_size=16)
+    assert (_mark_pixels(result.animation) > 0) == (task == "classification")
