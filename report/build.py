@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -211,7 +212,8 @@ def build_report(
         frames: dict[str, dict[int, str]] = {}
         damaged: dict[int, list[str]] = {}
         for name in recording.layers:
-            view, missing = recording.layer(name), []
+            view = recording.layer(name)
+            missing: list[int] = []
             frames[name] = {
                 row: _b64_png(tile_grid(_pick(values, drawn), view.scale))
                 for row, values in view.iter_rows(rows, missing)
@@ -228,7 +230,7 @@ def build_report(
         if rows.size == 0:
             raise ReportError("every shown step is damaged (it failed its integrity check); nothing to report.")
         predictions = _pick(timeline.predictions[rows], drawn, axis=-1)
-        layers = []
+        layers: list[dict[str, Any]] = []
         for name in recording.layers:
             channels, height, width = unit_maps(recording.layer(name).sample_shape)
             layers.append(
