@@ -39,6 +39,9 @@ def aligned_positions(
 def shared_timeline(positions: Sequence[np.ndarray], max_frames: int) -> np.ndarray:
     """The positions to draw: every position any run recorded, thinned to at most ``max_frames`` (last kept)."""
     timeline = np.unique(np.concatenate([np.asarray(p, np.int64) for p in positions]))
+    # Not recording.thin_rows: these are positions of several runs merged (no run's rows), and
+    # --max-frames is a hard cap on the frames (the sheet and the animation are sized from it), while
+    # thin_rows's stride keeps one row past its bound (the last); evenly spread with linspace instead.
     if len(timeline) > max_frames:
         keep = np.unique(np.linspace(0, len(timeline) - 1, max_frames).round().astype(np.int64))
         timeline = timeline[keep]

@@ -232,6 +232,7 @@ def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path,
                 kind=plan.kind,
                 channel_labels=plan.labels,
                 nonfinite_legend=plan.nonfinite_steps > 0,
+                show_predictions=run.recording.shows_predictions,  # the recording's rule: classifiers only
             )
         )
     damaged: list[set[int]] = [set() for _ in runs]
@@ -250,7 +251,8 @@ def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path,
                     continue
                 panels = []
                 for run, row, layout, by_row in zip(runs, frame_rows, layouts, values, strict=True):
-                    predictions = run.recording.timeline.predictions[row]
+                    shown = run.recording.shows_predictions
+                    predictions = run.recording.timeline.predictions[row] if shown else None
                     panels.append(layout.frame(by_row[row], title=_title(run, row), predictions=predictions))
                 gif.append(side_by_side(panels))
         if gif.frames_written == 0:

@@ -212,7 +212,10 @@ class RunSource:
                     "labels": [int(label) for label in probes.labels],
                     "class_names": [str(name) for name in probes.class_names],
                     "images": np.ndim(probes.images) in (3, 4),
+                    # The recording's one rule: only a classifier's output has predictions to mark.
+                    "predictions": self._recording.shows_predictions,
                 },
+                "task": self._recording.task,
             }
 
     def timeline(self) -> dict[str, Any]:
@@ -249,7 +252,7 @@ class RunSource:
         return row
 
     def step(self, row: int) -> dict[str, Any]:
-        """One row's step, epoch and each probe's predicted class."""
+        """One row's step, epoch and each probe's predicted class (none for a run that is not a classifier)."""
         with self._lock:
             row = self._check_row(row)
             timeline = self._recording.timeline
@@ -257,7 +260,9 @@ class RunSource:
                 "row": row,
                 "global_step": int(timeline.global_steps[row]),
                 "epoch": int(timeline.epochs[row]),
-                "predictions": [int(p) for p in timeline.predictions_at(row)],  # this row's logits only
+                "predictions": (  # this row's logits only; none for a run that is not a classifier
+                    [int(p) for p in timeline.predictions_at(row)] if self._recording.shows_predictions else []
+                ),
             }
 
     def frame_png(self, layer: str, row: int) -> tuple[int, bytes]:

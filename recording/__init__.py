@@ -7,19 +7,22 @@ epochs, samples seen, predictions, scalars; the one thinning rule, last row incl
 
 The rules a recording's readers share live here once: :mod:`.scale` (which value a colour means) and
 :mod:`.colors` (the palette it points into), :mod:`.epochs` (which epoch a row belongs to), and
-:func:`thin_rows`, :func:`layer_kind`, :func:`predicted_classes`. This package imports ``store``,
-``runs`` and ``errors`` only; ``viewer``, ``report``, ``compare``, ``dynamics`` and ``inspection``
-import it, never the other way round.
+:func:`thin_rows`, :func:`layer_kind`, :func:`predicted_classes`, :func:`shows_predictions` (whether
+a run's ``task`` has predictions to draw). This package imports ``store``, ``runs`` and ``errors``
+only; ``viewer``, ``report``, ``compare``, ``dynamics`` and ``inspection`` import it, never the other
+way round.
 """
 
 from actrec.recording import colors
 from actrec.recording.layers import (
     DEFAULT_MAX_CHANNELS,
+    DEFAULT_MAX_PROBES,
     ChannelChoice,
     ChannelPlan,
     LayerRead,
     LayerView,
     channel_axis,
+    choose_probes,
     layer_kind,
     parse_channels,
 )
@@ -28,13 +31,16 @@ from actrec.recording.scale import ColourScale, colour_scale
 from actrec.recording.timeline import (
     RecordingError,
     Timeline,
+    auto_stride,
     nearest_rows,
     predicted_classes,
+    shows_predictions,
     thin_rows,
 )
 
 __all__ = [
     "DEFAULT_MAX_CHANNELS",
+    "DEFAULT_MAX_PROBES",
     "ChannelChoice",
     "ChannelPlan",
     "ColourScale",
@@ -44,12 +50,15 @@ __all__ = [
     "RecordingError",
     "Timeline",
     "announce_on_stderr",
+    "auto_stride",
     "channel_axis",
+    "choose_probes",
     "colors",
     "colour_scale",
     "layer_kind",
     "nearest_rows",
     "parse_channels",
     "predicted_classes",
+    "shows_predictions",
     "thin_rows",
 ]

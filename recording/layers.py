@@ -92,6 +92,45 @@ def parse_channels(text: str | None) -> ChannelChoice:
     return ChannelChoice(indices=tuple(dict.fromkeys(indices)))
 
 
+DEFAULT_MAX_PROBES = 10
+"""Probes drawn side by side by default: more make every tile illegibly small (a note names ``--probes``)."""
+
+
+def choose_probes(text: str | None, num_probes: int) -> tuple[tuple[int, ...] | None, str]:
+    """Which probes to draw: ``text`` lists indices into the probe set (``"0,3,7"``, ranges ``"10-19"``,
+    or ``"all"``); default all up to :data:`DEFAULT_MAX_PROBES`, else the first that many.
+
+    Returns:
+        ``(positions, note)``: positions into the probe set (``None``: every probe) and a sentence for
+        the user when the default left probes out (else ``""``).
+
+    Raises:
+        RecordingError: the text is not such a list, or names a probe the set does not hold.
+    """
+    if text is None:
+        if num_probes <= DEFAULT_MAX_PROBES:
+            return None, ""
+        return tuple(range(DEFAULT_MAX_PROBES)), (
+            f"drawing probes 0-{DEFAULT_MAX_PROBES - 1} of {num_probes} (more are too small to read); "
+            f"--probes picks others (e.g. --probes {DEFAULT_MAX_PROBES}-{2 * DEFAULT_MAX_PROBES - 1}, or --probes all)."
+        )
+    text = text.strip()
+    if text == "all":
+        return None, ""
+    indices: list[int] = []
+    for part in (part.strip() for part in text.split(",")):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if match is None or (match[2] is not None and int(match[2]) < int(match[1])):
+            raise RecordingError(f"--probes takes probe indices ('0,3,7'), ranges ('10-19') or 'all', got {text!r}.")
+        indices.extend(range(int(match[1]), int(match[2] or match[1]) + 1))
+    outside = [index for index in indices if index >= num_probes]
+    if outside:
+        raise RecordingError(
+            f"--probes names probe {outside[0]}, but this run has {num_probes} probes (0 to {num_probes - 1})."
+        )
+    return tuple(dict.fromkeys(indices)), ""
+
+
 @dataclass(frozen=True)
 class ChannelPlan:
     """The channels (units) of a layer to draw.

@@ -11,7 +11,15 @@ from typing import Any
 import numpy as np
 
 from actrec.recording.layers import LayerView
-from actrec.recording.timeline import SCALAR_SERIES, STEP_COLUMNS, RecordingError, Timeline, build_timeline
+from actrec.recording.timeline import (
+    SCALAR_SERIES,
+    STEP_COLUMNS,
+    TASK_CLASSIFICATION,
+    RecordingError,
+    Timeline,
+    build_timeline,
+    shows_predictions,
+)
 from actrec.runs import Run, RunError, resolve_run
 from actrec.store import StoreError, StoreReader
 
@@ -105,6 +113,16 @@ class Recording:
     def probes(self) -> Any:
         """The probe set (:class:`~actrec.store.ProbeSet`): images, labels, class names."""
         return self.store.probes
+
+    @property
+    def task(self) -> str:
+        """What the model's output is (the store's ``task`` attribute; ``"classification"`` when absent)."""
+        return self.store.task or TASK_CLASSIFICATION
+
+    @property
+    def shows_predictions(self) -> bool:
+        """Whether readers draw the probes' predictions (:func:`~actrec.recording.shows_predictions`)."""
+        return shows_predictions(self.task)
 
     @property
     def num_probes(self) -> int:

@@ -26,6 +26,19 @@ class RecordingError(UserError):
     """A recording cannot be opened or read as asked; the message is one sentence for the user."""
 
 
+TASK_CLASSIFICATION = "classification"
+"""The task of a store written without a ``task`` attribute (every store before the attribute existed)."""
+
+
+def shows_predictions(task: str) -> bool:
+    """Whether a run of this ``task`` has predictions to draw: only a classifier's output is class scores.
+
+    Every reader (render, the report, the dashboard, the TensorBoard export) asks this one rule; for
+    reconstruction, generation, regression or ``none`` the argmax of the output means nothing.
+    """
+    return task == TASK_CLASSIFICATION
+
+
 def predicted_classes(logits: np.ndarray) -> np.ndarray:
     """The predicted class of each row of ``(..., K)`` logits; ``-1`` (drawn "?") where a row is not finite.
 
@@ -34,6 +47,17 @@ def predicted_classes(logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits)
     predicted = logits.argmax(axis=-1)
     return np.where(np.isfinite(logits).all(axis=-1), predicted, -1)
+
+
+def auto_stride(count: int, max_rows: int) -> int:
+    """The smallest stride that keeps at most ``max_rows`` of ``count`` rows (plus the last): ``stride=None``.
+
+    Raises:
+        RecordingError: ``max_rows`` is not a positive integer.
+    """
+    if max_rows is None or max_rows < 1:
+        raise RecordingError(f"max_rows must be a positive integer when stride is None, got {max_rows}.")
+    return max(1, math.ceil(count / max_rows))
 
 
 def thin_rows(
@@ -68,9 +92,7 @@ def thin_rows(
         in_range &= np.asarray(global_steps) < stop
     candidates = np.flatnonzero(in_range)
     if stride is None:
-        if max_rows is None or max_rows < 1:
-            raise RecordingError(f"max_rows must be a positive integer when stride is None, got {max_rows}.")
-        stride = max(1, math.ceil(len(candidates) / max_rows))
+        stride = auto_stride(len(candidates), max_rows)
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
         raise RecordingError(f"stride must be a positive integer, got {stride}.")
     rows = candidates[::stride]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from actrec.dynamics import (
 )
 from actrec.dynamics.plots import layer_colors, log10_or_nan
 from actrec.errors import UserError
-from actrec.recording import Recording, Timeline, colors
+from actrec.recording import Recording, Timeline, auto_stride, choose_probes, colors
 from actrec.recording.scale import ColourScale
 from actrec.report.charts import Line, css_color, svg_chart
 from actrec.report.page import render_page
@@ -111,8 +110,16 @@ def probe_strip(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(grey.transpose(1, 0, 2).reshape(images.shape[1], -1))
 
 
-def _layer_frames(recording: Recording, name: str, rows: np.ndarray, scale: ColourScale) -> list[str]:
-    return [_b64_png(tile_grid(values, scale)) for _, values in recording.layer(name).iter_rows(rows)]
+def _layer_frames(
+    recording: Recording, name: str, rows: np.ndarray, scale: ColourScale, drawn: tuple[int, ...] | None = None
+) -> list[str]:
+    """Each row's tiles of the ``drawn`` probes (``None``: all) as base64 PNG."""
+    return [_b64_png(tile_grid(_pick(values, drawn), scale)) for _, values in recording.layer(name).iter_rows(rows)]
+
+
+def _pick(values: np.ndarray, drawn: tuple[int, ...] | None, axis: int = 0) -> np.ndarray:
+    """The drawn probes' entries along ``axis`` (``None``: every probe): the probes render draws."""
+    return np.asarray(values) if drawn is None else np.take(values, drawn, axis=axis)
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,7 @@ def build_report(
     max_frames: int = DEFAULT_MAX_FRAMES,
     threshold: float = DEFAULT_THRESHOLD,
     fps: float = 10.0,
+    probes: str | None = None,
 ) -> ReportResult:
     """Write ``RUN/report.html`` (or ``out``): one page, no server or network needed to view it.
 
@@ -175,6 +183,8 @@ def build_report(
         max_frames: the most steps shown when ``stride`` is not given.
         threshold: CKA level for the settling steps.
         fps: play speed in steps per second.
+        probes: the probes to show, chosen as ``actrec render`` chooses them
+            (:func:`actrec.recording.choose_probes`: default all up to ten, else the first ten).
 
     Raises:
         StoreError: a store is missing, damaged, foreign or too new.
@@ -186,15 +196,17 @@ def build_report(
         raise ReportError(f"max_frames must be at least 2, got {max_frames}.")
     if not 0 < fps <= 60:
         raise ReportError(f"fps must be in (0, 60], got {fps:g}.")
+    probes_text = probes  # the name ``probes`` is the probe set below
     with Recording.open(run) as recording:
         timeline = recording.timeline
-        if stride is None:
-            stride = max(1, math.ceil(timeline.num_rows / max_frames))
+        if stride is None:  # the one rule's stride=None: at most max_frames rows, plus the last
+            stride = auto_stride(timeline.num_rows, max_frames)
         rows = timeline.thin(stride=stride)  # the one thinning rule: ``actrec render --stride`` shows these steps
         primary = _Curves(recording.name, timeline, _run_dynamics(recording, threshold))
         target = Path(out) if out is not None else recording.run_dir / REPORT_FILENAME
         prepare_out_dir(target.parent)
         probes = recording.probes
+        drawn, probe_note = choose_probes(probes_text, recording.num_probes)
         # The read side's rule: a damaged row is left out and named. The page shows one step for every layer,
         # so a step damaged in any layer is left out of the whole page.
         frames: dict[str, dict[int, str]] = {}
@@ -203,11 +215,13 @@ def build_report(
             view = recording.layer(name)
             missing: list[int] = []
             frames[name] = {
-                row: _b64_png(tile_grid(values, view.scale)) for row, values in view.iter_rows(rows, missing)
+                row: _b64_png(tile_grid(_pick(values, drawn), view.scale))
+                for row, values in view.iter_rows(rows, missing)
             }
             for row in missing:
                 damaged.setdefault(row, []).append(name)
-        notes = [
+        notes = [probe_note] if probe_note else []
+        notes += [
             f"step {int(timeline.global_steps[row])} of layer {', '.join(names)} is damaged (it failed its integrity "
             "check) and was left out."
             for row, names in sorted(damaged.items())
@@ -215,7 +229,7 @@ def build_report(
         rows = np.asarray([row for row in rows.tolist() if row not in damaged], dtype=np.int64)
         if rows.size == 0:
             raise ReportError("every shown step is damaged (it failed its integrity check); nothing to report.")
-        predictions = timeline.predictions[rows]
+        predictions = _pick(timeline.predictions[rows], drawn, axis=-1)
         layers: list[dict[str, Any]] = []
         for name in recording.layers:
             channels, height, width = unit_maps(recording.layer(name).sample_shape)
@@ -230,7 +244,7 @@ def build_report(
                 }
             )
         shown_steps = timeline.global_steps[rows]
-        compared = [_compare_data(path, shown_steps, threshold) for path in compare]
+        compared = [_compare_data(path, shown_steps, threshold, drawn) for path in compare]
         data = {
             "run": primary.label,
             "fps": fps,
@@ -239,10 +253,11 @@ def build_report(
             "steps": shown_steps.tolist(),
             "epochs": timeline.epochs[rows].tolist(),
             "classNames": list(probes.class_names),
-            "labels": np.asarray(probes.labels).tolist(),
-            "predictions": predictions.tolist(),
+            "labels": _pick(probes.labels, drawn).tolist(),
+            # The recording's one rule: only a classifier's output has predictions (no row, no ✓/✗ otherwise).
+            "predictions": predictions.tolist() if recording.shows_predictions else None,
             # Token ids, feature vectors and volumes are not pictures: their predictions are still listed.
-            "probeImage": _b64_png(probe_strip(probes.images)) if _is_picture(probes.images) else None,
+            "probeImage": _b64_png(probe_strip(_pick(probes.images, drawn))) if _is_picture(probes.images) else None,
             "probeShape": list(np.asarray(probes.images).shape[-2:]) if _is_picture(probes.images) else None,
             "layers": layers,
             "dynamics": _dynamics_rows(primary.dynamics, rows),
@@ -282,7 +297,9 @@ def _dynamics_rows(dynamics: Dynamics, rows: np.ndarray) -> list[dict]:
     ]
 
 
-def _compare_data(run: str | os.PathLike, shown_steps: np.ndarray, threshold: float) -> tuple[dict, _Curves]:
+def _compare_data(
+    run: str | os.PathLike, shown_steps: np.ndarray, threshold: float, drawn: tuple[int, ...] | None
+) -> tuple[dict, _Curves]:
     with Recording.open(run) as recording:
         other = _Curves(recording.name, recording.timeline, _run_dynamics(recording, threshold))
         their_steps = other.timeline.global_steps
@@ -294,7 +311,7 @@ def _compare_data(run: str | os.PathLike, shown_steps: np.ndarray, threshold: fl
         for name in recording.layers:
             channels, height, width = unit_maps(recording.layer(name).sample_shape)
             scale = recording.layer(name).scale
-            frames = _layer_frames(recording, name, used, scale) if used.size else []
+            frames = _layer_frames(recording, name, used, scale, drawn) if used.size else []
             layers.append({"name": name, "channels": channels, "height": height, "width": width, "frames": frames})
         entry = {
             "run": other.label,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from actrec.recording import thin_rows
 from actrec.viewer.curves import nice_ticks
 
 _MAX_POINTS = 1500  # per line: more than a chart's pixels only adds bytes
@@ -35,9 +36,8 @@ def css_color(rgb: Sequence[int]) -> str:
 
 
 def _thin(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if len(steps) <= _MAX_POINTS:
-        return steps, values
-    keep = np.unique(np.linspace(0, len(steps) - 1, _MAX_POINTS).astype(np.int64))
+    """At most ``_MAX_POINTS`` points of a curve (plus the last), by the recording's one thinning rule."""
+    keep = thin_rows(steps, stride=None, max_rows=_MAX_POINTS)
     return steps[keep], values[keep]
 
 

@@ -46,6 +46,12 @@ def report_main(argv: Sequence[str]) -> int:
         help=f"CKA level for settling steps (default {DEFAULT_THRESHOLD:g})",
     )
     parser.add_argument("--fps", type=float, default=10.0, help="play speed, steps per second (default 10)")
+    parser.add_argument(
+        "--probes",
+        metavar="LIST|all",
+        help="probes to show, by index into the probe set: 0,3,7 or ranges (10-19) or all; "
+        "default: all up to 10, else the first 10 (as actrec render)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")
     args = parser.parse_args(argv)
 
@@ -71,6 +77,7 @@ def report_main(argv: Sequence[str]) -> int:
             max_frames=args.max_frames,
             threshold=args.threshold,
             fps=args.fps,
+            probes=args.probes,
         )
         for note in result.notes:  # what was left out is said even with --quiet, as render says it
             print(f"note: {note}", file=sys.stderr)

@@ -96,6 +96,29 @@ _SCRIPT = r"""
     panel.dataset.step = text;
   }
 
+  function showPredictions(current, step) {
+    if (D.predictions === null) {  // not a classifier: no predictions, no tally
+      setPanelStep(document.getElementById("probes"), "step " + step);
+      return;
+    }
+    const predicted = D.predictions[current];
+    document.querySelectorAll(".predictions span").forEach((cell, i) => {
+      const probe = i % D.labels.length;
+      if (D.labels[probe] < 0) {  // unlabeled: neither right nor wrong
+        cell.textContent = className(predicted[probe]);
+        cell.className = "";
+        return;
+      }
+      const right = predicted[probe] === D.labels[probe];
+      cell.textContent = (right ? "✓ " : "✗ ") + className(predicted[probe]);
+      cell.className = right ? "right" : "wrong";
+    });
+    const labeled = D.labels.map((label, probe) => probe).filter((probe) => D.labels[probe] >= 0);
+    const correct = labeled.filter((probe) => predicted[probe] === D.labels[probe]).length;
+    const tally = correct + "/" + labeled.length + " right";
+    setPanelStep(document.getElementById("probes"), "step " + step + " · " + tally);
+  }
+
   function show(index) {
     current = Math.max(0, Math.min(count - 1, index));
     slider.value = String(current);
@@ -115,22 +138,7 @@ _SCRIPT = r"""
         else { img.src = png(layer.frames[row]); setPanelStep(panel, "step " + other.steps[row]); }
       });
     });
-    const predicted = D.predictions[current];
-    document.querySelectorAll(".predictions span").forEach((cell, i) => {
-      const probe = i % D.labels.length;
-      if (D.labels[probe] < 0) {  // unlabeled: neither right nor wrong
-        cell.textContent = className(predicted[probe]);
-        cell.className = "";
-        return;
-      }
-      const right = predicted[probe] === D.labels[probe];
-      cell.textContent = (right ? "✓ " : "✗ ") + className(predicted[probe]);
-      cell.className = right ? "right" : "wrong";
-    });
-    const labeled = D.labels.map((label, probe) => probe).filter((probe) => D.labels[probe] >= 0);
-    const correct = labeled.filter((probe) => predicted[probe] === D.labels[probe]).length;
-    const tally = correct + "/" + labeled.length + " right";
-    setPanelStep(document.getElementById("probes"), "step " + step + " · " + tally);
+    showPredictions(current, step);
     document.querySelectorAll("svg.chart[data-s0]").forEach((svg) => {
       const x0 = Number(svg.dataset.x0), x1 = Number(svg.dataset.x1);
       const s0 = Number(svg.dataset.s0), s1 = Number(svg.dataset.s1);
@@ -276,6 +284,17 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
         + ".</p>"
         for other in data["compare"]
     )
+    # None: the run is not a classifier (the recording's rule), so no predictions row and no ✓/✗ anywhere.
+    predicted = data.get("predictions") is not None
+    sticky_predictions = (
+        f'<div id="sticky-predictions"><span class="scalebar">predicted</span>\n'
+        f'<div class="labels predictions">{"<span></span>" * probes}</div></div>'
+        if predicted
+        else ""
+    )
+    predictions_row = (
+        f'<div class="labels predictions" id="predictions">{"<span></span>" * probes}</div>' if predicted else ""
+    )
     stride_note = (
         f"every {data['stride']}th of {data['recordedSteps']} recorded steps (and the last)"
         if data["stride"] > 1
@@ -297,19 +316,18 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
 <input id="slider" type="range" min="0" max="{len(data["steps"]) - 1}" value="0" step="1" aria-label="training step">
 <span id="step-label"></span>
 <label class="scalebar">zoom <input id="zoom" type="range" min="12" max="96" value="40" step="2"></label>
-<div id="sticky-predictions"><span class="scalebar">predicted</span>
-<div class="labels predictions">{"<span></span>" * probes}</div></div>
+{sticky_predictions}
 </header>
 <main>
 <p class="note">One slider drives every panel ({stride_note}). Keys: ← → one step, PgUp/PgDn ten, Home/End,
 space plays. Activations: blue +, white 0, red − (one-sided layers: white 0 to blue),
 on each layer's fixed scale, as actrec render draws them; rows are channels, columns probes.</p>
 {compare_note}
-<section><h2>Probes and predictions</h2>
+<section><h2>{"Probes and predictions" if predicted else "Probes"}</h2>
 <div class="panel" id="probes"><div class="caption"><b>probes</b><span class="panel-step"></span></div>
 <div class="labels">{label_row}</div>
 {probe_picture}
-<div class="labels predictions" id="predictions">{"<span></span>" * probes}</div></div></section>
+{predictions_row}</div></section>
 <section><h2>Layers</h2>{layers_html}</section>
 <section><h2>Training curves</h2><p class="note">{"".join(charts["training_legend"])}</p>
 <div class="panels">{training}</div></section>

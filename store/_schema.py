@@ -3,7 +3,7 @@
 A store is one HDF5 file per run (``activations.h5``)::
 
     /                                   attrs: format, format_version, run_id, created, config (JSON),
-                                               num_probes, num_classes, class_names (JSON)
+                                               num_probes, num_classes, class_names (JSON), task
     /probes/images      (P, ...)        float32, the probe inputs exactly as fed to the model
     /probes/labels      (P,)            int64 (-1: the probe came without a label)
     /probes/indices     (P,)            int64, index of each probe in the split (or loader) it came from
@@ -29,6 +29,11 @@ any cap), ``scale_kind`` one of ``tanh`` (within +-1), ``sigmoid`` (within 0..1)
 (ReLU-like) or ``symmetric``; and the ``nonfinite`` column. Every growable dataset is chunked with
 HDF5's Fletcher-32 checksum filter. Version 1 stores read as: kind from the rank of sample_shape,
 output "", channels None, full_shape = sample_shape, nonfinite all zero.
+
+The root ``task`` attribute says what the model's output is: ``classification`` (the logits are class
+scores: readers mark each probe's argmax as a prediction), ``reconstruction``, ``generation``,
+``regression`` or ``none`` (the logits are just the output: no predictions are drawn). Stores written
+without it read as ``classification``.
 
 A row is complete once every dataset holds it: the number of complete rows is the shortest length
 among ``/steps/*`` (``global_step``, the step fields and ``logits``) and ``/layers/*/activations``, which

@@ -86,6 +86,13 @@ class StoreReader:
         return json_attribute(self._file, self.path, "config", dict)
 
     @property
+    def task(self) -> str | None:
+        """The root ``task`` attribute (what the model's output is), or ``None`` for stores written without one."""
+        if "task" not in self._file.attrs:
+            return None
+        return text_attribute(self._file, self.path, "task")
+
+    @property
     def class_names(self) -> list[str]:
         return json_attribute(self._file, self.path, "class_names", list)
 

@@ -53,3 +53,15 @@ def test_a_stride_that_divides_the_rows_still_ends_at_the_last_step(tmp_path: Pa
     rendered = render_run(run, stride=11, layers=["net.conv1"], tile_size=8, progress=False)
     assert report_main([str(run), "--stride", "11", "--quiet"]) == 0
     assert rendered.global_steps.tolist() == _page_steps(run / "report.html") == [0, 55, 110]  # no repeated 110
+
+
+def test_report_s_max_frames_thins_by_the_one_rule_and_render_with_its_stride_agrees(tmp_path: Path) -> None:
+    run = make_store(tmp_path / "run", STEPS).parent  # 23 rows
+    assert report_main([str(run), "--max-frames", "5", "--quiet"]) == 0
+    shown = _page_steps(run / "report.html")
+    with Recording.open(run) as recording:
+        timeline = recording.timeline
+        assert shown == timeline.global_steps[timeline.thin(stride=None, max_rows=5)].tolist()
+    assert shown == [0, 25, 50, 75, 100, 110]  # stride 5 (ceil(23 / 5)): rows 0, 5, ..., 20 and the last
+    rendered = render_run(run, stride=5, layers=["net.conv2"], tile_size=8, progress=False)
+    assert rendered.global_steps.tolist() == shown

@@ -675,6 +675,18 @@ def test_a_live_run_s_scales_are_fixed_anew_once_it_has_twice_the_rows(tmp_path:
         writer.wait()
 
 
+def test_a_run_that_is_not_a_classifier_has_no_predictions(tmp_path: Path) -> None:
+    make_store(tmp_path / "logs" / "exp" / "version_0", task="reconstruction")
+    make_store(tmp_path / "logs" / "cls" / "version_0")  # no task attribute: a classifier
+    client = _plugin_client(tmp_path / "logs")
+    info = client.get(f"/run?run={RUN}").json
+    assert (info["task"], info["probes"]["predictions"]) == ("reconstruction", False)
+    assert client.get(f"/step?run={RUN}&row=1").json["predictions"] == []
+    classifier = client.get("/run?run=cls/version_0").json
+    assert (classifier["task"], classifier["probes"]["predictions"]) == ("classification", True)
+    assert client.get("/step?run=cls/version_0&row=1").json["predictions"] == [0, 2, 0]
+
+
 GROWING_WRITER = LIVE_WRITER.replace("writer.append(fx.record(step))", "writer.append(grown(step))").replace(
     "path = Path(sys.argv[1])",
     """def grown(step):

@@ -186,11 +186,13 @@ def test_the_width_hint_blames_the_probes_when_they_make_the_width_and_names_cli
         for step in range(2):
             values = np.full((probes, 2, 4, 4), step - 0.5, np.float32)
             writer.append(StepRecord(step, 0, 1.0, 0.5, np.zeros((probes, 3), np.float32), {"net.conv": values}))
-    assert render_main([str(run), "--quiet", "--steps", "0:1"]) == 0
+    assert render_main([str(run), "--quiet", "--steps", "0:1"]) == 0  # ten probes by default: no width hint
+    assert [line for line in capsys.readouterr().err.splitlines() if "pixels wide" in line] == []
+    assert render_main([str(run), "--quiet", "--steps", "0:1", "--probes", "all"]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "pixels wide" in line]
     assert len(notes) == 1
     assert re.fullmatch(
         r"note: net\.conv: frames are \d+ pixels wide, from its 300 probes side by side; "
-        r"a smaller --tile-size makes them narrower\.",
+        r"fewer --probes or a smaller --tile-size make them narrower\.",
         notes[0],
     )

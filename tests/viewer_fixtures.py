@@ -70,8 +70,12 @@ def make_store(
     *,
     run_id: str = "viewer-test",
     record_fn: Callable[[int], StepRecord] = record,
+    task: str | None = None,
 ) -> Path:
-    """Write a finished store with one row per step into ``folder``; returns the store file."""
+    """Write a finished store with one row per step into ``folder``; returns the store file.
+
+    ``task`` is stored as the file's ``task`` attribute (``None``: none, as stores written before it existed).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "activations.h5"
     writer = StoreWriter.create(
@@ -82,6 +86,7 @@ def make_store(
         layers=LAYERS,
         num_classes=3,
         background=False,
+        task=task,
     )
     with writer:
         for step in steps:

@@ -308,7 +308,9 @@ def _export_layer(
                 frame = group_layout.frame(
                     values if plan is job.plan else plan.selected(values),
                     title=title,
-                    predictions=timeline.predictions[row],
+                    predictions=job.plan.drawn_predictions(timeline.predictions[row])
+                    if recording.shows_predictions
+                    else None,
                 )
                 tag = f"{prefix}/{job.layer}{suffix}"
                 writer.add_image(tag, frame, step, wall_time=float(timeline.wall_times[row]))

@@ -66,6 +66,12 @@ def _selection_arguments(parser: argparse.ArgumentParser) -> None:
         help="channels (maps) or units (tokens, vectors) to draw: indices (0,3,7), top:K (the K that vary most "
         "over training) or all; default: all up to 16, else the 16 that vary most",
     )
+    parser.add_argument(
+        "--probes",
+        metavar="LIST|all",
+        help="probes to draw, by index into the probe set: 0,3,7 or ranges (10-19) or all; "
+        "default: all up to 10, else the first 10",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -83,6 +89,7 @@ def _common_options(args: argparse.Namespace) -> dict:
         "jobs": args.jobs,
         "progress": False if args.quiet else None,
         "channels": args.channels,
+        "probes": args.probes,
         "notify": _note,
     }
 

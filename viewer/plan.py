@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actrec.recording import ChannelChoice, LayerView, Recording, channel_axis, parse_channels
+from actrec.recording import ChannelChoice, LayerView, Recording, channel_axis, choose_probes, parse_channels
 from actrec.recording.scale import ColourScale
 from actrec.store import KIND_MAPS
 from actrec.viewer.errors import ViewerError
@@ -67,6 +67,8 @@ class LayerPlan:
         nonfinite_steps: recorded steps holding NaN or infinite values (of the whole store).
         drawn_shape: one probe's drawn activation shape (after the channel choice).
         text_scale: multiplies every font size of the frames.
+        probes: positions into the probe set of the probes drawn (:func:`actrec.recording.choose_probes`),
+            or ``None`` for all.
     """
 
     name: str
@@ -78,6 +80,7 @@ class LayerPlan:
     nonfinite_steps: int
     drawn_shape: tuple[int, ...]
     text_scale: float = 1.0
+    probes: tuple[int, ...] | None = None
 
     @property
     def axis(self) -> int:
@@ -85,10 +88,17 @@ class LayerPlan:
         return channel_axis(self.kind)
 
     def selected(self, activations: np.ndarray) -> np.ndarray:
-        """The drawn channels of an array ending in the layer's per-probe shape (a new array if any are left out)."""
+        """The drawn probes and channels of an array ending in ``(P, *per-probe shape)`` (a new array if any
+        are left out)."""
+        if self.probes is not None:
+            activations = np.take(activations, self.probes, axis=-len(self.drawn_shape) - 1)
         if self.select is None:
             return activations
         return np.take(activations, self.select, axis=self.axis)
+
+    def drawn_predictions(self, predictions: np.ndarray) -> np.ndarray:
+        """The drawn probes' entries of an array ending in the probe axis (predictions, labels)."""
+        return predictions if self.probes is None else np.take(predictions, self.probes, axis=-1)
 
 
 def check_tile_size(tile_size: int) -> int:
@@ -109,6 +119,7 @@ def plan_layer(
     num_probes: int,
     max_frame_width: int = MAX_FRAME_WIDTH,
     text_scale: float = 1.0,
+    probes: tuple[int, ...] | None = None,
 ) -> tuple[LayerPlan, list[str]]:
     """Decide how one layer is drawn: kind, channels, colour scale and tile size; plus notes for the user.
 
@@ -117,6 +128,7 @@ def plan_layer(
         ViewerError: a frame would be too large.
     """
     name, kind, shape = view.name, view.kind, view.sample_shape
+    num_probes = num_probes if probes is None else len(probes)  # the drawn probes set the width
     channels = view.channel_plan(choice)
     notes = [channels.note] if channels.note else []
     scale = view.scale_for(channels.select)
@@ -128,9 +140,15 @@ def plan_layer(
     height, frame_width = frame_height_width(kind, drawn_shape, num_probes, fitted, text_scale)
     if frame_width > max(max_frame_width, MAX_FRAME_WIDTH):
         if kind == KIND_MAPS:  # channels are rows: the width is the probes side by side
-            cause = f"from its {num_probes} probes side by side; a smaller --tile-size makes them narrower."
+            cause = (
+                f"from its {num_probes} probes side by side; "
+                "fewer --probes or a smaller --tile-size make them narrower."
+            )
         else:
-            cause = f"({num_probes} probes x {len(labels)} units); fewer --channels or a smaller --tile-size help."
+            cause = (
+                f"({num_probes} probes x {len(labels)} units); fewer --probes, fewer --channels or a smaller "
+                "--tile-size help."
+            )
         notes.append(f"{name}: frames are {frame_width} pixels wide, {cause}")
     if height * frame_width > MAX_FRAME_PIXELS:
         raise ViewerError(
@@ -143,7 +161,9 @@ def plan_layer(
             f"{name}: {nonfinite_steps} of {view.num_rows} recorded steps hold NaN or infinite values, drawn amber "
             '("NaN/inf" in the legend); colour scales come from the finite values.'
         )
-    plan = LayerPlan(name, kind, channels.select, labels, scale, fitted, nonfinite_steps, drawn_shape, text_scale)
+    plan = LayerPlan(
+        name, kind, channels.select, labels, scale, fitted, nonfinite_steps, drawn_shape, text_scale, probes
+    )
     return plan, notes
 
 
@@ -171,6 +191,7 @@ def make_plan(
     frames_per_layer: int = 1,
     max_frame_width: int = MAX_FRAME_WIDTH,
     text_scale: float = 1.0,
+    probes: str | None = None,
 ) -> Plan:
     """Check everything a render or export depends on, and fix the rows, channels and colours to draw.
 
@@ -184,6 +205,8 @@ def make_plan(
         frames_per_layer: images written per layer and row (for the size estimate).
         max_frame_width: shrink tiles (down to a minimum) for frames to fit this many pixels across.
         text_scale: multiplies every font size of the frames.
+        probes: the probes to draw (see :func:`actrec.recording.choose_probes`: indices into the probe
+            set; default all up to ten, else the first ten, with a note naming ``--probes``).
 
     Raises:
         ViewerError: an option is out of range, or a frame would be too large.
@@ -198,16 +221,18 @@ def make_plan(
         num_probes = recording.num_probes
     except (KeyError, OSError):
         raise ViewerError(f"{recording.store_path} has no readable probes, so its frames cannot be labelled.") from None
+    drawn_probes, probe_note = choose_probes(probes, num_probes)
     layer_plans: dict[str, LayerPlan] = {}
-    notes: list[str] = []
+    notes: list[str] = [probe_note] if probe_note else []
     pixels = 0
     for name in names:
         plan, layer_notes = plan_layer(
-            recording.layer(name), choice, tile_size, num_probes, max_frame_width, text_scale
+            recording.layer(name), choice, tile_size, num_probes, max_frame_width, text_scale, drawn_probes
         )
         layer_plans[name] = plan
         notes.extend(layer_notes)
-        height, width = frame_height_width(plan.kind, plan.drawn_shape, num_probes, plan.tile_size)
+        shown = num_probes if drawn_probes is None else len(drawn_probes)
+        height, width = frame_height_width(plan.kind, plan.drawn_shape, shown, plan.tile_size)
         pixels += height * width * len(rows) * frames_per_layer
     estimate = pixels * _BYTES_PER_PIXEL
     if estimate > LARGE_RENDER_BYTES:
@@ -250,12 +275,14 @@ def frame_layout(recording: Recording, plan: LayerPlan, rows: np.ndarray) -> Fra
     # so renders of different ranges of one run share their colours.
     probes = recording.probes
     longest = max((row_title(recording, plan.name, row) for row in (rows[0], rows[-1])), key=len)
+    images = probes.images if plan.probes is None else np.take(probes.images, plan.probes, axis=0)
+    labels = plan.drawn_predictions(np.asarray(probes.labels))
     return FrameLayout(
         plan.drawn_shape,
-        num_probes=len(probes.labels),
+        num_probes=len(labels),
         scale=plan.scale,
-        probe_images=probes.images,
-        labels=np.asarray(probes.labels),
+        probe_images=images,
+        labels=labels,
         class_names=list(probes.class_names),
         tile_size=plan.tile_size,
         longest_title=longest,
@@ -263,6 +290,7 @@ def frame_layout(recording: Recording, plan: LayerPlan, rows: np.ndarray) -> Fra
         channel_labels=plan.labels,
         nonfinite_legend=plan.nonfinite_steps > 0,
         text_scale=plan.text_scale,
+        show_predictions=recording.shows_predictions,
     )
 
 
@@ -282,9 +310,10 @@ def layer_frames(
     damaged: list[int] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(row, frame)`` for each readable row, reading the store in bounded chunks."""
-    predictions = recording.timeline.predictions
+    predictions = recording.timeline.predictions if recording.shows_predictions else None
     for row, values in layer_rows(recording, plan, rows, damaged):
-        yield row, layout.frame(values, title=row_title(recording, plan.name, row), predictions=predictions[row])
+        predicted = None if predictions is None else plan.drawn_predictions(predictions[row])
+        yield row, layout.frame(values, title=row_title(recording, plan.name, row), predictions=predicted)
 
 
 def sheet_frame(recording: Recording, plan: LayerPlan, layout: FrameLayout, sheet_rows: np.ndarray) -> np.ndarray:
@@ -292,6 +321,5 @@ def sheet_frame(recording: Recording, plan: LayerPlan, layout: FrameLayout, shee
     timeline = recording.timeline
     read = recording.layer(plan.name).read(sheet_rows)
     captions = [f"step {int(timeline.global_steps[row])} · epoch {int(timeline.epochs[row])}" for row in read.rows]
-    return layout.sheet(
-        plan.selected(read.values), captions=captions, title=plan.name, predictions=timeline.predictions[read.rows]
-    )
+    predictions = plan.drawn_predictions(timeline.predictions[read.rows]) if recording.shows_predictions else None
+    return layout.sheet(plan.selected(read.values), captions=captions, title=plan.name, predictions=predictions)

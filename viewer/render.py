@@ -90,6 +90,7 @@ def render_run(
     jobs: int | None = 1,
     progress: bool | None = None,
     channels: str | None = None,
+    probes: str | None = None,
     notify: Callable[[str], object] | None = None,
 ) -> RenderResult:
     """Render every chosen layer's animation and contact sheet, and the run's training curves.
@@ -118,6 +119,8 @@ def render_run(
         channels: which channels (maps) or units (tokens, vectors) to draw: ``"0,3,7"``, ``"top:K"``
             (the K that vary most over training) or ``"all"``; default: all up to 16, else the 16
             that vary most (a note says so).
+        probes: which probes to draw: indices into the probe set (``"0,3,7"``, ``"10-19"``) or ``"all"``;
+            default all up to ten, else the first ten (a note says so); frames and sheets draw the same ones.
         notify: called with each note as soon as it is known (before the long work starts).
 
     Returns:
@@ -134,7 +137,7 @@ def render_run(
         writers.Mp4Writer.check_available()
     writers.check_fps(fps)
     with Recording.open(run) as recording:
-        plan = make_plan(recording, layers, start, stop, stride, tile_size, channels)
+        plan = make_plan(recording, layers, start, stop, stride, tile_size, channels, probes=probes)
         notes = list(plan.notes)
         for note in notes:
             if notify is not None:

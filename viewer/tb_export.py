@@ -165,6 +165,7 @@ def export_tensorboard(
     jobs: int | None = 1,
     progress: bool | None = None,
     channels: str | None = None,
+    probes: str | None = None,
     notify: Callable[[str], object] | None = None,
 ) -> ExportResult:
     """Write every chosen step of every chosen layer as an image summary under ``activations/<layer>``.
@@ -182,6 +183,8 @@ def export_tensorboard(
         tile_size: pixels of a tile's longer side.
         jobs: worker processes, as for :func:`~actrec.viewer.render.render_run`.
         progress: show a progress bar; ``None`` shows one only on a terminal.
+        channels: which channels or units to draw, as for :func:`~actrec.viewer.render.render_run`.
+        probes: which probes to draw, as for :func:`~actrec.viewer.render.render_run`.
 
     Returns:
         Where the export went, its tags and steps, and the ``samples_per_plugin`` value to use.
@@ -202,6 +205,7 @@ def export_tensorboard(
             channels,
             max_frame_width=CARD_FRAME_WIDTH,
             text_scale=CARD_TEXT_SCALE,
+            probes=probes,
         )
         for name, layer_plan in plan.layer_plans.items():
             plan.layer_plans[name] = at_least_own_resolution(layer_plan)

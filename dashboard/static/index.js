@@ -359,7 +359,8 @@ function layoutCards() {
       inputs,
       side,
       entry.canvas,
-      el("span", { class: "side" }, "predicted"),
+      // Only a classifier's output has predictions (info.probes.predictions, the recording's rule).
+      el("span", { class: "side" }, probes.predictions === false ? "" : "predicted"),
       strip(entry.predictions),
     );
     drawTiles(entry);
