@@ -205,7 +205,7 @@ class Recorder:
                 ),
                 layers=layers,
                 num_classes=engine.output_shape[1],
-                dtype=self.dtype,
+                dtype=engine.dtype,  # float32 when layers compute in bfloat16 (beyond float16's range)
                 compression=self.compression,
                 overwrite=self.overwrite,
                 flush_every=self.flush_every,
