@@ -205,7 +205,7 @@ class Recorder:
                 ),
                 layers=layers,
                 num_classes=engine.output_shape[1],
-                dtype=self.dtype,
+                dtype=engine.dtype,  # float32 when layers compute in bfloat16 (beyond float16's range)
                 compression=self.compression,
                 overwrite=self.overwrite,
                 flush_every=self.flush_every,
@@ -216,11 +216,15 @@ class Recorder:
             raise RecorderError(str(error)) from None
         self._engine = engine
         self._started = time.time()
-        if self.run_folder is not None:
-            write_summary(self.run_folder, running_summary(**self._facts()))
-        self._say(f"recording {len(names)} layers to {self.store_path}")
-        if self.start_step is not None:
-            self.step(self.start_step)
+        try:
+            if self.run_folder is not None:
+                write_summary(self.run_folder, running_summary(**self._facts()))
+            self._say(f"recording {len(names)} layers to {self.store_path}")
+            if self.start_step is not None:
+                self.step(self.start_step)
+        except BaseException as error:  # the store is open: close it and say how the run ended, then go on failing
+            self.__exit__(type(error), error, error.__traceback__)
+            raise
 
     def step(
         self,

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -17,6 +18,7 @@ from recorder_fixtures import NUM_CLASSES, TinyData, TinyNet
 from torch import nn
 
 from actrec.callbacks import ActivationRecorder
+from actrec.errors import UserError
 from actrec.probe import capture
 from actrec.runs import Run, find_runs
 from actrec.store import StoreReader
@@ -221,8 +223,6 @@ def test_actrec_train_keeps_writing_its_own_summary(tmp_path: Path) -> None:
 
 
 def _store_attribute(path: Path, name: str) -> str:
-    import h5py
-
     with h5py.File(path, "r") as file:
         return str(file.attrs[name])
 
@@ -636,3 +636,34 @@ def test_a_compiler_error_keeps_its_cause_in_the_sentence() -> None:
     reason = torch_reason(caught.value)
     assert "raised:" in reason
     assert "aot_autograd() does not yet handle input mutations on views with different dtypes" in reason
+
+
+def test_a_plain_loop_recorder_failing_while_opening_closes_its_store_and_says_failed(tmp_path: Path) -> None:
+    """A failure after the store is created (here: the probe pass of step 0) closes the store and leaves a
+    "failed" summary, not an open HDF5 file and a run that looks running forever."""
+    from actrec.recorder import Recorder
+
+    calls = []
+
+    def forward(model: nn.Module, batch: Any) -> torch.Tensor:
+        calls.append(1)
+        if fail_at is not None and len(calls) == fail_at:
+            raise RuntimeError("probe pass broke")
+        return model(batch)
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    fail_at = None
+    with Recorder(model, torch.ones(2, 4), tmp_path / "count", probe_forward=forward, start_step=None, verbose=False):
+        pass
+    fail_at, calls[:] = len(calls) + 1, []  # the first call after opening: the pass of step 0
+    folder = tmp_path / "plain" / "version_0"
+    rec = Recorder(model, torch.ones(2, 4), folder, probe_forward=forward, verbose=False)
+    with pytest.raises(UserError, match="could not run the probe images: probe pass broke"):
+        rec.open()
+    summary = Run(folder).summary()
+    assert summary["state"] == "failed"
+    assert "probe pass broke" in summary["error"]
+    with StoreReader(folder / "activations.h5") as store:  # closed, readable, no rows
+        assert store.global_steps().tolist() == []
+    with h5py.File(folder / "activations.h5", "r+"):  # no writer holds it open any more
+        pass

@@ -552,3 +552,20 @@ def test_gpu_check_runs_on_a_cpu_and_says_what_it_skipped() -> None:
     }
     assert all("no CUDA device here" in line for line in lines if line.startswith("SKIP"))
     assert lines[-1] == "all checks passed"
+
+
+def test_plain_loop_recorder_stores_bfloat16_layers_finite(tmp_path: Path) -> None:
+    """The plain-loop Recorder stores in the engine's dtype (float32 for bfloat16 layers), as the callback does."""
+    from actrec.recorder import Recorder
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).to(torch.bfloat16)
+    with torch.no_grad():
+        model[0].weight.fill_(1e5)  # 4e5 after the first layer: inf in float16
+    path = tmp_path / "activations.h5"
+    with Recorder(model, torch.ones(2, 4, dtype=torch.bfloat16), path, ["0", "2"], verbose=False, task="none"):
+        pass
+    with StoreReader(path) as store:
+        first = store.activations("0")
+        assert first.dtype == np.float32
+        assert np.isfinite(first).all()
+        assert first.min() >= 3.9e5
