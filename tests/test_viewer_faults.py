@@ -158,11 +158,10 @@ def test_a_layer_of_unsupported_rank_is_one_sentence(tmp_path: Path, capsys: pyt
         layer.attrs["sample_shape"] = np.asarray([2, 4, 4, 1, 1])
         del layer.attrs["kind"]
     assert render_main([str(tmp_path / "run"), "--layers", "net.conv2"]) == 1
-    # The store checks every layer attribute at open, so the bogus shape is refused there, in one sentence,
-    # before the read side's kind rule (tested on its own in test_recording) is ever asked.
+    # The data and its sample_shape agree, so the store opens; the read side's kind rule refuses the rank.
     assert capsys.readouterr().err.strip() == (
-        f"actrec render: {path} is damaged: layer net.conv2's sample_shape attribute [2, 4, 4, 1, 1] does not "
-        "match its activations, (2, 4, 4) a probe."
+        "actrec render: cannot draw layer 'net.conv2' of per-probe shape (2, 4, 4, 1, 1): actrec draws (C, H, W) "
+        "maps, (T, D) tokens and (D,) vectors."
     )
 
 
