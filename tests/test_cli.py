@@ -153,7 +153,9 @@ def test_ctrl_c_ends_actrec_train_with_the_run_folder_and_an_interrupted_summary
     assert run.summary()["global_step"] >= 5  # recorded every 5th step
 
 
-@pytest.mark.parametrize("command", ["train", "render", "tensorboard", "runs", "dynamics", "compare", "report"])
+@pytest.mark.parametrize(
+    "command", ["train", "render", "tensorboard", "runs", "dynamics", "compare", "report", "inspect", "sweep"]
+)
 def test_help_prints_without_importing_torch_or_lightning(command: str) -> None:
     """Help is read before anything runs: it must not wait seconds for torch and Lightning to import."""
     code = (
@@ -170,3 +172,19 @@ def test_help_prints_without_importing_torch_or_lightning(command: str) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split("\n")[0] in ("0 [] True", "None [] True")
+
+
+@pytest.mark.parametrize("command", ["filters", "featuremaps", "maximize", "shift", "summary", "handcrafted"])
+def test_inspect_command_help_prints_without_importing_torch(command: str) -> None:
+    """``actrec inspect maximize --help`` is read before a model is loaded: no torch, no numpy."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from actrec.cli._main import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        f"    code = main(['inspect', {command!r}, '--help'])\n"
+        "heavy = sorted(name for name in ('torch', 'numpy', 'pytorch_lightning', 'lightning') if name in sys.modules)\n"
+        "print(code, heavy, out.getvalue().startswith('usage: actrec inspect'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[0] == "0 [] True"
