@@ -61,15 +61,17 @@ class _TimedRecorder(ActivationRecorder):
     """
 
     hook_seconds = 0.0
+    hook_cpu_seconds = 0.0
 
     def __init__(self, writer_mode: str = "process", **kwargs) -> None:  # noqa: ANN003
         super().__init__(**kwargs)
         self._writer_mode = writer_mode
 
     def on_train_batch_end(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         super().on_train_batch_end(*args, **kwargs)
         self.hook_seconds += time.perf_counter() - start
+        self.hook_cpu_seconds += time.thread_time() - cpu_start
 
 
 class _Clock(pl.Callback):
@@ -117,6 +119,8 @@ def _run(
         "wall": wall / (steps - 1),
         "cpu": (times["cpu_end"] - times["cpu_start"]) / (steps - 1),
         "hooks": (recorder.hook_seconds / wall) if recorder else 0.0,
+        "hook_ms": recorder.hook_seconds / steps * 1000 if recorder else 0.0,
+        "hook_cpu_ms": recorder.hook_cpu_seconds / steps * 1000 if recorder else 0.0,
         "waits": recorder.ring_waits if recorder else 0,
     }
     if recorder is not None and accelerator == "gpu":
@@ -248,7 +252,8 @@ def main() -> None:
         f"{args.steps} steps x {args.rounds} rounds (medians)"
     )
     header = (
-        f"{'variant':36s} {'ms/step':>8s} {'wall':>8s} {'hooks':>7s} {'CPU':>8s} {'KB/step':>8s} {'/raw f16':>8s} "
+        f"{'variant':36s} {'ms/step':>8s} {'wall':>8s} {'hooks':>7s} {'hook ms':>8s} {'hookCPU':>8s} {'CPU':>8s} "
+        f"{'KB/step':>8s} {'/raw f16':>8s} "
         f"{'waits':>6s}"
     )
     print(header)
@@ -259,7 +264,8 @@ def main() -> None:
             continue
         print(
             f"{name:36s} {median(name, 'wall') * 1000:8.1f} {(median_ratio(name, 'wall') - 1) * 100:+7.2f}% "
-            f"{median(name, 'hooks') * 100:6.2f}% {(median_ratio(name, 'cpu') - 1) * 100:+7.2f}% "
+            f"{median(name, 'hooks') * 100:6.2f}% {median(name, 'hook_ms'):8.2f} {median(name, 'hook_cpu_ms'):8.2f} "
+            f"{(median_ratio(name, 'cpu') - 1) * 100:+7.2f}% "
             f"{stored / 1024:8.1f} {stored / raw:8.2f} {max(run['waits'] for run in results[name]):6d}"
         )
     print("\nstore writer alone (the writer process's work), ms per recorded step, flush every step:")

@@ -51,6 +51,7 @@ from actrec.store import (
 log = logging.getLogger("actrec")
 
 _SMALL_MODEL = 1_000_000  # parameters; below this, recording weights every step costs little
+_WEIGHTS_CAP = 16_384  # parameter values; by default a layer's weights are recorded only if a conv or this small
 _VAL_LOSS_NAMES = ["val/loss", "val_loss", "valid/loss", "valid_loss", "validation/loss", "validation_loss"]
 _VAL_ACC_NAMES = ["val/acc", "val_acc", "val/accuracy", "val_accuracy", "valid/acc", "valid_acc"]
 _BATCH_LOSS_NAMES = ["loss", "train/loss", "train_loss"]
@@ -131,13 +132,15 @@ class ActivationRecorder(Callback):
         max_probes: at most this many probes (without labels: the first this many).
         dtype: ``"float16"`` (half the size) or ``"float32"`` for stored activations.
         record_weights: also store the recorded layers' parameters each step; ``None`` does so for
-            models under one million parameters.
+            models under one million parameters, and there only for layers holding a convolution (the
+            kernels ``actrec inspect filters`` draws) or at most 16,384 parameter values (dense layers'
+            weights, most of an MLP's bytes, are left out); ``True`` stores every recorded layer's.
         path: the store's path; default ``activations.h5`` in the logger's ``log_dir``, else in the
             trainer's ``default_root_dir``.
         overwrite: replace an existing store at the path instead of refusing to start.
         compression: ``"none"`` (default), ``"lzf"`` or ``"gzip"`` (level 1) for the activations.
-        flush_every: flush the store to disk every this many recorded steps (and after a second with
-            steps unflushed).
+        flush_every: write and flush the store in blocks of this many recorded steps, and at least once a
+            second: a killed run loses at most the steps of its last second (or block).
         log_images_every_n_steps: also log every layer's activation grid to TensorBoard every this many
             steps (``0``: off).
         background_writes: hand steps to a writer process through a ring of host slots (``False``:
@@ -183,7 +186,7 @@ class ActivationRecorder(Callback):
         path: str | None = None,
         overwrite: bool = False,
         compression: Literal["none", "lzf", "gzip"] = "none",
-        flush_every: int = 1,
+        flush_every: int = 16,
         log_images_every_n_steps: int = 0,
         background_writes: bool = True,
         max_channels: int | None = None,
@@ -472,8 +475,12 @@ class ActivationRecorder(Callback):
             ours = existing is not None and existing.get("state") == "running" and existing.get("pid") == os.getpid()
             self._writes_summary = not ours
             if self._writes_summary:
-                folder.mkdir(parents=True, exist_ok=True)
-                write_summary(folder, running_summary(**self._summary_facts(trainer, pl_module)))
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    write_summary(folder, running_summary(**self._summary_facts(trainer, pl_module)))
+                except OSError as error:  # the store is what matters; a summary that cannot be written is said
+                    self._writes_summary = False
+                    rank_zero_warn(f"ActivationRecorder: cannot write {folder / 'summary.json'}: {error.strerror}.")
         rank_zero_info(f"ActivationRecorder: recording to {self._store_path}")
 
     def _summary_facts(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
@@ -510,7 +517,10 @@ class ActivationRecorder(Callback):
             store_bytes=store.stat().st_size if store is not None and store.is_file() else None,
             recorded_steps=self._recorded_rows,
         )
-        write_summary(self._own_folder, summary)
+        try:
+            write_summary(self._own_folder, summary)
+        except OSError as error:
+            rank_zero_warn(f"ActivationRecorder: cannot write {self._own_folder / 'summary.json'}: {error.strerror}.")
 
     def _start_writing(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._resumed:
@@ -539,7 +549,9 @@ class ActivationRecorder(Callback):
                 self._store_path,
                 fields,
                 self._engine.nbytes,
-                slots=self.ring_slots + 1,
+                # Room for a whole block beside the one the writer is writing: training waits for a slot
+                # only when the writer falls a block behind (on a CPU no ring sits in front of it).
+                slots=self.ring_slots + self.flush_every + 1,
                 flush_every=self.flush_every,
                 wait=wait,
             )
@@ -547,7 +559,9 @@ class ActivationRecorder(Callback):
         else:
             self._writer = StoreWriter.open_for_append(self._store_path, flush_every=self.flush_every, background=False)
             self._last_recorded_step = self._writer.last_global_step
-        if self.background_writes:
+        # On a CPU the packed step already is host memory and the writer process takes it with one copy:
+        # a ring thread would only add a hand-off (and a thread contending for the GIL) to every step.
+        if self.background_writes and (self._process is None or self._engine.device.type != "cpu"):
             self._ring = HostRing(self._engine.nbytes, self.ring_slots, self._engine.device, self._consume)
 
     def _build_engine(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -562,6 +576,7 @@ class ActivationRecorder(Callback):
                 cuda_graph=self.cuda_graphs,
                 forward_context=trainer.precision_plugin.forward_context,
                 forward=self._forward,
+                params_cap=_WEIGHTS_CAP if self.record_weights is None else None,
             )
         except ProbeError as error:
             raise MisconfigurationException(f"ActivationRecorder: {error}") from None

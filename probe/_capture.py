@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -66,20 +66,14 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         for submodule, flag in flags:
-            submodule.training = flag
+            # What Module.__setattr__ does for a plain attribute, without its per-call type checks: the
+            # recorder restores every submodule's flag after every probe pass.
+            object.__setattr__(submodule, "training", flag)
 
 
 def _device_of(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def _model_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    parameter = next(model.parameters(), None)
-    if parameter is None:
-        return images
-    dtype = parameter.dtype if parameter.is_floating_point() and images.is_floating_point() else images.dtype
-    return images.to(device=parameter.device, dtype=dtype)
 
 
 @contextmanager
@@ -98,6 +92,7 @@ def run_hooked(
     on_output: Callable[[str, torch.Tensor], None],
     forward: ProbeForward | None = None,
     fork_rng: bool = True,
+    modules: Mapping[str, tuple[nn.Module, str]] | None = None,
 ) -> Any:
     """One forward pass in eval mode under ``no_grad`` calling ``on_output(layer, tensor)`` once per layer.
 
@@ -106,12 +101,14 @@ def run_hooked(
 
     Hooks are registered inside ``try`` and removed in ``finally``; each submodule's ``training`` flag is
     restored; the CPU's and the model's device's random numbers are restored unless ``fork_rng`` is false
-    (a CUDA graph capture, which cannot read the generator). Returns the model's raw output.
+    (a CUDA graph capture, which cannot read the generator). Returns the model's raw output. ``modules``:
+    :func:`modules_of` ``(model, layers)`` resolved beforehand by a caller that runs the pass every step.
 
     Raises:
         ProbeError: a layer produced nothing, ran more than once, or its output holds no tensor.
     """
-    modules = modules_of(model, layers)
+    if modules is None:
+        modules = modules_of(model, layers)
     calls = dict.fromkeys(layers, 0)
 
     def hook_for(layer: str, selector: str) -> Callable[..., None]:

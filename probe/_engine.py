@@ -6,6 +6,10 @@ parameters, the batch loss and accuracy) is a typed view into that buffer, so ha
 host is a single ``non_blocking`` copy (see :mod:`actrec.probe._ring`). Nothing here calls ``.cpu()``,
 ``.item()`` or ``float()`` on a device tensor.
 
+On a CPU the packed buffer already is host memory, so the per-layer statistics take the cheap route: one
+``aminmax`` per layer, read back at no cost, and the NaN/inf count only when that finds a non-finite value.
+What a pass touches per layer (views, kept-channel indices, modules) is looked up once, not per step.
+
 Before each pass the engine checks that the model's parameters, buffers and hooks are the ones it was set
 up on (:class:`actrec.probe._graph.ModelWatch`); eager passes run on a forked random number generator.
 """
@@ -84,6 +88,18 @@ def _stored_view(tensor: torch.Tensor) -> tuple[torch.Tensor, str]:
     return tensor.reshape(tensor.shape[0], tensor.shape[1], -1, tensor.shape[-1]), KIND_MAPS
 
 
+def _weights_kept(module: nn.Module, cap: int | None) -> bool:
+    """Whether a recorded layer's weights go into every step: all under no cap; else conv kernels and small layers.
+
+    A dense layer's weights are most of an MLP's bytes per step (784 x 512 floats) and no picture uses them.
+    """
+    if cap is None:
+        return True
+    if any(isinstance(inner, nn.modules.conv._ConvNd) for inner in module.modules()):
+        return True
+    return sum(p.numel() for p in module.parameters()) <= cap
+
+
 def kept_channels(count: int, cap: int | None) -> tuple[int, ...] | None:
     """Evenly spaced indices of ``cap`` of ``count`` channels (``None``: keep all)."""
     if cap is None or cap >= count:
@@ -103,6 +119,9 @@ class ProbeEngine:
         dtype: ``"float16"`` or ``"float32"`` for stored activations.
         max_channels: keep at most this many channels (maps) or units (tokens, vectors) per layer.
         record_params: also copy each layer's parameters into the step.
+        params_cap: with ``record_params``, copy only the parameters of layers that hold a convolution (their
+            kernels are what the filter pictures show) or at most this many parameter values in all; ``None``
+            copies every layer's.
         cuda_graph: on CUDA, capture the pass as a CUDA graph (checked bitwise against eager at capture,
             re-captured when the model's tensors or hooks change; see :mod:`actrec.probe._graph`).
         forward_context: entered around every pass and the capture, so the probes see the numbers training
@@ -125,6 +144,7 @@ class ProbeEngine:
         cuda_graph: bool = True,
         forward_context: Callable[[], AbstractContextManager[object]] = nullcontext,
         forward: ProbeForward | None = None,
+        params_cap: int | None = None,
     ) -> None:
         self.model = model
         self._forward_context = forward_context
@@ -137,10 +157,16 @@ class ProbeEngine:
         self.num_probes = batch_size(self.images)
         self.forward = forward
         modules = modules_of(model, self.layers)
+        self._modules = modules
         # Parameters are looked up by name at every pass, not held: SWA, pruning and `.data` assignments
         # replace the tensors, and a held reference would keep copying the old ones.
         self._params = {
-            layer: (module, [name for name, _ in module.named_parameters()] if record_params else [])
+            layer: (
+                module,
+                [name for name, _ in module.named_parameters()]
+                if record_params and _weights_kept(module, params_cap)
+                else [],
+            )
             for layer, (module, _) in modules.items()
         }
 
@@ -210,6 +236,23 @@ class ProbeEngine:
         self.nbytes = offset
         self.packed = torch.zeros(max(offset, _ALIGN), dtype=torch.uint8, device=self.device)
         self.views = {field.key: self._view(self.packed, field) for field in self.fields}
+        # Resolved once: the pass runs every step, and per-layer string keys and dict lookups add up.
+        self._targets = {
+            layer: (
+                self.views[f"{layer}/activations"],
+                self.views[f"{layer}/abs_max"],
+                self.views[f"{layer}/nonfinite"],
+                self._channels[layer],
+                1 if layout.kind == KIND_MAPS else len(layout.sample_shape),
+            )
+            for layer, layout in self.layouts.items()
+        }
+        self._param_targets = [
+            (self.views[f"{layer}/params/{name}"], module, name)
+            for layer, (module, names) in self._params.items()
+            for name in names
+        ]
+        self._host_statistics = self.device.type == "cpu"
         self._replay: Callable[[], None] | None = None
         self.graph_note = "eager (not on CUDA)" if self.device.type != "cuda" else "eager (graphs turned off)"
         self._watch = ModelWatch(model)
@@ -232,26 +275,35 @@ class ProbeEngine:
     # -- the pass ----------------------------------------------------------------------------------------
 
     def _store(self, layer: str, tensor: torch.Tensor) -> None:
-        stored, kind = _stored_view(tensor)
-        channels = self._channels[layer]
+        view, peak, nonfinite, channels, channel_dim = self._targets[layer]
+        stored, _ = _stored_view(tensor)
         if channels is not None:
-            stored = stored.index_select(1 if kind == KIND_MAPS else stored.ndim - 1, channels)
-        view = self.views[f"{layer}/activations"]
+            stored = stored.index_select(channel_dim, channels)
         view.copy_(stored)
+        if not view.numel():
+            nonfinite.zero_()
+            return
+        if self._host_statistics:
+            # Host memory: reading two numbers back costs nothing, and when both are finite so is every value.
+            low, high = (float(value) for value in torch.aminmax(view))
+            if math.isfinite(low) and math.isfinite(high):
+                peak.fill_(max(-low, high))
+                nonfinite.zero_()
+                return
         finite = torch.isfinite(view)
-        if view.numel():
-            self.views[f"{layer}/abs_max"].copy_(torch.where(finite, view, 0).abs().amax())
-        self.views[f"{layer}/nonfinite"].copy_((~finite).sum())
+        peak.copy_(torch.where(finite, view, 0).abs().amax())
+        nonfinite.copy_((~finite).sum())
 
     def _forward(self) -> None:
         """The pass as captured: no RNG fork (a graph cannot read the generator's state while capturing)."""
         with self._forward_context():
-            output = run_hooked(self.model, self.images, self.layers, self._store, self.forward, fork_rng=False)
+            output = run_hooked(
+                self.model, self.images, self.layers, self._store, self.forward, fork_rng=False, modules=self._modules
+            )
         output = select_output(output, "", "the model's output")
         self.views["logits"].copy_(output.reshape(self.output_shape))
-        for layer, (module, names) in self._params.items():
-            for name in names:
-                self.views[f"{layer}/params/{name}"].copy_(_current_parameter(module, name).detach())
+        for view, module, name in self._param_targets:
+            view.copy_(_current_parameter(module, name).detach())
 
     def _eager(self) -> None:
         """The pass run eagerly, on a forked generator: random numbers in an eval forward leave training's alone."""

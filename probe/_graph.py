@@ -121,8 +121,8 @@ def capture_replay(
 
 class ModelWatch:
     """Notices when a model's tensors or hooks change: each parameter's and buffer's address, shape and dtype,
-    each module's children and forward (pre-)hook keys. :meth:`changed` costs a few hundred nanoseconds per
-    module (about 0.1 ms for a ResNet-50): it reads the modules' own dictionaries, not ``named_parameters``."""
+    each module's children and forward (pre-)hook keys. :meth:`changed` reads the modules' own dictionaries,
+    not ``named_parameters``: 0.6 ms for a ResNet-50 (320 tensors) on a loaded 2-core VM."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

@@ -5,8 +5,9 @@ the training thread, and HDF5 does not recover from a failed write (a full disk 
 close the file, and it can crash the process at exit). In a child process neither reaches training.
 
 The parent (:class:`WriterProcess`) copies each packed row into a free slot of a shared-memory file and
-sends one JSON line; the child appends it with :meth:`StoreWriter.append_columns`, flushes every
-``flush_every`` rows and whenever a second has passed with rows unflushed, and answers which slot is free.
+sends one JSON line; the child copies the row out of the slot at once (answering which slot is free) and
+appends the rows it holds with :meth:`StoreWriter.append_block` as one block every ``flush_every`` rows,
+and whenever a second has passed with rows waiting, flushing each block.
 When the parent dies, the child sees its input end, writes what it received, closes the file and exits.
 """
 
@@ -50,7 +51,7 @@ class WriterProcess:
             ``("layers/net.conv1/activations", "float16", (3, 2, 6, 6), 0)``.
         row_bytes: size of one packed row.
         slots: rows that may be in flight to the child.
-        flush_every: flush after this many rows (and after a second with rows unflushed).
+        flush_every: write and flush rows in blocks of this many (and after a second with rows waiting).
         wait: wait here until the child has opened the store; ``False`` lets it start while the caller
             goes on (rows sent meanwhile queue up; a failure to start shows in :attr:`error`).
 
@@ -64,7 +65,7 @@ class WriterProcess:
         fields: Sequence[tuple[str, str, tuple[int, ...], int]],
         row_bytes: int,
         slots: int = 4,
-        flush_every: int = 1,
+        flush_every: int = 16,
         flush_seconds: float = 1.0,
         wait: bool = True,
     ) -> None:
@@ -306,39 +307,39 @@ def _child_main() -> None:
     mapping = mmap.mmap(setup["shared_fd"], setup["slots"] * row_bytes, prot=mmap.PROT_READ)
     memory = np.frombuffer(mapping, dtype=np.uint8)
     fields = [(key, np.dtype(dtype), tuple(shape), offset) for key, dtype, shape, offset in setup["fields"]]
+    block = _Block(max(int(setup["flush_every"]), 1), row_bytes, fields)
     _reply({"ready": 1, "last_global_step": writer.last_global_step})
     last_flush = time.monotonic()
     clean = True
+
+    def write_block() -> None:
+        nonlocal last_flush
+        block.write_to(writer)
+        writer._flush_now()
+        last_flush = time.monotonic()
+
     try:
         for line in lines:
             if line is None or not line.strip():
-                if writer._unflushed and time.monotonic() - last_flush >= setup["flush_seconds"]:
-                    writer._flush_now()
-                    last_flush = time.monotonic()
+                if block.count and time.monotonic() - last_flush >= setup["flush_seconds"]:
+                    write_block()
                 continue
             message = json.loads(line)
             op = message.get("op")
             if op == "row":
                 base = message["slot"] * row_bytes
-                values = {
-                    key: memory[base + offset : base + offset + dtype.itemsize * int(np.prod(shape, dtype=np.int64))]
-                    .view(dtype)
-                    .reshape(shape)
-                    for key, dtype, shape, offset in fields
-                }
-                unflushed = writer._unflushed
-                writer.append_columns(values, message["step"], message["epoch"], message["wall"])
-                if writer._unflushed < unflushed + 1:
-                    last_flush = time.monotonic()
-                _reply({"free": message["slot"]})
+                block.add(memory[base : base + row_bytes], message["step"], message["epoch"], message["wall"])
+                _reply({"free": message["slot"]})  # copied: the parent may refill the slot at once
+                if block.full or time.monotonic() - last_flush >= setup["flush_seconds"]:
+                    write_block()
             elif op == "scalar":
                 writer._write_scalar(message["name"], message["step"], message["value"])
             elif op == "flush":
-                writer._flush_now()
-                last_flush = time.monotonic()
+                write_block()
                 _reply({"flushed": message["id"]})
             elif op == "close":
                 break
+        block.write_to(writer)  # the parent is gone or done: everything it sent goes in
     except StoreError as error:
         # Refused before HDF5 wrote anything (a full disk): the file is still sound and closes cleanly.
         _reply({"error": str(error)})
@@ -350,6 +351,45 @@ def _child_main() -> None:
         os._exit(1)
     writer.close()
     _reply({"closed": 1})
+
+
+class _Block:
+    """Packed rows received from the parent, kept until they are written to the store together."""
+
+    def __init__(self, capacity: int, row_bytes: int, fields: list[tuple[str, np.dtype, tuple[int, ...], int]]) -> None:
+        self.rows = np.empty((capacity, row_bytes), dtype=np.uint8)
+        self.fields = fields
+        self.count = 0
+        self.steps: list[int] = []
+        self.epochs: list[int] = []
+        self.walls: list[float] = []
+
+    @property
+    def full(self) -> bool:
+        return self.count == len(self.rows)
+
+    def add(self, row: np.ndarray, step: int, epoch: int, wall: float) -> None:
+        self.rows[self.count] = row
+        self.count += 1
+        self.steps.append(step)
+        self.epochs.append(epoch)
+        self.walls.append(wall)
+
+    def write_to(self, writer: Any) -> None:
+        """Append the kept rows to ``writer`` (a :class:`StoreWriter`) as one block, and empty the block."""
+        if not self.count:
+            return
+        rows = self.rows[: self.count]
+        values = {
+            key: rows[:, offset : offset + dtype.itemsize * int(np.prod(shape, dtype=np.int64))]
+            .copy()
+            .view(dtype)
+            .reshape((self.count, *shape))
+            for key, dtype, shape, offset in self.fields
+        }
+        writer.append_block(values, self.steps, self.epochs, self.walls)
+        self.count = 0
+        self.steps, self.epochs, self.walls = [], [], []
 
 
 def _first_line(error: BaseException) -> str:

@@ -164,6 +164,7 @@ def test_without_a_logger_every_run_gets_its_own_version_folder(
         assert recorder.store_path == tmp_path / "actrec" / f"version_{number}" / "activations.h5"
         lines = [r.getMessage() for r in caplog.records if "ActivationRecorder" in r.getMessage()]
         assert lines == [
+            "ActivationRecorder: task classification (3 scores per probe); pass task= to choose another.",
             f"ActivationRecorder: recording to {recorder.store_path}",
             f"ActivationRecorder: finished; the store is {recorder.store_path}",
         ]
@@ -593,6 +594,18 @@ class CompiledNet(TinyNet):
     def __init__(self) -> None:
         super().__init__(dropout=0.0)
         self.net = torch.compile(self.net, backend="aot_eager")
+
+
+def test_a_whole_compiled_lightning_module_records(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    model = TinyNet(dropout=0.0)
+    recorder = ActivationRecorder(background_writes=False)
+    trainer = _trainer(tmp_path, logger=False, callbacks=[recorder])
+    trainer.fit(torch.compile(model, backend="aot_eager"), TinyData(batch_size=8, size=24))
+    with StoreReader(recorder.store_path) as store:
+        assert store.layer_names == ["net.conv1", "net.conv2"]  # Lightning unwraps it; the recorder sees the module
+        assert store.global_steps().tolist() == [0, 1, 2, 3]
+        _assert_last_row_is_a_fresh_pass(store, model)
 
 
 def test_a_compiled_model_records_its_original_modules(tmp_path: Path) -> None:

@@ -356,3 +356,58 @@ def test_a_full_disk_stops_recording_cleanly_and_training_goes_on(
         whole = len(steps) if guard == "1" else len(steps) - 1
         np.testing.assert_array_equal(steps[:whole], np.arange(whole))
         assert np.isfinite(store.activations("net.conv1", np.array([whole - 1]))).all()
+
+
+class _Fixed(torch.nn.Module):
+    """Returns hand-set values per probe, whatever the input: finite ones, one too large for float16, a NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.values = torch.tensor([[0.5, -3.0, 2.0], [1.0, 70000.0, float("nan")]])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.values[: x.shape[0]] * self.scale
+
+
+class _Outputs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fixed = _Fixed()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fixed(x)
+
+
+def test_engine_peaks_and_nonfinite_counts_follow_the_stored_float16_values() -> None:
+    model = _Outputs()
+    finite_only = ProbeEngine(model, torch.zeros(1, 2), ["fixed"])  # first probe: every value finite (fast path)
+    views = finite_only.host_views(finite_only.run().clone())
+    assert views["fixed/abs_max"] == 3.0
+    assert views["fixed/nonfinite"] == 0
+    both = ProbeEngine(model, torch.zeros(2, 2), ["fixed"])  # 70000 becomes inf in float16, and a NaN
+    views = both.host_views(both.run().clone())
+    stored = views["fixed/activations"].float()
+    assert torch.isinf(stored).sum() == 1
+    assert views["fixed/nonfinite"] == 2
+    assert views["fixed/abs_max"] == 3.0  # from the finite values only
+
+
+def test_default_weights_are_conv_kernels_and_small_layers_only() -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Tanh()),
+        torch.nn.Flatten(),
+        torch.nn.Sequential(torch.nn.Linear(2 * 4 * 4, 300), torch.nn.ReLU()),
+        torch.nn.Linear(300, 3),
+    )
+    images = torch.rand(2, 1, 6, 6)
+    layers = ["0", "2", "3"]
+    capped = ProbeEngine(model, images, layers, record_params=True, params_cap=1000)
+    assert set(capped.layouts["0"].params) == {"0.weight", "0.bias"}  # a conv: its kernels, always
+    assert capped.layouts["2"].params == {}  # 32 x 300 dense weights: left out
+    assert set(capped.layouts["3"].params) == {"weight", "bias"}  # 903 values: under the cap
+    views = capped.host_views(capped.run().clone())
+    assert torch.equal(views["0/params/0.weight"], model[0][0].weight.detach())
+    everything = ProbeEngine(model, images, layers, record_params=True)
+    assert set(everything.layouts["2"].params) == {"0.weight", "0.bias"}
+    assert everything.nbytes > capped.nbytes + 32 * 300 * 4

@@ -425,3 +425,77 @@ def test_the_writer_child_waits_for_a_parent_slower_than_its_idle_tick(tmp_path:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def _packed_row(step: int) -> tuple[list[tuple[str, str, tuple[int, ...], int]], np.ndarray]:
+    """The fields of a packed row (as the recorder's engine lays them out) and row ``step`` in them."""
+    record = _record(step)
+    values = {
+        "layers/net.conv1/activations": record.activations["net.conv1"].astype(np.float16),
+        "layers/net.conv2/activations": record.activations["net.conv2"].astype(np.float16),
+        "layers/net.conv1/params/0.weight": record.params["net.conv1"]["0.weight"],
+        "steps/logits": record.logits,
+        "steps/batch_loss": np.float32(record.batch_loss),
+        "steps/batch_acc": np.float32(record.batch_acc),
+    }
+    fields, offset = [], 0
+    for key, value in values.items():
+        fields.append((key, str(value.dtype), tuple(value.shape), offset))
+        offset += -(-value.nbytes // 8) * 8
+    row = np.zeros(offset, dtype=np.uint8)
+    for (_, _, _, start), value in zip(fields, values.values(), strict=True):
+        row[start : start + value.nbytes] = np.frombuffer(np.ascontiguousarray(value).tobytes(), dtype=np.uint8)
+    return fields, row
+
+
+def test_the_writer_process_writes_blocks_when_full_or_after_the_flush_interval(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    _create(path).close()
+    fields, row = _packed_row(0)
+    writer = WriterProcess(path, fields, row.nbytes, slots=2, flush_every=4, flush_seconds=3.0)
+    try:
+        with StoreReader(path) as live:
+            for step in range(3):
+                assert writer.submit(_packed_row(step)[1], step, 0, 0.0)
+            time.sleep(0.5)
+            assert live.refresh() == 0  # a block waits in the writer until it is full ...
+            assert writer.submit(_packed_row(3)[1], 3, 0, 0.0)
+            deadline = time.monotonic() + 30
+            while live.refresh() < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert live.num_steps == 4  # ... then goes out as one
+            assert writer.submit(_packed_row(4)[1], 4, 0, 0.0)
+            time.sleep(0.3)
+            assert live.refresh() == 4
+            while live.refresh() < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert live.num_steps == 5  # ... or once the flush interval has passed
+            np.testing.assert_array_equal(live.global_steps(), np.arange(5))
+            np.testing.assert_array_equal(
+                live.activations("net.conv2", np.array([4]))[0], _record(4).activations["net.conv2"].astype(np.float16)
+            )
+            assert live.params("net.conv1")["0.weight"][:, 0, 0, 0, 0].tolist() == [0, 1, 2, 3, 4]
+            assert writer.submit(_packed_row(5)[1], 5, 0, 0.0)
+    finally:
+        writer.close()  # what it holds goes in at close
+    with StoreReader(path) as store:
+        assert store.global_steps().tolist() == [0, 1, 2, 3, 4, 5]
+    with h5py.File(path, "r") as raw:
+        assert raw["layers/net.conv1/activations"].fletcher32  # checksums kept in blocks
+
+
+@pytest.mark.parametrize("compression", ["lzf", "gzip"])
+def test_compressed_stores_shuffle_bytes_and_keep_it_through_a_resume(tmp_path: Path, compression: str) -> None:
+    path = tmp_path / "activations.h5"
+    with _create(path, compression=compression) as writer:
+        for step in range(20):
+            writer.append(_record(step))
+    with StoreWriter.resume(path, run_id="run-a", keep_through_step=9):
+        pass
+    with h5py.File(path, "r") as raw:
+        activations = raw["layers/net.conv1/activations"]
+        assert (activations.compression, activations.shuffle, activations.fletcher32) == (compression, True, True)
+    with StoreReader(path) as store:
+        assert store.global_steps().tolist() == list(range(10))
+        expected = np.stack([_record(step).activations["net.conv1"] for step in range(10)]).astype(np.float16)
+        np.testing.assert_array_equal(store.activations("net.conv1"), expected)
