@@ -6,6 +6,9 @@ is printed at most every ``every_s`` seconds (30 by default) and once at the end
 
     actrec render: 420/1770 frames (24%), 88.1/s, ETA 0:15
 
+:class:`StatusLine` is the same rule for a status that is text rather than a count (``actrec sweep``'s
+"3/8 trials finished, 2 running"): rewritten in place on a terminal, a plain line per change elsewhere.
+
 Imports nothing of torch, Lightning or h5py, so every package may use it.
 """
 
@@ -16,7 +19,7 @@ import sys
 import time
 from typing import IO, Any
 
-__all__ = ["DEFAULT_EVERY_S", "Progress", "format_duration", "is_terminal"]
+__all__ = ["DEFAULT_EVERY_S", "Progress", "StatusLine", "format_duration", "is_terminal"]
 
 DEFAULT_EVERY_S = 30.0
 """Seconds between plain progress lines when output is not a terminal (``ACTREC_PROGRESS_EVERY`` overrides)."""
@@ -140,3 +143,43 @@ class Progress:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class StatusLine:
+    """One status line rewritten in place on a terminal; a plain line per change otherwise (a log, CI).
+
+    Args:
+        stream: where to write; stderr by default.
+    """
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = is_terminal(self.stream)
+        self.last = ""
+
+    def show(self, text: str) -> None:
+        """Show ``text`` as the status (nothing happens if it is the status already)."""
+        if text == self.last:
+            return
+        self.last = text
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{text}")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def note(self, text: str) -> None:
+        """A line of its own (a trial ended), kept above the status line."""
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{text}\n")
+            if self.last:
+                self.stream.write(self.last)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the status line on a terminal (the next output starts on a line of its own)."""
+        if self.tty and self.last:
+            self.stream.write("\n")
+            self.stream.flush()

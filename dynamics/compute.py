@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from actrec.console import Progress
 from actrec.dynamics import metrics
 from actrec.errors import UserError
 from actrec.recording import LayerView, Recording
@@ -113,9 +114,13 @@ def compute_dynamics(
     result = {}
     # A diverged run's NaN and inf rows give NaN measures by design; numpy's warnings about them (with
     # source lines) would only bury the table.
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    # The one progress rule (actrec.console): a bar on a terminal, a plain line every 30 s in a log.
+    with (
+        np.errstate(invalid="ignore", over="ignore", divide="ignore"),
+        Progress(total * len(names), "dynamics", unit="rows") as progress,
+    ):
         for name in names:
-            result[name] = _layer_dynamics(recording, name, total, global_steps, threshold, rows_per_read)
+            result[name] = _layer_dynamics(recording, name, total, global_steps, threshold, rows_per_read, progress)
     return Dynamics(
         run_id=store.run_id,
         global_steps=global_steps,
@@ -127,7 +132,13 @@ def compute_dynamics(
 
 
 def _layer_dynamics(
-    recording: Recording, name: str, total: int, global_steps: np.ndarray, threshold: float, rows_per_read: int
+    recording: Recording,
+    name: str,
+    total: int,
+    global_steps: np.ndarray,
+    threshold: float,
+    rows_per_read: int,
+    progress: Progress,
 ) -> LayerDynamics:
     store, view = recording.store, recording.layer(name)
     info = store.layer(name)
@@ -162,6 +173,7 @@ def _layer_dynamics(
             series["constant_channels"][row] = int(constant.sum())
             always_constant &= constant
             previous = current
+        progress.update(min(total, start + rows_per_read) - start)
     return LayerDynamics(
         name=name,
         scale_kind=info.scale_kind,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from actrec.console import Progress
 from actrec.inspection import drawing
 from actrec.inspection.errors import InspectError
 from actrec.inspection.loading import LoadedModel, load_run_model, stored_weights, zoo_model
@@ -92,15 +92,18 @@ def _filters(args: argparse.Namespace) -> None:
         scale = kernel_scale(weights)
         path = out / f"filters-{name}.gif"
         with GifWriter(path, fps=args.fps) as gif:
-            frames = [
-                draw_kernels(
-                    weights[row],
-                    title=f"{name} kernels · step {int(steps[row])}",
-                    subtitle="one scale for every step",
-                    scale=scale,
-                )
-                for row in tqdm(range(len(steps)), desc=f"{name} over training", unit="step", leave=False)
-            ]
+            frames = []
+            with Progress(len(steps), f"actrec inspect filters: {name} over training", unit="steps") as progress:
+                for row in range(len(steps)):
+                    frames.append(
+                        draw_kernels(
+                            weights[row],
+                            title=f"{name} kernels · step {int(steps[row])}",
+                            subtitle="one scale for every step",
+                            scale=scale,
+                        )
+                    )
+                    progress.update()
             _append_padded(gif, frames)
         print(path)
 
@@ -145,8 +148,8 @@ def _maximize(args: argparse.Namespace) -> None:
     channels = _channels(args.channels, layer_channels(loaded.model, layer), layer)
     settings = MaximizeSettings(steps=args.steps, seed=args.seed)
     out = _out_dir(args, loaded)
-    with tqdm(total=settings.steps, desc=f"maximising {layer}", unit="step", leave=False) as bar:
-        result = maximize_channels(loaded.model, layer, channels, settings=settings, on_step=bar.update)
+    with Progress(settings.steps, f"actrec inspect maximize: {layer}", unit="steps") as progress:
+        result = maximize_channels(loaded.model, layer, channels, settings=settings, on_step=progress.update)
     title = f"What drives each channel of {layer} · {loaded.label}"
     _write(draw_maximized(result, title=title), out / f"maximize-{safe_filename(layer)}.png")
     if args.over_training:
@@ -166,9 +169,11 @@ def _maximize_over_training(
     states = _weights_over_training(loaded, layer, args.frames)
     results = []
     model = zoo_model(loaded.model_name)
-    for step, state in tqdm(states, desc=f"{layer} over training", unit="step", leave=False):
-        model.load_state_dict(state, strict=False)
-        results.append((step, maximize_channels(model, layer, channels, settings=settings)))
+    with Progress(len(states), f"actrec inspect maximize: {layer} over training", unit="steps") as progress:
+        for step, state in states:
+            model.load_state_dict(state, strict=False)
+            results.append((step, maximize_channels(model, layer, channels, settings=settings)))
+            progress.update()
     run_name = f"{loaded.run_dir.parent.name}/{loaded.run_dir.name}"
     frames = [
         draw_maximized(result, title=f"What drives each channel of {layer} · {run_name} · step {step}")
@@ -261,8 +266,10 @@ def _shift(args: argparse.Namespace) -> None:
         images, labels, _ = dataset_split(loaded.config, "test")
         count = min(args.images, len(images))
         accuracy = []
-        for shift in tqdm(DEFAULT_SHIFTS, desc=f"accuracy of {loaded.model_name}", unit="shift", leave=False):
-            accuracy.append(shift_accuracy(loaded.model, images[:count], labels[:count], [shift])[0])
+        with Progress(len(DEFAULT_SHIFTS), f"actrec inspect shift: {loaded.model_name}", unit="shifts") as progress:
+            for shift in DEFAULT_SHIFTS:
+                accuracy.append(shift_accuracy(loaded.model, images[:count], labels[:count], [shift])[0])
+                progress.update()
         name = f"{loaded.model_name}: {loaded.label}"
         accuracies[name] = np.array(accuracy)
     chart = draw_accuracy_chart(
