@@ -19,6 +19,7 @@ from actrec.console import Progress
 from actrec.dynamics import metrics
 from actrec.errors import UserError
 from actrec.recording import LayerView, Recording
+from actrec.runs import atomic_path
 
 ROWS_PER_READ = 64
 DEFAULT_THRESHOLD = 0.9
@@ -220,13 +221,8 @@ def write_dynamics(dynamics: Dynamics, path: str | os.PathLike) -> Path:
         for key in SERIES:
             arrays[f"layer{index}/{key}"] = getattr(layer, key)
     arrays["meta"] = np.array(json.dumps(meta))
-    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}.npz")
-    try:
-        with open(partial, "wb") as file:
-            np.savez_compressed(file, **arrays)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_path(path) as partial, open(partial, "wb") as file:
+        np.savez_compressed(file, **arrays)
     return path
 
 
