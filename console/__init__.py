@@ -2,7 +2,7 @@
 
 On a terminal, a tqdm bar that redraws in place. When the stream is not a terminal (a job log, ``| tee``, CI,
 a cluster), carriage-return redraws would pile up in the file as one unreadable line, so instead a plain line
-is printed at most every ``every_s`` seconds (30 by default) and once at the end::
+is printed at most every ``every_s`` seconds (30 by default) and, if any was, once at the end::
 
     actrec render: 420/1770 frames (24%), 88.1/s, ETA 0:15
 
@@ -91,6 +91,7 @@ class Progress:
         self._last_line = self._started
         self._bar: Any = None
         self._closed = False
+        self._printed = False  # a plain line was printed: the work was long enough to close with one
         if self._enabled and is_terminal(self._stream):
             from tqdm import tqdm
 
@@ -126,16 +127,18 @@ class Progress:
         return ", ".join(parts)
 
     def _print_line(self, now: float) -> None:
+        self._printed = True
         print(self.line(now), file=self._stream, flush=True)
 
     def close(self) -> None:
-        """Finish: remove the bar, or print the last plain line (if anything was counted)."""
+        """Finish: remove the bar, or print the last plain line if plain lines were printed (work shorter than
+        one interval, such as a report's dynamics of a small run, prints nothing at all)."""
         if self._closed:
             return
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif self._enabled and self.count:
+        elif self._enabled and self.count and self._printed:
             self._print_line(time.monotonic())
 
     def __enter__(self) -> Progress:

@@ -22,3 +22,15 @@ def test_render_piped_prints_plain_progress_lines(tmp_path: Path) -> None:
     assert len(lines) >= 2  # one per frame with a 0 s interval, and the closing line
     assert "frames (100%)" in lines[-1]
     assert "done in" in lines[-1]
+
+
+def test_work_shorter_than_one_interval_prints_nothing_in_a_log() -> None:
+    """A report's dynamics of a small run must not add a progress line to a one-sentence refusal."""
+    import io
+
+    from actrec.console import Progress
+
+    log = io.StringIO()
+    with Progress(total=4, description="dynamics", unit="rows", stream=log, every_s=30.0) as progress:
+        progress.update(4)
+    assert log.getvalue() == ""
