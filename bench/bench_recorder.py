@@ -268,7 +268,7 @@ def main() -> None:
             f"{(median_ratio(name, 'cpu') - 1) * 100:+7.2f}% "
             f"{stored / 1024:8.1f} {stored / raw:8.2f} {max(run['waits'] for run in results[name]):6d}"
         )
-    print("\nstore writer alone (the writer process's work), ms per recorded step, flush every step:")
+    print("\nstore writer alone (the writer process's work), ms per recorded step, blocks of 16 rows (flush_every):")
     for (name, checksums), ms in writer_ms.items():
         print(f"  {name:6s} {'fletcher32' if checksums else 'no checksums':14s} {ms:6.2f} ms")
 

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pytorch_lightning as pl
 import torch
@@ -268,7 +268,7 @@ class ActivationRecorder(Callback):
 
         self._layer_names: list[str] = []
         self._forward: ProbeForward | None = None
-        self._task = task
+        self._task: str = task
         self._probes: ProbeSelection | None = None
         self._class_names: list[str] = []
         self._scale_kinds: dict[str, str] = {}
@@ -347,12 +347,15 @@ class ActivationRecorder(Callback):
             self._own_folder = folder.expanduser().absolute()
         self._store_path = path.expanduser().absolute()
         # A version folder still to be claimed is made with the store; until then its parent is checked.
-        writable = self._own_folder.parent / STORE_FILENAME if self._claim_folder else self._store_path
+        writable = self._store_path
+        if self._claim_folder:
+            assert self._own_folder is not None, "a version folder to claim is the recorder's own folder"
+            writable = self._own_folder.parent / STORE_FILENAME
         _on_rank_zero_or_raise(trainer, lambda: check_writable(writable))
 
     def _select_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ProbeSelection:
         """Probes from, in order: the images given; ``val_dataset``; the first batches of the validation loader."""
-        datamodule = trainer.datamodule
+        datamodule = _datamodule(trainer)
         dataset = getattr(datamodule, "val_dataset", None)
         self._class_names = [str(n) for n in getattr(datamodule, "classes", None) or getattr(dataset, "classes", [])]
         if self._given_probes is not None:
@@ -405,6 +408,11 @@ class ActivationRecorder(Callback):
             raise
         self._start_summary(trainer, pl_module)
 
+    @property
+    def _built_engine(self) -> ProbeEngine:
+        assert self._engine is not None, "the probe engine is built before anything is recorded"
+        return self._engine
+
     def _open_store(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         resume = self._resume_state
         if resume is not None and not self.overwrite:
@@ -425,8 +433,10 @@ class ActivationRecorder(Callback):
             check_writable(self._store_path)
             self._resumed = True
             return
+        assert self._store_path is not None, "setup() chose the store's path"
         check_new_path(self._store_path, self.overwrite)
         self._build_engine(trainer, pl_module)
+        assert self._engine is not None, "built just above"
         StoreWriter.create(
             self._store_path,
             run_id=self._run_id,
@@ -445,6 +455,7 @@ class ActivationRecorder(Callback):
     def _claim_version_folder(self) -> Path:
         """Create this run's ``actrec/version_N`` (the next free N: a folder made by another run meanwhile
         is skipped), so two runs in one folder never share a store."""
+        assert self._own_folder is not None, "only the recorder's own folder is claimed"
         parent = self._own_folder.parent
         number = int(self._own_folder.name.removeprefix(VERSION_PREFIX))
         parent.mkdir(parents=True, exist_ok=True)
@@ -489,7 +500,7 @@ class ActivationRecorder(Callback):
             "experiment": folder.parent.name if folder is not None else None,
             "version": folder.name if folder is not None else None,
             "model": type(pl_module).__name__,
-            "dataset": type(trainer.datamodule).__name__ if trainer.datamodule is not None else None,
+            "dataset": type(_datamodule(trainer)).__name__ if _datamodule(trainer) is not None else None,
             "store_path": str(self._store_path),
             "written_by": "ActivationRecorder",
         }
@@ -523,6 +534,7 @@ class ActivationRecorder(Callback):
             rank_zero_warn(f"ActivationRecorder: cannot write {self._own_folder / 'summary.json'}: {error.strerror}.")
 
     def _start_writing(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self._store_path is not None, "setup() chose the store's path"
         if self._resumed:
             self._build_engine(trainer, pl_module)
             StoreWriter.resume(
@@ -537,18 +549,20 @@ class ActivationRecorder(Callback):
             "actrec: recording %d layers to %s (probe pass: %s)",
             len(self._layer_names),
             self._store_path,
-            self._engine.graph_note,
+            self._built_engine.graph_note,
         )
 
     def _open_writer(self, wait: bool) -> None:
         """Open the store for appending: a writer process (started without waiting for a new store, so its
         start-up overlaps Lightning's), HDF5 on the ring's thread, or synchronous writes."""
+        assert self._store_path is not None, "setup() chose the store's path"
+        engine = self._built_engine
         if self.background_writes and self._writer_mode == "process":
-            fields = [(_column_key(f.key), f.dtype, f.shape, f.offset) for f in self._engine.fields]
+            fields = [(_column_key(f.key), f.dtype, f.shape, f.offset) for f in engine.fields]
             self._process = WriterProcess(
                 self._store_path,
                 fields,
-                self._engine.nbytes,
+                engine.nbytes,
                 # Room for a whole block beside the one the writer is writing: training waits for a slot
                 # only when the writer falls a block behind (on a CPU no ring sits in front of it).
                 slots=self.ring_slots + self.flush_every + 1,
@@ -561,10 +575,11 @@ class ActivationRecorder(Callback):
             self._last_recorded_step = self._writer.last_global_step
         # On a CPU the packed step already is host memory and the writer process takes it with one copy:
         # a ring thread would only add a hand-off (and a thread contending for the GIL) to every step.
-        if self.background_writes and (self._process is None or self._engine.device.type != "cpu"):
-            self._ring = HostRing(self._engine.nbytes, self.ring_slots, self._engine.device, self._consume)
+        if self.background_writes and (self._process is None or engine.device.type != "cpu"):
+            self._ring = HostRing(engine.nbytes, self.ring_slots, engine.device, self._consume)
 
     def _build_engine(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self._probes is not None, "setup() selected the probes"
         try:
             self._engine = ProbeEngine(
                 pl_module,
@@ -590,6 +605,7 @@ class ActivationRecorder(Callback):
 
     def _probe_set(self) -> ProbeSet:
         probes = self._probes
+        assert probes is not None, "setup() selected the probes"
         return ProbeSet(
             images=probes.images.float().numpy(),
             labels=probes.labels.numpy(),
@@ -610,11 +626,12 @@ class ActivationRecorder(Callback):
                 channels=layout.channels,
                 full_shape=layout.full_shape,
             )
-            for name, layout in self._engine.layouts.items()
+            for name, layout in self._built_engine.layouts.items()
         ]
 
     def _run_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        datamodule = trainer.datamodule
+        assert self._probes is not None, "setup() selected the probes"
+        datamodule = _datamodule(trainer)
         return {
             "model": dict(getattr(pl_module, "hparams", {}) or {}),
             "data": dict(getattr(datamodule, "hparams", {}) or {}) if datamodule is not None else {},
@@ -762,13 +779,13 @@ class ActivationRecorder(Callback):
         if self._process is not None:
             self._process.submit(host.numpy(), row.step, row.epoch, row.wall_time)
         elif self._writer is not None and not self._stopped:
-            values = {_column_key(key): view.numpy() for key, view in self._engine.host_views(host).items()}
+            values = {_column_key(key): view.numpy() for key, view in self._built_engine.host_views(host).items()}
             try:
                 self._writer.append_columns(values, row.step, row.epoch, row.wall_time)
             except (StoreError, OSError, RuntimeError) as error:
                 self._stop(str(error))
         if row.log_images:
-            views = self._engine.host_views(host)
+            views = self._built_engine.host_views(host)
             self._log_images(trainer, views, row.step, row.epoch)
 
     def _write_scalar(self, series: str, step: int, value: Any) -> None:
@@ -809,7 +826,8 @@ class ActivationRecorder(Callback):
             return
         predictions = predicted_classes(views["logits"].numpy())
         probes = self._probes
-        for name in self._engine.layouts:
+        assert probes is not None, "setup() selected the probes"
+        for name in self._built_engine.layouts:
             # The viewer's one colour-scale rule: bounded layers on their fixed range, others on a limit
             # that only grows over the run and is printed on every image's colour bar.
             images, self._live_scales[name] = live_frames(
@@ -905,7 +923,8 @@ def _probe_forward(pl_module: pl.LightningModule, given: ProbeForward | None) ->
 
 
 def _call_probe_forward_method(module: torch.nn.Module, batch: Any) -> Any:
-    return module.probe_forward(batch)
+    # nn.Module's attribute lookup is typed as returning tensors or modules; this one is the model's method.
+    return cast(Callable[[Any], Any], module.probe_forward)(batch)
 
 
 def _callable_name(function: Callable[..., Any]) -> str:
@@ -934,6 +953,11 @@ def _is_step_loss(outputs: Any, loss: Any, pl_module: pl.LightningModule) -> boo
         return False
     returned = outputs.get("loss") if isinstance(outputs, dict) else outputs
     return returned is loss
+
+
+def _datamodule(trainer: pl.Trainer) -> pl.LightningDataModule | None:
+    """The trainer's data module (``None`` when it was given loaders)."""
+    return trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's DataConnector, not declared on Trainer
 
 
 def _resolve_checkpoint_path(stored: str, fallback: Path | None) -> Path:

@@ -145,8 +145,8 @@ def compare_runs(
             recording = stack.enter_context(Recording.open(run))
             opened.append(_open_panel(recording, layer, align, (batch_sizes or {}).get(index)))
         labels = _unique_labels(list(labels) if labels is not None else [run.label for run in opened])
-        for run, label in zip(opened, labels, strict=True):
-            run.label = label
+        for panel, label in zip(opened, labels, strict=True):
+            panel.label = label
         _plan_panels(opened, tile_size)  # refuses frames too large to draw before anything is written
         timeline = shared_timeline([run.positions for run in opened], max_frames)
         first_run = opened[0].recording.run_dir
@@ -211,10 +211,13 @@ def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path,
         CompareError: every frame holds a damaged row.
     """
     layouts = []
+    plans: list[LayerPlan] = []
     row_lists = [rows_at(run.positions, timeline) for run in runs]
     for run, rows in zip(runs, row_lists, strict=True):
         probes = run.recording.probes
         plan = run.plan
+        assert plan is not None, "_plan_panels() planned every panel"
+        plans.append(plan)
         title = _title(run, int(rows[-1]))
         layouts.append(
             FrameLayout(
@@ -236,11 +239,11 @@ def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path,
         for start in range(0, len(timeline), _ROWS_PER_READ):
             block = slice(start, start + _ROWS_PER_READ)
             values = []
-            for index, (run, rows) in enumerate(zip(runs, row_lists, strict=True)):
+            for index, (run, rows, plan) in enumerate(zip(runs, row_lists, plans, strict=True)):
                 # The read side's rule: a damaged row is left out (its frames are not drawn) and named.
                 read = run.recording.layer(run.layer).read(np.unique(rows[block]))
                 damaged[index].update(read.damaged)
-                values.append(dict(zip(read.rows.tolist(), run.plan.selected(read.values), strict=True)))
+                values.append(dict(zip(read.rows.tolist(), plan.selected(read.values), strict=True)))
             for offset in range(len(timeline[block])):
                 frame_rows = [int(rows[start + offset]) for rows in row_lists]
                 if any(row not in by_row for row, by_row in zip(frame_rows, values, strict=True)):

@@ -52,11 +52,11 @@ def compare_main(argv: Sequence[str]) -> int:
 
             record, trials, note = sweep_run_folders(args.runs_dir, args.sweep, limit=16)
             if not args.runs:  # panels named by what the trials vary
-                labels = [f"{trial.short_label(record.varied)} ({trial.run.path.name})" for trial in trials]
-            args.runs = [*args.runs, *(str(trial.run.path) for trial in trials)]
+                labels = [f"{trial.short_label(record.varied)} ({trial.folder.path.name})" for trial in trials]
+            args.runs = [*args.runs, *(str(trial.folder.path) for trial in trials)]
             if not args.quiet:
                 for trial in trials:
-                    print(f"{trial.run.name}: trial {trial.index}, {trial.label(record.varied)}")
+                    print(f"{trial.folder.name}: trial {trial.index}, {trial.label(record.varied)}")
                 if note:
                     print(note)
         elif not args.runs:

@@ -21,6 +21,7 @@ from actrec.errors import UserError
 from actrec.recording import ColourScale, LayerView, Recording, colors, thin_rows
 from actrec.store import KIND_MAPS, STORE_FILENAME
 from actrec.viewer import encode_png
+from actrec.viewer.curves import smooth
 from actrec.viewer.frames import drawn_maps
 
 GUTTER = 1
@@ -215,16 +216,25 @@ class RunSource:
             }
 
     def timeline(self) -> dict[str, Any]:
-        """Every row's global step and epoch, and the loss/accuracy curves (thinned to :data:`CURVE_POINTS`)."""
+        """Every row's global step and epoch, and the loss/accuracy curves (thinned to :data:`CURVE_POINTS`).
+
+        Each curve is ``[steps, values]``; a training curve (one value per batch) also carries its
+        :func:`actrec.viewer.curves.smooth` (TensorBoard's debiased EMA, weight 0.9) as a third list, the line
+        the tab draws over the faint raw one, as ``actrec render``, ``compare`` and ``report`` draw them.
+        """
         with self._lock:
             timeline = self._recording.timeline
             curves = {}
             for label, name in (("train/loss", "batch_loss"), ("train/acc", "batch_acc"), ("val/loss", "val/loss"),
                                 ("val/acc", "val/acc")):  # fmt: skip
-                steps, values = timeline.series(name)
+                steps, values = (np.asarray(column) for column in timeline.series(name))
                 if len(steps):
-                    keep = thin_rows(np.asarray(steps), stride=None, max_rows=CURVE_POINTS)
-                    curves[label] = [np.asarray(steps)[keep].tolist(), _finite_list(np.asarray(values)[keep])]
+                    keep = thin_rows(steps, stride=None, max_rows=CURVE_POINTS)
+                    curves[label] = [steps[keep].tolist(), _finite_list(values[keep])]
+                    if label.startswith("train/"):
+                        # Every batch is noisy: smoothed as render, compare and report smooth it (over the
+                        # whole series, then thinned), the raw series drawn faintly underneath.
+                        curves[label].append(_finite_list(smooth(values)[keep]))
             return {
                 "num_rows": timeline.num_rows,
                 "generation": self.generation,
@@ -247,7 +257,7 @@ class RunSource:
                 "row": row,
                 "global_step": int(timeline.global_steps[row]),
                 "epoch": int(timeline.epochs[row]),
-                "predictions": [int(p) for p in timeline.predictions[row]],
+                "predictions": [int(p) for p in timeline.predictions_at(row)],  # this row's logits only
             }
 
     def frame_png(self, layer: str, row: int) -> tuple[int, bytes]:
@@ -291,7 +301,11 @@ def _finite_list(values: np.ndarray) -> list[float | None]:
 
 
 class FrameCache:
-    """A small thread-safe LRU cache of PNG bytes."""
+    """A small thread-safe LRU cache of PNG bytes.
+
+    The plugin keys a frame on ``(run, generation, layer, row)``: once a live run's scales are fixed anew,
+    its older frames are never asked for again and age out.
+    """
 
     def __init__(self, size: int = FRAME_CACHE_SIZE) -> None:
         self._size = size
@@ -311,8 +325,3 @@ class FrameCache:
             self._items.move_to_end(key)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
-
-    def drop(self, run: str) -> None:
-        with self._lock:
-            for key in [key for key in self._items if key[0] == run]:
-                del self._items[key]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tensorboard.plugins import base_plugin
 from werkzeug import Request, Response
@@ -22,6 +23,10 @@ from actrec.errors import UserError
 
 PLUGIN_NAME = "actrec"
 _STATIC = {"index.js": "text/javascript", "dashboard.css": "text/css"}
+
+# werkzeug's Request.application wraps methods too (it builds the request from the last two WSGI arguments),
+# but its annotation admits only plain functions of a request.
+_route = cast("Callable[[Callable[[Any, Request], Response]], Callable[..., Iterable[bytes]]]", Request.application)
 
 
 class ActrecPlugin(base_plugin.TBPlugin):
@@ -93,33 +98,33 @@ class ActrecPlugin(base_plugin.TBPlugin):
 
     # -- routes ----------------------------------------------------------------------------------
 
-    @Request.application
+    @_route
     def _serve_static(self, request: Request) -> Response:
         name = request.path.rsplit("/", 1)[-1]
-        data = resources.files("actrec.dashboard").joinpath("static", name).read_bytes()
+        data = resources.files("actrec.dashboard").joinpath("static").joinpath(name).read_bytes()
         return Response(data, content_type=_STATIC[name], headers={"Cache-Control": "no-cache"})
 
-    @Request.application
+    @_route
     def _serve_runs(self, request: Request) -> Response:
         return _json({"runs": sorted(self._runs())})
 
-    @Request.application
+    @_route
     def _serve_run(self, request: Request) -> Response:
         return _guarded(lambda: _json(self._source(request).info()))
 
-    @Request.application
+    @_route
     def _serve_timeline(self, request: Request) -> Response:
         return _guarded(lambda: _json(self._source(request).timeline()))
 
-    @Request.application
+    @_route
     def _serve_poll(self, request: Request) -> Response:
         return _guarded(lambda: _json({"num_rows": self._source(request).refresh()}))
 
-    @Request.application
+    @_route
     def _serve_step(self, request: Request) -> Response:
         return _guarded(lambda: _json(self._source(request).step(self._int(request, "row"))))
 
-    @Request.application
+    @_route
     def _serve_frame(self, request: Request) -> Response:
         def frame() -> Response:
             source = self._source(request)
@@ -132,7 +137,7 @@ class ActrecPlugin(base_plugin.TBPlugin):
 
         return _guarded(frame)
 
-    @Request.application
+    @_route
     def _serve_probe(self, request: Request) -> Response:
         return _guarded(
             lambda: Response(self._source(request).probe_png(self._int(request, "index")), content_type="image/png")

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from actrec.dynamics.compute import (
     DEFAULT_THRESHOLD,
     DYNAMICS_FILENAME,
+    Dynamics,
     DynamicsError,
     compute_dynamics,
     write_dynamics,
@@ -93,7 +94,7 @@ def dynamics_main(argv: Sequence[str]) -> int:
     return run_guarded("actrec dynamics", action, (DynamicsError,))
 
 
-def summary_text(dynamics: object) -> str:
+def summary_text(dynamics: Dynamics) -> str:
     """A table of each layer's settling step, final saturation and dead channels, plus the verdict."""
     lines = [f"{'layer':<20} {'settles at step':>15} {'saturated (last)':>17} {'dead channels':>14}"]
     for layer in dynamics.layers.values():

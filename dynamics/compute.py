@@ -82,8 +82,9 @@ class Dynamics:
 
     def converges_bottom_up(self) -> bool | None:
         """Whether each layer settles no later than the layer above it; ``None`` if any never settles."""
-        steps = list(self.settling_steps().values())
-        if not steps or any(step is None for step in steps):
+        settling = list(self.settling_steps().values())
+        steps = [step for step in settling if step is not None]
+        if not steps or len(steps) < len(settling):
             return None
         return all(low <= high for low, high in zip(steps, steps[1:], strict=False))
 
@@ -222,7 +223,7 @@ def write_dynamics(dynamics: Dynamics, path: str | os.PathLike) -> Path:
             arrays[f"layer{index}/{key}"] = getattr(layer, key)
     arrays["meta"] = np.array(json.dumps(meta))
     with atomic_path(path) as partial, open(partial, "wb") as file:
-        np.savez_compressed(file, **arrays)
+        np.savez_compressed(file, allow_pickle=True, **arrays)  # the default, named: no array takes its place
     return path
 
 

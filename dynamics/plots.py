@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from actrec.viewer.curves import PANEL_SIZE, SUPERSAMPLE, Series, draw_legend, draw_panel, font
+
+if TYPE_CHECKING:
+    from actrec.dynamics.compute import Dynamics
 
 _BACKGROUND = (255, 255, 255)
 _TEXT = (30, 30, 30)
@@ -80,7 +84,7 @@ def log10_or_nan(values: np.ndarray) -> np.ndarray:
         return np.where(values > 0, np.log10(np.where(values > 0, values, 1.0)), np.nan)
 
 
-def dynamics_panels(runs: Sequence[tuple[str, object]], *, x_key: str = "global_steps") -> list:
+def dynamics_panels(runs: Sequence[tuple[str, Dynamics]], *, x_key: str = "global_steps") -> list:
     """The four dynamics panels for one or more ``(label, Dynamics)``; lines per layer (and run).
 
     With one run, layers are coloured bottom (dark) to top (light); with several, each run keeps the
@@ -105,6 +109,6 @@ def dynamics_panels(runs: Sequence[tuple[str, object]], *, x_key: str = "global_
     return [(title, series, title.startswith("saturated")) for title, series in panels.items()]
 
 
-def dynamics_figure(dynamics: object, *, title: str = "") -> np.ndarray:
+def dynamics_figure(dynamics: Dynamics, *, title: str = "") -> np.ndarray:
     """The dynamics of one run: CKA to final and first, relative change, saturation; one line per layer."""
     return panel_figure(dynamics_panels([("", dynamics)]), title=title)

@@ -42,7 +42,7 @@ def sweep_dynamics(
     record, trials, note = sweep_run_folders(root, name_or_id, limit=10**9)
     computed = []
     for trial in trials:
-        with Recording.open(trial.run, announce=None) as recording:
+        with Recording.open(trial.folder, announce=None) as recording:
             computed.append(compute_dynamics(recording, layers, threshold=threshold))
     return SweepDynamics(record, trials, computed, note)
 

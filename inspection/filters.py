@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from torch import nn
 
@@ -9,12 +11,15 @@ from actrec.inspection import drawing
 from actrec.inspection.errors import InspectError
 from actrec.inspection.reference import layer_plan
 
+if TYPE_CHECKING:
+    from actrec.store import StoreReader
+
 __all__ = ["conv_kernels", "draw_kernels", "kernel_scale", "pick_convs", "stored_kernels"]
 
 
 def conv_kernels(model: nn.Module) -> dict[str, np.ndarray]:
     """``{conv module name: (out, in, F, F) weight}`` for every conv, in forward order."""
-    return {stage.name: stage.weight for stage in layer_plan(model) if stage.kind == "conv"}
+    return {stage.name: stage.weights for stage in layer_plan(model) if stage.kind == "conv"}
 
 
 def pick_convs(kernels: dict[str, np.ndarray], layer: str | None) -> dict[str, np.ndarray]:
@@ -69,7 +74,7 @@ def draw_kernels(weight: np.ndarray, *, title: str, subtitle: str = "", scale: f
     return drawing.titled(title, grid, subtitle=f"{shape}{' · ' + subtitle if subtitle else ''}", bar=bar)
 
 
-def stored_kernels(store: object, conv: str) -> tuple[np.ndarray, np.ndarray] | None:
+def stored_kernels(store: StoreReader, conv: str) -> tuple[np.ndarray, np.ndarray] | None:
     """``(global steps (N,), kernels (N, out, in, F, F))`` of conv module ``conv`` as the store recorded them.
 
     Args:

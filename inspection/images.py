@@ -26,7 +26,9 @@ def prepare_image(pixels: np.ndarray) -> tuple[np.ndarray, bool]:
     Returns:
         ``(image, inverted)``.
     """
-    image = Image.fromarray(np.asarray(pixels, dtype=np.uint8), "L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+    image = Image.fromarray(np.asarray(pixels, dtype=np.uint8), "L").resize(
+        (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS
+    )
     values = np.asarray(image, dtype=np.float32) / 255.0
     border = np.concatenate([values[0], values[-1], values[:, 0], values[:, -1]])
     inverted = bool(np.median(border) > 0.5)

@@ -11,7 +11,7 @@ import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from torch import nn
 
 from actrec.inspection.errors import InspectError
 from actrec.runs import Run, RunError, resolve_run
+
+if TYPE_CHECKING:
+    from actrec.store import StoreReader
 
 __all__ = ["LoadedModel", "load_run_model", "stored_weights", "zoo_model"]
 
@@ -58,11 +61,12 @@ def zoo_model(name: str, init: str = "default") -> nn.Module:
     Raises:
         InspectError: ``name`` is not a zoo model.
     """
-    from actrec.trainer.models import MODEL_NAMES, build_model
+    from actrec.trainer.models import MODEL_NAMES, InitName, ModelName, build_model
 
     if name not in MODEL_NAMES:
         raise InspectError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}.")
-    return nn.Sequential(OrderedDict(net=build_model(name, init)))
+    # Names from a config file are plain strings; build_model checks both against its lists.
+    return nn.Sequential(OrderedDict(net=build_model(cast("ModelName", name), cast("InitName", init))))
 
 
 def _locate_run(run: str | os.PathLike) -> Run:
@@ -94,7 +98,7 @@ def load_run_model(run: str | os.PathLike, checkpoint: str | os.PathLike | None 
         config = found.config()
     except RunError as error:
         raise InspectError(str(error)) from error
-    model_config = config.get("model") if isinstance(config.get("model"), dict) else {}
+    model_config = section if isinstance(section := config.get("model"), dict) else {}
     name, init = model_config.get("model"), model_config.get("init", "default")
     from actrec.trainer.models import MODEL_NAMES
 
@@ -139,7 +143,7 @@ def load_run_model(run: str | os.PathLike, checkpoint: str | os.PathLike | None 
     )
 
 
-def stored_weights(store: object, model: nn.Module) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def stored_weights(store: StoreReader, model: nn.Module) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The weights the recorder stored at every recorded step, keyed like ``model``'s state dict.
 
     Args:

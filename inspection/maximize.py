@@ -189,7 +189,7 @@ def maximize_channels(
     *,
     input_shape: Sequence[int] = (1, 28, 28),
     settings: MaximizeSettings | None = None,
-    on_step: Callable[[], None] | None = None,
+    on_step: Callable[[], object] | None = None,
 ) -> MaximizeResult:
     """Optimise one input per channel to maximise that channel's mean activation (all channels in one batch).
 

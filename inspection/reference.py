@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 
 from actrec.inspection.errors import InspectError
@@ -98,6 +99,12 @@ class Stage:
     bias: np.ndarray | None = field(default=None, repr=False)
 
     @property
+    def weights(self) -> np.ndarray:
+        """:attr:`weight` of a conv or dense stage, which always has one."""
+        assert self.weight is not None, f"{self.name} is a {self.kind} stage, which has no weight"
+        return self.weight
+
+    @property
     def num_params(self) -> int:
         """Number of learned values (weights and biases)."""
         return sum(array.size for array in (self.weight, self.bias) if array is not None)
@@ -124,7 +131,7 @@ def _leaves(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
         yield from _leaves(child, f"{prefix}.{child_name}" if prefix else child_name)
 
 
-def _array(tensor: object) -> np.ndarray | None:
+def _array(tensor: torch.Tensor | None) -> np.ndarray | None:
     return None if tensor is None else tensor.detach().cpu().numpy().astype(np.float64)
 
 
@@ -187,11 +194,11 @@ def numpy_forward(stages: list[Stage], images: np.ndarray) -> dict[str, np.ndarr
     outputs: dict[str, np.ndarray] = {}
     for stage in stages:
         if stage.kind == "conv":
-            values = conv2d(values, stage.weight, stage.bias, stage.stride, stage.padding)
+            values = conv2d(values, stage.weights, stage.bias, stage.stride, stage.padding)
         elif stage.kind == "pool":
             values = max_pool2d(values, stage.kernel, stage.stride, stage.padding)
         elif stage.kind == "dense":
-            values = dense(values, stage.weight, stage.bias)
+            values = dense(values, stage.weights, stage.bias)
         elif stage.kind == "tanh":
             values = tanh(values)
         elif stage.kind == "relu":

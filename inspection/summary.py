@@ -68,14 +68,14 @@ def summarize(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28)) -> lis
             channels, height, width = shape
             size = output_size(height, stage.kernel, stage.padding, stage.stride)
             rule = f"({height} - {stage.kernel} + 2*{stage.padding})/{stage.stride} + 1 = {size}"
-            out_channels = stage.weight.shape[0] if stage.kind == "conv" else channels
+            out_channels = stage.weights.shape[0] if stage.kind == "conv" else channels
             shape = (out_channels, size, output_size(width, stage.kernel, stage.padding, stage.stride))
             field = None if field is None else field + (stage.kernel - 1) * jump
             jump *= stage.stride
         elif stage.kind == "flatten":
             shape, field = (int(np.prod(shape)),), None
         elif stage.kind == "dense":
-            shape, field = (stage.weight.shape[0],), None
+            shape, field = (stage.weights.shape[0],), None
         forward_shape = tuple(int(n) for n in seen.activations[stage.name].shape[1:])
         rows.append(SummaryRow(stage.name, stage.module_type, shape, forward_shape, stage.num_params, field, rule))
     return rows

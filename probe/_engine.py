@@ -228,8 +228,8 @@ class ProbeEngine:
             add(f"{layer}/activations", dtype, (self.num_probes, *layout.sample_shape))
             add(f"{layer}/abs_max", "float32", ())
             add(f"{layer}/nonfinite", "int64", ())
-            for name, shape in layout.params.items():
-                add(f"{layer}/params/{name}", "float32", shape)
+            for name, param_shape in layout.params.items():
+                add(f"{layer}/params/{name}", "float32", param_shape)
         add("logits", "float32", self.output_shape)
         add("batch_loss", "float32", ())
         add("batch_acc", "float32", ())

@@ -98,8 +98,7 @@ def select_output(output: Any, selector: str, layer: str = "") -> torch.Tensor:
     value = output
     for key in _selector_keys(selector):
         try:
-            is_field = dataclasses.is_dataclass(value) and isinstance(key, str)
-            value = getattr(value, key) if is_field else value[key]
+            value = getattr(value, key) if isinstance(key, str) and dataclasses.is_dataclass(value) else value[key]
         except (KeyError, IndexError, TypeError, AttributeError):
             raise ProbeError(
                 f"layer {what!r}: output selector {selector} does not fit its output ({_describe(output)})."

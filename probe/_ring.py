@@ -145,6 +145,7 @@ class HostRing:
                 except queue.Empty:
                     continue
             self.wait_seconds += time.perf_counter() - start
+        assert slot is not None, "the loop above ends only with a free slot"
         if self._calls is None:
             self._host[slot].copy_(packed)
             self._events[slot].record()
@@ -177,8 +178,9 @@ class HostRing:
         pinned, self._pinned = self._pinned, []
         for event in self._events if pinned else ():
             event.synchronize()  # a ring stopped by an error skipped its waits: no copy may still be landing
-        for host in pinned:
-            self._calls.unpin(host)
+        if self._calls is not None:  # only a ring with calls pinned anything
+            for host in pinned:
+                self._calls.unpin(host)
 
     def _drain(self) -> None:
         while True:

@@ -128,7 +128,8 @@ def _one_sided_ramp() -> np.ndarray:
 def _cube() -> tuple[np.ndarray, np.ndarray]:
     """The cube's colours, and the palette index of every ``(r, g, b)`` level triple (greys on the grey ramp)."""
     step = 255 // (CUBE_LEVELS - 1)
-    entries, lookup = [], np.zeros((CUBE_LEVELS,) * 3, np.uint8)
+    entries: list[tuple[int, int, int]] = []
+    lookup = np.zeros((CUBE_LEVELS,) * 3, np.uint8)
     for red in range(CUBE_LEVELS):
         for green in range(CUBE_LEVELS):
             for blue in range(CUBE_LEVELS):

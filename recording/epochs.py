@@ -50,6 +50,7 @@ def epoch_starts(global_steps: np.ndarray, epochs: np.ndarray, epoch_ends: np.nd
     for row in changes:
         between = ends[(ends >= steps[row - 1]) & (ends <= steps[row])]
         starts.append((int(epochs[row]), int(between[-1]) if between.size == 1 else None, int(steps[row])))
-    if all(exact is not None for _, exact, _ in starts):
-        return [(epoch, exact) for epoch, exact, _ in starts]
+    exact = [(epoch, step) for epoch, step, _ in starts if step is not None]
+    if len(exact) == len(starts):
+        return exact
     return [(epoch, first_row) for epoch, _, first_row in starts]

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ DAMAGE = (StoreError, OSError)
 h5py's OSError for a chunk its filter cannot decode (e.g. damaged lzf data in a store without checksums)."""
 
 
-def layer_kind(info: object) -> str:
+def layer_kind(info: Any) -> str:
     """A layer's kind: ``"maps"`` (C, H, W), ``"tokens"`` (T, D) or ``"vector"`` (D,).
 
     The rank of ``sample_shape`` decides; a stored ``kind`` (store format v2) must agree with it.
@@ -41,7 +42,7 @@ def layer_kind(info: object) -> str:
         ValueError: the per-probe shape has no kind (e.g. 4-D); the message is one sentence.
     """
     stored = getattr(info, "kind", None)
-    shape = tuple(getattr(info, "sample_shape", info))
+    shape: tuple[int, ...] = tuple(getattr(info, "sample_shape", info))
     if len(shape) not in KINDS_BY_RANK or stored not in (None, KINDS_BY_RANK[len(shape)]):
         name = getattr(info, "name", "")
         subject = f"layer {name!r}" if name else "a layer"

@@ -36,7 +36,7 @@ class Recording:
 
     def __init__(self, run: Run, store: StoreReader, *, allow_empty: bool = False) -> None:
         self.run = run
-        self.run_dir: Path | None = Path(run.path)
+        self.run_dir = Path(run.path)  # never None: a bare .h5 gives its folder
         self.store_path = Path(store.path)
         self.store = store
         self._allow_empty = allow_empty
@@ -165,7 +165,7 @@ class Recording:
         if num_rows == 0 and not self._allow_empty:
             raise RecordingError(f"{self.store_path} has no recorded steps yet, so there is nothing to show.")
         config = _store_config(self.store)
-        trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
+        trainer = section if isinstance(section := config.get("trainer"), dict) else {}
         steps = self.store.steps() if num_rows else {key: _empty() for key in STEP_COLUMNS}
         scalars = {name: self.store.scalars(name) for name in SCALAR_SERIES}
         store = self.store
@@ -181,6 +181,7 @@ class Recording:
             batch_size=self._batch_size(config),
             max_epochs=_positive_int(trainer.get("max_epochs")),
             max_steps=_positive_int(trainer.get("max_steps")),
+            read_logit_rows=store.logits,
         )
         self._layers.clear()
         return num_rows

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -199,7 +200,8 @@ def build_report(
         frames: dict[str, dict[int, str]] = {}
         damaged: dict[int, list[str]] = {}
         for name in recording.layers:
-            view, missing = recording.layer(name), []
+            view = recording.layer(name)
+            missing: list[int] = []
             frames[name] = {
                 row: _b64_png(tile_grid(values, view.scale)) for row, values in view.iter_rows(rows, missing)
             }
@@ -214,7 +216,7 @@ def build_report(
         if rows.size == 0:
             raise ReportError("every shown step is damaged (it failed its integrity check); nothing to report.")
         predictions = timeline.predictions[rows]
-        layers = []
+        layers: list[dict[str, Any]] = []
         for name in recording.layers:
             channels, height, width = unit_maps(recording.layer(name).sample_shape)
             layers.append(

@@ -100,10 +100,10 @@ def svg_chart(
         ticks = [t for t in nice_ticks(y0, y1, target=5) if y0 - 1e-9 <= t <= y1 + 1e-9]
     y1 = y1 if y1 > y0 else y0 + 1
 
-    def px(step: np.ndarray | float) -> np.ndarray | float:
+    def px(step: np.ndarray | float) -> np.ndarray:  # a NumPy scalar for a float
         return left + (np.asarray(step, np.float64) - s0) / (s1 - s0) * (right - left)
 
-    def py(value: np.ndarray | float) -> np.ndarray | float:
+    def py(value: np.ndarray | float) -> np.ndarray:  # a NumPy scalar for a float
         return bottom - (np.asarray(value, np.float64) - y0) / (y1 - y0) * (bottom - top)
 
     parts[0] += f' data-x0="{left}" data-x1="{right}" data-s0="{s0:g}" data-s1="{s1:g}">'

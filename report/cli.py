@@ -60,7 +60,7 @@ def report_main(argv: Sequence[str]) -> int:
 
             shown = resolve_run(args.run).path.resolve()
             _, trials, note = sweep_run_folders(args.runs_dir, value.removeprefix("sweep:"), limit=16)
-            compare += [str(trial.run.path) for trial in trials if trial.run.path.resolve() != shown]
+            compare += [str(trial.folder.path) for trial in trials if trial.folder.path.resolve() != shown]
             if note and not args.quiet:
                 print(note)
         result = build_report(

@@ -328,7 +328,7 @@ def resolve_run(path: str | os.PathLike, *, need_store: bool = False) -> Run:
     if not candidates:
         raise RunError(f"no version under {given} has an activation store (trained with record set to false?).")
     chosen = candidates[-1]
-    skipped = [run.path.name for run in versions if run.version > chosen.version]
+    skipped = [run.path.name for run in versions if _numbered(run) > _numbered(chosen)]
     note = f"{given}: taking {chosen.path.name}, the newest of {len(versions)} version(s)"
     if skipped:
         note += f" with a store ({', '.join(skipped)} {'has' if len(skipped) == 1 else 'have'} none)"
@@ -399,7 +399,14 @@ def _version_folders(folder: Path) -> list[Run]:
     except OSError:
         return []
     runs = [Run(entry.path) for entry in children if entry.name.startswith(VERSION_PREFIX) and entry.is_dir()]
-    return sorted((run for run in runs if run.version is not None), key=lambda run: run.version)
+    return sorted((run for run in runs if run.version is not None), key=_numbered)
+
+
+def _numbered(run: Run) -> int:
+    """N of a ``version_N`` run, such as every run :func:`_version_folders` returns."""
+    version = run.version
+    assert version is not None, f"{run.path} is not a version_N folder"
+    return version
 
 
 def find_runs(root: str | os.PathLike) -> list[Run]:

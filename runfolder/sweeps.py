@@ -195,6 +195,17 @@ class TrialState:
     log: Path | None = None
 
     @property
+    def folder(self) -> Run:
+        """:attr:`run`, for a trial known to have one (as every trial :func:`sweep_run_folders` returns).
+
+        Raises:
+            SweepError: the trial has no run folder yet.
+        """
+        if self.run is None:
+            raise SweepError(f"trial {self.index} has no run folder yet.")
+        return self.run
+
+    @property
     def metrics(self) -> dict[str, float]:
         metrics = self.summary.get("metrics")
         return metrics if isinstance(metrics, dict) else {}
@@ -229,7 +240,12 @@ def _trial_runs(record: SweepRecord) -> dict[int, list[tuple[Run, dict[str, Any]
         except RunError:
             continue
         sweep = summary.get("sweep") if summary else None
-        if isinstance(sweep, dict) and sweep.get("id") == record.sweep_id and isinstance(sweep.get("trial"), int):
+        if (
+            summary is not None
+            and isinstance(sweep, dict)
+            and sweep.get("id") == record.sweep_id
+            and isinstance(sweep.get("trial"), int)
+        ):
             found.setdefault(sweep["trial"], []).append((run, summary))
     for attempts in found.values():
         attempts.sort(key=lambda pair: float(pair[1].get("started") or 0))
@@ -262,8 +278,8 @@ def trial_states(record: SweepRecord) -> list[TrialState]:
         elif state not in TRIAL_STATES:
             state = "pending"
         error = trial.get("error") if isinstance(trial.get("error"), str) else None
-        run, summary = latest if latest is not None else (None, {})
-        states.append(TrialState(index, trial["overrides"], state, run, summary, error, log))
+        earlier_run, earlier_summary = latest if latest is not None else (None, {})
+        states.append(TrialState(index, trial["overrides"], state, earlier_run, earlier_summary, error, log))
     return states
 
 
@@ -377,7 +393,7 @@ def sweep_run_folders(
     record = resolve_sweep(root, name_or_id)
     states = [state for state in trial_states(record) if state.status == "finished" and state.run is not None]
     if need_store:
-        states = [state for state in states if state.run.store_path.is_file()]
+        states = [state for state in states if state.folder.store_path.is_file()]
     if not states:
         raise SweepError(f"sweep {record.name} ({record.sweep_id}) has no finished trial with an activation store yet.")
     note = None

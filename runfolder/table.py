@@ -81,7 +81,7 @@ def run_row(run: Run, now: float | None = None) -> RunRow:
         summary = run.summary() or {}
     except RunError:
         summary = {}
-    metrics = summary.get("metrics") if isinstance(summary.get("metrics"), dict) else {}
+    metrics = _section(summary.get("metrics"))
     model, dataset, seed = summary.get("model"), summary.get("dataset"), summary.get("seed")
     if not summary:
         model, dataset, seed = _from_config(run)
@@ -140,10 +140,15 @@ def store_progress(run: Run) -> tuple[int, int | None, int | None, int | None, i
             config = store.config if isinstance(store.config, dict) else {}
     except (UserError, OSError, KeyError, ValueError):
         return None
-    trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
+    trainer = _section(config.get("trainer"))
     step = int(steps["global_step"][rows - 1]) if rows else None
     epoch = int(steps["epoch"][rows - 1]) if rows else None
     return rows, step, epoch, _positive(trainer.get("max_steps")), _positive(trainer.get("max_epochs"))
+
+
+def _section(value: Any) -> dict[str, Any]:
+    """``value`` if it is a dict, else an empty one: a summary's or config's section may be missing or malformed."""
+    return value if isinstance(value, dict) else {}
 
 
 def _positive(value: Any) -> int | None:
@@ -169,8 +174,8 @@ def _from_config(run: Run) -> tuple[Any, Any, Any]:
         config = run.config()
     except RunError:
         return None, None, None
-    model = config.get("model") if isinstance(config.get("model"), dict) else {}
-    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    model = _section(config.get("model"))
+    data = _section(config.get("data"))
     return model.get("model"), data.get("dataset"), config.get("seed_everything")
 
 

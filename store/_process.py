@@ -107,6 +107,10 @@ class WriterProcess:
                 pass_fds=(descriptor,),
                 start_new_session=True,  # a Ctrl-C meant for training does not cut the store short
             )
+            to_child, from_child = self._child.stdin, self._child.stdout
+            assert to_child is not None, "opened as a pipe just above"
+            assert from_child is not None, "opened as a pipe just above"
+            self._to_child, self._from_child = to_child, from_child
             self._send(
                 {
                     "path": str(self.path),
@@ -151,6 +155,7 @@ class WriterProcess:
                     slot = self._free.get(timeout=0.1)
                 except queue.Empty:
                     continue
+        assert slot is not None, "the loop above ends only with a free slot"
         start = slot * self.row_bytes
         self._memory[start : start + row.nbytes] = np.frombuffer(row, dtype=np.uint8) if row.dtype != np.uint8 else row
         return self._send({"op": "row", "slot": slot, "step": int(global_step), "epoch": int(epoch), "wall": wall_time})
@@ -181,7 +186,7 @@ class WriterProcess:
         self._closed = True
         self._send({"op": "close"})
         with contextlib.suppress(OSError):
-            self._child.stdin.close()
+            self._to_child.close()
         try:
             self._child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -200,10 +205,10 @@ class WriterProcess:
         with contextlib.suppress(OSError):
             self._child.kill()
         with contextlib.suppress(OSError):
-            self._child.stdin.close()
+            self._to_child.close()
         self._child.wait()
         self._reader.join(timeout=10)
-        self._child.stdout.close()
+        self._from_child.close()
         self._log.close()
         del self._memory
         with contextlib.suppress(BufferError):
@@ -211,15 +216,15 @@ class WriterProcess:
 
     def _send(self, message: dict[str, Any]) -> bool:
         try:
-            self._child.stdin.write(json.dumps(message).encode() + b"\n")
-            self._child.stdin.flush()
+            self._to_child.write(json.dumps(message).encode() + b"\n")
+            self._to_child.flush()
             return True
         except (BrokenPipeError, OSError, ValueError):
             self._fail(f"the store writer process ended unexpectedly ({self._stderr_tail()})")
             return False
 
     def _read_replies(self) -> None:
-        for line in self._child.stdout:
+        for line in self._from_child:
             try:
                 reply = json.loads(line)
             except ValueError:

@@ -128,7 +128,7 @@ class StoreReader:
     def num_steps(self) -> int:
         """Number of complete rows as of the last :meth:`refresh`."""
         if self._num_steps is None:
-            self.refresh()
+            return self.refresh()
         return self._num_steps
 
     def refresh(self) -> int:

@@ -220,6 +220,7 @@ def _sweep(args: argparse.Namespace, passthrough: list[str]) -> int:
         return 0
     if args.resume is not None:
         launcher = make_launcher(record, record.plan["executor"])
+    assert launcher is not None, "made above for every sweep that is not a --dry-run"
     outcome = run_sweep(record, launcher)
     print(sweep_table(record, outcome.states))
     if outcome.unfinished:

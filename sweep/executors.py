@@ -8,6 +8,7 @@ extras, imported only here.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -65,7 +66,7 @@ class RayLauncher:
                     num_cpus=None if address else settings.get("num_cpus"),
                     include_dashboard=False,
                     log_to_driver=False,
-                    logging_level="WARNING",
+                    logging_level=logging.WARNING,
                     configure_logging=False,
                 )
             except ConnectionError as error:

@@ -8,6 +8,7 @@ only), prints a progress line, and never lets one trial's failure stop the other
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -87,6 +88,8 @@ def trial_spec(
         "sweep": {"name": record.name, "id": record.sweep_id, "trial": int(trial["index"])},
         "overrides": overrides,
     }
+    if version is not None:
+        marker["version"] = version  # train's logger writes into this folder, not "the next free one"
     env = {SWEEP_TRIAL_ENV: json.dumps(marker)}
     if threads is not None:
         # torch reads these at start-up: the trials share the CPUs instead of each taking all of them.
@@ -152,7 +155,9 @@ def _stop(process: subprocess.Popen) -> None:
 class Launcher(Protocol):
     """Where trials run. ``slots``: how many may run at once (``None``: all, the executor queues them)."""
 
-    slots: int | None
+    @property
+    def slots(self) -> int | None:
+        """How many trials may run at once; ``None``: all (the executor queues them)."""
 
     def start(self, specs: Sequence[TrialSpec]) -> list[Any]:
         """Start these trials; one handle each."""
@@ -161,7 +166,7 @@ class Launcher(Protocol):
         """The trial's exit code once it ended, else ``None``."""
 
     def stop(self, handles: Sequence[Any]) -> None:
-        """Stop these trials (Ctrl-C on the driver)."""
+        """Stop these trials: the driver is ending early (Ctrl-C, or an error in its loop)."""
 
     def threads(self) -> int | None:
         """CPU threads for each trial's torch, or ``None`` to leave it to the executor."""
@@ -183,7 +188,14 @@ class LocalLauncher:
         return max(1, (os.cpu_count() or 1) // self.slots)
 
     def start(self, specs: Sequence[TrialSpec]) -> list[subprocess.Popen]:
-        return [_start(spec) for spec in specs]
+        started: list[subprocess.Popen] = []
+        try:
+            for spec in specs:
+                started.append(_start(spec))
+        except BaseException:
+            self.stop(started)  # the driver never gets their handles: it could not stop them
+            raise
+        return started
 
     def poll(self, handle: subprocess.Popen) -> int | None:
         return handle.poll()
@@ -196,7 +208,7 @@ class LocalLauncher:
             _stop(process)
 
     def close(self) -> None:
-        """Nothing to release: every trial process has ended."""
+        """Nothing to release: the driver has waited for or stopped (:meth:`stop`) every trial it started."""
 
 
 def _last_line(log: Path | None) -> str | None:
@@ -260,6 +272,44 @@ def _save(record: SweepRecord) -> None:
     write_plan(record.path, record.plan)
 
 
+def lock_path(record: SweepRecord) -> Path:
+    """The file a driver holds an exclusive lock on for as long as it runs the sweep: ``<plan>.lock``."""
+    return record.path.with_name(record.path.name + ".lock")
+
+
+def _claim(record: SweepRecord) -> int:
+    """Lock the sweep for this driver (non-blocking); the open descriptor holds the lock until it is closed.
+
+    The lock, not the plan's ``driver`` fields, is what keeps two drivers apart: two ``--resume`` started
+    together both see no live driver in the plan before either writes itself there.
+
+    Raises:
+        SweepError: another process holds the lock, or the lock file cannot be opened.
+    """
+    path = lock_path(record)
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the trials (PEP 446)
+    except OSError as error:
+        raise SweepError(f"cannot lock sweep {record.sweep_id} at {path} ({error.strerror or error}).") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise SweepError(
+            f"sweep {record.sweep_id} is being run by another process (it holds {path}); "
+            "wait for it to end or stop it first."
+        ) from None
+    return descriptor
+
+
+def _stop_reason(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "the sweep was interrupted"
+    if isinstance(error, SystemExit):
+        return "the sweep's driver was stopped"
+    return f"the sweep's driver stopped on an error ({type(error).__name__}: {error})"[:300]
+
+
 def run_sweep(
     record: SweepRecord,
     launcher: Launcher,
@@ -276,9 +326,21 @@ def run_sweep(
         on_start: called once the driver has claimed the sweep (tests use it).
 
     Raises:
-        SweepError: the sweep is being run by another live process.
+        SweepError: the sweep is being run by another live process (it holds ``<plan>.lock``).
+        BaseException: whatever ended the loop (Ctrl-C, an error); the running trials were stopped first and
+            are marked "interrupted" in the plan.
     """
     stream = stream if stream is not None else sys.stderr
+    lock = _claim(record)
+    try:
+        return _drive(record, launcher, stream, on_start)
+    finally:
+        os.close(lock)  # releases the lock; the file stays (removing it would let a waiting driver lock a ghost)
+
+
+def _drive(
+    record: SweepRecord, launcher: Launcher, stream: TextIO, on_start: Callable[[SweepRecord], None] | None
+) -> SweepOutcome:
     states = trial_states(record)
     if record.driver_alive() and record.plan.get("driver", {}).get("pid") != os.getpid():
         driver = record.plan["driver"]
@@ -290,15 +352,16 @@ def run_sweep(
     trials = {int(trial["index"]): trial for trial in record.plan["trials"]}
     record.plan["driver"] = driver_fields()
     _save(record)
-    if on_start is not None:
-        on_start(record)
     progress = StatusLine(stream)
     running: dict[int, Any] = {}
     waiting = list(todo)
-    threads = launcher.threads()
     shown_at = 0.0
     reserved: set[int] = set()
+    failed = False
     try:
+        if on_start is not None:
+            on_start(record)
+        threads = launcher.threads()
         while waiting or running:
             room = len(waiting) if launcher.slots is None else launcher.slots - len(running)
             starting = waiting[: max(0, room)]
@@ -343,17 +406,30 @@ def run_sweep(
                 shown_at = time.monotonic()
             if running:
                 time.sleep(_POLL_SECONDS)
-    except KeyboardInterrupt:
+    except BaseException as error:
+        failed = True
+        # Any way out of the loop (Ctrl-C, a plan that cannot be saved, an executor's error, a bug) stops the
+        # trials: they run in their own sessions, so nothing else would, and the plan would say "running".
         progress.close()
-        launcher.stop(list(running.values()))
-        for index in running:
-            trials[index].update(state="interrupted", ended=time.time(), error="the sweep was interrupted")
-        _save(record)
+        try:
+            launcher.stop(list(running.values()))
+        finally:
+            reason = _stop_reason(error)
+            for index in todo:
+                if trials[index].get("state") == "running":  # started, or marked and about to be
+                    trials[index].update(state="interrupted", ended=time.time(), error=reason)
         raise
     finally:
-        launcher.close()
-        record.plan["driver"] = {**record.plan["driver"], "ended": time.time()}
-        record.plan["driver"]["pid"] = None  # no live driver: a resume may start at once
-        _save(record)
+        try:
+            launcher.close()
+        finally:
+            record.plan["driver"] = {**record.plan["driver"], "ended": time.time()}
+            record.plan["driver"]["pid"] = None  # no live driver: a resume may start at once
+            try:
+                _save(record)
+            except OSError:
+                if not failed:
+                    raise
+                # Already on the way out with an error: that one is the cause; the plan keeps its last state.
     progress.close()
     return SweepOutcome(record, trial_states(record), todo)

@@ -45,7 +45,9 @@ def parse_value(text: str) -> Any:
 
 def _split_values(text: str) -> list[str]:
     """Split on commas outside brackets, so ``[net.conv1,net.conv2],[net.fc3]`` is two values."""
-    values, depth, current = [], 0, []
+    values: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char in "[{(":
             depth += 1

@@ -263,9 +263,23 @@ def test_tab_moves_every_layer_on_one_slider(logdir: Path, tmp_path: Path) -> No
             where = await _wait_for(page, "doc.getElementById('where').textContent")
             assert where.startswith("step 5 · epoch 1")
             # The slider's left arrow (keyboard focus in the tab) moves every layer to row 4.
+            # Every stroke the curves draw from here on is logged (colour, width): see what the tab draws.
+            await page.evaluate(
+                f"(() => {{ const win = ({FRAME}).defaultView; const proto = win.CanvasRenderingContext2D.prototype;"
+                " const stroke = proto.stroke; win.strokes = [];"
+                " proto.stroke = function (...a) { if (this.canvas.classList.contains('curve'))"
+                " win.strokes.push([this.strokeStyle, this.lineWidth]); return stroke.apply(this, a); }; })()"
+            )
             await page.evaluate(f"(() => {{ const doc = {FRAME}; doc.defaultView.focus(); doc.body.focus(); }})()")
             await page.press("ArrowLeft", 37)
             await _wait_for(page, f"{CANVASES}.every(c => c.dataset.row === '4')")
+            # The training curves as actrec render draws them: the smoothed line over the raw one in a faint
+            # tint of its colour; validation as it is.
+            strokes = await page.evaluate(f"(() => ({FRAME}).defaultView.strokes)()")
+            assert ["#b0cbe4", 1] in strokes  # raw batch loss / accuracy, faint
+            assert ["#2166ac", 2] in strokes  # smoothed
+            assert ["#e08a1e", 1] in strokes  # validation
+            assert strokes.index(["#b0cbe4", 1]) < strokes.index(["#2166ac", 2])  # the raw one underneath
             after = await page.evaluate(
                 f"(() => {{ const doc = {FRAME}; return {CANVASES}.map(c => c.toDataURL()); }})()"
             )
@@ -300,6 +314,24 @@ def test_tab_moves_every_layer_on_one_slider(logdir: Path, tmp_path: Path) -> No
 
     with tensorboard("--logdir", str(logdir)) as base:
         asyncio.run(drive(base))
+
+
+def test_training_curves_carry_render_s_smoothing_over_the_raw_values(tmp_path: Path) -> None:
+    from actrec.viewer.curves import smooth
+
+    make_store(tmp_path / "logs" / "exp" / "version_0", steps=range(40))
+    timeline = _plugin_client(tmp_path / "logs").get(f"/timeline?run={RUN}").json
+    for label, column in (("train/loss", "batch_loss"), ("train/acc", "batch_acc")):
+        steps, raw, smoothed = timeline["curves"][label]
+        assert steps == list(range(40))
+        values = np.array([2.0 / (s + 1) if column == "batch_loss" else min(1.0, 0.1 * s) for s in steps])
+        values[0] = np.nan  # the fixtures' first row has no loss or accuracy
+        assert raw[0] is None
+        assert raw[1:] == pytest.approx(values[1:].tolist())
+        assert smoothed[0] is None
+        assert smoothed[1:] == pytest.approx(smooth(values)[1:].tolist())  # TensorBoard's EMA, weight 0.9
+        assert smoothed[5] != pytest.approx(raw[5])
+    assert timeline["curves"]["val/loss"] == [[39], [0.5]]  # validation is drawn as it is: no third list
 
 
 def _mnist_like_store(folder: Path, steps: int = 3, probes: int = 10) -> Path:
@@ -444,6 +476,36 @@ def test_a_damaged_row_is_refused_with_the_read_side_s_sentence(tmp_path: Path) 
     other = client.get(f"/frame?run={RUN}&layer=net.conv1&row=3")
     assert other.status_code == 200, other.json
     assert client.get(f"/frame?run={RUN}&layer=net.conv2&row=2").status_code == 200
+
+
+def test_a_step_s_predictions_read_that_row_s_logits_only(tmp_path: Path) -> None:
+    import h5py
+    from viewer_fixtures import predictions_at
+
+    from actrec.recording import Recording
+
+    store = make_store(tmp_path / "logs" / "exp" / "version_0", steps=range(130))
+    with Recording.open(store) as recording:
+        timeline = recording.timeline
+        assert [timeline.predictions_at(row).tolist() for row in range(130)] == [
+            predictions_at(s).tolist() for s in range(130)
+        ]
+        assert "predictions" not in timeline.__dict__  # the whole logits column was never read
+        assert timeline.predictions.tolist() == [predictions_at(s).tolist() for s in range(130)]  # one answer
+    with h5py.File(store, "r") as file:
+        rows_per_chunk = file["steps/logits"].chunks[0]
+        assert rows_per_chunk < 100
+        offset = file["steps/logits"].id.get_chunk_info(1).byte_offset
+    with store.open("r+b") as file:  # the logits of rows 64... fail their checksum
+        file.seek(offset + 8)
+        file.write(b"\xab" * 16)
+    client = _plugin_client(tmp_path / "logs")
+    fine = client.get(f"/step?run={RUN}&row=4")
+    assert fine.status_code == 200, fine.json  # another row's damage does not stop this one
+    assert fine.json["predictions"] == predictions_at(4).tolist()
+    damaged = client.get(f"/step?run={RUN}&row={rows_per_chunk + 1}")
+    assert damaged.status_code == 400
+    assert "damaged" in damaged.json["error"]
 
 
 @pytest.mark.slow
@@ -611,3 +673,46 @@ def test_a_live_run_s_scales_are_fixed_anew_once_it_has_twice_the_rows(tmp_path:
     finally:
         writer.kill()
         writer.wait()
+
+
+GROWING_WRITER = LIVE_WRITER.replace("writer.append(fx.record(step))", "writer.append(grown(step))").replace(
+    "path = Path(sys.argv[1])",
+    """def grown(step):
+    record = fx.record(step)
+    record.activations["net.conv2"] = record.activations["net.conv2"] * (step + 1)
+    return record
+
+path = Path(sys.argv[1])""",
+)
+"""A live writer whose ``net.conv2`` grows with the step, so its colour scale widens as rows come in."""
+
+
+def test_a_re_fixed_scale_redraws_the_frames_cached_on_the_old_one(tmp_path: Path) -> None:
+    logdir = tmp_path / "logs"
+    store = logdir / "live" / "version_0" / "activations.h5"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", GROWING_WRITER.format(tests_dir=str(Path(__file__).parent)), str(store), "80", "0.05"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    run = "live/version_0"
+    try:
+        assert writer.stdout.readline().strip() == "1"
+        client = _plugin_client(logdir)
+        first = client.get(f"/run?run={run}").json
+        before = client.get(f"/frame?run={run}&layer=net.conv2&row=0").data
+        assert client.get(f"/frame?run={run}&layer=net.conv2&row=0").data == before  # cached
+        deadline = time.monotonic() + 60
+        while client.get(f"/poll?run={run}").json["num_rows"] < 2 * first["num_rows"]:
+            assert time.monotonic() < deadline, "the writer did not double the rows within a minute"
+            time.sleep(0.05)
+    finally:
+        writer.kill()
+        writer.wait()
+    after = client.get(f"/frame?run={run}&layer=net.conv2&row=0").data
+    again = client.get(f"/run?run={run}").json
+    assert again["generation"] == first["generation"] + 1
+    limits = [next(layer["scale"]["limit"] for layer in info["layers"] if layer["name"] == "net.conv2")
+              for info in (first, again)]  # fmt: skip
+    assert limits[1] > limits[0]  # the scale was fixed anew over the grown rows ...
+    assert after != before  # ... and row 0 is drawn on it, not served from the cache of the old one

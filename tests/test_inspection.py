@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import train_short_run
 from PIL import Image
 
 from actrec.cli import main as actrec_main
@@ -22,32 +23,21 @@ from actrec.inspection.summary import summarize
 from actrec.probe import capture
 from actrec.store import StoreReader
 from actrec.trainer import MODEL_NAMES
-from actrec.trainer.cli import TrainCLI
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:pytorch_lightning.cli"),
     pytest.mark.filterwarnings(r"ignore:.*isinstance\(treespec, LeafSpec\):FutureWarning"),
 ]
 
-_SHORT_RUN = [
-    "--trainer.max_epochs=1",
-    "--trainer.limit_val_batches=2",
-    "--trainer.limit_test_batches=2",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
-
 
 def _train(runs_dir: Path, model: str, steps: int = 20) -> Path:
     """A short real training run of a zoo model; quickstart records every 5th step, weights included."""
-    args = ["--runs_dir", str(runs_dir), "--experiment", model, "--model.model", model, *_SHORT_RUN]
-    TrainCLI(args=[*args, f"--trainer.limit_train_batches={steps}"]).fit_and_test()
-    return runs_dir / model / "version_0"
+    return train_short_run(runs_dir, model, f"--trainer.limit_train_batches={steps}")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _train(tmp_path_factory.mktemp("runs"), "six_conv_tanh")
+def run(short_six_conv_run: Path) -> Path:
+    return short_six_conv_run
 
 
 # ------------------------------------------------------------------------------------------------ numpy reference

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -254,6 +255,142 @@ def test_a_sweep_another_live_process_drives_is_refused(tmp_path):
     assert read_plan(record.path)["trials"][0]["state"] == "pending"
 
 
+class _ScriptLauncher:
+    """The real local pool, each trial a real process running ``script`` instead of ``actrec train``."""
+
+    def __init__(self, script: str, fail_on_poll: BaseException | None = None) -> None:
+        from actrec.sweep import LocalLauncher
+
+        self.pool = LocalLauncher(2)
+        self.slots = 2
+        self.script = script
+        self.fail_on_poll = fail_on_poll
+        self.processes: list[subprocess.Popen] = []
+
+    def threads(self):
+        return 1
+
+    def start(self, specs):
+        import dataclasses
+
+        specs = [dataclasses.replace(spec, command=(sys.executable, "-c", self.script)) for spec in specs]
+        self.processes += self.pool.start(specs)
+        return self.processes[-len(specs) :]
+
+    def poll(self, handle):
+        if self.fail_on_poll is not None and all(self._ready(process) for process in self.processes):
+            raise self.fail_on_poll
+        return self.pool.poll(handle)
+
+    @staticmethod
+    def _ready(process) -> bool:
+        return Path(f"{process.pid}.ready").exists()
+
+    def stop(self, handles):
+        self.pool.stop(handles)
+
+    def close(self):
+        self.pool.close()
+
+
+#: A trial that says it started (``<pid>.ready``) and then runs until stopped.
+_LONG_TRIAL = "import os, time; open(f'{os.getpid()}.ready', 'w').close(); time.sleep(120)"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError(28, "No space left on device"), SweepError("the executor lost its trials."), RuntimeError("a bug")],
+    ids=["disk-full", "sweep-error", "bug"],
+)
+def test_any_error_in_the_driver_stops_the_running_trials_and_marks_them(tmp_path, monkeypatch, error):
+    from actrec.sweep import run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    record = _plan(tmp_path, [{"model.lr": lr} for lr in (0.1, 0.2, 0.3)])
+    launcher = _ScriptLauncher(_LONG_TRIAL, fail_on_poll=error)
+    try:
+        with pytest.raises(type(error)):
+            run_sweep(record, launcher, stream=io.StringIO())
+        assert len(launcher.processes) == 2  # two slots: both started, the third waited
+        assert [process.poll() for process in launcher.processes] != [None, None]
+        for process in launcher.processes:
+            with pytest.raises(ProcessLookupError):
+                os.kill(process.pid, 0)  # stopped and reaped, not left running in its own session
+    finally:
+        for process in launcher.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    plan = read_plan(record.path)
+    assert [trial["state"] for trial in plan["trials"]] == ["interrupted", "interrupted", "pending"]
+    assert type(error).__name__ in plan["trials"][0]["error"]
+    assert plan["driver"]["pid"] is None
+
+
+def test_a_second_driver_of_the_same_sweep_is_refused_while_the_first_runs(tmp_path, monkeypatch):
+    import threading
+
+    from actrec.sweep import run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    record = _plan(tmp_path, [{"model.lr": 0.1}])
+    first_in, second_done = threading.Event(), threading.Event()
+    outcome = {}
+
+    def first_on_start(_record):
+        first_in.set()
+        second_done.wait(60)  # the first driver holds the sweep while the second one tries
+
+    def first():
+        outcome["first"] = run_sweep(record, _ScriptLauncher("pass"), stream=io.StringIO(), on_start=first_on_start)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert first_in.wait(60)
+        # The same plan read again, as a second ``actrec sweep --resume`` would (here in the same process).
+        again = SweepRecord(record.path, read_plan(record.path))
+        second = _ScriptLauncher("pass")
+        with pytest.raises(SweepError, match=r"is being run by another process \(it holds .*sweep-.*\.json\.lock\)"):
+            run_sweep(again, second, stream=io.StringIO())
+        assert second.processes == []
+    finally:
+        second_done.set()
+        thread.join(60)
+    assert [state.status for state in outcome["first"].states] == ["finished"]
+    # Once the first one ended, the sweep can be driven again.
+    assert (
+        run_sweep(SweepRecord(record.path, read_plan(record.path)), _ScriptLauncher("pass"), stream=io.StringIO()).ran
+        == []
+    )
+
+
+def test_actrec_sweep_resume_refuses_in_one_sentence_while_another_driver_holds_the_sweep(tmp_path):
+    record = _plan(tmp_path, [{"model.lr": -0.1}])  # were it run anyway, actrec train refuses it at once
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(60)",
+            f"{record.path}.lock",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = actrec("sweep", "--resume", record.sweep_id, cwd=tmp_path, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    assert "is being run by another process" in line
+    assert "Traceback" not in result.stderr
+    assert read_plan(record.path)["trials"][0]["state"] == "pending"
+
+
 def test_the_driver_gives_each_trial_its_own_version_folder(tmp_path):
     from actrec.runs import sweep_trial_version
     from actrec.sweep.launch import next_version
@@ -268,6 +405,15 @@ def test_the_driver_gives_each_trial_its_own_version_folder(tmp_path):
     assert sweep_trial_version({SWEEP_TRIAL_ENV: json.dumps(marker)}) == 7
     assert sweep_trial_version({SWEEP_TRIAL_ENV: json.dumps({**marker, "version": "7"})}) is None
     assert sweep_trial_version({}) is None
+
+
+def test_a_trial_is_told_the_version_folder_the_driver_gave_it(tmp_path):
+    from actrec.runs import sweep_trial_version
+    from actrec.sweep import trial_spec
+
+    record = _plan(tmp_path, [{"model.lr": 0.1}])
+    assert sweep_trial_version(trial_spec(record, record.plan["trials"][0], None, 7).env) == 7
+    assert sweep_trial_version(trial_spec(record, record.plan["trials"][0], None).env) is None
 
 
 def test_a_sweep_is_found_by_id_prefix_or_newest_of_its_name(tmp_path):

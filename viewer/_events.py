@@ -83,7 +83,7 @@ def crc32c(data: bytes) -> int:
             crc = (
                 table0[crc & 0xFF] ^ table1[(crc >> 8) & 0xFF] ^ table2[(crc >> 16) & 0xFF] ^ table3[crc >> 24]
             ) ^ lane_crc
-        data = memoryview(data)[lanes * _LANE :]
+        return _update(crc, memoryview(data)[lanes * _LANE :]) ^ 0xFFFFFFFF
     return _update(crc, data) ^ 0xFFFFFFFF
 
 
@@ -98,7 +98,7 @@ STAGED_PREFIX = "staged.events."
 """Event files being written: TensorBoard loads only files whose name contains ``tfevents``."""
 
 
-def publish_staged(folder: str | os.PathLike) -> None:
+def publish_staged(folder: str | os.PathLike[str]) -> None:
     """Rename every staged event file in ``folder`` to its real name, so TensorBoard loads it."""
     for entry in os.scandir(folder):
         if entry.name.startswith(STAGED_PREFIX):
@@ -130,6 +130,7 @@ class EventFile:
 
     def write(self, record: bytes) -> None:
         """Append one serialized event."""
+        assert self._file is not None, "write() after close()"
         header = struct.pack("<Q", len(record))
         self._file.write(
             header + struct.pack("<I", masked_crc32c(header)) + record + struct.pack("<I", masked_crc32c(record))

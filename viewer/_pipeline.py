@@ -261,6 +261,7 @@ def _run_job(job: LayerJob, report: Callable[[int], Any], recording: Recording) 
             if writer.frames_written == 0:
                 raise ViewerError(f"every chosen step of layer {job.layer!r} is damaged; nothing to draw.")
     sheet = job.out_dir / f"{stem}.sheet.png"
+    assert job.sheet_rows is not None, "render() always gives its jobs the contact sheet's rows"
     sheet_rows = np.asarray([row for row in job.sheet_rows.tolist() if row not in set(damaged)], dtype=np.int64)
     if sheet_rows.size:
         with atomic_path(sheet) as partial:
@@ -298,7 +299,7 @@ def _export_layer(
             title, step = row_title(recording, job.layer, row), int(timeline.global_steps[row])
             for (plan, suffix), group_layout in zip(groups, layouts, strict=True):
                 frame = group_layout.frame(
-                    values if plan is job.plan else np.take(values, plan.select, axis=plan.axis),
+                    values if plan is job.plan else plan.selected(values),
                     title=title,
                     predictions=timeline.predictions[row],
                 )
@@ -315,6 +316,7 @@ def _export_layer(
         add_frames(writer, job.rows, TB_TAG, damaged)
         # At most 10 steps under a second tag: TensorBoard's default keeps 10 images per tag, so a
         # plain `tensorboard --logdir runs` shows all of these, step 0 included.
+        assert job.sheet_rows is not None, "export_tensorboard() always gives its jobs the overview's rows"
         overview = np.asarray([row for row in job.sheet_rows.tolist() if row not in set(damaged)], dtype=np.int64)
         if overview.size:
             add_frames(writer, overview, TB_OVERVIEW_TAG, None)

@@ -43,8 +43,8 @@ _LUTS = {ink: _ink_lut(ink) for ink in INKS}
 def _glyph(char: str, size: int) -> tuple[np.ndarray, int, float]:
     """``(coverage 0..255 over the line box, x offset, advance)`` of one character."""
     font = _font(size)
-    left, _, right, _ = font.getbbox(char)
-    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (font.getbbox(char)[3], 0)
+    left, _, right, _ = (int(edge) for edge in font.getbbox(char))  # whole pixels (Pillow's stubs say float)
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (int(font.getbbox(char)[3]), 0)
     image = Image.new("L", (max(1, right - min(left, 0)), max(1, ascent + descent)), 0)
     ImageDraw.Draw(image).text((-min(left, 0), 0), char, font=font, fill=255)
     return np.asarray(image), min(left, 0), font.getlength(char)

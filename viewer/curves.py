@@ -96,16 +96,39 @@ def smooth(values: np.ndarray, weight: float = DEFAULT_SMOOTHING) -> np.ndarray:
     finite = np.flatnonzero(np.isfinite(values))
     if finite.size == 0 or np.all(values[finite] == values[finite[0]]):
         return smoothed
-    last = 0.0
-    for count, index in enumerate(finite.tolist(), start=1):
-        last = last * weight + (1.0 - weight) * values[index]
-        smoothed[index] = last / (1.0 - weight**count)
+    counts = np.arange(1, finite.size + 1, dtype=np.float64)
+    smoothed[finite] = _moving_average(values[finite], weight) / (1.0 - weight**counts)
     return smoothed
+
+
+_EMA_BLOCK = 256
+
+
+def _moving_average(values: np.ndarray, weight: float) -> np.ndarray:
+    """``m_t = weight * m_(t-1) + (1 - weight) * x_t`` from ``m_(-1) = 0``, a block of points at a time.
+
+    Within a block ``m = (1 - weight) * W @ x + weight**(k + 1) * m_before`` (``W``: lower-triangular powers of
+    ``weight``): the same numbers as the point-by-point recurrence to rounding, without a Python loop per
+    point (a 100,000-step run's curve is a few milliseconds, not a sixth of a second).
+    """
+    lags = np.arange(_EMA_BLOCK)
+    powers = np.tril(weight ** np.clip(lags[:, None] - lags[None, :], 0, None).astype(np.float64))
+    carried = weight ** (lags + 1.0)
+    averaged = np.empty_like(values)
+    before = 0.0
+    for start in range(0, values.size, _EMA_BLOCK):
+        block = values[start : start + _EMA_BLOCK]
+        size = block.size
+        result = (1.0 - weight) * (powers[:size, :size] @ block) + carried[:size] * before
+        averaged[start : start + size] = result
+        before = float(result[-1])
+    return averaged
 
 
 def faint(color: tuple[int, int, int], strength: float = 0.35) -> tuple[int, int, int]:
     """``color`` mixed with white: the raw series drawn under its smoothed line."""
-    return tuple(round(255 - strength * (255 - channel)) for channel in color)  # type: ignore[return-value]
+    red, green, blue = (round(255 - strength * (255 - channel)) for channel in color)
+    return red, green, blue
 
 
 class _Panel:
@@ -122,11 +145,11 @@ class _Panel:
         self.x_low, self.x_high = x_range
         self.y_low, self.y_high = y_range
 
-    def x(self, value: np.ndarray | float) -> np.ndarray | float:
+    def x(self, value: np.ndarray | float) -> np.ndarray:  # a NumPy scalar for a float
         left, _, right, _ = self.box
         return left + (np.asarray(value, dtype=np.float64) - self.x_low) / (self.x_high - self.x_low) * (right - left)
 
-    def y(self, value: np.ndarray | float) -> np.ndarray | float:
+    def y(self, value: np.ndarray | float) -> np.ndarray:  # a NumPy scalar for a float
         _, top, _, bottom = self.box
         return bottom - (np.asarray(value, dtype=np.float64) - self.y_low) / (self.y_high - self.y_low) * (bottom - top)
 

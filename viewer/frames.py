@@ -191,7 +191,7 @@ class FrameLayout:
         sample_shape: Sequence[int],
         *,
         num_probes: int,
-        scale: float,
+        scale: ColourScale | float,
         probe_images: np.ndarray | None = None,
         labels: np.ndarray | None = None,
         class_names: Sequence[str] | None = None,

@@ -75,7 +75,9 @@ class GifWriter:
     def __init__(self, target: str | os.PathLike | IO[bytes], *, fps: float = 10.0, queue_frames: int = 4) -> None:
         self._delay_cs = max(2, round(100 / check_fps(fps)))
         self._owns_file = isinstance(target, (str, os.PathLike))
-        self._file: IO[bytes] | None = open(target, "wb") if self._owns_file else target  # noqa: SIM115
+        self._file: IO[bytes] | None = (
+            open(target, "wb") if isinstance(target, (str, os.PathLike)) else target  # noqa: SIM115
+        )
         self._previous: np.ndarray | None = None
         self._shape: tuple[int, ...] | None = None
         self._pending: tuple[Image.Image, tuple[int, int], dict] | None = None
@@ -148,12 +150,14 @@ class GifWriter:
     def _write_pending(self, delay_cs: int) -> None:
         if self._pending is None:
             return
+        assert self._file is not None, "the file is closed only after the last frame is written"
         image, offset, extra = self._pending
         self._pending = None
         for chunk in GifImagePlugin.getdata(image, offset=offset, duration=delay_cs * 10, disposal=1, **extra):
             self._file.write(chunk)
 
     def _write_header(self, width: int, height: int) -> None:
+        assert self._file is not None, "the header is written before close()"
         # GIF89a logical screen with a 256-entry global colour table (flags: table present,
         # 8-bit colour resolution, 2**(7+1) entries), background = the white of the palette.
         self._file.write(b"GIF89a" + struct.pack("<HHBBB", width, height, 0xF7, colors.ZERO_INDEX, 0))
@@ -311,6 +315,7 @@ class TensorBoardImageWriter:
         event = self._event_pb2.Event(
             wall_time=time.time() if wall_time is None else wall_time, step=int(step), summary=summary
         )
+        assert self._file is not None, "add_image() after close()"
         self._file.write(event.SerializeToString())
 
     def close(self) -> None:

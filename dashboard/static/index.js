@@ -575,15 +575,18 @@ function drawCurve(canvas, title, series, cursor) {
   context.fillText(lastText, geometry.right - context.measureText(lastText).width, height - 4);
   context.strokeStyle = "#ddd";
   context.strokeRect(geometry.left, top, geometry.right - geometry.left, bottom - top);
-  const colours = { "train/loss": "#1f6fb2", "train/acc": "#1f6fb2", "val/loss": "#e08a1e", "val/acc": "#e08a1e" };
-  series.forEach(([name, data], index) => {
-    if (!data) return;
-    context.strokeStyle = colours[name];
-    context.fillStyle = colours[name];
+  // As actrec render draws them: a training curve (every batch) smoothed (data[2], TensorBoard's EMA)
+  // over its raw values in a faint tint of its colour; validation is drawn as it is, with its points.
+  const colours = { "train/loss": "#2166ac", "train/acc": "#2166ac", "val/loss": "#e08a1e", "val/acc": "#e08a1e" };
+  const faint = "#b0cbe4";
+  const line = (steps, values, colour, lineWidth, dots) => {
+    context.strokeStyle = colour;
+    context.fillStyle = colour;
+    context.lineWidth = lineWidth;
     context.beginPath();
     let drawing = false;
-    data[0].forEach((step, i) => {
-      const value = data[1][i];
+    steps.forEach((step, i) => {
+      const value = values[i];
       if (value === null) {
         drawing = false;
         return;
@@ -591,11 +594,23 @@ function drawCurve(canvas, title, series, cursor) {
       if (drawing) context.lineTo(geometry.x(step), y(value));
       else context.moveTo(geometry.x(step), y(value));
       drawing = true;
-      if (data[0].length < 30) context.fillRect(geometry.x(step) - 1.5, y(value) - 1.5, 3, 3);
+      if (dots) context.fillRect(geometry.x(step) - 1.5, y(value) - 1.5, 3, 3);
     });
     context.stroke();
-    context.fillText(name, geometry.left + 60 + index * 70, 12);
+  };
+  series.forEach(([name, data], index) => {
+    if (!data) return;
+    const smoothed = data.length > 2 ? data[2] : null;
+    if (smoothed) {
+      line(data[0], data[1], faint, 1, false);
+      line(data[0], smoothed, colours[name], 2, false);
+    } else {
+      line(data[0], data[1], colours[name], 1, data[0].length < 30);
+    }
+    context.fillStyle = colours[name];
+    context.fillText(smoothed ? `${name} (smoothed)` : name, geometry.left + 60 + index * 110, 12);
   });
+  context.lineWidth = 1;
   const x = geometry.x(cursor);
   context.strokeStyle = "#c0392b";
   context.beginPath();
