@@ -49,7 +49,7 @@ def predicted_classes(logits: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(logits).all(axis=-1), predicted, -1)
 
 
-def auto_stride(count: int, max_rows: int) -> int:
+def auto_stride(count: int, max_rows: int | None) -> int:
     """The smallest stride that keeps at most ``max_rows`` of ``count`` rows (plus the last): ``stride=None``.
 
     Raises:

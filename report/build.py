@@ -196,7 +196,6 @@ def build_report(
         raise ReportError(f"max_frames must be at least 2, got {max_frames}.")
     if not 0 < fps <= 60:
         raise ReportError(f"fps must be in (0, 60], got {fps:g}.")
-    probes_text = probes  # the name ``probes`` is the probe set below
     with Recording.open(run) as recording:
         timeline = recording.timeline
         if stride is None:  # the one rule's stride=None: at most max_frames rows, plus the last
@@ -205,8 +204,8 @@ def build_report(
         primary = _Curves(recording.name, timeline, _run_dynamics(recording, threshold))
         target = Path(out) if out is not None else recording.run_dir / REPORT_FILENAME
         prepare_out_dir(target.parent)
-        probes = recording.probes
-        drawn, probe_note = choose_probes(probes_text, recording.num_probes)
+        probe_set = recording.probes
+        drawn, probe_note = choose_probes(probes, recording.num_probes)
         # The read side's rule: a damaged row is left out and named. The page shows one step for every layer,
         # so a step damaged in any layer is left out of the whole page.
         frames: dict[str, dict[int, str]] = {}
@@ -252,13 +251,15 @@ def build_report(
             "recordedSteps": int(timeline.num_rows),
             "steps": shown_steps.tolist(),
             "epochs": timeline.epochs[rows].tolist(),
-            "classNames": list(probes.class_names),
-            "labels": _pick(probes.labels, drawn).tolist(),
+            "classNames": list(probe_set.class_names),
+            "labels": _pick(probe_set.labels, drawn).tolist(),
             # The recording's one rule: only a classifier's output has predictions (no row, no ✓/✗ otherwise).
             "predictions": predictions.tolist() if recording.shows_predictions else None,
             # Token ids, feature vectors and volumes are not pictures: their predictions are still listed.
-            "probeImage": _b64_png(probe_strip(_pick(probes.images, drawn))) if _is_picture(probes.images) else None,
-            "probeShape": list(np.asarray(probes.images).shape[-2:]) if _is_picture(probes.images) else None,
+            "probeImage": _b64_png(probe_strip(_pick(probe_set.images, drawn)))
+            if _is_picture(probe_set.images)
+            else None,
+            "probeShape": list(np.asarray(probe_set.images).shape[-2:]) if _is_picture(probe_set.images) else None,
             "layers": layers,
             "dynamics": _dynamics_rows(primary.dynamics, rows),
             "compare": [entry for entry, _ in compared],
