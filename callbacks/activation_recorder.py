@@ -524,7 +524,9 @@ class ActivationRecorder(Callback):
             wall_time_s=round(time.time() - self._started, 3),
             global_step=int(trainer.global_step),
             epoch=int(trainer.current_epoch),
-            metrics=_scalar_metrics(trainer.callback_metrics),
+            # Values Lightning had already computed (kept by the hooks): trainer.callback_metrics, read here on
+            # rank 0 alone, would compute sync_dist epoch metrics with an all_reduce the other ranks never join.
+            metrics=_scalar_metrics(computed_metrics(trainer)),
             store_bytes=store.stat().st_size if store is not None and store.is_file() else None,
             recorded_steps=self._recorded_rows,
         )
@@ -890,6 +892,19 @@ def logged_tensor(trainer: pl.Trainer, names: Sequence[str], on_step: bool) -> t
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             found.setdefault(meta.name, value.detach())
     return next((found[name] for name in names if name in found), None)
+
+
+def computed_metrics(trainer: pl.Trainer) -> dict[str, Any]:
+    """The metrics Lightning has already computed (what ``trainer.callback_metrics`` last returned), read as is.
+
+    ``trainer.callback_metrics`` itself computes the epoch metrics not computed yet; under ``sync_dist`` that is
+    an all_reduce, which read on rank 0 alone (when the run ends, in ``teardown`` or ``on_exception``) waits for
+    ranks that never join. Lightning keeps the computed values in a private dict of its logger connector; when
+    that is missing, the summary has no metrics.
+    """
+    connector = getattr(trainer, "_logger_connector", None)
+    metrics = getattr(connector, "_callback_metrics", None)
+    return dict(metrics) if isinstance(metrics, dict) else {}
 
 
 _SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")

@@ -5,6 +5,7 @@ and checks the store against a fresh forward pass of the trained model."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,58 @@ def test_without_a_logger_every_run_gets_its_own_version_folder(
         assert run.store_path == store_path
         with StoreReader(store_path) as store:
             assert store.global_steps().tolist() == [0, 1, 2, 3]
+
+
+class LogsEpochMetrics(TinyNet):
+    """Logs its training loss per step and per epoch with sync_dist, and fails in epoch 2 when told to."""
+
+    fail_in_epoch: int | None = None
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.current_epoch == self.fail_in_epoch and batch_idx == 1:
+            raise RuntimeError("broke in epoch 2")
+        out = super().training_step(batch, batch_idx)
+        self.log("train/loss", out["loss"], on_step=True, on_epoch=True, sync_dist=True)
+        return out
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_summary_metrics_never_read_callback_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: bool
+) -> None:
+    """trainer.callback_metrics computes sync_dist epoch metrics (an all_reduce); the recorder reads it on rank 0
+    alone when the run ends (teardown, on_exception), so it must not read it at all: it keeps the values
+    Lightning had already computed."""
+    reads: list[str] = []
+    original = pl.Trainer.callback_metrics
+
+    def counting(trainer: pl.Trainer) -> Any:
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_filename.endswith("activation_recorder.py"):
+                reads.append(frame.f_code.co_name)
+                break
+            frame = frame.f_back
+        return original.fget(trainer)
+
+    monkeypatch.setattr(pl.Trainer, "callback_metrics", property(counting))
+    model = LogsEpochMetrics()
+    model.fail_in_epoch = 1 if fail else None
+    recorder = ActivationRecorder(background_writes=False)
+    trainer = _trainer(tmp_path, logger=False, callbacks=[recorder], max_epochs=2)
+    if fail:
+        with pytest.raises(RuntimeError, match="broke in epoch 2"):
+            trainer.fit(model, TinyData(size=24))
+    else:
+        trainer.fit(model, TinyData(size=24))
+    monkeypatch.undo()
+    assert reads == []
+    summary = Run(tmp_path / "actrec" / "version_0").summary()
+    assert summary["state"] == ("failed" if fail else "finished")
+    metrics = summary["metrics"]
+    # The last validation's loss, and the training loss (epoch mean when computed, else the last step's).
+    assert metrics["val/loss"] == pytest.approx(float(trainer.callback_metrics["val/loss"]), rel=1e-6)
+    assert metrics["train/loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]), rel=1e-6)
 
 
 def test_a_logger_without_a_folder_and_a_failed_run_say_so_in_the_summary(tmp_path: Path) -> None:
