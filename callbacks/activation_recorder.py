@@ -287,6 +287,7 @@ class ActivationRecorder(Callback):
         self._val_written: dict[str, bool] = {"val/loss": False, "val/acc": False}
         self._batch_metrics_found: dict[str, bool] = {"batch_loss": False, "batch_acc": False}
         self._batch_metrics_looked_up = False
+        self._step_values_seen: dict[str, torch.Tensor] = {}  # logged step tensors at the last lookup
         self._validated = False
         self._own_folder: Path | None = None
         self._claim_folder = False
@@ -656,12 +657,12 @@ class ActivationRecorder(Callback):
         step = trainer.global_step
         if not trainer.is_global_zero or step == self._last_recorded_step or step % self.every_n_steps:
             return
-        loss = _find_metric(outputs, trainer, self.batch_loss_names)
+        loss = _find_metric(outputs, trainer, self.batch_loss_names, self._step_values_seen)
         if loss is not None and _is_step_loss(outputs, loss, pl_module):
             # Lightning divides the loss training_step returned by accumulate_grad_batches before handing
             # it back (the part each micro-batch adds to the gradient); the batch's own loss is N times it.
             loss = loss * trainer.accumulate_grad_batches
-        acc = _find_metric(outputs, trainer, self.batch_acc_names)
+        acc = _find_metric(outputs, trainer, self.batch_acc_names, self._step_values_seen)
         self._batch_metrics_found["batch_loss"] |= loss is not None
         self._batch_metrics_found["batch_acc"] |= acc is not None
         self._batch_metrics_looked_up = True
@@ -856,7 +857,7 @@ def _column_key(field_key: str) -> str:
     return f"layers/{field_key}"
 
 
-def _find_metric(outputs: Any, trainer: pl.Trainer, names: Sequence[str]) -> Any:
+def _find_metric(outputs: Any, trainer: pl.Trainer, names: Sequence[str], seen: dict[str, torch.Tensor]) -> Any:
     """A batch metric as a tensor or number, never converted here (that would wait for the device)."""
     if isinstance(outputs, torch.Tensor) and names and names[0] == "loss":
         return outputs
@@ -864,10 +865,12 @@ def _find_metric(outputs: Any, trainer: pl.Trainer, names: Sequence[str]) -> Any
         for name in names:
             if name in outputs:
                 return outputs[name]
-    return logged_tensor(trainer, names, on_step=True)
+    return logged_tensor(trainer, names, on_step=True, seen=seen)
 
 
-def logged_tensor(trainer: pl.Trainer, names: Sequence[str], on_step: bool) -> torch.Tensor | None:
+def logged_tensor(
+    trainer: pl.Trainer, names: Sequence[str], on_step: bool, seen: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor | None:
     """The first of ``names`` that the LightningModule logged, as the tensor Lightning already holds.
 
     ``trainer.callback_metrics`` is not read: it converts progress-bar metrics with ``.item()`` (a host sync
@@ -876,6 +879,10 @@ def logged_tensor(trainer: pl.Trainer, names: Sequence[str], on_step: bool) -> t
     ``self.log`` stored it, an epoch value only once Lightning has computed it on every rank. Lightning keeps
     both on private attributes of its result collection; when they are missing this finds nothing, and the
     recorder warns at the end of training that the column is empty.
+
+    Lightning keeps a step value until the metric is logged again, so a metric logged on some batches only
+    would be found, stale, on the others. With ``seen`` (the caller's dict, kept between lookups) a step value
+    that is the very tensor found at the previous lookup counts as not logged since (``None``: NaN stored).
     """
     results = getattr(trainer, "_results", None)
     if results is None or not hasattr(results, "valid_items"):
@@ -889,8 +896,13 @@ def logged_tensor(trainer: pl.Trainer, names: Sequence[str], on_step: bool) -> t
             value = getattr(metric, "_forward_cache", None) if meta.on_step else None
         else:
             value = getattr(metric, "_computed", None) if meta.on_epoch else None
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            found.setdefault(meta.name, value.detach())
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and meta.name not in found:
+            if seen is not None and on_step:
+                stale = seen.get(meta.name) is value
+                seen[meta.name] = value
+                if stale:
+                    continue
+            found[meta.name] = value.detach()
     return next((found[name] for name in names if name in found), None)
 
 

@@ -187,6 +187,33 @@ def test_without_a_logger_every_run_gets_its_own_version_folder(
             assert store.global_steps().tolist() == [0, 1, 2, 3]
 
 
+class LogsLossOnEvenBatches(TinyNet):
+    """Logs its training loss on even batches only."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        out = super().training_step(batch, batch_idx)
+        if batch_idx % 2 == 0:
+            self.log("train/loss", out["loss"])
+            self.logged_losses.append(float(out["loss"]))
+        return out["loss"]
+
+    def on_fit_start(self) -> None:
+        self.logged_losses: list[float] = []
+
+
+def test_a_loss_logged_on_some_batches_is_nan_on_the_others_not_stale(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    model = LogsLossOnEvenBatches()
+    recorder = ActivationRecorder(path=str(tmp_path / "activations.h5"), batch_loss_names=["train/loss"])
+    _trainer(tmp_path, logger=False, callbacks=[recorder]).fit(model, TinyData())
+    with StoreReader(tmp_path / "activations.h5") as store:
+        assert store.global_steps().tolist() == list(range(7))
+        stored = store.steps()["batch_loss"]
+    # Step k is batch k-1: batches 0, 2, 4 logged their loss; the others (and step 0) have none.
+    assert np.isnan(stored[[0, 2, 4, 6]]).all()
+    np.testing.assert_allclose(stored[[1, 3, 5]], model.logged_losses, rtol=1e-6)
+
+
 class LogsEpochMetrics(TinyNet):
     """Logs its training loss per step and per epoch with sync_dist, and fails in epoch 2 when told to."""
 
