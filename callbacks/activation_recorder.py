@@ -19,7 +19,9 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from actrec.errors import UserError
+from actrec.names import TASK_CHOICES, TASKS
 from actrec.probe import (
+    SMALL_MODEL_PARAMETERS,
     HostRing,
     ProbeEngine,
     ProbeError,
@@ -46,17 +48,16 @@ from actrec.store import (
     check_dtype,
     check_new_path,
     check_writable,
+    column_key,
 )
 
 log = logging.getLogger("actrec")
 
-_SMALL_MODEL = 1_000_000  # parameters; below this, recording weights every step costs little
 _WEIGHTS_CAP = 16_384  # parameter values; by default a layer's weights are recorded only if a conv or this small
 _VAL_LOSS_NAMES = ["val/loss", "val_loss", "valid/loss", "valid_loss", "validation/loss", "validation_loss"]
 _VAL_ACC_NAMES = ["val/acc", "val_acc", "val/accuracy", "val_accuracy", "valid/acc", "valid_acc"]
 _BATCH_LOSS_NAMES = ["loss", "train/loss", "train_loss"]
 _BATCH_ACC_NAMES = ["acc", "accuracy", "train/acc", "train_acc", "train/accuracy"]
-_TASKS = ("auto", "classification", "reconstruction", "generation", "regression", "none")
 _CONFIG_KEYS = (
     "layers",
     "task",
@@ -219,9 +220,9 @@ class ActivationRecorder(Callback):
             raise MisconfigurationException("ActivationRecorder: probe_indices must name at least one image.")
         if layers is not None and not layers:
             raise MisconfigurationException("ActivationRecorder: layers must name at least one module, or be None.")
-        if task not in _TASKS:
+        if task not in TASK_CHOICES:
             raise MisconfigurationException(
-                f"ActivationRecorder: task must be one of auto, {', '.join(_TASKS[1:])}, got {task!r}."
+                f"ActivationRecorder: task must be one of auto, {', '.join(TASKS)}, got {task!r}."
             )
         if probe_forward is not None and not callable(probe_forward):
             raise MisconfigurationException(
@@ -339,7 +340,9 @@ class ActivationRecorder(Callback):
         except ProbeError as error:
             raise MisconfigurationException(f"ActivationRecorder: {error}") from None
         num_parameters = sum(p.numel() for p in pl_module.parameters())
-        self._record_weights = num_parameters < _SMALL_MODEL if self.record_weights is None else self.record_weights
+        self._record_weights = (
+            num_parameters < SMALL_MODEL_PARAMETERS if self.record_weights is None else self.record_weights
+        )
         if self.path:
             path, self._own_folder, self._claim_folder = Path(self.path), None, False
         else:
@@ -561,7 +564,7 @@ class ActivationRecorder(Callback):
         assert self._store_path is not None, "setup() chose the store's path"
         engine = self._built_engine
         if self.background_writes and self._writer_mode == "process":
-            fields = [(_column_key(f.key), f.dtype, f.shape, f.offset) for f in engine.fields]
+            fields = [(column_key(f.key), f.dtype, f.shape, f.offset) for f in engine.fields]
             self._process = WriterProcess(
                 self._store_path,
                 fields,
@@ -782,7 +785,7 @@ class ActivationRecorder(Callback):
         if self._process is not None:
             self._process.submit(host.numpy(), row.step, row.epoch, row.wall_time)
         elif self._writer is not None and not self._stopped:
-            values = {_column_key(key): view.numpy() for key, view in self._built_engine.host_views(host).items()}
+            values = {column_key(key): view.numpy() for key, view in self._built_engine.host_views(host).items()}
             try:
                 self._writer.append_columns(values, row.step, row.epoch, row.wall_time)
             except (StoreError, OSError, RuntimeError) as error:
@@ -848,13 +851,6 @@ class ActivationRecorder(Callback):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def _column_key(field_key: str) -> str:
-    """The store's dataset for an engine field: ``"conv1/activations"`` -> ``"layers/conv1/activations"``."""
-    if field_key in ("logits", "batch_loss", "batch_acc"):
-        return f"steps/{field_key}"
-    return f"layers/{field_key}"
 
 
 def _find_metric(outputs: Any, trainer: pl.Trainer, names: Sequence[str], seen: dict[str, torch.Tensor]) -> Any:

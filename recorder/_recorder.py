@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from actrec.errors import UserError
+from actrec.names import TASK_CHOICES
 from actrec.probe import (
+    SMALL_MODEL_PARAMETERS,
     ProbeEngine,
     ProbeError,
     ProbeForward,
@@ -24,10 +26,7 @@ from actrec.probe import (
     scale_kinds,
 )
 from actrec.runs import STORE_FILENAME, running_summary, write_summary
-from actrec.store import LayerSpec, ProbeSet, StoreError, StoreWriter, check_compression, check_dtype
-
-_TASKS = ("auto", "classification", "reconstruction", "generation", "regression", "none")
-_SMALL_MODEL = 1_000_000  # parameters; below this, recording weights every step costs little
+from actrec.store import LayerSpec, ProbeSet, StoreError, StoreWriter, check_compression, check_dtype, column_key
 
 
 class RecorderError(UserError):
@@ -90,8 +89,8 @@ class Recorder:
     ) -> None:
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise RecorderError(f"every_n_steps must be an integer >= 1, got {every_n_steps!r}.")
-        if task not in _TASKS:
-            raise RecorderError(f"task must be one of {', '.join(_TASKS)}, got {task!r}.")
+        if task not in TASK_CHOICES:
+            raise RecorderError(f"task must be one of {', '.join(TASK_CHOICES)}, got {task!r}.")
         try:
             check_dtype(dtype)
             check_compression(compression)
@@ -154,7 +153,7 @@ class Recorder:
             kinds = scale_kinds(model, batch, names, forward)
             weights = self.record_weights
             if weights is None:
-                weights = sum(p.numel() for p in model.parameters()) < _SMALL_MODEL
+                weights = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
             engine = ProbeEngine(
                 model, batch, names, dtype=self.dtype, max_channels=self.max_channels, record_params=weights,
                 cuda_graph=False, forward=forward,
@@ -254,7 +253,7 @@ class Recorder:
         if self._recorded and global_step % self.every_n_steps:
             return False
         host = self._engine.run(loss, acc).cpu()
-        values = {_column_key(key): view.numpy() for key, view in self._engine.host_views(host).items()}
+        values = {column_key(key): view.numpy() for key, view in self._engine.host_views(host).items()}
         try:
             self._writer.append_columns(values, global_step, epoch, time.time())
         except (StoreError, OSError) as error:
@@ -303,10 +302,3 @@ class Recorder:
     def _say(self, line: str) -> None:
         if self.verbose:
             print(f"actrec recorder: {line}", flush=True)
-
-
-def _column_key(field_key: str) -> str:
-    """The store's column for an engine field: ``"conv1/activations"`` -> ``"layers/conv1/activations"``."""
-    if field_key in ("logits", "batch_loss", "batch_acc"):
-        return f"steps/{field_key}"
-    return f"layers/{field_key}"

@@ -747,3 +747,25 @@ def test_a_plain_loop_recorder_failing_while_opening_closes_its_store_and_says_f
         assert store.global_steps().tolist() == []
     with h5py.File(folder / "activations.h5", "r+"):  # no writer holds it open any more
         pass
+
+
+def test_the_rules_both_recorders_share_are_written_once() -> None:
+    """The column rule (store), the task list (names) and the small-model threshold (probe) have one home each;
+    the Lightning callback and the plain-loop Recorder use them instead of copies."""
+    import actrec.callbacks.activation_recorder as callback
+    import actrec.recorder._recorder as plain
+    from actrec.names import TASK_CHOICES
+    from actrec.probe import SMALL_MODEL_PARAMETERS
+    from actrec.store import column_key
+
+    assert column_key("conv1/activations") == "layers/conv1/activations"
+    assert [column_key(k) for k in ("logits", "batch_loss", "batch_acc")] == [
+        "steps/logits",
+        "steps/batch_loss",
+        "steps/batch_acc",
+    ]
+    for module in (callback, plain):
+        assert not {"_column_key", "_TASKS", "_SMALL_MODEL"} & set(vars(module))
+        assert module.column_key is column_key
+        assert module.TASK_CHOICES is TASK_CHOICES
+        assert module.SMALL_MODEL_PARAMETERS is SMALL_MODEL_PARAMETERS
