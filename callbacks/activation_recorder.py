@@ -14,7 +14,7 @@ from typing import Any, Literal, cast
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks.callback import Callback
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
@@ -729,7 +729,7 @@ class ActivationRecorder(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Keep every step recorded so far when training fails, and say how it ended in ``summary.json``."""
         self._close()
-        if isinstance(exception, KeyboardInterrupt):
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):  # Ctrl-C, or SIGTERM (a scheduler)
             self._finish_summary(trainer, "interrupted")
         else:
             message = str(exception) if isinstance(exception, UserError) else f"{type(exception).__name__}: {exception}"

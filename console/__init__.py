@@ -2,9 +2,12 @@
 
 On a terminal, a tqdm bar that redraws in place. When the stream is not a terminal (a job log, ``| tee``, CI,
 a cluster), carriage-return redraws would pile up in the file as one unreadable line, so instead a plain line
-is printed at most every ``every_s`` seconds (30 by default) and once at the end::
+is printed at most every ``every_s`` seconds (30 by default) and, if any was, once at the end::
 
     actrec render: 420/1770 frames (24%), 88.1/s, ETA 0:15
+
+:class:`StatusLine` is the same rule for a status that is text rather than a count (``actrec sweep``'s
+"3/8 trials finished, 2 running"): rewritten in place on a terminal, a plain line per change elsewhere.
 
 Imports nothing of torch, Lightning or h5py, so every package may use it.
 """
@@ -16,7 +19,7 @@ import sys
 import time
 from typing import IO, Any
 
-__all__ = ["DEFAULT_EVERY_S", "Progress", "format_duration", "is_terminal"]
+__all__ = ["DEFAULT_EVERY_S", "Progress", "StatusLine", "format_duration", "is_terminal"]
 
 DEFAULT_EVERY_S = 30.0
 """Seconds between plain progress lines when output is not a terminal (``ACTREC_PROGRESS_EVERY`` overrides)."""
@@ -88,6 +91,7 @@ class Progress:
         self._last_line = self._started
         self._bar: Any = None
         self._closed = False
+        self._printed = False  # a plain line was printed: the work was long enough to close with one
         if self._enabled and is_terminal(self._stream):
             from tqdm import tqdm
 
@@ -123,16 +127,18 @@ class Progress:
         return ", ".join(parts)
 
     def _print_line(self, now: float) -> None:
+        self._printed = True
         print(self.line(now), file=self._stream, flush=True)
 
     def close(self) -> None:
-        """Finish: remove the bar, or print the last plain line (if anything was counted)."""
+        """Finish: remove the bar, or print the last plain line if plain lines were printed (work shorter than
+        one interval, such as a report's dynamics of a small run, prints nothing at all)."""
         if self._closed:
             return
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif self._enabled and self.count:
+        elif self._enabled and self.count and self._printed:
             self._print_line(time.monotonic())
 
     def __enter__(self) -> Progress:
@@ -140,3 +146,43 @@ class Progress:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class StatusLine:
+    """One status line rewritten in place on a terminal; a plain line per change otherwise (a log, CI).
+
+    Args:
+        stream: where to write; stderr by default.
+    """
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = is_terminal(self.stream)
+        self.last = ""
+
+    def show(self, text: str) -> None:
+        """Show ``text`` as the status (nothing happens if it is the status already)."""
+        if text == self.last:
+            return
+        self.last = text
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{text}")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def note(self, text: str) -> None:
+        """A line of its own (a trial ended), kept above the status line."""
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{text}\n")
+            if self.last:
+                self.stream.write(self.last)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the status line on a terminal (the next output starts on a line of its own)."""
+        if self.tty and self.last:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from actrec.console import Progress
 from actrec.dynamics import metrics
 from actrec.errors import UserError
 from actrec.recording import LayerView, Recording
+from actrec.runs import atomic_path
 
 ROWS_PER_READ = 64
 DEFAULT_THRESHOLD = 0.9
@@ -114,9 +116,13 @@ def compute_dynamics(
     result = {}
     # A diverged run's NaN and inf rows give NaN measures by design; numpy's warnings about them (with
     # source lines) would only bury the table.
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    # The one progress rule (actrec.console): a bar on a terminal, a plain line every 30 s in a log.
+    with (
+        np.errstate(invalid="ignore", over="ignore", divide="ignore"),
+        Progress(total * len(names), "dynamics", unit="rows") as progress,
+    ):
         for name in names:
-            result[name] = _layer_dynamics(recording, name, total, global_steps, threshold, rows_per_read)
+            result[name] = _layer_dynamics(recording, name, total, global_steps, threshold, rows_per_read, progress)
     return Dynamics(
         run_id=store.run_id,
         global_steps=global_steps,
@@ -128,7 +134,13 @@ def compute_dynamics(
 
 
 def _layer_dynamics(
-    recording: Recording, name: str, total: int, global_steps: np.ndarray, threshold: float, rows_per_read: int
+    recording: Recording,
+    name: str,
+    total: int,
+    global_steps: np.ndarray,
+    threshold: float,
+    rows_per_read: int,
+    progress: Progress,
 ) -> LayerDynamics:
     store, view = recording.store, recording.layer(name)
     info = store.layer(name)
@@ -163,6 +175,7 @@ def _layer_dynamics(
             series["constant_channels"][row] = int(constant.sum())
             always_constant &= constant
             previous = current
+        progress.update(min(total, start + rows_per_read) - start)
     return LayerDynamics(
         name=name,
         scale_kind=info.scale_kind,
@@ -209,13 +222,8 @@ def write_dynamics(dynamics: Dynamics, path: str | os.PathLike) -> Path:
         for key in SERIES:
             arrays[f"layer{index}/{key}"] = getattr(layer, key)
     arrays["meta"] = np.array(json.dumps(meta))
-    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}.npz")
-    try:
-        with open(partial, "wb") as file:
-            np.savez_compressed(file, allow_pickle=True, **arrays)  # the default, named: no array takes its place
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_path(path) as partial, open(partial, "wb") as file:
+        np.savez_compressed(file, allow_pickle=True, **arrays)  # the default, named: no array takes its place
     return path
 
 

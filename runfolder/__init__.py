@@ -14,6 +14,7 @@ from actrec.runs._layout import (
     store_for_resume,
 )
 from actrec.runs._summary import config_digest, running_summary, sweep_trial_version, write_summary
+from actrec.runs.atomic import atomic_path, discard_unfinished
 
 __all__ = [
     "CHECKPOINT_DIRNAME",
@@ -24,7 +25,9 @@ __all__ = [
     "VERSION_PREFIX",
     "Run",
     "RunError",
+    "atomic_path",
     "config_digest",
+    "discard_unfinished",
     "find_runs",
     "resolve_run",
     "running_summary",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from actrec.runs._layout import SUMMARY_FILENAME, process_start_ticks
+from actrec.runs.atomic import atomic_path
 
 __all__ = [
     "PLACEMENT_KEYS",
@@ -106,10 +107,6 @@ def write_summary(run_folder: str | os.PathLike, summary: dict[str, Any]) -> Pat
         The summary's path.
     """
     path = Path(run_folder) / SUMMARY_FILENAME
-    partial = path.with_name(f".{SUMMARY_FILENAME}.partial-{os.getpid()}")
-    try:
+    with atomic_path(path) as partial:
         partial.write_text(json.dumps(summary, indent=2, sort_keys=False, default=str) + "\n")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path

@@ -24,6 +24,7 @@ from typing import Any
 
 from actrec.runs._layout import Run, RunError, find_runs, process_start_ticks, read_summary, writer_alive
 from actrec.runs._summary import SWEEP_TRIAL_ENV
+from actrec.runs.atomic import atomic_path
 
 __all__ = [
     "PLAN_FORMAT",
@@ -87,12 +88,8 @@ def plan_path(experiment_dir: Path, sweep_id: str) -> Path:
 def write_plan(path: str | os.PathLike, plan: dict[str, Any]) -> Path:
     """Write a sweep's plan atomically (a temporary file, then a rename); returns its path."""
     path = Path(path)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
+    with atomic_path(path) as partial:
         partial.write_text(json.dumps(plan, indent=2, default=str) + "\n")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from actrec.console import StatusLine
 from actrec.runs import VERSION_PREFIX
 from actrec.runs.sweeps import (
     SWEEP_TRIAL_ENV,
@@ -254,40 +255,6 @@ def progress_text(record: SweepRecord, states: Sequence[TrialState]) -> str:
     return text
 
 
-class _Progress:
-    """One line rewritten in place on a terminal; a plain line per change otherwise (a log, CI)."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.last = ""
-
-    def show(self, text: str) -> None:
-        if text == self.last:
-            return
-        self.last = text
-        if self.tty:
-            self.stream.write(f"\r\x1b[K{text}")
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def note(self, text: str) -> None:
-        """A line of its own (a trial ended), kept above the progress line."""
-        if self.tty:
-            self.stream.write(f"\r\x1b[K{text}\n")
-            if self.last:
-                self.stream.write(self.last)
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty and self.last:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 @dataclass(frozen=True)
 class SweepOutcome:
     """How a sweep (or a resumed part of it) ended: every trial's state after it."""
@@ -385,7 +352,7 @@ def _drive(
     trials = {int(trial["index"]): trial for trial in record.plan["trials"]}
     record.plan["driver"] = driver_fields()
     _save(record)
-    progress = _Progress(stream)
+    progress = StatusLine(stream)
     running: dict[int, Any] = {}
     waiting = list(todo)
     shown_at = 0.0

@@ -124,8 +124,13 @@ def _recorded_rows(store: Path) -> int:
         return 0
 
 
-@pytest.mark.slow  # a real `actrec train` process, interrupted as a user would
-def test_ctrl_c_ends_actrec_train_with_the_run_folder_and_an_interrupted_summary(tmp_path: Path) -> None:
+@pytest.mark.slow  # a real `actrec train` process, interrupted as a user (Ctrl-C) or a scheduler (SIGTERM) would
+@pytest.mark.parametrize(
+    ("signum", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_ctrl_c_or_sigterm_ends_actrec_train_with_the_run_folder_and_an_interrupted_summary(
+    tmp_path: Path, signum: signal.Signals, code: int, word: str
+) -> None:
     command = [
         *_actrec(),
         "train",
@@ -141,19 +146,19 @@ def test_ctrl_c_ends_actrec_train_with_the_run_folder_and_an_interrupted_summary
         time.sleep(0.2)
     while _recorded_rows(store) < 2 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)  # steps 0 and 5 recorded: the training loop is running
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130
-    assert (
-        stderr.splitlines()[-1]
-        == "actrec train: interrupted; what was recorded so far is in runs/quickstart/version_0."
-    )
+    assert process.returncode == code, stderr
+    assert stderr.splitlines()[-1] == f"actrec train: {word}; what was recorded so far is in runs/quickstart/version_0."
+    assert "Traceback" not in stderr
     run = Run(tmp_path / "runs" / "quickstart" / "version_0")
     assert run.status() == "interrupted"
     assert run.summary()["global_step"] >= 5  # recorded every 5th step
 
 
-@pytest.mark.parametrize("command", ["train", "render", "tensorboard", "runs", "dynamics", "compare", "report"])
+@pytest.mark.parametrize(
+    "command", ["train", "render", "tensorboard", "runs", "dynamics", "compare", "report", "inspect", "sweep"]
+)
 def test_help_prints_without_importing_torch_or_lightning(command: str) -> None:
     """Help is read before anything runs: it must not wait seconds for torch and Lightning to import."""
     code = (
@@ -170,3 +175,19 @@ def test_help_prints_without_importing_torch_or_lightning(command: str) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split("\n")[0] in ("0 [] True", "None [] True")
+
+
+@pytest.mark.parametrize("command", ["filters", "featuremaps", "maximize", "shift", "summary", "handcrafted"])
+def test_inspect_command_help_prints_without_importing_torch(command: str) -> None:
+    """``actrec inspect maximize --help`` is read before a model is loaded: no torch, no numpy."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from actrec.cli._main import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        f"    code = main(['inspect', {command!r}, '--help'])\n"
+        "heavy = sorted(name for name in ('torch', 'numpy', 'pytorch_lightning', 'lightning') if name in sys.modules)\n"
+        "print(code, heavy, out.getvalue().startswith('usage: actrec inspect'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[0] == "0 [] True"

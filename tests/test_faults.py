@@ -92,6 +92,11 @@ def _fingerprint(folder: Path) -> dict[str, str]:
     }
 
 
+_HANG_S = 300
+"""Past this a refusal hung (HDF5 retrying a damaged header took ~40 minutes); a refusal takes about a second,
+and a 2-core machine shared by other test runs must never come near this bound."""
+
+
 def _refuse(store: Path, capsys: pytest.CaptureFixture[str] | None = None) -> str:
     """``actrec render`` refuses ``store``: exit 1 with one sentence, quickly, nothing written or changed.
 
@@ -103,13 +108,13 @@ def _refuse(store: Path, capsys: pytest.CaptureFixture[str] | None = None) -> st
     started = time.monotonic()
     if capsys is None:
         command = [sys.executable, "-m", "actrec.cli", *argv]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=_HANG_S, check=False)
         code, stderr = result.returncode, result.stderr
     else:
         code, stderr = main(argv), capsys.readouterr().err
     elapsed = time.monotonic() - started
     assert code == 1, stderr
-    assert elapsed < 20, f"took {elapsed:.1f} s"  # generous on a shared machine; the hang was ~40 min
+    assert elapsed < _HANG_S, f"took {elapsed:.1f} s"  # a hang, not a slow machine: see _HANG_S
     message = stderr.strip()
     assert "\n" not in message
     assert "Traceback" not in message
@@ -159,7 +164,7 @@ def test_no_offset_in_the_metadata_hangs_or_escapes_as_a_traceback(tmp_path: Pat
             outcome = "damaged row"
         except StoreError as error:
             outcome = "refused" if "\n" not in str(error) else f"several lines: {error}"
-        assert time.monotonic() - started < 10, f"offset {offset}"
+        assert time.monotonic() - started < _HANG_S / 3, f"offset {offset} hung"  # ~40 min without the fix
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     assert set(outcomes) <= {"read", "damaged row", "refused"}, outcomes
     assert outcomes.get("refused", 0) > 0, outcomes
@@ -452,6 +457,19 @@ def test_twenty_sigkills_each_leave_a_complete_store_and_resume_loses_or_repeats
         assert chained.steps()["batch_loss"].tobytes() == straight.steps()["batch_loss"].tobytes()
 
 
+def _child_processes() -> list[int]:
+    """This process's living child processes (Linux: read from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            children.append(int(stat.parent.name))
+    return children
+
+
 def test_without_access_to_hdf5s_retry_setting_a_child_process_walks_the_structure_under_a_time_limit(
     tmp_path: Path, pristine: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -464,10 +482,10 @@ def test_without_access_to_hdf5s_retry_setting_a_child_process_walks_the_structu
     store = tmp_path / "activations.h5"
     shutil.copy(pristine, store)
     _damage(store, _object_address(store, "layers/net.conv2") + 8)
-    started = time.monotonic()
+    # The message names the time limit only when the child was stopped at it; and it was killed, not left running.
     with pytest.raises(StoreError, match=r"is damaged: its structure could not be read within 3 s\.$"):
         StoreReader(store)
-    assert time.monotonic() - started < 10
+    assert _child_processes() == []
 
 
 def test_an_open_reader_never_keeps_the_writer_from_opening_the_store(tmp_path: Path, pristine: Path) -> None:

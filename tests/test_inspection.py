@@ -293,3 +293,20 @@ def test_bad_input_is_one_sentence(run: Path, tmp_path: Path, capsys: pytest.Cap
     (bare / "config.yaml").write_text(yaml.safe_dump(config))
     assert "was trained with model 'resnet18', which is not in actrec's zoo" in _refusal(["summary", str(bare)], capsys)
     assert "does not exist" in _refusal(["summary", str(run), "--checkpoint", "epoch=9-step=99.ckpt"], capsys)
+
+
+def test_inspect_shows_plain_progress_lines_when_piped(run: Path, tmp_path: Path) -> None:
+    """The one progress rule (actrec.console): piped into a log, a plain line per interval, no carriage returns."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "actrec.cli", "inspect", "maximize", str(run), "--layer", "net.conv1"]
+    command += ["--channels", "0", "--steps", "4", "--out", str(tmp_path)]
+    env = {**os.environ, "ACTREC_PROGRESS_EVERY": "0"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert "\r" not in result.stderr
+    assert "actrec inspect maximize: net.conv1: 1/4 steps (25%)" in "\n".join(lines)
+    assert any(line.startswith("actrec inspect maximize: net.conv1: 4/4 steps (100%)") for line in lines)

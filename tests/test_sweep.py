@@ -188,7 +188,7 @@ def test_more_than_16_trials_keep_the_16_best_by_the_metric_in_trial_order(tmp_p
 def test_progress_is_one_line_rewritten_on_a_terminal_and_plain_lines_otherwise():
     import io
 
-    from actrec.sweep.launch import _Progress
+    from actrec.console import StatusLine
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -196,7 +196,7 @@ def test_progress_is_one_line_rewritten_on_a_terminal_and_plain_lines_otherwise(
 
     terminal, log = Terminal(), io.StringIO()
     for stream in (terminal, log):
-        progress = _Progress(stream)
+        progress = StatusLine(stream)
         progress.show("1/4 done")
         progress.show("1/4 done")  # unchanged: not written again
         progress.note("trial 0 finished")

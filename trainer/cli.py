@@ -29,13 +29,13 @@ from jsonargparse import Namespace
 from pytorch_lightning.callbacks import ModelSummary, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from typing_extensions import override
 
 from actrec.callbacks import ActivationRecorder, CompactModelSummary, LogLineProgress
 from actrec.configs import config_names, config_path
 from actrec.console import DEFAULT_EVERY_S
-from actrec.errors import UserError, terminal_safe
+from actrec.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, UserError, terminal_safe
 from actrec.runs import (
     CHECKPOINT_DIRNAME,
     CONFIG_FILENAME,
@@ -48,7 +48,7 @@ from actrec.runs import (
     write_summary,
 )
 from actrec.store import StoreError, StoreReader
-from actrec.trainer.data import DatasetUnavailableError, ImageDataModule
+from actrec.trainer.data import ImageDataModule
 from actrec.trainer.help import short_help
 from actrec.trainer.module import ImageClassifier
 from actrec.trainer.notices import quiet_lightning_notices
@@ -69,9 +69,6 @@ QUICKSTART_DEFAULTS: dict[str, Any] = {
     "model.lr": 2e-3,
 }
 
-# The shell's convention for a command ended by Ctrl-C (128 + SIGINT), as actrec render uses.
-_EXIT_INTERRUPTED = 130
-
 # Depth 2 lists the zoo model's named blocks (net.conv1 ... net.fc3) with their output shapes.
 _SUMMARY_MAX_DEPTH = 2
 
@@ -80,9 +77,10 @@ class _UsageError(UserError):
     """A mistake on the command line that deserves one sentence rather than a traceback."""
 
 
-#: Errors that are the user's to fix, reported in one sentence. Raised before the first training step they
-#: are refusals: the run never started, and the version folder made for it is removed again.
-_USER_ERRORS = (DatasetUnavailableError, _UsageError, MisconfigurationException, StoreError)
+#: Errors that are the user's to fix, reported in one sentence: every actrec refusal (a missing dataset, a bad
+#: store, a run folder or recorder problem) and Lightning's misconfiguration. Raised before the first training
+#: step they are refusals: the run never started, and the version folder made for it is removed again.
+_USER_ERRORS = (UserError, MisconfigurationException)
 
 #: What a refused run may have put into its new version folder; anything else keeps the folder.
 _REFUSED_RUN_FILES = (CONFIG_FILENAME, SUMMARY_FILENAME, HPARAMS_FILENAME)
@@ -471,11 +469,15 @@ def train_main(argv: list[str]) -> int:
             quiet_lightning_notices()
             cli = TrainCLI(args=argv)
             test_metrics = cli.fit_and_test()
-    except (SystemExit, KeyboardInterrupt) as exit_request:  # --help, --print_config, usage errors, Ctrl-C
-        if isinstance(exit_request, KeyboardInterrupt) or (cli is not None and cli.run_folder is not None):
+    except (SystemExit, KeyboardInterrupt) as exit_request:  # --help, --print_config, usage errors, Ctrl-C, SIGTERM
+        # Lightning ends a Ctrl-C'd fit with SystemExit(1) and a SIGTERM'd one with SIGTERMException (a SystemExit):
+        # the shell's 130 (128 + SIGINT) and 143 (128 + SIGTERM), as every actrec command.
+        terminated = isinstance(exit_request, SIGTERMException)
+        started = cli is not None and cli.run_folder is not None
+        if terminated or started or isinstance(exit_request, KeyboardInterrupt):
             where = f"; what was recorded so far is in {cli.run_folder}" if cli and cli.run_folder else ""
-            print(f"actrec train: interrupted{where}.", file=sys.stderr)
-            return _EXIT_INTERRUPTED
+            print(f"actrec train: {'terminated' if terminated else 'interrupted'}{where}.", file=sys.stderr)
+            return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
         code = exit_request.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except _USER_ERRORS as error:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from actrec.console import Progress
 from actrec.recording import Recording
 from actrec.viewer import writers
 from actrec.viewer.errors import ViewerError
@@ -56,18 +57,10 @@ def choose_jobs(jobs: int | None, num_layers: int, num_rows: int) -> int:
     return max(1, min(jobs, num_layers))
 
 
-def progress_bar(total: int, enabled: bool | None, description: str) -> Any:
-    from tqdm.auto import tqdm
-
-    # enabled=None lets tqdm decide: a bar on a terminal, silence when output is piped or captured.
-    return tqdm(
-        total=total,
-        unit="frame",
-        desc=description,
-        disable=None if enabled is None else not enabled,
-        leave=False,
-        dynamic_ncols=True,
-    )
+def progress_bar(total: int, enabled: bool | None, description: str) -> Progress:
+    """The one progress rule (:class:`actrec.console.Progress`): a bar on a terminal, a plain line every
+    ``ACTREC_PROGRESS_EVERY`` seconds (30) when output goes to a log; ``enabled=False`` shows nothing."""
+    return Progress(total=total, description=description, unit="frames", enabled=enabled)
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,15 @@ of any of them removes what a killed one left behind.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from actrec.runs.atomic import atomic_path, discard_unfinished  # re-exported: the one atomic write
 from actrec.viewer.errors import ViewerError
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 """What a file-name part may not hold: anything but letters, digits, ``.``, ``_`` and ``-`` (one ``_`` per run)."""
 _LEFTOVER = re.compile(r"^\..+\.(?:partial|old)-(\d+)(?:\.[A-Za-z0-9]+)?$")
-_open_partials: set[Path] = set()  # this process's unfinished files, removed if it is told to stop
 
 
 def prepare_out_dir(out_dir: Path) -> Path:
@@ -49,27 +48,6 @@ def prepare_out_dir(out_dir: Path) -> Path:
         raise ViewerError(f"cannot write to the output folder {out_dir}: {reason}.") from None
     remove_leftovers(out_dir)
     return out_dir
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; move it over ``final`` only if the block succeeds."""
-    final = Path(final)
-    partial = final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
-    _open_partials.add(partial)
-    try:
-        yield partial
-        os.replace(partial, final)
-    finally:
-        partial.unlink(missing_ok=True)
-        _open_partials.discard(partial)
-
-
-def discard_unfinished() -> None:
-    """Delete this process's files still being written by :func:`atomic_path` (from a signal handler)."""
-    for partial in list(_open_partials):
-        with contextlib.suppress(OSError):
-            partial.unlink()
 
 
 def _process_alive(pid: int) -> bool:

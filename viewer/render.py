@@ -115,7 +115,8 @@ def render_run(
             ``None`` picks one per CPU (up to one per layer) for large renders. Workers are started
             with ``spawn``, so a script that passes ``jobs != 1`` needs the usual
             ``if __name__ == "__main__":`` guard (the ``actrec`` command has it).
-        progress: show a progress bar; ``None`` shows one only on a terminal.
+        progress: show progress (:class:`actrec.console.Progress`): a bar on a terminal, a plain line every
+            ``ACTREC_PROGRESS_EVERY`` seconds otherwise; ``False`` shows nothing.
         channels: which channels (maps) or units (tokens, vectors) to draw: ``"0,3,7"``, ``"top:K"``
             (the K that vary most over training) or ``"all"``; default: all up to 16, else the 16
             that vary most (a note says so).

@@ -182,7 +182,8 @@ def export_tensorboard(
         stride: export every ``stride``-th recorded step of the range.
         tile_size: pixels of a tile's longer side.
         jobs: worker processes, as for :func:`~actrec.viewer.render.render_run`.
-        progress: show a progress bar; ``None`` shows one only on a terminal.
+        progress: show progress (:class:`actrec.console.Progress`): a bar on a terminal, a plain line every
+            ``ACTREC_PROGRESS_EVERY`` seconds otherwise; ``False`` shows nothing.
         channels: which channels or units to draw, as for :func:`~actrec.viewer.render.render_run`.
         probes: which probes to draw, as for :func:`~actrec.viewer.render.render_run`.
 
