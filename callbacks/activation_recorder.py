@@ -36,7 +36,15 @@ from actrec.probe import (
     resolve_layers,
     scale_kinds,
 )
-from actrec.runs import VERSION_PREFIX, Run, RunError, running_summary, store_for_resume, write_summary
+from actrec.runs import (
+    VERSION_PREFIX,
+    Run,
+    RunError,
+    finished_summary,
+    running_summary,
+    store_for_resume,
+    write_summary,
+)
 from actrec.store import (
     STORE_FILENAME,
     LayerSpec,
@@ -517,21 +525,17 @@ class ActivationRecorder(Callback):
         rank_zero_info(f"ActivationRecorder: {state}; the store is {self._store_path}")
         if not self._writes_summary or self._own_folder is None or not self._own_folder.is_dir():
             return
-        pl_module = trainer.lightning_module
-        summary = running_summary(**self._summary_facts(trainer, pl_module))
-        store = self._store_path
-        summary.update(
+        summary = finished_summary(
+            self._summary_facts(trainer, trainer.lightning_module),
             state=state,
-            error=error,
             started=self._started,
-            ended=time.time(),
-            wall_time_s=round(time.time() - self._started, 3),
+            error=error,
             global_step=int(trainer.global_step),
             epoch=int(trainer.current_epoch),
-            # Values Lightning had already computed (kept by the hooks): trainer.callback_metrics, read here on
-            # rank 0 alone, would compute sync_dist epoch metrics with an all_reduce the other ranks never join.
-            metrics=_scalar_metrics(computed_metrics(trainer)),
-            store_bytes=store.stat().st_size if store is not None and store.is_file() else None,
+            # Values Lightning had already computed: trainer.callback_metrics, read here on rank 0 alone,
+            # would compute sync_dist epoch metrics with an all_reduce the other ranks never join.
+            metrics=computed_metrics(trainer),
+            store_path=self._store_path,
             recorded_steps=self._recorded_rows,
         )
         try:
@@ -954,20 +958,6 @@ def _callable_name(function: Callable[..., Any]) -> str:
     if function is _call_probe_forward_method:
         return "the module's probe_forward method"
     return getattr(function, "__qualname__", None) or type(function).__name__
-
-
-def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The logged metrics that are one number, as floats (read once, when the run ends)."""
-    found = {}
-    for name, value in metrics.items():
-        if (
-            isinstance(value, torch.Tensor)
-            and value.numel() == 1
-            or isinstance(value, (int, float))
-            and not isinstance(value, bool)
-        ):
-            found[name] = float(value)
-    return dict(sorted(found.items()))
 
 
 def _is_step_loss(outputs: Any, loss: Any, pl_module: pl.LightningModule) -> bool:

@@ -25,7 +25,7 @@ from actrec.probe import (
     resolve_layers,
     scale_kinds,
 )
-from actrec.runs import STORE_FILENAME, running_summary, write_summary
+from actrec.runs import STORE_FILENAME, finished_summary, running_summary, write_summary
 from actrec.store import LayerSpec, ProbeSet, StoreError, StoreWriter, check_compression, check_dtype, column_key
 
 
@@ -119,6 +119,7 @@ class Recorder:
         self._started: float | None = None
         self._recorded = 0
         self._last_step: int | None = None
+        self._metrics: dict[str, float] = {}  # the last value of each scalar() series, for summary.json
 
     @property
     def recorded_steps(self) -> int:
@@ -267,6 +268,7 @@ class Recorder:
         if self._writer is None:
             raise RecorderError("the recorder is not open; use it as `with Recorder(...) as rec:` or call open().")
         self._writer.append_scalar(name, global_step, float(value))
+        self._metrics[name] = float(value)
 
     def close(self, state: str = "finished", error: str | None = None) -> None:
         """Flush and close the store, and write the run's outcome into ``summary.json`` (a run folder only)."""
@@ -275,16 +277,15 @@ class Recorder:
             return
         writer.close()
         if self.run_folder is not None and self._started is not None:
-            summary = running_summary(**self._facts())
-            summary.update(
+            summary = finished_summary(
+                self._facts(),
                 state=state,
-                error=error,
                 started=self._started,
-                ended=time.time(),
-                wall_time_s=round(time.time() - self._started, 3),
+                error=error,
                 global_step=self._last_step,
+                metrics=self._metrics,
+                store_path=self.store_path,
                 recorded_steps=self._recorded,
-                store_bytes=self.store_path.stat().st_size if self.store_path.is_file() else None,
             )
             write_summary(self.run_folder, summary)
         self._say(f"{state}; the store is {self.store_path}")

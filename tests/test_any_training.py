@@ -655,6 +655,7 @@ def test_a_plain_loop_records_the_same_store_and_renders(tmp_path: Path, capsys:
     run = Run(folder)
     assert run.status() == "finished"
     assert run.summary()["recorded_steps"] == 4
+    assert run.summary()["metrics"] == {"val/loss": 0.5}  # the summary rule every writer shares
     with StoreReader(folder / "activations.h5") as store:
         assert store.layer_names == ["conv1", "conv2"]
         assert store.global_steps().tolist() == [0, 1, 2, 3]
@@ -769,3 +770,20 @@ def test_the_rules_both_recorders_share_are_written_once() -> None:
         assert module.column_key is column_key
         assert module.TASK_CHOICES is TASK_CHOICES
         assert module.SMALL_MODEL_PARAMETERS is SMALL_MODEL_PARAMETERS
+
+
+def test_one_summary_rule_for_every_writer(tmp_path: Path) -> None:
+    """actrec.runs.finished_summary / scalar_metrics: one-number metrics as floats, never a bool or a string."""
+    from actrec.runs import finished_summary, scalar_metrics
+
+    metrics = {"b": torch.tensor(2.0), "a": 1, "flag": True, "name": "x", "vec": torch.ones(3), "c": np.float32(3)}
+    assert scalar_metrics(metrics) == {"a": 1.0, "b": 2.0, "c": 3.0}
+    store = tmp_path / "activations.h5"
+    store.write_bytes(b"12345")
+    summary = finished_summary(
+        {"model": "M"}, state="failed", started=1.0, error="boom", metrics=metrics, store_path=store, recorded_steps=2
+    )
+    assert (summary["state"], summary["error"], summary["model"]) == ("failed", "boom", "M")
+    assert summary["metrics"] == {"a": 1.0, "b": 2.0, "c": 3.0}
+    assert (summary["store_bytes"], summary["store_path"], summary["recorded_steps"]) == (5, str(store), 2)
+    assert summary["wall_time_s"] >= 0
