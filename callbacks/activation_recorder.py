@@ -19,7 +19,9 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from actrec.errors import UserError
+from actrec.names import TASK_CHOICES, TASKS
 from actrec.probe import (
+    SMALL_MODEL_PARAMETERS,
     HostRing,
     ProbeEngine,
     ProbeError,
@@ -34,7 +36,15 @@ from actrec.probe import (
     resolve_layers,
     scale_kinds,
 )
-from actrec.runs import VERSION_PREFIX, Run, RunError, running_summary, store_for_resume, write_summary
+from actrec.runs import (
+    VERSION_PREFIX,
+    Run,
+    RunError,
+    finished_summary,
+    running_summary,
+    store_for_resume,
+    write_summary,
+)
 from actrec.store import (
     STORE_FILENAME,
     LayerSpec,
@@ -46,17 +56,16 @@ from actrec.store import (
     check_dtype,
     check_new_path,
     check_writable,
+    column_key,
 )
 
 log = logging.getLogger("actrec")
 
-_SMALL_MODEL = 1_000_000  # parameters; below this, recording weights every step costs little
 _WEIGHTS_CAP = 16_384  # parameter values; by default a layer's weights are recorded only if a conv or this small
 _VAL_LOSS_NAMES = ["val/loss", "val_loss", "valid/loss", "valid_loss", "validation/loss", "validation_loss"]
 _VAL_ACC_NAMES = ["val/acc", "val_acc", "val/accuracy", "val_accuracy", "valid/acc", "valid_acc"]
 _BATCH_LOSS_NAMES = ["loss", "train/loss", "train_loss"]
 _BATCH_ACC_NAMES = ["acc", "accuracy", "train/acc", "train_acc", "train/accuracy"]
-_TASKS = ("auto", "classification", "reconstruction", "generation", "regression", "none")
 _CONFIG_KEYS = (
     "layers",
     "task",
@@ -219,9 +228,9 @@ class ActivationRecorder(Callback):
             raise MisconfigurationException("ActivationRecorder: probe_indices must name at least one image.")
         if layers is not None and not layers:
             raise MisconfigurationException("ActivationRecorder: layers must name at least one module, or be None.")
-        if task not in _TASKS:
+        if task not in TASK_CHOICES:
             raise MisconfigurationException(
-                f"ActivationRecorder: task must be one of auto, {', '.join(_TASKS[1:])}, got {task!r}."
+                f"ActivationRecorder: task must be one of auto, {', '.join(TASKS)}, got {task!r}."
             )
         if probe_forward is not None and not callable(probe_forward):
             raise MisconfigurationException(
@@ -287,6 +296,7 @@ class ActivationRecorder(Callback):
         self._val_written: dict[str, bool] = {"val/loss": False, "val/acc": False}
         self._batch_metrics_found: dict[str, bool] = {"batch_loss": False, "batch_acc": False}
         self._batch_metrics_looked_up = False
+        self._step_values_seen: dict[str, torch.Tensor] = {}  # logged step tensors at the last lookup
         self._validated = False
         self._own_folder: Path | None = None
         self._claim_folder = False
@@ -338,7 +348,9 @@ class ActivationRecorder(Callback):
         except ProbeError as error:
             raise MisconfigurationException(f"ActivationRecorder: {error}") from None
         num_parameters = sum(p.numel() for p in pl_module.parameters())
-        self._record_weights = num_parameters < _SMALL_MODEL if self.record_weights is None else self.record_weights
+        self._record_weights = (
+            num_parameters < SMALL_MODEL_PARAMETERS if self.record_weights is None else self.record_weights
+        )
         if self.path:
             path, self._own_folder, self._claim_folder = Path(self.path), None, False
         else:
@@ -513,19 +525,17 @@ class ActivationRecorder(Callback):
         rank_zero_info(f"ActivationRecorder: {state}; the store is {self._store_path}")
         if not self._writes_summary or self._own_folder is None or not self._own_folder.is_dir():
             return
-        pl_module = trainer.lightning_module
-        summary = running_summary(**self._summary_facts(trainer, pl_module))
-        store = self._store_path
-        summary.update(
+        summary = finished_summary(
+            self._summary_facts(trainer, trainer.lightning_module),
             state=state,
-            error=error,
             started=self._started,
-            ended=time.time(),
-            wall_time_s=round(time.time() - self._started, 3),
+            error=error,
             global_step=int(trainer.global_step),
             epoch=int(trainer.current_epoch),
-            metrics=_scalar_metrics(trainer.callback_metrics),
-            store_bytes=store.stat().st_size if store is not None and store.is_file() else None,
+            # Values Lightning had already computed: trainer.callback_metrics, read here on rank 0 alone,
+            # would compute sync_dist epoch metrics with an all_reduce the other ranks never join.
+            metrics=computed_metrics(trainer),
+            store_path=self._store_path,
             recorded_steps=self._recorded_rows,
         )
         try:
@@ -558,7 +568,7 @@ class ActivationRecorder(Callback):
         assert self._store_path is not None, "setup() chose the store's path"
         engine = self._built_engine
         if self.background_writes and self._writer_mode == "process":
-            fields = [(_column_key(f.key), f.dtype, f.shape, f.offset) for f in engine.fields]
+            fields = [(column_key(f.key), f.dtype, f.shape, f.offset) for f in engine.fields]
             self._process = WriterProcess(
                 self._store_path,
                 fields,
@@ -654,12 +664,12 @@ class ActivationRecorder(Callback):
         step = trainer.global_step
         if not trainer.is_global_zero or step == self._last_recorded_step or step % self.every_n_steps:
             return
-        loss = _find_metric(outputs, trainer, self.batch_loss_names)
+        loss = _find_metric(outputs, trainer, self.batch_loss_names, self._step_values_seen)
         if loss is not None and _is_step_loss(outputs, loss, pl_module):
             # Lightning divides the loss training_step returned by accumulate_grad_batches before handing
             # it back (the part each micro-batch adds to the gradient); the batch's own loss is N times it.
             loss = loss * trainer.accumulate_grad_batches
-        acc = _find_metric(outputs, trainer, self.batch_acc_names)
+        acc = _find_metric(outputs, trainer, self.batch_acc_names, self._step_values_seen)
         self._batch_metrics_found["batch_loss"] |= loss is not None
         self._batch_metrics_found["batch_acc"] |= acc is not None
         self._batch_metrics_looked_up = True
@@ -779,7 +789,7 @@ class ActivationRecorder(Callback):
         if self._process is not None:
             self._process.submit(host.numpy(), row.step, row.epoch, row.wall_time)
         elif self._writer is not None and not self._stopped:
-            values = {_column_key(key): view.numpy() for key, view in self._built_engine.host_views(host).items()}
+            values = {column_key(key): view.numpy() for key, view in self._built_engine.host_views(host).items()}
             try:
                 self._writer.append_columns(values, row.step, row.epoch, row.wall_time)
             except (StoreError, OSError, RuntimeError) as error:
@@ -847,14 +857,7 @@ class ActivationRecorder(Callback):
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _column_key(field_key: str) -> str:
-    """The store's dataset for an engine field: ``"conv1/activations"`` -> ``"layers/conv1/activations"``."""
-    if field_key in ("logits", "batch_loss", "batch_acc"):
-        return f"steps/{field_key}"
-    return f"layers/{field_key}"
-
-
-def _find_metric(outputs: Any, trainer: pl.Trainer, names: Sequence[str]) -> Any:
+def _find_metric(outputs: Any, trainer: pl.Trainer, names: Sequence[str], seen: dict[str, torch.Tensor]) -> Any:
     """A batch metric as a tensor or number, never converted here (that would wait for the device)."""
     if isinstance(outputs, torch.Tensor) and names and names[0] == "loss":
         return outputs
@@ -862,10 +865,12 @@ def _find_metric(outputs: Any, trainer: pl.Trainer, names: Sequence[str]) -> Any
         for name in names:
             if name in outputs:
                 return outputs[name]
-    return logged_tensor(trainer, names, on_step=True)
+    return logged_tensor(trainer, names, on_step=True, seen=seen)
 
 
-def logged_tensor(trainer: pl.Trainer, names: Sequence[str], on_step: bool) -> torch.Tensor | None:
+def logged_tensor(
+    trainer: pl.Trainer, names: Sequence[str], on_step: bool, seen: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor | None:
     """The first of ``names`` that the LightningModule logged, as the tensor Lightning already holds.
 
     ``trainer.callback_metrics`` is not read: it converts progress-bar metrics with ``.item()`` (a host sync
@@ -874,6 +879,10 @@ def logged_tensor(trainer: pl.Trainer, names: Sequence[str], on_step: bool) -> t
     ``self.log`` stored it, an epoch value only once Lightning has computed it on every rank. Lightning keeps
     both on private attributes of its result collection; when they are missing this finds nothing, and the
     recorder warns at the end of training that the column is empty.
+
+    Lightning keeps a step value until the metric is logged again, so a metric logged on some batches only
+    would be found, stale, on the others. With ``seen`` (the caller's dict, kept between lookups) a step value
+    that is the very tensor found at the previous lookup counts as not logged since (``None``: NaN stored).
     """
     results = getattr(trainer, "_results", None)
     if results is None or not hasattr(results, "valid_items"):
@@ -887,9 +896,27 @@ def logged_tensor(trainer: pl.Trainer, names: Sequence[str], on_step: bool) -> t
             value = getattr(metric, "_forward_cache", None) if meta.on_step else None
         else:
             value = getattr(metric, "_computed", None) if meta.on_epoch else None
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            found.setdefault(meta.name, value.detach())
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and meta.name not in found:
+            if seen is not None and on_step:
+                stale = seen.get(meta.name) is value
+                seen[meta.name] = value
+                if stale:
+                    continue
+            found[meta.name] = value.detach()
     return next((found[name] for name in names if name in found), None)
+
+
+def computed_metrics(trainer: pl.Trainer) -> dict[str, Any]:
+    """The metrics Lightning has already computed (what ``trainer.callback_metrics`` last returned), read as is.
+
+    ``trainer.callback_metrics`` itself computes the epoch metrics not computed yet; under ``sync_dist`` that is
+    an all_reduce, which read on rank 0 alone (when the run ends, in ``teardown`` or ``on_exception``) waits for
+    ranks that never join. Lightning keeps the computed values in a private dict of its logger connector; when
+    that is missing, the summary has no metrics.
+    """
+    connector = getattr(trainer, "_logger_connector", None)
+    metrics = getattr(connector, "_callback_metrics", None)
+    return dict(metrics) if isinstance(metrics, dict) else {}
 
 
 _SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
@@ -931,20 +958,6 @@ def _callable_name(function: Callable[..., Any]) -> str:
     if function is _call_probe_forward_method:
         return "the module's probe_forward method"
     return getattr(function, "__qualname__", None) or type(function).__name__
-
-
-def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The logged metrics that are one number, as floats (read once, when the run ends)."""
-    found = {}
-    for name, value in metrics.items():
-        if (
-            isinstance(value, torch.Tensor)
-            and value.numel() == 1
-            or isinstance(value, (int, float))
-            and not isinstance(value, bool)
-        ):
-            found[name] = float(value)
-    return dict(sorted(found.items()))
 
 
 def _is_step_loss(outputs: Any, loss: Any, pl_module: pl.LightningModule) -> bool:

@@ -19,11 +19,18 @@ __all__ = [
     "SCALE_SYMMETRIC",
     "SCALE_TANH",
     "STORE_FILENAME",
+    "TASKS",
+    "TASK_CHOICES",
     "kind_of",
 ]
 
 STORE_FILENAME = "activations.h5"
 """The activation store's file name in a run folder."""
+
+TASKS = ("classification", "reconstruction", "generation", "regression", "none")
+"""What a model's output is, as the store's ``task`` attribute says (decided by ``probe.decide_task``)."""
+TASK_CHOICES = ("auto", *TASKS)
+"""The recorders' ``task=`` values: ``auto`` decides from shapes."""
 
 KIND_MAPS = "maps"
 """A layer whose per-probe activation is ``(C, H, W)``: channels of spatial maps."""

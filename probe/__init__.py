@@ -38,6 +38,7 @@ from actrec.probe._engine import ProbeEngine
 from actrec.probe._layers import ProbeError, default_layers, resolve_layers, select_output, split_selector
 from actrec.probe._ring import HostRing
 from actrec.probe._select import (
+    SMALL_MODEL_PARAMETERS,
     UNLABELED,
     ProbeSelection,
     decide_task,
@@ -49,6 +50,7 @@ from actrec.probe._select import (
 )
 
 __all__ = [
+    "SMALL_MODEL_PARAMETERS",
     "decide_task",
     "LABEL_KEYS",
     "ProbeForward",

@@ -13,6 +13,9 @@ from torch.utils.data import default_collate
 from actrec.probe._batch import batch_size, concatenate, label_part, map_tensors, shown_inputs, take
 from actrec.probe._layers import ProbeError, torch_reason
 
+SMALL_MODEL_PARAMETERS = 1_000_000
+"""Below this many parameters, recording the weights every step costs little: the recorders' default."""
+
 _IMAGE_KEYS = ("image", "images", "img", "input", "inputs", "x", "pixel_values")
 _LABEL_KEYS = ("label", "labels", "target", "targets", "y", "class", "classes")
 UNLABELED = -1

@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from actrec.errors import UserError
+from actrec.names import TASK_CHOICES
 from actrec.probe import (
+    SMALL_MODEL_PARAMETERS,
     ProbeEngine,
     ProbeError,
     ProbeForward,
@@ -23,11 +25,8 @@ from actrec.probe import (
     resolve_layers,
     scale_kinds,
 )
-from actrec.runs import STORE_FILENAME, running_summary, write_summary
-from actrec.store import LayerSpec, ProbeSet, StoreError, StoreWriter, check_compression, check_dtype
-
-_TASKS = ("auto", "classification", "reconstruction", "generation", "regression", "none")
-_SMALL_MODEL = 1_000_000  # parameters; below this, recording weights every step costs little
+from actrec.runs import STORE_FILENAME, finished_summary, running_summary, write_summary
+from actrec.store import LayerSpec, ProbeSet, StoreError, StoreWriter, check_compression, check_dtype, column_key
 
 
 class RecorderError(UserError):
@@ -90,8 +89,8 @@ class Recorder:
     ) -> None:
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise RecorderError(f"every_n_steps must be an integer >= 1, got {every_n_steps!r}.")
-        if task not in _TASKS:
-            raise RecorderError(f"task must be one of {', '.join(_TASKS)}, got {task!r}.")
+        if task not in TASK_CHOICES:
+            raise RecorderError(f"task must be one of {', '.join(TASK_CHOICES)}, got {task!r}.")
         try:
             check_dtype(dtype)
             check_compression(compression)
@@ -120,6 +119,7 @@ class Recorder:
         self._started: float | None = None
         self._recorded = 0
         self._last_step: int | None = None
+        self._metrics: dict[str, float] = {}  # the last value of each scalar() series, for summary.json
 
     @property
     def recorded_steps(self) -> int:
@@ -154,7 +154,7 @@ class Recorder:
             kinds = scale_kinds(model, batch, names, forward)
             weights = self.record_weights
             if weights is None:
-                weights = sum(p.numel() for p in model.parameters()) < _SMALL_MODEL
+                weights = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
             engine = ProbeEngine(
                 model, batch, names, dtype=self.dtype, max_channels=self.max_channels, record_params=weights,
                 cuda_graph=False, forward=forward,
@@ -254,7 +254,7 @@ class Recorder:
         if self._recorded and global_step % self.every_n_steps:
             return False
         host = self._engine.run(loss, acc).cpu()
-        values = {_column_key(key): view.numpy() for key, view in self._engine.host_views(host).items()}
+        values = {column_key(key): view.numpy() for key, view in self._engine.host_views(host).items()}
         try:
             self._writer.append_columns(values, global_step, epoch, time.time())
         except (StoreError, OSError) as error:
@@ -268,6 +268,7 @@ class Recorder:
         if self._writer is None:
             raise RecorderError("the recorder is not open; use it as `with Recorder(...) as rec:` or call open().")
         self._writer.append_scalar(name, global_step, float(value))
+        self._metrics[name] = float(value)
 
     def close(self, state: str = "finished", error: str | None = None) -> None:
         """Flush and close the store, and write the run's outcome into ``summary.json`` (a run folder only)."""
@@ -276,16 +277,15 @@ class Recorder:
             return
         writer.close()
         if self.run_folder is not None and self._started is not None:
-            summary = running_summary(**self._facts())
-            summary.update(
+            summary = finished_summary(
+                self._facts(),
                 state=state,
-                error=error,
                 started=self._started,
-                ended=time.time(),
-                wall_time_s=round(time.time() - self._started, 3),
+                error=error,
                 global_step=self._last_step,
+                metrics=self._metrics,
+                store_path=self.store_path,
                 recorded_steps=self._recorded,
-                store_bytes=self.store_path.stat().st_size if self.store_path.is_file() else None,
             )
             write_summary(self.run_folder, summary)
         self._say(f"{state}; the store is {self.store_path}")
@@ -303,10 +303,3 @@ class Recorder:
     def _say(self, line: str) -> None:
         if self.verbose:
             print(f"actrec recorder: {line}", flush=True)
-
-
-def _column_key(field_key: str) -> str:
-    """The store's column for an engine field: ``"conv1/activations"`` -> ``"layers/conv1/activations"``."""
-    if field_key in ("logits", "batch_loss", "batch_acc"):
-        return f"steps/{field_key}"
-    return f"layers/{field_key}"

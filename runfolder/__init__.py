@@ -13,7 +13,14 @@ from actrec.runs._layout import (
     resolve_run,
     store_for_resume,
 )
-from actrec.runs._summary import config_digest, running_summary, sweep_trial_version, write_summary
+from actrec.runs._summary import (
+    config_digest,
+    finished_summary,
+    running_summary,
+    scalar_metrics,
+    sweep_trial_version,
+    write_summary,
+)
 from actrec.runs.atomic import atomic_path, discard_unfinished
 
 __all__ = [
@@ -29,8 +36,10 @@ __all__ = [
     "config_digest",
     "discard_unfinished",
     "find_runs",
+    "finished_summary",
     "resolve_run",
     "running_summary",
+    "scalar_metrics",
     "store_for_resume",
     "sweep_trial_version",
     "write_summary",

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import socket
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,53 @@ def running_summary(**fields: Any) -> dict[str, Any]:
         **sweep_trial_fields(),
         **fields,
     }
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The one-number metrics as floats, by name: one-element tensors and numbers (a bool is not a metric)."""
+    found = {}
+    for name, value in metrics.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, numbers.Real) or hasattr(value, "numel") and value.numel() == 1:
+            found[str(name)] = float(value)
+    return dict(sorted(found.items()))
+
+
+def finished_summary(
+    facts: Mapping[str, Any],
+    *,
+    state: str,
+    started: float,
+    error: str | None = None,
+    global_step: int | None = None,
+    epoch: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    store_path: str | os.PathLike | None = None,
+    recorded_steps: int | None = None,
+    **more: Any,
+) -> dict[str, Any]:
+    """The summary of a run that ended: ``running_summary(**facts)`` plus how and when it ended, the final step,
+    the one-number ``metrics`` (:func:`scalar_metrics`), the store's path and size. One rule for every writer
+    (``actrec train``, the Lightning callback, the plain-loop recorder); ``more`` adds writer-specific fields."""
+    ended = time.time()
+    store = Path(store_path) if store_path is not None else None
+    summary = running_summary(**facts)
+    summary.update(
+        state=state,
+        error=error,
+        started=started,
+        ended=ended,
+        wall_time_s=round(ended - started, 3),
+        global_step=global_step,
+        epoch=epoch,
+        metrics=scalar_metrics(metrics or {}),
+        store_path=str(store) if store is not None else summary.get("store_path"),
+        store_bytes=store.stat().st_size if store is not None and store.is_file() else None,
+        recorded_steps=recorded_steps,
+        **more,
+    )
+    return summary
 
 
 def write_summary(run_folder: str | os.PathLike, summary: dict[str, Any]) -> Path:

@@ -19,6 +19,7 @@ from actrec.store._schema import (
     StoreError,
     check_compression,
     check_dtype,
+    column_key,
 )
 from actrec.store._types import LayerInfo, LayerSpec, ProbeSet, StepRecord
 from actrec.store.reader import STORE_FILENAME, StoreReader, resolve_store_path
@@ -50,6 +51,7 @@ __all__ = [
     "WriterProcess",
     "check_compression",
     "check_dtype",
+    "column_key",
     "check_new_path",
     "check_writable",
     "resolve_store_path",

@@ -85,6 +85,14 @@ class StoreError(UserError):
     """A store cannot be created, opened or read; the message is one sentence for the user."""
 
 
+def column_key(field_key: str) -> str:
+    """The store's dataset for a recorded field: ``"conv1/activations"`` -> ``"layers/conv1/activations"``,
+    ``"logits"`` / ``"batch_loss"`` / ``"batch_acc"`` -> ``"steps/<name>"``."""
+    if field_key in ("logits", "batch_loss", "batch_acc"):
+        return f"steps/{field_key}"
+    return f"layers/{field_key}"
+
+
 def check_compression(compression: str) -> str:
     """Return ``compression`` if it is one of :data:`COMPRESSIONS`.
 

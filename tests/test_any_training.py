@@ -5,6 +5,7 @@ and checks the store against a fresh forward pass of the trained model."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,85 @@ def test_without_a_logger_every_run_gets_its_own_version_folder(
         assert run.store_path == store_path
         with StoreReader(store_path) as store:
             assert store.global_steps().tolist() == [0, 1, 2, 3]
+
+
+class LogsLossOnEvenBatches(TinyNet):
+    """Logs its training loss on even batches only."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        out = super().training_step(batch, batch_idx)
+        if batch_idx % 2 == 0:
+            self.log("train/loss", out["loss"])
+            self.logged_losses.append(float(out["loss"]))
+        return out["loss"]
+
+    def on_fit_start(self) -> None:
+        self.logged_losses: list[float] = []
+
+
+def test_a_loss_logged_on_some_batches_is_nan_on_the_others_not_stale(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    model = LogsLossOnEvenBatches()
+    recorder = ActivationRecorder(path=str(tmp_path / "activations.h5"), batch_loss_names=["train/loss"])
+    _trainer(tmp_path, logger=False, callbacks=[recorder]).fit(model, TinyData())
+    with StoreReader(tmp_path / "activations.h5") as store:
+        assert store.global_steps().tolist() == list(range(7))
+        stored = store.steps()["batch_loss"]
+    # Step k is batch k-1: batches 0, 2, 4 logged their loss; the others (and step 0) have none.
+    assert np.isnan(stored[[0, 2, 4, 6]]).all()
+    np.testing.assert_allclose(stored[[1, 3, 5]], model.logged_losses, rtol=1e-6)
+
+
+class LogsEpochMetrics(TinyNet):
+    """Logs its training loss per step and per epoch with sync_dist, and fails in epoch 2 when told to."""
+
+    fail_in_epoch: int | None = None
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.current_epoch == self.fail_in_epoch and batch_idx == 1:
+            raise RuntimeError("broke in epoch 2")
+        out = super().training_step(batch, batch_idx)
+        self.log("train/loss", out["loss"], on_step=True, on_epoch=True, sync_dist=True)
+        return out
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_summary_metrics_never_read_callback_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: bool
+) -> None:
+    """trainer.callback_metrics computes sync_dist epoch metrics (an all_reduce); the recorder reads it on rank 0
+    alone when the run ends (teardown, on_exception), so it must not read it at all: it keeps the values
+    Lightning had already computed."""
+    reads: list[str] = []
+    original = pl.Trainer.callback_metrics
+
+    def counting(trainer: pl.Trainer) -> Any:
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_filename.endswith("activation_recorder.py"):
+                reads.append(frame.f_code.co_name)
+                break
+            frame = frame.f_back
+        return original.fget(trainer)
+
+    monkeypatch.setattr(pl.Trainer, "callback_metrics", property(counting))
+    model = LogsEpochMetrics()
+    model.fail_in_epoch = 1 if fail else None
+    recorder = ActivationRecorder(background_writes=False)
+    trainer = _trainer(tmp_path, logger=False, callbacks=[recorder], max_epochs=2)
+    if fail:
+        with pytest.raises(RuntimeError, match="broke in epoch 2"):
+            trainer.fit(model, TinyData(size=24))
+    else:
+        trainer.fit(model, TinyData(size=24))
+    monkeypatch.undo()
+    assert reads == []
+    summary = Run(tmp_path / "actrec" / "version_0").summary()
+    assert summary["state"] == ("failed" if fail else "finished")
+    metrics = summary["metrics"]
+    # The last validation's loss, and the training loss (epoch mean when computed, else the last step's).
+    assert metrics["val/loss"] == pytest.approx(float(trainer.callback_metrics["val/loss"]), rel=1e-6)
+    assert metrics["train/loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]), rel=1e-6)
 
 
 def test_a_logger_without_a_folder_and_a_failed_run_say_so_in_the_summary(tmp_path: Path) -> None:
@@ -575,6 +655,7 @@ def test_a_plain_loop_records_the_same_store_and_renders(tmp_path: Path, capsys:
     run = Run(folder)
     assert run.status() == "finished"
     assert run.summary()["recorded_steps"] == 4
+    assert run.summary()["metrics"] == {"val/loss": 0.5}  # the summary rule every writer shares
     with StoreReader(folder / "activations.h5") as store:
         assert store.layer_names == ["conv1", "conv2"]
         assert store.global_steps().tolist() == [0, 1, 2, 3]
@@ -667,3 +748,42 @@ def test_a_plain_loop_recorder_failing_while_opening_closes_its_store_and_says_f
         assert store.global_steps().tolist() == []
     with h5py.File(folder / "activations.h5", "r+"):  # no writer holds it open any more
         pass
+
+
+def test_the_rules_both_recorders_share_are_written_once() -> None:
+    """The column rule (store), the task list (names) and the small-model threshold (probe) have one home each;
+    the Lightning callback and the plain-loop Recorder use them instead of copies."""
+    import actrec.callbacks.activation_recorder as callback
+    import actrec.recorder._recorder as plain
+    from actrec.names import TASK_CHOICES
+    from actrec.probe import SMALL_MODEL_PARAMETERS
+    from actrec.store import column_key
+
+    assert column_key("conv1/activations") == "layers/conv1/activations"
+    assert [column_key(k) for k in ("logits", "batch_loss", "batch_acc")] == [
+        "steps/logits",
+        "steps/batch_loss",
+        "steps/batch_acc",
+    ]
+    for module in (callback, plain):
+        assert not {"_column_key", "_TASKS", "_SMALL_MODEL"} & set(vars(module))
+        assert module.column_key is column_key
+        assert module.TASK_CHOICES is TASK_CHOICES
+        assert module.SMALL_MODEL_PARAMETERS is SMALL_MODEL_PARAMETERS
+
+
+def test_one_summary_rule_for_every_writer(tmp_path: Path) -> None:
+    """actrec.runs.finished_summary / scalar_metrics: one-number metrics as floats, never a bool or a string."""
+    from actrec.runs import finished_summary, scalar_metrics
+
+    metrics = {"b": torch.tensor(2.0), "a": 1, "flag": True, "name": "x", "vec": torch.ones(3), "c": np.float32(3)}
+    assert scalar_metrics(metrics) == {"a": 1.0, "b": 2.0, "c": 3.0}
+    store = tmp_path / "activations.h5"
+    store.write_bytes(b"12345")
+    summary = finished_summary(
+        {"model": "M"}, state="failed", started=1.0, error="boom", metrics=metrics, store_path=store, recorded_steps=2
+    )
+    assert (summary["state"], summary["error"], summary["model"]) == ("failed", "boom", "M")
+    assert summary["metrics"] == {"a": 1.0, "b": 2.0, "c": 3.0}
+    assert (summary["store_bytes"], summary["store_path"], summary["recorded_steps"]) == (5, str(store), 2)
+    assert summary["wall_time_s"] >= 0

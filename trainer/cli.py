@@ -43,7 +43,9 @@ from actrec.runs import (
     SUMMARY_FILENAME,
     Run,
     config_digest,
+    finished_summary,
     running_summary,
+    scalar_metrics,
     sweep_trial_version,
     write_summary,
 )
@@ -297,18 +299,15 @@ class TrainCLI(LightningCLI):
         metrics = {**self._fit_metrics, **_scalar_metrics(self.trainer.callback_metrics)}
         # The runs module's order (by step), so summary.json and `actrec runs` name the same checkpoint.
         last_checkpoint = Run(self.run_folder).last_checkpoint()
-        summary = running_summary(**self._run_facts())
-        summary.update(
+        summary = finished_summary(
+            self._run_facts(),
             state=state,
-            error=error,
             started=started,
-            ended=time.time(),
-            wall_time_s=round(time.time() - started, 3),
+            error=error,
             global_step=int(self.trainer.global_step),
             epoch=int(self.trainer.current_epoch),
-            metrics=dict(sorted(metrics.items())),
-            store_path=str(store_path) if store_path is not None else None,
-            store_bytes=store_path.stat().st_size if store_path is not None and store_path.is_file() else None,
+            metrics=metrics,
+            store_path=store_path,
             recorded_steps=_recorded_steps(store_path),
             last_checkpoint=str(last_checkpoint.resolve()) if last_checkpoint is not None else None,
         )
@@ -343,8 +342,8 @@ def _finite(trainer: pl.Trainer) -> bool:
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The one-number entries of Lightning's ``callback_metrics`` as floats."""
-    return {name: float(value) for name, value in metrics.items() if getattr(value, "numel", lambda: 1)() == 1}
+    """The one-number entries of Lightning's ``callback_metrics`` as floats (the runs module's one rule)."""
+    return scalar_metrics(metrics)
 
 
 def _recorded_steps(store_path: Path | None) -> int | None:
