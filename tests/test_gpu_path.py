@@ -185,12 +185,41 @@ def test_recorder_hooks_make_no_host_sync_during_a_fit(tmp_path: Path, monkeypat
         original = getattr(torch.Tensor, name)
 
         def count(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-            if inside["hook"] is not None and threading.current_thread() is main:
+            # .cpu()/.numpy() of a tensor already in host memory (the CPU writer path hands its packed step
+            # over that way) moves nothing and waits for nothing; reading a value back always counts.
+            host_copy = name in ("cpu", "numpy") and self.device.type == "cpu"
+            if inside["hook"] is not None and threading.current_thread() is main and not host_copy:
                 syncs.append(f"{name} in {inside['hook']}")
             return original(self, *args, **kwargs)
 
         return count
 
+    # The hand-off to the store (_consume, _write_scalar) runs on the ring's consumer thread on CUDA; on a CPU,
+    # where the packed step already is host memory, it runs inline. Either way it is the writer's side, where a
+    # device value may be waited for; what this test holds is everything else the hooks do.
+    for writer_side in ("_consume", "_write_scalar"):
+        original_side = getattr(recorder, writer_side)
+
+        def outside(*args, _original=original_side, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            hook, inside["hook"] = inside["hook"], None
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                inside["hook"] = hook
+
+        monkeypatch.setattr(recorder, writer_side, outside)
+
+    # On a CPU the engine reads each layer's min and max back from host memory (no sync: the data is there);
+    # this test holds the device path, which must read nothing back, so that CPU-only shortcut is turned off.
+    from actrec.probe import ProbeEngine
+
+    engine_init = ProbeEngine.__init__
+
+    def device_path_init(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        engine_init(self, *args, **kwargs)
+        self._host_statistics = False
+
+    monkeypatch.setattr(ProbeEngine, "__init__", device_path_init)
     for name in ("item", "tolist", "__float__", "__bool__", "cpu", "numpy"):
         monkeypatch.setattr(torch.Tensor, name, counting(name))
     module = LogsProgressBarMetrics()
