@@ -58,6 +58,7 @@ def test_notice_filter_drops_only_the_listed_notices() -> None:
 
     keep = NoticeFilter().filter
     assert not keep(record("GPU available: False, used: False"))
+    assert not keep(record("[rank: 0] Seed set to 0"))  # Lightning prefixes the rank when one is set
     assert not keep(record("💡 Tip: For seamless cloud uploads and versioning, try installing [litmodels]"))
     assert keep(record("GPU available: True (cuda), used: False"))  # a GPU left unused is worth saying
     assert keep(record("Restoring states from the checkpoint path at x.ckpt"))

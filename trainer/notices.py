@@ -11,6 +11,7 @@ why fit stopped) and every warning still shows.
 from __future__ import annotations
 
 import logging
+import re
 
 __all__ = ["LIGHTNING_LOGGERS", "NoticeFilter", "quiet_lightning_notices"]
 
@@ -38,8 +39,11 @@ class NoticeFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.WARNING:
             return True
-        return not str(record.getMessage()).lstrip().startswith(_DROPPED_PREFIXES)
+        message = _RANK_PREFIX.sub("", str(record.getMessage()).lstrip(), count=1)  # "[rank: 0] Seed set to 0"
+        return not message.startswith(_DROPPED_PREFIXES)
 
+
+_RANK_PREFIX = re.compile(r"^\[rank: \d+\] ")
 
 _FILTER = NoticeFilter()
 
