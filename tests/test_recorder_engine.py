@@ -326,9 +326,11 @@ def test_a_full_disk_stops_recording_cleanly_and_training_goes_on(
     monkeypatch,  # noqa: ANN001
 ) -> None:
     monkeypatch.setenv("ACTREC_DISK_GUARD", guard)
-    # 64 probes in float32: ~100 KB a row, so the 2 MB disk fills after a dozen of the 121 steps.
+    # 64 probes in float32: ~100 KB a row, so the 2 MB disk fills after a dozen of the 121 steps; blocks of 4
+    # rows, so several are flushed (and must stay readable) before it does.
     recorder = ActivationRecorder(
         path=str(small_disk / "activations.h5"),
+        flush_every=4,
         dtype="float32",
         background_writes=background_writes,
         layers=["net.*"],

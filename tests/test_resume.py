@@ -25,6 +25,9 @@ TINY_RUN = [
     "--trainer.enable_model_summary=false",
     "--data.batch_size=32",
     "--recorder.every_n_steps=3",
+    # Each row reaches the file at once (not in blocks of 16 or after a second): the test polls the store for a
+    # row of epoch 2 and kills the run then, which must come before epoch 3's checkpoint.
+    "--recorder.flush_every=1",
 ]
 EXPECTED_STEPS = [0, 3, 6, 9, 12, 15, 16]  # every 3rd step, and the last one
 
