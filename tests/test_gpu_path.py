@@ -137,13 +137,27 @@ def test_sharded_strategies_are_refused_in_one_sentence(package: str) -> None:
         assert sharded_strategy_refusal(strategy) is None
 
 
-def test_model_parallel_fit_on_cpu_is_refused_at_setup_before_anything_is_written(tmp_path: Path) -> None:
+_DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+
+
+def test_model_parallel_fit_on_cpu_is_refused_at_setup_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # FSDPStrategy needs a GPU to build a Trainer at all; ModelParallelStrategy builds one on a CPU.
     from pytorch_lightning.strategies import ModelParallelStrategy
 
+    # Lightning sets these in this process and opens a one-process group on MASTER_PORT: both are undone after
+    # the test, or a later test's DDP subprocesses inherit the port while it is still held here (EADDRINUSE).
+    for key in _DISTRIBUTED_ENV:
+        monkeypatch.setenv(key, "unset")
+        monkeypatch.delenv(key)
     trainer = quiet_trainer(tmp_path, callbacks=[ActivationRecorder()], strategy=ModelParallelStrategy())
-    with pytest.raises(MisconfigurationException, match=r"^ActivationRecorder: ModelParallelStrategy shards the"):
-        trainer.fit(TinyNet(), TinyData())
+    try:
+        with pytest.raises(MisconfigurationException, match=r"^ActivationRecorder: ModelParallelStrategy shards the"):
+            trainer.fit(TinyNet(), TinyData())
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     assert list(tmp_path.rglob("*.h5")) == []
 
 

@@ -313,7 +313,11 @@ def test_ddp_two_processes_only_rank_zero_writes(tmp_path: Path) -> None:
     path = tmp_path / "activations.h5"
     script = tmp_path / "train_ddp.py"
     script.write_text(_DDP.format(tests=str(TESTS), path=str(path), root=str(tmp_path)))
-    env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
+    # A fresh launch: no rank or port another test of this process may have left in the environment.
+    inherited = {key: value for key, value in os.environ.items() if key not in ("MASTER_ADDR", "MASTER_PORT")}
+    env = {**inherited, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
+        env.pop(key, None)
     result = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
     )
