@@ -379,11 +379,16 @@ def run(args, kill_after):
     return status, seen
 
 
+# The uninterrupted run first, timed: kills land at a fraction of its length, so that most runs are killed
+# mid-training whether this machine is quick or loaded (fixed delays let quick runs finish first).
+started = time.monotonic()
+run(["--runs_dir", str(root / "uninterrupted"), *args], None)
+whole = time.monotonic() - started
 report = []
 for attempt in range(kills + 1):
     checkpoint = newest_checkpoint()
     resume = ["--ckpt_path", str(checkpoint)] if checkpoint else []
-    delay = rng.uniform(0.8, 3.2) if attempt < kills else None
+    delay = rng.uniform(0.15, 0.6) * whole if attempt < kills else None
     try:
         before = steps_in(current_store())  # the store as the previous run left it
     except StoreError:
@@ -399,7 +404,6 @@ for attempt in range(kills + 1):
     if status == 0 and attempt < kills:
         chain += 1
         runs_dir = root / f"chain_{chain}"
-run(["--runs_dir", str(root / "uninterrupted"), *args], None)
 print(json.dumps(report))
 """
 
