@@ -388,7 +388,7 @@ report = []
 for attempt in range(kills + 1):
     checkpoint = newest_checkpoint()
     resume = ["--ckpt_path", str(checkpoint)] if checkpoint else []
-    delay = rng.uniform(0.15, 0.6) * whole if attempt < kills else None
+    delay = rng.uniform(0.3, 0.7) * whole if attempt < kills else None
     try:
         before = steps_in(current_store())  # the store as the previous run left it
     except StoreError:
