@@ -361,7 +361,8 @@ class ActivationRecorder(Callback):
         # A version folder still to be claimed is made with the store; until then its parent is checked.
         writable = self._store_path
         if self._claim_folder:
-            assert self._own_folder is not None, "a version folder to claim is the recorder's own folder"
+            if self._own_folder is None:
+                raise RuntimeError("ActivationRecorder: a version folder to claim is the recorder's own folder")
             writable = self._own_folder.parent / STORE_FILENAME
         _on_rank_zero_or_raise(trainer, lambda: check_writable(writable))
 
@@ -422,7 +423,8 @@ class ActivationRecorder(Callback):
 
     @property
     def _built_engine(self) -> ProbeEngine:
-        assert self._engine is not None, "the probe engine is built before anything is recorded"
+        if self._engine is None:
+            raise RuntimeError("ActivationRecorder: the probe engine is built before anything is recorded")
         return self._engine
 
     def _open_store(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -445,10 +447,12 @@ class ActivationRecorder(Callback):
             check_writable(self._store_path)
             self._resumed = True
             return
-        assert self._store_path is not None, "setup() chose the store's path"
+        if self._store_path is None:
+            raise RuntimeError("ActivationRecorder: setup() chose the store's path")
         check_new_path(self._store_path, self.overwrite)
         self._build_engine(trainer, pl_module)
-        assert self._engine is not None, "built just above"
+        if self._engine is None:
+            raise RuntimeError("ActivationRecorder: built just above")
         StoreWriter.create(
             self._store_path,
             run_id=self._run_id,
@@ -467,7 +471,8 @@ class ActivationRecorder(Callback):
     def _claim_version_folder(self) -> Path:
         """Create this run's ``actrec/version_N`` (the next free N: a folder made by another run meanwhile
         is skipped), so two runs in one folder never share a store."""
-        assert self._own_folder is not None, "only the recorder's own folder is claimed"
+        if self._own_folder is None:
+            raise RuntimeError("ActivationRecorder: only the recorder's own folder is claimed")
         parent = self._own_folder.parent
         number = int(self._own_folder.name.removeprefix(VERSION_PREFIX))
         parent.mkdir(parents=True, exist_ok=True)
@@ -544,7 +549,8 @@ class ActivationRecorder(Callback):
             rank_zero_warn(f"ActivationRecorder: cannot write {self._own_folder / 'summary.json'}: {error.strerror}.")
 
     def _start_writing(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        assert self._store_path is not None, "setup() chose the store's path"
+        if self._store_path is None:
+            raise RuntimeError("ActivationRecorder: setup() chose the store's path")
         if self._resumed:
             self._build_engine(trainer, pl_module)
             StoreWriter.resume(
@@ -565,7 +571,8 @@ class ActivationRecorder(Callback):
     def _open_writer(self, wait: bool) -> None:
         """Open the store for appending: a writer process (started without waiting for a new store, so its
         start-up overlaps Lightning's), HDF5 on the ring's thread, or synchronous writes."""
-        assert self._store_path is not None, "setup() chose the store's path"
+        if self._store_path is None:
+            raise RuntimeError("ActivationRecorder: setup() chose the store's path")
         engine = self._built_engine
         if self.background_writes and self._writer_mode == "process":
             fields = [(column_key(f.key), f.dtype, f.shape, f.offset) for f in engine.fields]
@@ -589,7 +596,8 @@ class ActivationRecorder(Callback):
             self._ring = HostRing(engine.nbytes, self.ring_slots, engine.device, self._consume)
 
     def _build_engine(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        assert self._probes is not None, "setup() selected the probes"
+        if self._probes is None:
+            raise RuntimeError("ActivationRecorder: setup() selected the probes")
         try:
             self._engine = ProbeEngine(
                 pl_module,
@@ -640,7 +648,8 @@ class ActivationRecorder(Callback):
         ]
 
     def _run_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        assert self._probes is not None, "setup() selected the probes"
+        if self._probes is None:
+            raise RuntimeError("ActivationRecorder: setup() selected the probes")
         datamodule = _datamodule(trainer)
         return {
             "model": dict(getattr(pl_module, "hparams", {}) or {}),

@@ -223,7 +223,7 @@ def write_dynamics(dynamics: Dynamics, path: str | os.PathLike) -> Path:
             arrays[f"layer{index}/{key}"] = getattr(layer, key)
     arrays["meta"] = np.array(json.dumps(meta))
     with atomic_path(path) as partial, open(partial, "wb") as file:
-        np.savez_compressed(file, allow_pickle=True, **arrays)  # the default, named: no array takes its place
+        np.savez_compressed(file, **arrays)  # type: ignore[arg-type]  # numpy types **kwds as ArrayLike only
     return path
 
 
