@@ -198,3 +198,44 @@ def test_apng_writer_copies_frames_rejects_bad_ones_and_reports_encoder_failures
     with pytest.raises(OSError, match="disk full"):  # raised on the encoder thread, re-raised to the caller
         write_all()
     assert write_apng([]) == b""  # no frame, no file content
+
+
+def test_render_as_apng_and_as_gif_gives_the_same_frames_and_times(tmp_path: Path) -> None:
+    from viewer_fixtures import animation_frames, make_store
+
+    from actrec.viewer import render_run
+
+    make_store(tmp_path / "run", range(7))
+    apng = render_run(tmp_path / "run", out_dir=tmp_path / "apng", tile_size=16, fps=4)
+    render_run(tmp_path / "run", out_dir=tmp_path / "gif", tile_size=16, fps=4, video_format="gif")
+    assert sorted(path.name for path in apng.files) == sorted(
+        ["net.conv1.png", "net.conv1.sheet.png", "net.conv2.png", "net.conv2.sheet.png", "curves.png"]
+    )
+    for layer in ("net.conv1", "net.conv2"):
+        ours, theirs = (
+            animation_frames(tmp_path / "apng" / f"{layer}.png"),
+            animation_frames(tmp_path / "gif" / f"{layer}.gif"),
+        )
+        assert len(ours) == len(theirs) == 7
+        for index, (mine, other) in enumerate(zip(ours, theirs, strict=True)):
+            assert np.array_equal(mine, other), (layer, index)
+        still, _, apng_durations = decoded_frames(tmp_path / "apng" / f"{layer}.png")
+        _, _, gif_durations = decoded_frames(tmp_path / "gif" / f"{layer}.gif")
+        assert apng_durations == gif_durations == [250.0] * 6 + [1000.0]
+        # What a viewer that does not animate shows: the last step, the trained state.
+        assert still is not None
+        np.testing.assert_array_equal(still, ours[-1])
+        assert (tmp_path / "apng" / f"{layer}.sheet.png").read_bytes() == (
+            tmp_path / "gif" / f"{layer}.sheet.png"
+        ).read_bytes()
+
+
+def test_render_names_never_take_the_curves_or_a_sheet_file() -> None:
+    from actrec.viewer.output import unique_stems
+
+    stems = unique_stems(["curves", "a", "a.sheet", "b"], reserved=["curves", "a.sheet", "a.sheet.sheet", "b.sheet"])
+    assert stems["a"] == "a"
+    assert stems["b"] == "b"
+    assert stems["curves"].startswith("curves-")
+    assert stems["a.sheet"].startswith("a.sheet-")
+    assert len(set(stems.values())) == 4

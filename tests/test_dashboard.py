@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from viewer_fixtures import make_store
+from viewer_fixtures import animation_frames, make_store
 
 from actrec.dashboard import ActrecPlugin, find_runs
 from actrec.viewer import colors, colour_scale
@@ -104,15 +104,6 @@ def _png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def _gif_frames(path: Path) -> list[np.ndarray]:
-    frames = []
-    with Image.open(path) as image:
-        for index in range(image.n_frames):
-            image.seek(index)
-            frames.append(np.asarray(image.convert("RGB")))
-    return frames
-
-
 def _tiles(grid: np.ndarray, layout: dict, probes: int) -> dict[tuple[int, int], np.ndarray]:
     """The served grid cut into its tiles, by (row, probe)."""
     rows, height, width, gutter = (layout[key] for key in ("rows", "height", "width", "gutter"))
@@ -180,7 +171,7 @@ def test_plugin_serves_frames_with_render_s_colours(logdir: Path, tmp_path: Path
         assert timeline["global_steps"] == [0, 1, 2, 3, 4, 5]
         probes = len(info["probes"]["labels"])
         for layer in info["layers"]:
-            gif = _gif_frames(renders / f"{layer['name']}.gif")
+            gif = animation_frames(renders / f"{layer['name']}.png")
             assert len(gif) == 6
             factor = TILE_SIZE // max(layer["grid"]["height"], layer["grid"]["width"])
             served = {}
@@ -632,7 +623,7 @@ def test_a_trained_run_s_frames_are_render_s_colours(tmp_path: Path) -> None:
         probes = len(info["probes"]["labels"])
         assert len(info["layers"]) == 6
         for layer in info["layers"]:
-            frame = _gif_frames(renders / f"{layer['name']}.gif")[last]
+            frame = animation_frames(renders / f"{layer['name']}.png")[last]
             factor = TILE_SIZE // max(layer["grid"]["height"], layer["grid"]["width"])
             query = urllib.parse.urlencode({"run": run, "layer": layer["name"], "row": last})
             status, body = _get(f"{api}/frame?{query}")

@@ -146,7 +146,12 @@ def test_render_prints_what_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixtu
     )
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"rendered 1 layer(s) x 4 step(s) (0 to 3) into {tmp_path / 'o'}:"
-    assert [line.strip() for line in out[1:]] == ["net.conv2.gif", "net.conv2.sheet.png", "curves.png"]
+    assert [line.strip() for line in out[1:4]] == ["net.conv2.png", "net.conv2.sheet.png", "curves.png"]
+    assert out[4] == (
+        f"open the animations in a web browser, e.g. {(tmp_path / 'o' / 'net.conv2.png').as_uri()} "
+        "(animated PNG; for slides and chat: --format gif)"
+    )
+    assert len(out) == 5
 
 
 def test_actrec_command_exits_non_zero_without_traceback(tmp_path: Path) -> None:

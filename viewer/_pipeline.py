@@ -1,7 +1,7 @@
 """The worker pool of ``actrec render`` and ``actrec tensorboard``: per-layer jobs, in this process or in workers.
 
 Per-layer work is a plain-data :class:`LayerJob`, run in this process or in ``spawn``-ed worker
-processes (one layer at a time each: GIF encoding holds the GIL, so threads would not help), each
+processes (one layer at a time each), each
 worker opening the recording itself. What a job draws was decided by :mod:`actrec.viewer.plan`.
 """
 
@@ -74,7 +74,7 @@ class LayerJob:
     plan: LayerPlan
     kind: str  # "render" or "tensorboard"
     out_dir: Path
-    video_format: str = "gif"
+    video_format: str = "apng"
     fps: float = 10.0
     sheet_rows: np.ndarray | None = None
     stem: str = ""  # the output file name stem; unique among the layers of one render
@@ -251,15 +251,24 @@ def _run_job(job: LayerJob, report: Callable[[int], Any], recording: Recording) 
         paths = [_export_layer(recording, job, layout, report, damaged)]
         return paths, _damage_notes(recording, job.layer, damaged)
     stem = job.stem or safe_filename(job.layer)
-    animation = job.out_dir / f"{stem}.{job.video_format}"
-    with atomic_path(animation) as partial:
-        writer_class = writers.GifWriter if job.video_format == "gif" else writers.Mp4Writer
-        with writer_class(partial, fps=job.fps) as writer:
-            for _, frame in layer_frames(recording, job.plan, layout, job.rows, damaged):
-                writer.append(frame)
-                report(1)
-            if writer.frames_written == 0:
-                raise ViewerError(f"every chosen step of layer {job.layer!r} is damaged; nothing to draw.")
+    animation = job.out_dir / f"{stem}{writers.ANIMATION_SUFFIXES[job.video_format]}"
+    # An APNG's still picture (what viewers that do not animate show) is the last step, the trained state:
+    # drawn first, as the file wants it before the first frame.
+    still = None
+    if job.video_format == "apng":
+        last = list(layer_frames(recording, job.plan, layout, job.rows[-1:], []))
+        still = last[0][1] if last else None
+    with (
+        atomic_path(animation) as partial,
+        writers.animation_writer(
+            job.video_format, partial, fps=job.fps, num_frames=len(job.rows), still=still
+        ) as writer,
+    ):
+        for _, frame in layer_frames(recording, job.plan, layout, job.rows, damaged):
+            writer.append(frame)
+            report(1)
+        if writer.frames_written == 0:
+            raise ViewerError(f"every chosen step of layer {job.layer!r} is damaged; nothing to draw.")
     sheet = job.out_dir / f"{stem}.sheet.png"
     assert job.sheet_rows is not None, "render() always gives its jobs the contact sheet's rows"
     sheet_rows = np.asarray([row for row in job.sheet_rows.tolist() if row not in set(damaged)], dtype=np.int64)
