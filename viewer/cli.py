@@ -59,7 +59,8 @@ def _selection_arguments(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         type=int,
         metavar="N",
-        help="worker processes, one layer each at a time (default: one per CPU for large runs)",
+        help="worker processes, one layer each at a time (default for large runs: one per CPU, or one per two "
+        "CPUs for animated PNGs, which encode on threads)",
     )
     parser.add_argument(
         "--channels",

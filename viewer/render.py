@@ -188,7 +188,7 @@ def render_run(
             )
             for name in plan.layers
         ]
-        workers = choose_jobs(jobs, len(plan.layers), len(plan.rows))
+        workers = choose_jobs(jobs, len(plan.layers), len(plan.rows), cpus_per_job=2 if video_format == "apng" else 1)
         results = run_jobs(job_list, workers, progress, "rendering", recording)
         files = [path for paths, _ in results for path in paths if path.exists()]
         for _, job_notes in results:
