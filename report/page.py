@@ -219,7 +219,9 @@ _SCRIPT = r"""
   sizeGrids();
   show(0);
   const layers = D.layers.concat(...D.compare.map((other) => other.layers));
-  Promise.all(layers.map(decodeFrames)).then(() => show(current), (error) => {
+  // Each layer is painted as soon as it is unpacked; the page is ready once all are.
+  const unpacked = layers.map((layer) => decodeFrames(layer).then(() => show(current)));
+  Promise.all(unpacked).then(() => show(current), (error) => {
     document.querySelectorAll("figure.layer .panel-step").forEach((label) => {
       label.textContent = "this browser cannot unpack the frames (" + error + ")";
     });
