@@ -261,7 +261,7 @@ def _deflate_rows(pixels: np.ndarray) -> bytes:
     rows[0, 1:] = pixels[0]
     np.subtract(pixels[1:], pixels[:-1], out=rows[1:, 1:])  # modulo 256, as PNG's Up filter is defined
     compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
-    return compressor.compress(memoryview(rows).cast("B")) + compressor.flush()
+    return compressor.compress(rows.data) + compressor.flush()
 
 
 def encode_indexed_png(frame: np.ndarray) -> bytes:
