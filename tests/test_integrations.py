@@ -1,0 +1,160 @@
+"""W&B (offline) and MLflow (file store) runs: two real fits in a row each get a store of their own beside the
+logger's run, and the logged run names it. Read back from what the libraries wrote: the offline W&B run's
+``.wandb`` record log and files, the MLflow file store through MLflow's client. Skipped when the optional
+extra is absent (``pip install actrec[wandb]`` / ``actrec[mlflow]``)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+from recorder_fixtures import TinyData, TinyNet
+
+from actrec.callbacks import ActivationRecorder
+from actrec.recording import Recording
+from actrec.runs import Run
+
+
+def _fit(root: Path, logger: Any) -> ActivationRecorder:
+    recorder = ActivationRecorder(background_writes=False)
+    trainer = pl.Trainer(
+        default_root_dir=str(root),
+        logger=logger,
+        callbacks=[recorder],
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(TinyNet(), TinyData(size=24))  # 3 steps
+    return recorder
+
+
+def _assert_store_opens(store_path: Path, folder: Path) -> None:
+    assert store_path == folder / "activations.h5"
+    with Recording.open(store_path.parent, announce=None) as recording:
+        assert recording.store_path == store_path
+        assert recording.timeline.global_steps.tolist() == [0, 1, 2, 3]
+    summary = Run(folder).summary()
+    assert summary["state"] == "finished"
+    assert summary["store_path"] == str(store_path)
+
+
+# -- W&B ---------------------------------------------------------------------------------------------------
+
+
+def _wandb_records(run_dir: Path) -> list[Any]:
+    """Every record of an offline run's ``run-<id>.wandb`` file, parsed with W&B's own protobuf messages.
+
+    The file is a LevelDB-style log (W&B's documented offline format, read by ``wandb sync``): a 7-byte
+    ``:W&B`` header, then 32 KiB blocks of chunks, each ``crc32 (4) length (2) type (1)`` and its bytes;
+    type 1 is a whole record, 2/3/4 its first, middle and last parts.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = next(run_dir.glob("run-*.wandb")).read_bytes()
+    assert data[:4] == b":W&B"
+    block, position, pending, records = 32768, 7, b"", []
+    while position + 7 <= len(data):
+        left = block - position % block
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if left < 7 or (length == 0 and kind == 0):  # a block's zero padding
+            position += left
+            continue
+        chunk = data[position + 7 : position + 7 + length]
+        position += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def _wandb_values(records: list[Any], kind: str) -> dict[str, Any]:
+    """The keys a run's config or summary records set, last value wins."""
+    values: dict[str, Any] = {}
+    for record in records:
+        if record.WhichOneof("record_type") == kind:
+            for update in getattr(record, kind).update:
+                values[update.key or "/".join(update.nested_key)] = json.loads(update.value_json)
+    return values
+
+
+def test_wandb_offline_runs_name_their_own_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wandb = pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install actrec[wandb])")
+    from pytorch_lightning.loggers import WandbLogger
+    from wandb.proto.wandb_internal_pb2 import FilesItem
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no network, no account
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for variable in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / "wandb-home"))
+    stores = []
+    for _ in range(2):  # two runs in a row in one folder: two stores, neither refused
+        logger = WandbLogger(project="proj", save_dir=str(tmp_path), offline=True)
+        recorder = _fit(tmp_path, logger)
+        run_id = logger.experiment.id
+        run_dir = Path(logger.experiment.dir).parent
+        wandb.finish()  # Lightning leaves the W&B run open; its records are complete once it is finished
+
+        store_path = recorder.store_path
+        assert store_path is not None
+        _assert_store_opens(store_path, tmp_path / "proj" / run_id)  # where Lightning puts the run's checkpoints
+        assert (tmp_path / "proj" / run_id / "checkpoints").is_dir()
+        records = _wandb_records(run_dir)
+        assert _wandb_values(records, "config")["actrec.store_path"] == str(store_path)
+        assert _wandb_values(records, "config")["actrec.task"] == "classification"
+        assert _wandb_values(records, "summary")["actrec.store_path"] == str(store_path)
+        saved = [f for r in records if r.WhichOneof("record_type") == "files" for f in r.files.files]
+        policies = [FilesItem.PolicyType.Name(f.policy) for f in saved if f.path == "summary.json"]
+        assert policies == ["END"]  # uploaded as it is when the run finishes
+        saved_summary = json.loads((run_dir / "files" / "summary.json").read_text())
+        assert saved_summary["state"] == "finished"
+        assert saved_summary["store_path"] == str(store_path)
+        # The store by reference (its path), never uploaded.
+        (artifact,) = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+        assert artifact.type == "actrec-store"
+        assert [entry.ref for entry in artifact.manifest.contents] == [store_path.as_uri()]
+        stores.append(store_path)
+    assert stores[0] != stores[1]
+
+
+# -- MLflow ------------------------------------------------------------------------------------------------
+
+
+def test_mlflow_file_store_runs_name_their_own_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install actrec[mlflow])")
+    from mlflow.tracking import MlflowClient
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    # MLflow 3 refuses a file store unless told it is wanted (it prefers a database; the test wants files).
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    tracking = tmp_path / "mlruns"
+    uri = tracking.as_uri()
+    stores = []
+    for _ in range(2):
+        logger = MLFlowLogger(experiment_name="exp", tracking_uri=f"file:{tracking}")
+        recorder = _fit(tmp_path, logger)
+        store_path = recorder.store_path
+        assert store_path is not None
+        run_folder = tracking / logger.experiment_id / logger.run_id
+        _assert_store_opens(store_path, run_folder)  # in the MLflow run's own folder, beside its checkpoints
+
+        client = MlflowClient(tracking_uri=uri)
+        run = client.get_run(logger.run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["actrec.store_path"] == str(store_path)
+        assert run.data.tags["actrec.task"] == "classification"
+        assert [a.path for a in client.list_artifacts(logger.run_id, "actrec")] == ["actrec/summary.json"]
+        saved = Path(client.download_artifacts(logger.run_id, "actrec/summary.json", str(tmp_path / "down")))
+        assert json.loads(saved.read_text())["state"] == "finished"
+        assert not any(a.path.endswith(".h5") for a in client.list_artifacts(logger.run_id))  # by path only
+        stores.append(store_path)
+    assert stores[0] != stores[1]
