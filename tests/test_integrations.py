@@ -6,6 +6,7 @@ extra is absent (``pip install actrec[wandb]`` / ``actrec[mlflow]``)."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,83 @@ def test_mlflow_file_store_runs_name_their_own_stores(tmp_path: Path, monkeypatc
         assert not any(a.path.endswith(".h5") for a in client.list_artifacts(logger.run_id))  # by path only
         stores.append(store_path)
     assert stores[0] != stores[1]
+
+
+# -- the one line at fit start and end, as a user's script prints it ----------------------------------------
+
+_SCRIPT = """
+import os, sys
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import CSVLogger
+from recorder_fixtures import TinyData, TinyNet
+from actrec.callbacks import ActivationRecorder
+
+def logger(kind):
+    if kind == "none":
+        return False
+    if kind == "csv":
+        return CSVLogger(".", name="csv")
+    if kind == "wandb":
+        from pytorch_lightning.loggers import WandbLogger
+        return WandbLogger(project="proj", save_dir=".", offline=True)
+    from pytorch_lightning.loggers import MLFlowLogger
+    return MLFlowLogger(experiment_name="exp", tracking_uri="file:" + os.path.abspath("mlruns"))
+
+for kind in sys.argv[1:]:
+    recorder = ActivationRecorder(background_writes=False)
+    trainer = pl.Trainer(logger=logger(kind), callbacks=[recorder], max_steps=2, accelerator="cpu",
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(TinyNet(), TinyData(size=24))
+    print(f"STORE {kind} {recorder.store_path}", flush=True)
+    if kind == "wandb":
+        import wandb
+        wandb.finish()
+"""
+
+
+def test_every_logger_or_none_prints_where_the_store_is_at_fit_start_and_end(tmp_path: Path) -> None:
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    kinds = ["none", "csv", "none"]  # two runs without a logger: two versioned stores
+    kinds += [kind for kind, module in (("wandb", "wandb"), ("mlflow", "mlflow")) if importlib.util.find_spec(module)]
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_DIR": str(tmp_path),
+        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+        "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+        "MLFLOW_ALLOW_FILE_STORE": "true",
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, *kinds],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    stores = [line.split(" ", 2)[1:] for line in done.stdout.splitlines() if line.startswith("STORE ")]
+    assert [kind for kind, _ in stores] == kinds
+    said = [line for line in (done.stdout + done.stderr).splitlines() if "ActivationRecorder: " in line]
+    said = [line for line in said if "recording to" in line or "the store is" in line]
+    run = {"wandb": r" \(path recorded with the W&B run \w+\)", "mlflow": r" \(path recorded with the MLflow run \w+\)"}
+    expected = []
+    for kind, store in stores:
+        expected += [
+            f"ActivationRecorder: recording to {re.escape(store)}{run.get(kind, '')}",
+            f"ActivationRecorder: finished; the store is {re.escape(store)}{run.get(kind, '')}",
+        ]
+    assert len(said) == len(expected), said
+    for line, pattern in zip(said, expected, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    assert stores[0][1] != stores[2][1]  # two runs without a logger: two stores
+    assert stores[0][1] == str(tmp_path / "actrec" / "version_0" / "activations.h5")
+    assert stores[1][1] == str(tmp_path / "csv" / "version_0" / "activations.h5")
