@@ -34,6 +34,11 @@ def _kind(logger: Any) -> str | None:
     return next((kind for kind in (_WANDB, _MLFLOW) if kind in names), None)
 
 
+def _disabled(logger: Any) -> bool:
+    """A W&B run in ``disabled`` mode (``WANDB_MODE=disabled``) records nothing: nothing is said to be recorded."""
+    return _kind(logger) == _WANDB and bool(getattr(logger.experiment, "disabled", False))
+
+
 def logger_run_folder(loggers: Sequence[Any], default_root_dir: str | Path) -> Path | None:
     """The folder of the first logger's W&B or MLflow run, as Lightning's ``ModelCheckpoint`` lays it out
     (``<save_dir or default_root_dir>/<name>/<version>``), or ``None`` for any other logger or none.
@@ -59,7 +64,7 @@ def record_run_start(loggers: Sequence[Any], store_path: Path, config: dict[str,
     said = []
     for logger in loggers:
         kind = _kind(logger)
-        if kind is None:
+        if kind is None or _disabled(logger):
             continue
         try:
             if kind == _WANDB:
@@ -76,7 +81,7 @@ def record_run_end(loggers: Sequence[Any], store_path: Path, small_files: Sequen
     referenced by path (a W&B artifact reference, never an upload)."""
     for logger in loggers:
         kind = _kind(logger)
-        if kind is None:
+        if kind is None or _disabled(logger):
             continue
         files = [path for path in small_files if path.is_file()]
         try:

@@ -127,6 +127,32 @@ def test_wandb_offline_runs_name_their_own_stores(tmp_path: Path, monkeypatch: p
     assert stores[0] != stores[1]
 
 
+@pytest.mark.filterwarnings("ignore:There is a wandb run already in progress")  # the case under test
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_a_reused_wandb_run_never_refuses_the_second_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two fits without ``wandb.finish()`` between them (a notebook): Lightning reuses the open W&B run, whose
+    folder already holds the first store, so the second gets a versioned folder of its own and the run is
+    told the newer path."""
+    wandb = pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install actrec[wandb])")
+    from pytorch_lightning.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for variable in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / "wandb-home"))
+    try:
+        first = _fit(tmp_path, WandbLogger(project="proj", save_dir=str(tmp_path), offline=True))
+        logger = WandbLogger(project="proj", save_dir=str(tmp_path), offline=True)
+        second = _fit(tmp_path, logger)
+        run_id, run_dir = logger.experiment.id, Path(logger.experiment.dir).parent
+    finally:
+        wandb.finish()
+    assert first.store_path == tmp_path / "proj" / run_id / "activations.h5"
+    assert second.store_path == tmp_path / "actrec" / "version_0" / "activations.h5"
+    _assert_store_opens(second.store_path, tmp_path / "actrec" / "version_0")
+    assert _wandb_values(_wandb_records(run_dir), "config")["actrec.store_path"] == str(second.store_path)
+
+
 # -- MLflow ------------------------------------------------------------------------------------------------
 
 
