@@ -227,8 +227,9 @@ def test_every_logger_or_none_prints_where_the_store_is_at_fit_start_and_end(tmp
 
     kinds = ["none", "csv", "none"]  # two runs without a logger: two versioned stores
     kinds += [kind for kind, module in (("wandb", "wandb"), ("mlflow", "mlflow")) if importlib.util.find_spec(module)]
+    # Without WANDB_SERVICE: an earlier test's W&B service (started in the repository) would serve the script too.
     environment = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name != "WANDB_SERVICE"},
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
