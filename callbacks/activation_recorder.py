@@ -514,7 +514,7 @@ class ActivationRecorder(Callback):
                     rank_zero_warn(f"ActivationRecorder: cannot write {folder / 'summary.json'}: {error.strerror}.")
         if self._store_path is None:
             raise RuntimeError("ActivationRecorder: the store's path is chosen before its summary is written")
-        facts = {"run_id": self._run_id, "task": self._task, "layers": len(self._layer_names)}
+        facts = {"run_id": self._run_id, "task": self._task, "layer_count": len(self._layer_names)}
         # A W&B or MLflow run records the path now, so a run that dies still names its store.
         self._logged_with = record_run_start(trainer.loggers, self._store_path, facts)
         rank_zero_info(f"ActivationRecorder: recording to {self._store_path}{self._where_logged()}")

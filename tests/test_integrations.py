@@ -112,6 +112,7 @@ def test_wandb_offline_runs_name_their_own_stores(tmp_path: Path, monkeypatch: p
         records = _wandb_records(run_dir)
         assert _wandb_values(records, "config")["actrec.store_path"] == str(store_path)
         assert _wandb_values(records, "config")["actrec.task"] == "classification"
+        assert _wandb_values(records, "config")["actrec.layer_count"] == 2
         assert _wandb_values(records, "summary")["actrec.store_path"] == str(store_path)
         saved = [f for r in records if r.WhichOneof("record_type") == "files" for f in r.files.files]
         policies = [FilesItem.PolicyType.Name(f.policy) for f in saved if f.path == "summary.json"]
@@ -179,6 +180,7 @@ def test_mlflow_file_store_runs_name_their_own_stores(tmp_path: Path, monkeypatc
         assert run.info.status == "FINISHED"
         assert run.data.tags["actrec.store_path"] == str(store_path)
         assert run.data.tags["actrec.task"] == "classification"
+        assert run.data.tags["actrec.layer_count"] == "2"
         assert [a.path for a in client.list_artifacts(logger.run_id, "actrec")] == ["actrec/summary.json"]
         saved = Path(client.download_artifacts(logger.run_id, "actrec/summary.json", str(tmp_path / "down")))
         assert json.loads(saved.read_text())["state"] == "finished"
