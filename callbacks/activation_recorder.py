@@ -538,19 +538,19 @@ class ActivationRecorder(Callback):
         if self._finished or self._started is None or not trainer.is_global_zero:
             return
         self._finished = True
-        self._write_finished_summary(trainer, state, error)
+        self._write_finished_summary(trainer, state, error, self._started)
         if self._store_path is not None and self._logged_with:
             folder = self._own_folder
             record_run_end(trainer.loggers, self._store_path, [folder / SUMMARY_FILENAME] if folder else [])
         rank_zero_info(f"ActivationRecorder: {state}; the store is {self._store_path}{self._where_logged()}")
 
-    def _write_finished_summary(self, trainer: pl.Trainer, state: str, error: str | None) -> None:
+    def _write_finished_summary(self, trainer: pl.Trainer, state: str, error: str | None, started: float) -> None:
         if not self._writes_summary or self._own_folder is None or not self._own_folder.is_dir():
             return
         summary = finished_summary(
             self._summary_facts(trainer, trainer.lightning_module),
             state=state,
-            started=self._started,
+            started=started,
             error=error,
             global_step=int(trainer.global_step),
             epoch=int(trainer.current_epoch),
