@@ -24,6 +24,7 @@ STORE_PATH_KEY = "actrec.store_path"
 
 _WANDB = "WandbLogger"
 _MLFLOW = "MLFlowLogger"
+_SAID = {_WANDB: "W&B", _MLFLOW: "MLflow"}
 
 
 def _kind(logger: Any) -> str | None:
@@ -72,7 +73,7 @@ def record_run_start(loggers: Sequence[Any], store_path: Path, config: dict[str,
             else:
                 said.append(_mlflow_start(logger, store_path, config))
         except Exception as error:  # a tracking library's failure must not stop the training it observes
-            rank_zero_warn(f"ActivationRecorder: cannot record the store's path with the {kind} run: {error}")
+            rank_zero_warn(f"ActivationRecorder: cannot record the store's path with the {_SAID[kind]} run: {error}")
     return said
 
 
@@ -90,7 +91,7 @@ def record_run_end(loggers: Sequence[Any], store_path: Path, small_files: Sequen
             else:
                 _mlflow_end(logger, files)
         except Exception as error:  # a tracking library's failure must not fail a run that has finished
-            rank_zero_warn(f"ActivationRecorder: cannot save the run's files with the {kind} run: {error}")
+            rank_zero_warn(f"ActivationRecorder: cannot save the run's files with the {_SAID[kind]} run: {error}")
 
 
 # -- W&B -------------------------------------------------------------------------------------------------

@@ -100,10 +100,12 @@ def test_wandb_offline_runs_name_their_own_stores(tmp_path: Path, monkeypatch: p
     stores = []
     for _ in range(2):  # two runs in a row in one folder: two stores, neither refused
         logger = WandbLogger(project="proj", save_dir=str(tmp_path), offline=True)
-        recorder = _fit(tmp_path, logger)
-        run_id = logger.experiment.id
-        run_dir = Path(logger.experiment.dir).parent
-        wandb.finish()  # Lightning leaves the W&B run open; its records are complete once it is finished
+        try:
+            recorder = _fit(tmp_path, logger)
+            run_id = logger.experiment.id
+            run_dir = Path(logger.experiment.dir).parent
+        finally:
+            wandb.finish()  # Lightning leaves the W&B run open; its records are complete once it is finished
 
         store_path = recorder.store_path
         assert store_path is not None
@@ -152,6 +154,40 @@ def test_a_reused_wandb_run_never_refuses_the_second_store(tmp_path: Path, monke
     assert second.store_path == tmp_path / "actrec" / "version_0" / "activations.h5"
     _assert_store_opens(second.store_path, tmp_path / "actrec" / "version_0")
     assert _wandb_values(_wandb_records(run_dir), "config")["actrec.store_path"] == str(second.store_path)
+
+
+def test_a_wandb_run_finished_before_fit_end_costs_one_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module finishes the W&B run itself in ``on_train_end``: saving summary.json with it fails, training
+    and the store do not."""
+    wandb = pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install actrec[wandb])")
+    from pytorch_lightning.loggers import WandbLogger
+
+    class FinishesItsRun(TinyNet):
+        def on_train_end(self) -> None:
+            wandb.finish()
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for variable in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / "wandb-home"))
+    recorder = ActivationRecorder(background_writes=False)
+    trainer = pl.Trainer(
+        default_root_dir=str(tmp_path),
+        logger=WandbLogger(project="proj", save_dir=str(tmp_path), offline=True),
+        callbacks=[recorder],
+        accelerator="cpu",
+        max_steps=3,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    try:
+        with pytest.warns(UserWarning, match=r"^ActivationRecorder: cannot save the run's files with the W&B run: "):
+            trainer.fit(FinishesItsRun(), TinyData(size=24))
+    finally:
+        wandb.finish()
+    assert recorder.store_path is not None
+    _assert_store_opens(recorder.store_path, recorder.store_path.parent)
 
 
 # -- MLflow ------------------------------------------------------------------------------------------------
