@@ -246,7 +246,7 @@ def logger(kind):
     return MLFlowLogger(experiment_name="exp", tracking_uri="file:" + os.path.abspath("mlruns"))
 
 for kind in sys.argv[1:]:
-    recorder = ActivationRecorder(background_writes=False)
+    recorder = ActivationRecorder()  # as a user writes it: the writer process and all
     trainer = pl.Trainer(logger=logger(kind), callbacks=[recorder], max_steps=2, accelerator="cpu",
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     trainer.fit(TinyNet(), TinyData(size=24))
