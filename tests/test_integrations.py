@@ -251,6 +251,7 @@ for kind in sys.argv[1:]:
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     trainer.fit(TinyNet(), TinyData(size=24))
     print(f"STORE {kind} {recorder.store_path}", flush=True)
+    print(f"IMPORTED {kind} {'wandb' in sys.modules} {'mlflow' in sys.modules}", flush=True)
     if kind == "wandb":
         import wandb
         wandb.finish()
@@ -301,6 +302,8 @@ def test_every_logger_or_none_prints_where_the_store_is_at_fit_start_and_end(tmp
     assert len(said) == len(expected), said
     for line, pattern in zip(said, expected, strict=True):
         assert re.fullmatch(pattern, line), (line, pattern)
+    imported = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("IMPORTED ")]
+    assert imported[:3] == [["none", "False", "False"], ["csv", "False", "False"], ["none", "False", "False"]]
     assert stores[0][1] != stores[2][1]  # two runs without a logger: two stores
     assert stores[0][1] == str(tmp_path / "actrec" / "version_0" / "activations.h5")
     assert stores[1][1] == str(tmp_path / "csv" / "version_0" / "activations.h5")
