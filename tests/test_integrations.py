@@ -190,6 +190,48 @@ def test_a_wandb_run_finished_before_fit_end_costs_one_warning(tmp_path: Path, m
     _assert_store_opens(recorder.store_path, recorder.store_path.parent)
 
 
+@pytest.mark.filterwarnings("ignore:The dirpath has changed from")  # a new run: a new checkpoint folder
+def test_a_new_wandb_run_resumed_from_a_checkpoint_continues_its_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint lies beside the first run's store (both where Lightning puts the run's checkpoints), so a
+    second W&B run resumed from it continues that store, and names it."""
+    wandb = pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install actrec[wandb])")
+    from pytorch_lightning.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for variable in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / "wandb-home"))
+    try:
+        first = _fit(tmp_path, WandbLogger(project="proj", save_dir=str(tmp_path), offline=True))
+    finally:
+        wandb.finish()
+    assert first.store_path is not None
+    (checkpoint,) = (first.store_path.parent / "checkpoints").glob("*.ckpt")
+    logger = WandbLogger(project="proj", save_dir=str(tmp_path), offline=True)
+    recorder = ActivationRecorder(background_writes=False)
+    trainer = pl.Trainer(
+        default_root_dir=str(tmp_path),
+        logger=logger,
+        callbacks=[recorder],
+        accelerator="cpu",
+        max_epochs=2,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    try:
+        trainer.fit(TinyNet(), TinyData(size=24), ckpt_path=str(checkpoint))
+        run_dir = Path(logger.experiment.dir).parent
+    finally:
+        wandb.finish()
+    assert recorder.store_path == first.store_path
+    with Recording.open(first.store_path, announce=None) as recording:
+        assert recording.timeline.global_steps.tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert _wandb_values(_wandb_records(run_dir), "config")["actrec.store_path"] == str(first.store_path)
+
+
 # -- MLflow ------------------------------------------------------------------------------------------------
 
 
