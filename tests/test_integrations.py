@@ -17,7 +17,7 @@ from recorder_fixtures import TinyData, TinyNet
 
 from actrec.callbacks import ActivationRecorder
 from actrec.recording import Recording
-from actrec.runs import Run
+from actrec.runs import Run, find_runs
 
 
 def _fit(root: Path, logger: Any) -> ActivationRecorder:
@@ -128,6 +128,8 @@ def test_wandb_offline_runs_name_their_own_stores(tmp_path: Path, monkeypatch: p
         assert [entry.ref for entry in artifact.manifest.contents] == [store_path.as_uri()]
         stores.append(store_path)
     assert stores[0] != stores[1]
+    # `actrec runs <save_dir>` lists both, and nothing from W&B's own folder
+    assert sorted(run.path for run in find_runs(tmp_path)) == sorted(store.parent for store in stores)
 
 
 @pytest.mark.filterwarnings("ignore:There is a wandb run already in progress")  # the case under test
@@ -265,6 +267,8 @@ def test_mlflow_file_store_runs_name_their_own_stores(tmp_path: Path, monkeypatc
         assert not any(a.path.endswith(".h5") for a in client.list_artifacts(logger.run_id))  # by path only
         stores.append(store_path)
     assert stores[0] != stores[1]
+    # `actrec runs mlruns` lists both runs
+    assert sorted(run.path for run in find_runs(tracking)) == sorted(store.parent for store in stores)
 
 
 # -- the one line at fit start and end, as a user's script prints it ----------------------------------------
