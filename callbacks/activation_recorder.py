@@ -93,6 +93,14 @@ _CONFIG_KEYS = (
 )
 
 
+class RecorderConfigError(UserError, MisconfigurationException):
+    """An :class:`ActivationRecorder` argument or setup that cannot work, in one sentence.
+
+    Both an actrec refusal (:class:`actrec.errors.UserError`, printed as one sentence by every ``actrec`` command)
+    and Lightning's :class:`MisconfigurationException`, which is what Lightning users catch for a bad callback.
+    """
+
+
 @dataclass(frozen=True)
 class _Row:
     step: int
@@ -168,8 +176,8 @@ class ActivationRecorder(Callback):
         val_acc_names: logged metric names stored as the ``val/acc`` series.
 
     Raises:
-        MisconfigurationException: an argument is out of range; at setup, an unknown layer name, no
-            probe images to be had, or an unusable store path.
+        RecorderConfigError: (a ``MisconfigurationException`` too) an argument is out of range; at setup, an
+            unknown layer name, no probe images to be had, or an unusable store path.
 
     Example::
 
@@ -218,41 +226,39 @@ class ActivationRecorder(Callback):
             ("max_channels", 1 if max_channels is None else max_channels, 1),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise MisconfigurationException(
-                    f"ActivationRecorder: {name} must be an integer >= {minimum}, got {value!r}."
-                )
+                raise RecorderConfigError(f"ActivationRecorder: {name} must be an integer >= {minimum}, got {value!r}.")
         try:
             check_dtype(dtype)
             check_compression(compression)
         except StoreError as error:
-            raise MisconfigurationException(f"ActivationRecorder: {error}") from None
+            raise RecorderConfigError(f"ActivationRecorder: {error}") from None
         if probe_indices is not None and not probe_indices:
-            raise MisconfigurationException("ActivationRecorder: probe_indices must name at least one image.")
+            raise RecorderConfigError("ActivationRecorder: probe_indices must name at least one image.")
         if layers is not None and not layers:
-            raise MisconfigurationException("ActivationRecorder: layers must name at least one module, or be None.")
+            raise RecorderConfigError("ActivationRecorder: layers must name at least one module, or be None.")
         if task not in TASK_CHOICES:
-            raise MisconfigurationException(
+            raise RecorderConfigError(
                 f"ActivationRecorder: task must be one of auto, {', '.join(TASKS)}, got {task!r}."
             )
         if probe_forward is not None and not callable(probe_forward):
-            raise MisconfigurationException(
+            raise RecorderConfigError(
                 f"ActivationRecorder: probe_forward must be a callable (module, batch), got {probe_forward!r}."
             )
         self._given_probes: ProbeSelection | None = None
         if probe_batch is not None:
             if probe_images is not None:
-                raise MisconfigurationException("ActivationRecorder: pass probe_batch or probe_images, not both.")
+                raise RecorderConfigError("ActivationRecorder: pass probe_batch or probe_images, not both.")
             try:
                 self._given_probes = probes_from_batch(probe_batch)
             except ProbeError as error:
-                raise MisconfigurationException(f"ActivationRecorder: {error}") from None
+                raise RecorderConfigError(f"ActivationRecorder: {error}") from None
         elif probe_images is not None:
             try:
                 self._given_probes = probes_from_tensors(probe_images, probe_labels)
             except ProbeError as error:
-                raise MisconfigurationException(f"ActivationRecorder: {error}") from None
+                raise RecorderConfigError(f"ActivationRecorder: {error}") from None
         elif probe_labels is not None:
-            raise MisconfigurationException("ActivationRecorder: probe_labels needs probe_images.")
+            raise RecorderConfigError("ActivationRecorder: probe_labels needs probe_images.")
 
         self.layers = list(layers) if layers is not None else None
         self.probe_forward = probe_forward
@@ -338,7 +344,7 @@ class ActivationRecorder(Callback):
             return
         refusal = sharded_strategy_refusal(trainer.strategy)
         if refusal is not None:
-            raise MisconfigurationException(refusal)
+            raise RecorderConfigError(refusal)
         try:
             self._probes = self._select_probes(trainer, pl_module)
             self._forward = _probe_forward(pl_module, self.probe_forward)
@@ -349,7 +355,7 @@ class ActivationRecorder(Callback):
             self._layer_names = resolve_layers(pl_module, self.layers, ran)
             self._scale_kinds = scale_kinds(pl_module, batch, self._layer_names, self._forward)
         except ProbeError as error:
-            raise MisconfigurationException(f"ActivationRecorder: {error}") from None
+            raise RecorderConfigError(f"ActivationRecorder: {error}") from None
         num_parameters = sum(p.numel() for p in pl_module.parameters())
         self._record_weights = (
             num_parameters < SMALL_MODEL_PARAMETERS if self.record_weights is None else self.record_weights
@@ -629,7 +635,7 @@ class ActivationRecorder(Callback):
                 params_cap=_WEIGHTS_CAP if self.record_weights is None else None,
             )
         except ProbeError as error:
-            raise MisconfigurationException(f"ActivationRecorder: {error}") from None
+            raise RecorderConfigError(f"ActivationRecorder: {error}") from None
         if self._task == "auto":
             self._task, why = decide_task(self._probes, self._engine.output_full_shape)
             rank_zero_info(f"ActivationRecorder: task {self._task} ({why}); pass task= to choose another.")
@@ -1037,4 +1043,4 @@ def _on_rank_zero_or_raise(trainer: pl.Trainer, action: Callable[[], None]) -> N
             message = f"ActivationRecorder: {error}"
     message = trainer.strategy.broadcast(message, src=0)
     if message is not None:
-        raise MisconfigurationException(message)
+        raise RecorderConfigError(message)
