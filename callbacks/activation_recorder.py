@@ -465,6 +465,7 @@ class ActivationRecorder(Callback):
             overwrite=self.overwrite,
             background=False,
             task=self._task,
+            output_shape=self._engine.output_full_shape[1:],
         ).close()
         self._open_writer(wait=False)
 

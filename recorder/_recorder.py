@@ -211,6 +211,7 @@ class Recorder:
                 flush_every=self.flush_every,
                 background=False,
                 task=task,
+                output_shape=engine.output_full_shape[1:],
             )
         except (StoreError, OSError) as error:
             raise RecorderError(str(error)) from None
