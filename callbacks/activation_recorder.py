@@ -19,7 +19,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from actrec.errors import UserError
-from actrec.names import TASK_CHOICES, TASKS
+from actrec.names import TASK_CHOICES, TASK_CLASSIFICATION, TASKS
 from actrec.probe import (
     SMALL_MODEL_PARAMETERS,
     HostRing,
@@ -617,9 +617,9 @@ class ActivationRecorder(Callback):
         if self._task == "auto":
             self._task, why = decide_task(self._probes, self._engine.output_full_shape)
             rank_zero_info(f"ActivationRecorder: task {self._task} ({why}); pass task= to choose another.")
-        if self._task == "classification" and not self._class_names:
+        if self._task == TASK_CLASSIFICATION and not self._class_names:
             self._class_names = [str(k) for k in range(self._engine.output_shape[1])]
-        elif self._task != "classification":
+        elif self._task != TASK_CLASSIFICATION:
             self._class_names = []  # no fake classes for outputs that are not class scores
 
     def _probe_set(self) -> ProbeSet:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actrec.names import TASKS
+from actrec.names import TASK_CLASSIFICATION, TASK_RECONSTRUCTION
 from actrec.recording.scale import sample_rows
 
 INPUT_IMAGE = "image"
@@ -37,7 +37,6 @@ OUTPUT_TOKENS = "tokens"
 OUTPUT_VALUES = "values"
 OUTPUT_MODES = (OUTPUT_CLASSES, OUTPUT_IMAGE, OUTPUT_TOKENS, OUTPUT_VALUES)
 
-_CLASSIFICATION, _RECONSTRUCTION = TASKS[0], TASKS[1]
 _MAX_IMAGE_CHANNELS = 4  # a generated (C, H, W) with more channels than this is not a picture
 
 
@@ -134,7 +133,7 @@ def output_drawing(
         num_rows: rows recorded.
     """
     inputs = np.asarray(inputs)
-    if task == _CLASSIFICATION:
+    if task == TASK_CLASSIFICATION:
         return OutputDrawing(OUTPUT_CLASSES, (num_outputs,))
     shape = tuple(int(n) for n in output_shape) if output_shape is not None else None
     if shape is not None and math.prod(shape) != num_outputs:
@@ -153,7 +152,7 @@ def output_drawing(
     if shape is not None and _picture_shape(shape):
         low, high = finite_range(samples)
         return OutputDrawing(OUTPUT_IMAGE, shape, low, high)
-    if task == _RECONSTRUCTION and kind == INPUT_VECTOR and num_outputs == math.prod(probe_shape):
+    if task == TASK_RECONSTRUCTION and kind == INPUT_VECTOR and num_outputs == math.prod(probe_shape):
         limit = largest_magnitude(inputs)  # compared with the input strip, on its scale
     else:
         limit = largest_magnitude(samples)

@@ -829,33 +829,38 @@ def _short_number(value: float, size: int, width: int) -> str:
 
 
 def _ids_row(label: str, length: int, largest: int, width: int, label_size: int, label_height: int) -> _ProbeRow:
-    """Token ids ``(T,)`` per probe written as numbers, right-aligned in slots, as many a line as fit
-    ``width`` (``?``: no prediction)."""
-    gap = max(4, label_size // 2)
+    """Token ids ``(T,)`` per probe written as numbers in reading order, right-aligned in slots, as many a
+    line as fit ``width``, each probe's block outlined in the gutter grey so neighbouring probes' numbers do
+    not read as one sequence (``?``: no prediction)."""
+    gap, pad = max(4, label_size // 2), 3
     slot = _text_width(str(max(largest, 9)), label_size) + gap
-    per_line = max(1, (width + gap) // slot)
+    per_line = max(1, (width - 2 * pad + gap) // slot)
     lines = min(_MAX_ID_LINES, math.ceil(length / per_line))
     shown = length if length <= lines * per_line else lines * per_line - 1
     line_height = label_height + 1
+    height = lines * line_height + 2 * pad - 1
+    width = max(width, per_line * slot - gap + 2 * pad)
+    left = (width - (per_line * slot - gap)) // 2  # the numbers centred in the block
 
     def paint(ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids).reshape(len(ids), length)
-        tiles = np.full((len(ids), lines * line_height, width), colors.ZERO_INDEX, np.uint8)
+        tiles = np.full((len(ids), height, width), colors.GUTTER_INDEX, np.uint8)
+        tiles[:, 1:-1, 1:-1] = colors.ZERO_INDEX
         for probe, row in enumerate(ids.tolist()):
             for position in range(shown):
                 line, column = divmod(position, per_line)
                 token = int(row[position])
                 text = str(token) if token >= 0 else "?"
-                right = column * slot + slot - gap
-                _text.draw_text(
-                    tiles[probe], right - _text_width(text, label_size), line * line_height, text, size=label_size
-                )
+                right = left + column * slot + slot - gap
+                top = pad + line * line_height - 1
+                _text.draw_text(tiles[probe], right - _text_width(text, label_size), top, text, size=label_size)
             if shown < length:
                 line, column = divmod(shown, per_line)
-                _text.draw_text(tiles[probe], column * slot, line * line_height, "…", size=label_size, ink="muted")
+                x, top = left + column * slot, pad + line * line_height - 1
+                _text.draw_text(tiles[probe], x, top, "…", size=label_size, ink="muted")
         return tiles
 
-    return _ProbeRow(label, lines * line_height, width, paint)
+    return _ProbeRow(label, height, width, paint)
 
 
 def _text_width(text: str, size: int) -> int:

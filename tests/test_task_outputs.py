@@ -1,0 +1,304 @@
+"""Outputs drawn by task: real tiny trainings (the models of test_any_training) rendered with ``actrec render``,
+their frames read back from the GIF and contact sheet, and the drawn pixels checked against the store's values.
+
+- a reconstruction: an "output" picture row under the inputs, on the inputs' brightness scale, changing per step;
+- a GAN's generator on noise probes: the noise as a red-blue strip, the generated picture as the output row;
+- a language model (token ids in, (T, V) scores out): the token ids as numbers, the predicted next id per position;
+- a regressor: its one output value as a red-blue cell with the number under it;
+- a classifier fed token ids: its ✓/✗ row, unchanged, under the ids;
+and no fake ✓/✗ row for any model that is not a classifier.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from recorder_fixtures import TinyData
+from test_any_training import GAN, AutoEncoder, GPT2Like, TokenClassifier, _token_items, _trainer, generate
+from torch import nn
+from torch.utils.data import DataLoader
+from viewer_fixtures import make_store, rgb_to_indices
+
+from actrec.callbacks import ActivationRecorder
+from actrec.names import TASKS
+from actrec.probe import ProbeSelection, decide_task
+from actrec.recording import OUTPUT_CLASSES, OUTPUT_IMAGE, OUTPUT_TOKENS, OUTPUT_VALUES, Recording, colors
+from actrec.store import StoreReader
+from actrec.viewer import render_run
+from actrec.viewer.frames import FrameLayout, picture_tiles
+from actrec.viewer.plan import frame_layout, make_plan
+
+TILE = 16
+
+# Palette indices of the green (right) and red (wrong) prediction ramps: only a ✓/✗ row uses them.
+_MARKS = np.arange(colors.PALETTE_SIZE - 18, colors.PALETTE_SIZE - 2)
+
+
+def _frames(path: Path) -> list[np.ndarray]:
+    """Every frame of a GIF (as Pillow composes them) as palette indices."""
+    frames = []
+    with Image.open(path) as image:
+        for index in range(image.n_frames):
+            image.seek(index)
+            frames.append(rgb_to_indices(np.asarray(image.convert("RGB"))))
+    return frames
+
+
+def _sheet(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return rgb_to_indices(np.asarray(image.convert("RGB")))
+
+
+def _box(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    left, top, right, bottom = box
+    return frame[top:bottom, left:right]
+
+
+def _layout(run: Path, layer: str) -> tuple[Recording, FrameLayout, Any]:
+    recording = Recording.open(run)
+    plan = make_plan(recording, [layer], None, None, 1, TILE)
+    return recording, frame_layout(recording, plan.layer_plans[layer], plan.rows), plan
+
+
+def _fit(root: Path, model: pl.LightningModule, *data: Any, epochs: int = 2, **options: Any) -> Path:
+    pl.seed_everything(0, verbose=False)
+    recorder = ActivationRecorder(background_writes=False, **options)
+    _trainer(root, logger=False, callbacks=[recorder], max_epochs=epochs).fit(model, *data)
+    return recorder.store_path.parent
+
+
+class LanguageModel(pl.LightningModule):
+    """GPT-2 in small (blocks under ``transformer.h``), trained to predict the next token of dict batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = GPT2Like()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        ids = batch["input_ids"]
+        scores = self(ids)
+        loss = nn.functional.cross_entropy(scores[:, :-1].reshape(-1, scores.shape[-1]), ids[:, 1:].reshape(-1))
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=0.05)
+
+
+class Regressor(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        features, target = batch
+        return nn.functional.mse_loss(self(features).squeeze(-1), target)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=0.05)
+
+
+# -- the decision ---------------------------------------------------------------------------------
+
+
+def _selection(inputs: torch.Tensor) -> ProbeSelection:
+    return ProbeSelection(inputs, torch.full((len(inputs),), -1), torch.arange(len(inputs)), "test")
+
+
+@pytest.mark.parametrize(
+    ("inputs", "output", "task"),
+    [
+        (torch.rand(3, 1, 6, 6), (3, 36), "reconstruction"),
+        (torch.rand(3, 8), (3, 1, 6, 6), "generation"),
+        (torch.randint(0, 20, (3, 6)), (3, 6, 20), "generation"),  # a language model's next-token scores
+        (torch.randint(0, 20, (3, 6)), (3, 2), "classification"),
+        (torch.rand(3, 5), (3, 1), "regression"),
+        (torch.rand(3, 1, 6, 6), (3, 4, 2), "none"),
+    ],
+)
+def test_auto_decides_from_shapes_with_the_shared_task_names(
+    inputs: torch.Tensor, output: tuple[int, ...], task: str
+) -> None:
+    decided, why = decide_task(_selection(inputs), output)
+    assert decided == task
+    assert decided in TASKS
+    assert why
+
+
+def test_the_output_shape_is_stored_and_older_stores_still_draw_their_outputs(tmp_path: Path) -> None:
+    run = _fit(tmp_path, AutoEncoder(), TinyData(batch_size=8, size=24), epochs=1)
+    with StoreReader(run / "activations.h5") as store:
+        assert store.output_shape == (36,)  # the autoencoder's forward returns flat vectors
+    with Recording.open(run) as recording:
+        drawing = recording.output_drawing
+        assert (drawing.mode, drawing.shape) == (OUTPUT_IMAGE, (1, 6, 6))  # as many values as the input image
+        images = recording.probes.images
+        assert (drawing.low, drawing.high) == (float(images.min()), float(images.max()))
+    make_store(tmp_path / "old", range(2))  # no output_shape, no task: a classifier, as before
+    with StoreReader(tmp_path / "old" / "activations.h5") as store:
+        assert store.output_shape is None
+    with Recording.open(tmp_path / "old") as recording:
+        assert recording.output_drawing.mode == OUTPUT_CLASSES
+
+
+# -- real trainings, rendered ------------------------------------------------------------------------
+
+
+def test_a_reconstruction_is_drawn_as_an_output_picture_under_the_inputs(tmp_path: Path) -> None:
+    run = _fit(tmp_path, AutoEncoder(), TinyData(batch_size=8, size=24))
+    result = render_run(run, layers=["encoder.1"], tile_size=TILE)
+    frames = _frames(result.out_dir / "encoder.1.gif")
+    recording, layout, plan = _layout(run, "encoder.1")
+    with recording:
+        assert layout.output is not None
+        assert layout.output.mode == OUTPUT_IMAGE
+        outputs = recording.outputs(plan.rows)
+        images = recording.probes.images
+        low, high = float(images.min()), float(images.max())
+        assert len(frames) == len(plan.rows) == 7
+        for frame, stored in zip(frames, outputs, strict=True):
+            expected = picture_tiles(stored.reshape(3, 1, 6, 6), TILE, low, high)  # drawn like the inputs
+            for probe in range(3):
+                np.testing.assert_array_equal(_box(frame, layout.output_box(probe)), expected[probe])
+                # the output row lies between the inputs and the grid
+                assert layout.input_box(probe)[3] <= layout.output_box(probe)[1] < layout.tile_box(0, probe)[1]
+            assert not np.isin(frame, _MARKS).any()  # no fake ✓/✗ row
+        assert not np.array_equal(_box(frames[0], layout.output_box(0)), _box(frames[-1], layout.output_box(0)))
+        np.testing.assert_array_equal(_box(frames[0], layout.input_box(1)), picture_tiles(images, TILE)[1])
+        # the contact sheet draws the outputs of its own steps
+        sheet = _sheet(result.out_dir / "encoder.1.sheet.png")
+        first = picture_tiles(outputs[0].reshape(3, 1, 6, 6), TILE, low, high)[0]
+        last = picture_tiles(outputs[-1].reshape(3, 1, 6, 6), TILE, low, high)[0]
+        assert _contains(sheet, first)
+        assert _contains(sheet, last)
+        assert not np.isin(sheet, _MARKS).any()
+
+
+def _inked(pixels: np.ndarray) -> bool:
+    """Whether text (grey ink: neither the white background nor the gutter grey) is drawn in ``pixels``."""
+    grey = (pixels >= colors.GREY_START) & (pixels < colors.GREY_START + colors.GREY_LEVELS)
+    return bool((grey & (pixels != colors.GUTTER_INDEX)).any())
+
+
+def _contains(image: np.ndarray, tile: np.ndarray) -> bool:
+    """Whether ``tile`` appears in ``image`` exactly (at any position)."""
+    windows = np.lib.stride_tricks.sliding_window_view(image, tile.shape)
+    return bool((windows == tile).all(axis=(-2, -1)).any())
+
+
+def test_a_gan_draws_its_noise_as_a_strip_and_its_generated_picture(tmp_path: Path) -> None:
+    noise = torch.randn(4, 8, generator=torch.Generator().manual_seed(5))
+    run = _fit(
+        tmp_path,
+        GAN(),
+        TinyData(batch_size=8, size=24),
+        probe_batch=noise,
+        probe_forward=generate,
+        batch_loss_names=["g_loss"],
+    )
+    result = render_run(run, tile_size=TILE)
+    frames = _frames(result.out_dir / "generator.1.gif")
+    recording, layout, plan = _layout(run, "generator.1")
+    with recording:
+        assert recording.task == "generation"
+        assert layout.labels is None  # noise probes have no label: no row of "?"
+        drawing = recording.output_drawing
+        assert (drawing.mode, drawing.shape) == (OUTPUT_IMAGE, (1, 6, 6))  # the stored output_shape
+        outputs = recording.outputs(plan.rows)
+        for frame, stored in zip(frames, outputs, strict=True):
+            expected = picture_tiles(stored.reshape(4, 1, 6, 6), TILE, drawing.low, drawing.high)
+            for probe in range(4):
+                np.testing.assert_array_equal(_box(frame, layout.output_box(probe)), expected[probe])
+            assert not np.isin(frame, _MARKS).any()
+        # The noise: 8 cells on the red-blue scale of its largest |value|, inside a gutter outline.
+        strip = _box(frames[0], layout.input_box(0))
+        inner = strip[1:-1, 1:-1]
+        cells = inner[inner.shape[0] // 2, :: inner.shape[1] // 8]
+        limit = float(np.abs(noise.numpy()).max())
+        np.testing.assert_array_equal(cells, colors.diverging_indices(noise.numpy()[0], limit))
+        assert (strip[0] == colors.GUTTER_INDEX).all()
+
+
+def test_a_language_model_draws_token_ids_and_its_predicted_next_ids(tmp_path: Path) -> None:
+    items = [{"input_ids": item["input_ids"]} for item in _token_items()]
+    probes = {"input_ids": torch.stack([item["input_ids"] for item in items[:3]])}
+    run = _fit(tmp_path, LanguageModel(), DataLoader(items, batch_size=8), probe_batch=probes)
+    result = render_run(run, layers=["model.transformer.h.0"], tile_size=TILE)
+    frames = _frames(result.out_dir / "model.transformer.h.0.gif")
+    recording, layout, plan = _layout(run, "model.transformer.h.0")
+    with recording:
+        assert recording.task == "generation"
+        assert recording.store.output_shape == (6, 20)
+        assert (recording.output_drawing.mode, recording.output_drawing.shape) == (OUTPUT_TOKENS, (6, 20))
+        assert layout.kind == "tokens"
+        outputs = recording.outputs(plan.rows)
+        predicted = outputs.reshape(len(plan.rows), 3, 6, 20).argmax(-1)  # the next id at every position
+        assert not (predicted[0] == predicted[-1]).all()  # it learns: what it predicts changes
+        activations = recording.layer("model.transformer.h.0").read(plan.rows).values
+        for index, frame in enumerate(frames):
+            # The same layout drawing scores whose argmax is the expected ids: the same text pixels.
+            one_hot = np.eye(20, dtype=np.float32)[predicted[index]].reshape(3, 120)
+            reference = layout.frame(activations[index], title="", outputs=one_hot)
+            for probe in range(3):
+                ids_box = layout.output_box(probe)
+                np.testing.assert_array_equal(_box(frame, ids_box), _box(reference, ids_box))
+                assert _inked(_box(frame, ids_box))  # numbers are written there
+            assert not np.isin(frame, _MARKS).any()
+        for probe in range(3):  # the probes' own token ids, as numbers, differ between probes
+            assert _inked(_box(frames[0], layout.input_box(probe)))
+        assert not np.array_equal(_box(frames[0], layout.input_box(0)), _box(frames[0], layout.input_box(1)))
+
+
+def test_a_regressor_draws_its_value_never_a_class(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(32, 5, generator=generator)
+    data = torch.utils.data.TensorDataset(features, features.sum(1))
+    run = _fit(tmp_path, Regressor(), DataLoader(data, batch_size=8), probe_batch=(features[:3], features[:3].sum(1)))
+    result = render_run(run, tile_size=TILE)
+    frames = _frames(result.out_dir / "net.1.gif")
+    recording, layout, plan = _layout(run, "net.1")
+    with recording:
+        assert recording.task == "regression"
+        drawing = recording.output_drawing
+        assert drawing.mode == OUTPUT_VALUES
+        outputs = recording.outputs(plan.rows)
+        for frame, stored in zip(frames, outputs, strict=True):
+            for probe in range(3):
+                cell = _box(frame, layout.output_box(probe))
+                colour = colors.diverging_indices(stored[probe], drawing.high)[0]
+                assert (cell == colour).sum() >= 16  # the value's colour fills its cell
+                assert _inked(cell)  # and its number is written under it
+            assert not np.isin(frame, _MARKS).any()
+
+
+def test_a_classifier_fed_token_ids_keeps_its_marks_and_shows_its_ids(tmp_path: Path) -> None:
+    items = _token_items()
+    run = _fit(
+        tmp_path,
+        TokenClassifier(),
+        DataLoader(items, batch_size=8),
+        DataLoader(items[:12], batch_size=5),
+        probes_per_class=2,
+    )
+    result = render_run(run, layers=["encoder.layers.0"], tile_size=TILE)
+    frames = _frames(result.out_dir / "encoder.layers.0.gif")
+    recording, layout, _ = _layout(run, "encoder.layers.0")
+    with recording:
+        assert recording.output_drawing.mode == OUTPUT_CLASSES
+        with pytest.raises(ValueError, match="no output row"):
+            layout.output_box(0)
+        for probe in range(4):
+            assert _inked(_box(frames[-1], layout.input_box(probe)))
+            assert np.isin(_box(frames[-1], layout.prediction_box(probe)), _MARKS).any()  # ✓/✗ as before
