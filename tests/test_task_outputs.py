@@ -11,6 +11,7 @@ and no fake ✓/✗ row for any model that is not a classifier.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,10 @@ from actrec.names import TASKS
 from actrec.probe import ProbeSelection, decide_task
 from actrec.recording import OUTPUT_CLASSES, OUTPUT_IMAGE, OUTPUT_TOKENS, OUTPUT_VALUES, Recording, colors
 from actrec.store import StoreReader
-from actrec.viewer import render_run
-from actrec.viewer.frames import FrameLayout, picture_tiles
+from actrec.viewer import export_tensorboard, render_run
+from actrec.viewer.frames import CARD_FRAME_WIDTH, CARD_TEXT_SCALE, FrameLayout, picture_tiles
 from actrec.viewer.plan import frame_layout, make_plan
+from actrec.viewer.tb_export import at_least_own_resolution
 
 TILE = 16
 
@@ -137,8 +139,16 @@ def test_auto_decides_from_shapes_with_the_shared_task_names(
     assert why
 
 
-def test_the_output_shape_is_stored_and_older_stores_still_draw_their_outputs(tmp_path: Path) -> None:
-    run = _fit(tmp_path, AutoEncoder(), TinyData(batch_size=8, size=24), epochs=1)
+@pytest.fixture(scope="module")
+def autoencoder_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Lightning's autoencoder example in small, trained for two epochs (7 recorded steps)."""
+    return _fit(tmp_path_factory.mktemp("autoencoder"), AutoEncoder(), TinyData(batch_size=8, size=24))
+
+
+def test_the_output_shape_is_stored_and_older_stores_still_draw_their_outputs(
+    autoencoder_run: Path, tmp_path: Path
+) -> None:
+    run = autoencoder_run
     with StoreReader(run / "activations.h5") as store:
         assert store.output_shape == (36,)  # the autoencoder's forward returns flat vectors
     with Recording.open(run) as recording:
@@ -156,8 +166,8 @@ def test_the_output_shape_is_stored_and_older_stores_still_draw_their_outputs(tm
 # -- real trainings, rendered ------------------------------------------------------------------------
 
 
-def test_a_reconstruction_is_drawn_as_an_output_picture_under_the_inputs(tmp_path: Path) -> None:
-    run = _fit(tmp_path, AutoEncoder(), TinyData(batch_size=8, size=24))
+def test_a_reconstruction_is_drawn_as_an_output_picture_under_the_inputs(autoencoder_run: Path) -> None:
+    run = autoencoder_run
     result = render_run(run, layers=["encoder.1"], tile_size=TILE)
     frames = _frames(result.out_dir / "encoder.1.gif")
     recording, layout, plan = _layout(run, "encoder.1")
@@ -184,6 +194,29 @@ def test_a_reconstruction_is_drawn_as_an_output_picture_under_the_inputs(tmp_pat
         assert _contains(sheet, first)
         assert _contains(sheet, last)
         assert not np.isin(sheet, _MARKS).any()
+
+
+def test_the_tensorboard_export_draws_the_reconstruction_too(autoencoder_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    result = export_tensorboard(autoencoder_run, layers=["decoder.1"], tile_size=TILE)
+    accumulator = EventAccumulator(str(result.export_dir), size_guidance={IMAGES: 0})
+    accumulator.Reload()
+    events = accumulator.Images("activations/decoder.1")
+    with Recording.open(autoencoder_run) as recording:
+        plan = make_plan(
+            recording, ["decoder.1"], None, None, 1, TILE, max_frame_width=CARD_FRAME_WIDTH, text_scale=CARD_TEXT_SCALE
+        )
+        layer_plan = at_least_own_resolution(plan.layer_plans["decoder.1"])
+        layout = frame_layout(recording, layer_plan, plan.rows)
+        outputs = recording.outputs(plan.rows)
+        images = recording.probes.images
+        assert len(events) == len(plan.rows)
+        for event, stored in zip(events, outputs, strict=True):
+            frame = rgb_to_indices(np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB")))
+            expected = picture_tiles(stored.reshape(3, 1, 6, 6), layer_plan.tile_size, images.min(), images.max())
+            for probe in range(3):
+                np.testing.assert_array_equal(_box(frame, layout.output_box(probe)), expected[probe])
 
 
 def _inked(pixels: np.ndarray) -> bool:
@@ -261,11 +294,16 @@ def test_a_language_model_draws_token_ids_and_its_predicted_next_ids(tmp_path: P
         assert not np.array_equal(_box(frames[0], layout.input_box(0)), _box(frames[0], layout.input_box(1)))
 
 
-def test_a_regressor_draws_its_value_never_a_class(tmp_path: Path) -> None:
+def test_a_regressor_draws_its_value_never_a_class(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     generator = torch.Generator().manual_seed(3)
     features = torch.randn(32, 5, generator=generator)
     data = torch.utils.data.TensorDataset(features, features.sum(1))
-    run = _fit(tmp_path, Regressor(), DataLoader(data, batch_size=8), probe_batch=(features[:3], features[:3].sum(1)))
+    with caplog.at_level("INFO"):
+        run = _fit(
+            tmp_path, Regressor(), DataLoader(data, batch_size=8), probe_batch=(features[:3], features[:3].sum(1))
+        )
+    said = [record.getMessage() for record in caplog.records if "task " in record.getMessage()]
+    assert said == ["ActivationRecorder: task regression (one value per probe); pass task= to choose another."]
     result = render_run(run, tile_size=TILE)
     frames = _frames(result.out_dir / "net.1.gif")
     recording, layout, plan = _layout(run, "net.1")
