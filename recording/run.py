@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,7 @@ class Recording:
             )
         return self._output_drawing
 
-    def outputs(self, rows: np.ndarray) -> np.ndarray:
+    def outputs(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
         """The probes' outputs ``(n, P, K)`` at ``rows``, as stored (flattened per probe)."""
         return self.store.logits(np.asarray(rows, dtype=np.int64))
 
