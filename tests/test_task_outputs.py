@@ -11,7 +11,11 @@ and no fake ✓/✗ row for any model that is not a classifier.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import io
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from recorder_fixtures import TinyData
+from report_browser import browser_page, find_chromium
 from test_any_training import GAN, AutoEncoder, GPT2Like, TokenClassifier, _token_items, _trainer, generate
 from torch import nn
 from torch.utils.data import DataLoader
@@ -30,6 +35,8 @@ from actrec.callbacks import ActivationRecorder
 from actrec.names import TASKS
 from actrec.probe import ProbeSelection, decide_task
 from actrec.recording import OUTPUT_CLASSES, OUTPUT_IMAGE, OUTPUT_TOKENS, OUTPUT_VALUES, Recording, colors
+from actrec.report import build_report
+from actrec.report.build import probe_strip
 from actrec.store import StoreReader
 from actrec.viewer import export_tensorboard, render_run
 from actrec.viewer.frames import CARD_FRAME_WIDTH, CARD_TEXT_SCALE, FrameLayout, picture_tiles
@@ -264,10 +271,16 @@ def test_a_gan_draws_its_noise_as_a_strip_and_its_generated_picture(tmp_path: Pa
         assert (strip[0] == colors.GUTTER_INDEX).all()
 
 
-def test_a_language_model_draws_token_ids_and_its_predicted_next_ids(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def language_model_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GPT-2-like model trained for next tokens on dict batches, three probes of six token ids."""
     items = [{"input_ids": item["input_ids"]} for item in _token_items()]
     probes = {"input_ids": torch.stack([item["input_ids"] for item in items[:3]])}
-    run = _fit(tmp_path, LanguageModel(), DataLoader(items, batch_size=8), probe_batch=probes)
+    return _fit(tmp_path_factory.mktemp("lm"), LanguageModel(), DataLoader(items, batch_size=8), probe_batch=probes)
+
+
+def test_a_language_model_draws_token_ids_and_its_predicted_next_ids(language_model_run: Path) -> None:
+    run = language_model_run
     result = render_run(run, layers=["model.transformer.h.0"], tile_size=TILE)
     frames = _frames(result.out_dir / "model.transformer.h.0.gif")
     recording, layout, plan = _layout(run, "model.transformer.h.0")
@@ -340,3 +353,73 @@ def test_a_classifier_fed_token_ids_keeps_its_marks_and_shows_its_ids(tmp_path: 
         for probe in range(4):
             assert _inked(_box(frames[-1], layout.input_box(probe)))
             assert np.isin(_box(frames[-1], layout.prediction_box(probe)), _MARKS).any()  # ✓/✗ as before
+
+
+def _report_data(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    match = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', text, re.S)
+    assert match is not None
+    return json.loads(match[1])
+
+
+def test_the_report_shows_a_reconstruction_per_step(autoencoder_run: Path) -> None:
+    result = build_report(autoencoder_run, out=autoencoder_run / "report.html")
+    data = _report_data(result.path)
+    page = result.path.read_text(encoding="utf-8")
+    assert data["predictions"] is None
+    assert 'id="output-img"' in page
+    assert "Probes and outputs" in page
+    assert "<span>0</span><span>1</span><span>2</span>" in page  # labels without class names: their numbers
+    outputs = data["outputs"]
+    assert outputs["label"] == "output"
+    assert outputs["shape"] == [6, 6]
+    with Recording.open(autoencoder_run) as recording:
+        rows = recording.timeline.thin()
+        assert len(outputs["frames"]) == len(rows) == len(data["steps"])
+        images = recording.probes.images
+        for frame, stored in zip(outputs["frames"], recording.outputs(rows), strict=True):
+            with Image.open(io.BytesIO(base64.b64decode(frame))) as picture:
+                drawn = np.asarray(picture)
+            expected = probe_strip(stored.reshape(3, 1, 6, 6), float(images.min()), float(images.max()))
+            np.testing.assert_array_equal(drawn, colors.to_rgb(expected) if drawn.ndim == 3 else expected)
+
+
+def test_the_report_lists_a_language_model_s_next_ids(language_model_run: Path) -> None:
+    result = build_report(language_model_run, out=language_model_run / "report.html")
+    data = _report_data(result.path)
+    assert data["outputs"]["label"] == "next id"
+    assert 'id="outputs"' in result.path.read_text(encoding="utf-8")
+    with Recording.open(language_model_run) as recording:
+        rows = recording.timeline.thin()
+        predicted = recording.outputs(rows).reshape(len(rows), 3, 6, 20).argmax(-1)
+    assert data["outputs"]["texts"] == [[" ".join(map(str, ids)) for ids in step] for step in predicted.tolist()]
+
+
+def test_the_report_page_swaps_the_outputs_with_the_slider(autoencoder_run: Path, tmp_path: Path) -> None:
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no chromium on this machine: the page is not tested in a browser")
+    pytest.importorskip("aiohttp", reason="the DevTools client needs aiohttp (installed with pytorch-lightning[extra])")
+    page_path = build_report(autoencoder_run, out=tmp_path / "report.html").path
+    frames = _report_data(page_path)["outputs"]["frames"]
+    source = "document.getElementById('output-img').src"
+
+    async def scenario() -> tuple[str, str, dict, list[str]]:
+        async with browser_page(chromium) as page:
+            await page.open(page_path, width=1366, height=768)
+            first = await page.evaluate(source)
+            await page.press("End", 35)
+            await asyncio.sleep(0.1)
+            last = await page.evaluate(source)
+            box = await page.evaluate(
+                "(() => { const r = document.getElementById('output-img').getBoundingClientRect(); "
+                "return {width: r.width, height: r.height}; })()"
+            )
+            await page.screenshot(tmp_path / "report.png")
+            return first, last, box, page.errors
+
+    first, last, box, errors = asyncio.run(scenario())
+    assert errors == []
+    assert first == "data:image/png;base64," + frames[0]
+    assert last == "data:image/png;base64," + frames[-1]
+    assert box["width"] >= 3 * box["height"] > 0  # three probes' pictures side by side, sized like the inputs
