@@ -282,6 +282,7 @@ class ActivationRecorder(Callback):
         self._class_names: list[str] = []
         self._scale_kinds: dict[str, str] = {}
         self._live_scales: dict[str, Any] = {}
+        self._live_output: Any = None  # how live TensorBoard images draw a non-classifier's outputs
         self._record_weights = False
         self._store_path: Path | None = None
         self._engine: ProbeEngine | None = None
@@ -839,14 +840,28 @@ class ActivationRecorder(Callback):
         )
 
     def _log_images(self, trainer: pl.Trainer, views: dict[str, torch.Tensor], step: int, epoch: int) -> None:
+        from actrec.recording import output_drawing, shows_predictions
         from actrec.viewer import frame_title, live_frames, predicted_classes
 
         experiment = getattr(trainer.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):
             return
-        predictions = predicted_classes(views["logits"].numpy())
         probes = self._probes
         assert probes is not None, "setup() selected the probes"
+        logits = views["logits"].numpy()
+        # A classifier's predictions marked right or wrong; any other task draws its outputs, never a fake class.
+        classifier = shows_predictions(self._task)
+        predictions = predicted_classes(logits) if classifier else None
+        if not classifier and self._live_output is None:  # decided once, from the first logged step's outputs
+            self._live_output = output_drawing(
+                self._task,
+                probes.images.float().numpy(),
+                logits.shape[-1],
+                self._built_engine.output_full_shape[1:],
+                lambda rows: logits[None],
+                1,
+            )
+        labels = probes.labels.numpy()
         for name in self._built_engine.layouts:
             # The viewer's one colour-scale rule: bounded layers on their fixed range, others on a limit
             # that only grows over the run and is printed on every image's colour bar.
@@ -856,9 +871,11 @@ class ActivationRecorder(Callback):
                 self._live_scales.get(name),
                 title=frame_title(name, step, epoch),
                 probe_images=probes.images.float().numpy(),
-                labels=probes.labels.numpy(),
+                labels=labels if (labels >= 0).any() else None,
                 predictions=predictions,
                 class_names=self._class_names,
+                output=self._live_output,
+                outputs=None if classifier else logits,
             )
             for suffix, image in images:
                 experiment.add_image(f"activations/{name}{suffix}", image, step, dataformats="HWC")

@@ -423,3 +423,40 @@ def test_the_report_page_swaps_the_outputs_with_the_slider(autoencoder_run: Path
     assert first == "data:image/png;base64," + frames[0]
     assert last == "data:image/png;base64," + frames[-1]
     assert box["width"] >= 3 * box["height"] > 0  # three probes' pictures side by side, sized like the inputs
+
+
+def test_live_tensorboard_images_draw_the_outputs_not_a_fake_class(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    from actrec.recording import output_drawing
+    from actrec.viewer import frame_title, live_frames
+
+    pl.seed_everything(0, verbose=False)
+    recorder = ActivationRecorder(background_writes=False, log_images_every_n_steps=2)
+    logger = pl.loggers.TensorBoardLogger(str(tmp_path), name="logs")
+    _trainer(tmp_path, logger=logger, callbacks=[recorder]).fit(AutoEncoder(), TinyData(batch_size=8, size=24))
+    events = EventAccumulator(str(recorder.store_path.parent), size_guidance={IMAGES: 0})
+    events.Reload()
+    with StoreReader(recorder.store_path) as store:
+        steps = store.global_steps().tolist()
+        logged_rows = [row for row, step in enumerate(steps) if step % 2 == 0]
+        first = store.logits(np.array(logged_rows[:1]))
+        drawing = output_drawing("reconstruction", store.probes.images, 36, store.output_shape, lambda rows: first, 1)
+        assert drawing.mode == OUTPUT_IMAGE
+        state = None
+        for row in logged_rows:
+            expected, state = live_frames(
+                store.layer("encoder.1").scale_kind,
+                store.activations("encoder.1", np.array([row]))[0],
+                state,
+                title=frame_title("encoder.1", steps[row], int(store.steps()["epoch"][row])),
+                probe_images=store.probes.images,
+                labels=store.probes.labels,
+                output=drawing,
+                outputs=store.logits(np.array([row]))[0],
+            )
+            (suffix, image), *_ = expected
+            logged = [e for e in events.Images(f"activations/encoder.1{suffix}") if e.step == steps[row]]
+            pixels = np.asarray(Image.open(io.BytesIO(logged[0].encoded_image_string)).convert("RGB"))
+            np.testing.assert_array_equal(pixels, image)
+            assert not np.isin(rgb_to_indices(pixels), _MARKS).any()

@@ -976,6 +976,8 @@ def live_frames(
     predictions: np.ndarray | None = None,
     class_names: Sequence[str] | None = None,
     max_channels: int = DEFAULT_MAX_CHANNELS,
+    output: OutputDrawing | None = None,
+    outputs: np.ndarray | None = None,
 ) -> tuple[list[tuple[str, np.ndarray]], LiveScaleState]:
     """One layer's TensorBoard images for one step logged during training, on the live colour scale.
 
@@ -995,6 +997,8 @@ def live_frames(
         predictions: ``(P,)`` predicted classes, or ``None``.
         class_names: names indexed by class, or ``None``.
         max_channels: most channels (maps) or units (tokens, vectors) drawn.
+        output: how a non-classifier's outputs are drawn (:func:`actrec.recording.output_drawing`), or ``None``.
+        outputs: ``(P, K)`` the probes' outputs at this step, drawn in the output row when ``output`` is given.
 
     Returns:
         ``([(tag_suffix, image), ...], state)``: new ``(H, W, 3)`` uint8 RGB images, log each under
@@ -1026,6 +1030,8 @@ def live_frames(
             channel_labels=channels.tolist(),
             nonfinite_legend=not bool(np.isfinite(part).all()),
             text_scale=CARD_TEXT_SCALE,
+            output=output,
         )
-        images.append((suffix, colors.to_rgb(layout.frame(part, title=title, predictions=predictions))))
+        frame = layout.frame(part, title=title, predictions=predictions, outputs=outputs)
+        images.append((suffix, colors.to_rgb(frame)))
     return images, state
