@@ -773,6 +773,8 @@ class _ProbeRow:
     paint: Callable[[np.ndarray], np.ndarray]
 
 
+_MAX_STRIP_LINES = 16
+"""Most lines of a wrapped value strip: a (T, V) output of a model that is not fed token ids stays a strip."""
 _MAX_ID_LINES = 6
 """Most lines of token ids a probe's column shows; longer sequences end in an ellipsis."""
 
@@ -784,20 +786,22 @@ def _picture_row(label: str, shape: Sequence[int], low: float, high: float, tile
 
 
 def _strip_row(label: str, units: int, limit: float, tile_size: int, label_size: int, label_height: int) -> _ProbeRow:
-    """Values ``(K,)`` per probe as a red-blue strip on ``-limit .. +limit`` (wrapped onto lines when long),
-    outlined in the gutter grey, with the number written under it when there is one value."""
+    """Values ``(K,)`` per probe as a red-blue strip on ``-limit .. +limit`` (wrapped onto lines when long, at
+    most :data:`_MAX_STRIP_LINES` of them: the first values, then ``"N of K"``), outlined in the gutter grey,
+    with the number written under it when there is one value."""
     per_line = min(units, 2 * tile_size)
-    lines = math.ceil(units / per_line)
+    lines = min(_MAX_STRIP_LINES, math.ceil(units / per_line))
+    shown = min(units, lines * per_line)
     cell = heatmap_cell(per_line, tile_size)
     line_height = max(cell, tile_size // 4, MIN_UNIT_HEIGHT) if lines == 1 else max(cell, 2)
     strip_height, strip_width = lines * line_height + 2, per_line * cell + 2  # a one-pixel outline around
-    text_height = label_height + 2 if units == 1 else 0
+    text_height = label_height + 2 if units == 1 or shown < units else 0
     width = max(strip_width, _text_width(_NUMBER_ROOM, label_size)) if units == 1 else strip_width
 
     def paint(values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=np.float32).reshape(len(values), units)
         padded = np.zeros((len(values), lines * per_line), np.float32)  # the last line's unused end: white
-        padded[:, :units] = values
+        padded[:, :shown] = values[:, :shown]
         indices = colors.diverging_indices(padded, limit).reshape(len(values), lines, per_line)
         tiles = np.full((len(values), strip_height + text_height, width), colors.ZERO_INDEX, np.uint8)
         left = (width - strip_width) // 2
@@ -810,6 +814,10 @@ def _strip_row(label: str, units: int, limit: float, tile_size: int, label_size:
                 text = _short_number(value, label_size, width)
                 x = max(0, (width - _text_width(text, label_size)) // 2)
                 _text.draw_text(tiles[probe], x, strip_height + 1, text, size=label_size, ink="text")
+        elif shown < units:
+            text = _text.fit_text(f"{shown:,} of {units:,}", label_size, width)
+            for tile in tiles:
+                _text.draw_text(tile, left, strip_height + 1, text, size=label_size, ink="muted")
         return tiles
 
     return _ProbeRow(label, strip_height + text_height, width, paint)
