@@ -38,7 +38,7 @@ from actrec.recording import OUTPUT_CLASSES, OUTPUT_IMAGE, OUTPUT_TOKENS, OUTPUT
 from actrec.report import build_report
 from actrec.report.build import probe_strip
 from actrec.store import StoreReader
-from actrec.viewer import export_tensorboard, render_run
+from actrec.viewer import RenderResult, export_tensorboard, render_run
 from actrec.viewer.frames import CARD_FRAME_WIDTH, CARD_TEXT_SCALE, FrameLayout, picture_tiles
 from actrec.viewer.plan import frame_layout, make_plan
 from actrec.viewer.tb_export import at_least_own_resolution
@@ -49,8 +49,14 @@ TILE = 16
 _MARKS = np.arange(colors.PALETTE_SIZE - 18, colors.PALETTE_SIZE - 2)
 
 
+def _animation(result: RenderResult, layer: str) -> Path:
+    """The animation ``actrec render`` wrote for ``layer`` (whatever its format: GIF, APNG)."""
+    (path,) = [path for path in result.files if Path(path).stem == layer]
+    return Path(path)
+
+
 def _frames(path: Path) -> list[np.ndarray]:
-    """Every frame of a GIF (as Pillow composes them) as palette indices."""
+    """Every frame of an animation (as Pillow composes them) as palette indices."""
     frames = []
     with Image.open(path) as image:
         for index in range(image.n_frames):
@@ -176,7 +182,7 @@ def test_the_output_shape_is_stored_and_older_stores_still_draw_their_outputs(
 def test_a_reconstruction_is_drawn_as_an_output_picture_under_the_inputs(autoencoder_run: Path) -> None:
     run = autoencoder_run
     result = render_run(run, layers=["encoder.1"], tile_size=TILE)
-    frames = _frames(result.out_dir / "encoder.1.gif")
+    frames = _frames(_animation(result, "encoder.1"))
     recording, layout, plan = _layout(run, "encoder.1")
     with recording:
         assert layout.output is not None
@@ -249,7 +255,7 @@ def test_a_gan_draws_its_noise_as_a_strip_and_its_generated_picture(tmp_path: Pa
         batch_loss_names=["g_loss"],
     )
     result = render_run(run, tile_size=TILE)
-    frames = _frames(result.out_dir / "generator.1.gif")
+    frames = _frames(_animation(result, "generator.1"))
     recording, layout, plan = _layout(run, "generator.1")
     with recording:
         assert recording.task == "generation"
@@ -282,7 +288,7 @@ def language_model_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_language_model_draws_token_ids_and_its_predicted_next_ids(language_model_run: Path) -> None:
     run = language_model_run
     result = render_run(run, layers=["model.transformer.h.0"], tile_size=TILE)
-    frames = _frames(result.out_dir / "model.transformer.h.0.gif")
+    frames = _frames(_animation(result, "model.transformer.h.0"))
     recording, layout, plan = _layout(run, "model.transformer.h.0")
     with recording:
         assert recording.task == "generation"
@@ -318,7 +324,7 @@ def test_a_regressor_draws_its_value_never_a_class(tmp_path: Path, caplog: pytes
     said = [record.getMessage() for record in caplog.records if "task " in record.getMessage()]
     assert said == ["ActivationRecorder: task regression (one value per probe); pass task= to choose another."]
     result = render_run(run, tile_size=TILE)
-    frames = _frames(result.out_dir / "net.1.gif")
+    frames = _frames(_animation(result, "net.1"))
     recording, layout, plan = _layout(run, "net.1")
     with recording:
         assert recording.task == "regression"
@@ -344,7 +350,7 @@ def test_a_classifier_fed_token_ids_keeps_its_marks_and_shows_its_ids(tmp_path: 
         probes_per_class=2,
     )
     result = render_run(run, layers=["encoder.layers.0"], tile_size=TILE)
-    frames = _frames(result.out_dir / "encoder.layers.0.gif")
+    frames = _frames(_animation(result, "encoder.layers.0"))
     recording, layout, _ = _layout(run, "encoder.layers.0")
     with recording:
         assert recording.output_drawing.mode == OUTPUT_CLASSES
