@@ -56,10 +56,11 @@ def _animation(result: RenderResult, layer: str) -> Path:
 
 
 def _frames(path: Path) -> list[np.ndarray]:
-    """Every frame of an animation (as Pillow composes them) as palette indices."""
+    """Every frame of an animation (as Pillow composes them) as palette indices; an APNG's still picture, kept
+    outside its animation (Pillow's frame 0), is left out, so the frames are the steps drawn."""
     frames = []
     with Image.open(path) as image:
-        for index in range(image.n_frames):
+        for index in range(1 if image.info.get("default_image") else 0, image.n_frames):
             image.seek(index)
             frames.append(rgb_to_indices(np.asarray(image.convert("RGB"))))
     return frames
