@@ -467,3 +467,48 @@ def test_live_tensorboard_images_draw_the_outputs_not_a_fake_class(tmp_path: Pat
             pixels = np.asarray(Image.open(io.BytesIO(logged[0].encoded_image_string)).convert("RGB"))
             np.testing.assert_array_equal(pixels, image)
             assert not np.isin(rgb_to_indices(pixels), _MARKS).any()
+
+
+def _store_without_output_shape(folder: Path, inputs: np.ndarray, outputs: np.ndarray, task: str, **extra: Any) -> Path:
+    """A finished store of two rows whose writer gave no ``output_shape`` (as before the attribute existed)."""
+    from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreWriter
+
+    folder.mkdir(parents=True)
+    probes = len(inputs)
+    writer = StoreWriter.create(
+        folder / "activations.h5",
+        run_id="old",
+        config={},
+        probes=ProbeSet(inputs.astype(np.float32), np.full(probes, -1), np.arange(probes), []),
+        layers=[LayerSpec("hidden", (4,), "Linear", "symmetric")],
+        num_classes=outputs.shape[-1],
+        background=False,
+        task=task,
+        **extra,
+    )
+    with writer:
+        for step in range(2):
+            writer.append(
+                StepRecord(step, 0, 0.0, 0.0, outputs * (step + 1), {"hidden": np.zeros((probes, 4), np.float32)})
+            )
+    return folder
+
+
+def test_older_stores_are_drawn_from_their_flattened_outputs(tmp_path: Path) -> None:
+    ids = np.array([[3, 1, 4], [1, 5, 9]])
+    scores = np.random.default_rng(0).normal(size=(2, 3 * 7)).astype(np.float32)  # (T=3, V=7) flattened
+    lm = _store_without_output_shape(tmp_path / "lm", ids, scores, "none")
+    values = _store_without_output_shape(tmp_path / "values", np.ones((2, 5)), scores[:, :4], "regression")
+    # An output_shape that disagrees with the stored values is not trusted: drawn from the values.
+    wrong = _store_without_output_shape(tmp_path / "wrong", ids, scores, "none", output_shape=(5, 5))
+    with Recording.open(lm) as recording:
+        drawing = recording.output_drawing
+        assert (drawing.mode, drawing.shape) == (OUTPUT_TOKENS, (3, 7))  # T from the token ids, V from K / T
+        np.testing.assert_array_equal(drawing.drawn(recording.outputs([1])[0]), scores.reshape(2, 3, 7).argmax(-1))
+    with Recording.open(values) as recording:
+        drawing = recording.output_drawing
+        assert (drawing.mode, drawing.shape) == (OUTPUT_VALUES, (4,))
+        assert drawing.high == pytest.approx(2 * float(np.abs(scores[:, :4]).max()))  # over the rows, both of them
+    with Recording.open(wrong) as recording:
+        assert recording.store.output_shape == (5, 5)
+        assert recording.output_drawing.mode == OUTPUT_TOKENS
