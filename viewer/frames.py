@@ -788,7 +788,7 @@ def _picture_row(label: str, shape: Sequence[int], low: float, high: float, tile
 def _strip_row(label: str, units: int, limit: float, tile_size: int, label_size: int, label_height: int) -> _ProbeRow:
     """Values ``(K,)`` per probe as a red-blue strip on ``-limit .. +limit`` (wrapped onto lines when long, at
     most :data:`_MAX_STRIP_LINES` of them: the first values, then ``"N of K"``), outlined in the gutter grey,
-    with the number written under it when there is one value."""
+    with the number written under it when there is one value; its label names the scale (``"input ±2.41"``)."""
     per_line = min(units, 2 * tile_size)
     lines = min(_MAX_STRIP_LINES, math.ceil(units / per_line))
     shown = min(units, lines * per_line)
@@ -820,7 +820,8 @@ def _strip_row(label: str, units: int, limit: float, tile_size: int, label_size:
                 _text.draw_text(tile, left, strip_height + 1, text, size=label_size, ink="muted")
         return tiles
 
-    return _ProbeRow(label, strip_height + text_height, width, paint)
+    # The strip's own scale in its label: the colour bar above is the layer's.
+    return _ProbeRow(f"{label} ±{format_limit(limit)}", strip_height + text_height, width, paint)
 
 
 _NUMBER_ROOM = "-0.0000"
