@@ -512,3 +512,23 @@ def test_older_stores_are_drawn_from_their_flattened_outputs(tmp_path: Path) -> 
     with Recording.open(wrong) as recording:
         assert recording.store.output_shape == (5, 5)
         assert recording.output_drawing.mode == OUTPUT_TOKENS
+
+
+def test_compare_draws_each_run_s_outputs(autoencoder_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from actrec.compare import compare_runs
+
+    other = tmp_path / "again" / "version_0"
+    shutil.copytree(autoencoder_run, other, ignore=shutil.ignore_patterns("renders", "report.html"))
+    result = compare_runs([autoencoder_run, other], ["encoder.1"], out_dir=tmp_path / "out", tile_size=TILE)
+    frames = _frames(result.animation)
+    with Recording.open(autoencoder_run) as recording:
+        outputs = recording.outputs(recording.timeline.thin())
+        low, high = float(recording.probes.images.min()), float(recording.probes.images.max())
+    assert len(frames) == len(outputs)
+    for frame, stored in zip(frames, outputs, strict=True):
+        expected = picture_tiles(stored.reshape(3, 1, 6, 6), TILE, low, high)
+        windows = np.lib.stride_tricks.sliding_window_view(frame, expected[2].shape)
+        assert (windows == expected[2]).all(axis=(-2, -1)).sum() == 2  # the same output in both runs' panels
+        assert not np.isin(frame, _MARKS).any()
