@@ -18,6 +18,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from actrec.callbacks._loggers import logger_run_folder, record_run_end, record_run_start
 from actrec.errors import UserError
 from actrec.names import TASK_CHOICES, TASK_CLASSIFICATION, TASKS
 from actrec.probe import (
@@ -37,6 +38,7 @@ from actrec.probe import (
     scale_kinds,
 )
 from actrec.runs import (
+    SUMMARY_FILENAME,
     VERSION_PREFIX,
     Run,
     RunError,
@@ -305,6 +307,7 @@ class ActivationRecorder(Callback):
         self._started: float | None = None
         self._finished = False
         self._recorded_rows = 0
+        self._logged_with: list[str] = []  # the W&B or MLflow runs the store's path was recorded with
 
     @property
     def store_path(self) -> Path | None:
@@ -511,7 +514,15 @@ class ActivationRecorder(Callback):
                 except OSError as error:  # the store is what matters; a summary that cannot be written is said
                     self._writes_summary = False
                     rank_zero_warn(f"ActivationRecorder: cannot write {folder / 'summary.json'}: {error.strerror}.")
-        rank_zero_info(f"ActivationRecorder: recording to {self._store_path}")
+        if self._store_path is None:
+            raise RuntimeError("ActivationRecorder: the store's path is chosen before its summary is written")
+        facts = {"run_id": self._run_id, "task": self._task, "layer_count": len(self._layer_names)}
+        # A W&B or MLflow run records the path now, so a run that dies still names its store.
+        self._logged_with = record_run_start(trainer.loggers, self._store_path, facts)
+        rank_zero_info(f"ActivationRecorder: recording to {self._store_path}{self._where_logged()}")
+
+    def _where_logged(self) -> str:
+        return f" (path recorded with the {', '.join(self._logged_with)})" if self._logged_with else ""
 
     def _summary_facts(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         folder = self._own_folder
@@ -529,13 +540,19 @@ class ActivationRecorder(Callback):
         if self._finished or self._started is None or not trainer.is_global_zero:
             return
         self._finished = True
-        rank_zero_info(f"ActivationRecorder: {state}; the store is {self._store_path}")
+        self._write_finished_summary(trainer, state, error, self._started)
+        if self._store_path is not None and self._logged_with:
+            folder = self._own_folder
+            record_run_end(trainer.loggers, self._store_path, [folder / SUMMARY_FILENAME] if folder else [])
+        rank_zero_info(f"ActivationRecorder: {state}; the store is {self._store_path}{self._where_logged()}")
+
+    def _write_finished_summary(self, trainer: pl.Trainer, state: str, error: str | None, started: float) -> None:
         if not self._writes_summary or self._own_folder is None or not self._own_folder.is_dir():
             return
         summary = finished_summary(
             self._summary_facts(trainer, trainer.lightning_module),
             state=state,
-            started=self._started,
+            started=started,
             error=error,
             global_step=int(trainer.global_step),
             epoch=int(trainer.current_epoch),
@@ -1010,12 +1027,16 @@ def _resolve_checkpoint_path(stored: str, fallback: Path | None) -> Path:
 
 
 def _default_folder(trainer: pl.Trainer) -> tuple[Path, bool]:
-    """The run's folder and whether it is still to be claimed: the logger's ``log_dir`` when it has one,
+    """The run's folder and whether it is still to be claimed: the logger's ``log_dir`` when it has one; for
+    a W&B or MLflow run, the folder Lightning gives that run's checkpoints, unless it already holds a store;
     else ``<default_root_dir>/actrec/version_N`` with the next free N (claimed when the store is created)."""
     logger = trainer.logger
     log_dir = getattr(logger, "log_dir", None) if logger is not None else None
     if log_dir:
         return Path(log_dir), False
+    run_folder = logger_run_folder(trainer.loggers, trainer.default_root_dir)
+    if run_folder is not None and not (run_folder / STORE_FILENAME).exists():
+        return run_folder, False
     parent = Path(trainer.default_root_dir) / "actrec"
     suffixes = [p.name.removeprefix(VERSION_PREFIX) for p in parent.glob(f"{VERSION_PREFIX}*")]
     taken = [int(suffix) for suffix in suffixes if suffix.isdigit()]
