@@ -281,24 +281,35 @@ def encode_indexed_png(frame: np.ndarray) -> bytes:
 
 
 _Frame = tuple[int, int, int, int, int, bytes]
-"""An encoded APNG frame: width, height, left, top, blend op, zlib data."""
+"""An encoded APNG frame: width, height, left, top, blend op, and its image data chunk (IDAT or fdAT)."""
 
 
-def _apng_frame(frame: np.ndarray, previous: np.ndarray | None) -> _Frame:
+def _data_chunk(data: bytes, sequence: int | None) -> bytes:
+    """The image data chunk: an IDAT (``sequence`` is ``None``), or an fdAT with its sequence number."""
+    return _png_chunk(b"IDAT", data) if sequence is None else _png_chunk(b"fdAT", struct.pack(">I", sequence) + data)
+
+
+def _apng_frame(frame: np.ndarray, previous: np.ndarray | None, sequence: int | None) -> _Frame:
     """Encode ``frame``: whole (``previous`` is ``None``), or the box that changed since ``previous``, its
-    unchanged pixels transparent, to be blended over it."""
+    unchanged pixels transparent, to be blended over it; its data chunk is made here, checksum included, so
+    the writing thread only writes."""
     height, width = frame.shape
     if previous is None:
-        return width, height, 0, 0, _APNG_BLEND_SOURCE, _deflate_rows(frame)
+        return width, height, 0, 0, _APNG_BLEND_SOURCE, _data_chunk(_deflate_rows(frame), sequence)
     changed = _changed_box(frame, previous)
     if changed is None:  # an identical frame still takes its time slot, so frame counts match steps
-        return 1, 1, 0, 0, _APNG_BLEND_OVER, _deflate_rows(np.full((1, 1), colors.TRANSPARENT_INDEX, np.uint8))
+        patch = np.full((1, 1), colors.TRANSPARENT_INDEX, np.uint8)
+        return 1, 1, 0, 0, _APNG_BLEND_OVER, _data_chunk(_deflate_rows(patch), sequence)
     left, top, _, unchanged = changed
     box = frame[top : top + unchanged.shape[0], left : left + unchanged.shape[1]]
     # Unchanged pixels become the transparent index (255, all bits set): OR-ing in the mask as 0 or 255
     # costs one pass where np.where costs three.
     patch = box | unchanged.view(np.uint8) * np.uint8(colors.TRANSPARENT_INDEX)
-    return patch.shape[1], patch.shape[0], left, top, _APNG_BLEND_OVER, _deflate_rows(patch)
+    return patch.shape[1], patch.shape[0], left, top, _APNG_BLEND_OVER, _data_chunk(_deflate_rows(patch), sequence)
+
+
+def _still_chunk(still: np.ndarray) -> bytes:
+    return _data_chunk(_deflate_rows(still), None)
 
 
 _encoder_pool: ThreadPoolExecutor | None = None
@@ -370,12 +381,12 @@ class ApngWriter:
         if num_frames is None and not self._owns_file and not _seekable(target):  # type: ignore[arg-type]
             raise ValueError("an APNG written to a file that cannot seek needs num_frames.")
         self._file: IO[bytes] | None = (
-            open(target, "wb") if isinstance(target, (str, os.PathLike)) else target  # noqa: SIM115
+            open(target, "wb", buffering=1 << 20) if isinstance(target, (str, os.PathLike)) else target  # noqa: SIM115
         )
         self._shape: tuple[int, ...] | None = None if self._still is None else self._still.shape
         self._previous: np.ndarray | None = None
         self._encoding: collections.deque[Future[_Frame]] = collections.deque()
-        self._still_data: Future[bytes] | None = None
+        self._still_chunk: Future[bytes] | None = None
         self._sequence = 0
         self._actl_offset: int | None = None
         self.frames_written = 0
@@ -399,8 +410,12 @@ class ApngWriter:
         frame = np.array(frame, copy=True, order="C")
         pool = _encoders()
         if self._previous is None and self._still is not None:
-            self._still_data = pool.submit(_deflate_rows, self._still)
-        self._encoding.append(pool.submit(_apng_frame, frame, self._previous))
+            self._still_chunk = pool.submit(_still_chunk, self._still)
+        # Sequence numbers run over fcTL and fdAT chunks alike: frame k's fcTL is 2k and its fdAT 2k + 1, unless
+        # the first frame is also the still picture, whose data is an IDAT without a number.
+        index = self.frames_written
+        sequence = 2 * index + 1 if self._still is not None else (None if index == 0 else 2 * index)
+        self._encoding.append(pool.submit(_apng_frame, frame, self._previous, sequence))
         self._previous = frame
         self.frames_written += 1
         # Every frame but the newest is known not to be the last, so its time is the plain frame time.
@@ -411,18 +426,11 @@ class ApngWriter:
         assert self._file is not None, "frames are written before close() ends"
         if self._sequence == 0:
             self._write_header(encoded[0], encoded[1])
-        width, height, left, top, blend, data = encoded
+        width, height, left, top, blend, chunk = encoded
         control = struct.pack(">IIIIHHBB", width, height, left, top, delay_cs, 100, _APNG_DISPOSE_NONE, blend)
-        first = self._sequence == 0
-        self._file.write(_png_chunk(b"fcTL", self._next_sequence() + control))
-        if first and self._still is None:  # the first frame is also the still picture: IDAT
-            self._file.write(_png_chunk(b"IDAT", data))
-        else:
-            self._file.write(_png_chunk(b"fdAT", self._next_sequence() + data))
-
-    def _next_sequence(self) -> bytes:
-        number, self._sequence = self._sequence, self._sequence + 1
-        return struct.pack(">I", number)
+        self._file.write(_png_chunk(b"fcTL", struct.pack(">I", self._sequence) + control))
+        self._file.write(chunk)
+        self._sequence += 1 if self._sequence == 0 and self._still is None else 2
 
     def _write_header(self, width: int, height: int) -> None:
         assert self._file is not None, "the header is written before close()"
@@ -434,8 +442,8 @@ class ApngWriter:
         self._file.write(_png_chunk(b"tRNS", bytes([255] * colors.TRANSPARENT_INDEX + [0])))
         self._actl_offset = self._file.tell() if _seekable(self._file) else None
         self._file.write(self._actl(self._planned_frames or 0))
-        if self._still_data is not None:  # APNG's "default image not part of the animation"
-            self._file.write(_png_chunk(b"IDAT", self._still_data.result()))
+        if self._still_chunk is not None:  # APNG's "default image not part of the animation"
+            self._file.write(self._still_chunk.result())
 
     @staticmethod
     def _actl(frames: int) -> bytes:
