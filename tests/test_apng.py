@@ -239,3 +239,25 @@ def test_render_names_never_take_the_curves_or_a_sheet_file() -> None:
     assert stems["curves"].startswith("curves-")
     assert stems["a.sheet"].startswith("a.sheet-")
     assert len(set(stems.values())) == 4
+
+
+def test_a_forked_child_encodes_on_its_own_threads(tmp_path: Path) -> None:
+    import multiprocessing
+
+    frames = random_frames(4)
+    write_apng(frames)  # this process's encoder threads exist now; a forked child has none of them
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_write_in_child, args=(tmp_path / "child.png",))
+    child.start()
+    child.join(60)
+    if child.is_alive():  # stuck waiting for threads it does not have
+        child.kill()
+        child.join()
+    assert child.exitcode == 0
+    assert len(decoded_frames(tmp_path / "child.png")[1]) == 4
+
+
+def _write_in_child(path: Path) -> None:
+    with ApngWriter(path) as writer:
+        for frame in random_frames(4):
+            writer.append(frame)

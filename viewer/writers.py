@@ -316,6 +316,16 @@ _encoder_pool: ThreadPoolExecutor | None = None
 _encoder_pool_lock = threading.Lock()
 
 
+def _forget_encoders_after_fork() -> None:
+    """A forked child has none of its parent's threads: it starts its own encoder pool when it needs one."""
+    global _encoder_pool, _encoder_pool_lock
+    _encoder_pool, _encoder_pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_encoders_after_fork)
+
+
 def _encoders() -> ThreadPoolExecutor:
     """The process's APNG encoder threads, one per CPU, shared by every writer: deflate and numpy release the
     GIL, so frames of one animation encode in parallel while the caller draws the next."""
