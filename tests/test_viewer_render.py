@@ -354,3 +354,45 @@ def test_export_refuses_to_replace_a_folder_it_did_not_write(tmp_path: Path) -> 
         export_tensorboard(tmp_path / "run")
     assert (foreign / "notes.txt").read_text() == "mine"
     assert sorted(path.name for path in foreign.iterdir()) == ["notes.txt"]
+
+
+def _glyph_by_glyph(text: str, size: int) -> np.ndarray:
+    """The text layout before titles reused their prefixes: every glyph placed from x = 0, overlaps maximised."""
+    from actrec.viewer import _text
+
+    glyphs = [_text._glyph(char, size) for char in text]
+    height = glyphs[0][0].shape[0] if glyphs else 1
+    positions, x = [], 0.0
+    for _, offset, advance in glyphs:
+        positions.append(round(x) + offset)
+        x += advance
+    width = max([round(x), 1] + [p + g[0].shape[1] for p, g in zip(positions, glyphs, strict=True)])
+    canvas = np.zeros((height, width), np.uint8)
+    for position, (coverage, _, _) in zip(positions, glyphs, strict=True):
+        target = canvas[:, max(position, 0) : position + coverage.shape[1]]
+        np.maximum(target, coverage[:, coverage.shape[1] - target.shape[1] :], out=target)
+    return np.rint(canvas * np.float32(colors.INK_LEVELS / 255)).astype(np.uint8)
+
+
+def test_text_laid_out_from_cached_prefixes_has_the_glyph_by_glyph_pixels() -> None:
+    from actrec.viewer import _text
+
+    texts = [
+        frame_title(layer, step, step // 59) for layer in ("net.conv1", "encoder.block0") for step in range(0, 3000, 7)
+    ]
+    texts += [
+        "",
+        " ",
+        "a",
+        " a",
+        "a ",
+        "  two  spaces ",
+        "ch 15",
+        "step 1 · 2/3 right",
+        "jjj fff ...",
+        "W·W…",
+        "x" * 40,
+    ]
+    for size in (11, 13, 15, 21):
+        for text in texts:
+            np.testing.assert_array_equal(_text._coverage(text, size), _glyph_by_glyph(text, size), err_msg=repr(text))
