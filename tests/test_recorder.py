@@ -134,6 +134,7 @@ def test_final_step_is_recorded_between_strides(tmp_path: Path) -> None:
         assert store.global_steps().tolist() == [0, 4, 6]
 
 
+@pytest.mark.slow  # three fits of three epochs
 def test_resume_continues_the_store_without_gaps_or_duplicates(tmp_path: Path) -> None:
     # No dropout: a resumed run reseeds its random numbers, and only then can it match a straight run.
     straight = ActivationRecorder(path=str(tmp_path / "straight.h5"))
@@ -179,6 +180,7 @@ def test_unknown_layer_fails_at_setup_listing_names(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.h5"))
 
 
+@pytest.mark.slow  # several fits
 def test_refuses_a_store_of_another_run_and_leaves_it_alone(tmp_path: Path) -> None:
     path = tmp_path / "activations.h5"
     _fit(tmp_path / "first", ActivationRecorder(path=str(path)), max_epochs=1)
@@ -217,6 +219,7 @@ def test_invalid_arguments(kwargs: dict, message: str) -> None:
         ActivationRecorder(**kwargs)
 
 
+@pytest.mark.slow  # three fits
 def test_probe_indices_and_per_class(tmp_path: Path) -> None:
     recorder = ActivationRecorder(probes_per_class=2)
     _fit(tmp_path / "a", recorder, max_epochs=1, limit_train_batches=1)
@@ -259,6 +262,7 @@ _TRAIN_FOREVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a training process, killed
 def test_sigkill_mid_training_leaves_a_readable_store(tmp_path: Path) -> None:
     path = tmp_path / "activations.h5"
     script = _TRAIN_FOREVER.format(tests=str(TESTS), path=str(path), root=str(tmp_path))
@@ -309,6 +313,7 @@ _DDP = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # two DDP processes
 def test_ddp_two_processes_only_rank_zero_writes(tmp_path: Path) -> None:
     path = tmp_path / "activations.h5"
     script = tmp_path / "train_ddp.py"

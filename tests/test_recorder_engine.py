@@ -234,6 +234,7 @@ def test_diverging_run_stores_nonfinite_values_and_counts_them(tmp_path: Path) -
         assert np.isnan(store.steps()["batch_loss"][-1])
 
 
+@pytest.mark.slow  # a fit and its resume
 def test_resume_off_schedule_adds_no_row_and_keeps_the_path_absolute(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.chdir(tmp_path)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
@@ -319,6 +320,7 @@ def small_disk(tmp_path: Path):  # noqa: ANN201
         (True, "0"),
     ],
 )
+@pytest.mark.slow  # two epochs on a filling disk, three times
 def test_a_full_disk_stops_recording_cleanly_and_training_goes_on(
     small_disk: Path,
     background_writes: bool,
