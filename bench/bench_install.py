@@ -163,6 +163,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="where clones, venvs and logs go (default: a temporary folder)")
     parser.add_argument("--no-first-step", dest="first_step", action="store_false", help="skip the training step")
     parser.add_argument("--keep", action="store_true", help="keep the clones and their venvs")
+    parser.add_argument("--after-first", action="store_true", help="install the after commit first")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -171,10 +172,13 @@ def main() -> int:
     after = _git("rev-parse", args.after, cwd=repo)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-install-"))
     work.mkdir(parents=True, exist_ok=True)
-    results = [
-        measure(repo, commit, label, work, args.first_step, args.keep)
-        for label, commit in (("before", before), ("after", after))
-    ]
+    order = [("before", before), ("after", after)]
+    if args.after_first:  # the second install finds torch's wheel in the page cache: swap to see what that is worth
+        order.reverse()
+    results = sorted(
+        (measure(repo, commit, label, work, args.first_step, args.keep) for label, commit in order),
+        key=lambda r: r["label"] != "before",
+    )
 
     only = {}
     for a, b in ((results[0], results[1]), (results[1], results[0])):
