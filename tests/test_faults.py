@@ -1101,7 +1101,6 @@ def test_a_damaged_probe_image_is_refused_not_drawn_as_data(
     assert _refuse(store, capsys) == "row 0 of probes/images is damaged (checksum mismatch)"
 
 
-@pytest.mark.slow  # a real `actrec train` run
 def test_a_run_shorter_than_the_recording_stride_does_not_claim_its_loss_was_never_logged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

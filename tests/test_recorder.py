@@ -180,7 +180,6 @@ def test_unknown_layer_fails_at_setup_listing_names(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.h5"))
 
 
-@pytest.mark.slow  # several fits
 def test_refuses_a_store_of_another_run_and_leaves_it_alone(tmp_path: Path) -> None:
     path = tmp_path / "activations.h5"
     _fit(tmp_path / "first", ActivationRecorder(path=str(path)), max_epochs=1)
@@ -219,7 +218,6 @@ def test_invalid_arguments(kwargs: dict, message: str) -> None:
         ActivationRecorder(**kwargs)
 
 
-@pytest.mark.slow  # three fits
 def test_probe_indices_and_per_class(tmp_path: Path) -> None:
     recorder = ActivationRecorder(probes_per_class=2)
     _fit(tmp_path / "a", recorder, max_epochs=1, limit_train_batches=1)

@@ -234,7 +234,6 @@ def test_diverging_run_stores_nonfinite_values_and_counts_them(tmp_path: Path) -
         assert np.isnan(store.steps()["batch_loss"][-1])
 
 
-@pytest.mark.slow  # a fit and its resume
 def test_resume_off_schedule_adds_no_row_and_keeps_the_path_absolute(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.chdir(tmp_path)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)

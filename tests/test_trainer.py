@@ -360,7 +360,6 @@ class _StopAt(pl.Callback):
         (KeyboardInterrupt(), "interrupted", None),  # Lightning shuts down, then exits: SystemExit
     ],
 )
-@pytest.mark.slow  # a fit per case
 def test_a_run_that_fails_or_is_interrupted_says_so_in_its_summary(
     tmp_path: Path, error: BaseException, state: str, message: str | None
 ) -> None:
@@ -376,7 +375,6 @@ def test_a_run_that_fails_or_is_interrupted_says_so_in_its_summary(
     assert set(summary["metrics"]) == {"train/loss", "train/acc"}  # as far as it got: no val, no test
 
 
-@pytest.mark.slow  # a second short fit (test_short_fit_writes_metrics_config_and_checkpoint is the fast one)
 def test_record_false_trains_without_a_store(tmp_path: Path) -> None:
     TrainCLI(args=["--runs_dir", str(tmp_path), *_SHORT_RUN, "--record=false"]).fit_and_test()
     assert (tmp_path / "quickstart" / "version_0" / "checkpoints").is_dir()
