@@ -16,6 +16,7 @@ These tests are themselves unmarked, so ``pytest -m "not slow"`` always collects
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,9 +116,15 @@ def _module(path: Path, source: str | None = None) -> Module:
     return module
 
 
+@functools.cache  # both tests read the same sources
 def _modules() -> list[Module]:
     # This module names every command in its own checks: it drives none.
     return [_module(path) for path in sorted(TESTS.glob("test_*.py")) if path.name != Path(__file__).name]
+
+
+@functools.cache
+def _source(function: ast.FunctionDef) -> str:
+    return ast.unparse(function)
 
 
 def _drives(source: str, command: str, entry: str) -> bool:
@@ -146,7 +153,7 @@ def test_every_command_has_a_test_in_the_fast_run() -> None:
     driven: dict[str, str] = {}
     for module in _modules():
         for test in module.fast_tests:
-            source = "\n".join(ast.unparse(fn) for fn in module.reach(test, shared))
+            source = "\n".join(_source(fn) for fn in module.reach(test, shared))
             for command, entry in commands.items():
                 if command not in driven and _drives(source, command, entry):
                     driven[command] = f"{module.path.name}::{test.name}"
