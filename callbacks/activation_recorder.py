@@ -20,7 +20,7 @@ from typing_extensions import override
 
 from actrec.callbacks._loggers import logger_run_folder, record_run_end, record_run_start
 from actrec.errors import UserError
-from actrec.names import TASK_CHOICES, TASKS
+from actrec.names import TASK_CHOICES, TASK_CLASSIFICATION, TASKS
 from actrec.probe import (
     SMALL_MODEL_PARAMETERS,
     HostRing,
@@ -290,6 +290,7 @@ class ActivationRecorder(Callback):
         self._class_names: list[str] = []
         self._scale_kinds: dict[str, str] = {}
         self._live_scales: dict[str, Any] = {}
+        self._live_output: Any = None  # how live TensorBoard images draw a non-classifier's outputs
         self._record_weights = False
         self._store_path: Path | None = None
         self._engine: ProbeEngine | None = None
@@ -474,6 +475,7 @@ class ActivationRecorder(Callback):
             overwrite=self.overwrite,
             background=False,
             task=self._task,
+            output_shape=self._engine.output_full_shape[1:],
         ).close()
         self._open_writer(wait=False)
 
@@ -639,9 +641,9 @@ class ActivationRecorder(Callback):
         if self._task == "auto":
             self._task, why = decide_task(self._probes, self._engine.output_full_shape)
             rank_zero_info(f"ActivationRecorder: task {self._task} ({why}); pass task= to choose another.")
-        if self._task == "classification" and not self._class_names:
+        if self._task == TASK_CLASSIFICATION and not self._class_names:
             self._class_names = [str(k) for k in range(self._engine.output_shape[1])]
-        elif self._task != "classification":
+        elif self._task != TASK_CLASSIFICATION:
             self._class_names = []  # no fake classes for outputs that are not class scores
 
     def _probe_set(self) -> ProbeSet:
@@ -861,14 +863,28 @@ class ActivationRecorder(Callback):
         )
 
     def _log_images(self, trainer: pl.Trainer, views: dict[str, torch.Tensor], step: int, epoch: int) -> None:
+        from actrec.recording import output_drawing, shows_predictions
         from actrec.viewer import frame_title, live_frames, predicted_classes
 
         experiment = getattr(trainer.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):
             return
-        predictions = predicted_classes(views["logits"].numpy())
         probes = self._probes
         assert probes is not None, "setup() selected the probes"
+        logits = views["logits"].numpy()
+        # A classifier's predictions marked right or wrong; any other task draws its outputs, never a fake class.
+        classifier = shows_predictions(self._task)
+        predictions = predicted_classes(logits) if classifier else None
+        if not classifier and self._live_output is None:  # decided once, from the first logged step's outputs
+            self._live_output = output_drawing(
+                self._task,
+                probes.images.float().numpy(),
+                logits.shape[-1],
+                self._built_engine.output_full_shape[1:],
+                lambda rows: logits[None],
+                1,
+            )
+        labels = probes.labels.numpy()
         for name in self._built_engine.layouts:
             # The viewer's one colour-scale rule: bounded layers on their fixed range, others on a limit
             # that only grows over the run and is printed on every image's colour bar.
@@ -878,9 +894,11 @@ class ActivationRecorder(Callback):
                 self._live_scales.get(name),
                 title=frame_title(name, step, epoch),
                 probe_images=probes.images.float().numpy(),
-                labels=probes.labels.numpy(),
+                labels=labels if (labels >= 0).any() else None,
                 predictions=predictions,
                 class_names=self._class_names,
+                output=self._live_output,
+                outputs=None if classifier else logits,
             )
             for suffix, image in images:
                 experiment.add_image(f"activations/{name}{suffix}", image, step, dataformats="HWC")
