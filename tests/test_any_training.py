@@ -683,6 +683,7 @@ class CompiledNet(TinyNet):
         self.net = torch.compile(self.net, backend="aot_eager")
 
 
+@pytest.mark.slow  # torch.compile
 def test_a_whole_compiled_lightning_module_records(tmp_path: Path) -> None:
     pl.seed_everything(0, verbose=False)
     model = TinyNet(dropout=0.0)
@@ -695,6 +696,7 @@ def test_a_whole_compiled_lightning_module_records(tmp_path: Path) -> None:
         _assert_last_row_is_a_fresh_pass(store, model)
 
 
+@pytest.mark.slow  # torch.compile
 def test_a_compiled_model_records_its_original_modules(tmp_path: Path) -> None:
     pl.seed_everything(0, verbose=False)
     model = CompiledNet()

@@ -91,6 +91,7 @@ def test_fifty_probes_draw_ten_by_default_and_probes_picks_others(tmp_path: Path
     assert blue(chosen) > blue(default) + 30
 
 
+@pytest.mark.slow  # two `actrec render` processes
 def test_render_cli_says_the_probe_note_once_and_refuses_a_bad_list(tmp_path: Path) -> None:
     _token_store(tmp_path / "run", steps=2)
     command = [sys.executable, "-m", "actrec.cli", "render", str(tmp_path / "run"), "--quiet", "--tile-size", "8"]

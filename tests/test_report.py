@@ -149,6 +149,7 @@ def test_unlabeled_and_unnamed_labels_show_a_question_mark_and_stay_out_of_the_t
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="no chromium on this machine: the page is not tested in a browser")
+@pytest.mark.slow  # a headless browser
 def test_page_without_probe_pictures_marks_only_labeled_probes(tmp_path: Path) -> None:
     pytest.importorskip("aiohttp", reason="the DevTools client needs aiohttp (installed with pytorch-lightning[extra])")
     run = _non_image_store(tmp_path / "run", np.ones((3, 7)), [-1, 5, 0])
@@ -325,6 +326,7 @@ def _move_slider(index: int) -> str:
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="no chromium on this machine: the page is not tested in a browser")
+@pytest.mark.slow  # a headless browser
 def test_page_in_headless_chromium_one_slider_moves_every_panel(tmp_path: Path) -> None:
     pytest.importorskip("aiohttp", reason="the DevTools client needs aiohttp (installed with pytorch-lightning[extra])")
     run = make_store(tmp_path / "a" / "version_0", range(0, 8)).parent

@@ -86,6 +86,7 @@ def _wait_gone(pids: list[int], seconds: float = 10) -> list[int]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.slow  # render processes, killed
 def test_killed_render_leaves_no_workers_behind(slow_store: Path, tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "renders"
     process, workers = _start_render(slow_store, out)

@@ -237,6 +237,7 @@ def test_render_range_and_stride_choose_the_frames(tmp_path: Path) -> None:
     assert chosen.sheet_steps == (0, 12, 38)  # the nearest recorded step to each (100 is refused: test_faults)
 
 
+@pytest.mark.slow  # worker processes
 def test_render_in_worker_processes_gives_the_same_files(tmp_path: Path) -> None:
     make_store(tmp_path / "run", range(5))
     serial = render_run(tmp_path / "run", out_dir=tmp_path / "serial", tile_size=16, jobs=1)
@@ -260,6 +261,7 @@ def test_contact_sheet_and_curves_are_written(tmp_path: Path) -> None:
         assert curves.size[0] > 800
 
 
+@pytest.mark.slow  # a writer process
 def test_render_reads_a_store_while_a_writer_process_appends(tmp_path: Path) -> None:
     path = tmp_path / "live" / "activations.h5"
     path.parent.mkdir()
