@@ -95,11 +95,15 @@ class StoreReader:
     @property
     def output_shape(self) -> tuple[int, ...] | None:
         """One probe's output shape before flattening (the root ``output_shape`` attribute), or ``None`` for
-        stores written without one (their outputs are only known flattened, ``(K,)``)."""
+        stores written without one (their outputs are only known flattened, ``(K,)``); also ``None`` when the
+        attribute is not a row of positive integers (a foreign or damaged file: not trusted, never a traceback)."""
         value = self._file.attrs.get("output_shape")
         if value is None:
             return None
-        shape = tuple(int(n) for n in np.atleast_1d(np.asarray(value)).tolist())
+        value = np.atleast_1d(np.asarray(value))
+        if value.ndim != 1 or not np.issubdtype(value.dtype, np.integer):
+            return None
+        shape = tuple(int(n) for n in value.tolist())
         return shape if all(n > 0 for n in shape) else None
 
     @property

@@ -514,6 +514,21 @@ def test_older_stores_are_drawn_from_their_flattened_outputs(tmp_path: Path) -> 
         assert recording.output_drawing.mode == OUTPUT_TOKENS
 
 
+@pytest.mark.parametrize("attribute", ["abc", np.array([[1, 2], [3, 4]]), np.array([2.5, np.nan])])
+def test_an_output_shape_that_is_not_whole_numbers_is_not_trusted(tmp_path: Path, attribute: Any) -> None:
+    import h5py
+
+    scores = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+    run = _store_without_output_shape(tmp_path / "run", np.ones((2, 5)), scores, "regression")
+    with h5py.File(run / "activations.h5", "r+") as file:
+        file.attrs["output_shape"] = attribute  # a foreign or damaged store: read as if the attribute were absent
+    with Recording.open(run) as recording:
+        assert recording.store.output_shape is None
+        assert (recording.output_drawing.mode, recording.output_drawing.shape) == (OUTPUT_VALUES, (4,))
+    result = render_run(run, tile_size=TILE)
+    assert len(_frames(_animation(result, "hidden"))) == 2
+
+
 def test_compare_draws_each_run_s_outputs(autoencoder_run: Path, tmp_path: Path) -> None:
     import shutil
 
