@@ -529,6 +529,21 @@ def test_an_output_shape_that_is_not_whole_numbers_is_not_trusted(tmp_path: Path
     assert len(_frames(_animation(result, "hidden"))) == 2
 
 
+def test_compare_draws_no_label_row_for_unlabeled_probes_as_render_does(tmp_path: Path) -> None:
+    import shutil
+
+    from actrec.compare import compare_runs
+
+    scores = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+    run = _store_without_output_shape(tmp_path / "one" / "version_0", np.ones((2, 5)), scores, "regression")
+    other = tmp_path / "two" / "version_0"
+    shutil.copytree(run, other)
+    rendered = _frames(_animation(render_run(run, tile_size=TILE), "hidden"))
+    compared = _frames(compare_runs([run, other], ["hidden"], out_dir=tmp_path / "out", tile_size=TILE).animation)
+    # The same rows top to bottom (no "label" row of "?" in either), so the same height.
+    assert compared[0].shape[0] == rendered[0].shape[0]
+
+
 def test_compare_draws_each_run_s_outputs(autoencoder_run: Path, tmp_path: Path) -> None:
     import shutil
 
