@@ -394,6 +394,7 @@ def test_text_laid_out_from_cached_prefixes_has_the_glyph_by_glyph_pixels() -> N
         "jjj fff ...",
         "W·W…",
         "x" * 40,
+        "a " * 1500 + "b",  # a store's class name of many words: laid out without recursing once a word
     ]
     for size in (11, 13, 15, 21):
         for text in texts:

@@ -50,6 +50,10 @@ def _glyph(char: str, size: int) -> tuple[np.ndarray, int, float]:
     return np.asarray(image), min(left, 0), font.getlength(char)
 
 
+_MAX_PREFIX_SPACES = 16
+"""Texts with more spaces than this before their last word are laid out glyph by glyph, not from cached prefixes."""
+
+
 @lru_cache(maxsize=4096)
 def _laid_out(text: str, size: int) -> tuple[np.ndarray, float, int]:
     """``(coverage 0..255, x after the text, rightmost column any glyph reaches)`` of ``text`` laid out from x = 0.
@@ -59,6 +63,8 @@ def _laid_out(text: str, size: int) -> tuple[np.ndarray, float, int]:
     same pixels, since each glyph's place depends only on the advances before it and overlaps take the maximum.
     """
     cut = text.rfind(" ", 0, len(text) - 1) + 1  # 0: no space before the last character
+    if text.count(" ", 0, cut) > _MAX_PREFIX_SPACES:  # a long text of many words (a store's class name): the
+        cut = 0  # prefixes would recurse once a word, past Python's limit, and are not worth caching
     base, x, reach = _laid_out(text[:cut], size) if cut else (None, 0.0, 1)
     glyphs = [_glyph(char, size) for char in text[cut:]]
     positions = []
