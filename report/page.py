@@ -295,7 +295,11 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
     """The whole HTML document: data as one JSON block, charts inline, no external resource."""
     probes = len(data["labels"])
     names = data["classNames"]
-    label_row = "".join(f"<span>{html.escape(_class_name(names, label))}</span>" for label in data["labels"])
+    # Probes without labels (noise, prompts, features) leave the row blank, as render draws no row of "?".
+    labelled = any(label >= 0 for label in data["labels"])
+    label_row = "".join(
+        f"<span>{html.escape(_class_name(names, label)) if labelled else ''}</span>" for label in data["labels"]
+    )
     probe_picture = ""
     if data["probeShape"] is not None:
         probe_height, probe_width = data["probeShape"]

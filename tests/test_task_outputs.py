@@ -391,6 +391,15 @@ def test_the_report_shows_a_reconstruction_per_step(autoencoder_run: Path) -> No
             np.testing.assert_array_equal(drawn, colors.to_rgb(expected) if drawn.ndim == 3 else expected)
 
 
+def test_the_report_writes_no_row_of_question_marks_for_unlabeled_probes(tmp_path: Path) -> None:
+    scores = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+    run = _store_without_output_shape(tmp_path / "run", np.ones((2, 5)), scores, "regression")
+    page = build_report(run, out=run / "report.html").path.read_text(encoding="utf-8")
+    # As render draws them: probes without labels (noise, prompts, features) get no "?" over their columns.
+    assert "<span>?</span>" not in page
+    assert '<div class="labels"><span></span><span></span></div>' in page  # the columns stay
+
+
 def test_the_report_lists_a_language_model_s_next_ids(language_model_run: Path) -> None:
     result = build_report(language_model_run, out=language_model_run / "report.html")
     data = _report_data(result.path)
