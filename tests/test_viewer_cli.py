@@ -122,6 +122,7 @@ def test_unwritable_output_folder_fails_before_anything_is_written(
         (["--tile-size", "2"], "tile_size must be between 4 and 512 pixels, got 2."),
         (["--tile-size", "100000"], "tile_size must be between 4 and 512 pixels, got 100000."),
         (["--fps", "nan"], "fps must be greater than 0 and at most 50, got nan."),
+        (["--fps", "0.001"], "fps must be at least 0.01 (GIF and APNG hold a frame at most 655 seconds), got 0.001."),
         (["--jobs", "0"], "jobs must be a positive integer, got 0."),
         (["--channels", "x,1"], "--channels takes indices ('0,3,7'), 'top:K' or 'all', got 'x,1'."),
         (["--channels", "top:0"], "--channels top:K needs K of at least 1, got 'top:0'."),

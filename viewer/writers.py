@@ -27,6 +27,7 @@ from actrec.viewer.errors import ViewerError
 
 LAST_FRAME_HOLD_S = 1.0
 """How long an animated GIF shows its last frame before it loops (or the frame time, if longer)."""
+_MIN_FPS = 0.01  # a frame every 100 s: GIF and APNG frame times are 16-bit centiseconds (655.35 s at most)
 _MAX_FPS = 50.0  # GIF delays are whole centiseconds, and browsers slow anything under 2 cs down to 10 cs
 
 
@@ -34,10 +35,14 @@ def check_fps(fps: float) -> float:
     """Return ``fps`` as a float if a GIF can play it.
 
     Raises:
-        ViewerError: ``fps`` is not in ``(0, 50]``.
+        ViewerError: ``fps`` is not in ``[0.01, 50]``.
     """
     if not (0 < fps <= _MAX_FPS):
         raise ViewerError(f"fps must be greater than 0 and at most {_MAX_FPS:g}, got {fps:g}.")
+    if fps < _MIN_FPS:
+        raise ViewerError(
+            f"fps must be at least {_MIN_FPS:g} (GIF and APNG hold a frame at most 655 seconds), got {fps:g}."
+        )
     return float(fps)
 
 
