@@ -376,6 +376,12 @@ def _compare_data(
     run: str | os.PathLike, shown_steps: np.ndarray, threshold: float, drawn: tuple[int, ...] | None
 ) -> tuple[dict, _Curves]:
     with Recording.open(run) as recording:
+        num_probes = recording.num_probes
+        if drawn is not None and max(drawn) >= num_probes:
+            raise ReportError(
+                f"probes names probe {max(drawn)}, but the compared run {recording.name} has {num_probes} probes "
+                f"(0 to {num_probes - 1})."
+            )
         other = _Curves(recording.name, recording.timeline, _run_dynamics(recording, threshold))
         their_steps = other.timeline.global_steps
         # Aligned by training step: the latest of their rows at or before each shown step (-1: none yet).
@@ -393,6 +399,8 @@ def _compare_data(
                     "channels": channels,
                     "height": height,
                     "width": width,
+                    # Its own columns: a compared run may hold more or fewer probes than the first run.
+                    "probes": num_probes if drawn is None else len(drawn),
                     "frameCount": len(frames),
                     "frames": encode_frames(frames),
                 }

@@ -81,7 +81,9 @@ _SCRIPT = r"""
   }
 
   async function decodeFrames(layer) {
-    layer.size = layer.channels * layer.height * layer.width * D.labels.length;
+    // A compared run's layers name their own number of probes (columns); this run's are D.labels.
+    layer.probes = layer.probes ?? D.labels.length;
+    layer.size = layer.channels * layer.height * layer.width * layer.probes;
     const pixels = layer.frameCount > 0 ? await inflate(layer.frames) : new Uint8Array(0);
     for (let i = layer.size; i < pixels.length; i++) pixels[i] += pixels[i - layer.size];  // wraps mod 256
     layer.pixels = pixels;
@@ -89,7 +91,7 @@ _SCRIPT = r"""
 
   function paint(panel, layer, row) {
     const canvas = panel.querySelector("canvas");
-    const width = layer.width * D.labels.length, height = layer.channels * layer.height;
+    const width = layer.width * (layer.probes ?? D.labels.length), height = layer.channels * layer.height;
     if (canvas.width !== width) canvas.width = width;
     if (canvas.height !== height) canvas.height = height;
     const context = canvas.getContext("2d");
@@ -332,11 +334,14 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
             match = [i for i, theirs in enumerate(other["layers"]) if theirs["name"] == layer["name"]]
             if match:
                 theirs = other["layers"][match[0]]
+                columns = int(theirs.get("probes", probes))
+                # Probes of another number than this run's are other probes: their columns, and no labels.
+                their_labels = label_row if columns == probes else "<span></span>" * columns
                 figures.append(
                     f'<figure class="panel layer" data-run="{k + 1}" data-index="{match[0]}" '
                     f'data-layer="{html.escape(layer["name"])}"><figcaption><b>{html.escape(other["run"])}</b>'
                     f'<span class="scalebar">{html.escape(layer["name"])}</span>'
-                    f'<span class="panel-step"></span></figcaption>{_grid(theirs, probes, label_row)}</figure>'
+                    f'<span class="panel-step"></span></figcaption>{_grid(theirs, columns, their_labels)}</figure>'
                 )
         layer_panels.append(
             "".join(figures) if not data["compare"] else f'<div class="panels">{"".join(figures)}</div>'

@@ -397,3 +397,68 @@ def test_a_damaged_step_is_left_out_of_the_report_and_named(tmp_path: Path, caps
     assert data["steps"] == [0, 1, 2, 3, 5]  # every layer shows the same steps
     assert all(layer["frameCount"] == 5 for layer in data["layers"])
     assert len(data["predictions"]) == len(data["epochs"]) == 5
+
+
+def _store_of_probes(folder: Path, num_probes: int, steps: range) -> Path:
+    """A finished store like make_store's (its layers, 3 classes) with ``num_probes`` probes, activations
+    ``channel - 1 + probe / 10`` (tanh-bounded) so each probe's column has its own colour."""
+    folder.mkdir(parents=True)
+    images = np.zeros((num_probes, 1, 8, 8), np.float32)
+    probes = ProbeSet(images, np.arange(num_probes) % 3, np.arange(num_probes), ["a", "b", "c"])
+    writer = StoreWriter.create(
+        folder / "activations.h5",
+        run_id=f"probes-{num_probes}",
+        config={},
+        probes=probes,
+        layers=[LayerSpec("net.conv1", (3, 8, 8), "Sequential", "tanh")],
+        num_classes=3,
+        background=False,
+    )
+    conv1 = (np.arange(3)[None, :, None, None] - 1 + np.arange(num_probes)[:, None, None, None] / 10).astype(np.float32)
+    with writer:
+        for step in steps:
+            logits = np.zeros((num_probes, 3), np.float32)
+            writer.append(
+                StepRecord(step, 0, 1.0, 0.5, logits, {"net.conv1": np.broadcast_to(conv1, (num_probes, 3, 8, 8))})
+            )
+    return folder
+
+
+def test_compare_names_a_chosen_probe_the_compared_run_lacks_in_one_sentence(tmp_path: Path, capsys) -> None:
+    run = _store_of_probes(tmp_path / "a" / "version_0", 5, range(3))
+    other = _store_of_probes(tmp_path / "b" / "version_0", 3, range(3))
+    assert report_main([str(run), "--probes", "4", "--compare", str(other), "--quiet"]) == 1
+    assert capsys.readouterr().err == (
+        "actrec report: probes names probe 4, but the compared run b/version_0 has 3 probes (0 to 2).\n"
+    )
+    assert not (run / "report.html").exists()
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no chromium on this machine: the page is not tested in a browser")
+@pytest.mark.slow  # a headless browser
+def test_a_compared_run_with_more_probes_is_painted_with_its_own_columns(tmp_path: Path) -> None:
+    pytest.importorskip("aiohttp", reason="the DevTools client needs aiohttp (installed with pytorch-lightning[extra])")
+    run = _store_of_probes(tmp_path / "a" / "version_0", 3, range(3))
+    other = _store_of_probes(tmp_path / "b" / "version_0", 5, range(3))
+    page_path = build_report(run, compare=[other]).path
+    compared = """(() => { const canvas = document.querySelector("figure.layer[data-run='1'] canvas");
+      const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+      let text = ""; for (let i = 0; i < data.length; i++) text += String.fromCharCode(data[i]);
+      return [canvas.width, canvas.height, btoa(text)]; })()"""
+
+    async def scenario() -> tuple[list, list[str]]:
+        async with browser_page(find_chromium()) as page:
+            await page.open(page_path)
+            assert await page.evaluate(WAIT_READY) == "1"
+            return await page.evaluate(compared), page.errors
+
+    (width, height, pixels), errors = asyncio.run(scenario())
+    assert errors == []
+    from actrec.recording import Recording
+
+    with Recording.open(other) as recording:
+        view = recording.layer("net.conv1")
+        expected = tile_grid(view.read(np.array([0])).values[0], view.scale)
+    assert (width, height) == (5 * 8, 3 * 8)  # the compared run's 5 probes, not the first run's 3
+    rgba = np.frombuffer(base64.b64decode(pixels), np.uint8).reshape(height, width, 4)
+    np.testing.assert_array_equal(rgba[..., :3], colors.to_rgb(expected))
