@@ -119,7 +119,8 @@ _SCRIPT = r"""
       if (rows) rows.style.gridTemplateRows = "repeat(" + grid.dataset.channels + ", " + th + "px)";
     });
     document.querySelectorAll(".labels").forEach((row) => {
-      row.style.gridTemplateColumns = "repeat(" + D.labels.length + ", " + tile + "px)";
+      // One column a probe of its own panel: a compared run may hold another number of probes.
+      row.style.gridTemplateColumns = "repeat(" + (row.children.length || D.labels.length) + ", " + tile + "px)";
     });
   }
 
@@ -336,7 +337,7 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
                 theirs = other["layers"][match[0]]
                 columns = int(theirs.get("probes", probes))
                 # Probes of another number than this run's are other probes: their columns, and no labels.
-                their_labels = label_row if columns == probes else "<span></span>" * columns
+                their_labels = label_row if columns == probes else "<span>&nbsp;</span>" * columns
                 figures.append(
                     f'<figure class="panel layer" data-run="{k + 1}" data-index="{match[0]}" '
                     f'data-layer="{html.escape(layer["name"])}"><figcaption><b>{html.escape(other["run"])}</b>'

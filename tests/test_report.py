@@ -445,15 +445,18 @@ def test_a_compared_run_with_more_probes_is_painted_with_its_own_columns(tmp_pat
       const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
       let text = ""; for (let i = 0; i < data.length; i++) text += String.fromCharCode(data[i]);
       return [canvas.width, canvas.height, btoa(text)]; })()"""
+    label_rows = """[0, 1].map((run) => document.querySelector(`figure.layer[data-run='${run}'] .probe-labels`)
+      .getBoundingClientRect().height)"""
 
-    async def scenario() -> tuple[list, list[str]]:
+    async def scenario() -> tuple[list, list[float], list[str]]:
         async with browser_page(find_chromium()) as page:
             await page.open(page_path)
             assert await page.evaluate(WAIT_READY) == "1"
-            return await page.evaluate(compared), page.errors
+            return await page.evaluate(compared), await page.evaluate(label_rows), page.errors
 
-    (width, height, pixels), errors = asyncio.run(scenario())
+    (width, height, pixels), heights, errors = asyncio.run(scenario())
     assert errors == []
+    assert heights[0] == heights[1]  # its (blank) label row is one line over its own 5 columns, as the first run's
     from actrec.recording import Recording
 
     with Recording.open(other) as recording:
