@@ -130,13 +130,15 @@ class Recording:
     def output_drawing(self) -> OutputDrawing:
         """How the probes' outputs are drawn (:func:`actrec.recording.output_drawing`): the predicted class
         for a classifier, else an image, next-token ids or the values themselves."""
-        if self._output_drawing is None:
-            store, num_rows = self.store, self.num_rows
-            num_outputs = int(store.logits(slice(0, 1)).shape[-1]) if num_rows else 1
-            self._output_drawing = output_drawing(
-                self.task, store.probes.images, num_outputs, store.output_shape, store.logits, num_rows
-            )
-        return self._output_drawing
+        if self._output_drawing is not None:
+            return self._output_drawing
+        store, num_rows = self.store, self.num_rows
+        num_outputs = int(store.logits(slice(0, 1)).shape[-1]) if num_rows else 1
+        images, shape = store.probes.images, store.output_shape
+        drawing = output_drawing(self.task, images, num_outputs, shape, store.logits, num_rows)
+        if num_rows:  # before the first row nothing is known of the outputs: decided again once rows arrive
+            self._output_drawing = drawing
+        return drawing
 
     def outputs(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
         """The probes' outputs ``(n, P, K)`` at ``rows``, as stored (flattened per probe)."""

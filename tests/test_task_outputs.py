@@ -538,6 +538,44 @@ def test_an_output_shape_that_is_not_whole_numbers_is_not_trusted(tmp_path: Path
     assert len(_frames(_animation(result, "hidden"))) == 2
 
 
+_LIVE_READER = """
+import numpy as np
+from actrec.recording import Recording
+from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreWriter
+
+writer = StoreWriter.create(
+    "activations.h5", run_id="live", config={},
+    probes=ProbeSet(np.ones((2, 5), np.float32), np.full(2, -1), np.arange(2), []),
+    layers=[LayerSpec("hidden", (4,), "Linear", "symmetric")],
+    num_classes=4, background=False, task="regression", flush_every=1,
+)
+with writer, Recording.open("activations.h5", allow_empty=True, announce=None) as recording:
+    before = recording.output_drawing
+    outputs, hidden = np.full((2, 4), 3.0, np.float32), {"hidden": np.zeros((2, 4), np.float32)}
+    writer.append(StepRecord(0, 0, 0.0, 0.0, outputs, hidden))
+    writer.flush()
+    rows = recording.refresh()
+    after = recording.output_drawing
+    print(before.shape, rows, after.mode, after.shape, after.high)
+"""
+
+
+def test_outputs_decided_before_the_first_row_are_decided_again_once_rows_arrive(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    # A live reader beside its writer, in one process of its own: HDF5's file locks (read once per process) would
+    # refuse the reader in the test process, and SWMR needs none.
+    environment = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
+    done = subprocess.run(
+        [sys.executable, "-c", _LIVE_READER], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    # Nothing recorded: nothing known of the outputs (1 value); once a row is there, its 4 values on their scale.
+    assert done.stdout.split() == ["(1,)", "1", OUTPUT_VALUES, "(4,)", "3.0"]
+
+
 def test_compare_draws_no_label_row_for_unlabeled_probes_as_render_does(tmp_path: Path) -> None:
     import shutil
 
