@@ -323,6 +323,10 @@ def resolve_run(path: str | os.PathLike, *, need_store: bool = False) -> Run:
         if experiments:
             shown = ", ".join(experiments[:5]) + (", ..." if len(experiments) > 5 else "")
             raise RunError(f"{given} holds experiments ({shown}), not a run; pass one of them or a run folder.")
+        named = [run.path.name for run in _named_runs(given)]  # a W&B project's or an MLflow experiment's runs
+        if named:
+            shown = ", ".join(named[:5]) + (", ..." if len(named) > 5 else "")
+            raise RunError(f"{given} holds runs ({shown}), not one run; pass one of them.")
         raise RunError(f"{given} is not a run folder, an experiment folder or an activation store.")
     candidates = [run for run in versions if run.store_path.exists()] if need_store else versions
     if not candidates:

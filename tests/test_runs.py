@@ -219,3 +219,12 @@ def test_find_runs_takes_a_tracking_loggers_save_dir(tmp_path: Path) -> None:
         "proj/0a7c3d",
         "proj/2b1x9k",
     ]
+
+
+def test_a_tracking_loggers_project_folder_names_its_runs_in_one_sentence(tmp_path: Path) -> None:
+    # `actrec runs <save_dir>` lists <project>/<run id>; a command given the project folder says which runs it holds
+    # (no "newest" among run ids) instead of calling it no run at all.
+    make_run(tmp_path / "proj" / "2b1x9k")
+    make_run(tmp_path / "proj" / "0a7c3d")
+    with pytest.raises(RunError, match=r"^\S+proj holds runs \(0a7c3d, 2b1x9k\), not one run; pass one of them\.$"):
+        resolve_run(tmp_path / "proj")
