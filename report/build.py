@@ -379,7 +379,7 @@ def _compare_data(
         num_probes = recording.num_probes
         if drawn is not None and max(drawn) >= num_probes:
             raise ReportError(
-                f"probes names probe {max(drawn)}, but the compared run {recording.name} has {num_probes} probes "
+                f"--probes names probe {max(drawn)}, but the compared run {recording.name} has {num_probes} probes "
                 f"(0 to {num_probes - 1})."
             )
         other = _Curves(recording.name, recording.timeline, _run_dynamics(recording, threshold))

@@ -429,7 +429,7 @@ def test_compare_names_a_chosen_probe_the_compared_run_lacks_in_one_sentence(tmp
     other = _store_of_probes(tmp_path / "b" / "version_0", 3, range(3))
     assert report_main([str(run), "--probes", "4", "--compare", str(other), "--quiet"]) == 1
     assert capsys.readouterr().err == (
-        "actrec report: probes names probe 4, but the compared run b/version_0 has 3 probes (0 to 2).\n"
+        "actrec report: --probes names probe 4, but the compared run b/version_0 has 3 probes (0 to 2).\n"
     )
     assert not (run / "report.html").exists()
 
