@@ -5,9 +5,10 @@ the training thread, and HDF5 does not recover from a failed write (a full disk 
 close the file, and it can crash the process at exit). In a child process neither reaches training.
 
 The parent (:class:`WriterProcess`) copies each packed row into a free slot of a shared-memory file and
-sends one JSON line; the child copies the row out of the slot at once (answering which slot is free) and
-appends the rows it holds with :meth:`StoreWriter.append_block` as one block every ``flush_every`` rows,
-and whenever a second has passed with rows waiting, flushing each block.
+sends one JSON line; the child appends the rows it holds, straight from their slots, with
+:meth:`StoreWriter.append_block` as one block every ``flush_every`` rows (or once it holds every slot), and
+whenever a second has passed with rows waiting, flushing each block, then gives the block's slots back in one
+reply.
 When the parent dies, the child sees its input end, writes what it received, closes the file and exits.
 """
 
@@ -42,6 +43,78 @@ def _shared_folder() -> Path:
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
+_NICENESS = 10
+"""The writer child runs at this niceness: on a machine whose cores training keeps busy (a 2-core VM where torch
+runs two compute threads) the writer takes the cores' idle moments instead of time from training's threads. A
+writer that falls behind fills its slots and training waits for one (counted in ``waits``), so the child never
+starves for long; at 10 it still gets about a tenth of a core from a busy one."""
+
+_CHILD_COMMAND = (
+    "import os\n"
+    "try:\n"
+    f"    os.nice({_NICENESS})\n"
+    "except OSError:\n"
+    "    pass\n"
+    "from actrec.store._process import _child_main\n"
+    "_child_main()\n"
+)
+
+
+class WriterChild:
+    """A writer process started ahead of its store: it starts its interpreter and imports numpy and h5py (about
+    0.2 s of CPU) while the caller goes on, e.g. while Lightning sets up, instead of during the first training
+    steps. Hand it to :class:`WriterProcess`; call :meth:`discard` if it is never used.
+
+    The rows' shared memory is made here too (unlinked at once, so nothing is left in ``/dev/shm`` whatever
+    kills the processes); :class:`WriterProcess` sizes it.
+    """
+
+    def __init__(self) -> None:
+        self.taken = False
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - the child writes into it for our whole life
+        shared = _shared_folder() / f"actrec-{os.getpid()}-{uuid.uuid4().hex}.rows"
+        self.descriptor = os.open(shared, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._descriptor_open = True
+        try:
+            os.unlink(shared)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_COMMAND],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.log,
+                env=env,
+                pass_fds=(self.descriptor,),
+                start_new_session=True,  # a Ctrl-C meant for training does not cut the store short
+            )
+        except BaseException:
+            self.release_descriptor()
+            self.log.close()
+            raise
+
+    def release_descriptor(self) -> None:
+        if self._descriptor_open:
+            self._descriptor_open = False
+            os.close(self.descriptor)
+
+    def discard(self) -> None:
+        """End an unused child: it sees its input end before any store and exits. Safe to call twice."""
+        if self.taken:
+            return
+        self.taken = True
+        self.release_descriptor()
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
 class WriterProcess:
     """Append packed rows to an existing store from a child process.
 
@@ -54,6 +127,7 @@ class WriterProcess:
         flush_every: write and flush rows in blocks of this many (and after a second with rows waiting).
         wait: wait here until the child has opened the store; ``False`` lets it start while the caller
             goes on (rows sent meanwhile queue up; a failure to start shows in :attr:`error`).
+        child: a :class:`WriterChild` started earlier (its interpreter start-up already paid); ``None`` starts one.
 
     Raises:
         StoreError: with ``wait``, the child could not open the store.
@@ -68,6 +142,7 @@ class WriterProcess:
         flush_every: int = 16,
         flush_seconds: float = 1.0,
         wait: bool = True,
+        child: WriterChild | None = None,
     ) -> None:
         self.path = Path(path)
         self.row_bytes = max(int(row_bytes), 1)
@@ -86,35 +161,25 @@ class WriterProcess:
         self._closed = False
         self._finished = threading.Event()
         self._ready = threading.Event()
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - the child writes into it for our whole life
+        child = child if child is not None else WriterChild()
+        if child.taken:
+            raise RuntimeError("a WriterChild serves one WriterProcess")
+        child.taken = True
+        self._log = child.log
+        self._child = child.process
+        to_child, from_child = self._child.stdin, self._child.stdout
+        assert to_child is not None, "opened as a pipe by WriterChild"
+        assert from_child is not None, "opened as a pipe by WriterChild"
+        self._to_child, self._from_child = to_child, from_child
         size = slots * self.row_bytes
-        shared = _shared_folder() / f"actrec-{os.getpid()}-{uuid.uuid4().hex}.rows"
-        descriptor = os.open(shared, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            # Unlinked at once: the memory lives as long as the two processes holding it, and nothing is
-            # left behind in /dev/shm whatever kills them.
-            os.unlink(shared)
-            os.ftruncate(descriptor, size)
-            self._mapping = mmap.mmap(descriptor, size)
+            os.ftruncate(child.descriptor, size)
+            self._mapping = mmap.mmap(child.descriptor, size)
             self._memory = np.frombuffer(self._mapping, dtype=np.uint8)
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            self._child = subprocess.Popen(
-                [sys.executable, "-m", "actrec.store._process"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._log,
-                env=env,
-                pass_fds=(descriptor,),
-                start_new_session=True,  # a Ctrl-C meant for training does not cut the store short
-            )
-            to_child, from_child = self._child.stdin, self._child.stdout
-            assert to_child is not None, "opened as a pipe just above"
-            assert from_child is not None, "opened as a pipe just above"
-            self._to_child, self._from_child = to_child, from_child
             self._send(
                 {
                     "path": str(self.path),
-                    "shared_fd": descriptor,
+                    "shared_fd": child.descriptor,
                     "slots": slots,
                     "row_bytes": self.row_bytes,
                     "flush_every": flush_every,
@@ -122,8 +187,13 @@ class WriterProcess:
                     "fields": [[key, dtype, list(shape), offset] for key, dtype, shape, offset in fields],
                 }
             )
+        except BaseException:
+            self._child.kill()
+            self._child.wait()
+            self._log.close()
+            raise
         finally:
-            os.close(descriptor)  # the child holds its own copy from the spawn
+            child.release_descriptor()  # the child holds its own copy from the spawn, the mapping holds ours
         self._reader = threading.Thread(target=self._read_replies, name="actrec-writer-replies", daemon=True)
         self._reader.start()
         if wait and not self.wait_ready():
@@ -233,7 +303,8 @@ class WriterProcess:
                 self.last_global_step = int(reply.get("last_global_step", -1))
                 self._ready.set()
             elif "free" in reply:
-                self._free.put(int(reply["free"]))
+                for slot in reply["free"]:
+                    self._free.put(int(slot))
             elif "flushed" in reply:
                 with self._flushed:
                     self._flush_seen = int(reply["flushed"])
@@ -312,16 +383,18 @@ def _child_main() -> None:
     mapping = mmap.mmap(setup["shared_fd"], setup["slots"] * row_bytes, prot=mmap.PROT_READ)
     memory = np.frombuffer(mapping, dtype=np.uint8)
     fields = [(key, np.dtype(dtype), tuple(shape), offset) for key, dtype, shape, offset in setup["fields"]]
-    block = _Block(max(int(setup["flush_every"]), 1), row_bytes, fields)
+    block = _Block(memory.reshape(setup["slots"], row_bytes), max(int(setup["flush_every"]), 1), fields)
     _reply({"ready": 1, "last_global_step": writer.last_global_step})
     last_flush = time.monotonic()
     clean = True
 
     def write_block() -> None:
         nonlocal last_flush
-        block.write_to(writer)
+        freed = block.write_to(writer)
         writer._flush_now()
         last_flush = time.monotonic()
+        if freed:
+            _reply({"free": freed})  # on disk: the parent may refill these slots
 
     try:
         for line in lines:
@@ -332,9 +405,7 @@ def _child_main() -> None:
             message = json.loads(line)
             op = message.get("op")
             if op == "row":
-                base = message["slot"] * row_bytes
-                block.add(memory[base : base + row_bytes], message["step"], message["epoch"], message["wall"])
-                _reply({"free": message["slot"]})  # copied: the parent may refill the slot at once
+                block.add(message["slot"], message["step"], message["epoch"], message["wall"])
                 if block.full or time.monotonic() - last_flush >= setup["flush_seconds"]:
                     write_block()
             elif op == "scalar":
@@ -359,42 +430,55 @@ def _child_main() -> None:
 
 
 class _Block:
-    """Packed rows received from the parent, kept until they are written to the store together."""
+    """Rows the parent handed over, still in their shared-memory slots, until they are written to the store together.
 
-    def __init__(self, capacity: int, row_bytes: int, fields: list[tuple[str, np.dtype, tuple[int, ...], int]]) -> None:
-        self.rows = np.empty((capacity, row_bytes), dtype=np.uint8)
-        self.fields = fields
-        self.count = 0
+    Each field is gathered from the held slots with one copy (the store wants it contiguous, row after row);
+    then the slots go back to the parent in one reply, so a block costs one wake-up of the parent's reply thread,
+    not one a row. A block is written once it has ``capacity`` rows or holds every slot the parent has.
+    """
+
+    def __init__(
+        self, memory: np.ndarray, capacity: int, fields: list[tuple[str, np.dtype, tuple[int, ...], int]]
+    ) -> None:
+        self.memory = memory  # (slots, row_bytes)
+        self.capacity = min(capacity, memory.shape[0])
+        self.fields = [
+            (key, dtype, shape, offset, offset + dtype.itemsize * int(np.prod(shape, dtype=np.int64)))
+            for key, dtype, shape, offset in fields
+        ]
+        self.slots: list[int] = []
         self.steps: list[int] = []
         self.epochs: list[int] = []
         self.walls: list[float] = []
 
     @property
-    def full(self) -> bool:
-        return self.count == len(self.rows)
+    def count(self) -> int:
+        return len(self.slots)
 
-    def add(self, row: np.ndarray, step: int, epoch: int, wall: float) -> None:
-        self.rows[self.count] = row
-        self.count += 1
+    @property
+    def full(self) -> bool:
+        return len(self.slots) >= self.capacity
+
+    def add(self, slot: int, step: int, epoch: int, wall: float) -> None:
+        self.slots.append(slot)
         self.steps.append(step)
         self.epochs.append(epoch)
         self.walls.append(wall)
 
-    def write_to(self, writer: Any) -> None:
-        """Append the kept rows to ``writer`` (a :class:`StoreWriter`) as one block, and empty the block."""
-        if not self.count:
-            return
-        rows = self.rows[: self.count]
+    def write_to(self, writer: Any) -> list[int]:
+        """Append the held rows to ``writer`` (a :class:`StoreWriter`) as one block; return the slots now free."""
+        if not self.slots:
+            return []
+        held = np.asarray(self.slots)
+        count = len(held)
         values = {
-            key: rows[:, offset : offset + dtype.itemsize * int(np.prod(shape, dtype=np.int64))]
-            .copy()
-            .view(dtype)
-            .reshape((self.count, *shape))
-            for key, dtype, shape, offset in self.fields
+            key: self.memory[held, start:stop].view(dtype).reshape((count, *shape))
+            for key, dtype, shape, start, stop in self.fields
         }
         writer.append_block(values, self.steps, self.epochs, self.walls)
-        self.count = 0
-        self.steps, self.epochs, self.walls = [], [], []
+        freed = self.slots
+        self.slots, self.steps, self.epochs, self.walls = [], [], [], []
+        return freed
 
 
 def _first_line(error: BaseException) -> str:
