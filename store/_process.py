@@ -4,11 +4,12 @@ Why a process: h5py holds the interpreter lock while it writes and compresses, w
 the training thread, and HDF5 does not recover from a failed write (a full disk leaves it unable to
 close the file, and it can crash the process at exit). In a child process neither reaches training.
 
-The parent (:class:`WriterProcess`) copies each packed row into a free slot of a shared-memory file and
-sends one JSON line; the child appends the rows it holds, straight from their slots, with
-:meth:`StoreWriter.append_block` as one block every ``flush_every`` rows (or once it holds every slot), and
-whenever a second has passed with rows waiting, flushing each block, then gives the block's slots back in one
-reply.
+The parent (:class:`WriterProcess`) copies each packed row into the next slot of a ring in a shared-memory file
+and raises a counter there (no message, no system call); the child looks for new rows every 20 ms, appends the
+rows it holds, straight from their slots, with :meth:`StoreWriter.append_block` as one block every
+``flush_every`` rows (or once it holds every slot), and whenever a second has passed with rows waiting, flushing
+each block, then raises its own counter to give the block's slots back. Scalars, flushes, closing and errors
+still go as JSON lines through the child's pipes.
 When the parent dies, the child sees its input end, writes what it received, closes the file and exits.
 """
 
@@ -18,7 +19,6 @@ import contextlib
 import json
 import mmap
 import os
-import queue
 import select
 import signal
 import subprocess
@@ -41,6 +41,48 @@ _START_TIMEOUT = 120.0
 def _shared_folder() -> Path:
     shm = Path("/dev/shm")
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+_POLL_SECONDS = 0.02
+"""How often the child looks for rows in the shared memory: no message or wake-up per row, so handing a row over
+costs training a copy and two stores, not a system call (waking another process is an inter-processor interrupt,
+which on a VM costs more than the copy)."""
+_ALIGN = 64
+
+
+class _SharedRows:
+    """The shared memory both processes map: two counters, each slot's step, epoch and wall time, then the rows.
+
+    Row ``n`` (counted from 0 over the writer's life) goes into slot ``n % slots``. The parent writes the row and its
+    step into the slot, then raises ``handed`` to ``n + 1``; the child takes rows up to ``handed``, and raises
+    ``freed`` once they are on disk. Each counter has one writer and is one aligned 8-byte store, so neither side
+    takes a lock or makes a system call to hand a row over or to take a slot back.
+    """
+
+    def __init__(self, buffer: Any, slots: int, row_bytes: int) -> None:
+        self.slots = slots
+        self.counters = np.frombuffer(buffer, dtype=np.int64, count=2, offset=0)
+        self.steps = np.frombuffer(buffer, dtype=np.int64, count=2 * slots, offset=_ALIGN).reshape(slots, 2)
+        self.walls = np.frombuffer(buffer, dtype=np.float64, count=slots, offset=_ALIGN + 16 * slots)
+        self.rows = np.frombuffer(
+            buffer, dtype=np.uint8, count=slots * row_bytes, offset=self.rows_offset(slots)
+        ).reshape(slots, row_bytes)
+
+    @staticmethod
+    def rows_offset(slots: int) -> int:
+        return -(-(_ALIGN + 24 * slots) // _ALIGN) * _ALIGN
+
+    @classmethod
+    def size(cls, slots: int, row_bytes: int) -> int:
+        return cls.rows_offset(slots) + slots * row_bytes
+
+    @property
+    def handed(self) -> int:
+        return int(self.counters[0])
+
+    @property
+    def freed(self) -> int:
+        return int(self.counters[1])
 
 
 _NICENESS = 10
@@ -152,9 +194,8 @@ class WriterProcess:
         """How often a row waited for the child to free a slot."""
         self.last_global_step = -1
         """The step of the store's last row when the child opened it (-1: none)."""
-        self._free: queue.Queue[int] = queue.Queue()
-        for slot in range(slots):
-            self._free.put(slot)
+        self._slots = max(int(slots), 1)
+        self._handed = 0
         self._flushed = threading.Condition()
         self._flush_seen = 0
         self._flush_sent = 0
@@ -171,16 +212,16 @@ class WriterProcess:
         assert to_child is not None, "opened as a pipe by WriterChild"
         assert from_child is not None, "opened as a pipe by WriterChild"
         self._to_child, self._from_child = to_child, from_child
-        size = slots * self.row_bytes
+        size = _SharedRows.size(self._slots, self.row_bytes)
         try:
             os.ftruncate(child.descriptor, size)
             self._mapping = mmap.mmap(child.descriptor, size)
-            self._memory = np.frombuffer(self._mapping, dtype=np.uint8)
+            self._shared = _SharedRows(self._mapping, self._slots, self.row_bytes)
             self._send(
                 {
                     "path": str(self.path),
                     "shared_fd": child.descriptor,
-                    "slots": slots,
+                    "slots": self._slots,
                     "row_bytes": self.row_bytes,
                     "flush_every": flush_every,
                     "flush_seconds": flush_seconds,
@@ -213,22 +254,20 @@ class WriterProcess:
         """Hand one packed row to the child (waits while every slot is in flight); False once failed."""
         if self.error is not None or self._closed:
             return False
-        try:
-            slot = self._free.get_nowait()
-        except queue.Empty:
+        shared, row_number = self._shared, self._handed
+        if row_number - shared.freed >= self._slots:
             self.waits += 1
-            slot = None
-            while slot is None:
+            while row_number - shared.freed >= self._slots:
                 if self.error is not None:
                     return False
-                try:
-                    slot = self._free.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-        assert slot is not None, "the loop above ends only with a free slot"
-        start = slot * self.row_bytes
-        self._memory[start : start + row.nbytes] = np.frombuffer(row, dtype=np.uint8) if row.dtype != np.uint8 else row
-        return self._send({"op": "row", "slot": slot, "step": int(global_step), "epoch": int(epoch), "wall": wall_time})
+                time.sleep(0.001)
+        slot = row_number % self._slots
+        shared.rows[slot, : row.nbytes] = row.view(np.uint8).reshape(-1)
+        shared.steps[slot] = (global_step, epoch)
+        shared.walls[slot] = wall_time
+        # Last: the child takes rows up to this count, so it never reads a half-written one.
+        self._handed = shared.counters[0] = row_number + 1
+        return True
 
     def scalar(self, name: str, global_step: int, value: float) -> bool:
         """Append ``(global_step, value)`` to a scalar series."""
@@ -265,7 +304,7 @@ class WriterProcess:
             self._fail("the store writer process did not finish in time and was stopped")
         self._reader.join(timeout=10)
         self._log.close()
-        del self._memory
+        del self._shared
         with contextlib.suppress(BufferError):  # a caller still holding a view keeps the mapping alive
             self._mapping.close()
 
@@ -280,7 +319,7 @@ class WriterProcess:
         self._reader.join(timeout=10)
         self._from_child.close()
         self._log.close()
-        del self._memory
+        del self._shared
         with contextlib.suppress(BufferError):
             self._mapping.close()
 
@@ -302,9 +341,6 @@ class WriterProcess:
             if "ready" in reply:
                 self.last_global_step = int(reply.get("last_global_step", -1))
                 self._ready.set()
-            elif "free" in reply:
-                for slot in reply["free"]:
-                    self._free.put(int(slot))
             elif "flushed" in reply:
                 with self._flushed:
                     self._flush_seen = int(reply["flushed"])
@@ -339,11 +375,11 @@ class WriterProcess:
 # -- child side ------------------------------------------------------------------------------------------
 
 
-def _lines(fd: int, timeout: float):  # noqa: ANN202 - a generator of bytes lines, None on idle timeouts
+def _lines(fd: int, tick: list[float]):  # noqa: ANN202 - a generator of bytes lines, None on idle ticks
     buffer = b""
     while True:
         while b"\n" not in buffer:
-            ready, _, _ = select.select([fd], [], [], timeout)
+            ready, _, _ = select.select([fd], [], [], tick[0])
             if not ready:
                 yield None
                 continue
@@ -368,7 +404,8 @@ def _child_main() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd = sys.stdin.fileno()
-    lines = _lines(fd, 1.0)
+    tick = [1.0]
+    lines = _lines(fd, tick)
     # None only means a second passed without input (a slow parent); only the end of input ends the child.
     first = next((line for line in lines if line is not None), None)
     if first is None:
@@ -379,43 +416,53 @@ def _child_main() -> None:
     except (OSError, StoreError) as error:
         _reply({"error": f"cannot open {setup['path']} for writing: {error}"})
         return
-    row_bytes = setup["row_bytes"]
-    mapping = mmap.mmap(setup["shared_fd"], setup["slots"] * row_bytes, prot=mmap.PROT_READ)
-    memory = np.frombuffer(mapping, dtype=np.uint8)
+    slots, row_bytes = int(setup["slots"]), int(setup["row_bytes"])
+    mapping = mmap.mmap(setup["shared_fd"], _SharedRows.size(slots, row_bytes))
+    shared = _SharedRows(mapping, slots, row_bytes)
     fields = [(key, np.dtype(dtype), tuple(shape), offset) for key, dtype, shape, offset in setup["fields"]]
-    block = _Block(memory.reshape(setup["slots"], row_bytes), max(int(setup["flush_every"]), 1), fields)
+    block = _Block(shared.rows, max(int(setup["flush_every"]), 1), fields)
     _reply({"ready": 1, "last_global_step": writer.last_global_step})
     last_flush = time.monotonic()
+    taken = written = 0
     clean = True
+    tick[0] = _POLL_SECONDS
 
     def write_block() -> None:
-        nonlocal last_flush
-        freed = block.write_to(writer)
+        nonlocal last_flush, written
+        written += len(block.write_to(writer))
         writer._flush_now()
         last_flush = time.monotonic()
-        if freed:
-            _reply({"free": freed})  # on disk: the parent may refill these slots
+        shared.counters[1] = written  # on disk: the parent may refill these slots
+
+    def take_rows() -> None:
+        nonlocal taken
+        handed = shared.handed
+        while taken < handed:
+            slot = taken % slots
+            step, epoch = (int(value) for value in shared.steps[slot])
+            block.add(slot, step, epoch, float(shared.walls[slot]))
+            taken += 1
+            if block.full:
+                write_block()
+        if block.count and time.monotonic() - last_flush >= setup["flush_seconds"]:
+            write_block()
 
     try:
         for line in lines:
+            take_rows()  # before any message: a flush or close covers every row handed over before it
             if line is None or not line.strip():
-                if block.count and time.monotonic() - last_flush >= setup["flush_seconds"]:
-                    write_block()
                 continue
             message = json.loads(line)
             op = message.get("op")
-            if op == "row":
-                block.add(message["slot"], message["step"], message["epoch"], message["wall"])
-                if block.full or time.monotonic() - last_flush >= setup["flush_seconds"]:
-                    write_block()
-            elif op == "scalar":
+            if op == "scalar":
                 writer._write_scalar(message["name"], message["step"], message["value"])
             elif op == "flush":
                 write_block()
                 _reply({"flushed": message["id"]})
             elif op == "close":
                 break
-        block.write_to(writer)  # the parent is gone or done: everything it sent goes in
+        take_rows()
+        block.write_to(writer)  # the parent is gone or done: everything it handed over goes in
     except StoreError as error:
         # Refused before HDF5 wrote anything (a full disk): the file is still sound and closes cleanly.
         _reply({"error": str(error)})

@@ -406,7 +406,7 @@ def test_the_writer_child_waits_for_a_parent_slower_than_its_idle_tick(tmp_path:
     path = tmp_path / "activations.h5"
     _create(path, background=False).close()
     shared = os.memfd_create("rows")
-    os.ftruncate(shared, 8)
+    os.ftruncate(shared, 4096)  # room for the counters, the slot table and one 8-byte row
     child = subprocess.Popen(
         [sys.executable, "-m", "actrec.store._process"],
         stdin=subprocess.PIPE,
