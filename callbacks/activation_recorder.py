@@ -18,8 +18,9 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from actrec.callbacks._loggers import logger_run_folder, record_run_end, record_run_start
 from actrec.errors import UserError
-from actrec.names import TASK_CHOICES, TASKS
+from actrec.names import TASK_CHOICES, TASK_CLASSIFICATION, TASKS
 from actrec.probe import (
     SMALL_MODEL_PARAMETERS,
     HostRing,
@@ -37,6 +38,7 @@ from actrec.probe import (
     scale_kinds,
 )
 from actrec.runs import (
+    SUMMARY_FILENAME,
     VERSION_PREFIX,
     Run,
     RunError,
@@ -90,6 +92,14 @@ _CONFIG_KEYS = (
     "val_loss_names",
     "val_acc_names",
 )
+
+
+class RecorderConfigError(UserError, MisconfigurationException):
+    """An :class:`ActivationRecorder` argument or setup that cannot work, in one sentence.
+
+    Both an actrec refusal (:class:`actrec.errors.UserError`, printed as one sentence by every ``actrec`` command)
+    and Lightning's :class:`MisconfigurationException`, which is what Lightning users catch for a bad callback.
+    """
 
 
 @dataclass(frozen=True)
@@ -167,8 +177,8 @@ class ActivationRecorder(Callback):
         val_acc_names: logged metric names stored as the ``val/acc`` series.
 
     Raises:
-        MisconfigurationException: an argument is out of range; at setup, an unknown layer name, no
-            probe images to be had, or an unusable store path.
+        RecorderConfigError: (a ``MisconfigurationException`` too) an argument is out of range; at setup, an
+            unknown layer name, no probe images to be had, or an unusable store path.
 
     Example::
 
@@ -217,41 +227,39 @@ class ActivationRecorder(Callback):
             ("max_channels", 1 if max_channels is None else max_channels, 1),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise MisconfigurationException(
-                    f"ActivationRecorder: {name} must be an integer >= {minimum}, got {value!r}."
-                )
+                raise RecorderConfigError(f"ActivationRecorder: {name} must be an integer >= {minimum}, got {value!r}.")
         try:
             check_dtype(dtype)
             check_compression(compression)
         except StoreError as error:
-            raise MisconfigurationException(f"ActivationRecorder: {error}") from None
+            raise RecorderConfigError(f"ActivationRecorder: {error}") from None
         if probe_indices is not None and not probe_indices:
-            raise MisconfigurationException("ActivationRecorder: probe_indices must name at least one image.")
+            raise RecorderConfigError("ActivationRecorder: probe_indices must name at least one image.")
         if layers is not None and not layers:
-            raise MisconfigurationException("ActivationRecorder: layers must name at least one module, or be None.")
+            raise RecorderConfigError("ActivationRecorder: layers must name at least one module, or be None.")
         if task not in TASK_CHOICES:
-            raise MisconfigurationException(
+            raise RecorderConfigError(
                 f"ActivationRecorder: task must be one of auto, {', '.join(TASKS)}, got {task!r}."
             )
         if probe_forward is not None and not callable(probe_forward):
-            raise MisconfigurationException(
+            raise RecorderConfigError(
                 f"ActivationRecorder: probe_forward must be a callable (module, batch), got {probe_forward!r}."
             )
         self._given_probes: ProbeSelection | None = None
         if probe_batch is not None:
             if probe_images is not None:
-                raise MisconfigurationException("ActivationRecorder: pass probe_batch or probe_images, not both.")
+                raise RecorderConfigError("ActivationRecorder: pass probe_batch or probe_images, not both.")
             try:
                 self._given_probes = probes_from_batch(probe_batch)
             except ProbeError as error:
-                raise MisconfigurationException(f"ActivationRecorder: {error}") from None
+                raise RecorderConfigError(f"ActivationRecorder: {error}") from None
         elif probe_images is not None:
             try:
                 self._given_probes = probes_from_tensors(probe_images, probe_labels)
             except ProbeError as error:
-                raise MisconfigurationException(f"ActivationRecorder: {error}") from None
+                raise RecorderConfigError(f"ActivationRecorder: {error}") from None
         elif probe_labels is not None:
-            raise MisconfigurationException("ActivationRecorder: probe_labels needs probe_images.")
+            raise RecorderConfigError("ActivationRecorder: probe_labels needs probe_images.")
 
         self.layers = list(layers) if layers is not None else None
         self.probe_forward = probe_forward
@@ -283,6 +291,7 @@ class ActivationRecorder(Callback):
         self._class_names: list[str] = []
         self._scale_kinds: dict[str, str] = {}
         self._live_scales: dict[str, Any] = {}
+        self._live_output: Any = None  # how live TensorBoard images draw a non-classifier's outputs
         self._record_weights = False
         self._store_path: Path | None = None
         self._engine: ProbeEngine | None = None
@@ -306,6 +315,7 @@ class ActivationRecorder(Callback):
         self._started: float | None = None
         self._finished = False
         self._recorded_rows = 0
+        self._logged_with: list[str] = []  # the W&B or MLflow runs the store's path was recorded with
 
     @property
     def store_path(self) -> Path | None:
@@ -337,7 +347,7 @@ class ActivationRecorder(Callback):
             return
         refusal = sharded_strategy_refusal(trainer.strategy)
         if refusal is not None:
-            raise MisconfigurationException(refusal)
+            raise RecorderConfigError(refusal)
         try:
             self._probes = self._select_probes(trainer, pl_module)
             self._forward = _probe_forward(pl_module, self.probe_forward)
@@ -348,7 +358,7 @@ class ActivationRecorder(Callback):
             self._layer_names = resolve_layers(pl_module, self.layers, ran)
             self._scale_kinds = scale_kinds(pl_module, batch, self._layer_names, self._forward)
         except ProbeError as error:
-            raise MisconfigurationException(f"ActivationRecorder: {error}") from None
+            raise RecorderConfigError(f"ActivationRecorder: {error}") from None
         num_parameters = sum(p.numel() for p in pl_module.parameters())
         self._record_weights = (
             num_parameters < SMALL_MODEL_PARAMETERS if self.record_weights is None else self.record_weights
@@ -471,6 +481,7 @@ class ActivationRecorder(Callback):
             overwrite=self.overwrite,
             background=False,
             task=self._task,
+            output_shape=self._engine.output_full_shape[1:],
         ).close()
         self._open_writer(wait=False)
 
@@ -515,7 +526,15 @@ class ActivationRecorder(Callback):
                 except OSError as error:  # the store is what matters; a summary that cannot be written is said
                     self._writes_summary = False
                     rank_zero_warn(f"ActivationRecorder: cannot write {folder / 'summary.json'}: {error.strerror}.")
-        rank_zero_info(f"ActivationRecorder: recording to {self._store_path}")
+        if self._store_path is None:
+            raise RuntimeError("ActivationRecorder: the store's path is chosen before its summary is written")
+        facts = {"run_id": self._run_id, "task": self._task, "layer_count": len(self._layer_names)}
+        # A W&B or MLflow run records the path now, so a run that dies still names its store.
+        self._logged_with = record_run_start(trainer.loggers, self._store_path, facts)
+        rank_zero_info(f"ActivationRecorder: recording to {self._store_path}{self._where_logged()}")
+
+    def _where_logged(self) -> str:
+        return f" (path recorded with the {', '.join(self._logged_with)})" if self._logged_with else ""
 
     def _summary_facts(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         folder = self._own_folder
@@ -533,13 +552,19 @@ class ActivationRecorder(Callback):
         if self._finished or self._started is None or not trainer.is_global_zero:
             return
         self._finished = True
-        rank_zero_info(f"ActivationRecorder: {state}; the store is {self._store_path}")
+        self._write_finished_summary(trainer, state, error, self._started)
+        if self._store_path is not None and self._logged_with:
+            folder = self._own_folder
+            record_run_end(trainer.loggers, self._store_path, [folder / SUMMARY_FILENAME] if folder else [])
+        rank_zero_info(f"ActivationRecorder: {state}; the store is {self._store_path}{self._where_logged()}")
+
+    def _write_finished_summary(self, trainer: pl.Trainer, state: str, error: str | None, started: float) -> None:
         if not self._writes_summary or self._own_folder is None or not self._own_folder.is_dir():
             return
         summary = finished_summary(
             self._summary_facts(trainer, trainer.lightning_module),
             state=state,
-            started=self._started,
+            started=started,
             error=error,
             global_step=int(trainer.global_step),
             epoch=int(trainer.current_epoch),
@@ -621,13 +646,13 @@ class ActivationRecorder(Callback):
                 params_cap=_WEIGHTS_CAP if self.record_weights is None else None,
             )
         except ProbeError as error:
-            raise MisconfigurationException(f"ActivationRecorder: {error}") from None
+            raise RecorderConfigError(f"ActivationRecorder: {error}") from None
         if self._task == "auto":
             self._task, why = decide_task(self._probes, self._engine.output_full_shape)
             rank_zero_info(f"ActivationRecorder: task {self._task} ({why}); pass task= to choose another.")
-        if self._task == "classification" and not self._class_names:
+        if self._task == TASK_CLASSIFICATION and not self._class_names:
             self._class_names = [str(k) for k in range(self._engine.output_shape[1])]
-        elif self._task != "classification":
+        elif self._task != TASK_CLASSIFICATION:
             self._class_names = []  # no fake classes for outputs that are not class scores
 
     def _probe_set(self) -> ProbeSet:
@@ -853,14 +878,28 @@ class ActivationRecorder(Callback):
         )
 
     def _log_images(self, trainer: pl.Trainer, views: dict[str, torch.Tensor], step: int, epoch: int) -> None:
+        from actrec.recording import output_drawing, shows_predictions
         from actrec.viewer import frame_title, live_frames, predicted_classes
 
         experiment = getattr(trainer.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):
             return
-        predictions = predicted_classes(views["logits"].numpy())
         probes = self._probes
         assert probes is not None, "setup() selected the probes"
+        logits = views["logits"].numpy()
+        # A classifier's predictions marked right or wrong; any other task draws its outputs, never a fake class.
+        classifier = shows_predictions(self._task)
+        predictions = predicted_classes(logits) if classifier else None
+        if not classifier and self._live_output is None:  # decided once, from the first logged step's outputs
+            self._live_output = output_drawing(
+                self._task,
+                probes.images.float().numpy(),
+                logits.shape[-1],
+                self._built_engine.output_full_shape[1:],
+                lambda rows: logits[None],
+                1,
+            )
+        labels = probes.labels.numpy()
         for name in self._built_engine.layouts:
             # The viewer's one colour-scale rule: bounded layers on their fixed range, others on a limit
             # that only grows over the run and is printed on every image's colour bar.
@@ -870,9 +909,11 @@ class ActivationRecorder(Callback):
                 self._live_scales.get(name),
                 title=frame_title(name, step, epoch),
                 probe_images=probes.images.float().numpy(),
-                labels=probes.labels.numpy(),
+                labels=labels if (labels >= 0).any() else None,
                 predictions=predictions,
                 class_names=self._class_names,
+                output=self._live_output,
+                outputs=None if classifier else logits,
             )
             for suffix, image in images:
                 experiment.add_image(f"activations/{name}{suffix}", image, step, dataformats="HWC")
@@ -1007,12 +1048,16 @@ def _resolve_checkpoint_path(stored: str, fallback: Path | None) -> Path:
 
 
 def _default_folder(trainer: pl.Trainer) -> tuple[Path, bool]:
-    """The run's folder and whether it is still to be claimed: the logger's ``log_dir`` when it has one,
+    """The run's folder and whether it is still to be claimed: the logger's ``log_dir`` when it has one; for
+    a W&B or MLflow run, the folder Lightning gives that run's checkpoints, unless it already holds a store;
     else ``<default_root_dir>/actrec/version_N`` with the next free N (claimed when the store is created)."""
     logger = trainer.logger
     log_dir = getattr(logger, "log_dir", None) if logger is not None else None
     if log_dir:
         return Path(log_dir), False
+    run_folder = logger_run_folder(trainer.loggers, trainer.default_root_dir)
+    if run_folder is not None and not (run_folder / STORE_FILENAME).exists():
+        return run_folder, False
     parent = Path(trainer.default_root_dir) / "actrec"
     suffixes = [p.name.removeprefix(VERSION_PREFIX) for p in parent.glob(f"{VERSION_PREFIX}*")]
     taken = [int(suffix) for suffix in suffixes if suffix.isdigit()]
@@ -1031,4 +1076,4 @@ def _on_rank_zero_or_raise(trainer: pl.Trainer, action: Callable[[], None]) -> N
             message = f"ActivationRecorder: {error}"
     message = trainer.strategy.broadcast(message, src=0)
     if message is not None:
-        raise MisconfigurationException(message)
+        raise RecorderConfigError(message)

@@ -233,6 +233,7 @@ def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path,
                 channel_labels=plan.labels,
                 nonfinite_legend=plan.nonfinite_steps > 0,
                 show_predictions=run.recording.shows_predictions,  # the recording's rule: classifiers only
+                output=None if run.recording.shows_predictions else run.recording.output_drawing,  # others: outputs
             )
         )
     damaged: list[set[int]] = [set() for _ in runs]
@@ -253,7 +254,9 @@ def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path,
                 for run, row, layout, by_row in zip(runs, frame_rows, layouts, values, strict=True):
                     shown = run.recording.shows_predictions
                     predictions = run.recording.timeline.predictions[row] if shown else None
-                    panels.append(layout.frame(by_row[row], title=_title(run, row), predictions=predictions))
+                    outputs = None if shown else run.recording.outputs([row])[0]
+                    title = _title(run, row)
+                    panels.append(layout.frame(by_row[row], title=title, predictions=predictions, outputs=outputs))
                 gif.append(side_by_side(panels))
         if gif.frames_written == 0:
             raise CompareError("every compared frame holds a damaged step (it failed its integrity check).")

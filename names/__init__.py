@@ -21,13 +21,28 @@ __all__ = [
     "STORE_FILENAME",
     "TASKS",
     "TASK_CHOICES",
+    "TASK_CLASSIFICATION",
+    "TASK_GENERATION",
+    "TASK_NONE",
+    "TASK_RECONSTRUCTION",
+    "TASK_REGRESSION",
     "kind_of",
 ]
 
 STORE_FILENAME = "activations.h5"
 """The activation store's file name in a run folder."""
 
-TASKS = ("classification", "reconstruction", "generation", "regression", "none")
+TASK_CLASSIFICATION = "classification"
+"""Class scores: readers mark each probe's argmax as a prediction, right or wrong."""
+TASK_RECONSTRUCTION = "reconstruction"
+"""The input again (an autoencoder): drawn as a picture like the inputs."""
+TASK_GENERATION = "generation"
+"""Something made from a vector or a prompt: a picture, or a language model's next tokens."""
+TASK_REGRESSION = "regression"
+"""Values to match: drawn as values."""
+TASK_NONE = "none"
+"""Just an output: drawn as values."""
+TASKS = (TASK_CLASSIFICATION, TASK_RECONSTRUCTION, TASK_GENERATION, TASK_REGRESSION, TASK_NONE)
 """What a model's output is, as the store's ``task`` attribute says (decided by ``probe.decide_task``)."""
 TASK_CHOICES = ("auto", *TASKS)
 """The recorders' ``task=`` values: ``auto`` decides from shapes."""

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate
 
+from actrec.names import TASK_CLASSIFICATION, TASK_GENERATION, TASK_NONE, TASK_RECONSTRUCTION, TASK_REGRESSION
 from actrec.probe._batch import batch_size, concatenate, label_part, map_tensors, shown_inputs, take
 from actrec.probe._layers import ProbeError, torch_reason
 
@@ -230,25 +231,28 @@ def probes_from_batch(batch: Any) -> ProbeSelection:
 
 
 def decide_task(probes: ProbeSelection, output_shape: Sequence[int]) -> tuple[str, str]:
-    """What a model's output is, from shapes alone: ``(task, why in words)``.
+    """What a model's output is, from shapes alone: ``(task, why in words)``, one of :data:`actrec.names.TASKS`.
 
     ``reconstruction``: floating inputs and an output with as many values per probe; ``generation``: a
-    vector in, a map or sequence out; ``classification``: two or more scores per probe; ``regression``:
-    one value per probe; ``none``: anything else (language-model logits per token, for instance).
+    vector in, a map or sequence out, or token ids ``(T,)`` in and scores ``(T, V)`` out (a language
+    model's next-token scores); ``classification``: two or more scores per probe; ``regression``: one
+    value per probe; ``none``: anything else.
     """
     shown_in = tuple(probes.images.shape[1:])
     shown_out = tuple(output_shape[1:])
     values_in, values_out = math.prod(shown_in), math.prod(shown_out)
     floating = probes.images.is_floating_point()
     if floating and values_in > 1 and values_in == values_out:
-        return "reconstruction", f"the output {shown_out} holds as many values as the input {shown_in}"
+        return TASK_RECONSTRUCTION, f"the output {shown_out} holds as many values as the input {shown_in}"
     if floating and len(shown_in) == 1 and len(shown_out) >= 2:
-        return "generation", f"a vector of {values_in} in, {shown_out} out"
+        return TASK_GENERATION, f"a vector of {values_in} in, {shown_out} out"
+    if not floating and len(shown_in) == 1 and len(shown_out) == 2 and shown_out[0] == shown_in[0] > 0:
+        return TASK_GENERATION, f"{shown_in[0]} token ids in, {shown_out[1]} scores per token out: next-token scores"
     if len(shown_out) == 1 and shown_out[0] >= 2:
-        return "classification", f"{shown_out[0]} scores per probe"
+        return TASK_CLASSIFICATION, f"{shown_out[0]} scores per probe"
     if values_out == 1:
-        return "regression", "one value per probe"
-    return "none", f"an output of {shown_out} per probe is not class scores"
+        return TASK_REGRESSION, "one value per probe"
+    return TASK_NONE, f"an output of {shown_out} per probe is not class scores"
 
 
 def _labels_of(batch: Any) -> list[int]:

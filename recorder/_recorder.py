@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from actrec.errors import UserError
-from actrec.names import TASK_CHOICES
+from actrec.names import TASK_CHOICES, TASK_CLASSIFICATION
 from actrec.probe import (
     SMALL_MODEL_PARAMETERS,
     ProbeEngine,
@@ -167,7 +167,7 @@ class Recorder:
             self._say(f"task {task} ({why}); pass task= to choose another")
         classes = self.class_names
         if classes is None:
-            classes = [str(k) for k in range(engine.output_shape[1])] if task == "classification" else []
+            classes = [str(k) for k in range(engine.output_shape[1])] if task == TASK_CLASSIFICATION else []
         probes = self._probes
         layers = [
             LayerSpec(
@@ -211,6 +211,7 @@ class Recorder:
                 flush_every=self.flush_every,
                 background=False,
                 task=task,
+                output_shape=engine.output_full_shape[1:],
             )
         except (StoreError, OSError) as error:
             raise RecorderError(str(error)) from None

@@ -8,7 +8,8 @@ epochs, samples seen, predictions, scalars; the one thinning rule, last row incl
 The rules a recording's readers share live here once: :mod:`.scale` (which value a colour means) and
 :mod:`.colors` (the palette it points into), :mod:`.epochs` (which epoch a row belongs to), and
 :func:`thin_rows`, :func:`layer_kind`, :func:`predicted_classes`, :func:`shows_predictions` (whether
-a run's ``task`` has predictions to draw). This package imports ``store``, ``runs`` and ``errors``
+a run's ``task`` has predictions to draw), and :mod:`.outputs` (how probe inputs and outputs are drawn:
+pictures, token ids, strips of values). This package imports ``store``, ``runs`` and ``errors``
 only; ``viewer``, ``report``, ``compare``, ``dynamics`` and ``inspection`` import it, never the other
 way round.
 """
@@ -26,6 +27,20 @@ from actrec.recording.layers import (
     layer_kind,
     parse_channels,
 )
+from actrec.recording.outputs import (
+    INPUT_IDS,
+    INPUT_IMAGE,
+    INPUT_VECTOR,
+    OUTPUT_CLASSES,
+    OUTPUT_IMAGE,
+    OUTPUT_TOKENS,
+    OUTPUT_VALUES,
+    OutputDrawing,
+    finite_range,
+    input_kind,
+    largest_magnitude,
+    output_drawing,
+)
 from actrec.recording.run import Recording, announce_on_stderr
 from actrec.recording.scale import ColourScale, colour_scale
 from actrec.recording.timeline import (
@@ -41,6 +56,14 @@ from actrec.recording.timeline import (
 __all__ = [
     "DEFAULT_MAX_CHANNELS",
     "DEFAULT_MAX_PROBES",
+    "INPUT_IDS",
+    "INPUT_IMAGE",
+    "INPUT_VECTOR",
+    "OUTPUT_CLASSES",
+    "OUTPUT_IMAGE",
+    "OUTPUT_TOKENS",
+    "OUTPUT_VALUES",
+    "OutputDrawing",
     "ChannelChoice",
     "ChannelPlan",
     "ColourScale",
@@ -56,7 +79,11 @@ __all__ = [
     "colors",
     "colour_scale",
     "layer_kind",
+    "finite_range",
+    "input_kind",
+    "largest_magnitude",
     "nearest_rows",
+    "output_drawing",
     "parse_channels",
     "predicted_classes",
     "shows_predictions",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from actrec.recording.layers import LayerView
+from actrec.recording.outputs import OutputDrawing, output_drawing
 from actrec.recording.timeline import (
     SCALAR_SERIES,
     STEP_COLUMNS,
@@ -51,6 +52,7 @@ class Recording:
         self._layers: dict[str, LayerView] = {}
         self._timeline: Timeline | None = None
         self._known_batch_size: tuple[int | None] | None = None  # read once: a live run's refreshes parse no YAML
+        self._output_drawing: OutputDrawing | None = None
         self.refresh()
 
     @classmethod
@@ -123,6 +125,22 @@ class Recording:
     def shows_predictions(self) -> bool:
         """Whether readers draw the probes' predictions (:func:`~actrec.recording.shows_predictions`)."""
         return shows_predictions(self.task)
+
+    @property
+    def output_drawing(self) -> OutputDrawing:
+        """How the probes' outputs are drawn (:func:`actrec.recording.output_drawing`): the predicted class
+        for a classifier, else an image, next-token ids or the values themselves."""
+        if self._output_drawing is None:
+            store, num_rows = self.store, self.num_rows
+            num_outputs = int(store.logits(slice(0, 1)).shape[-1]) if num_rows else 1
+            self._output_drawing = output_drawing(
+                self.task, store.probes.images, num_outputs, store.output_shape, store.logits, num_rows
+            )
+        return self._output_drawing
+
+    def outputs(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+        """The probes' outputs ``(n, P, K)`` at ``rows``, as stored (flattened per probe)."""
+        return self.store.logits(np.asarray(rows, dtype=np.int64))
 
     @property
     def num_probes(self) -> int:

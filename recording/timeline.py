@@ -13,6 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
+from actrec import names
 from actrec.errors import UserError
 from actrec.recording.epochs import row_epochs
 
@@ -26,7 +27,7 @@ class RecordingError(UserError):
     """A recording cannot be opened or read as asked; the message is one sentence for the user."""
 
 
-TASK_CLASSIFICATION = "classification"
+TASK_CLASSIFICATION = names.TASK_CLASSIFICATION
 """The task of a store written without a ``task`` attribute (every store before the attribute existed)."""
 
 

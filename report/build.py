@@ -28,7 +28,16 @@ from actrec.dynamics import (
 )
 from actrec.dynamics.plots import layer_colors, log10_or_nan
 from actrec.errors import UserError
-from actrec.recording import Recording, Timeline, auto_stride, choose_probes, colors
+from actrec.recording import (
+    OUTPUT_IMAGE,
+    OUTPUT_TOKENS,
+    Recording,
+    Timeline,
+    auto_stride,
+    choose_probes,
+    colors,
+    finite_range,
+)
 from actrec.recording.scale import ColourScale
 from actrec.report.charts import Line, css_color, svg_chart
 from actrec.report.page import render_page
@@ -99,15 +108,47 @@ def _is_picture(images: np.ndarray) -> bool:
     return np.ndim(images) in (3, 4)
 
 
-def probe_strip(images: np.ndarray) -> np.ndarray:
-    """The probe inputs side by side in grey (channels averaged), on one brightness scale."""
+def probe_strip(images: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
+    """Pictures side by side in grey (channels averaged), ``low`` black and ``high`` white (default: their
+    finite range): the probe inputs, and a reconstruction or generated picture on its own fixed scale."""
     images = np.asarray(images, np.float32)
     if images.ndim == 4:
         images = images.mean(axis=1)
-    finite = images[np.isfinite(images)]
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if low is None or high is None:
+        low, high = finite_range(images)
     grey = colors.grey_indices(images, low, high)
     return np.ascontiguousarray(grey.transpose(1, 0, 2).reshape(images.shape[1], -1))
+
+
+_OUTPUT_VALUES_SHOWN = 6
+"""Output values listed per probe in the report (more end in an ellipsis; ``actrec render`` draws them all)."""
+
+
+def _output_data(recording: Recording, rows: np.ndarray, drawn: tuple[int, ...] | None) -> dict[str, Any]:
+    """What the report shows of a non-classifier's outputs at each shown row: its pictures (one PNG a row, the
+    probes side by side) or, per probe, a line of text (the predicted next token ids, or the output values).
+
+    Read one row at a time: a language model's (T, V) scores per probe are too large to read at once.
+    """
+    drawing = recording.output_drawing
+    frames: list[str] = []
+    texts: list[list[str]] = []
+    for row in rows.tolist():
+        values = drawing.drawn(_pick(recording.outputs([row])[0], drawn))
+        if drawing.mode == OUTPUT_IMAGE:
+            frames.append(_b64_png(probe_strip(values, drawing.low, drawing.high)))
+        elif drawing.mode == OUTPUT_TOKENS:
+            texts.append([" ".join(str(i) if i >= 0 else "?" for i in ids) for ids in values.tolist()])
+        else:
+            texts.append([_values_text(probe_values) for probe_values in values])
+    if drawing.mode == OUTPUT_IMAGE:
+        return {"label": drawing.label, "frames": frames, "shape": list(drawing.shape[-2:])}
+    return {"label": drawing.label, "texts": texts}
+
+
+def _values_text(values: np.ndarray) -> str:
+    shown = " ".join(f"{float(v):.3g}" for v in values[:_OUTPUT_VALUES_SHOWN])
+    return shown + (" …" if len(values) > _OUTPUT_VALUES_SHOWN else "")
 
 
 def _layer_frames(
@@ -255,6 +296,8 @@ def build_report(
             "labels": _pick(probe_set.labels, drawn).tolist(),
             # The recording's one rule: only a classifier's output has predictions (no row, no ✓/✗ otherwise).
             "predictions": predictions.tolist() if recording.shows_predictions else None,
+            # Any other task shows its outputs themselves: pictures, next token ids or values.
+            "outputs": None if recording.shows_predictions else _output_data(recording, rows, drawn),
             # Token ids, feature vectors and volumes are not pictures: their predictions are still listed.
             "probeImage": _b64_png(probe_strip(_pick(probe_set.images, drawn)))
             if _is_picture(probe_set.images)

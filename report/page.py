@@ -88,6 +88,7 @@ _SCRIPT = r"""
   }
 
   function className(index) {
+    if (index >= 0 && D.classNames.length === 0) return String(index);  // no names: the number, as frames do
     return index >= 0 && index < D.classNames.length ? D.classNames[index] : "?";
   }
 
@@ -97,8 +98,15 @@ _SCRIPT = r"""
   }
 
   function showPredictions(current, step) {
-    if (D.predictions === null) {  // not a classifier: no predictions, no tally
+    if (D.predictions === null) {  // not a classifier: no predictions, no tally; its outputs instead
       setPanelStep(document.getElementById("probes"), "step " + step);
+      if (D.outputs && D.outputs.frames) document.getElementById("output-img").src = png(D.outputs.frames[current]);
+      else if (D.outputs) {
+        document.querySelectorAll("#outputs span").forEach((cell, i) => {
+          cell.textContent = D.outputs.texts[current][i];
+          cell.title = cell.textContent;
+        });
+      }
       return;
     }
     const predicted = D.predictions[current];
@@ -191,7 +199,10 @@ _SCRIPT = r"""
 
 
 def _class_name(names: list[str], label: int) -> str:
-    """A label's class name; ``"?"`` for unlabeled probes (-1) and labels past the named classes."""
+    """A label's class name; its number when no class is named (an autoencoder's digits), as the frames write it;
+    ``"?"`` for unlabeled probes (-1) and labels past the named classes."""
+    if label >= 0 and not names:
+        return str(label)
     return str(names[label]) if 0 <= label < len(names) else "?"
 
 
@@ -249,6 +260,20 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
         probe_picture = (
             f'<div class="grid" data-channels="1" data-height="{probe_height}" data-width="{probe_width}" '
             f'data-probes="{probes}"><img id="probe-img" alt="probe images"></div>'
+        )
+    outputs = data.get("outputs")
+    output_row = ""
+    if outputs is not None and "frames" in outputs:
+        output_height, output_width = outputs["shape"]
+        output_row = (
+            f'<div class="scalebar">{html.escape(outputs["label"])}</div>'
+            f'<div class="grid" data-channels="1" data-height="{output_height}" data-width="{output_width}" '
+            f'data-probes="{probes}"><img id="output-img" alt="outputs"></div>'
+        )
+    elif outputs is not None:
+        output_row = (
+            f'<div class="scalebar">{html.escape(outputs["label"])}</div>'
+            f'<div class="labels outputs" id="outputs">{"<span></span>" * probes}</div>'
         )
     layer_panels = []
     for index, layer in enumerate(data["layers"]):
@@ -323,10 +348,11 @@ def render_page(data: dict, *, charts: dict[str, list[str]], title: str) -> str:
 space plays. Activations: blue +, white 0, red − (one-sided layers: white 0 to blue),
 on each layer's fixed scale, as actrec render draws them; rows are channels, columns probes.</p>
 {compare_note}
-<section><h2>{"Probes and predictions" if predicted else "Probes"}</h2>
+<section><h2>{"Probes and predictions" if predicted else "Probes and outputs" if output_row else "Probes"}</h2>
 <div class="panel" id="probes"><div class="caption"><b>probes</b><span class="panel-step"></span></div>
 <div class="labels">{label_row}</div>
 {probe_picture}
+{output_row}
 {predictions_row}</div></section>
 <section><h2>Layers</h2>{layers_html}</section>
 <section><h2>Training curves</h2><p class="note">{"".join(charts["training_legend"])}</p>

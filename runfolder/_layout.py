@@ -412,7 +412,9 @@ def _numbered(run: Run) -> int:
 def find_runs(root: str | os.PathLike) -> list[Run]:
     """Every run under ``root``: ``root`` itself if it is a run, else its versions, else its experiments' versions.
 
-    Ordered by experiment, then version.
+    An experiment folder without ``version_N`` folders contributes the runs a tracking logger named inside it
+    (``<save_dir>/<project>/<run id>`` for W&B, ``mlruns/<experiment id>/<run id>`` for MLflow) when they hold
+    a store or a summary. Ordered by experiment, then version (or run name).
 
     Raises:
         RunError: ``root`` does not exist or is not a folder.
@@ -436,4 +438,17 @@ def find_runs(root: str | os.PathLike) -> list[Run]:
             found.extend(versions)
         elif _is_run_folder(Path(entry.path)):
             found.append(Run(entry.path))
+        else:
+            found.extend(_named_runs(Path(entry.path)))
     return found
+
+
+def _named_runs(folder: Path) -> list[Run]:
+    """Runs directly under ``folder`` that a tracking logger named (a W&B project's run ids, an MLflow
+    experiment's run ids): folders holding a store or a summary, by name."""
+    try:
+        children = sorted((entry for entry in os.scandir(folder) if entry.is_dir()), key=lambda entry: entry.name)
+    except OSError:
+        return []
+    marked = (STORE_FILENAME, SUMMARY_FILENAME)
+    return [Run(entry.path) for entry in children if any(os.path.exists(os.path.join(entry.path, m)) for m in marked)]

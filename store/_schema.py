@@ -3,7 +3,8 @@
 A store is one HDF5 file per run (``activations.h5``)::
 
     /                                   attrs: format, format_version, run_id, created, config (JSON),
-                                               num_probes, num_classes, class_names (JSON), task
+                                               num_probes, num_classes, class_names (JSON), task,
+                                               output_shape (optional)
     /probes/images      (P, ...)        float32, the probe inputs exactly as fed to the model
     /probes/labels      (P,)            int64 (-1: the probe came without a label)
     /probes/indices     (P,)            int64, index of each probe in the split (or loader) it came from
@@ -33,7 +34,9 @@ output "", channels None, full_shape = sample_shape, nonfinite all zero.
 The root ``task`` attribute says what the model's output is: ``classification`` (the logits are class
 scores: readers mark each probe's argmax as a prediction), ``reconstruction``, ``generation``,
 ``regression`` or ``none`` (the logits are just the output: no predictions are drawn). Stores written
-without it read as ``classification``.
+without it read as ``classification``. The optional root ``output_shape`` attribute (int64, one probe's
+output shape before it is flattened into ``/steps/logits``, e.g. ``(1, 28, 28)`` or ``(T, V)``) lets readers
+draw the output by its shape; stores written without it are drawn from the flattened ``(K,)``.
 
 A row is complete once every dataset holds it: the number of complete rows is the shortest length
 among ``/steps/*`` (``global_step``, the step fields and ``logits``) and ``/layers/*/activations``, which

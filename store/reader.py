@@ -93,6 +93,16 @@ class StoreReader:
         return text_attribute(self._file, self.path, "task")
 
     @property
+    def output_shape(self) -> tuple[int, ...] | None:
+        """One probe's output shape before flattening (the root ``output_shape`` attribute), or ``None`` for
+        stores written without one (their outputs are only known flattened, ``(K,)``)."""
+        value = self._file.attrs.get("output_shape")
+        if value is None:
+            return None
+        shape = tuple(int(n) for n in np.atleast_1d(np.asarray(value)).tolist())
+        return shape if all(n > 0 for n in shape) else None
+
+    @property
     def class_names(self) -> list[str]:
         return json_attribute(self._file, self.path, "class_names", list)
 

@@ -146,6 +146,7 @@ class StoreWriter:
         flush_every: int = BLOCK_ROWS,
         background: bool = True,
         task: str | None = None,
+        output_shape: Sequence[int] | None = None,
     ) -> StoreWriter:
         """Create a new store and start SWMR writing.
 
@@ -163,6 +164,9 @@ class StoreWriter:
             background: write on a worker thread.
             task: what the model's output is (``"classification"``, ``"reconstruction"``, ``"generation"``,
                 ``"regression"``, ``"none"``), stored as the file's ``task`` attribute for the viewer.
+            output_shape: one probe's output shape before it is flattened into ``num_classes`` logits
+                (e.g. ``(1, 28, 28)`` for an autoencoder, ``(T, V)`` for a language model), stored as the
+                ``output_shape`` attribute so readers can draw the output by its shape.
 
         Raises:
             StoreError: the file exists (and ``overwrite`` is False), its folder is not writable, it
@@ -188,6 +192,8 @@ class StoreWriter:
                 _write_layout(file, run_id, config, probes, layers, num_classes, dtype, compression)
                 if task is not None:
                     file.attrs["task"] = task
+                if output_shape is not None:
+                    file.attrs["output_shape"] = np.asarray(tuple(output_shape), dtype=np.int64)
             finally:
                 file.close()
             os.replace(tmp, path)

@@ -16,7 +16,7 @@ def _relative_links(markdown: str) -> list[str]:
 def test_readme_is_a_front_door_under_200_lines() -> None:
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 200
-    for section in ("## Two commands on a fresh machine", "## A tour", "## Record your own model", "## Documentation"):
+    for section in ("## Two commands on a fresh machine", "## A tour", "## Recording any model", "## Documentation"):
         assert section in readme
 
 

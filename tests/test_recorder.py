@@ -19,7 +19,8 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from recorder_fixtures import TinyData, TinyNet, quiet_trainer
 from torch import nn
 
-from actrec.callbacks import ActivationRecorder
+from actrec.callbacks import ActivationRecorder, RecorderConfigError
+from actrec.errors import UserError
 from actrec.store import StoreReader, StoreWriter
 
 TESTS = Path(__file__).parent
@@ -174,9 +175,19 @@ def test_unknown_layer_fails_at_setup_listing_names(tmp_path: Path) -> None:
     recorder = ActivationRecorder(layers=["net.conv9"])
     with pytest.raises(
         MisconfigurationException, match=r"no module matches layer 'net.conv9'; available: net, net.conv1"
-    ):
+    ) as caught:
         _fit(tmp_path, recorder)
     assert not list(tmp_path.rglob("*.h5"))
+    # one actrec refusal (every command prints it as one sentence) and Lightning's exception, both
+    assert isinstance(caught.value, RecorderConfigError)
+    assert isinstance(caught.value, UserError)
+
+
+def test_out_of_range_arguments_are_refused_as_one_sentence_both_ways_people_catch() -> None:
+    with pytest.raises(UserError, match=r"every_n_steps"):
+        ActivationRecorder(every_n_steps=0)
+    with pytest.raises(MisconfigurationException, match=r"every_n_steps"):
+        ActivationRecorder(every_n_steps=0)
 
 
 def test_refuses_a_store_of_another_run_and_leaves_it_alone(tmp_path: Path) -> None:

@@ -205,3 +205,17 @@ def test_config_digest_ignores_where_the_run_goes() -> None:
     assert config_digest(config) == config_digest(moved)
     assert config_digest(config) != config_digest({**config, "seed_everything": 1})
     assert len(config_digest(config)) == 16
+
+
+def test_find_runs_takes_a_tracking_loggers_save_dir(tmp_path: Path) -> None:
+    # W&B: <save_dir>/<project>/<run id>; MLflow: mlruns/<experiment id>/<run id>. W&B's own folder holds a
+    # config.yaml two levels down, which is not a run.
+    make_run(tmp_path / "proj" / "2b1x9k")
+    make_run(tmp_path / "proj" / "0a7c3d", state=None)
+    (tmp_path / "wandb" / "offline-run-1" / "files").mkdir(parents=True)
+    (tmp_path / "wandb" / "offline-run-1" / "files" / CONFIG_FILENAME).write_text("x: 1\n")
+    (tmp_path / "proj" / "notes").mkdir()
+    assert [run.path.relative_to(tmp_path).as_posix() for run in find_runs(tmp_path)] == [
+        "proj/0a7c3d",
+        "proj/2b1x9k",
+    ]

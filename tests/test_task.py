@@ -16,6 +16,7 @@ from actrec.compare import compare_runs
 from actrec.recording import Recording, colors, shows_predictions
 from actrec.report import build_report
 from actrec.viewer import export_tensorboard, render_run
+from actrec.viewer.plan import frame_layout, make_plan
 
 # Palette indices of the green (right) and red (wrong) prediction ramps: only a predictions row uses them.
 _MARKS = range(colors.PALETTE_SIZE - 18, colors.PALETTE_SIZE - 2)
@@ -69,13 +70,15 @@ def test_render_draws_a_predictions_row_for_classifiers_only(tmp_path: Path, tas
     else:
         assert _mark_pixels(gif) == 0
         assert _mark_pixels(sheet) == 0
-    heights = {}
+    below_grid = {}
     for name in ("classification", "reconstruction"):
         folder = tmp_path / name
         make_store(folder, range(3), task=name)
-        with Image.open(render_run(folder, layers=["net.conv1"], tile_size=16).out_dir / "net.conv1.gif") as image:
-            heights[name] = image.size[1]
-    assert heights["reconstruction"] < heights["classification"]  # the row is left out, not just left blank
+        with Recording.open(folder) as recording:
+            plan = make_plan(recording, ["net.conv1"], None, None, 1, 16)
+            layout = frame_layout(recording, plan.layer_plans["net.conv1"], plan.rows)
+            below_grid[name] = layout.height - layout.tile_box(layout.channels - 1, 0)[3]
+    assert below_grid["reconstruction"] < below_grid["classification"]  # the row is left out, not just left blank
 
 
 @pytest.mark.parametrize("task", ["reconstruction", "classification"])

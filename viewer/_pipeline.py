@@ -297,6 +297,8 @@ def _export_layer(
         written = 0
         for row, values in layer_rows(recording, job.plan, rows, bad):
             title, step = row_title(recording, job.layer, row), int(timeline.global_steps[row])
+            # A classifier's predictions, or the outputs of any other task (a picture, next ids, values).
+            drawn_outputs = None if recording.shows_predictions else job.plan.drawn_outputs(recording.outputs([row])[0])
             for (plan, suffix), group_layout in zip(groups, layouts, strict=True):
                 frame = group_layout.frame(
                     values if plan is job.plan else plan.selected(values),
@@ -304,6 +306,7 @@ def _export_layer(
                     predictions=job.plan.drawn_predictions(timeline.predictions[row])
                     if recording.shows_predictions
                     else None,
+                    outputs=drawn_outputs,
                 )
                 tag = f"{prefix}/{job.layer}{suffix}"
                 writer.add_image(tag, frame, step, wall_time=float(timeline.wall_times[row]))

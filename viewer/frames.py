@@ -1,9 +1,12 @@
 """Frames: one layer's activations at one step, tiled, coloured and labelled, as palette indices.
 
 A frame, top to bottom: a header (``layer · step N · epoch E`` and the colour bar with its
-``-s, 0, +s`` labels), each probe's true class, the probe inputs in grey, one row of tiles per
-channel (one tile per probe, nearest-neighbour upscaled to ``tile_size``), and each probe's
-predicted class at that step with a green tick when right or a red cross when wrong.
+``-s, 0, +s`` labels), each probe's true class, the probe inputs (pictures in grey or colour, token
+ids as numbers, other vectors as a red-blue strip), the probes' outputs at that step when the run is
+not a classifier (``output``: a reconstruction or generated picture drawn like the inputs, the
+predicted next token ids of a language model, or the output values as a red-blue strip), one row of
+tiles per channel (one tile per probe, nearest-neighbour upscaled to ``tile_size``), and, for a
+classifier, each probe's predicted class with a green tick when right or a red cross when wrong.
 
 :class:`FrameLayout` computes everything that does not change between steps once (geometry, the
 static pixels, a gather map from activation elements to frame pixels), so a frame costs one
@@ -13,11 +16,26 @@ new arrays; nothing is written to disk and no input is modified.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from actrec.recording import DEFAULT_MAX_CHANNELS, colors, layer_kind
+from actrec.recording import (
+    DEFAULT_MAX_CHANNELS,
+    INPUT_IDS,
+    INPUT_IMAGE,
+    OUTPUT_IMAGE,
+    OUTPUT_TOKENS,
+    OUTPUT_VALUES,
+    OutputDrawing,
+    colors,
+    finite_range,
+    input_kind,
+    largest_magnitude,
+    layer_kind,
+)
 from actrec.recording.scale import ColourScale, LiveScaleState, format_limit, live_scale
 from actrec.store import KIND_MAPS, KIND_TOKENS
 from actrec.viewer import _text
@@ -168,9 +186,9 @@ class FrameLayout:
         num_probes: number of probes (columns).
         scale: the colour scale (:func:`actrec.recording.scale.colour_scale`); a plain number means the
             diverging ``-scale`` red, 0 white, ``+scale`` blue.
-        probe_images: ``(P, C, H, W)`` probe inputs, drawn above the activations (RGB in colour,
-            other channel counts averaged into grey); ``None`` (or inputs that are not images, such
-            as token ids) to leave them out.
+        probe_images: ``(P, ...)`` probe inputs, drawn above the activations: ``(P, C, H, W)`` or
+            ``(P, H, W)`` pictures (RGB in colour, other channel counts averaged into grey), ``(P, T)``
+            token ids as numbers, other ``(P, Z)`` vectors as a red-blue strip; ``None`` leaves them out.
         labels: ``(P,)`` true classes, written above each column and used to mark predictions.
         class_names: names indexed by class; class numbers are shown when ``None``.
         tile_size: pixels of a tile's longer side.
@@ -181,6 +199,9 @@ class FrameLayout:
             when a selection is drawn; ``None`` numbers them from 0.
         nonfinite_legend: name the non-finite colour beside the colour bar.
         text_scale: multiplies every font size (TensorBoard's cards shrink images; larger text survives).
+        output: how the probes' outputs are drawn (:class:`actrec.recording.OutputDrawing`); a row of them
+            (``output``, or ``next id`` for token predictions) goes under the inputs, filled by each frame's
+            ``outputs``. ``None`` (or a classifier's ``classes``) draws no output row.
 
     Raises:
         ValueError: an argument is out of range or shapes disagree.
@@ -202,14 +223,15 @@ class FrameLayout:
         channel_labels: Sequence[int] | None = None,
         nonfinite_legend: bool = False,
         text_scale: float = 1.0,
+        output: OutputDrawing | None = None,
     ) -> None:
         if tile_size < 4:
             raise ValueError(f"tile_size must be at least 4 pixels, got {tile_size}.")
         if num_probes < 1:
             raise ValueError(f"num_probes must be at least 1, got {num_probes}.")
         self.colour_scale = as_colour_scale(scale)
-        if probe_images is not None and np.ndim(probe_images) not in (3, 4):
-            probe_images = None  # token ids or feature vectors: nothing to show as a picture
+        if probe_images is not None and np.ndim(probe_images) not in (2, 3, 4):
+            probe_images = None  # no rule draws inputs of more axes
         if probe_images is not None and len(probe_images) != num_probes:
             raise ValueError(f"probe_images holds {len(probe_images)} images for {num_probes} probes.")
         if labels is not None and len(labels) != num_probes:
@@ -239,10 +261,13 @@ class FrameLayout:
         if channel_labels is not None and len(channel_labels) != units:
             raise ValueError(f"channel_labels names {len(channel_labels)} channels of {units}.")
         self.channel_labels = list(range(units)) if channel_labels is None else [int(c) for c in channel_labels]
-        self._input_tiles = None if probe_images is None else _probe_tiles(probe_images, tile_size)
-        self.column_width = max(self.tile_width, 0 if self._input_tiles is None else self._input_tiles.shape[2])
-        self._row_label_width = max(_text.text_size(label, self._label_size)[0] for label in self._row_labels()) + 8
+        self.output = output
         self._label_height = _text.text_size("Ag", self._label_size)[1]
+        self._input_row, self._output_row = self._probe_rows(probe_images, output)
+        self._input_tiles = None if self._input_row is None else self._input_row.paint(np.asarray(probe_images))
+        widths = [row.width for row in (self._input_row, self._output_row) if row is not None]
+        self.column_width = max([self.tile_width, *widths])
+        self._row_label_width = max(_text.text_size(label, self._label_size)[0] for label in self._row_labels()) + 8
         self._body_with_labels = self._static_body(row_labels=True)
         self._body_plain = self._static_body(row_labels=False)
         title_width = _text.text_size(longest_title, self._title_size)[0] if longest_title else 0
@@ -260,6 +285,35 @@ class FrameLayout:
 
     # -- geometry --------------------------------------------------------------------------------
 
+    def _probe_rows(
+        self, probe_images: np.ndarray | None, output: OutputDrawing | None
+    ) -> tuple[_ProbeRow | None, _ProbeRow | None]:
+        """The rows of per-probe pictures above the grid: the inputs, and the outputs when they are drawn."""
+        tile_size, size, height = self.tile_size, self._label_size, self._label_height
+        base_width = max(self.tile_width, tile_size)
+        input_row = None
+        if probe_images is not None:
+            images = np.asarray(probe_images)
+            kind = input_kind(images)
+            if kind == INPUT_IMAGE:
+                low, high = finite_range(images)
+                input_row = _picture_row("input", images.shape[1:], low, high, tile_size)
+            elif kind != INPUT_IDS:
+                input_row = _strip_row("input", images.shape[1], largest_magnitude(images), tile_size, size, height)
+        output_row = None
+        if output is not None and output.mode == OUTPUT_IMAGE:
+            output_row = _picture_row(output.label, output.shape, output.low, output.high, tile_size)
+        elif output is not None and output.mode == OUTPUT_VALUES:
+            output_row = _strip_row(output.label, output.shape[0], output.high, tile_size, size, height)
+        widths = [row.width for row in (input_row, output_row) if row is not None]
+        width = max([base_width, *widths])
+        if probe_images is not None and input_kind(np.asarray(probe_images)) == INPUT_IDS:
+            ids = np.asarray(probe_images)
+            input_row = _ids_row("input", ids.shape[1], int(np.max(ids)), width, size, height)
+        if output is not None and output.mode == OUTPUT_TOKENS:
+            output_row = _ids_row(output.label, output.shape[0], output.shape[1] - 1, width, size, height)
+        return input_row, output_row
+
     def _channel_row_label(self, row: int) -> str:
         if self.kind == KIND_MAPS:
             return f"ch {self.channel_labels[row]}"
@@ -267,8 +321,7 @@ class FrameLayout:
 
     def _row_labels(self) -> list[str]:
         labels = [self._channel_row_label(row) for row in range(self.channels)]
-        if self._input_tiles is not None:
-            labels.append("input")
+        labels.extend(row.label for row in (self._input_row, self._output_row) if row is not None)
         if self.labels is not None:
             labels.append("label")
         if self.show_predictions:
@@ -282,20 +335,24 @@ class FrameLayout:
     def _grid_left(self, row_labels: bool) -> int:
         return _MARGIN + (self._row_label_width if row_labels else 0)
 
-    def _rows_top(self) -> tuple[int, int, int, int]:
-        """Body-relative tops of: the label row, the input row, the channel grid, the predictions row."""
+    def _rows_top(self) -> tuple[int, int, int, int, int]:
+        """Body-relative tops of: the label row, the input row, the output row, the channel grid, the
+        predictions row."""
         top = 4
         label_top = top
         if self.labels is not None:
             top += self._label_height + 4
         input_top = top
-        if self._input_tiles is not None:
-            top += self._input_tiles.shape[1] + _SECTION_GAP
+        if self._input_row is not None:
+            top += self._input_row.height + _SECTION_GAP
+        output_top = top
+        if self._output_row is not None:
+            top += self._output_row.height + _SECTION_GAP
         grid_top = top
         top += self._grid_height + 4
         if self.kind != KIND_MAPS:  # which units the heatmap columns are
             top += self._label_height + 2
-        return label_top, input_top, grid_top, top
+        return label_top, input_top, output_top, grid_top, top
 
     @property
     def _grid_height(self) -> int:
@@ -308,17 +365,44 @@ class FrameLayout:
 
     def tile_box(self, channel: int, probe: int) -> tuple[int, int, int, int]:
         """Frame pixel box ``(left, top, right, bottom)`` (exclusive) of one activation tile."""
-        _, _, grid_top, _ = self._rows_top()
+        _, _, _, grid_top, _ = self._rows_top()
         left = self._grid_left(True) + 1 + probe * self._pitch
         top = self._header_height + grid_top + 1 + channel * (self.tile_height + _GUTTER)
         return left, top, left + self.tile_width, top + self.tile_height
 
     def prediction_box(self, probe: int) -> tuple[int, int, int, int]:
         """Frame pixel box of one probe's predicted-class label."""
-        _, _, _, predictions_top = self._rows_top()
+        _, _, _, _, predictions_top = self._rows_top()
         left = self._grid_left(True) + 1 + probe * self._pitch
         top = self._header_height + predictions_top
         return left, top, left + self.column_width, top + self._label_height
+
+    def input_box(self, probe: int) -> tuple[int, int, int, int]:
+        """Frame pixel box of one probe's input (a picture, its token ids or its strip).
+
+        Raises:
+            ValueError: the frames draw no inputs.
+        """
+        if self._input_row is None:
+            raise ValueError("these frames draw no probe inputs.")
+        _, input_top, _, _, _ = self._rows_top()
+        return self._row_box(self._input_row, input_top, probe)
+
+    def output_box(self, probe: int) -> tuple[int, int, int, int]:
+        """Frame pixel box of one probe's output (its picture, next token ids or value strip).
+
+        Raises:
+            ValueError: the frames draw no outputs (a classifier's are its predictions).
+        """
+        if self._output_row is None:
+            raise ValueError("these frames draw no output row.")
+        _, _, output_top, _, _ = self._rows_top()
+        return self._row_box(self._output_row, output_top, probe)
+
+    def _row_box(self, row: _ProbeRow, row_top: int, probe: int) -> tuple[int, int, int, int]:
+        left = self._grid_left(True) + 1 + probe * self._pitch + (self.column_width - row.width) // 2
+        top = self._header_height + row_top
+        return left, top, left + row.width, top + row.height
 
     @property
     def title_box(self) -> tuple[int, int, int, int]:
@@ -394,7 +478,7 @@ class FrameLayout:
     def _static_body(self, row_labels: bool) -> np.ndarray:
         grid_left = self._grid_left(row_labels)
         width = grid_left + self._grid_width + _MARGIN
-        label_top, input_top, grid_top, predictions_top = self._rows_top()
+        label_top, input_top, output_top, grid_top, predictions_top = self._rows_top()
         height = predictions_top + (self._label_height + 2 if self.show_predictions else 0) + _MARGIN // 2
         body = np.full((height, width), colors.ZERO_INDEX, np.uint8)
         body[grid_top : grid_top + self._grid_height, grid_left : grid_left + self._grid_width] = colors.GUTTER_INDEX
@@ -413,12 +497,11 @@ class FrameLayout:
                 self._centred_text(
                     body, grid_left + 1 + probe * self._pitch, label_top, self._class_name(label), "text"
                 )
-        if self._input_tiles is not None:
-            tiles = self._input_tiles
-            row_label("input", input_top, tiles.shape[1])
-            for probe in range(self.num_probes):
-                left = grid_left + 1 + probe * self._pitch + (self.column_width - tiles.shape[2]) // 2
-                body[input_top : input_top + tiles.shape[1], left : left + tiles.shape[2]] = tiles[probe]
+        if self._input_row is not None and self._input_tiles is not None:
+            row_label(self._input_row.label, input_top, min(self._input_row.height, 2 * self._label_height))
+            self._place_row(body, input_top, grid_left, self._input_row, self._input_tiles)
+        if self._output_row is not None:
+            row_label(self._output_row.label, output_top, min(self._output_row.height, 2 * self._label_height))
         for channel in range(self.channels):
             row_label(
                 self._channel_row_label(channel),
@@ -434,6 +517,12 @@ class FrameLayout:
         if self.show_predictions:
             row_label("predicted", predictions_top, self._label_height)
         return body
+
+    def _place_row(self, canvas: np.ndarray, top: int, grid_left: int, row: _ProbeRow, tiles: np.ndarray) -> None:
+        """Put each probe's ``(height, width)`` pixels of a probe row in its column, centred."""
+        for probe in range(self.num_probes):
+            left = grid_left + 1 + probe * self._pitch + (self.column_width - row.width) // 2
+            canvas[top : top + row.height, left : left + row.width] = tiles[probe]
 
     def _gather_map(self) -> tuple[np.ndarray, np.ndarray]:
         """Which source row and column of the tile table (:meth:`_tile_table`) each grid row and column shows.
@@ -502,12 +591,24 @@ class FrameLayout:
         return activations
 
     def _draw_body(
-        self, canvas: np.ndarray, top: int, row_labels: bool, activations: np.ndarray, predictions: np.ndarray | None
+        self,
+        canvas: np.ndarray,
+        top: int,
+        row_labels: bool,
+        activations: np.ndarray,
+        predictions: np.ndarray | None,
+        outputs: np.ndarray | None = None,
     ) -> None:
-        """Fill the channel grid and the predictions of a body whose static pixels are in place."""
+        """Fill the channel grid, the outputs and the predictions of a body whose static pixels are in place."""
         activations = self._check_activations(activations)
         grid_left = self._grid_left(row_labels)
-        _, _, grid_top, predictions_top = self._rows_top()
+        _, _, output_top, grid_top, predictions_top = self._rows_top()
+        if outputs is not None and self._output_row is not None and self.output is not None:
+            outputs = np.asarray(outputs)
+            if outputs.ndim != 2 or outputs.shape[0] != self.num_probes:
+                raise ValueError(f"outputs have shape {outputs.shape}, expected ({self.num_probes}, K).")
+            tiles = self._output_row.paint(self.output.drawn(outputs))
+            self._place_row(canvas, top + output_top, grid_left, self._output_row, tiles)
         table = self._tile_table(self._quantise(activations))
         grid = canvas[top + grid_top : top + grid_top + self._grid_height, grid_left : grid_left + self._grid_width]
         # Columns first on the small table, then whole rows: copying rows is far cheaper than a per-pixel gather.
@@ -549,13 +650,22 @@ class FrameLayout:
         self._prediction_stamps[key] = stamp
         return stamp
 
-    def frame(self, activations: np.ndarray, *, title: str, predictions: np.ndarray | None = None) -> np.ndarray:
+    def frame(
+        self,
+        activations: np.ndarray,
+        *,
+        title: str,
+        predictions: np.ndarray | None = None,
+        outputs: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Draw one frame.
 
         Args:
             activations: ``(P, *sample_shape)`` activations of the layer at one step.
             title: the label burned into the header, usually :func:`frame_title`.
             predictions: ``(P,)`` predicted class of each probe at that step, or ``None``.
+            outputs: ``(P, K)`` the probes' stored outputs at that step, drawn in the output row (when the
+                layout has one); ``None`` leaves the row blank.
 
         Returns:
             A new ``(height, width)`` uint8 array of palette indices (see :mod:`.colors`).
@@ -564,7 +674,7 @@ class FrameLayout:
             ValueError: ``activations`` or ``predictions`` do not match the layout.
         """
         canvas = self._static_frame.copy()
-        self._draw_body(canvas, self._header_height, True, activations, predictions)
+        self._draw_body(canvas, self._header_height, True, activations, predictions, outputs)
         left, top, right, _ = self.title_box
         _text.draw_text(canvas, left, top, _text.fit_text(title, self._title_size, right - left), size=self._title_size)
         return canvas
@@ -577,6 +687,7 @@ class FrameLayout:
         title: str,
         predictions: np.ndarray | None = None,
         max_width: int = MAX_SHEET_WIDTH,
+        outputs: np.ndarray | None = None,
     ) -> np.ndarray:
         """Draw a contact sheet: several steps of the layer side by side under one colour bar.
 
@@ -587,6 +698,7 @@ class FrameLayout:
             predictions: ``(n, P)`` predicted classes, or ``None``.
             max_width: panels wrap onto further rows to keep the sheet this narrow (a single panel wider
                 than this stands alone on its row).
+            outputs: ``(n, P, K)`` the probes' stored outputs at the ``n`` steps, or ``None``.
 
         Returns:
             A new ``(height, width)`` uint8 array of palette indices.
@@ -595,7 +707,12 @@ class FrameLayout:
             ValueError: the arrays and captions disagree in length or shape.
         """
         count = len(activations)
-        if count == 0 or len(captions) != count or (predictions is not None and len(predictions) != count):
+        if (
+            count == 0
+            or len(captions) != count
+            or (predictions is not None and len(predictions) != count)
+            or (outputs is not None and len(outputs) != count)
+        ):
             raise ValueError(f"a sheet needs one caption (and prediction row) per panel; got {count} panels.")
         caption_height = _text.text_size("Ag", self._caption_size)[1] + 4
         labelled, plain = self._body_with_labels.shape[1], self._body_plain.shape[1]
@@ -624,7 +741,12 @@ class FrameLayout:
                 _text.draw_text(canvas, grid_left, caption_top, captions[index], size=self._caption_size)
                 view = canvas[:, left : left + panel.shape[1]]
                 self._draw_body(
-                    view, top, row_labels, activations[index], None if predictions is None else predictions[index]
+                    view,
+                    top,
+                    row_labels,
+                    activations[index],
+                    None if predictions is None else predictions[index],
+                    None if outputs is None else outputs[index],
                 )
                 left += panel.shape[1] + _PANEL_GAP
         return canvas
@@ -638,13 +760,134 @@ def _describe_indices(indices: Sequence[int]) -> str:
     return ", ".join(map(str, indices))
 
 
-def _probe_tiles(probe_images: np.ndarray, tile_size: int) -> np.ndarray:
-    """``(P, h, w)`` grey palette tiles of the probe inputs, on one brightness scale for all probes."""
-    images = np.asarray(probe_images, dtype=np.float32)
+@dataclass(frozen=True)
+class _ProbeRow:
+    """A row of per-probe pictures above the channel grid (the inputs, or the outputs at each step).
+
+    ``paint`` turns the drawn values of every probe ``(P, ...)`` into ``(P, height, width)`` palette indices.
+    """
+
+    label: str
+    height: int
+    width: int
+    paint: Callable[[np.ndarray], np.ndarray]
+
+
+_MAX_STRIP_LINES = 16
+"""Most lines of a wrapped value strip: a (T, V) output of a model that is not fed token ids stays a strip."""
+_MAX_ID_LINES = 6
+"""Most lines of token ids a probe's column shows; longer sequences end in an ellipsis."""
+
+
+def _picture_row(label: str, shape: Sequence[int], low: float, high: float, tile_size: int) -> _ProbeRow:
+    """Pictures ``(C, H, W)`` or ``(H, W)`` per probe, on the brightness scale ``low .. high``."""
+    height, width = tile_shape(shape[-2], shape[-1], tile_size)
+    return _ProbeRow(label, height, width, lambda images: picture_tiles(images, tile_size, low, high))
+
+
+def _strip_row(label: str, units: int, limit: float, tile_size: int, label_size: int, label_height: int) -> _ProbeRow:
+    """Values ``(K,)`` per probe as a red-blue strip on ``-limit .. +limit`` (wrapped onto lines when long, at
+    most :data:`_MAX_STRIP_LINES` of them: the first values, then ``"N of K"``), outlined in the gutter grey,
+    with the number written under it when there is one value; its label names the scale (``"input ±2.41"``)."""
+    per_line = min(units, 2 * tile_size)
+    lines = min(_MAX_STRIP_LINES, math.ceil(units / per_line))
+    shown = min(units, lines * per_line)
+    cell = heatmap_cell(per_line, tile_size)
+    line_height = max(cell, tile_size // 4, MIN_UNIT_HEIGHT) if lines == 1 else max(cell, 2)
+    strip_height, strip_width = lines * line_height + 2, per_line * cell + 2  # a one-pixel outline around
+    text_height = label_height + 2 if units == 1 or shown < units else 0
+    width = max(strip_width, _text_width(_NUMBER_ROOM, label_size)) if units == 1 else strip_width
+
+    def paint(values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float32).reshape(len(values), units)
+        padded = np.zeros((len(values), lines * per_line), np.float32)  # the last line's unused end: white
+        padded[:, :shown] = values[:, :shown]
+        indices = colors.diverging_indices(padded, limit).reshape(len(values), lines, per_line)
+        tiles = np.full((len(values), strip_height + text_height, width), colors.ZERO_INDEX, np.uint8)
+        left = (width - strip_width) // 2
+        tiles[:, :strip_height, left : left + strip_width] = colors.GUTTER_INDEX
+        tiles[:, 1 : strip_height - 1, left + 1 : left + strip_width - 1] = upscale_nearest(
+            indices, strip_height - 2, strip_width - 2
+        )
+        if units == 1:
+            for probe, value in enumerate(values[:, 0].tolist()):
+                text = _short_number(value, label_size, width)
+                x = max(0, (width - _text_width(text, label_size)) // 2)
+                _text.draw_text(tiles[probe], x, strip_height + 1, text, size=label_size, ink="text")
+        elif shown < units:
+            text = _text.fit_text(f"{shown:,} of {units:,}", label_size, width)
+            for tile in tiles:
+                _text.draw_text(tile, left, strip_height + 1, text, size=label_size, ink="muted")
+        return tiles
+
+    # The strip's own scale in its label: the colour bar above is the layer's.
+    return _ProbeRow(f"{label} ±{format_limit(limit)}", strip_height + text_height, width, paint)
+
+
+_NUMBER_ROOM = "-0.0000"
+"""The width a single output value is given under its strip."""
+
+
+def _short_number(value: float, size: int, width: int) -> str:
+    """``value`` in 3 significant digits, fewer if that is too wide for ``width`` pixels."""
+    for digits in (3, 2, 1):
+        text = f"{value:.{digits}g}"
+        if _text_width(text, size) <= width:
+            return text
+    return text
+
+
+def _ids_row(label: str, length: int, largest: int, width: int, label_size: int, label_height: int) -> _ProbeRow:
+    """Token ids ``(T,)`` per probe written as numbers in reading order, right-aligned in slots, as many a
+    line as fit ``width``, each probe's block outlined in the gutter grey so neighbouring probes' numbers do
+    not read as one sequence (``?``: no prediction)."""
+    gap, pad = max(4, label_size // 2), 3
+    slot = _text_width(str(max(largest, 9)), label_size) + gap
+    per_line = max(1, (width - 2 * pad + gap) // slot)
+    lines = min(_MAX_ID_LINES, math.ceil(length / per_line))
+    shown = length if length <= lines * per_line else lines * per_line - 1
+    line_height = label_height + 1
+    height = lines * line_height + 2 * pad - 1
+    width = max(width, per_line * slot - gap + 2 * pad)
+    left = (width - (per_line * slot - gap)) // 2  # the numbers centred in the block
+
+    def paint(ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids).reshape(len(ids), length)
+        tiles = np.full((len(ids), height, width), colors.GUTTER_INDEX, np.uint8)
+        tiles[:, 1:-1, 1:-1] = colors.ZERO_INDEX
+        for probe, row in enumerate(ids.tolist()):
+            for position in range(shown):
+                line, column = divmod(position, per_line)
+                token = int(row[position])
+                text = str(token) if token >= 0 else "?"
+                right = left + column * slot + slot - gap
+                top = pad + line * line_height - 1
+                _text.draw_text(tiles[probe], right - _text_width(text, label_size), top, text, size=label_size)
+            if shown < length:
+                line, column = divmod(shown, per_line)
+                x, top = left + column * slot, pad + line * line_height - 1
+                _text.draw_text(tiles[probe], x, top, "…", size=label_size, ink="muted")
+        return tiles
+
+    return _ProbeRow(label, height, width, paint)
+
+
+def _text_width(text: str, size: int) -> int:
+    """Pixel width of ``text`` at font ``size``."""
+    return _text.text_size(text, size)[0]
+
+
+def picture_tiles(
+    images: np.ndarray, tile_size: int, low: float | None = None, high: float | None = None
+) -> np.ndarray:
+    """``(P, h, w)`` palette tiles of pictures ``(P, C, H, W)`` or ``(P, H, W)`` as the frames draw inputs
+    and picture outputs: RGB in colour, other channel counts averaged into grey, ``low`` black and ``high``
+    white (default: the finite range of ``images``), nearest-neighbour upscaled to ``tile_size``."""
+    images = np.asarray(images, dtype=np.float32)
     if images.ndim not in (3, 4):
-        raise ValueError(f"probe_images must be (P, C, H, W) or (P, H, W), got shape {images.shape}.")
-    finite = images[np.isfinite(images)]
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        raise ValueError(f"pictures must be (P, C, H, W) or (P, H, W), got shape {images.shape}.")
+    if low is None or high is None:
+        low, high = finite_range(images)
     height, width = tile_shape(images.shape[-2], images.shape[-1], tile_size)
     if images.ndim == 4 and images.shape[1] == 3:  # RGB: drawn in colour, on the palette's colour cube
         indices = colors.rgb_indices(np.moveaxis(images, 1, -1), low, high)
@@ -742,6 +985,8 @@ def live_frames(
     predictions: np.ndarray | None = None,
     class_names: Sequence[str] | None = None,
     max_channels: int = DEFAULT_MAX_CHANNELS,
+    output: OutputDrawing | None = None,
+    outputs: np.ndarray | None = None,
 ) -> tuple[list[tuple[str, np.ndarray]], LiveScaleState]:
     """One layer's TensorBoard images for one step logged during training, on the live colour scale.
 
@@ -761,6 +1006,8 @@ def live_frames(
         predictions: ``(P,)`` predicted classes, or ``None``.
         class_names: names indexed by class, or ``None``.
         max_channels: most channels (maps) or units (tokens, vectors) drawn.
+        output: how a non-classifier's outputs are drawn (:func:`actrec.recording.output_drawing`), or ``None``.
+        outputs: ``(P, K)`` the probes' outputs at this step, drawn in the output row when ``output`` is given.
 
     Returns:
         ``([(tag_suffix, image), ...], state)``: new ``(H, W, 3)`` uint8 RGB images, log each under
@@ -792,6 +1039,8 @@ def live_frames(
             channel_labels=channels.tolist(),
             nonfinite_legend=not bool(np.isfinite(part).all()),
             text_scale=CARD_TEXT_SCALE,
+            output=output,
         )
-        images.append((suffix, colors.to_rgb(layout.frame(part, title=title, predictions=predictions))))
+        frame = layout.frame(part, title=title, predictions=predictions, outputs=outputs)
+        images.append((suffix, colors.to_rgb(frame)))
     return images, state

@@ -100,6 +100,10 @@ class LayerPlan:
         """The drawn probes' entries of an array ending in the probe axis (predictions, labels)."""
         return predictions if self.probes is None else np.take(predictions, self.probes, axis=-1)
 
+    def drawn_outputs(self, outputs: np.ndarray) -> np.ndarray:
+        """The drawn probes' entries of stored outputs ``(..., P, K)``."""
+        return outputs if self.probes is None else np.take(outputs, self.probes, axis=-2)
+
 
 def check_tile_size(tile_size: int) -> int:
     """Return ``tile_size`` if it lies in ``4 .. MAX_TILE_SIZE``.
@@ -277,12 +281,13 @@ def frame_layout(recording: Recording, plan: LayerPlan, rows: np.ndarray) -> Fra
     longest = max((row_title(recording, plan.name, row) for row in (rows[0], rows[-1])), key=len)
     images = probes.images if plan.probes is None else np.take(probes.images, plan.probes, axis=0)
     labels = plan.drawn_predictions(np.asarray(probes.labels))
+    output = recording.output_drawing
     return FrameLayout(
         plan.drawn_shape,
         num_probes=len(labels),
         scale=plan.scale,
         probe_images=images,
-        labels=labels,
+        labels=labels if (labels >= 0).any() else None,  # probes without labels (noise, prompts): no row of "?"
         class_names=list(probes.class_names),
         tile_size=plan.tile_size,
         longest_title=longest,
@@ -291,6 +296,7 @@ def frame_layout(recording: Recording, plan: LayerPlan, rows: np.ndarray) -> Fra
         nonfinite_legend=plan.nonfinite_steps > 0,
         text_scale=plan.text_scale,
         show_predictions=recording.shows_predictions,
+        output=None if recording.shows_predictions else output,
     )
 
 
@@ -311,9 +317,13 @@ def layer_frames(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(row, frame)`` for each readable row, reading the store in bounded chunks."""
     predictions = recording.timeline.predictions if recording.shows_predictions else None
+    draws_outputs = not recording.shows_predictions
     for row, values in layer_rows(recording, plan, rows, damaged):
         predicted = None if predictions is None else plan.drawn_predictions(predictions[row])
-        yield row, layout.frame(values, title=row_title(recording, plan.name, row), predictions=predicted)
+        # One row of outputs a frame: a language model's (T, V) scores per probe are too large to read at once.
+        outputs = plan.drawn_outputs(recording.outputs(np.asarray([row]))[0]) if draws_outputs else None
+        title = row_title(recording, plan.name, row)
+        yield row, layout.frame(values, title=title, predictions=predicted, outputs=outputs)
 
 
 def sheet_frame(recording: Recording, plan: LayerPlan, layout: FrameLayout, sheet_rows: np.ndarray) -> np.ndarray:
@@ -322,4 +332,7 @@ def sheet_frame(recording: Recording, plan: LayerPlan, layout: FrameLayout, shee
     read = recording.layer(plan.name).read(sheet_rows)
     captions = [f"step {int(timeline.global_steps[row])} · epoch {int(timeline.epochs[row])}" for row in read.rows]
     predictions = plan.drawn_predictions(timeline.predictions[read.rows]) if recording.shows_predictions else None
-    return layout.sheet(plan.selected(read.values), captions=captions, title=plan.name, predictions=predictions)
+    outputs = None if recording.shows_predictions else plan.drawn_outputs(recording.outputs(read.rows))
+    return layout.sheet(
+        plan.selected(read.values), captions=captions, title=plan.name, predictions=predictions, outputs=outputs
+    )
