@@ -1,26 +1,35 @@
-"""How fast ``actrec render`` draws a run, against the matplotlib approach of the source tutorials.
+"""How fast ``actrec render`` draws a run, in its default format (animated PNG) and as GIF, against the
+matplotlib approach of the source tutorials and against an older checkout.
 
 A: build a synthetic store shaped like the article's run (295 recorded steps; six tanh conv layers
 of shapes (4,28,28), (4,28,28), (8,14,14), (8,14,14), (16,7,7), (16,7,7); 10 probes; smooth
-tanh activations that sharpen and drift as "training" goes on), then time ``render_run`` end to
-end (every layer's GIF and contact sheet, plus the curves PNG), with worker processes (the
-``actrec render`` default) and in one process. Target: at most 10 s on 2 CPU cores.
+tanh activations that sharpen and drift as "training" goes on), or take a real run (``--run``), then
+time ``render_run`` end to end (every layer's animation and contact sheet, plus the curves PNG) as
+``actrec render`` runs it (``jobs=None``), APNG and GIF alternating; wall and CPU seconds (children
+included) and bytes written. Target: 6 x 295 frames in at most 2 s wall on 2 CPU cores.
 
 B: per-frame time for a 10-probe x 8-channel grid (the (8,14,14) layer): ours (draw the frame, then
-encode it as PNG, or append it to a GIF) against the tutorials' matplotlib loop (a new figure, one
-``imshow`` per tile, ``savefig`` to PNG, close), alternating frame by frame in one process so both
-see the same machine. Target: ours at least 100x faster. Needs matplotlib, which is not an actrec
-dependency: without it that part is skipped, saying so.
+encode it as PNG, or append it to an APNG or a GIF) against the tutorials' matplotlib loop (a new
+figure, one ``imshow`` per tile, ``savefig`` to PNG, close), alternating frame by frame in one
+process so both see the same machine. Target: ours at least 100x faster. Needs matplotlib, which is
+not an actrec dependency: without it that part is skipped, saying so.
 
-C: the size of each layer's GIF.
+C: the size of each layer's animation, APNG and GIF.
 
-D (with ``--baseline-python PY``): the same render by another checkout's interpreter (e.g. a script that
-runs python with an older tree on ``PYTHONPATH``) and by this one, alternating in child processes so both
-see the same load; reports wall and CPU seconds, their ratios, and whether every decoded GIF frame and
-every PNG is pixel-identical.
+D (with ``--baseline-python PY``): the same render by another checkout's interpreter and by this one
+(APNG, the default, and GIF), alternating in child processes so all see the same load; reports wall
+and CPU seconds, their ratios, bytes, and whether every decoded frame of this checkout's APNG and GIF
+equals the baseline's (its GIF), and every contact sheet and curves PNG too. A baseline interpreter
+of main at c887402 (before APNG)::
+
+    git -C /work/main archive c887402 | tar -x -C /tmp/baseline
+    python3 -m venv /tmp/baseline-venv    # its dependencies from the shared environment, not this actrec:
+    echo /work/.venv-base/lib/python3.11/site-packages > /tmp/baseline-venv/lib/python3.11/site-packages/zz.pth
+    /tmp/baseline-venv/bin/pip install -q --no-deps -e /tmp/baseline
 
     python bench/bench_render.py
-    python bench/bench_render.py --baseline-python /tmp/old-python --rounds 3
+    python bench/bench_render.py --baseline-python /tmp/baseline-venv/bin/python --rounds 3
+    python bench/bench_render.py --run runs/quickstart/version_0 --only-d --baseline-python PY
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ import numpy as np
 from PIL import Image
 
 from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreReader, StoreWriter
-from actrec.viewer import FrameLayout, GifWriter, encode_png, frame_title, render_run
+from actrec.viewer import ApngWriter, FrameLayout, GifWriter, encode_png, frame_title, render_run
 
 ARTICLE_SHAPES = [(4, 28, 28), (4, 28, 28), (8, 14, 14), (8, 14, 14), (16, 7, 7), (16, 7, 7)]
 FASHION_CLASSES = [
@@ -55,7 +64,7 @@ FASHION_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
-_TARGET_SECONDS = 10.0
+_TARGET_SECONDS = 2.0
 _TARGET_RATIO = 100.0
 
 
@@ -66,12 +75,13 @@ def available_cpus() -> int:
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=295, help="recorded steps in the synthetic store")
-    parser.add_argument("--repeats", type=int, default=2, help="timed renders per setting (best is reported)")
+    parser.add_argument("--run", type=Path, help="render this run (a copy is not needed: renders go to a temp folder)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating timed renders per format in part A")
     parser.add_argument("--mpl-frames", type=int, default=5, help="frames drawn by each side in part B")
     parser.add_argument("--keep", type=Path, help="also copy the renders here, to look at them")
     parser.add_argument("--baseline-python", help="an interpreter that imports the baseline actrec (part D)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds in part D")
-    parser.add_argument("--jobs", type=int, default=2, help="render worker processes in part D")
+    parser.add_argument("--jobs", default="auto", help="render worker processes in part D (auto: as actrec render)")
     parser.add_argument("--only-d", action="store_true", help="run part D only (needs --baseline-python)")
     args = parser.parse_args()
     if args.steps < 2 or args.repeats < 1 or args.mpl_frames < 1:
@@ -139,17 +149,30 @@ def _cpu_seconds() -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
-def _time_renders(run: Path, out: Path, jobs: int, repeats: int) -> tuple[float, float, list[Path]]:
-    """Best wall time over ``repeats`` renders, the CPU seconds of that render, and its files."""
-    best, best_cpu, files = float("inf"), 0.0, []
+FORMATS = ("apng", "gif")
+SUFFIX = {"apng": ".png", "gif": ".gif"}
+
+
+def _animations(folder: Path, video_format: str) -> list[Path]:
+    """The animations of a render folder (APNG: the .png files that are neither sheets nor the curves)."""
+    if video_format == "gif":
+        return sorted(folder.glob("*.gif"))
+    return sorted(p for p in folder.glob("*.png") if not p.name.endswith(".sheet.png") and p.name != "curves.png")
+
+
+def _render_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
+
+
+def _time_renders(run: Path, out: Path, repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """``(wall, CPU)`` of ``repeats`` renders per format as ``actrec render`` runs them, formats alternating."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in FORMATS}
     for _ in range(repeats):
-        started, cpu_started = time.perf_counter(), _cpu_seconds()
-        result = render_run(run, out_dir=out, jobs=jobs, progress=False)
-        elapsed = time.perf_counter() - started
-        if elapsed < best:
-            best, best_cpu = elapsed, _cpu_seconds() - cpu_started
-        files = list(result.files)
-    return best, best_cpu, files
+        for video_format in FORMATS:
+            started, cpu_started = time.perf_counter(), _cpu_seconds()
+            render_run(run, out_dir=out / video_format, jobs=None, progress=False, video_format=video_format)
+            times[video_format].append((time.perf_counter() - started, _cpu_seconds() - cpu_started))
+    return times
 
 
 def _matplotlib_frame(activations: np.ndarray, plt: object) -> bytes:
@@ -184,27 +207,30 @@ def _compare_per_frame(run: Path, frames: int) -> dict[str, float] | None:
         activations.shape[2:], num_probes=activations.shape[1], scale=1.0, probe_images=probes.images,
         labels=probes.labels, class_names=probes.class_names, longest_title=frame_title(layer, 999, 9),
     )  # fmt: skip
-    gif = GifWriter(io.BytesIO())
+    writers = {"apng": ApngWriter(io.BytesIO()), "gif": GifWriter(io.BytesIO())}
     _matplotlib_frame(activations[0], plt)  # warm up fonts and caches on both sides
     encode_png(layout.frame(activations[0], title="warm-up"))
-    ours_png, ours_gif, theirs = [], [], []
+    ours: dict[str, list[float]] = {"png": [], "apng": [], "gif": []}
+    theirs = []
     inner = 20  # ours is too quick to time once
     for index in range(frames):  # alternate: ours, matplotlib, ours, matplotlib, ...
         title = frame_title(layer, index, 0)
         started = time.perf_counter()
         for _ in range(inner):
             encode_png(layout.frame(activations[index], title=title, predictions=predictions[index]))
-        ours_png.append((time.perf_counter() - started) / inner)
-        started = time.perf_counter()
-        for _ in range(inner):
-            gif.append(layout.frame(activations[index], title=title, predictions=predictions[index]))
-        ours_gif.append((time.perf_counter() - started) / inner)
+        ours["png"].append((time.perf_counter() - started) / inner)
+        for name, writer in writers.items():  # appended: the encoder threads keep up or the append waits
+            started = time.perf_counter()
+            for _ in range(inner):
+                writer.append(layout.frame(activations[index], title=title, predictions=predictions[index]))
+            ours[name].append((time.perf_counter() - started) / inner)
         started = time.perf_counter()
         _matplotlib_frame(activations[index], plt)
         theirs.append(time.perf_counter() - started)
+    for writer in writers.values():
+        writer.close()
     return {
-        "ours_png": statistics.median(ours_png),
-        "ours_gif": statistics.median(ours_gif),
+        **{f"ours_{name}": statistics.median(values) for name, values in ours.items()},
         "matplotlib": statistics.median(theirs),
         "matplotlib_version": matplotlib.__version__,
     }
@@ -212,79 +238,103 @@ def _compare_per_frame(run: Path, frames: int) -> dict[str, float] | None:
 
 _CHILD = """
 import os, sys, time
-from actrec.viewer import render_run
 if __name__ == "__main__":
     started = time.perf_counter()
-    render_run(sys.argv[1], out_dir=sys.argv[2], jobs=int(sys.argv[3]), progress=False)
+    from actrec.viewer import render_run
+    jobs = None if sys.argv[3] == "auto" else int(sys.argv[3])
+    options = {} if sys.argv[4] == "default" else {"video_format": sys.argv[4]}
+    render_run(sys.argv[1], out_dir=sys.argv[2], jobs=jobs, progress=False, **options)
     wall = time.perf_counter() - started
     t = os.times()
     print(wall, t.user + t.system + t.children_user + t.children_system)
 """
 
 
-def _child_render(python: list[str], run: Path, out: Path, jobs: int) -> tuple[float, float]:
-    """Wall and CPU seconds of one render in a child process (CPU includes its workers and imports)."""
+def _child_render(python: list[str], run: Path, out: Path, jobs: str, video_format: str) -> tuple[float, float]:
+    """Wall and CPU seconds of one render in a child process, imports included (CPU includes its workers)."""
     script = out.parent / "bench_child.py"
     script.write_text(_CHILD)
-    done = subprocess.run([*python, str(script), str(run), str(out), str(jobs)], capture_output=True, text=True)
+    command = [*python, str(script), str(run), str(out), jobs, video_format]
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"the render failed:\n{done.stderr}")
     wall, cpu = map(float, done.stdout.split()[-2:])
     return wall, cpu
 
 
-def _identical_renders(first: Path, second: Path) -> tuple[int, list[str]]:
-    """Frames compared, and the files whose decoded pixels differ."""
+def _decoded(path: Path) -> list[np.ndarray]:
+    """Every frame of an image as Pillow composes it, in RGB; an APNG's still picture (its frame 0 in Pillow,
+    outside the animation) is left out."""
+    with Image.open(path) as image:
+        first = 1 if image.info.get("default_image") else 0
+        frames = []
+        for index in range(first, getattr(image, "n_frames", 1)):
+            image.seek(index)
+            frames.append(np.asarray(image.convert("RGB")))
+    return frames
+
+
+def _identical_renders(baseline: Path, this: Path, video_format: str) -> tuple[int, list[str]]:
+    """Frames compared, and what differs: each baseline file (GIFs, sheets, curves) against this render's file
+    of the same picture (``<layer>.gif`` against ``<layer>.png`` for APNG), every decoded frame."""
     compared, different = 0, []
-    for path in sorted(first.iterdir()):
-        other = second / path.name
+    for path in sorted(baseline.iterdir()):
         if path.suffix not in (".gif", ".png"):
             continue
-        with Image.open(path) as mine, Image.open(other) as theirs:
-            frames = getattr(mine, "n_frames", 1)
-            if frames != getattr(theirs, "n_frames", 1):
-                different.append(path.name)
-                continue
-            for index in range(frames):
-                mine.seek(index)
-                theirs.seek(index)
-                compared += 1
-                if not np.array_equal(np.asarray(mine.convert("RGB")), np.asarray(theirs.convert("RGB"))):
-                    different.append(f"{path.name} frame {index}")
-                    break
+        name = path.name
+        if path.suffix == ".gif":
+            name = path.with_suffix(SUFFIX[video_format]).name
+        other = this / name
+        if not other.exists():
+            different.append(f"{name} missing")
+            continue
+        old, new = _decoded(path), _decoded(other)
+        if len(old) != len(new):
+            different.append(f"{name}: {len(new)} frames, baseline {len(old)}")
+            continue
+        for index, (mine, theirs) in enumerate(zip(new, old, strict=True)):
+            compared += 1
+            if not np.array_equal(mine, theirs):
+                different.append(f"{name} frame {index}")
+                break
     return compared, different
 
 
-def _before_after(run: Path, baseline: str, rounds: int, jobs: int) -> None:
-    print(f"D. baseline ({baseline}) against this checkout, {jobs} render workers, {rounds} alternating rounds")
-    sides = {"baseline": shlex.split(baseline), "this": [sys.executable]}
+def _before_after(run: Path, work: Path, baseline: str, rounds: int, jobs: str) -> None:
+    print(f"D. baseline ({baseline}) against this checkout, jobs {jobs}, {rounds} alternating rounds")
+    sides = {
+        "baseline gif": (shlex.split(baseline), "default"),
+        "this apng": ([sys.executable], "apng"),
+        "this gif": ([sys.executable], "gif"),
+    }
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
     loads = []
+    folders = {name: work / f"renders-{name.replace(' ', '-')}" for name in sides}
     for _ in range(rounds):
-        for name, python in sides.items():
-            times[name].append(_child_render(python, run, run / f"renders-{name}", jobs))
+        for name, (python, video_format) in sides.items():
+            times[name].append(_child_render(python, run, folders[name], jobs, video_format))
             loads.append(os.getloadavg()[0])
-    print(f"   {'side':<10}{'wall s (median)':>16}{'CPU s (median)':>16}{'walls':>28}")
+    print(f"   {'side':<14}{'wall s (median)':>16}{'CPU s (median)':>16}{'MB':>8}{'walls':>24}")
     medians = {}
     for name, samples in times.items():
         wall, cpu = statistics.median(w for w, _ in samples), statistics.median(c for _, c in samples)
         medians[name] = (wall, cpu)
         walls = " ".join(f"{w:.2f}" for w, _ in samples)
-        print(f"   {name:<10}{wall:>16.2f}{cpu:>16.2f}{walls:>28}")
-    (old_wall, old_cpu), (new_wall, new_cpu) = medians["baseline"], medians["this"]
-    print(f"   this / baseline: wall {new_wall / old_wall:.2f}x, CPU {new_cpu / old_cpu:.2f}x; "
-          f"load average during: {min(loads):.1f} to {max(loads):.1f} on {available_cpus()} CPUs")  # fmt: skip
-    compared, different = _identical_renders(run / "renders-baseline", run / "renders-this")
-    sizes = [sum(p.stat().st_size for p in (run / f"renders-{n}").glob("*.gif")) / 1e6 for n in sides]
-    print(f"   GIF bytes: baseline {sizes[0]:.1f} MB, this {sizes[1]:.1f} MB")
-    verdict = "pixel-identical" if not different else "DIFFERENT: " + ", ".join(different[:8])
-    print(f"   {compared} decoded GIF frames, sheets and curves compared: {verdict}")
-    for sheet in sorted((run / "renders-this").glob("*.sheet.png")):
-        with Image.open(run / "renders-baseline" / sheet.name) as old, Image.open(sheet) as new:
-            if old.size != new.size:
-                print(
-                    f"   {sheet.name}: {old.size[0]}x{old.size[1]} -> {new.size[0]}x{new.size[1]} (a different layout)"
-                )
+        print(f"   {name:<14}{wall:>16.2f}{cpu:>16.2f}{_render_bytes(folders[name]) / 1e6:>8.1f}{walls:>24}")
+    old_wall, old_cpu = medians["baseline gif"]
+    for name in ("this apng", "this gif"):
+        wall, cpu = medians[name]
+        print(f"   {name} / baseline: wall {wall / old_wall:.2f}x, CPU {cpu / old_cpu:.2f}x")
+    print(f"   load average during: {min(loads):.1f} to {max(loads):.1f} on {available_cpus()} CPUs")
+    for name, video_format in (("this apng", "apng"), ("this gif", "gif")):
+        compared, different = _identical_renders(folders["baseline gif"], folders[name], video_format)
+        verdict = "pixel-identical" if not different else "DIFFERENT: " + ", ".join(different[:8])
+        print(f"   {name}: {compared} decoded frames (animations, sheets, curves) against the baseline's: {verdict}")
+    same_bytes = all(
+        path.read_bytes() == (folders["this gif"] / path.name).read_bytes()
+        for path in folders["baseline gif"].glob("*.gif")
+    )
+    print(f"   this gif's GIF files byte for byte the baseline's: {'yes' if same_bytes else 'NO'}")
 
 
 def main() -> None:
@@ -292,77 +342,77 @@ def main() -> None:
     print("$ " + shlex.join([Path(sys.executable).name, *sys.argv]))
     print(f"CPUs available: {available_cpus()} (os.cpu_count {os.cpu_count()}); load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as folder:
-        run = Path(folder) / "run"
-        run.mkdir()
-        started = time.perf_counter()
-        build_article_store(run / "activations.h5", args.steps)
-        print(
-            f"built a {args.steps}-step article-shaped store in {time.perf_counter() - started:.1f} s (not timed below)"
-        )
-
-        if args.only_d:
-            _before_after(run, args.baseline_python, args.rounds, args.jobs)
-            return
-        jobs_auto = min(len(ARTICLE_SHAPES), available_cpus())
-        parallel, parallel_cpu, files = _time_renders(run, run / "renders", jobs_auto, args.repeats)
-        serial, serial_cpu, _ = _time_renders(run, run / "renders-serial", 1, args.repeats)
-        frames = args.steps * len(ARTICLE_SHAPES)
-        print()
-        print("A. render_run: 6 GIFs + 6 contact sheets + curves, end to end (best of", args.repeats, "runs)")
-        print(f"   {'setting':<22}{'wall s':>8}{'CPU s':>8}{'ms/frame':>10}   target <= {_TARGET_SECONDS:g} s wall")
-        for label, wall, cpu in (
-            (f"{jobs_auto} worker processes", parallel, parallel_cpu),  # what `actrec render` does here
-            ("1 process", serial, serial_cpu),
-        ):
-            verdict = "meets" if wall <= _TARGET_SECONDS else "MISSES"
-            print(f"   {label:<22}{wall:>8.2f}{cpu:>8.2f}{1000 * wall / frames:>10.2f}   {verdict}")
-        print(f"   load average after: {os.getloadavg()[0]:.2f} (other processes on the machine slow both settings)")
-
-        print()
-        comparison = _compare_per_frame(run, args.mpl_frames)
-        if comparison is None:
-            print("B. skipped: matplotlib is not installed (it is not an actrec dependency); pip install matplotlib")
+        work = Path(folder)
+        if args.run is not None:
+            run = args.run
+            print(f"rendering {run}")
         else:
-            gif_ratio = comparison["matplotlib"] / comparison["ours_gif"]
-            png_ratio = comparison["matplotlib"] / comparison["ours_png"]
+            run = work / "run"
+            run.mkdir()
+            started = time.perf_counter()
+            build_article_store(run / "activations.h5", args.steps)
+            print(
+                f"built a {args.steps}-step article-shaped store in {time.perf_counter() - started:.1f} s "
+                "(not timed below)"
+            )
+        if args.only_d:
+            _before_after(run, work, args.baseline_python, args.rounds, args.jobs)
+            return
+        times = _time_renders(run, work / "renders", args.repeats)
+        with StoreReader(run) as store:
+            frames = store.num_steps * len(store.layer_names)
+        print()
+        print(f"A. render_run as actrec render runs it (jobs=None), {frames} frames, formats alternating, "
+              f"median of {args.repeats}")  # fmt: skip
+        print(
+            f"   {'format':<8}{'wall s':>8}{'CPU s':>8}{'ms/frame':>10}{'MB':>8}   target <= {_TARGET_SECONDS:g} s wall"
+        )
+        for video_format, samples in times.items():
+            wall, cpu = statistics.median(w for w, _ in samples), statistics.median(c for _, c in samples)
+            verdict = "meets" if wall <= _TARGET_SECONDS else "MISSES"
+            size = _render_bytes(work / "renders" / video_format) / 1e6
+            print(f"   {video_format:<8}{wall:>8.2f}{cpu:>8.2f}{1000 * wall / frames:>10.2f}{size:>8.1f}   {verdict}")
+        print(f"   load average after: {os.getloadavg()[0]:.2f} (other processes on the machine slow both formats)")
+
+        print()
+        comparison = _compare_per_frame(run, args.mpl_frames) if args.run is None else None
+        if comparison is None:
+            print("B. skipped: matplotlib is not installed (it is not an actrec dependency), or --run was given")
+        else:
             print(f"B. one 10-probe x 8-channel frame, median of {args.mpl_frames} alternating frames")
             print(f"   {'method':<50}{'ms/frame':>10}{'matplotlib / this':>20}")
             rows = [
-                ("ours: draw + append to GIF (what render does)", comparison["ours_gif"], f"{gif_ratio:.0f}x"),
-                ("ours: draw + encode PNG (zlib level 6)", comparison["ours_png"], f"{png_ratio:.0f}x"),
-                (
-                    f"matplotlib {comparison['matplotlib_version']}: imshow per tile + savefig",
-                    comparison["matplotlib"],
-                    "1x",
-                ),
+                ("ours: draw + append to APNG (what render does)", comparison["ours_apng"]),
+                ("ours: draw + append to GIF (--format gif)", comparison["ours_gif"]),
+                ("ours: draw + encode PNG (Pillow, zlib level 6)", comparison["ours_png"]),
+                (f"matplotlib {comparison['matplotlib_version']}: imshow per tile + savefig", comparison["matplotlib"]),
             ]
-            for label, seconds, ratio in rows:
-                print(f"   {label:<50}{1000 * seconds:>10.2f}{ratio:>20}")
-            verdict = "meets" if gif_ratio >= _TARGET_RATIO else "MISSES"
-            print(f"   per animation frame: {gif_ratio:.0f}x faster; target >= {_TARGET_RATIO:g}x: {verdict}")
+            for label, seconds in rows:
+                print(f"   {label:<50}{1000 * seconds:>10.2f}{comparison['matplotlib'] / seconds:>19.0f}x")
+            ratio = comparison["matplotlib"] / comparison["ours_apng"]
+            verdict = "meets" if ratio >= _TARGET_RATIO else "MISSES"
+            print(f"   per animation frame: {ratio:.0f}x faster; target >= {_TARGET_RATIO:g}x: {verdict}")
 
         print()
-        print("C. GIF size per layer")
-        print(f"   {'layer':<12}{'shape':<14}{'frame px':>12}{'MB':>8}{'KB/frame':>10}")
-        with StoreReader(run) as store:
-            for path in (file for file in files if file.suffix == ".gif"):
-                layer = path.stem
-                shape = store.layer(layer).sample_shape
-                with Image.open(path) as image:
-                    width, height = image.size
-                    frames_in_file = image.n_frames
-                size = path.stat().st_size
-                print(
-                    f"   {layer:<12}{'x'.join(map(str, shape)):<14}{f'{width}x{height}':>12}"
-                    f"{size / 1e6:>8.2f}{size / 1e3 / frames_in_file:>10.1f}"
-                )
+        print("C. animation size per layer")
+        print(f"   {'layer':<14}{'frame px':>12}{'APNG MB':>9}{'GIF MB':>9}{'APNG KB/frame':>15}")
+        for path in _animations(work / "renders" / "apng", "apng"):
+            gif = work / "renders" / "gif" / path.with_suffix(".gif").name
+            with Image.open(path) as image:
+                width, height = image.size
+                frames_in_file = image.n_frames - (1 if image.info.get("default_image") else 0)
+            size = path.stat().st_size
+            print(
+                f"   {path.stem:<14}{f'{width}x{height}':>12}{size / 1e6:>9.2f}{gif.stat().st_size / 1e6:>9.2f}"
+                f"{size / 1e3 / frames_in_file:>15.1f}"
+            )
         if args.baseline_python:
             print()
-            _before_after(run, args.baseline_python, args.rounds, args.jobs)
+            _before_after(run, work, args.baseline_python, args.rounds, args.jobs)
         if args.keep:
             import shutil
 
-            shutil.copytree(run / "renders", args.keep, dirs_exist_ok=True)
+            shutil.copytree(work / "renders", args.keep, dirs_exist_ok=True)
             print(f"\nrenders copied to {args.keep}")
 
 

@@ -12,7 +12,7 @@ _USAGE = """usage: actrec <command> [options]
 
 commands:
   train        train a network with LightningCLI, recording activations (actrec train --help)
-  render       render a run's activation store to GIF/MP4 animations, contact sheets and curves
+  render       render a run's activation store to animations (APNG, GIF, MP4), contact sheets and curves
   tensorboard  open a run in TensorBoard's actrec tab: every layer on one step slider (--export: write images)
   runs         list runs: model, data, accuracy, store size, wall time, status (actrec runs --help)
   dynamics     per-layer change, CKA to first/final step, saturation, dead channels, settling steps

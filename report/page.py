@@ -27,7 +27,7 @@ h2 { font-size: 14px; margin: 8px 0; color: #444; text-transform: uppercase; let
          justify-content: space-between; }
 .panel-step { color: #666; font-variant-numeric: tabular-nums; }
 .grid { position: relative; line-height: 0; }
-.grid img { width: 100%; height: 100%; image-rendering: pixelated; image-rendering: crisp-edges; }
+.grid img, .grid canvas { width: 100%; height: 100%; image-rendering: pixelated; image-rendering: crisp-edges; }
 .grid::after { content: ""; position: absolute; inset: 0; pointer-events: none;
          background-image: linear-gradient(to right, #d6d6d6 1px, transparent 1px),
                            linear-gradient(to bottom, #d6d6d6 1px, transparent 1px);
@@ -67,6 +67,40 @@ _SCRIPT = r"""
   const count = D.steps.length;
   let current = 0, timer = null;
   const png = (b64) => "data:image/png;base64," + b64;
+  // Frames come as palette indices, each step minus the one before (mod 256), deflated: inflated once here,
+  // added up, and painted through the palette into each layer's canvas at the maps' own resolution.
+  const palette = new Uint32Array(256);
+  D.palette.forEach(([r, g, b], i) => { palette[i] = ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0; });
+
+  async function inflate(text) {
+    const binary = atob(text);
+    const bytes = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+    return new Uint8Array(await new Response(stream).arrayBuffer());
+  }
+
+  async function decodeFrames(layer) {
+    layer.size = layer.channels * layer.height * layer.width * D.labels.length;
+    const pixels = layer.frameCount > 0 ? await inflate(layer.frames) : new Uint8Array(0);
+    for (let i = layer.size; i < pixels.length; i++) pixels[i] += pixels[i - layer.size];  // wraps mod 256
+    layer.pixels = pixels;
+  }
+
+  function paint(panel, layer, row) {
+    const canvas = panel.querySelector("canvas");
+    const width = layer.width * D.labels.length, height = layer.channels * layer.height;
+    if (canvas.width !== width) canvas.width = width;
+    if (canvas.height !== height) canvas.height = height;
+    const context = canvas.getContext("2d");
+    canvas.dataset.row = String(row);
+    if (row < 0 || layer.pixels === undefined) { context.clearRect(0, 0, width, height); return; }
+    const image = context.createImageData(width, height);
+    const out = new Uint32Array(image.data.buffer);
+    const pixels = layer.pixels, offset = row * layer.size;
+    for (let i = 0; i < layer.size; i++) out[i] = palette[pixels[offset + i]];
+    context.putImageData(image, 0, 0);
+  }
   const fmt = (v, digits) => (v === null || v === undefined ? "–" : v.toFixed(digits));
 
   function sizeGrids() {
@@ -134,16 +168,15 @@ _SCRIPT = r"""
     stepLabel.textContent = "step " + step + " · epoch " + D.epochs[current];
     document.querySelectorAll("figure.layer[data-run='0']").forEach((panel) => {
       const layer = D.layers[Number(panel.dataset.index)];
-      panel.querySelector("img").src = png(layer.frames[current]);
+      paint(panel, layer, current);
       setPanelStep(panel, "step " + step);
     });
     D.compare.forEach((other, k) => {
       const row = other.index[current];
       document.querySelectorAll("figure.layer[data-run='" + (k + 1) + "']").forEach((panel) => {
         const layer = other.layers[Number(panel.dataset.index)];
-        const img = panel.querySelector("img");
-        if (row < 0) { img.removeAttribute("src"); setPanelStep(panel, "not started at step " + step); }
-        else { img.src = png(layer.frames[row]); setPanelStep(panel, "step " + other.steps[row]); }
+        paint(panel, layer, row);
+        setPanelStep(panel, row < 0 ? "not started at step " + step : "step " + other.steps[row]);
       });
     });
     showPredictions(current, step);
@@ -193,7 +226,15 @@ _SCRIPT = r"""
   if (D.probeImage !== null) document.getElementById("probe-img").src = png(D.probeImage);
   sizeGrids();
   show(0);
-  document.body.dataset.ready = "1";
+  const layers = D.layers.concat(...D.compare.map((other) => other.layers));
+  // Each layer is painted as soon as it is unpacked; the page is ready once all are.
+  const unpacked = layers.map((layer) => decodeFrames(layer).then(() => show(current)));
+  Promise.all(unpacked).then(() => show(current), (error) => {
+    document.querySelectorAll("figure.layer .panel-step").forEach((label) => {
+      label.textContent = "this browser cannot unpack the frames (" + error + ")";
+    });
+    throw error;
+  }).finally(() => { document.body.dataset.ready = "1"; });
 })();
 """
 
@@ -210,7 +251,8 @@ def _grid(layer: dict, probes: int, probe_labels: str = "") -> str:
     """A layer's tiles with its labels: class names above the columns, channels beside the rows."""
     grid = (
         f'<div class="grid" data-channels="{layer["channels"]}" data-height="{layer["height"]}" '
-        f'data-width="{layer["width"]}" data-probes="{probes}"><img alt="{html.escape(layer["name"])}"></div>'
+        f'data-width="{layer["width"]}" data-probes="{probes}">'
+        f'<canvas aria-label="{html.escape(layer["name"])}"></canvas></div>'
     )
     channels, height = int(layer["channels"]), int(layer["height"])
     if channels == 1:

@@ -259,7 +259,14 @@ class StoreReader:
         unique, inverse = np.unique(rows, return_inverse=True)
         if not unique.size:
             return dataset[:0]
-        return read_checked(lambda: dataset[unique][inverse], dataset, unique, self._step_of_row)
+
+        def read_runs() -> np.ndarray:
+            # One slice read per run of consecutive rows: h5py's point selection of 32 spread rows is 20-40x
+            # slower than 32 one-row slices (the colour-scale samples of every render and report).
+            runs = np.split(unique, np.flatnonzero(np.diff(unique) != 1) + 1)
+            return np.concatenate([dataset[int(run[0]) : int(run[-1]) + 1] for run in runs])[inverse]
+
+        return read_checked(read_runs, dataset, unique, self._step_of_row)
 
 
 class _SharedFile:

@@ -7,9 +7,16 @@ build again at a real cost.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# The tests train tiny networks: one torch thread a process is faster than two that spin against each other, the
+# test's other processes (actrec train, DDP workers, writer children inherit this) and anything else on a 2-core
+# machine; a loaded machine ran the fast run at 2.5 times the CPU time without it. Set before torch is imported
+# (test modules import it later); an OMP_NUM_THREADS the caller set wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 #: A real `actrec train` run cut short: one epoch of 20 batches, quickstart recording (every 5th step, weights
 #: included), the test and validation loops two batches each.

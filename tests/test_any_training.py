@@ -663,7 +663,13 @@ def test_a_plain_loop_records_the_same_store_and_renders(tmp_path: Path, capsys:
         assert store.config["task"] == "classification"
         _assert_last_row_is_a_fresh_pass(store, model)
     assert render_main([str(folder), "--tile-size", "8", "--quiet"]) == 0
-    assert {path.name for path in (folder / "renders").glob("*.gif")} == {"conv1.gif", "conv2.gif"}
+    assert {path.name for path in (folder / "renders").glob("*.png")} == {
+        "conv1.png",
+        "conv1.sheet.png",
+        "conv2.png",
+        "conv2.sheet.png",
+        "curves.png",
+    }
 
 
 # -- 7. torch.compile ---------------------------------------------------------------------------------
@@ -677,6 +683,7 @@ class CompiledNet(TinyNet):
         self.net = torch.compile(self.net, backend="aot_eager")
 
 
+@pytest.mark.slow  # torch.compile
 def test_a_whole_compiled_lightning_module_records(tmp_path: Path) -> None:
     pl.seed_everything(0, verbose=False)
     model = TinyNet(dropout=0.0)
@@ -689,6 +696,7 @@ def test_a_whole_compiled_lightning_module_records(tmp_path: Path) -> None:
         _assert_last_row_is_a_fresh_pass(store, model)
 
 
+@pytest.mark.slow  # torch.compile
 def test_a_compiled_model_records_its_original_modules(tmp_path: Path) -> None:
     pl.seed_everything(0, verbose=False)
     model = CompiledNet()

@@ -10,8 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from PIL import Image
-from viewer_fixtures import make_store
+from viewer_fixtures import animation_length, make_store
 
 from actrec.recording import Recording
 from actrec.report.cli import report_main
@@ -35,8 +34,7 @@ def test_stride_10_shows_the_same_steps_in_render_report_and_tensorboard(tmp_pat
     assert render_main([str(run), "--stride", "10", "--layers", "net.conv2", "--tile-size", "8"]) == 0
     printed = capsys.readouterr().out
     assert "x 4 step(s) (0 to 110)" in printed  # the last recorded step is drawn
-    with Image.open(run / "renders" / "net.conv2.gif") as gif:
-        assert gif.n_frames == len(STRIDE_10_STEPS)
+    assert animation_length(run / "renders" / "net.conv2.png") == len(STRIDE_10_STEPS)
     assert report_main([str(run), "--stride", "10", "--quiet"]) == 0
     assert _page_steps(run / "report.html") == STRIDE_10_STEPS
 

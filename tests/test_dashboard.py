@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from viewer_fixtures import make_store
+from viewer_fixtures import animation_frames, make_store
 
 from actrec.dashboard import ActrecPlugin, find_runs
 from actrec.viewer import colors, colour_scale
@@ -104,15 +104,6 @@ def _png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def _gif_frames(path: Path) -> list[np.ndarray]:
-    frames = []
-    with Image.open(path) as image:
-        for index in range(image.n_frames):
-            image.seek(index)
-            frames.append(np.asarray(image.convert("RGB")))
-    return frames
-
-
 def _tiles(grid: np.ndarray, layout: dict, probes: int) -> dict[tuple[int, int], np.ndarray]:
     """The served grid cut into its tiles, by (row, probe)."""
     rows, height, width, gutter = (layout[key] for key in ("rows", "height", "width", "gutter"))
@@ -157,6 +148,7 @@ def test_runs_are_named_as_tensorboard_names_them(tmp_path: Path) -> None:
     assert list(find_runs(tmp_path / "a" / "version_0", group="version_0")) == ["version_0/."]
 
 
+@pytest.mark.slow  # an `actrec render` process and a TensorBoard server
 def test_plugin_serves_frames_with_render_s_colours(logdir: Path, tmp_path: Path) -> None:
     renders = tmp_path / "renders"
     subprocess.run(
@@ -180,7 +172,7 @@ def test_plugin_serves_frames_with_render_s_colours(logdir: Path, tmp_path: Path
         assert timeline["global_steps"] == [0, 1, 2, 3, 4, 5]
         probes = len(info["probes"]["labels"])
         for layer in info["layers"]:
-            gif = _gif_frames(renders / f"{layer['name']}.gif")
+            gif = animation_frames(renders / f"{layer['name']}.png")
             assert len(gif) == 6
             factor = TILE_SIZE // max(layer["grid"]["height"], layer["grid"]["width"])
             served = {}
@@ -249,6 +241,7 @@ CANVASES = "[...doc.querySelectorAll('canvas.tiles')]"
 
 
 @needs_chromium
+@pytest.mark.slow  # a TensorBoard server and a browser
 def test_tab_moves_every_layer_on_one_slider(logdir: Path, tmp_path: Path) -> None:
     from report_browser import browser_page
 
@@ -402,6 +395,7 @@ writer.close()
 
 
 @needs_chromium
+@pytest.mark.slow  # a TensorBoard server, a writer process and a browser
 def test_tab_follows_a_run_while_it_is_written(tmp_path: Path) -> None:
     from report_browser import browser_page
 
@@ -554,6 +548,7 @@ def test_tab_follows_a_real_training(tmp_path: Path) -> None:
         training.wait(60)
 
 
+@pytest.mark.slow  # a real `actrec tensorboard` server
 def test_actrec_tensorboard_shows_that_run_alone_with_the_tab(tmp_path: Path) -> None:
     make_store(tmp_path / "quickstart" / "version_0")
     make_store(tmp_path / "quickstart" / "version_1")
@@ -571,6 +566,7 @@ def test_actrec_tensorboard_shows_that_run_alone_with_the_tab(tmp_path: Path) ->
 
 
 @needs_chromium
+@pytest.mark.slow  # a TensorBoard server and a browser
 def test_a_second_run_is_drawn_under_each_layer_at_the_nearest_step(tmp_path: Path) -> None:
     from report_browser import browser_page
 
@@ -632,7 +628,7 @@ def test_a_trained_run_s_frames_are_render_s_colours(tmp_path: Path) -> None:
         probes = len(info["probes"]["labels"])
         assert len(info["layers"]) == 6
         for layer in info["layers"]:
-            frame = _gif_frames(renders / f"{layer['name']}.gif")[last]
+            frame = animation_frames(renders / f"{layer['name']}.png")[last]
             factor = TILE_SIZE // max(layer["grid"]["height"], layer["grid"]["width"])
             query = urllib.parse.urlencode({"run": run, "layer": layer["name"], "row": last})
             status, body = _get(f"{api}/frame?{query}")
@@ -644,6 +640,7 @@ def test_a_trained_run_s_frames_are_render_s_colours(tmp_path: Path) -> None:
                     assert _contains(frame, big.transpose(1, 2, 0)), (layer["name"], channel, probe)
 
 
+@pytest.mark.slow  # a writer process, waited on
 def test_a_live_run_s_scales_are_fixed_anew_once_it_has_twice_the_rows(tmp_path: Path) -> None:
     logdir = tmp_path / "logs"
     store = logdir / "live" / "version_0" / "activations.h5"

@@ -127,6 +127,7 @@ def _refuse(store: Path, capsys: pytest.CaptureFixture[str] | None = None) -> st
 
 
 @pytest.mark.parametrize("key", ["probes/labels", "layers/net.conv2", "layers/net.conv1/activations", "steps"])
+@pytest.mark.slow  # HDF5 retries each damaged header
 def test_damaged_object_header_is_refused_within_seconds(tmp_path: Path, pristine: Path, key: str) -> None:
     # The issue's offsets 1,024 and 50,000 in a quickstart store hit the headers of probes/labels and
     # layers/net.conv5; SWMR reads then retried for ~40 minutes. Here the headers are found by address.
@@ -139,6 +140,7 @@ def test_damaged_object_header_is_refused_within_seconds(tmp_path: Path, pristin
     )
 
 
+@pytest.mark.slow  # opens the store damaged at every 512th byte
 def test_no_offset_in_the_metadata_hangs_or_escapes_as_a_traceback(tmp_path: Path, pristine: Path) -> None:
     # Sweep the region holding the superblock, object headers and chunk indices, in this process
     # (a subprocess per offset would take minutes): every open either works or is one StoreError.
@@ -474,6 +476,7 @@ def _child_processes() -> list[int]:
     return children
 
 
+@pytest.mark.slow  # child processes under a time limit
 def test_without_access_to_hdf5s_retry_setting_a_child_process_walks_the_structure_under_a_time_limit(
     tmp_path: Path, pristine: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -611,6 +614,7 @@ def _train(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, st
     return code, capsys.readouterr().err
 
 
+@pytest.mark.slow  # two short fits
 def test_resuming_a_copied_run_continues_the_copys_store_and_leaves_the_original_byte_identical(
     tmp_path: Path, trained_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -692,6 +696,7 @@ def test_an_experiment_name_leading_outside_the_runs_dir_is_refused(
     assert not Path("/tmp/ESCAPED-actrec").exists()
 
 
+@pytest.mark.slow  # a real `actrec train` process
 def test_a_read_only_runs_dir_is_one_sentence(tmp_path: Path) -> None:
     # A read-only file system (root may write into a chmod 555 folder, not into a read-only mount): a private
     # mount namespace binds the folder read-only for the one `actrec train` process.
@@ -1032,6 +1037,7 @@ def _event_points(path: Path) -> int:
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+@pytest.mark.slow  # processes, killed
 def test_a_killed_dynamics_export_leaves_the_previous_events_file_whole(tmp_path: Path, how: str) -> None:
     log_dir = tmp_path / "dynamics"
     command = [sys.executable, "-c", _WRITE_BIG_DYNAMICS, str(log_dir)]
@@ -1168,6 +1174,7 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc to see the worker processes")
+@pytest.mark.slow  # render processes, killed
 def test_a_sigkilled_render_with_workers_leaves_no_leaked_semaphore_warning(tmp_path: Path, pristine: Path) -> None:
     # Killed once its worker processes run (their queues' semaphores exist): multiprocessing's resource tracker
     # cleaned them up and warned "There appear to be 8 leaked semaphore objects" on the user's terminal.

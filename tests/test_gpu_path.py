@@ -72,6 +72,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow  # DDP worker processes
 def test_two_node_ddp_with_a_module_that_all_gathers_at_validation_epoch_end(tmp_path: Path) -> None:
     """Two processes as two nodes of one device each (gloo): the module all_gathers in its own
     on_validation_epoch_end, sanity check included; only global rank 0 (node 0) writes a store, and the
@@ -571,6 +572,7 @@ def test_ring_events_on_cuda_are_blocking(monkeypatch: pytest.MonkeyPatch) -> No
     assert made == [{"blocking": True}]
 
 
+@pytest.mark.slow  # bench/gpu_check.py end to end in its own process
 def test_gpu_check_runs_on_a_cpu_and_says_what_it_skipped() -> None:
     result = subprocess.run(
         [sys.executable, str(TESTS.parent / "bench" / "gpu_check.py")],

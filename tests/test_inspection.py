@@ -151,6 +151,7 @@ def test_shift_heatmap_rows_sum_to_one_and_accuracy_at_zero_shift_is_plain_accur
     assert shift_accuracy(loaded.model, images[:200], labels[:200], [0])[0] == pytest.approx(plain)
 
 
+@pytest.mark.slow  # trains a second run, shifts 300 images twice
 def test_shift_compare_draws_both_runs_and_their_accuracy(run: Path, tmp_path: Path) -> None:
     mlp_run = _train(tmp_path / "runs", "mlp", steps=5)
     out = tmp_path / "out"
@@ -295,6 +296,7 @@ def test_bad_input_is_one_sentence(run: Path, tmp_path: Path, capsys: pytest.Cap
     assert "does not exist" in _refusal(["summary", str(run), "--checkpoint", "epoch=9-step=99.ckpt"], capsys)
 
 
+@pytest.mark.slow  # a real `actrec inspect` process
 def test_inspect_shows_plain_progress_lines_when_piped(run: Path, tmp_path: Path) -> None:
     """The one progress rule (actrec.console): piped into a log, a plain line per interval, no carriage returns."""
     import os

@@ -304,6 +304,7 @@ for kind in sys.argv[1:]:
 """
 
 
+@pytest.mark.slow  # a user's script in its own process, once per logger
 def test_every_logger_or_none_prints_where_the_store_is_at_fit_start_and_end(tmp_path: Path) -> None:
     import importlib.util
     import os

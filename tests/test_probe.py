@@ -154,6 +154,7 @@ def test_probe_selection_from_tensors_datasets_and_loaders() -> None:
         probes_from_tensors(images[:3], [1, 2])
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch (test_architecture checks the imports statically)
 def test_probe_imports_neither_lightning_nor_h5py() -> None:
     code = (
         "import sys, actrec.probe; "

@@ -135,6 +135,7 @@ def test_final_step_is_recorded_between_strides(tmp_path: Path) -> None:
         assert store.global_steps().tolist() == [0, 4, 6]
 
 
+@pytest.mark.slow  # three fits of three epochs
 def test_resume_continues_the_store_without_gaps_or_duplicates(tmp_path: Path) -> None:
     # No dropout: a resumed run reseeds its random numbers, and only then can it match a straight run.
     straight = ActivationRecorder(path=str(tmp_path / "straight.h5"))
@@ -270,6 +271,7 @@ _TRAIN_FOREVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a training process, killed
 def test_sigkill_mid_training_leaves_a_readable_store(tmp_path: Path) -> None:
     path = tmp_path / "activations.h5"
     script = _TRAIN_FOREVER.format(tests=str(TESTS), path=str(path), root=str(tmp_path))
@@ -320,6 +322,7 @@ _DDP = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # two DDP processes
 def test_ddp_two_processes_only_rank_zero_writes(tmp_path: Path) -> None:
     path = tmp_path / "activations.h5"
     script = tmp_path / "train_ddp.py"

@@ -319,6 +319,7 @@ def small_disk(tmp_path: Path):  # noqa: ANN201
         (True, "0"),
     ],
 )
+@pytest.mark.slow  # two epochs on a filling disk, three times
 def test_a_full_disk_stops_recording_cleanly_and_training_goes_on(
     small_disk: Path,
     background_writes: bool,

@@ -187,6 +187,7 @@ def test_damaged_rows_are_left_out_and_listed(tmp_path: Path) -> None:
             list(view.iter_rows(np.arange(8)))  # without a list to take them, damage is raised
 
 
+@pytest.mark.slow  # a writer process
 def test_refresh_reads_rows_a_running_writer_flushed_since(tmp_path: Path) -> None:
     store_path = tmp_path / "live" / "activations.h5"
     store_path.parent.mkdir()

@@ -72,7 +72,7 @@ def test_fifty_probes_draw_ten_by_default_and_probes_picks_others(tmp_path: Path
     every = render_run(tmp_path / "run", out_dir=tmp_path / "every", tile_size=16, probes="all")
     sizes = {}
     for name, result in (("default", default), ("chosen", chosen), ("every", every)):
-        with Image.open(result.out_dir / "encoder.block0.gif") as gif:
+        with Image.open(result.out_dir / "encoder.block0.png") as gif:
             sizes[name] = gif.size
         with Image.open(result.out_dir / "encoder.block0.sheet.png") as sheet:
             sizes[f"{name} sheet"] = sheet.size
@@ -91,6 +91,7 @@ def test_fifty_probes_draw_ten_by_default_and_probes_picks_others(tmp_path: Path
     assert blue(chosen) > blue(default) + 30
 
 
+@pytest.mark.slow  # two `actrec render` processes
 def test_render_cli_says_the_probe_note_once_and_refuses_a_bad_list(tmp_path: Path) -> None:
     _token_store(tmp_path / "run", steps=2)
     command = [sys.executable, "-m", "actrec.cli", "render", str(tmp_path / "run"), "--quiet", "--tile-size", "8"]
@@ -157,5 +158,5 @@ def test_sheets_of_a_28x28_16_channel_layer_and_a_64_unit_vector_are_at_most_160
     for layer in ("conv", "fc"):
         with Image.open(result.out_dir / f"{layer}.sheet.png") as sheet:
             assert sheet.size[0] <= 1600, (layer, sheet.size)
-        with Image.open(result.out_dir / f"{layer}.gif") as gif:
+        with Image.open(result.out_dir / f"{layer}.png") as gif:
             assert gif.size[0] <= 1600, (layer, gif.size)

@@ -17,7 +17,7 @@ from viewer_fixtures import NUM_PROBES, exact_activations, make_store, predictio
 
 from actrec.recording import colors
 from actrec.recording.scale import ColourScale
-from actrec.report import build_report, tile_grid
+from actrec.report import build_report, decode_frames, tile_grid
 from actrec.report.cli import report_main
 from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreWriter
 from actrec.viewer import PALETTE
@@ -62,11 +62,14 @@ def test_report_holds_every_step_of_every_layer_with_exact_colours_and_predictio
     assert [layer["name"] for layer in data["layers"]] == ["net.conv1", "net.conv2"]
     assert data["predictions"] == [predictions_at(step).tolist() for step in range(5)]
     for layer in data["layers"]:
-        assert len(layer["frames"]) == 5
-        for step, frame in enumerate(layer["frames"]):
+        assert layer["frameCount"] == 5
+        height, width = layer["channels"] * layer["height"], layer["width"] * NUM_PROBES
+        frames = decode_frames(layer["frames"], layer["frameCount"], height, width)
+        for step, frame in enumerate(frames):
             values = exact_activations(step)[layer["name"]]
             scale = 1.0 if layer["name"] == "net.conv1" else 2.5
-            assert np.array_equal(_png_indices(frame), tile_grid(values, scale))
+            assert np.array_equal(frame, tile_grid(values, scale))
+    assert np.array_equal(np.asarray(data["palette"], np.uint8), PALETTE)  # the viewer's one fixed palette
     assert _png_indices(data["probeImage"]).shape == (8, 8 * NUM_PROBES)
     assert [row["name"] for row in data["dynamics"]] == ["net.conv1", "net.conv2"]
     assert len(data["dynamics"][0]["ckaFinal"]) == 5
@@ -146,6 +149,7 @@ def test_unlabeled_and_unnamed_labels_show_a_question_mark_and_stay_out_of_the_t
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="no chromium on this machine: the page is not tested in a browser")
+@pytest.mark.slow  # a headless browser
 def test_page_without_probe_pictures_marks_only_labeled_probes(tmp_path: Path) -> None:
     pytest.importorskip("aiohttp", reason="the DevTools client needs aiohttp (installed with pytorch-lightning[extra])")
     run = _non_image_store(tmp_path / "run", np.ones((3, 7)), [-1, 5, 0])
@@ -154,7 +158,7 @@ def test_page_without_probe_pictures_marks_only_labeled_probes(tmp_path: Path) -
     async def scenario() -> tuple[dict, list[str]]:
         async with browser_page(find_chromium()) as page:
             await page.open(page_path)
-            assert await page.evaluate("document.body.dataset.ready") == "1"
+            assert await page.evaluate(WAIT_READY) == "1"
             return await page.evaluate(_STATE), page.errors
 
     state, errors = asyncio.run(scenario())
@@ -268,7 +272,7 @@ def test_compare_aligns_the_other_run_by_training_step(tmp_path: Path) -> None:
     # Their latest recorded step at or before each shown step; -1 before their first.
     shown = [entry["steps"][i] if i >= 0 else None for i in entry["index"]]
     assert shown == [None, None, 2, 2, 2, 5, 5, 7]
-    assert len(entry["layers"][0]["frames"]) == 3
+    assert entry["layers"][0]["frameCount"] == 3
 
 
 @pytest.mark.parametrize(
@@ -292,11 +296,23 @@ def test_errors_are_one_sentence_and_write_nothing(tmp_path: Path, capsys, argum
     assert not (run / "report.html").exists()
 
 
+WAIT_READY = """new Promise((resolve) => {
+  const check = () => (document.body.dataset.ready === "1" ? resolve("1") : setTimeout(check, 20));
+  check();
+})"""
+"""Resolves once the page has unpacked its frames and shown the first step."""
+
+_PIXELS = """(() => { const canvas = document.querySelector("figure.layer[data-run='0'] canvas");
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let text = ""; for (let i = 0; i < data.length; i++) text += String.fromCharCode(data[i]);
+  return [canvas.width, canvas.height, btoa(text)]; })()"""
+
 _STATE = """(() => ({
   current: Number(document.getElementById("slider").value),
   label: document.getElementById("step-label").textContent,
   panels: [...document.querySelectorAll(".panel")].map((p) => p.dataset.step),
-  images: [...document.querySelectorAll("figure.layer img")].map((img) => img.getAttribute("src") || ""),
+  images: [...document.querySelectorAll("figure.layer canvas")].map((canvas) => canvas.toDataURL()),
+  rows: [...document.querySelectorAll("figure.layer canvas")].map((canvas) => canvas.dataset.row),
   predictions: [...document.querySelectorAll("#predictions span")].map((s) => s.textContent),
   cursors: [...document.querySelectorAll("svg.chart .cursor")].map((c) => c.getAttribute("x1")),
 }))()"""
@@ -310,6 +326,7 @@ def _move_slider(index: int) -> str:
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="no chromium on this machine: the page is not tested in a browser")
+@pytest.mark.slow  # a headless browser
 def test_page_in_headless_chromium_one_slider_moves_every_panel(tmp_path: Path) -> None:
     pytest.importorskip("aiohttp", reason="the DevTools client needs aiohttp (installed with pytorch-lightning[extra])")
     run = make_store(tmp_path / "a" / "version_0", range(0, 8)).parent
@@ -319,10 +336,11 @@ def test_page_in_headless_chromium_one_slider_moves_every_panel(tmp_path: Path) 
     async def scenario() -> tuple[dict, dict, dict, dict, list[str], list[str]]:
         async with browser_page(find_chromium()) as page:
             await page.open(page_path)
-            assert await page.evaluate("document.body.dataset.ready") == "1"
+            assert await page.evaluate(WAIT_READY) == "1"
             start = await page.evaluate(_STATE)
             await page.evaluate(_move_slider(5))
             moved = await page.evaluate(_STATE)
+            moved["pixels"] = await page.evaluate(_PIXELS)
             await page.press("ArrowRight", 39)
             keyed = await page.evaluate(_STATE)
             await page.press("Home", 36)
@@ -346,6 +364,12 @@ def test_page_in_headless_chromium_one_slider_moves_every_panel(tmp_path: Path) 
     assert sorted(set(moved["panels"])) == ["step 3", "step 5", "step 5 · 1/3 right"]
     assert all(src.startswith("data:image/png;base64,") for src in moved["images"])
     assert all(a != b for a, b in zip(moved["images"][:2], start["images"][:2], strict=True))  # this run's layers
+    assert moved["rows"] == ["5", "1", "5", "1"]  # this run's row 5; the compared run's row 1 (its step 3)
+    # The canvas holds step 5's tiles at map resolution in the palette's exact colours (scaled up by CSS).
+    width, height, pixels = moved["pixels"]
+    rgba = np.frombuffer(base64.b64decode(pixels), np.uint8).reshape(height, width, 4)
+    np.testing.assert_array_equal(rgba[..., :3], colors.to_rgb(tile_grid(exact_activations(5)["net.conv1"], 1.0)))
+    assert (rgba[..., 3] == 255).all()
     assert moved["predictions"] != start["predictions"]  # probe 1 is right on even steps only
     assert all(a != b for a, b in zip(moved["cursors"], start["cursors"], strict=True))
     assert keyed["current"] == 6
@@ -371,5 +395,5 @@ def test_a_damaged_step_is_left_out_of_the_report_and_named(tmp_path: Path, caps
     )
     data = _page_data(store_path.parent / "report.html")
     assert data["steps"] == [0, 1, 2, 3, 5]  # every layer shows the same steps
-    assert all(len(layer["frames"]) == 5 for layer in data["layers"])
+    assert all(layer["frameCount"] == 5 for layer in data["layers"])
     assert len(data["predictions"]) == len(data["epochs"]) == 5

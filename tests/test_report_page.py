@@ -28,6 +28,7 @@ _STICKY = """(() => { const box = document.querySelector('#sticky-predictions').
                    .map((s) => s.textContent)}; })()"""
 
 
+@pytest.mark.slow  # a headless browser
 def test_layer_panels_carry_labels_and_colour_bars_and_predictions_stay_in_view(tmp_path: Path) -> None:
     chromium = find_chromium()
     if chromium is None:
@@ -66,6 +67,7 @@ def test_layer_panels_carry_labels_and_colour_bars_and_predictions_stay_in_view(
         assert len(state["texts"]) == len(CLASS_NAMES)
 
 
+@pytest.mark.slow  # a headless browser
 def test_a_vector_layer_is_a_row_at_least_8_pixels_high(tmp_path: Path) -> None:
     chromium = find_chromium()
     if chromium is None:

@@ -448,6 +448,7 @@ def _packed_row(step: int) -> tuple[list[tuple[str, str, tuple[int, ...], int]],
     return fields, row
 
 
+@pytest.mark.slow  # waits out the flush interval
 def test_the_writer_process_writes_blocks_when_full_or_after_the_flush_interval(tmp_path: Path) -> None:
     path = tmp_path / "activations.h5"
     _create(path).close()

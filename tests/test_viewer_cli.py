@@ -146,7 +146,35 @@ def test_render_prints_what_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixtu
     )
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"rendered 1 layer(s) x 4 step(s) (0 to 3) into {tmp_path / 'o'}:"
-    assert [line.strip() for line in out[1:]] == ["net.conv2.gif", "net.conv2.sheet.png", "curves.png"]
+    assert [line.strip() for line in out[1:4]] == ["net.conv2.png", "net.conv2.sheet.png", "curves.png"]
+    assert out[4] == (
+        f"open the animations in a web browser, e.g. {(tmp_path / 'o' / 'net.conv2.png').as_uri()} "
+        "(animated PNG; for slides and chat: --format gif)"
+    )
+    assert len(out) == 5
+
+
+def test_render_format_gif_writes_the_gif_and_says_how_to_open_it(tmp_path: Path, capsys) -> None:
+    make_store(tmp_path / "run", range(3))
+    out = tmp_path / "o"
+    assert render_main([str(tmp_path / "run"), "--layers", "net.conv2", "--tile-size", "8", "--out", str(out),
+                        "--format", "gif"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.strip() for line in printed[1:4]] == ["net.conv2.gif", "net.conv2.sheet.png", "curves.png"]
+    assert printed[4] == f"open the animations in any image viewer or browser, e.g. {(out / 'net.conv2.gif').resolve()}"
+    assert sorted(path.name for path in out.iterdir()) == ["curves.png", "net.conv2.gif", "net.conv2.sheet.png"]
+
+
+def test_render_jobs_default_to_one_process_per_two_cpus_for_apng(monkeypatch) -> None:
+    from actrec.viewer import _pipeline
+
+    monkeypatch.setattr(_pipeline, "available_cpus", lambda: 8)
+    assert _pipeline.choose_jobs(None, 6, 295) == 6  # GIF, MP4, TensorBoard: one per CPU, one per layer at most
+    assert _pipeline.choose_jobs(None, 6, 295, cpus_per_job=2) == 4
+    assert _pipeline.choose_jobs(None, 6, 10, cpus_per_job=2) == 1  # small renders: no workers
+    monkeypatch.setattr(_pipeline, "available_cpus", lambda: 2)
+    assert _pipeline.choose_jobs(None, 6, 295, cpus_per_job=2) == 1  # draw here, encode on the second CPU
+    assert _pipeline.choose_jobs(3, 6, 295, cpus_per_job=2) == 3  # --jobs decides
 
 
 def test_actrec_command_exits_non_zero_without_traceback(tmp_path: Path) -> None:

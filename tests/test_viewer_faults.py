@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from viewer_fixtures import make_store, record
+from viewer_fixtures import animation_frames, animation_length, make_store, record
 
 from actrec.recording import colors
 from actrec.viewer.cli import render_main
@@ -86,6 +86,7 @@ def _wait_gone(pids: list[int], seconds: float = 10) -> list[int]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.slow  # render processes, killed
 def test_killed_render_leaves_no_workers_behind(slow_store: Path, tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "renders"
     process, workers = _start_render(slow_store, out)
@@ -109,11 +110,11 @@ def test_leftovers_of_a_dead_process_are_removed_but_a_live_ones_are_kept(tmp_pa
     out.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    (out / f".net.conv1.partial-{dead_pid}.gif").write_bytes(b"x" * 100)
-    live = out / f".net.conv1.partial-{os.getppid()}.gif"  # pytest's parent: alive, maybe rendering
+    (out / f".net.conv1.partial-{dead_pid}.png").write_bytes(b"x" * 100)
+    live = out / f".net.conv1.partial-{os.getppid()}.png"  # pytest's parent: alive, maybe rendering
     live.write_bytes(b"y")
     render_run(tmp_path / "run")
-    assert not (out / f".net.conv1.partial-{dead_pid}.gif").exists()
+    assert not (out / f".net.conv1.partial-{dead_pid}.png").exists()
     assert live.exists()
 
 
@@ -133,11 +134,8 @@ def test_a_diverged_run_renders_with_non_finite_values_in_their_own_colour(
     err = capsys.readouterr().err
     assert "note: net.conv2: 2 of 5 recorded steps hold NaN or infinite values, drawn amber" in err
     assert "scale must be" not in err
-    from PIL import Image
 
-    with Image.open(tmp_path / "run" / "renders" / "net.conv2.gif") as gif:
-        gif.seek(4)
-        last = np.asarray(gif.convert("RGB"))
+    last = animation_frames(tmp_path / "run" / "renders" / "net.conv2.png")[4]
     amber = (last == colors.NONFINITE_RGB).all(axis=2)
     assert amber.sum() > 16  # the NaN element, upscaled, plus the legend's swatch
     # The scale comes from finite values: +-2.5 is still full blue/red (not washed out by 1e30).
@@ -183,7 +181,8 @@ def test_layers_whose_names_map_to_one_file_keep_both_files(tmp_path: Path) -> N
             }
             writer.append(StepRecord(step, 0, 1.0, 0.5, logits_for(np.arange(3)), values, wall_time=float(step)))
     result = render_run(path)
-    gifs = sorted(p.name for p in result.files if p.suffix == ".gif")
+    gifs = sorted(p.name for p in result.files if p.name.endswith(".png") and ".sheet." not in p.name)
+    gifs.remove("curves.png")
     assert len(gifs) == 2
     assert len(set(gifs)) == 2
 
@@ -192,7 +191,6 @@ def test_a_damaged_step_is_left_out_in_one_sentence_and_the_rest_renders(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import viewer_fixtures as fx
-    from PIL import Image
 
     from actrec.store import StoreWriter
 
@@ -219,10 +217,8 @@ def test_a_damaged_step_is_left_out_in_one_sentence_and_the_rest_renders(
     assert capsys.readouterr().err.strip().splitlines() == [
         "note: step 2 of layer net.conv1 is damaged (it failed its integrity check) and was left out."
     ]
-    with Image.open(tmp_path / "run" / "renders" / "net.conv1.gif") as gif:
-        assert gif.n_frames == 5
-    with Image.open(tmp_path / "run" / "renders" / "net.conv2.gif") as gif:
-        assert gif.n_frames == 6
+    assert animation_length(tmp_path / "run" / "renders" / "net.conv1.png") == 5  # the header's count corrected
+    assert animation_length(tmp_path / "run" / "renders" / "net.conv2.png") == 6
 
 
 @pytest.mark.parametrize("missing", ["layers/net.conv1/activations", "steps/epoch", "probes"])

@@ -16,6 +16,7 @@ from viewer_fixtures import (
     CLASS_NAMES,
     SYMMETRIC_MAX,
     WRITER_SCRIPT,
+    animation_frames,
     exact_activations,
     make_store,
     predictions_at,
@@ -40,16 +41,6 @@ from actrec.viewer import (
 )
 
 
-def _gif_frames(path: Path) -> list[np.ndarray]:
-    """Every frame of a GIF as Pillow composes it (deltas over earlier frames), in RGB."""
-    frames = []
-    with Image.open(path) as image:
-        for index in range(image.n_frames):
-            image.seek(index)
-            frames.append(np.asarray(image.convert("RGB")))
-    return frames
-
-
 def _random_frames(count: int, shape: tuple[int, int] = (24, 40)) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, colors.TRANSPARENT_INDEX, size=shape, dtype=np.uint8)]
@@ -67,7 +58,7 @@ def test_gif_round_trip_is_pixel_exact_with_one_palette(tmp_path: Path) -> None:
     with GifWriter(path, fps=20) as writer:
         for frame in frames:
             writer.append(frame)
-    decoded = _gif_frames(path)
+    decoded = animation_frames(path)
     assert len(decoded) == len(frames)
     for frame, rgb in zip(frames, decoded, strict=True):
         np.testing.assert_array_equal(rgb, to_rgb(frame))
@@ -185,16 +176,16 @@ def _tile_colours(rgb: np.ndarray, layout: FrameLayout, channel: int, probe: int
     return {tuple(colour) for colour in rgb[top:bottom, left:right].reshape(-1, 3).tolist()}
 
 
-def test_render_gif_colours_are_exact_for_tanh_and_data_scaled_layers(tmp_path: Path) -> None:
+def test_render_colours_are_exact_for_tanh_and_data_scaled_layers(tmp_path: Path) -> None:
     make_store(tmp_path / "run", range(4))
     result = render_run(tmp_path / "run", tile_size=32)
     assert result.out_dir == tmp_path / "run" / "renders"
     names = sorted(path.name for path in result.files)
     assert names == sorted(
-        ["net.conv1.gif", "net.conv1.sheet.png", "net.conv2.gif", "net.conv2.sheet.png", "curves.png"]
+        ["net.conv1.png", "net.conv1.sheet.png", "net.conv2.png", "net.conv2.sheet.png", "curves.png"]
     )
-    conv1 = _gif_frames(result.out_dir / "net.conv1.gif")
-    conv2 = _gif_frames(result.out_dir / "net.conv2.gif")
+    conv1 = animation_frames(result.out_dir / "net.conv1.png")
+    conv2 = animation_frames(result.out_dir / "net.conv2.png")
     assert len(conv1) == len(conv2) == 4
     tanh, symmetric = _layout_for("net.conv1"), _layout_for("net.conv2")
     for step, (rgb1, rgb2) in enumerate(zip(conv1, conv2, strict=True)):
@@ -213,7 +204,7 @@ def test_render_gif_colours_are_exact_for_tanh_and_data_scaled_layers(tmp_path: 
 def test_render_frames_match_the_pure_frames_and_carry_labels(tmp_path: Path) -> None:
     make_store(tmp_path / "run", range(3))
     result = render_run(tmp_path / "run", layers=["net.conv1"], tile_size=32)
-    decoded = _gif_frames(result.out_dir / "net.conv1.gif")
+    decoded = animation_frames(result.out_dir / "net.conv1.png")
     layout = FrameLayout(
         (3, 8, 8),
         num_probes=3,
@@ -240,12 +231,13 @@ def test_render_range_and_stride_choose_the_frames(tmp_path: Path) -> None:
     make_store(tmp_path / "run", range(0, 40, 2))  # recorded every 2 steps: 0, 2, ..., 38
     result = render_run(tmp_path / "run", layers=["net.conv2"], start=10, stop=30, stride=3, tile_size=16)
     assert result.global_steps.tolist() == [10, 16, 22, 28]
-    assert len(_gif_frames(result.out_dir / "net.conv2.gif")) == 4
+    assert len(animation_frames(result.out_dir / "net.conv2.png")) == 4
     assert result.sheet_steps == (10, 16, 22, 28)  # default: first, log-spaced, last, without repeats
     chosen = render_run(tmp_path / "run", layers=["net.conv2"], sheet_steps=[0, 13, 38], tile_size=16)
     assert chosen.sheet_steps == (0, 12, 38)  # the nearest recorded step to each (100 is refused: test_faults)
 
 
+@pytest.mark.slow  # worker processes
 def test_render_in_worker_processes_gives_the_same_files(tmp_path: Path) -> None:
     make_store(tmp_path / "run", range(5))
     serial = render_run(tmp_path / "run", out_dir=tmp_path / "serial", tile_size=16, jobs=1)
@@ -269,6 +261,7 @@ def test_contact_sheet_and_curves_are_written(tmp_path: Path) -> None:
         assert curves.size[0] > 800
 
 
+@pytest.mark.slow  # a writer process
 def test_render_reads_a_store_while_a_writer_process_appends(tmp_path: Path) -> None:
     path = tmp_path / "live" / "activations.h5"
     path.parent.mkdir()
@@ -282,7 +275,7 @@ def test_render_reads_a_store_while_a_writer_process_appends(tmp_path: Path) -> 
             assert line, "the writer process ended early"
             flushed = int(line)
         result = render_run(path, layers=["net.conv2"], tile_size=8)
-        frames = len(_gif_frames(result.out_dir / "net.conv2.gif"))
+        frames = len(animation_frames(result.out_dir / "net.conv2.png"))
         assert frames == len(result.global_steps)
         assert result.global_steps.tolist() == list(range(frames))
         assert 5 <= frames < total  # at least what was flushed before; the writer was still running
@@ -294,7 +287,7 @@ def test_render_reads_a_store_while_a_writer_process_appends(tmp_path: Path) -> 
         writer.wait()
     assert flushed == total
     again = render_run(path, layers=["net.conv2"], tile_size=8)
-    assert len(_gif_frames(again.out_dir / "net.conv2.gif")) == total
+    assert len(animation_frames(again.out_dir / "net.conv2.png")) == total
 
 
 @pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 128, 1000, 36_001])
@@ -363,3 +356,45 @@ def test_export_refuses_to_replace_a_folder_it_did_not_write(tmp_path: Path) -> 
         export_tensorboard(tmp_path / "run")
     assert (foreign / "notes.txt").read_text() == "mine"
     assert sorted(path.name for path in foreign.iterdir()) == ["notes.txt"]
+
+
+def _glyph_by_glyph(text: str, size: int) -> np.ndarray:
+    """The text layout before titles reused their prefixes: every glyph placed from x = 0, overlaps maximised."""
+    from actrec.viewer import _text
+
+    glyphs = [_text._glyph(char, size) for char in text]
+    height = glyphs[0][0].shape[0] if glyphs else 1
+    positions, x = [], 0.0
+    for _, offset, advance in glyphs:
+        positions.append(round(x) + offset)
+        x += advance
+    width = max([round(x), 1] + [p + g[0].shape[1] for p, g in zip(positions, glyphs, strict=True)])
+    canvas = np.zeros((height, width), np.uint8)
+    for position, (coverage, _, _) in zip(positions, glyphs, strict=True):
+        target = canvas[:, max(position, 0) : position + coverage.shape[1]]
+        np.maximum(target, coverage[:, coverage.shape[1] - target.shape[1] :], out=target)
+    return np.rint(canvas * np.float32(colors.INK_LEVELS / 255)).astype(np.uint8)
+
+
+def test_text_laid_out_from_cached_prefixes_has_the_glyph_by_glyph_pixels() -> None:
+    from actrec.viewer import _text
+
+    texts = [
+        frame_title(layer, step, step // 59) for layer in ("net.conv1", "encoder.block0") for step in range(0, 3000, 7)
+    ]
+    texts += [
+        "",
+        " ",
+        "a",
+        " a",
+        "a ",
+        "  two  spaces ",
+        "ch 15",
+        "step 1 · 2/3 right",
+        "jjj fff ...",
+        "W·W…",
+        "x" * 40,
+    ]
+    for size in (11, 13, 15, 21):
+        for text in texts:
+            np.testing.assert_array_equal(_text._coverage(text, size), _glyph_by_glyph(text, size), err_msg=repr(text))

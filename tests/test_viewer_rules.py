@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from viewer_fixtures import CLASS_NAMES, NUM_PROBES, make_store, probe_set, record
+from viewer_fixtures import CLASS_NAMES, NUM_PROBES, animation_frames, make_store, probe_set, record
 
 from actrec.compare.cli import compare_main
 from actrec.report import charts
@@ -156,8 +155,7 @@ def test_a_declared_sigmoid_layer_with_negative_values_renders_them_red_and_says
         tile_size=32,
         longest_title=frame_title("blocks.0.0.se", 2, 0),
     )
-    with Image.open(run / "renders" / "blocks.0.0.se.gif") as gif:
-        rgb = np.asarray(gif.convert("RGB"))
+    rgb = animation_frames(run / "renders" / "blocks.0.0.se.png")[0]
     for probe in range(NUM_PROBES):
         left, top, right, bottom = layout.tile_box(0, probe)
         assert {tuple(c) for c in rgb[top:bottom, left:right].reshape(-1, 3).tolist()} == {RED_END}

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreWriter
 from actrec.viewer import PALETTE
@@ -95,6 +96,27 @@ def make_store(
             writer.append_scalar("val/loss", int(steps[-1]), 0.5)
             writer.append_scalar("val/acc", int(steps[-1]), 0.75)
     return path
+
+
+def animation_frames(path: Path) -> list[np.ndarray]:
+    """Every frame of an animation (animated PNG or GIF) as Pillow composes it, in RGB.
+
+    An APNG's still picture, kept outside its animation (``actrec render`` makes it the last step), is
+    Pillow's frame 0; it is left out, so the frames are the steps drawn, as in the GIF.
+    """
+    frames = []
+    with Image.open(path) as image:
+        first = 1 if image.info.get("default_image") else 0
+        for index in range(first, image.n_frames):
+            image.seek(index)
+            frames.append(np.asarray(image.convert("RGB")))
+    return frames
+
+
+def animation_length(path: Path) -> int:
+    """Frames of an animation's animation (an APNG's still picture not counted)."""
+    with Image.open(path) as image:
+        return image.n_frames - (1 if image.info.get("default_image") else 0)
 
 
 _PALETTE_KEYS = PALETTE[:, 0].astype(np.int64) << 16 | PALETTE[:, 1].astype(np.int64) << 8 | PALETTE[:, 2]

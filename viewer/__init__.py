@@ -30,9 +30,10 @@ from actrec.viewer.frames import (
 )
 from actrec.viewer.render import RenderResult, render_run
 from actrec.viewer.tb_export import ExportResult, export_tensorboard
-from actrec.viewer.writers import GifWriter, Mp4Writer, TensorBoardImageWriter, encode_png, write_png
+from actrec.viewer.writers import ApngWriter, GifWriter, Mp4Writer, TensorBoardImageWriter, encode_png, write_png
 
 __all__ = [
+    "ApngWriter",
     "EVENTS_PREFIX",
     "NEGATIVE_RGB",
     "PALETTE",

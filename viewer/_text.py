@@ -51,6 +51,33 @@ def _glyph(char: str, size: int) -> tuple[np.ndarray, int, float]:
 
 
 @lru_cache(maxsize=4096)
+def _laid_out(text: str, size: int) -> tuple[np.ndarray, float, int]:
+    """``(coverage 0..255, x after the text, rightmost column any glyph reaches)`` of ``text`` laid out from x = 0.
+
+    Glyph by glyph, except that the part up to the text's last inner space is the cached layout of that
+    prefix: every frame of a layer titles "net.conv6 · step N · epoch E", so only the last words are new. The
+    same pixels, since each glyph's place depends only on the advances before it and overlaps take the maximum.
+    """
+    cut = text.rfind(" ", 0, len(text) - 1) + 1  # 0: no space before the last character
+    base, x, reach = _laid_out(text[:cut], size) if cut else (None, 0.0, 1)
+    glyphs = [_glyph(char, size) for char in text[cut:]]
+    positions = []
+    for _, offset, advance in glyphs:
+        positions.append(round(x) + offset)
+        x += advance
+    reach = max([reach] + [p + g[0].shape[1] for p, g in zip(positions, glyphs, strict=True)])
+    height = glyphs[0][0].shape[0] if glyphs else 1 if base is None else base.shape[0]
+    canvas = np.zeros((height, max(round(x), reach)), np.uint8)
+    if base is not None:
+        canvas[:, : base.shape[1]] = base
+    for position, (coverage, _, _) in zip(positions, glyphs, strict=True):
+        target = canvas[:, max(position, 0) : position + coverage.shape[1]]
+        np.maximum(target, coverage[:, coverage.shape[1] - target.shape[1] :], out=target)
+    canvas.setflags(write=False)
+    return canvas, x, reach
+
+
+@lru_cache(maxsize=4096)
 def _coverage(text: str, size: int) -> np.ndarray:
     """``(h, w)`` coverage levels ``0 .. INK_LEVELS`` of ``text`` over the font's line box.
 
@@ -58,18 +85,7 @@ def _coverage(text: str, size: int) -> np.ndarray:
     title every step, and composing is ~10x faster than a fresh layout, with the same pixels for
     this font (its advances are whole pixels and it has no kerning pairs in our strings).
     """
-    glyphs = [_glyph(char, size) for char in text]
-    height = glyphs[0][0].shape[0] if glyphs else 1
-    positions, x = [], 0.0
-    for _, offset, advance in glyphs:
-        positions.append(round(x) + offset)
-        x += advance
-    width = max([round(x), 1] + [p + g[0].shape[1] for p, g in zip(positions, glyphs, strict=True)])
-    canvas = np.zeros((height, width), np.uint8)
-    for position, (coverage, _, _) in zip(positions, glyphs, strict=True):
-        target = canvas[:, max(position, 0) : position + coverage.shape[1]]
-        np.maximum(target, coverage[:, coverage.shape[1] - target.shape[1] :], out=target)
-    levels = np.rint(canvas * np.float32(colors.INK_LEVELS / 255)).astype(np.uint8)
+    levels = np.rint(_laid_out(text, size)[0] * np.float32(colors.INK_LEVELS / 255)).astype(np.uint8)
     levels.setflags(write=False)
     return levels
 

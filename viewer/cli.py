@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from actrec.errors import run_guarded
 from actrec.recording import Recording
@@ -58,7 +59,8 @@ def _selection_arguments(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         type=int,
         metavar="N",
-        help="worker processes, one layer each at a time (default: one per CPU for large runs)",
+        help="worker processes, one layer each at a time (default for large runs: one per CPU, or one per two "
+        "CPUs for animated PNGs, which encode on threads)",
     )
     parser.add_argument(
         "--channels",
@@ -104,17 +106,20 @@ def render_main(argv: Sequence[str]) -> int:
         prog="actrec render",
         description=(
             "Render a run's activation store: for every layer, an animation of its activations over "
-            "training (GIF, or MP4 with --format mp4) and a contact sheet PNG of chosen steps; for the "
-            "run, a training-curves PNG. Works while the run is still writing (renders what has been flushed)."
+            "training (<layer>.png, an animated PNG that web browsers play; GIF or MP4 with --format) and a "
+            "contact sheet PNG of chosen steps; for the run, a training-curves PNG. Works while the run is "
+            "still writing (renders what has been flushed)."
         ),
     )
     _selection_arguments(parser)
     parser.add_argument("--fps", type=float, default=10.0, help="animation frames per second (default 10, max 50)")
     parser.add_argument(
         "--format",
-        choices=("gif", "mp4"),
-        default="gif",
-        help="animation format: gif (exact colours, default) or mp4 (smaller; needs pip install 'actrec[mp4]')",
+        choices=("apng", "gif", "mp4"),
+        default="apng",
+        help="animation format: apng (default: <layer>.png, exact colours, smallest and fastest; web browsers "
+        "play it, most image viewers show its last step still), gif (exact colours, ~3x larger; plays in slides, "
+        "chat and every viewer) or mp4 (video players; colours close, not exact; needs pip install 'actrec[mp4]')",
     )
     parser.add_argument(
         "--sheet-steps",
@@ -147,9 +152,30 @@ def render_main(argv: Sequence[str]) -> int:
             )
             for path in result.files:
                 print(f"  {path.name}")
+            print(_how_to_open(result.files, args.format))
         return 0
 
     return run_guarded("actrec render", action)
+
+
+def _how_to_open(files: Sequence[os.PathLike], video_format: str) -> str:
+    """The closing line of a render: what to open the animations with, and the first one to open."""
+    from actrec.viewer.writers import ANIMATION_SUFFIXES
+
+    suffix = ANIMATION_SUFFIXES[video_format]
+    animations = [Path(path) for path in files if Path(path).name.endswith(suffix) and ".sheet." not in Path(path).name]
+    animations = [path for path in animations if path.name != "curves.png"]
+    if not animations:
+        return "open the .sheet.png files in any image viewer."
+    first = animations[-1].resolve()  # the deepest layer: the last one rendered
+    if video_format == "apng":
+        return (
+            f"open the animations in a web browser, e.g. {first.as_uri()} "
+            "(animated PNG; for slides and chat: --format gif)"
+        )
+    if video_format == "gif":
+        return f"open the animations in any image viewer or browser, e.g. {first}"
+    return f"open the animations in a video player or browser, e.g. {first}"
 
 
 def tensorboard_main(argv: Sequence[str]) -> int:

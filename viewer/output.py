@@ -95,17 +95,19 @@ def safe_filename(name: str) -> str:
     return _UNSAFE.sub("_", name)
 
 
-def unique_stems(layers: Sequence[str]) -> dict[str, str]:
+def unique_stems(layers: Sequence[str], reserved: Sequence[str] = ()) -> dict[str, str]:
     """A file-name stem per layer, distinct even where two names map to one safe name (``a b``, ``a_b``).
 
-    Layers whose safe names collide get a short hash of their real name appended, so neither file
-    overwrites the other and the same layer gets the same file name in every render.
+    Layers whose safe names collide, or equal one of ``reserved`` (stems other files of the folder use,
+    such as ``curves``), get a short hash of their real name appended, so neither file overwrites the other
+    and the same layer gets the same file name in every render.
     """
     stems = {name: safe_filename(name) for name in layers}
     counts: dict[str, int] = {}
     for stem in stems.values():
         counts[stem.lower()] = counts.get(stem.lower(), 0) + 1  # case-insensitive file systems too
+    taken = {stem.lower() for stem in reserved}
     for name, stem in stems.items():
-        if counts[stem.lower()] > 1:
+        if counts[stem.lower()] > 1 or stem.lower() in taken:
             stems[name] = f"{stem}-{hashlib.sha1(name.encode()).hexdigest()[:6]}"
     return stems

@@ -196,6 +196,7 @@ def make_plan(
     max_frame_width: int = MAX_FRAME_WIDTH,
     text_scale: float = 1.0,
     probes: str | None = None,
+    bytes_per_pixel: float = _BYTES_PER_PIXEL,
 ) -> Plan:
     """Check everything a render or export depends on, and fix the rows, channels and colours to draw.
 
@@ -211,6 +212,7 @@ def make_plan(
         text_scale: multiplies every font size of the frames.
         probes: the probes to draw (see :func:`actrec.recording.choose_probes`: indices into the probe
             set; default all up to ten, else the first ten, with a note naming ``--probes``).
+        bytes_per_pixel: output bytes per frame pixel, for the size estimate (the format's; GIF's by default).
 
     Raises:
         ViewerError: an option is out of range, or a frame would be too large.
@@ -238,7 +240,7 @@ def make_plan(
         shown = num_probes if drawn_probes is None else len(drawn_probes)
         height, width = frame_height_width(plan.kind, plan.drawn_shape, shown, plan.tile_size)
         pixels += height * width * len(rows) * frames_per_layer
-    estimate = pixels * _BYTES_PER_PIXEL
+    estimate = pixels * bytes_per_pixel
     if estimate > LARGE_RENDER_BYTES:
         notes.insert(
             0,
