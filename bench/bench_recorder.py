@@ -13,18 +13,21 @@ round by round so that machine noise hits every variant alike. Three views of th
 
 It also reports the store's bytes per step against the raw float16 size of the activations.
 
-It also prints how often training waited for a free ring slot ("waits"), and times the store writer
-alone for each compression, with and without the Fletcher-32 checksums.
+It also prints how often training waited for a free slot ("waits"), and the writer process's own CPU time
+per row for each compression (the real child process, its start-up taken out).
 
     python bench/bench_recorder.py                          # article schedule: Fashion-MNIST, batch 1024
     python bench/bench_recorder.py --dataset mnist-sample --batch-size 64 --steps 60 --every-n-steps 5  # quickstart
     python bench/bench_recorder.py --accelerator gpu        # on a CUDA machine (CUDA-graph probe pass)
+    python bench/bench_recorder.py --writer-only            # the writer process's CPU per row, per compression
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import resource
 import shlex
 import statistics
 import sys
@@ -39,7 +42,8 @@ import pytorch_lightning as pl
 import torch
 
 from actrec.callbacks import ActivationRecorder
-from actrec.store import LayerSpec, StepRecord, StoreReader, StoreWriter
+from actrec.probe import ProbeEngine, resolve_layers
+from actrec.store import LayerSpec, ProbeSet, StoreWriter, WriterProcess, column_key
 from actrec.trainer import ImageClassifier, ImageDataModule
 
 VARIANTS: dict[str, dict | None] = {
@@ -128,57 +132,63 @@ def _run(
     return measured, (recorder.store_path if recorder else None)
 
 
-def _writer_ms_per_step(path: Path, compression: str, fletcher32: bool = True, steps: int = 60) -> float:
-    """Time the store writer alone (synchronously) re-appending a recorded run's rows."""
-    with StoreReader(path) as store:
-        specs = [
-            LayerSpec(
-                name,
-                store.layer(name).sample_shape,
-                "",
-                store.layer(name).scale_kind,
-                params={p: v.shape[1:] for p, v in store.params(name, slice(0, 1)).items()},
-            )
-            for name in store.layer_names
-        ]
-        rows = min(steps, store.num_steps)
-        records = [
-            StepRecord(
-                global_step=row,
-                epoch=0,
-                batch_loss=0.0,
-                batch_acc=0.0,
-                logits=store.logits(np.array([row]))[0],
-                activations={name: store.activations(name, np.array([row]))[0] for name in store.layer_names},
-                params={
-                    name: {p: v[0] for p, v in store.params(name, np.array([row])).items()}
-                    for name in store.layer_names
-                },
-            )
-            for row in range(rows)
-        ]
-        probes, num_classes = store.probes, store.logits(slice(0, 1)).shape[-1]
-    from actrec.store import writer as writer_module
+def _writer_process_ms_per_row(data: ImageDataModule, compression: str, rows: int = 256, rounds: int = 3) -> float:
+    """CPU milliseconds the writer process spends per row, as the recorder runs it.
 
-    writer_module._FLETCHER32 = fletcher32
-    with tempfile.TemporaryDirectory() as tmp:
-        writer = StoreWriter.create(
-            Path(tmp) / "a.h5",
-            run_id="bench",
-            config={},
-            probes=probes,
-            layers=specs,
-            num_classes=num_classes,
-            compression=compression,
-            background=False,
+    Packed rows of the six-conv net (its six conv blocks, ten probes, float16, the default weights) go through a
+    real :class:`WriterProcess` (blocks of 16 rows, Fletcher-32 checksums, the given compression); the child's CPU
+    time comes from ``getrusage(RUSAGE_CHILDREN)`` once it has exited. Its start-up (interpreter, numpy, h5py, the
+    store opened) is taken out by running it twice, with 16 rows and with ``16 + rows``, and taking the
+    difference; the median over ``rounds``.
+    """
+    model = ImageClassifier(init="article")
+    images = torch.stack([data.val_dataset[index][0] for index in range(10)])
+    layers = resolve_layers(model, None)
+    engine = ProbeEngine(model, images, layers, record_params=True, params_cap=16_384, cuda_graph=False)
+    specs = [
+        LayerSpec(
+            name=name,
+            sample_shape=layout.sample_shape,
+            module_type=layout.module_type,
+            scale_kind="tanh",
+            params=layout.params,
+            kind=layout.kind,
+            output=layout.output,
+            channels=layout.channels,
+            full_shape=layout.full_shape,
         )
-        start = time.perf_counter()
-        for record in records:
-            writer.append(record)
-        seconds = time.perf_counter() - start
-        writer.close()
-    writer_module._FLETCHER32 = True
-    return seconds / rows * 1000
+        for name, layout in engine.layouts.items()
+    ]
+    fields = [(column_key(f.key), f.dtype, f.shape, f.offset) for f in engine.fields]
+    packed = []
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(32):  # rows that differ the way training makes them differ: the weights move a little
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.01)
+        packed.append(engine.run(0.5, 0.5).numpy().copy())
+    probes = ProbeSet(images=images.numpy(), labels=np.arange(10), indices=np.arange(10), class_names=[])
+
+    def child_seconds(count: int, path: Path) -> float:
+        StoreWriter.create(
+            path, run_id="bench", config={}, probes=probes, layers=specs, num_classes=10,
+            compression=compression, overwrite=True, background=False,
+        ).close()  # fmt: skip
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        process = WriterProcess(path, fields, engine.nbytes, slots=2 * 16 + 4, flush_every=16)
+        for row in range(count):
+            process.submit(packed[row % len(packed)], row, 0, 0.0)
+        process.close()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+    per_row = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            short = child_seconds(16, Path(tmp) / "short.h5")
+            long = child_seconds(16 + rows, Path(tmp) / "long.h5")
+            per_row.append((long - short) / rows * 1000)
+    return statistics.median(per_row)
 
 
 def _bytes_per_step(path: Path) -> tuple[float, float]:
@@ -200,11 +210,15 @@ def main() -> None:
     parser.add_argument("--every-n-steps", type=int, default=1, help="the recorder's every_n_steps")
     parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--variants", default="", help="semicolon-separated subset of the variant names")
+    parser.add_argument("--writer-only", action="store_true", help="only time the writer process per row")
     args = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     print("$ python " + shlex.join(sys.argv))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, lightning {pl.__version__}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, lightning {pl.__version__}, "
+        f"{os.cpu_count()} CPUs; load average before {os.getloadavg()[0]:.2f} (1 min)"
+    )
     if args.accelerator == "gpu":
         print(f"device: {torch.cuda.get_device_name(0)}")
     chosen = [name.strip() for name in args.variants.split(";") if name.strip()]
@@ -217,13 +231,12 @@ def main() -> None:
     data.setup("fit")
     results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
     sizes: dict[str, tuple[float, float]] = {}
+    writer_ms = {name: _writer_process_ms_per_row(data, name) for name in ("none", "lzf", "gzip")}
+    if args.writer_only:
+        _print_writer(writer_ms)
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        _, sample_store = _run({}, data, 3, Path(tmp) / "warmup", args.accelerator)
-        writer_ms = {
-            (name, checksums): _writer_ms_per_step(sample_store, name, checksums)
-            for name in ("none", "lzf", "gzip")
-            for checksums in (True, False)
-        }
+        _run({}, data, 3, Path(tmp) / "warmup", args.accelerator)
         for round_index in range(args.rounds):
             for index, (name, variant) in enumerate(VARIANTS.items()):
                 root = Path(tmp) / f"round{round_index}-variant{index}"
@@ -268,9 +281,16 @@ def main() -> None:
             f"{(median_ratio(name, 'cpu') - 1) * 100:+7.2f}% "
             f"{stored / 1024:8.1f} {stored / raw:8.2f} {max(run['waits'] for run in results[name]):6d}"
         )
-    print("\nstore writer alone (the writer process's work), ms per recorded step, blocks of 16 rows (flush_every):")
-    for (name, checksums), ms in writer_ms.items():
-        print(f"  {name:6s} {'fletcher32' if checksums else 'no checksums':14s} {ms:6.2f} ms")
+    _print_writer(writer_ms)
+
+
+def _print_writer(writer_ms: dict[str, float]) -> None:
+    print(
+        "\nthe writer process alone: CPU ms per row (its start-up taken out), blocks of 16 rows, Fletcher-32 on; "
+        f"load average {os.getloadavg()[0]:.2f} (1 min)"
+    )
+    for name, ms in writer_ms.items():
+        print(f"  {name:6s} {ms:6.3f} ms")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from actrec.store import (
     ProbeSet,
     StoreError,
     StoreWriter,
+    WriterChild,
     WriterProcess,
     check_compression,
     check_dtype,
@@ -296,6 +297,7 @@ class ActivationRecorder(Callback):
         self._engine: ProbeEngine | None = None
         self._ring: HostRing | None = None
         self._process: WriterProcess | None = None
+        self._spare_child: WriterChild | None = None  # a writer process started in setup, before its store
         self._writer: StoreWriter | None = None
         self._stopped: str | None = None
         self._run_id = uuid.uuid4().hex
@@ -375,6 +377,10 @@ class ActivationRecorder(Callback):
                 raise RuntimeError("ActivationRecorder: a version folder to claim is the recorder's own folder")
             writable = self._own_folder.parent / STORE_FILENAME
         _on_rank_zero_or_raise(trainer, lambda: check_writable(writable))
+        if trainer.is_global_zero and self.background_writes and self._writer_mode == "process":
+            # Its interpreter and imports (~0.2 s of CPU) then overlap Lightning's own setup, not training steps.
+            self._discard_spare_child()
+            self._spare_child = WriterChild()
 
     def _select_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ProbeSelection:
         """Probes from, in order: the images given; ``val_dataset``; the first batches of the validation loader."""
@@ -601,15 +607,18 @@ class ActivationRecorder(Callback):
         engine = self._built_engine
         if self.background_writes and self._writer_mode == "process":
             fields = [(column_key(f.key), f.dtype, f.shape, f.offset) for f in engine.fields]
+            child, self._spare_child = self._spare_child, None
             self._process = WriterProcess(
                 self._store_path,
                 fields,
                 engine.nbytes,
-                # Room for a whole block beside the one the writer is writing: training waits for a slot
-                # only when the writer falls a block behind (on a CPU no ring sits in front of it).
-                slots=self.ring_slots + self.flush_every + 1,
+                # The writer holds a block's slots until the block is on disk; room for a second block beside
+                # it, so training waits for a slot only when the writer falls a block behind (on a CPU no ring
+                # sits in front of it).
+                slots=self.ring_slots + 2 * self.flush_every + 1,
                 flush_every=self.flush_every,
                 wait=wait,
+                child=child,
             )
             self._last_recorded_step = self._process.last_global_step if wait else -1
         else:
@@ -773,7 +782,13 @@ class ActivationRecorder(Callback):
             message = str(exception) if isinstance(exception, UserError) else f"{type(exception).__name__}: {exception}"
             self._finish_summary(trainer, "failed", error=message)
 
+    def _discard_spare_child(self) -> None:
+        child, self._spare_child = self._spare_child, None
+        if child is not None:
+            child.discard()
+
     def _close(self) -> None:
+        self._discard_spare_child()
         ring, self._ring = self._ring, None
         if ring is not None:
             ring.close()

@@ -60,9 +60,16 @@ class Capture:
 @contextmanager
 def eval_mode(module: nn.Module) -> Iterator[None]:
     """Switch every submodule to eval mode, then restore each one's own ``training`` flag."""
-    flags = [(m, m.training) for m in module.modules()]
+    modules = list(module.modules())
+    flags = [(m, m.training) for m in modules]
     try:
-        module.eval()
+        if type(module).eval is nn.Module.eval and all(type(m).train is nn.Module.train for m in modules):
+            # What eval() does when no module overrides train(): training = False on each, without the recursive
+            # calls and Module.__setattr__'s type checks (~0.1 ms a pass on a small net, every recorded step).
+            for submodule in modules:
+                object.__setattr__(submodule, "training", False)
+        else:
+            module.eval()  # a module's own train() may do more than set its flag
         yield
     finally:
         for submodule, flag in flags:

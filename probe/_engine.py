@@ -247,11 +247,7 @@ class ProbeEngine:
             )
             for layer, layout in self.layouts.items()
         }
-        self._param_targets = [
-            (self.views[f"{layer}/params/{name}"], module, name)
-            for layer, (module, names) in self._params.items()
-            for name in names
-        ]
+        self._param_targets = self._parameter_owners()
         self._host_statistics = self.device.type == "cpu"
         self._replay: Callable[[], None] | None = None
         self.graph_note = "eager (not on CUDA)" if self.device.type != "cuda" else "eager (graphs turned off)"
@@ -294,6 +290,21 @@ class ProbeEngine:
         peak.copy_(torch.where(finite, view, 0).abs().amax())
         nonfinite.copy_((~finite).sum())
 
+    def _parameter_owners(self) -> list[tuple[torch.Tensor, nn.Module, str]]:
+        """Each recorded parameter's view, the submodule holding it and its attribute name there.
+
+        Read through the attribute at every pass, not held: SWA, pruning and ``.data`` assignments replace the
+        tensors (pruning's masked weight is a plain attribute). The submodules are looked up again whenever the
+        model's children or hooks change (:meth:`_check_model`)."""
+        targets = []
+        for layer, (module, names) in self._params.items():
+            for name in names:
+                owner, _, attribute = name.rpartition(".")
+                targets.append(
+                    (self.views[f"{layer}/params/{name}"], module.get_submodule(owner) if owner else module, attribute)
+                )
+        return targets
+
     def _forward(self) -> None:
         """The pass as captured: no RNG fork (a graph cannot read the generator's state while capturing)."""
         with self._forward_context():
@@ -302,8 +313,8 @@ class ProbeEngine:
             )
         output = select_output(output, "", "the model's output")
         self.views["logits"].copy_(output.reshape(self.output_shape))
-        for view, module, name in self._param_targets:
-            view.copy_(_current_parameter(module, name).detach())
+        for view, owner, attribute in self._param_targets:
+            view.copy_(getattr(owner, attribute).detach())
 
     def _eager(self) -> None:
         """The pass run eagerly, on a forked generator: random numbers in an eval forward leave training's alone."""
@@ -346,6 +357,7 @@ class ProbeEngine:
         if change is None:
             return
         self.model_changes += 1
+        self._param_targets = self._parameter_owners()
         if self._replay is None:
             self._say_once(
                 "changed",
@@ -433,9 +445,3 @@ class ProbeEngine:
             if difference >= worst[1] or worst[0] == "no field":
                 worst = (field.key, difference)
         return worst
-
-
-def _current_parameter(module: nn.Module, name: str) -> torch.Tensor:
-    """``module``'s parameter ``name`` as forward uses it now: after pruning, the masked attribute."""
-    owner, _, attribute = name.rpartition(".")
-    return getattr(module.get_submodule(owner) if owner else module, attribute)

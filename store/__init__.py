@@ -1,6 +1,6 @@
 """The activation store: the one module that reads and writes actrec's HDF5 files."""
 
-from actrec.store._process import WriterProcess
+from actrec.store._process import WriterChild, WriterProcess
 from actrec.store._schema import (
     COMPRESSIONS,
     FIXED_SCALES,
@@ -48,6 +48,7 @@ __all__ = [
     "StoreError",
     "StoreReader",
     "StoreWriter",
+    "WriterChild",
     "WriterProcess",
     "check_compression",
     "check_dtype",

@@ -4,10 +4,12 @@ Why a process: h5py holds the interpreter lock while it writes and compresses, w
 the training thread, and HDF5 does not recover from a failed write (a full disk leaves it unable to
 close the file, and it can crash the process at exit). In a child process neither reaches training.
 
-The parent (:class:`WriterProcess`) copies each packed row into a free slot of a shared-memory file and
-sends one JSON line; the child copies the row out of the slot at once (answering which slot is free) and
-appends the rows it holds with :meth:`StoreWriter.append_block` as one block every ``flush_every`` rows,
-and whenever a second has passed with rows waiting, flushing each block.
+The parent (:class:`WriterProcess`) copies each packed row into the next slot of a ring in a shared-memory file
+and raises a counter there (no message, no system call); the child looks for new rows every 20 ms, appends the
+rows it holds, straight from their slots, with :meth:`StoreWriter.append_block` as one block every
+``flush_every`` rows (or once it holds every slot), and whenever a second has passed with rows waiting, flushing
+each block, then raises its own counter to give the block's slots back. Scalars, flushes, closing and errors
+still go as JSON lines through the child's pipes.
 When the parent dies, the child sees its input end, writes what it received, closes the file and exits.
 """
 
@@ -17,7 +19,6 @@ import contextlib
 import json
 import mmap
 import os
-import queue
 import select
 import signal
 import subprocess
@@ -42,6 +43,120 @@ def _shared_folder() -> Path:
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
+_POLL_SECONDS = 0.02
+"""How often the child looks for rows in the shared memory: no message or wake-up per row, so handing a row over
+costs training a copy and two stores, not a system call (waking another process is an inter-processor interrupt,
+which on a VM costs more than the copy)."""
+_ALIGN = 64
+
+
+class _SharedRows:
+    """The shared memory both processes map: two counters, each slot's step, epoch and wall time, then the rows.
+
+    Row ``n`` (counted from 0 over the writer's life) goes into slot ``n % slots``. The parent writes the row and its
+    step into the slot, then raises ``handed`` to ``n + 1``; the child takes rows up to ``handed``, and raises
+    ``freed`` once they are on disk. Each counter has one writer and is one aligned 8-byte store, so neither side
+    takes a lock or makes a system call to hand a row over or to take a slot back.
+    """
+
+    def __init__(self, buffer: Any, slots: int, row_bytes: int) -> None:
+        self.slots = slots
+        self.counters = np.frombuffer(buffer, dtype=np.int64, count=2, offset=0)
+        self.steps = np.frombuffer(buffer, dtype=np.int64, count=2 * slots, offset=_ALIGN).reshape(slots, 2)
+        self.walls = np.frombuffer(buffer, dtype=np.float64, count=slots, offset=_ALIGN + 16 * slots)
+        self.rows = np.frombuffer(
+            buffer, dtype=np.uint8, count=slots * row_bytes, offset=self.rows_offset(slots)
+        ).reshape(slots, row_bytes)
+
+    @staticmethod
+    def rows_offset(slots: int) -> int:
+        return -(-(_ALIGN + 24 * slots) // _ALIGN) * _ALIGN
+
+    @classmethod
+    def size(cls, slots: int, row_bytes: int) -> int:
+        return cls.rows_offset(slots) + slots * row_bytes
+
+    @property
+    def handed(self) -> int:
+        return int(self.counters[0])
+
+    @property
+    def freed(self) -> int:
+        return int(self.counters[1])
+
+
+_NICENESS = 10
+"""The writer child runs at this niceness: on a machine whose cores training keeps busy (a 2-core VM where torch
+runs two compute threads) the writer takes the cores' idle moments instead of time from training's threads. A
+writer that falls behind fills its slots and training waits for one (counted in ``waits``), so the child never
+starves for long; at 10 it still gets about a tenth of a core from a busy one."""
+
+_CHILD_COMMAND = (
+    "import os\n"
+    "try:\n"
+    f"    os.nice({_NICENESS})\n"
+    "except OSError:\n"
+    "    pass\n"
+    "from actrec.store._process import _child_main\n"
+    "_child_main()\n"
+)
+
+
+class WriterChild:
+    """A writer process started ahead of its store: it starts its interpreter and imports numpy and h5py (about
+    0.2 s of CPU) while the caller goes on, e.g. while Lightning sets up, instead of during the first training
+    steps. Hand it to :class:`WriterProcess`; call :meth:`discard` if it is never used.
+
+    The rows' shared memory is made here too (unlinked at once, so nothing is left in ``/dev/shm`` whatever
+    kills the processes); :class:`WriterProcess` sizes it.
+    """
+
+    def __init__(self) -> None:
+        self.taken = False
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - the child writes into it for our whole life
+        shared = _shared_folder() / f"actrec-{os.getpid()}-{uuid.uuid4().hex}.rows"
+        self.descriptor = os.open(shared, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._descriptor_open = True
+        try:
+            os.unlink(shared)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_COMMAND],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.log,
+                env=env,
+                pass_fds=(self.descriptor,),
+                start_new_session=True,  # a Ctrl-C meant for training does not cut the store short
+            )
+        except BaseException:
+            self.release_descriptor()
+            self.log.close()
+            raise
+
+    def release_descriptor(self) -> None:
+        if self._descriptor_open:
+            self._descriptor_open = False
+            os.close(self.descriptor)
+
+    def discard(self) -> None:
+        """End an unused child: it sees its input end before any store and exits. Safe to call twice."""
+        if self.taken:
+            return
+        self.taken = True
+        self.release_descriptor()
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
 class WriterProcess:
     """Append packed rows to an existing store from a child process.
 
@@ -54,6 +169,7 @@ class WriterProcess:
         flush_every: write and flush rows in blocks of this many (and after a second with rows waiting).
         wait: wait here until the child has opened the store; ``False`` lets it start while the caller
             goes on (rows sent meanwhile queue up; a failure to start shows in :attr:`error`).
+        child: a :class:`WriterChild` started earlier (its interpreter start-up already paid); ``None`` starts one.
 
     Raises:
         StoreError: with ``wait``, the child could not open the store.
@@ -68,6 +184,7 @@ class WriterProcess:
         flush_every: int = 16,
         flush_seconds: float = 1.0,
         wait: bool = True,
+        child: WriterChild | None = None,
     ) -> None:
         self.path = Path(path)
         self.row_bytes = max(int(row_bytes), 1)
@@ -77,53 +194,47 @@ class WriterProcess:
         """How often a row waited for the child to free a slot."""
         self.last_global_step = -1
         """The step of the store's last row when the child opened it (-1: none)."""
-        self._free: queue.Queue[int] = queue.Queue()
-        for slot in range(slots):
-            self._free.put(slot)
+        self._slots = max(int(slots), 1)
+        self._handed = 0
         self._flushed = threading.Condition()
         self._flush_seen = 0
         self._flush_sent = 0
         self._closed = False
         self._finished = threading.Event()
         self._ready = threading.Event()
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - the child writes into it for our whole life
-        size = slots * self.row_bytes
-        shared = _shared_folder() / f"actrec-{os.getpid()}-{uuid.uuid4().hex}.rows"
-        descriptor = os.open(shared, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        child = child if child is not None else WriterChild()
+        if child.taken:
+            raise RuntimeError("a WriterChild serves one WriterProcess")
+        child.taken = True
+        self._log = child.log
+        self._child = child.process
+        to_child, from_child = self._child.stdin, self._child.stdout
+        assert to_child is not None, "opened as a pipe by WriterChild"
+        assert from_child is not None, "opened as a pipe by WriterChild"
+        self._to_child, self._from_child = to_child, from_child
+        size = _SharedRows.size(self._slots, self.row_bytes)
         try:
-            # Unlinked at once: the memory lives as long as the two processes holding it, and nothing is
-            # left behind in /dev/shm whatever kills them.
-            os.unlink(shared)
-            os.ftruncate(descriptor, size)
-            self._mapping = mmap.mmap(descriptor, size)
-            self._memory = np.frombuffer(self._mapping, dtype=np.uint8)
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            self._child = subprocess.Popen(
-                [sys.executable, "-m", "actrec.store._process"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._log,
-                env=env,
-                pass_fds=(descriptor,),
-                start_new_session=True,  # a Ctrl-C meant for training does not cut the store short
-            )
-            to_child, from_child = self._child.stdin, self._child.stdout
-            assert to_child is not None, "opened as a pipe just above"
-            assert from_child is not None, "opened as a pipe just above"
-            self._to_child, self._from_child = to_child, from_child
+            os.ftruncate(child.descriptor, size)
+            self._mapping = mmap.mmap(child.descriptor, size)
+            self._shared = _SharedRows(self._mapping, self._slots, self.row_bytes)
             self._send(
                 {
                     "path": str(self.path),
-                    "shared_fd": descriptor,
-                    "slots": slots,
+                    "shared_fd": child.descriptor,
+                    "slots": self._slots,
                     "row_bytes": self.row_bytes,
                     "flush_every": flush_every,
                     "flush_seconds": flush_seconds,
                     "fields": [[key, dtype, list(shape), offset] for key, dtype, shape, offset in fields],
                 }
             )
+        except BaseException:
+            self._child.kill()
+            self._child.wait()
+            self._log.close()
+            raise
         finally:
-            os.close(descriptor)  # the child holds its own copy from the spawn
+            child.release_descriptor()  # the child holds its own copy from the spawn, the mapping holds ours
         self._reader = threading.Thread(target=self._read_replies, name="actrec-writer-replies", daemon=True)
         self._reader.start()
         if wait and not self.wait_ready():
@@ -143,22 +254,20 @@ class WriterProcess:
         """Hand one packed row to the child (waits while every slot is in flight); False once failed."""
         if self.error is not None or self._closed:
             return False
-        try:
-            slot = self._free.get_nowait()
-        except queue.Empty:
+        shared, row_number = self._shared, self._handed
+        if row_number - shared.freed >= self._slots:
             self.waits += 1
-            slot = None
-            while slot is None:
+            while row_number - shared.freed >= self._slots:
                 if self.error is not None:
                     return False
-                try:
-                    slot = self._free.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-        assert slot is not None, "the loop above ends only with a free slot"
-        start = slot * self.row_bytes
-        self._memory[start : start + row.nbytes] = np.frombuffer(row, dtype=np.uint8) if row.dtype != np.uint8 else row
-        return self._send({"op": "row", "slot": slot, "step": int(global_step), "epoch": int(epoch), "wall": wall_time})
+                time.sleep(0.001)
+        slot = row_number % self._slots
+        shared.rows[slot, : row.nbytes] = row.view(np.uint8).reshape(-1)
+        shared.steps[slot] = (global_step, epoch)
+        shared.walls[slot] = wall_time
+        # Last: the child takes rows up to this count, so it never reads a half-written one.
+        self._handed = shared.counters[0] = row_number + 1
+        return True
 
     def scalar(self, name: str, global_step: int, value: float) -> bool:
         """Append ``(global_step, value)`` to a scalar series."""
@@ -195,7 +304,7 @@ class WriterProcess:
             self._fail("the store writer process did not finish in time and was stopped")
         self._reader.join(timeout=10)
         self._log.close()
-        del self._memory
+        del self._shared
         with contextlib.suppress(BufferError):  # a caller still holding a view keeps the mapping alive
             self._mapping.close()
 
@@ -210,7 +319,7 @@ class WriterProcess:
         self._reader.join(timeout=10)
         self._from_child.close()
         self._log.close()
-        del self._memory
+        del self._shared
         with contextlib.suppress(BufferError):
             self._mapping.close()
 
@@ -232,8 +341,6 @@ class WriterProcess:
             if "ready" in reply:
                 self.last_global_step = int(reply.get("last_global_step", -1))
                 self._ready.set()
-            elif "free" in reply:
-                self._free.put(int(reply["free"]))
             elif "flushed" in reply:
                 with self._flushed:
                     self._flush_seen = int(reply["flushed"])
@@ -268,11 +375,11 @@ class WriterProcess:
 # -- child side ------------------------------------------------------------------------------------------
 
 
-def _lines(fd: int, timeout: float):  # noqa: ANN202 - a generator of bytes lines, None on idle timeouts
+def _lines(fd: int, tick: list[float]):  # noqa: ANN202 - a generator of bytes lines, None on idle ticks
     buffer = b""
     while True:
         while b"\n" not in buffer:
-            ready, _, _ = select.select([fd], [], [], timeout)
+            ready, _, _ = select.select([fd], [], [], tick[0])
             if not ready:
                 yield None
                 continue
@@ -297,7 +404,8 @@ def _child_main() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd = sys.stdin.fileno()
-    lines = _lines(fd, 1.0)
+    tick = [1.0]
+    lines = _lines(fd, tick)
     # None only means a second passed without input (a slow parent); only the end of input ends the child.
     first = next((line for line in lines if line is not None), None)
     if first is None:
@@ -308,43 +416,53 @@ def _child_main() -> None:
     except (OSError, StoreError) as error:
         _reply({"error": f"cannot open {setup['path']} for writing: {error}"})
         return
-    row_bytes = setup["row_bytes"]
-    mapping = mmap.mmap(setup["shared_fd"], setup["slots"] * row_bytes, prot=mmap.PROT_READ)
-    memory = np.frombuffer(mapping, dtype=np.uint8)
+    slots, row_bytes = int(setup["slots"]), int(setup["row_bytes"])
+    mapping = mmap.mmap(setup["shared_fd"], _SharedRows.size(slots, row_bytes))
+    shared = _SharedRows(mapping, slots, row_bytes)
     fields = [(key, np.dtype(dtype), tuple(shape), offset) for key, dtype, shape, offset in setup["fields"]]
-    block = _Block(max(int(setup["flush_every"]), 1), row_bytes, fields)
+    block = _Block(shared.rows, max(int(setup["flush_every"]), 1), fields)
     _reply({"ready": 1, "last_global_step": writer.last_global_step})
     last_flush = time.monotonic()
+    taken = written = 0
     clean = True
+    tick[0] = _POLL_SECONDS
 
     def write_block() -> None:
-        nonlocal last_flush
-        block.write_to(writer)
+        nonlocal last_flush, written
+        written += len(block.write_to(writer))
         writer._flush_now()
         last_flush = time.monotonic()
+        shared.counters[1] = written  # on disk: the parent may refill these slots
+
+    def take_rows() -> None:
+        nonlocal taken
+        handed = shared.handed
+        while taken < handed:
+            slot = taken % slots
+            step, epoch = (int(value) for value in shared.steps[slot])
+            block.add(slot, step, epoch, float(shared.walls[slot]))
+            taken += 1
+            if block.full:
+                write_block()
+        if block.count and time.monotonic() - last_flush >= setup["flush_seconds"]:
+            write_block()
 
     try:
         for line in lines:
+            take_rows()  # before any message: a flush or close covers every row handed over before it
             if line is None or not line.strip():
-                if block.count and time.monotonic() - last_flush >= setup["flush_seconds"]:
-                    write_block()
                 continue
             message = json.loads(line)
             op = message.get("op")
-            if op == "row":
-                base = message["slot"] * row_bytes
-                block.add(memory[base : base + row_bytes], message["step"], message["epoch"], message["wall"])
-                _reply({"free": message["slot"]})  # copied: the parent may refill the slot at once
-                if block.full or time.monotonic() - last_flush >= setup["flush_seconds"]:
-                    write_block()
-            elif op == "scalar":
+            if op == "scalar":
                 writer._write_scalar(message["name"], message["step"], message["value"])
             elif op == "flush":
                 write_block()
                 _reply({"flushed": message["id"]})
             elif op == "close":
                 break
-        block.write_to(writer)  # the parent is gone or done: everything it sent goes in
+        take_rows()
+        block.write_to(writer)  # the parent is gone or done: everything it handed over goes in
     except StoreError as error:
         # Refused before HDF5 wrote anything (a full disk): the file is still sound and closes cleanly.
         _reply({"error": str(error)})
@@ -359,42 +477,55 @@ def _child_main() -> None:
 
 
 class _Block:
-    """Packed rows received from the parent, kept until they are written to the store together."""
+    """Rows the parent handed over, still in their shared-memory slots, until they are written to the store together.
 
-    def __init__(self, capacity: int, row_bytes: int, fields: list[tuple[str, np.dtype, tuple[int, ...], int]]) -> None:
-        self.rows = np.empty((capacity, row_bytes), dtype=np.uint8)
-        self.fields = fields
-        self.count = 0
+    Each field is gathered from the held slots with one copy (the store wants it contiguous, row after row);
+    then the slots go back to the parent in one reply, so a block costs one wake-up of the parent's reply thread,
+    not one a row. A block is written once it has ``capacity`` rows or holds every slot the parent has.
+    """
+
+    def __init__(
+        self, memory: np.ndarray, capacity: int, fields: list[tuple[str, np.dtype, tuple[int, ...], int]]
+    ) -> None:
+        self.memory = memory  # (slots, row_bytes)
+        self.capacity = min(capacity, memory.shape[0])
+        self.fields = [
+            (key, dtype, shape, offset, offset + dtype.itemsize * int(np.prod(shape, dtype=np.int64)))
+            for key, dtype, shape, offset in fields
+        ]
+        self.slots: list[int] = []
         self.steps: list[int] = []
         self.epochs: list[int] = []
         self.walls: list[float] = []
 
     @property
-    def full(self) -> bool:
-        return self.count == len(self.rows)
+    def count(self) -> int:
+        return len(self.slots)
 
-    def add(self, row: np.ndarray, step: int, epoch: int, wall: float) -> None:
-        self.rows[self.count] = row
-        self.count += 1
+    @property
+    def full(self) -> bool:
+        return len(self.slots) >= self.capacity
+
+    def add(self, slot: int, step: int, epoch: int, wall: float) -> None:
+        self.slots.append(slot)
         self.steps.append(step)
         self.epochs.append(epoch)
         self.walls.append(wall)
 
-    def write_to(self, writer: Any) -> None:
-        """Append the kept rows to ``writer`` (a :class:`StoreWriter`) as one block, and empty the block."""
-        if not self.count:
-            return
-        rows = self.rows[: self.count]
+    def write_to(self, writer: Any) -> list[int]:
+        """Append the held rows to ``writer`` (a :class:`StoreWriter`) as one block; return the slots now free."""
+        if not self.slots:
+            return []
+        held = np.asarray(self.slots)
+        count = len(held)
         values = {
-            key: rows[:, offset : offset + dtype.itemsize * int(np.prod(shape, dtype=np.int64))]
-            .copy()
-            .view(dtype)
-            .reshape((self.count, *shape))
-            for key, dtype, shape, offset in self.fields
+            key: self.memory[held, start:stop].view(dtype).reshape((count, *shape))
+            for key, dtype, shape, start, stop in self.fields
         }
         writer.append_block(values, self.steps, self.epochs, self.walls)
-        self.count = 0
-        self.steps, self.epochs, self.walls = [], [], []
+        freed = self.slots
+        self.slots, self.steps, self.epochs, self.walls = [], [], [], []
+        return freed
 
 
 def _first_line(error: BaseException) -> str:

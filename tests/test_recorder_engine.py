@@ -414,3 +414,32 @@ def test_default_weights_are_conv_kernels_and_small_layers_only() -> None:
     everything = ProbeEngine(model, images, layers, record_params=True)
     assert set(everything.layouts["2"].params) == {"0.weight", "0.bias"}
     assert everything.nbytes > capped.nbytes + 32 * 300 * 4
+
+
+class _FrozenNorm(torch.nn.BatchNorm1d):
+    """A module whose own train() keeps it in eval mode, as frozen-BatchNorm code does."""
+
+    calls: list[bool] = []
+
+    def train(self, mode: bool = True) -> _FrozenNorm:
+        _FrozenNorm.calls.append(mode)
+        return super().train(False)
+
+
+def test_the_probe_pass_calls_a_modules_own_train_and_restores_every_flag() -> None:
+    from actrec.probe import eval_mode
+
+    plain = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.5), torch.nn.Sequential(torch.nn.ReLU()))
+    plain.train()
+    plain[1].eval()  # a mix of flags, each restored as it was
+    with eval_mode(plain):
+        assert not any(module.training for module in plain.modules())
+    assert [module.training for module in plain.modules()] == [True, True, False, True, True]
+
+    frozen = torch.nn.Sequential(torch.nn.Linear(3, 3), _FrozenNorm(3))
+    frozen.train()
+    _FrozenNorm.calls.clear()
+    with eval_mode(frozen):  # eval() itself, so the override runs
+        assert not any(module.training for module in frozen.modules())
+    assert _FrozenNorm.calls == [False]
+    assert [module.training for module in frozen.modules()] == [True, True, False]

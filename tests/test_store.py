@@ -406,7 +406,7 @@ def test_the_writer_child_waits_for_a_parent_slower_than_its_idle_tick(tmp_path:
     path = tmp_path / "activations.h5"
     _create(path, background=False).close()
     shared = os.memfd_create("rows")
-    os.ftruncate(shared, 8)
+    os.ftruncate(shared, 4096)  # room for the counters, the slot table and one 8-byte row
     child = subprocess.Popen(
         [sys.executable, "-m", "actrec.store._process"],
         stdin=subprocess.PIPE,
@@ -453,7 +453,7 @@ def test_the_writer_process_writes_blocks_when_full_or_after_the_flush_interval(
     path = tmp_path / "activations.h5"
     _create(path).close()
     fields, row = _packed_row(0)
-    writer = WriterProcess(path, fields, row.nbytes, slots=2, flush_every=4, flush_seconds=3.0)
+    writer = WriterProcess(path, fields, row.nbytes, slots=5, flush_every=4, flush_seconds=3.0)
     try:
         with StoreReader(path) as live:
             for step in range(3):
@@ -483,6 +483,31 @@ def test_the_writer_process_writes_blocks_when_full_or_after_the_flush_interval(
         assert store.global_steps().tolist() == [0, 1, 2, 3, 4, 5]
     with h5py.File(path, "r") as raw:
         assert raw["layers/net.conv1/activations"].fletcher32  # checksums kept in blocks
+
+
+def test_a_writer_process_holding_every_slot_writes_them_instead_of_waiting_for_a_full_block(tmp_path: Path) -> None:
+    # The child keeps rows in their shared slots until their block is on disk; with fewer slots than a block
+    # it writes once it holds them all, or training would wait forever for a slot.
+    path = tmp_path / "activations.h5"
+    _create(path).close()
+    fields, row = _packed_row(0)
+    writer = WriterProcess(path, fields, row.nbytes, slots=2, flush_every=4, flush_seconds=30.0)
+    try:
+        started = time.monotonic()
+        for step in range(5):
+            assert writer.submit(_packed_row(step)[1], step, 0, 0.0)
+        assert time.monotonic() - started < 20  # never waited for the 30 s flush interval
+        with StoreReader(path) as live:
+            assert live.num_steps >= 2
+            np.testing.assert_array_equal(live.global_steps(), np.arange(live.num_steps))
+    finally:
+        writer.close()
+    with StoreReader(path) as store:
+        assert store.global_steps().tolist() == [0, 1, 2, 3, 4]
+        np.testing.assert_array_equal(
+            store.activations("net.conv2", np.array([3]))[0], _record(3).activations["net.conv2"].astype(np.float16)
+        )
+    assert writer.waits >= 1
 
 
 @pytest.mark.parametrize("compression", ["lzf", "gzip"])
