@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -890,8 +891,10 @@ class ActivationRecorder(Callback):
         # A classifier's predictions marked right or wrong; any other task draws its outputs, never a fake class.
         classifier = shows_predictions(self._task)
         predictions = predicted_classes(logits) if classifier else None
-        if not classifier and self._live_output is None:  # decided once, from the first logged step's outputs
-            self._live_output = output_drawing(
+        if not classifier:
+            # Decided from this step's outputs; the range only grows over the run, as a layer's limit does,
+            # so outputs that grow later are not pinned to the colour scale's ends.
+            drawing = output_drawing(
                 self._task,
                 probes.images.float().numpy(),
                 logits.shape[-1],
@@ -899,6 +902,12 @@ class ActivationRecorder(Callback):
                 lambda rows: logits[None],
                 1,
             )
+            previous = self._live_output
+            if previous is not None and previous.mode == drawing.mode:
+                drawing = dataclasses.replace(
+                    drawing, low=min(previous.low, drawing.low), high=max(previous.high, drawing.high)
+                )
+            self._live_output = drawing
         labels = probes.labels.numpy()
         for name in self._built_engine.layouts:
             # The viewer's one colour-scale rule: bounded layers on their fixed range, others on a limit

@@ -478,6 +478,50 @@ def test_live_tensorboard_images_draw_the_outputs_not_a_fake_class(tmp_path: Pat
             assert not np.isin(rgb_to_indices(pixels), _MARKS).any()
 
 
+def test_live_tensorboard_images_widen_a_regressors_scale_as_its_outputs_grow(tmp_path: Path) -> None:
+    # The scale of drawn values only grows over the run, as a layer's limit does: decided from the first
+    # logged step alone, outputs that grow later would sit at the colour scale's ends for the rest of training.
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    from actrec.recording import OutputDrawing
+    from actrec.viewer import frame_title, live_frames
+
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(32, 5, generator=generator)
+    data = torch.utils.data.TensorDataset(features, 6 * features.sum(1))  # outputs grow from ~0 to ~±15
+    pl.seed_everything(0, verbose=False)
+    recorder = ActivationRecorder(
+        background_writes=False, log_images_every_n_steps=1, probe_batch=(features[:3], features[:3].sum(1))
+    )
+    logger = pl.loggers.TensorBoardLogger(str(tmp_path), name="logs")
+    trainer = _trainer(tmp_path, logger=logger, callbacks=[recorder], max_epochs=6)
+    trainer.fit(Regressor(), DataLoader(data, batch_size=8))
+    events = EventAccumulator(str(recorder.store_path.parent), size_guidance={IMAGES: 0})
+    events.Reload()
+    with StoreReader(recorder.store_path) as store:
+        steps = store.global_steps().tolist()
+        outputs = store.logits()
+        limits = np.maximum.accumulate(np.abs(outputs).reshape(len(steps), -1).max(axis=1))
+        assert limits[-1] > 3 * limits[0]  # the case under test: a first-step scale would pin later values
+        state = None
+        for row in (len(steps) // 2, len(steps) - 1):
+            drawing = OutputDrawing(OUTPUT_VALUES, (1,), -float(limits[row]), float(limits[row]))
+            expected, state = live_frames(
+                store.layer("net.1").scale_kind,
+                store.activations("net.1", np.array([row]))[0],
+                None,
+                title=frame_title("net.1", steps[row], int(store.steps()["epoch"][row])),
+                probe_images=store.probes.images,
+                labels=store.probes.labels if (store.probes.labels >= 0).any() else None,
+                output=drawing,
+                outputs=outputs[row],
+            )
+            (suffix, image), *_ = expected
+            logged = [e for e in events.Images(f"activations/net.1{suffix}") if e.step == steps[row]]
+            pixels = np.asarray(Image.open(io.BytesIO(logged[0].encoded_image_string)).convert("RGB"))
+            np.testing.assert_array_equal(pixels, image)
+
+
 def _store_without_output_shape(folder: Path, inputs: np.ndarray, outputs: np.ndarray, task: str, **extra: Any) -> Path:
     """A finished store of two rows whose writer gave no ``output_shape`` (as before the attribute existed)."""
     from actrec.store import LayerSpec, ProbeSet, StepRecord, StoreWriter
