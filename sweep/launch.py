@@ -8,14 +8,16 @@ only), prints a progress line, and never lets one trial's failure stop the other
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -115,7 +117,7 @@ def next_version(experiment_dir: Path, reserved: set[int]) -> int:
 
 def _start(spec: TrialSpec) -> subprocess.Popen:
     Path(spec.log).parent.mkdir(parents=True, exist_ok=True)
-    with open(spec.log, "ab") as log:
+    with open(spec.log, "ab") as log, _trials_hear_ctrl_c():
         log.write(f"$ {' '.join(spec.command)}\n".encode())
         log.flush()
         return subprocess.Popen(
@@ -128,6 +130,27 @@ def _start(spec: TrialSpec) -> subprocess.Popen:
             # Its own session: a Ctrl-C at the terminal reaches the driver only, which stops each trial once.
             start_new_session=True,
         )
+
+
+@contextlib.contextmanager
+def _trials_hear_ctrl_c() -> Iterator[None]:
+    """Start trials with SIGINT's default action even where the driver ignores it.
+
+    A driver started as a background job of a script (``actrec sweep ... &``) ignores SIGINT, and a trial would
+    inherit that: the driver's "stop as Ctrl-C would" then went unheard for the 30 s grace before the kill, and
+    the trial never recorded "interrupted". The trial is in a session of its own, so no terminal's Ctrl-C reaches
+    it; only the driver's own signal does.
+    """
+    ignored = (
+        threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    )
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_trial(spec: TrialSpec) -> int:

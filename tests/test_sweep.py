@@ -768,3 +768,29 @@ def test_a_two_node_ray_cluster_has_every_node_look_for_the_runs_folder(tmp_path
     finally:
         cluster.shutdown()
     assert not list(record.experiment_dir.glob(".shared-check-*"))  # the marker is removed either way
+
+
+_IGNORING_DRIVER = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a background job of a script (`actrec sweep ... &`) starts with
+from actrec.sweep.launch import LocalLauncher, TrialSpec
+
+trial = "import os, time; open(f'{os.getpid()}.ready', 'w').close(); time.sleep(120)"
+launcher = LocalLauncher(1)
+(process,) = launcher.start([TrialSpec(0, (sys.executable, "-c", trial), {}, "trial.log", os.getcwd())])
+while not os.path.exists(f"{process.pid}.ready"):
+    time.sleep(0.05)
+began = time.monotonic()
+launcher.stop([process])
+print(process.returncode, round(time.monotonic() - began, 1))
+"""
+
+
+def test_trials_of_a_driver_that_ignores_ctrl_c_still_stop_at_its_signal(tmp_path):
+    # Trials inherited the ignored SIGINT: the driver's "stop as Ctrl-C would" went unheard for the 30 s grace.
+    done = subprocess.run(
+        [sys.executable, "-c", _IGNORING_DRIVER], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True
+    )
+    code, seconds = done.stdout.split()
+    assert int(code) == -signal.SIGINT  # stopped by the SIGINT itself, not the kill after the grace
+    assert float(seconds) < 10
