@@ -322,3 +322,16 @@ def test_a_vector_layer_is_at_least_8_pixels_high_however_many_units() -> None:
     assert bottom - top >= 8
     sheet = layout.sheet(np.zeros((2, 3, 6000), np.float32), captions=["a", "b"], title="fc")
     assert sheet.shape[1] <= max(1600, layout.width)
+
+
+def test_the_input_rows_label_is_centred_on_the_pictures() -> None:
+    # The "input" label sits at the middle of the probe pictures (as frames have always drawn it); moved toward
+    # the top, every classifier's frame changed pixels without a test noticing.
+    layout = _layout(tile_size=64)
+    frame = layout.frame(exact_activations(step=0)["net.conv1"], title="t", predictions=predictions_at(0))
+    left, top, _, bottom = layout.input_box(0)
+    margin = frame[top:bottom, : left - 2]
+    inked = np.flatnonzero((margin != margin[0, 0]).any(axis=1))
+    assert inked.size
+    label_middle = (inked[0] + inked[-1]) / 2
+    assert abs(label_middle - (bottom - top - 1) / 2) <= 2

@@ -498,10 +498,10 @@ class FrameLayout:
                     body, grid_left + 1 + probe * self._pitch, label_top, self._class_name(label), "text"
                 )
         if self._input_row is not None and self._input_tiles is not None:
-            row_label(self._input_row.label, input_top, min(self._input_row.height, 2 * self._label_height))
+            row_label(self._input_row.label, input_top, self._input_row.label_height(self._label_height))
             self._place_row(body, input_top, grid_left, self._input_row, self._input_tiles)
         if self._output_row is not None:
-            row_label(self._output_row.label, output_top, min(self._output_row.height, 2 * self._label_height))
+            row_label(self._output_row.label, output_top, self._output_row.label_height(self._label_height))
         for channel in range(self.channels):
             row_label(
                 self._channel_row_label(channel),
@@ -771,6 +771,11 @@ class _ProbeRow:
     height: int
     width: int
     paint: Callable[[np.ndarray], np.ndarray]
+    picture: bool = False  # a row of pictures: its label is centred on their full height, as it always was
+
+    def label_height(self, line_height: int) -> int:
+        """The height the row's label is centred on: a picture's, else the first two lines' (tall text rows)."""
+        return self.height if self.picture else min(self.height, 2 * line_height)
 
 
 _MAX_STRIP_LINES = 16
@@ -782,7 +787,7 @@ _MAX_ID_LINES = 6
 def _picture_row(label: str, shape: Sequence[int], low: float, high: float, tile_size: int) -> _ProbeRow:
     """Pictures ``(C, H, W)`` or ``(H, W)`` per probe, on the brightness scale ``low .. high``."""
     height, width = tile_shape(shape[-2], shape[-1], tile_size)
-    return _ProbeRow(label, height, width, lambda images: picture_tiles(images, tile_size, low, high))
+    return _ProbeRow(label, height, width, lambda images: picture_tiles(images, tile_size, low, high), picture=True)
 
 
 def _strip_row(label: str, units: int, limit: float, tile_size: int, label_size: int, label_height: int) -> _ProbeRow:
