@@ -16,7 +16,7 @@ commands:
   tensorboard  open a run in TensorBoard's actrec tab: every layer on one step slider (--export: write images)
   runs         list runs: model, data, accuracy, store size, wall time, status (actrec runs --help)
   dynamics     per-layer change, CKA to first/final step, saturation, dead channels, settling steps
-  compare      one layer of several runs side by side (GIF), and their curves overlaid
+  compare      one layer of several runs side by side (animated), and their curves overlaid
   report       one self-contained HTML page: every layer on one step slider, curves, dynamics, probes
   sweep        many train runs over a grid, random draws or seeds, locally, on Ray or SLURM (actrec sweep --help)
   inspect      filters, feature maps, maximisation, shift, summary, hand-made filters (actrec inspect --help)

@@ -2,7 +2,7 @@
 
 Each run's panel is the viewer's own frame (:class:`~actrec.viewer.frames.FrameLayout`: header,
 probes, tiles, predictions) on its own colour scale; the panels are set side by side on one canvas
-of palette indices and streamed into the viewer's :class:`~actrec.viewer.writers.GifWriter`.
+of palette indices and streamed into the viewer's animation writer (APNG by default, as ``actrec render`` writes).
 """
 
 from __future__ import annotations
@@ -113,8 +113,10 @@ def compare_runs(
     max_frames: int = DEFAULT_MAX_FRAMES,
     batch_sizes: Mapping[int, int] | None = None,
     labels: Sequence[str] | None = None,
+    video_format: str = "apng",
 ) -> CompareResult:
-    """Write ``compare-<layer>.gif`` and ``compare-curves.png`` for two or more runs.
+    """Write ``compare-<layer>.png`` (an animated PNG; ``.gif``/``.mp4`` by ``video_format``) and
+    ``compare-curves.png`` for two or more runs.
 
     Args:
         runs: run folders, experiment folders or store files, in order (A, B, ...).
@@ -126,6 +128,7 @@ def compare_runs(
         max_frames: thin the shared timeline to at most this many frames.
         batch_sizes: per run index, a batch size overriding the run's config (for ``"samples"``).
         labels: each run's name in the panels and legends (default ``experiment/version_N``).
+        video_format: ``"apng"`` (the default, as ``actrec render`` writes), ``"gif"`` or ``"mp4"``.
 
     Raises:
         CompareError, StoreError, RunError, ViewerError: one sentence each.
@@ -138,6 +141,10 @@ def compare_runs(
         raise CompareError(f"max_frames must be positive, got {max_frames}.")
     check_tile_size(tile_size)
     writers.check_fps(fps)
+    if video_format not in writers.ANIMATION_SUFFIXES:
+        raise CompareError(
+            f"video_format must be one of {', '.join(writers.ANIMATION_SUFFIXES)}, got {video_format!r}."
+        )
     layers = parse_layers(layer_specs, len(runs))
     with contextlib.ExitStack() as stack:
         opened = []
@@ -152,9 +159,11 @@ def compare_runs(
         first_run = opened[0].recording.run_dir
         out = prepare_out_dir(Path(out_dir) if out_dir is not None else first_run / RENDERS_DIRNAME)
         name = safe_filename(layers[0] if len(set(layers)) == 1 else "-".join(layers))
-        animation = out / f"compare-{name}.gif"
+        if name == "curves" and video_format == "apng":  # compare-curves.png is the curves' file
+            name = "layer-curves"
+        animation = out / f"compare-{name}{writers.ANIMATION_SUFFIXES[video_format]}"
         with atomic_path(animation) as partial:
-            notes = _write_animation(opened, timeline, partial, fps)
+            notes = _write_animation(opened, timeline, partial, fps, video_format)
         curves = out / "compare-curves.png"
         with atomic_path(curves) as partial:
             writers.write_png(_curves(opened, align), partial)
@@ -204,7 +213,9 @@ def _plan_panels(runs: Sequence[_Panel], tile_size: int) -> None:
         )
 
 
-def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path, fps: float) -> list[str]:
+def _write_animation(
+    runs: Sequence[_Panel], timeline: np.ndarray, target: Path, fps: float, video_format: str
+) -> list[str]:
     """Write the side-by-side animation; returns a note per damaged row, whose frames are left out.
 
     Raises:
@@ -238,7 +249,7 @@ def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path,
             )
         )
     damaged: list[set[int]] = [set() for _ in runs]
-    with writers.GifWriter(target, fps=fps) as gif:
+    with writers.animation_writer(video_format, target, fps=fps, num_frames=len(timeline)) as animation:
         for start in range(0, len(timeline), _ROWS_PER_READ):
             block = slice(start, start + _ROWS_PER_READ)
             values = []
@@ -258,8 +269,8 @@ def _write_animation(runs: Sequence[_Panel], timeline: np.ndarray, target: Path,
                     outputs = None if shown else run.recording.outputs([row])[0]
                     title = _title(run, row)
                     panels.append(layout.frame(by_row[row], title=title, predictions=predictions, outputs=outputs))
-                gif.append(side_by_side(panels))
-        if gif.frames_written == 0:
+                animation.append(side_by_side(panels))
+        if animation.frames_written == 0:
             raise CompareError("every compared frame holds a damaged step (it failed its integrity check).")
     return [
         f"step {int(run.recording.timeline.global_steps[row])} of {run.label}'s layer {run.layer} is damaged "

@@ -18,8 +18,9 @@ def compare_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="actrec compare",
         description=(
-            "Animate one layer of several runs side by side (GIF), aligned by training step, epoch or samples "
-            "seen, and draw their loss, validation accuracy and the layer's dynamics overlaid (PNG)."
+            "Animate one layer of several runs side by side (an animated PNG, or GIF/MP4), aligned by training "
+            "step, epoch or samples seen, and draw their loss, validation accuracy and the layer's dynamics "
+            "overlaid (PNG)."
         ),
     )
     parser.add_argument("runs", nargs="*", metavar="RUN", help="two or more run folders, experiment folders or stores")
@@ -35,6 +36,13 @@ def compare_main(argv: Sequence[str]) -> int:
     parser.add_argument("--align", choices=ALIGNMENTS, default="step", help="shared timeline (default: step)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: the first run's renders/)")
     parser.add_argument("--fps", type=float, default=10.0, help="animation frames per second (default 10)")
+    parser.add_argument(
+        "--format",
+        choices=("apng", "gif", "mp4"),
+        default="apng",
+        help="animation format, as actrec render's: apng (an animated PNG browsers play; default), gif (for slides "
+        "and chat) or mp4",
+    )
     parser.add_argument("--tile-size", type=int, default=28, metavar="PX", help="pixels per map (default 28)")
     parser.add_argument(
         "--max-frames",
@@ -74,6 +82,7 @@ def compare_main(argv: Sequence[str]) -> int:
             tile_size=args.tile_size,
             max_frames=args.max_frames,
             labels=labels,
+            video_format=args.format,
         )
         for note in result.notes:  # what was left out is said even with --quiet, as render says it
             print(f"note: {note}", file=sys.stderr)

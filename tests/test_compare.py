@@ -88,12 +88,26 @@ def test_compare_by_step_animates_both_runs_each_at_its_latest_step(tmp_path: Pa
     assert Image.open(result.curves).size == (1120, 790)
 
 
+def test_compare_writes_an_animated_png_as_render_does_and_the_same_frames_as_gif(tmp_path: Path) -> None:
+    run_a = make_store(tmp_path / "a" / "version_0", range(0, 6)).parent
+    run_b = make_store(tmp_path / "b" / "version_0", [0, 4], run_id="b").parent
+    apng = compare_runs([run_a, run_b], ["net.conv1"], out_dir=tmp_path / "p", tile_size=8)
+    gif = compare_runs([run_a, run_b], ["net.conv1"], out_dir=tmp_path / "g", tile_size=8, video_format="gif")
+    assert (apng.animation.name, gif.animation.name) == ("compare-net.conv1.png", "compare-net.conv1.gif")
+    assert Image.open(apng.animation).format == "PNG"
+    assert Image.open(gif.animation).format == "GIF"
+    for from_png, from_gif in zip(_frames(apng.animation), _frames(gif.animation), strict=True):
+        np.testing.assert_array_equal(from_png, from_gif)
+    with pytest.raises(CompareError, match=r"^video_format must be one of apng, gif, mp4, got 'webp'\.$"):
+        compare_runs([run_a, run_b], ["net.conv1"], out_dir=tmp_path / "w", video_format="webp")
+
+
 def test_compare_different_layers_by_epoch_and_by_samples(tmp_path: Path) -> None:
     run_a = make_store(tmp_path / "a" / "version_0", range(0, 8)).parent  # 4 steps per epoch
     run_b = make_store(tmp_path / "b" / "version_0", range(0, 8), run_id="b").parent
     result = compare_runs([run_a, run_b], ["A=net.conv1", "B=net.conv2"], align="epoch", out_dir=tmp_path / "e")
     assert result.layers == ("net.conv1", "net.conv2")
-    assert result.animation.name == "compare-net.conv1-net.conv2.gif"
+    assert result.animation.name == "compare-net.conv1-net.conv2.png"
     assert len(_frames(result.animation)) == 2  # epochs 0 and 1
     for run, batch_size in ((run_a, 32), (run_b, 64)):
         (run / "config.yaml").write_text(f"data:\n  batch_size: {batch_size}\n")
@@ -208,4 +222,4 @@ def test_a_damaged_step_is_left_out_of_the_comparison_and_named(tmp_path: Path, 
     assert capsys.readouterr().err == (
         "note: step 2 of b's layer net.conv2 is damaged (it failed its integrity check); its frames were left out.\n"
     )
-    assert len(_frames(out / "compare-net.conv2.gif")) == 5  # steps 0 to 5 but 2
+    assert len(_frames(out / "compare-net.conv2.png")) == 5  # steps 0 to 5 but 2

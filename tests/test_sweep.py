@@ -577,14 +577,14 @@ def test_compare_sweep_draws_one_panel_per_trial_named_by_its_values(grid_sweep)
     assert result.returncode == 0, result.stderr
     assert "lr/version_0: trial 0, model.lr=0.01 seed_everything=0" in result.stdout
     assert "compared lr=0.01 seed=0 (version_0), lr=0.01 seed=1 (version_1)" in result.stdout
-    with Image.open(root / "cmp/compare-net.conv3.gif") as gif:
+    with Image.open(root / "cmp/compare-net.conv3.png") as gif:
         assert gif.n_frames == 4  # steps 0, 1, 2, 3
         width = gif.size[0]
     single = actrec(
         "compare", "runs/lr/version_0", "runs/lr/version_1", "--layer", "net.conv3", "--out", "two", cwd=root
     )
     assert single.returncode == 0, single.stderr
-    with Image.open(root / "two/compare-net.conv3.gif") as gif:
+    with Image.open(root / "two/compare-net.conv3.png") as gif:
         assert width > 1.8 * gif.size[0]  # four panels against two
 
 
