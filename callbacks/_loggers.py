@@ -80,11 +80,11 @@ def record_run_start(loggers: Sequence[Any], store_path: Path, config: dict[str,
 def record_run_end(loggers: Sequence[Any], store_path: Path, small_files: Sequence[Path]) -> None:
     """At fit end: the run's small files (``summary.json``) saved with every W&B or MLflow run, and the store
     referenced by path (a W&B artifact reference, never an upload)."""
+    files = [path for path in small_files if path.is_file()]
     for logger in loggers:
         kind = _kind(logger)
         if kind is None or _disabled(logger):
             continue
-        files = [path for path in small_files if path.is_file()]
         try:
             if kind == _WANDB:
                 _wandb_end(logger, store_path, files)

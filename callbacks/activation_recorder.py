@@ -658,7 +658,8 @@ class ActivationRecorder(Callback):
 
     def _probe_set(self) -> ProbeSet:
         probes = self._probes
-        assert probes is not None, "setup() selected the probes"
+        if probes is None:
+            raise RuntimeError("ActivationRecorder: setup() selects the probes")
         return ProbeSet(
             images=probes.images.float().numpy(),
             labels=probes.labels.numpy(),
@@ -886,8 +887,10 @@ class ActivationRecorder(Callback):
         if experiment is None or not hasattr(experiment, "add_image"):
             return
         probes = self._probes
-        assert probes is not None, "setup() selected the probes"
+        if probes is None:
+            raise RuntimeError("ActivationRecorder: setup() selects the probes")
         logits = views["logits"].numpy()
+        probe_images = probes.images.float().numpy()  # the same for every layer drawn
         # A classifier's predictions marked right or wrong; any other task draws its outputs, never a fake class.
         classifier = shows_predictions(self._task)
         predictions = predicted_classes(logits) if classifier else None
@@ -896,7 +899,7 @@ class ActivationRecorder(Callback):
             # so outputs that grow later are not pinned to the colour scale's ends.
             drawing = output_drawing(
                 self._task,
-                probes.images.float().numpy(),
+                probe_images,
                 logits.shape[-1],
                 self._built_engine.output_full_shape[1:],
                 lambda rows: logits[None],
@@ -917,7 +920,7 @@ class ActivationRecorder(Callback):
                 views[f"{name}/activations"].numpy(),
                 self._live_scales.get(name),
                 title=frame_title(name, step, epoch),
-                probe_images=probes.images.float().numpy(),
+                probe_images=probe_images,
                 labels=labels if (labels >= 0).any() else None,
                 predictions=predictions,
                 class_names=self._class_names,

@@ -130,7 +130,8 @@ class EventFile:
 
     def write(self, record: bytes) -> None:
         """Append one serialized event."""
-        assert self._file is not None, "write() after close()"
+        if self._file is None:
+            raise ValueError("write() after close().")
         header = struct.pack("<Q", len(record))
         self._file.write(
             header + struct.pack("<I", masked_crc32c(header)) + record + struct.pack("<I", masked_crc32c(record))

@@ -274,8 +274,10 @@ def _run_job(job: LayerJob, report: Callable[[int], Any], recording: Recording) 
         if writer.frames_written == 0:
             raise ViewerError(f"every chosen step of layer {job.layer!r} is damaged; nothing to draw.")
     sheet = job.out_dir / f"{stem}.sheet.png"
-    assert job.sheet_rows is not None, "render() always gives its jobs the contact sheet's rows"
-    sheet_rows = np.asarray([row for row in job.sheet_rows.tolist() if row not in set(damaged)], dtype=np.int64)
+    if job.sheet_rows is None:
+        raise RuntimeError("render() gives its jobs the contact sheet's rows")
+    left_out = set(damaged)
+    sheet_rows = np.asarray([row for row in job.sheet_rows.tolist() if row not in left_out], dtype=np.int64)
     if sheet_rows.size:
         with atomic_path(sheet) as partial:
             # The fast deflate of the animations: ~5x faster than Pillow's level 6, for ~0.2 MB more per render.
@@ -335,8 +337,10 @@ def _export_layer(
         add_frames(writer, job.rows, TB_TAG, damaged)
         # At most 10 steps under a second tag: TensorBoard's default keeps 10 images per tag, so a
         # plain `tensorboard --logdir runs` shows all of these, step 0 included.
-        assert job.sheet_rows is not None, "export_tensorboard() always gives its jobs the overview's rows"
-        overview = np.asarray([row for row in job.sheet_rows.tolist() if row not in set(damaged)], dtype=np.int64)
+        if job.sheet_rows is None:
+            raise RuntimeError("export_tensorboard() gives its jobs the overview's rows")
+        left_out = set(damaged)
+        overview = np.asarray([row for row in job.sheet_rows.tolist() if row not in left_out], dtype=np.int64)
         if overview.size:
             add_frames(writer, overview, TB_OVERVIEW_TAG, None)
     return job.out_dir

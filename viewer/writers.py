@@ -151,9 +151,9 @@ def _check_frame(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
-def _changed_box(frame: np.ndarray, previous: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray] | None:
-    """``(left, top, changed, unchanged)`` of the smallest box holding every changed pixel, with the box's
-    masks of changed and unchanged pixels; ``None`` when nothing changed."""
+def _changed_box(frame: np.ndarray, previous: np.ndarray) -> tuple[int, int, np.ndarray] | None:
+    """``(left, top, unchanged)`` of the smallest box holding every changed pixel, with the box's mask of
+    unchanged pixels; ``None`` when nothing changed."""
     unchanged = np.equal(frame, previous)
     rows = np.flatnonzero(~unchanged.all(axis=1))
     if not rows.size:
@@ -161,7 +161,7 @@ def _changed_box(frame: np.ndarray, previous: np.ndarray) -> tuple[int, int, np.
     cols = np.flatnonzero(~unchanged[rows[0] : rows[-1] + 1].all(axis=0))
     top, left = int(rows[0]), int(cols[0])
     box = unchanged[top : rows[-1] + 1, left : cols[-1] + 1]
-    return left, top, ~box, box
+    return left, top, box
 
 
 class GifWriter(_BackgroundWriter):
@@ -198,11 +198,11 @@ class GifWriter(_BackgroundWriter):
         else:
             changed = _changed_box(frame, self._previous)
             if changed is not None:
-                left, top, mask, _ = changed
-                box = frame[top : top + mask.shape[0], left : left + mask.shape[1]]
+                left, top, unchanged = changed
+                box = frame[top : top + unchanged.shape[0], left : left + unchanged.shape[1]]
                 # Unchanged pixels inside the changed box become the transparent index, showing the
                 # previous frame through. Long runs of one index cost LZW a few codes.
-                patch = np.where(mask, box, np.uint8(colors.TRANSPARENT_INDEX))
+                patch = np.where(unchanged, np.uint8(colors.TRANSPARENT_INDEX), box)
             else:  # an identical frame still takes its time slot, so frame counts match steps
                 left, top, patch = 0, 0, frame[:1, :1]
         image = Image.fromarray(np.ascontiguousarray(patch), "P")
@@ -305,7 +305,7 @@ def _apng_frame(frame: np.ndarray, previous: np.ndarray | None, sequence: int | 
     if changed is None:  # an identical frame still takes its time slot, so frame counts match steps
         patch = np.full((1, 1), colors.TRANSPARENT_INDEX, np.uint8)
         return 1, 1, 0, 0, _APNG_BLEND_OVER, _data_chunk(_deflate_rows(patch), sequence)
-    left, top, _, unchanged = changed
+    left, top, unchanged = changed
     box = frame[top : top + unchanged.shape[0], left : left + unchanged.shape[1]]
     # Unchanged pixels become the transparent index (255, all bits set): OR-ing in the mask as 0 or 255
     # costs one pass where np.where costs three.
