@@ -651,5 +651,8 @@ def test_compare_draws_each_run_s_outputs(autoencoder_run: Path, tmp_path: Path)
     for frame, stored in zip(frames, outputs, strict=True):
         expected = picture_tiles(stored.reshape(3, 1, 6, 6), TILE, low, high)
         windows = np.lib.stride_tricks.sliding_window_view(frame, expected[2].shape)
-        assert (windows == expected[2]).all(axis=(-2, -1)).sum() == 2  # the same output in both runs' panels
+        # The same output in both runs' panels: twice per probe drawing exactly this tile (an untrained decoder
+        # can draw every probe alike, and then all of them match).
+        alike = sum(np.array_equal(tile, expected[2]) for tile in expected)
+        assert (windows == expected[2]).all(axis=(-2, -1)).sum() == 2 * alike
         assert not np.isin(frame, _MARKS).any()
