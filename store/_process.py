@@ -5,11 +5,11 @@ the training thread, and HDF5 does not recover from a failed write (a full disk 
 close the file, and it can crash the process at exit). In a child process neither reaches training.
 
 The parent (:class:`WriterProcess`) copies each packed row into the next slot of a ring in a shared-memory file
-and raises a counter there (no message, no system call); the child looks for new rows every 20 ms, appends the
-rows it holds, straight from their slots, with :meth:`StoreWriter.append_block` as one block every
-``flush_every`` rows (or once it holds every slot), and whenever a second has passed with rows waiting, flushing
-each block, then raises its own counter to give the block's slots back. Scalars, flushes, closing and errors
-still go as JSON lines through the child's pipes.
+and raises a counter there (no message, no system call); the child looks for new rows every 20 ms and appends the
+rows it holds, straight from their slots, with :meth:`StoreWriter.append_block`: as one block every
+``flush_every`` rows (or once it holds every slot), and once a row has waited a second (in whole chunks where it
+can: :func:`~actrec.store.writer.rows_due`). It flushes each block, then raises its own counter to give the
+block's slots back. Scalars, flushes, closing and errors still go as JSON lines through the child's pipes.
 When the parent dies, the child sees its input end, writes what it received, closes the file and exits.
 """
 
@@ -400,7 +400,7 @@ def _reply(message: dict[str, Any]) -> None:
 
 
 def _child_main() -> None:
-    from actrec.store.writer import StoreWriter
+    from actrec.store.writer import StoreWriter, rows_due
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd = sys.stdin.fileno()
@@ -422,16 +422,15 @@ def _child_main() -> None:
     fields = [(key, np.dtype(dtype), tuple(shape), offset) for key, dtype, shape, offset in setup["fields"]]
     block = _Block(shared.rows, max(int(setup["flush_every"]), 1), fields)
     _reply({"ready": 1, "last_global_step": writer.last_global_step})
-    last_flush = time.monotonic()
     taken = written = 0
     clean = True
     tick[0] = _POLL_SECONDS
 
-    def write_block() -> None:
-        nonlocal last_flush, written
-        written += len(block.write_to(writer))
+    def write_block(count: int | None = None) -> None:
+        """Write the first ``count`` held rows (all by default), flush, and give their slots back."""
+        nonlocal written
+        written += len(block.write_to(writer, count))
         writer._flush_now()
-        last_flush = time.monotonic()
         shared.counters[1] = written  # on disk: the parent may refill these slots
 
     def take_rows() -> None:
@@ -440,12 +439,20 @@ def _child_main() -> None:
         while taken < handed:
             slot = taken % slots
             step, epoch = (int(value) for value in shared.steps[slot])
-            block.add(slot, step, epoch, float(shared.walls[slot]))
+            block.add(slot, step, epoch, float(shared.walls[slot]), time.monotonic())
             taken += 1
             if block.full:
                 write_block()
-        if block.count and time.monotonic() - last_flush >= setup["flush_seconds"]:
-            write_block()
+        due = rows_due(
+            block.arrivals,
+            writer.rows,
+            time.monotonic(),
+            block=block.capacity,
+            chunk=writer.chunk_rows,
+            wait=setup["flush_seconds"],
+        )
+        if due:
+            write_block(due)
 
     try:
         for line in lines:
@@ -497,6 +504,7 @@ class _Block:
         self.steps: list[int] = []
         self.epochs: list[int] = []
         self.walls: list[float] = []
+        self.arrivals: list[float] = []
 
     @property
     def count(self) -> int:
@@ -506,25 +514,28 @@ class _Block:
     def full(self) -> bool:
         return len(self.slots) >= self.capacity
 
-    def add(self, slot: int, step: int, epoch: int, wall: float) -> None:
+    def add(self, slot: int, step: int, epoch: int, wall: float, arrival: float) -> None:
         self.slots.append(slot)
         self.steps.append(step)
         self.epochs.append(epoch)
         self.walls.append(wall)
+        self.arrivals.append(arrival)
 
-    def write_to(self, writer: Any) -> list[int]:
-        """Append the held rows to ``writer`` (a :class:`StoreWriter`) as one block; return the slots now free."""
-        if not self.slots:
+    def write_to(self, writer: Any, count: int | None = None) -> list[int]:
+        """Append the first ``count`` held rows (all by default) to ``writer`` (a :class:`StoreWriter`) as one block;
+        return the slots now free."""
+        count = len(self.slots) if count is None else min(count, len(self.slots))
+        if not count:
             return []
-        held = np.asarray(self.slots)
-        count = len(held)
+        held = np.asarray(self.slots[:count])
         values = {
             key: self.memory[held, start:stop].view(dtype).reshape((count, *shape))
             for key, dtype, shape, start, stop in self.fields
         }
-        writer.append_block(values, self.steps, self.epochs, self.walls)
-        freed = self.slots
-        self.slots, self.steps, self.epochs, self.walls = [], [], [], []
+        writer.append_block(values, self.steps[:count], self.epochs[:count], self.walls[:count])
+        freed = self.slots[:count]
+        for held_list in (self.slots, self.steps, self.epochs, self.walls, self.arrivals):
+            del held_list[:count]
         return freed
 
 

@@ -14,7 +14,7 @@ A store is one HDF5 file per run (``activations.h5``)::
     /steps/batch_acc    (N,)            float32, training batch accuracy at that step (NaN when unknown)
     /steps/wall_time    (N,)            float64, seconds since the Unix epoch
     /steps/logits       (N, P, K)       float32, the probes' logits (the model's output, flattened per probe)
-    /layers/<name>/activations (N, P, *sample_shape)  float16 (or float32), one chunk per step
+    /layers/<name>/activations (N, P, *sample_shape)  float16 (or float32), chunks of 1-8 rows (chunk_rows)
     /layers/<name>/abs_max     (N,)     float32, max |finite activation| of the row, for colour scales
     /layers/<name>/nonfinite   (N,)     int64, how many NaN/inf values the row holds (v2; stored as they are)
     /layers/<name>/params/<param> (N, ...) float32, the layer's weights and biases (optional)
@@ -81,6 +81,11 @@ SCALAR_NAMES: tuple[str, ...] = ("val/loss", "val/acc")
 
 
 COMPRESSIONS: tuple[str, ...] = ("none", "lzf", "gzip")
+CHUNK_BYTES = 512 * 1024
+"""Bytes (before compression) an activation or weight chunk holds at most, unless one row is larger."""
+MAX_CHUNK_ROWS = 8
+"""Rows a chunk holds at most: the writer's block (16 rows) fills whole chunks, and a damaged chunk costs at
+most this many rows."""
 DTYPES: tuple[str, ...] = ("float16", "float32")
 
 
@@ -105,6 +110,23 @@ def check_compression(compression: str) -> str:
     if compression not in COMPRESSIONS:
         raise StoreError(f"compression must be 'none', 'lzf' or 'gzip', got {compression!r}.")
     return compression
+
+
+def chunk_rows(row_bytes: int) -> int:
+    """Rows per chunk of a per-step dataset whose rows are ``row_bytes`` long: the largest power of two up to
+    :data:`MAX_CHUNK_ROWS` whose chunk stays within :data:`CHUNK_BYTES` (1 for rows larger than that).
+
+    Several rows a chunk because gzip then sees the same pixels at neighbouring steps: the quickstart's
+    activations take 0.86x the bytes of one-row chunks (41.5 against 48.1 MB), its weights 0.85x, and HDF5
+    pays its per-chunk costs (index entry, filter call, checksum) once for several rows. A power of two
+    divides the writer's 16-row blocks, so a block fills whole chunks; 512 KiB keeps one chunk well inside
+    h5py's 1 MiB chunk cache, so reading frame after frame decompresses each chunk once. At most 8 rows,
+    because a damaged chunk costs all its rows (16 would save only 1% more).
+    """
+    rows = MAX_CHUNK_ROWS
+    while rows > 1 and rows * row_bytes > CHUNK_BYTES:
+        rows //= 2
+    return rows
 
 
 def check_dtype(dtype: str) -> str:

@@ -50,11 +50,14 @@ def _record(step: int) -> StepRecord:
     )
 
 
-def _write_store(path: Path) -> Path:
-    """A complete store of NUM_STEPS rows; format v2 puts every chunk under a Fletcher-32 checksum."""
+def _write_store(path: Path, rows_per_chunk: int | None = 1) -> Path:
+    """A complete store of NUM_STEPS rows; format v2 puts every chunk under a Fletcher-32 checksum.
+
+    One step a chunk by default, so a test can damage exactly one step (stores made with the default chunking,
+    several steps a chunk, lose a whole chunk's steps: ``test_a_damaged_chunk_of_several_steps_...``)."""
     probes = ProbeSet(np.zeros((3, 1, 8, 8), np.float32), np.arange(3), np.arange(3), ["a", "b", "c"])
     options = {"run_id": "run-a", "config": {"lr": 0.1}, "probes": probes, "layers": LAYERS, "num_classes": 3}
-    with StoreWriter.create(path, background=False, **options) as writer:
+    with StoreWriter.create(path, background=False, rows_per_chunk=rows_per_chunk, **options) as writer:
         for step in range(NUM_STEPS):
             writer.append(_record(step))
         writer.append_scalar("val/loss", 55, 0.25)
@@ -193,6 +196,28 @@ def test_damaged_chunk_is_reported_per_row_and_the_rest_reads(tmp_path: Path, pr
             np.testing.assert_array_equal(reader.logits(), clean.logits())
         with pytest.raises(DamagedDataError, match=rf"^step {row * 5} of layer net.conv1"):
             reader.activations("net.conv1", slice(row, row + 1))
+
+
+def test_a_damaged_chunk_of_several_steps_costs_those_steps_and_the_rest_reads(tmp_path: Path, pristine: Path) -> None:
+    store = _write_store(tmp_path / "activations.h5", rows_per_chunk=None)  # chunked as the recorder's stores are
+    with h5py.File(store, "r") as file:
+        rows = file["layers/net.conv1/activations"].chunks[0]
+    assert rows == 8  # 3 probes x 4 x 8 x 8 float16: 8 steps a chunk, the most chunk_rows gives
+    _damage(store, _chunk_offset(store, "layers/net.conv1/activations", 8) + 100)  # rows 8-11
+    with StoreReader(store) as reader, StoreReader(pristine) as clean:
+        with pytest.raises(DamagedDataError, match=r"^step 40 of layer net.conv1 is damaged \(checksum mismatch\)$"):
+            reader.activations("net.conv1")
+        for row in range(8, NUM_STEPS):
+            with pytest.raises(DamagedDataError, match=rf"^step {row * 5} of layer net.conv1"):
+                reader.activations("net.conv1", slice(row, row + 1))
+        np.testing.assert_array_equal(reader.activations("net.conv1", slice(0, 8)), clean.activations("net.conv1")[:8])
+        np.testing.assert_array_equal(reader.activations("net.conv2"), clean.activations("net.conv2"))
+    from actrec.recording import Recording
+
+    with Recording.open(store) as recording:
+        read = recording.layer("net.conv1").read(np.arange(NUM_STEPS))
+    assert read.rows.tolist() == list(range(8))
+    assert read.damaged == [8, 9, 10, 11]
 
 
 def test_damaged_step_column_is_reported_by_row(tmp_path: Path, pristine: Path) -> None:
@@ -995,11 +1020,12 @@ def test_inspect_filters_over_a_damaged_weights_chunk_writes_nothing(
         )
         layer = last.split("/")[1]
         steps = file["steps/global_step"][()]
-    _damage(store, _chunk_offset(store, last, 2) + 16)
+        first = 2 // file[last].chunks[0] * file[last].chunks[0]  # the first step of row 2's chunk
+    _damage(store, _chunk_offset(store, last, first) + 16)
     before = _fingerprint(tmp_path)
     assert main(["inspect", "filters", str(run)]) == 1
     assert capsys.readouterr().err == (
-        f"actrec inspect filters: step {steps[2]} of layer {layer} is damaged (checksum mismatch)\n"
+        f"actrec inspect filters: step {steps[first]} of layer {layer} is damaged (checksum mismatch)\n"
     )
     assert _fingerprint(tmp_path) == before
     assert sorted(path.name for path in run.iterdir()) == sorted(path.name for path in trained_run.iterdir())

@@ -104,7 +104,51 @@ def test_round_trip(tmp_path: Path, background: bool) -> None:
         assert raw.attrs["format"] == FORMAT_NAME
         assert json.loads(raw.attrs["config"]) == {"lr": 0.1}
         assert raw["layers/net.conv1/activations"].shape == (5, 3, 2, 4, 4)
-        assert raw["layers/net.conv1/activations"].chunks == (1, 3, 2, 4, 4)
+        # Several steps a chunk (8 here: rows of 192 bytes), the most the writer's 16-row blocks fill whole.
+        assert raw["layers/net.conv1/activations"].chunks == (8, 3, 2, 4, 4)
+
+
+def test_rows_due_writes_whole_blocks_then_whole_chunks_then_the_rest_after_the_wait() -> None:
+    from actrec.store.writer import rows_due
+
+    due = lambda arrivals, written=0, now=10.0: rows_due(arrivals, written, now, block=16, chunk=8, wait=1.0)  # noqa: E731
+    assert due([]) == 0
+    assert due([9.5] * 15) == 0  # the oldest has waited half a second: keep holding
+    assert due([9.5] * 16) == 16  # a full block goes at once
+    assert due([8.9] * 5) == 5  # waited long enough and no whole chunk: all of them, a chunk partly filled
+    assert due([8.9] * 8 + [9.9] * 4) == 8  # one whole chunk; the rest came just now and waits for its chunk
+    assert due([8.9] * 9 + [9.9] * 3) == 12  # the ninth has waited too: a chunk partly filled after all
+    assert due([8.9] * 12) == 12  # the rest has waited as long: everything
+    assert due([8.9] * 3 + [9.9] * 4, written=5) == 3  # rows 5-7 complete the chunk the last block left open
+    assert due([8.9] * 3, written=5) == 3  # an open chunk: completing it takes all three held rows
+
+
+def test_a_store_written_slower_than_a_chunk_a_second_is_compacted_when_closed(tmp_path: Path) -> None:
+    # Every row flushed on its own (rows slower than the flush interval): each compressed chunk is written
+    # again with each of its rows, and under SWMR HDF5 never reuses the space the earlier versions held.
+    layers = [LayerSpec("wide", (64, 32, 32), "Conv2d", "symmetric")]  # 3 x 64 KiB rows: 2 steps a chunk
+    rng = np.random.default_rng(0)
+    rows = [rng.normal(size=(3, 64, 32, 32)).astype(np.float16) for _ in range(24)]
+    path = tmp_path / "activations.h5"
+    with _create(path, layers=layers, compression="gzip", background=False, rows_per_chunk=8) as writer:
+        writer.flush_seconds = 0.0  # every row is written and flushed as it comes
+        for step, values in enumerate(rows):
+            writer.append(StepRecord(step, 0, 1.0, 0.5, np.zeros((3, 3), np.float32), {"wide": values}, wall_time=0.0))
+        assert writer.rewritten_chunks == 21  # 24 rows, 3 chunks, each started anew 7 times
+    with h5py.File(path, "r") as file:
+        data = sum(file[key].id.get_storage_size() for key in ("layers/wide/activations",))
+        assert file["layers/wide/activations"].chunks[0] == 8
+    # Without compacting, the file holds every earlier version of every chunk (about 4.5x the data).
+    assert path.stat().st_size < data * 1.1 + (1 << 20)
+    with StoreReader(path) as reader:
+        np.testing.assert_array_equal(reader.activations("wide"), np.stack(rows))
+        assert reader.num_steps == 24
+
+
+def test_rows_per_chunk_must_be_a_positive_whole_number(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"^rows_per_chunk must be a positive whole number, got 0\.$"):
+        _create(tmp_path / "activations.h5", rows_per_chunk=0)
+    assert not (tmp_path / "activations.h5").exists()
 
 
 def test_a_folder_holding_a_store_resolves_to_it(tmp_path: Path) -> None:

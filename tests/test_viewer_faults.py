@@ -205,6 +205,7 @@ def test_a_damaged_step_is_left_out_in_one_sentence_and_the_rest_renders(
         num_classes=3,
         background=False,
         compression="lzf",
+        rows_per_chunk=1,  # one step a chunk: the damage below costs step 2 alone
     ) as writer:
         for step in range(6):
             writer.append(record(step))

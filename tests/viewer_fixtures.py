@@ -72,10 +72,13 @@ def make_store(
     run_id: str = "viewer-test",
     record_fn: Callable[[int], StepRecord] = record,
     task: str | None = None,
+    rows_per_chunk: int | None = 1,
 ) -> Path:
     """Write a finished store with one row per step into ``folder``; returns the store file.
 
     ``task`` is stored as the file's ``task`` attribute (``None``: none, as stores written before it existed).
+    One step a chunk by default, so tests can damage a single step; ``rows_per_chunk=None`` chunks as the
+    recorder's stores do (several steps a chunk).
     """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "activations.h5"
@@ -88,6 +91,7 @@ def make_store(
         num_classes=3,
         background=False,
         task=task,
+        rows_per_chunk=rows_per_chunk,
     )
     with writer:
         for step in steps:
