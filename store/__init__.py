@@ -19,6 +19,7 @@ from actrec.store._schema import (
     StoreError,
     check_compression,
     check_dtype,
+    chunk_rows,
     column_key,
 )
 from actrec.store._types import LayerInfo, LayerSpec, ProbeSet, StepRecord
@@ -52,6 +53,7 @@ __all__ = [
     "WriterProcess",
     "check_compression",
     "check_dtype",
+    "chunk_rows",
     "column_key",
     "check_new_path",
     "check_writable",
