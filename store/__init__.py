@@ -1,6 +1,7 @@
 """The activation store: the one module that reads and writes actrec's HDF5 files."""
 
-from actrec.store._process import WriterChild, WriterProcess
+from typing import TYPE_CHECKING, Any
+
 from actrec.store._schema import (
     COMPRESSIONS,
     FIXED_SCALES,
@@ -25,6 +26,9 @@ from actrec.store._schema import (
 from actrec.store._types import LayerInfo, LayerSpec, ProbeSet, StepRecord
 from actrec.store.reader import STORE_FILENAME, StoreReader, resolve_store_path
 from actrec.store.writer import StoreWriter, check_new_path, check_writable
+
+if TYPE_CHECKING:
+    from actrec.store._process import WriterChild, WriterProcess
 
 __all__ = [
     "COMPRESSIONS",
@@ -59,3 +63,13 @@ __all__ = [
     "check_writable",
     "resolve_store_path",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The writer process's side (subprocess, mmap, select) is imported when training asks for it, not by every
+    # command that only reads a store (PEP 562): ~15 ms of `actrec render`'s start-up.
+    if name in ("WriterChild", "WriterProcess"):
+        from actrec.store import _process
+
+        return getattr(_process, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
