@@ -281,6 +281,7 @@ class FrameLayout:
         self._static_frame[self._header_height :, : self._body_with_labels.shape[1]] = self._body_with_labels
         self._gather_rows, self._gather_cols = self._gather_map()
         self._float16_table: np.ndarray | None = None
+        self._table: np.ndarray | None = None
         self._prediction_stamps: dict[tuple[int, bool | None], np.ndarray] = {}
 
     # -- geometry --------------------------------------------------------------------------------
@@ -543,16 +544,23 @@ class FrameLayout:
         cols = np.where(col_valid, probe * self._map_width + source_x, self.num_probes * self._map_width)
         return rows.astype(np.intp), cols.astype(np.intp)
 
-    def _tile_table(self, indices: np.ndarray) -> np.ndarray:
-        """``(C * map_h + 1, P * map_w + 1)`` palette indices: channels down, probes across, gutter last."""
-        table = np.full(
-            (self.channels * self._map_height + 1, self.num_probes * self._map_width + 1), colors.GUTTER_INDEX, np.uint8
+    def _tile_table(self, activations: np.ndarray) -> np.ndarray:
+        """``(C * map_h + 1, P * map_w + 1)`` palette indices of ``activations``: channels down, probes across,
+        gutter last.
+
+        One array per layout, refilled each call: the caller gathers it into its frame before the next call.
+        """
+        if self._table is None:
+            self._table = np.full(
+                (self.channels * self._map_height + 1, self.num_probes * self._map_width + 1),
+                colors.GUTTER_INDEX,
+                np.uint8,
+            )
+        maps = activations.reshape(self.num_probes, self.channels, self._map_height, self._map_width)
+        self._table[:-1, :-1].reshape(self.channels, self._map_height, self.num_probes, self._map_width)[...] = (
+            self._quantise(maps.transpose(1, 2, 0, 3))
         )
-        maps = indices.reshape(self.num_probes, self.channels, self._map_height, self._map_width)
-        table[:-1, :-1].reshape(self.channels, self._map_height, self.num_probes, self._map_width)[...] = (
-            maps.transpose(1, 2, 0, 3)
-        )
-        return table
+        return self._table
 
     def _quantise(self, activations: np.ndarray) -> np.ndarray:
         """Palette indices of ``activations``: float16 (what stores hold) through a table of all 65,536 values.
@@ -566,7 +574,8 @@ class FrameLayout:
             every_value = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
             with np.errstate(invalid="ignore", over="ignore"):  # NaN and infinities among them: non-finite colour
                 self._float16_table = self.colour_scale.indices(every_value)
-        return self._float16_table[np.ascontiguousarray(activations).view(np.uint16)]
+        # take, not indexing: twice as fast for a table lookup. A float16 array is its bits read as uint16.
+        return self._float16_table.take(activations.view(np.uint16))
 
     # -- per-step pixels -------------------------------------------------------------------------
 
@@ -609,7 +618,7 @@ class FrameLayout:
                 raise ValueError(f"outputs have shape {outputs.shape}, expected ({self.num_probes}, K).")
             tiles = self._output_row.paint(self.output.drawn(outputs))
             self._place_row(canvas, top + output_top, grid_left, self._output_row, tiles)
-        table = self._tile_table(self._quantise(activations))
+        table = self._tile_table(activations)
         grid = canvas[top + grid_top : top + grid_top + self._grid_height, grid_left : grid_left + self._grid_width]
         # Columns first on the small table, then whole rows: copying rows is far cheaper than a per-pixel gather.
         grid[...] = np.take(np.take(table, self._gather_cols, axis=1), self._gather_rows, axis=0)
