@@ -15,6 +15,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
@@ -60,6 +61,7 @@ def _as_indices(frame: np.ndarray) -> np.ndarray:
 
 
 _Writer = TypeVar("_Writer", bound="_BackgroundWriter")
+_Result = TypeVar("_Result")
 
 
 class _BackgroundWriter:
@@ -343,6 +345,12 @@ def _encoders() -> ThreadPoolExecutor:
                 cpus = os.cpu_count() or 1
             _encoder_pool = ThreadPoolExecutor(max(1, cpus), thread_name_prefix="apng-encoder")
         return _encoder_pool
+
+
+def run_on_encoders(function: Callable[..., _Result], *args: Any) -> Future[_Result]:
+    """Run ``function(*args)`` on the process's encoder threads (those of :class:`ApngWriter`), for work that
+    mostly releases the GIL, as deflate does: it runs beside the frames being encoded."""
+    return _encoders().submit(function, *args)
 
 
 class ApngWriter:
