@@ -280,7 +280,8 @@ def _run_job(
             job.video_format, partial, fps=job.fps, num_frames=len(job.rows), still=still
         ) as writer,
     ):
-        for _, frame in layer_frames(recording, job.plan, layout, job.rows, damaged):
+        # One array redrawn at every step: the writers copy each frame they are given.
+        for _, frame in layer_frames(recording, job.plan, layout, job.rows, damaged, reuse=True):
             writer.append(frame)
             report(1)
         if writer.frames_written == 0:

@@ -282,6 +282,7 @@ class FrameLayout:
         self._gather_rows, self._gather_cols = self._gather_map()
         self._float16_table: np.ndarray | None = None
         self._table: np.ndarray | None = None
+        self._regions: list[tuple[int, int, int, int]] | None = None
         self._prediction_stamps: dict[tuple[int, bool | None], np.ndarray] = {}
 
     # -- geometry --------------------------------------------------------------------------------
@@ -666,6 +667,7 @@ class FrameLayout:
         title: str,
         predictions: np.ndarray | None = None,
         outputs: np.ndarray | None = None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Draw one frame.
 
@@ -675,18 +677,44 @@ class FrameLayout:
             predictions: ``(P,)`` predicted class of each probe at that step, or ``None``.
             outputs: ``(P, K)`` the probes' stored outputs at that step, drawn in the output row (when the
                 layout has one); ``None`` leaves the row blank.
+            out: a frame this layout drew, to draw this one into instead of a new array: only what differs
+                between steps (title, tiles, outputs, predictions) is redrawn, which spares copying the whole
+                frame. ``None``: a new array.
 
         Returns:
-            A new ``(height, width)`` uint8 array of palette indices (see :mod:`.colors`).
+            A new ``(height, width)`` uint8 array of palette indices (see :mod:`.colors`), or ``out``.
 
         Raises:
-            ValueError: ``activations`` or ``predictions`` do not match the layout.
+            ValueError: ``activations`` or ``predictions`` do not match the layout, or ``out`` is not a frame of it.
         """
-        canvas = self._static_frame.copy()
+        if out is None:
+            canvas = self._static_frame.copy()
+        else:
+            if out.shape != self._static_frame.shape or out.dtype != np.uint8:
+                raise ValueError(f"out is a {out.dtype} {out.shape} array, not a frame of this layout.")
+            canvas = out
+            if self._regions is None:
+                self._regions = self._step_regions()
+            for top, bottom, left, right in self._regions:  # back to the static pixels, then redrawn
+                canvas[top:bottom, left:right] = self._static_frame[top:bottom, left:right]
         self._draw_body(canvas, self._header_height, True, activations, predictions, outputs)
         left, top, right, _ = self.title_box
         _text.draw_text(canvas, left, top, _text.fit_text(title, self._title_size, right - left), size=self._title_size)
         return canvas
+
+    def _step_regions(self) -> list[tuple[int, int, int, int]]:
+        """``(top, bottom, left, right)`` of what a frame draws over the static pixels besides the tile grid (which
+        it covers whole): the title, the output row and the predictions row, each across the frame."""
+        _, _, output_top, _, predictions_top = self._rows_top()
+        left, top, right, _ = self.title_box
+        regions = [(top, top + self._title_height, left, right)]
+        if self._output_row is not None:
+            start = self._header_height + output_top
+            regions.append((start, start + self._output_row.height, 0, self.width))
+        if self.show_predictions:
+            start = self._header_height + predictions_top
+            regions.append((start, start + self._label_height + 2, 0, self.width))
+        return regions
 
     def sheet(
         self,
