@@ -44,9 +44,9 @@ def _dispatch(argv: list[str] | None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "--version":
-        from importlib.metadata import version
+        from actrec import __version__
 
-        print(f"actrec {version('actrec')}")
+        print(f"actrec {__version__}")
         return 0
     if command == "train":
         if "-h" in rest or "--help" in rest:  # before importing Lightning: help prints at once

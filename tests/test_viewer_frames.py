@@ -335,3 +335,44 @@ def test_the_input_rows_label_is_centred_on_the_pictures() -> None:
     assert inked.size
     label_middle = (inked[0] + inked[-1]) / 2
     assert abs(label_middle - (bottom - top - 1) / 2) <= 2
+
+
+@pytest.mark.parametrize("output_mode", [None, "image", "values"])
+def test_a_frame_drawn_into_the_last_one_equals_a_new_frame(output_mode: str | None) -> None:
+    # The animations redraw one array at every step (only the title, tiles, outputs and predictions): whatever the
+    # step before drew there, including predictions or outputs this step lacks, must not show through.
+    from actrec.recording import OUTPUT_IMAGE, OUTPUT_VALUES, OutputDrawing
+
+    rng = np.random.default_rng(3)
+    probes = 3
+    output = None
+    if output_mode == "image":
+        output = OutputDrawing(OUTPUT_IMAGE, (4, 4), 0.0, 1.0)
+    elif output_mode == "values":
+        output = OutputDrawing(OUTPUT_VALUES, (5,), -2.0, 2.0)
+    for kind_shape, labels in (((2, 6, 6), np.array([0, 1, 2])), ((7,), None), ((3, 5), np.array([2, 2, 0]))):
+        layout = FrameLayout(
+            kind_shape,
+            num_probes=probes,
+            scale=1.5,
+            probe_images=rng.normal(size=(probes, 1, 8, 8)),
+            labels=labels,
+            class_names=CLASS_NAMES,
+            longest_title=frame_title("net.jpgy|", 12345, 99),
+            show_predictions=labels is not None,
+            nonfinite_legend=True,
+            output=output,
+        )
+        canvas = None
+        for step in range(12):
+            values = rng.normal(size=(probes, *kind_shape)).astype(np.float16)
+            title = frame_title("net.jpgy|", 10 ** (step % 6), step) if step % 5 else ""
+            predictions = None if labels is None or step % 3 == 0 else rng.integers(-1, 10, probes)
+            outputs = None
+            if output is not None and step % 4:
+                outputs = rng.uniform(size=(probes, int(np.prod(output.shape))))
+            fresh = layout.frame(values, title=title, predictions=predictions, outputs=outputs)
+            canvas = layout.frame(values, title=title, predictions=predictions, outputs=outputs, out=canvas)
+            np.testing.assert_array_equal(canvas, fresh, err_msg=f"{kind_shape} step {step}")
+    with pytest.raises(ValueError, match="not a frame of this layout"):
+        layout.frame(values, title="t", out=np.zeros((3, 3), np.uint8))

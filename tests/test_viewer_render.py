@@ -358,11 +358,24 @@ def test_export_refuses_to_replace_a_folder_it_did_not_write(tmp_path: Path) -> 
     assert sorted(path.name for path in foreign.iterdir()) == ["notes.txt"]
 
 
-def _glyph_by_glyph(text: str, size: int) -> np.ndarray:
-    """The text layout before titles reused their prefixes: every glyph placed from x = 0, overlaps maximised."""
+def _glyph_coverage(char: str, size: int) -> tuple[np.ndarray, int, float]:
+    """One glyph's coverage 0..255 as Pillow draws it, its x offset and its advance (what the layout composes)."""
+    from PIL import Image, ImageDraw
+
     from actrec.viewer import _text
 
-    glyphs = [_text._glyph(char, size) for char in text]
+    font = _text._font(size)
+    left, _, right, _ = (int(edge) for edge in font.getbbox(char))
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (int(font.getbbox(char)[3]), 0)
+    image = Image.new("L", (max(1, right - min(left, 0)), max(1, ascent + descent)), 0)
+    ImageDraw.Draw(image).text((-min(left, 0), 0), char, font=font, fill=255)
+    return np.asarray(image), min(left, 0), font.getlength(char)
+
+
+def _glyph_by_glyph(text: str, size: int) -> np.ndarray:
+    """The text layout before titles reused their prefixes: every glyph's coverage placed from x = 0, overlaps
+    maximised, and the whole rounded to ink levels once (the layout composes levels, glyph by glyph)."""
+    glyphs = [_glyph_coverage(char, size) for char in text]
     height = glyphs[0][0].shape[0] if glyphs else 1
     positions, x = [], 0.0
     for _, offset, advance in glyphs:

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,11 @@ def run_jobs(
     total = sum(len(job.rows) for job in job_list)
     with progress_bar(total, progress, description) as bar:
         if jobs <= 1:
-            return [_run_job(job, bar.update, recording) for job in job_list]
+            background: list[Future[None]] = []
+            in_order = [_run_job(job, bar.update, recording, background) for job in job_list]
+            for written in background:
+                written.result()
+            return in_order
         import multiprocessing
         import queue as queue_module
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -239,16 +244,23 @@ def _run_in_worker(job: LayerJob) -> JobResult:
             pending = 0
 
     try:
+        background: list[Future[None]] = []
         with Recording.open(job.store_path, announce=None) as recording:
-            return _run_job(job, report, recording)
+            result = _run_job(job, report, recording, background)
+        for written in background:
+            written.result()
+        return result
     finally:
         if pending:
             _worker_progress.put(pending)
 
 
-def _run_job(job: LayerJob, report: Callable[[int], Any], recording: Recording) -> JobResult:
+def _run_job(
+    job: LayerJob, report: Callable[[int], Any], recording: Recording, background: list[Future[None]]
+) -> JobResult:
     # The caller's recording, never a second one on the same file: HDF5 shares one open file per
     # process, and two readers refreshing their own handles of a dataset corrupt its chunk index.
+    # Files still being written when this returns are in `background`; the caller waits for them.
     layout = frame_layout(recording, job.plan, job.rows)
     damaged: list[int] = []
     if job.kind == "tensorboard":
@@ -268,7 +280,8 @@ def _run_job(job: LayerJob, report: Callable[[int], Any], recording: Recording) 
             job.video_format, partial, fps=job.fps, num_frames=len(job.rows), still=still
         ) as writer,
     ):
-        for _, frame in layer_frames(recording, job.plan, layout, job.rows, damaged):
+        # One array redrawn at every step: the writers copy each frame they are given.
+        for _, frame in layer_frames(recording, job.plan, layout, job.rows, damaged, reuse=True):
             writer.append(frame)
             report(1)
         if writer.frames_written == 0:
@@ -279,10 +292,17 @@ def _run_job(job: LayerJob, report: Callable[[int], Any], recording: Recording) 
     left_out = set(damaged)
     sheet_rows = np.asarray([row for row in job.sheet_rows.tolist() if row not in left_out], dtype=np.int64)
     if sheet_rows.size:
-        with atomic_path(sheet) as partial:
-            # The fast deflate of the animations: ~5x faster than Pillow's level 6, for ~0.2 MB more per render.
-            partial.write_bytes(writers.encode_indexed_png(sheet_frame(recording, job.plan, layout, sheet_rows)))
+        # Encoded and written beside the next layer's frames: this thread would otherwise deflate it while the
+        # encoder threads wait for that layer's first frames.
+        pixels = sheet_frame(recording, job.plan, layout, sheet_rows)
+        background.append(writers.run_on_encoders(_write_sheet, sheet, pixels))
     return [animation, sheet], _damage_notes(recording, job.layer, damaged)
+
+
+def _write_sheet(path: Path, pixels: np.ndarray) -> None:
+    with atomic_path(path) as partial:
+        # The fast deflate of the animations: ~5x faster than Pillow's level 6, for ~0.2 MB more per render.
+        partial.write_bytes(writers.encode_indexed_png(pixels))
 
 
 def _damage_notes(recording: Recording, layer: str, damaged: list[int]) -> list[str]:

@@ -8,6 +8,8 @@ against white would give.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
@@ -39,34 +41,61 @@ def _ink_lut(ink: str) -> np.ndarray:
 _LUTS = {ink: _ink_lut(ink) for ink in INKS}
 
 
+def _levels(coverage: np.ndarray) -> np.ndarray:
+    """Coverage ``0 .. 255`` as ink levels ``0 .. INK_LEVELS`` (a new array)."""
+    return np.rint(coverage * np.float32(colors.INK_LEVELS / 255)).astype(np.uint8)
+
+
 @lru_cache(maxsize=1024)
 def _glyph(char: str, size: int) -> tuple[np.ndarray, int, float]:
-    """``(coverage 0..255 over the line box, x offset, advance)`` of one character."""
+    """``(ink levels 0..INK_LEVELS over the line box, x offset, advance)`` of one character."""
     font = _font(size)
     left, _, right, _ = (int(edge) for edge in font.getbbox(char))  # whole pixels (Pillow's stubs say float)
     ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (int(font.getbbox(char)[3]), 0)
     image = Image.new("L", (max(1, right - min(left, 0)), max(1, ascent + descent)), 0)
     ImageDraw.Draw(image).text((-min(left, 0), 0), char, font=font, fill=255)
-    return np.asarray(image), min(left, 0), font.getlength(char)
+    return _levels(np.asarray(image)), min(left, 0), font.getlength(char)
 
 
 _MAX_PREFIX_SPACES = 16
 """Texts with more spaces than this before their last word are laid out glyph by glyph, not from cached prefixes."""
+_MAX_LAYOUTS = 4096
+"""Laid-out texts kept (least recently used dropped first): a render's titles, labels and their prefixes."""
+_layouts: OrderedDict[tuple[str, int], tuple[np.ndarray, float, int]] = OrderedDict()
+_layouts_lock = threading.Lock()
 
 
-@lru_cache(maxsize=4096)
+def _cached_layout(key: tuple[str, int]) -> tuple[np.ndarray, float, int] | None:
+    with _layouts_lock:
+        found = _layouts.get(key)
+        if found is not None:
+            _layouts.move_to_end(key)
+        return found
+
+
 def _laid_out(text: str, size: int) -> tuple[np.ndarray, float, int]:
-    """``(coverage 0..255, x after the text, rightmost column any glyph reaches)`` of ``text`` laid out from x = 0.
+    """``(ink levels, x after the text, rightmost column any glyph reaches)`` of ``text`` laid out from x = 0.
 
-    Glyph by glyph, except that the part up to the text's last inner space is the cached layout of that
-    prefix: every frame of a layer titles "net.conv6 · step N · epoch E", so only the last words are new. The
-    same pixels, since each glyph's place depends only on the advances before it and overlaps take the maximum.
+    Glyph by glyph over the longest prefix ending in a space that is laid out already: every frame of a layer
+    titles "net.conv6 · step N · epoch E", so only the words from the step number on are new, and they are
+    composed onto "net.conv6 · step " in one go. A text that shares no laid-out prefix lays out its prefix up
+    to its last inner space first (and so on, word by word), for the texts after it to find. The same pixels
+    however a text is cut, since each glyph's place depends only on the advances before it and overlaps take
+    the maximum. Glyphs are composed as ink levels, not coverage: rounding coverage to a level is monotonic,
+    so the level of the overlapping coverages' maximum is the maximum of their levels.
     """
+    found = _cached_layout((text, size))
+    if found is not None:
+        return found
     cut = text.rfind(" ", 0, len(text) - 1) + 1  # 0: no space before the last character
     if text.count(" ", 0, cut) > _MAX_PREFIX_SPACES:  # a long text of many words (a store's class name): the
         cut = 0  # prefixes would recurse once a word, past Python's limit, and are not worth caching
-    base, x, reach = _laid_out(text[:cut], size) if cut else (None, 0.0, 1)
-    glyphs = [_glyph(char, size) for char in text[cut:]]
+    start = cut
+    while start and _cached_layout((text[:start], size)) is None:
+        start = text.rfind(" ", 0, start - 1) + 1
+    start = start or cut
+    base, x, reach = _laid_out(text[:start], size) if start else (None, 0.0, 1)
+    glyphs = [_glyph(char, size) for char in text[start:]]
     positions = []
     for _, offset, advance in glyphs:
         positions.append(round(x) + offset)
@@ -76,24 +105,25 @@ def _laid_out(text: str, size: int) -> tuple[np.ndarray, float, int]:
     canvas = np.zeros((height, max(round(x), reach)), np.uint8)
     if base is not None:
         canvas[:, : base.shape[1]] = base
-    for position, (coverage, _, _) in zip(positions, glyphs, strict=True):
-        target = canvas[:, max(position, 0) : position + coverage.shape[1]]
-        np.maximum(target, coverage[:, coverage.shape[1] - target.shape[1] :], out=target)
+    for position, (levels, _, _) in zip(positions, glyphs, strict=True):
+        target = canvas[:, max(position, 0) : position + levels.shape[1]]
+        np.maximum(target, levels[:, levels.shape[1] - target.shape[1] :], out=target)
     canvas.setflags(write=False)
+    with _layouts_lock:
+        _layouts[(text, size)] = (canvas, x, reach)
+        if len(_layouts) > _MAX_LAYOUTS:
+            _layouts.popitem(last=False)
     return canvas, x, reach
 
 
-@lru_cache(maxsize=4096)
 def _coverage(text: str, size: int) -> np.ndarray:
-    """``(h, w)`` coverage levels ``0 .. INK_LEVELS`` of ``text`` over the font's line box.
+    """``(h, w)`` coverage levels ``0 .. INK_LEVELS`` of ``text`` over the font's line box (cached, read-only).
 
     Composed from cached glyphs rather than laid out by FreeType each time: frames carry a new
     title every step, and composing is ~10x faster than a fresh layout, with the same pixels for
     this font (its advances are whole pixels and it has no kerning pairs in our strings).
     """
-    levels = np.rint(_laid_out(text, size)[0] * np.float32(colors.INK_LEVELS / 255)).astype(np.uint8)
-    levels.setflags(write=False)
-    return levels
+    return _laid_out(text, size)[0]
 
 
 def text_size(text: str, size: int) -> tuple[int, int]:

@@ -316,16 +316,25 @@ def layer_frames(
     layout: FrameLayout,
     rows: np.ndarray,
     damaged: list[int] | None = None,
+    *,
+    reuse: bool = False,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(row, frame)`` for each readable row, reading the store in bounded chunks."""
+    """Yield ``(row, frame)`` for each readable row, reading the store in bounded chunks.
+
+    ``reuse``: every frame is the same array, redrawn at each row (see ``FrameLayout.frame``'s ``out``), for a
+    caller that copies what it keeps, as the animation writers do; a new array per frame otherwise.
+    """
     predictions = recording.timeline.predictions if recording.shows_predictions else None
     draws_outputs = not recording.shows_predictions
+    canvas = None
     for row, values in layer_rows(recording, plan, rows, damaged):
         predicted = None if predictions is None else plan.drawn_predictions(predictions[row])
         # One row of outputs a frame: a language model's (T, V) scores per probe are too large to read at once.
         outputs = plan.drawn_outputs(recording.outputs(np.asarray([row]))[0]) if draws_outputs else None
         title = row_title(recording, plan.name, row)
-        yield row, layout.frame(values, title=title, predictions=predicted, outputs=outputs)
+        frame = layout.frame(values, title=title, predictions=predicted, outputs=outputs, out=canvas)
+        canvas = frame if reuse else None
+        yield row, frame
 
 
 def sheet_frame(recording: Recording, plan: LayerPlan, layout: FrameLayout, sheet_rows: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,10 @@ def default_sheet_steps(global_steps: np.ndarray, panels: int = _SHEET_PANELS) -
     wanted = [first, *np.geomspace(max(first, 1), max(last, 1), panels - 1).tolist()]
     rows = nearest_rows(global_steps, wanted)
     return [int(global_steps[row]) for row in dict.fromkeys(rows.tolist())]
+
+
+def _curves_png(steps: dict[str, np.ndarray], scalars: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> bytes:
+    return writers.encode_png(training_curves(steps, scalars, title=title))
 
 
 def render_run(
@@ -189,19 +194,23 @@ def render_run(
             for name in plan.layers
         ]
         workers = choose_jobs(jobs, len(plan.layers), len(plan.rows), cpus_per_job=2 if video_format == "apng" else 1)
-        results = run_jobs(job_list, workers, progress, "rendering", recording)
-        files = [path for paths, _ in results for path in paths if path.exists()]
-        for _, job_notes in results:
-            notes.extend(job_notes)
-            for note in job_notes:
-                if notify is not None:
-                    notify(note)
-        curves = out / "curves.png"
-        with atomic_path(curves) as partial:
-            timeline = recording.timeline
-            # The run's folder names it for people (quickstart/version_0); the id is for machines.
-            title = f"{recording.name} · {plan.num_rows} recorded steps"
-            writers.write_png(training_curves(timeline.steps_dict(), timeline.scalars, title=title), partial)
+        timeline = recording.timeline
+        # The run's folder names it for people (quickstart/version_0); the id is for machines.
+        title = f"{recording.name} · {plan.num_rows} recorded steps"
+        with ThreadPoolExecutor(1, thread_name_prefix="actrec-curves") as beside:
+            # Drawn while the layers render, in the time this thread waits for encoders (or workers), rather than
+            # after them with every other CPU idle. Its data is read here: only this thread touches the store.
+            curves_png = beside.submit(_curves_png, timeline.steps_dict(), timeline.scalars, title)
+            results = run_jobs(job_list, workers, progress, "rendering", recording)
+            files = [path for paths, _ in results for path in paths if path.exists()]
+            for _, job_notes in results:
+                notes.extend(job_notes)
+                for note in job_notes:
+                    if notify is not None:
+                        notify(note)
+            curves = out / "curves.png"
+            with atomic_path(curves) as partial:
+                partial.write_bytes(curves_png.result())
         files.append(curves)
     return RenderResult(
         out_dir=out,
