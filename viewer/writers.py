@@ -6,9 +6,7 @@ Frames are ``(H, W)`` uint8 arrays of indices into :data:`actrec.recording.color
 
 from __future__ import annotations
 
-import bisect
 import collections
-import functools
 import importlib.util
 import io
 import os
@@ -155,18 +153,17 @@ def _check_frame(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
-def _changed_box(frame: np.ndarray, previous: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray] | None:
-    """``(left, top, unchanged, unchanged_rows)`` of the smallest box holding every changed pixel: the box's mask
-    of unchanged pixels, and which of its rows are unchanged throughout; ``None`` when nothing changed."""
+def _changed_box(frame: np.ndarray, previous: np.ndarray) -> tuple[int, int, np.ndarray] | None:
+    """``(left, top, unchanged)`` of the smallest box holding every changed pixel, with the box's mask of
+    unchanged pixels; ``None`` when nothing changed."""
     unchanged = np.equal(frame, previous)
-    whole_rows = unchanged.all(axis=1)
-    rows = np.flatnonzero(~whole_rows)
+    rows = np.flatnonzero(~unchanged.all(axis=1))
     if not rows.size:
         return None
     cols = np.flatnonzero(~unchanged[rows[0] : rows[-1] + 1].all(axis=0))
     top, left = int(rows[0]), int(cols[0])
     box = unchanged[top : rows[-1] + 1, left : cols[-1] + 1]
-    return left, top, box, whole_rows[top : rows[-1] + 1]
+    return left, top, box
 
 
 class GifWriter(_BackgroundWriter):
@@ -203,7 +200,7 @@ class GifWriter(_BackgroundWriter):
         else:
             changed = _changed_box(frame, self._previous)
             if changed is not None:
-                left, top, unchanged, _ = changed
+                left, top, unchanged = changed
                 box = frame[top : top + unchanged.shape[0], left : left + unchanged.shape[1]]
                 # Unchanged pixels inside the changed box become the transparent index, showing the
                 # previous frame through. Long runs of one index cost LZW a few codes.
@@ -253,7 +250,7 @@ def _png_chunk(kind: bytes, data: bytes | memoryview = b"") -> bytes:
     return b"".join((struct.pack(">I", len(data)), kind, data, struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))))
 
 
-def _deflate_rows(pixels: np.ndarray, blank_rows: np.ndarray | None = None) -> bytes:
+def _deflate_rows(pixels: np.ndarray) -> bytes:
     """The zlib stream of PNG image data for ``(H, W)`` palette indices: every row filtered "Up" (its
     difference from the row above), compressed by run-length matching.
 
@@ -264,118 +261,14 @@ def _deflate_rows(pixels: np.ndarray, blank_rows: np.ndarray | None = None) -> b
     level 4 20.6 MB / 3.6 s; Up + level 1 31.7 MB / 2.0 s (zlib's level, not its strategy, sets the cost).
     Memory level 8 is as small as 9 and ~15% faster here; smaller windows are 4-25x slower (the window
     slides more often).
-
-    ``blank_rows`` marks rows known to be one value throughout (the transparent rows of a frame's changed box,
-    between its title and its tiles: a sixth of the bytes). Where at least :data:`_SPLICED_ROWS` of them
-    follow each other, all but the first are not compressed but written as one back-reference (see
-    :func:`_repeated_rows_block`): zlib would spend ~1.4 ns a byte rediscovering the same zero rows.
     """
     height, width = pixels.shape
     rows = np.empty((height, width + 1), np.uint8)
     rows[:, 0] = _PNG_FILTER_UP
     rows[0, 1:] = pixels[0]
     np.subtract(pixels[1:], pixels[:-1], out=rows[1:, 1:])  # modulo 256, as PNG's Up filter is defined
-    runs = _repeated_runs(blank_rows) if blank_rows is not None and width < _MAX_DISTANCE else []
-    if not runs:
-        compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
-        return compressor.compress(rows.data) + compressor.flush()
-    # A raw deflate stream in a zlib wrapper written here, so that blocks made here can go between zlib's.
-    compressor = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
-    parts, checksum, start = [_ZLIB_HEADER], 1, 0
-    for first, stop in runs:
-        # zlib is given the run's first row (all zeros, filtered): run-length matching refers only to the byte
-        # before, so after the block spliced in below (zeros too) every reference it makes stays true.
-        head = rows[start : first + 1].data
-        parts += [compressor.compress(head), compressor.flush(zlib.Z_SYNC_FLUSH)]
-        checksum = zlib.adler32(head, checksum)
-        repeats = stop - first - 1
-        parts.append(_repeated_rows_block(width + 1, repeats))
-        checksum = _adler32_of_zero_rows(checksum, width + 1, repeats)
-        start = stop
-    tail = rows[start:].data
-    parts += [compressor.compress(tail), compressor.flush()]
-    parts.append(struct.pack(">I", zlib.adler32(tail, checksum)))
-    return b"".join(parts)
-
-
-_SPLICED_ROWS = 16
-"""Fewest repeated rows written as a spliced back-reference: each splice ends one of zlib's blocks (~10 us and
-some 50 bytes of code tables), which the zero rows it spares zlib must outweigh."""
-_MAX_DISTANCE = 32767  # deflate refers back at most 32,768 bytes: a row of the filter byte and 32,767 pixels
-_ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, "fastest" (what zlib writes for level 1)
-
-
-def _repeated_runs(blank_rows: np.ndarray) -> list[tuple[int, int]]:
-    """``(first, stop)`` of each run of at least :data:`_SPLICED_ROWS` rows equal to the row above (blank rows
-    after a blank row): rows ``first .. stop - 1``."""
-    repeated = np.zeros(len(blank_rows) + 1, bool)
-    repeated[1:-1] = blank_rows[1:] & blank_rows[:-1]
-    edges = np.flatnonzero(repeated[1:] != repeated[:-1]) + 1
-    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2], strict=True) if b - a >= _SPLICED_ROWS]
-
-
-def _reversed_bits(code: int, length: int) -> int:
-    """A Huffman code as deflate packs it: its first bit in the lowest bit (RFC 1951, 3.1.1)."""
-    return int(f"{code:0{length}b}"[::-1], 2)
-
-
-# The length and distance codes of RFC 1951, 3.2.5: each code's first value, and its extra bits.
-_LENGTH_BASES: tuple[int, ...] = (3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83)
-_LENGTH_BASES += (99, 115, 131, 163, 195, 227, 258)
-_LENGTH_EXTRA = (0,) * 8 + (1,) * 4 + (2,) * 4 + (3,) * 4 + (4,) * 4 + (5,) * 4 + (0,)
-_DISTANCE_BASES: tuple[int, ...] = (1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769)
-_DISTANCE_BASES += (1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577)
-_DISTANCE_EXTRA = (0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13)
-
-
-@functools.lru_cache(maxsize=64)
-def _repeated_rows_block(row_bytes: int, repeats: int) -> bytes:
-    """Deflate blocks that repeat the last ``row_bytes`` bytes written ``repeats`` times, ending on a byte.
-
-    One block of deflate's fixed Huffman codes holding back-references of up to 258 bytes to the row before
-    (RFC 1951, 3.2.6), then an empty stored block, as zlib's sync flush writes, to end on a byte boundary.
-    Cached: a layer's frames splice the same few runs.
-    """
-    bits, count = 0, 0
-
-    def put(value: int, length: int) -> None:
-        nonlocal bits, count
-        bits |= value << count
-        count += length
-
-    put(0b010, 3)  # not the last block; fixed codes (type 1, its low bit first)
-    total = row_bytes * repeats
-    pieces = [258] * (total // 258) + ([total % 258] if total % 258 else [])
-    if pieces[-1] < 3:  # a reference copies at least 3 bytes: borrow them from the one before
-        pieces[-2:] = [pieces[-2] - 3 + pieces[-1], 3]
-    distance = bisect.bisect_right(_DISTANCE_BASES, row_bytes) - 1
-    for piece in pieces:
-        symbol = 28 if piece == 258 else bisect.bisect_right(_LENGTH_BASES, piece) - 1
-        code = 257 + symbol  # 257..279: 7-bit codes from 0; 280..287: 8-bit codes from 0b11000000
-        put(*((_reversed_bits(code - 256, 7), 7) if code < 280 else (_reversed_bits(0xC0 + code - 280, 8), 8)))
-        put(piece - _LENGTH_BASES[symbol], _LENGTH_EXTRA[symbol])
-        put(_reversed_bits(distance, 5), 5)
-        put(row_bytes - _DISTANCE_BASES[distance], _DISTANCE_EXTRA[distance])
-    put(0, 7)  # end of block (code 256)
-    put(0b000, 3)  # an empty stored block, not the last: padded to a byte, then its length 0 and that negated
-    count += -count % 8
-    return bits.to_bytes(count // 8, "little") + b"\x00\x00\xff\xff"
-
-
-_ADLER_MODULUS = 65521
-
-
-def _adler32_of_zero_rows(checksum: int, row_bytes: int, repeats: int) -> int:
-    """``zlib.adler32`` of ``repeats`` filtered zero rows (the filter byte, then zeros) continued from
-    ``checksum``, without reading them: the sums of RFC 1950, 8.2, in closed form."""
-    low, high = checksum & 0xFFFF, checksum >> 16
-    length = row_bytes * repeats
-    # Each row adds its filter byte to the running sum `low`; `high` adds `low` after every byte, so a filter
-    # byte at position i (of `length`) adds it length - i times.
-    weighted = _PNG_FILTER_UP * (repeats * length - row_bytes * repeats * (repeats - 1) // 2)
-    high = (high + length * low + weighted) % _ADLER_MODULUS
-    low = (low + _PNG_FILTER_UP * repeats) % _ADLER_MODULUS
-    return high << 16 | low
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    return compressor.compress(rows.data) + compressor.flush()
 
 
 def encode_indexed_png(frame: np.ndarray) -> bytes:
@@ -414,13 +307,12 @@ def _apng_frame(frame: np.ndarray, previous: np.ndarray | None, sequence: int | 
     if changed is None:  # an identical frame still takes its time slot, so frame counts match steps
         patch = np.full((1, 1), colors.TRANSPARENT_INDEX, np.uint8)
         return 1, 1, 0, 0, _APNG_BLEND_OVER, _data_chunk(_deflate_rows(patch), sequence)
-    left, top, unchanged, unchanged_rows = changed
+    left, top, unchanged = changed
     box = frame[top : top + unchanged.shape[0], left : left + unchanged.shape[1]]
     # Unchanged pixels become the transparent index (255, all bits set): OR-ing in the mask as 0 or 255
     # costs one pass where np.where costs three.
     patch = box | unchanged.view(np.uint8) * np.uint8(colors.TRANSPARENT_INDEX)
-    data = _deflate_rows(patch, blank_rows=unchanged_rows)  # unchanged rows are transparent throughout
-    return patch.shape[1], patch.shape[0], left, top, _APNG_BLEND_OVER, _data_chunk(data, sequence)
+    return patch.shape[1], patch.shape[0], left, top, _APNG_BLEND_OVER, _data_chunk(_deflate_rows(patch), sequence)
 
 
 def _still_chunk(still: np.ndarray) -> bytes:
