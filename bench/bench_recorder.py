@@ -199,7 +199,7 @@ _FLOOR_MS: dict[str, float] = {}
 
 def _file_write_ms_per_row(block: bytes, rows: int, path: Path) -> float:
     """CPU milliseconds a row of plain ``os.write`` to a new file takes, 16 rows a call: what storing the rows
-    costs before any HDF5 (on a VM, most of it is the kernel finding fresh page-cache pages)."""
+    costs before any HDF5: the kernel copying them into fresh page-cache pages."""
     start = time.process_time()
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
