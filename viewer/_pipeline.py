@@ -137,10 +137,10 @@ def run_jobs(
     with progress_bar(total, progress, description) as bar:
         if jobs <= 1:
             background: list[Future[None]] = []
-            results = [_run_job(job, bar.update, recording, background) for job in job_list]
-            for pending in background:
-                pending.result()
-            return results
+            outcomes = [_run_job(job, bar.update, recording, background) for job in job_list]
+            for written in background:
+                written.result()
+            return outcomes
         import multiprocessing
         import queue as queue_module
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
