@@ -145,20 +145,7 @@ def _writer_process_ms_per_row(data: ImageDataModule, compression: str, rows: in
     images = torch.stack([data.val_dataset[index][0] for index in range(10)])
     layers = resolve_layers(model, None)
     engine = ProbeEngine(model, images, layers, record_params=True, params_cap=16_384, cuda_graph=False)
-    specs = [
-        LayerSpec(
-            name=name,
-            sample_shape=layout.sample_shape,
-            module_type=layout.module_type,
-            scale_kind="tanh",
-            params=layout.params,
-            kind=layout.kind,
-            output=layout.output,
-            channels=layout.channels,
-            full_shape=layout.full_shape,
-        )
-        for name, layout in engine.layouts.items()
-    ]
+    specs = [LayerSpec.from_layout(layout, "tanh") for layout in engine.layouts.values()]
     fields = [(column_key(f.key), f.dtype, f.shape, f.offset) for f in engine.fields]
     packed = []
     generator = torch.Generator().manual_seed(0)

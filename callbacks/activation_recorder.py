@@ -669,17 +669,7 @@ class ActivationRecorder(Callback):
 
     def _layer_specs(self) -> list[LayerSpec]:
         return [
-            LayerSpec(
-                name=name,
-                sample_shape=layout.sample_shape,
-                module_type=layout.module_type,
-                scale_kind=self._scale_kinds[name],
-                params=layout.params,
-                kind=layout.kind,
-                output=layout.output,
-                channels=layout.channels,
-                full_shape=layout.full_shape,
-            )
+            LayerSpec.from_layout(layout, self._scale_kinds[name])
             for name, layout in self._built_engine.layouts.items()
         ]
 

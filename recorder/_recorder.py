@@ -169,20 +169,7 @@ class Recorder:
         if classes is None:
             classes = [str(k) for k in range(engine.output_shape[1])] if task == TASK_CLASSIFICATION else []
         probes = self._probes
-        layers = [
-            LayerSpec(
-                name=name,
-                sample_shape=layout.sample_shape,
-                module_type=layout.module_type,
-                scale_kind=kinds[name],
-                params=layout.params,
-                kind=layout.kind,
-                output=layout.output,
-                channels=layout.channels,
-                full_shape=layout.full_shape,
-            )
-            for name, layout in engine.layouts.items()
-        ]
+        layers = [LayerSpec.from_layout(layout, kinds[name]) for name, layout in engine.layouts.items()]
         config = {
             "model_class": type(model).__qualname__,
             "recorder": {"layers": self.layers, "every_n_steps": self.every_n_steps, "dtype": self.dtype},

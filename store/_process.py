@@ -487,8 +487,9 @@ class _Block:
     """Rows the parent handed over, still in their shared-memory slots, until they are written to the store together.
 
     Each field is gathered from the held slots with one copy (the store wants it contiguous, row after row);
-    then the slots go back to the parent in one reply, so a block costs one wake-up of the parent's reply thread,
-    not one a row. A block is written once it has ``capacity`` rows or holds every slot the parent has.
+    once the block is on disk its slots go back to the parent by raising the shared ``freed`` counter. A block
+    is written once it has ``capacity`` rows or holds every slot the parent has (or when
+    :func:`~actrec.store.writer.rows_due` says).
     """
 
     def __init__(

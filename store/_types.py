@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,22 @@ class LayerSpec:
     output: str = ""
     channels: tuple[int, ...] | None = None
     full_shape: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_layout(cls, layout: Any, scale_kind: str) -> LayerSpec:
+        """The spec of a layer as the probe pass laid it out (an :class:`actrec.probe.LayerLayout`, read by its
+        fields, so the store needs no torch), with the colour scale's kind chosen for it."""
+        return cls(
+            name=layout.name,
+            sample_shape=layout.sample_shape,
+            module_type=layout.module_type,
+            scale_kind=scale_kind,
+            params=layout.params,
+            kind=layout.kind,
+            output=layout.output,
+            channels=layout.channels,
+            full_shape=layout.full_shape,
+        )
 
 
 @dataclass

@@ -548,25 +548,24 @@ def compact(path: str | os.PathLike) -> bool:
         StoreError: the copy could not be written (a full disk); the store is left as it was.
     """
     path = Path(path)
-    with h5py.File(path, "r", libver="latest", swmr=True) as source:
-        data = 0
-
-        def add(name: str, obj: h5py.HLObject) -> None:
-            nonlocal data
-            if isinstance(obj, h5py.Dataset):
-                data += obj.id.get_storage_size()
-
-        source.visititems(add)
-    size = path.stat().st_size
-    if size <= data * (1 + _DEAD_SHARE) + (1 << 20):
-        return False
     tmp = path.with_name(path.name + ".compacting")
     try:
-        with h5py.File(path, "r", libver="latest", swmr=True) as source, h5py.File(tmp, "w", libver="latest") as target:
-            for key, value in source.attrs.items():
-                target.attrs[key] = value
-            for name in source:
-                source.copy(source[name], target, name=name)
+        with h5py.File(path, "r", libver="latest", swmr=True) as source:
+            data = 0
+
+            def add(name: str, obj: h5py.HLObject) -> None:
+                nonlocal data
+                if isinstance(obj, h5py.Dataset):
+                    data += obj.id.get_storage_size()
+
+            source.visititems(add)
+            if path.stat().st_size <= data * (1 + _DEAD_SHARE) + (1 << 20):
+                return False
+            with h5py.File(tmp, "w", libver="latest") as target:
+                for key, value in source.attrs.items():
+                    target.attrs[key] = value
+                for name in source:
+                    source.copy(source[name], target, name=name)
         os.replace(tmp, path)
     except OSError as error:
         raise StoreError(f"{path} could not be compacted ({_hdf5_reason(error)}); it is kept as it was.") from None

@@ -146,6 +146,13 @@ class _BackgroundWriter:
         self.close()
 
 
+def _open_file(file: IO[bytes] | None) -> IO[bytes]:
+    """An animation writer's file while it is open (append() refuses a closed writer before reaching here)."""
+    if file is None:
+        raise ValueError("the writer's file is already closed.")
+    return file
+
+
 def _check_frame(frame: np.ndarray) -> np.ndarray:
     frame = _as_indices(frame)
     if frame.size and int(frame.max()) >= colors.TRANSPARENT_INDEX:
@@ -218,26 +225,26 @@ class GifWriter(_BackgroundWriter):
     def _write_pending(self, delay_cs: int) -> None:
         if self._pending is None:
             return
-        assert self._file is not None, "the file is closed only after the last frame is written"
+        file = _open_file(self._file)
         image, offset, extra = self._pending
         self._pending = None
         for chunk in GifImagePlugin.getdata(image, offset=offset, duration=delay_cs * 10, disposal=1, **extra):
-            self._file.write(chunk)
+            file.write(chunk)
 
     def _write_header(self, width: int, height: int) -> None:
-        assert self._file is not None, "the header is written before close()"
+        file = _open_file(self._file)
         # GIF89a logical screen with a 256-entry global colour table (flags: table present,
         # 8-bit colour resolution, 2**(7+1) entries), background = the white of the palette.
-        self._file.write(b"GIF89a" + struct.pack("<HHBBB", width, height, 0xF7, colors.ZERO_INDEX, 0))
-        self._file.write(colors.palette_bytes())
+        file.write(b"GIF89a" + struct.pack("<HHBBB", width, height, 0xF7, colors.ZERO_INDEX, 0))
+        file.write(colors.palette_bytes())
         # NETSCAPE2.0 application extension: loop count 0 = forever.
-        self._file.write(b"!\xff\x0bNETSCAPE2.0\x03\x01" + struct.pack("<H", 0) + b"\x00")
+        file.write(b"!\xff\x0bNETSCAPE2.0\x03\x01" + struct.pack("<H", 0) + b"\x00")
 
     def _finish(self) -> None:
-        assert self._file is not None, "close() finishes an open file"
+        file = _open_file(self._file)
         self._write_pending(max(self._delay_cs, round(LAST_FRAME_HOLD_S * 100)))
         if self._previous is not None:
-            self._file.write(b";")
+            file.write(b";")
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -446,27 +453,27 @@ class ApngWriter:
             self._write_frame(self._encoding.popleft().result(), self._delay_cs)
 
     def _write_frame(self, encoded: _Frame, delay_cs: int) -> None:
-        assert self._file is not None, "frames are written before close() ends"
+        file = _open_file(self._file)
         if self._sequence == 0:
             self._write_header(encoded[0], encoded[1])
         width, height, left, top, blend, chunk = encoded
         control = struct.pack(">IIIIHHBB", width, height, left, top, delay_cs, 100, _APNG_DISPOSE_NONE, blend)
-        self._file.write(_png_chunk(b"fcTL", struct.pack(">I", self._sequence) + control))
-        self._file.write(chunk)
+        file.write(_png_chunk(b"fcTL", struct.pack(">I", self._sequence) + control))
+        file.write(chunk)
         self._sequence += 1 if self._sequence == 0 and self._still is None else 2
 
     def _write_header(self, width: int, height: int) -> None:
-        assert self._file is not None, "the header is written before close()"
-        self._file.write(_PNG_SIGNATURE)
+        file = _open_file(self._file)
+        file.write(_PNG_SIGNATURE)
         # 8-bit palette indices (colour type 3), deflate, adaptive filters, not interlaced.
-        self._file.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)))
-        self._file.write(_png_chunk(b"PLTE", colors.palette_bytes()))
+        file.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)))
+        file.write(_png_chunk(b"PLTE", colors.palette_bytes()))
         # Every index opaque but the reserved one: unchanged pixels of a frame's box show the frame below.
-        self._file.write(_png_chunk(b"tRNS", bytes([255] * colors.TRANSPARENT_INDEX + [0])))
-        self._actl_offset = self._file.tell() if _seekable(self._file) else None
-        self._file.write(self._actl(self._planned_frames or 0))
+        file.write(_png_chunk(b"tRNS", bytes([255] * colors.TRANSPARENT_INDEX + [0])))
+        self._actl_offset = file.tell() if _seekable(file) else None
+        file.write(self._actl(self._planned_frames or 0))
         if self._still_chunk is not None:  # APNG's "default image not part of the animation"
-            self._file.write(self._still_chunk.result())
+            file.write(self._still_chunk.result())
 
     @staticmethod
     def _actl(frames: int) -> bytes:
@@ -496,18 +503,18 @@ class ApngWriter:
             self._file = None
 
     def _finish(self) -> None:
-        assert self._file is not None, "close() finishes an open file"
-        self._file.write(_png_chunk(b"IEND"))
+        file = _open_file(self._file)
+        file.write(_png_chunk(b"IEND"))
         if self.frames_written != self._planned_frames:
             if self._actl_offset is None:
                 raise ValueError(
                     f"{self.frames_written} frames appended, {self._planned_frames} announced, "
                     "and the file cannot seek to correct it."
                 )
-            end = self._file.tell()
-            self._file.seek(self._actl_offset)
-            self._file.write(self._actl(self.frames_written))
-            self._file.seek(end)
+            end = file.tell()
+            file.seek(self._actl_offset)
+            file.write(self._actl(self.frames_written))
+            file.seek(end)
 
     def __enter__(self) -> ApngWriter:
         return self
@@ -683,7 +690,8 @@ class TensorBoardImageWriter:
         event = self._event_pb2.Event(
             wall_time=time.time() if wall_time is None else wall_time, step=int(step), summary=summary
         )
-        assert self._file is not None, "add_image() after close()"
+        if self._file is None:
+            raise ValueError("add_image() after close().")
         self._file.write(event.SerializeToString())
 
     def close(self) -> None:
