@@ -4,6 +4,8 @@ The same short training (real ``pl.Trainer``, the six-conv ``ImageClassifier``, 
 ``actrec train`` does) runs with:
 
 - off: no recording;
+- probe pass only: the floor, the probe images through the model in eval mode under ``no_grad`` after every step,
+  nothing kept: what any recorder of these activations pays before it copies or stores a byte;
 - actrec: the ``ActivationRecorder`` with its defaults (writer process, blocks of rows, the store's default
   compression), recording the six conv blocks of ten probe images;
 - hooks + h5py: the thirty lines a user writes by hand: forward hooks on the same layers, a probe pass under
@@ -45,6 +47,7 @@ from actrec.probe import resolve_layers
 from actrec.trainer import ImageClassifier, ImageDataModule
 
 _NUM_PROBES = 10
+_FLOOR = "probe pass only (floor)"
 
 
 class _Clock(pl.Callback):
@@ -89,6 +92,22 @@ class _ProbePass(pl.Callback):
             for handle in handles:
                 handle.remove()
         self.keep(trainer, outputs)
+
+
+class _ForwardOnly(pl.Callback):
+    """The floor: the probe images through the model after every step, in eval mode, nothing hooked or kept."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
+        was_training = pl_module.training
+        try:
+            pl_module.eval()
+            with torch.no_grad():
+                pl_module(self.images)
+        finally:
+            pl_module.train(was_training)
 
 
 class _HooksH5py(_ProbePass):
@@ -155,6 +174,7 @@ def _torchlens() -> object | None:
 def _variants(images: torch.Tensor, layers: list[str], root: Path) -> dict[str, Callable[[], pl.Callback | None]]:
     variants: dict[str, Callable[[], pl.Callback | None]] = {
         "off": lambda: None,
+        _FLOOR: lambda: _ForwardOnly(images),
         "actrec (default)": lambda: ActivationRecorder(path=str(root / "actrec.h5"), overwrite=True),
         "hooks + h5py (sync)": lambda: _HooksH5py(images, layers, root / "hooks.h5"),
         "TensorBoard add_images": lambda: _TensorBoardImages(images, layers),
@@ -226,10 +246,15 @@ def main() -> None:
         f"\n{args.dataset}, batch {args.batch_size}, every layer of {len(layers)} at every step, {_NUM_PROBES} probes, "
         f"{args.steps} steps x {args.rounds} rounds; load average after {load_after[0]:.2f} (1 min)"
     )
-    print(f"{'variant':24s} {'ms/step':>9s} {'x off':>7s}  (ratio: median of variant / same round's off)")
+    print(
+        f"{'variant':24s} {'ms/step':>9s} {'x off':>7s} {'x floor':>8s}  "
+        "(ratios: medians of the variant over the same round's off, and over its probe pass only)"
+    )
+    floor = results[_FLOOR]
     for name, runs in results.items():
         ratio = statistics.median(a / b for a, b in zip(runs, results["off"], strict=True))
-        print(f"{name:24s} {statistics.median(runs) * 1000:9.1f} {ratio:6.2f}x")
+        over_floor = statistics.median(a / b for a, b in zip(runs, floor, strict=True))
+        print(f"{name:24s} {statistics.median(runs) * 1000:9.1f} {ratio:6.2f}x {over_floor:7.2f}x")
     if "torchlens trace" not in results:
         print("torchlens: not installed (pip install torchlens), left out")
 

@@ -113,15 +113,16 @@ def batch_for(model: nn.Module, batch: Any) -> Any:
     return batch_to(batch, parameter.device, parameter.dtype if parameter.is_floating_point() else None)
 
 
-def run_forward(model: nn.Module, batch: Any, forward: ProbeForward | None = None) -> Any:
-    """Run ``batch`` (moved to the model) through ``forward(model, batch)``, by default :func:`default_forward`.
+def run_forward(model: nn.Module, batch: Any, forward: ProbeForward | None = None, placed: bool = False) -> Any:
+    """Run ``batch`` (moved to the model, unless ``placed`` says it is there) through ``forward(model, batch)``,
+    by default :func:`default_forward`.
 
     The pass runs eagerly even where the model (or a part of it) is ``torch.compile``d: a compiled module
     calls its original module (``_orig_mod``), whose submodules are the ones hooked, and the values are
     the eager ones the original module computes; no graph is compiled for observation.
     """
     with _eager():
-        return (forward or default_forward)(model, batch_for(model, batch))
+        return (forward or default_forward)(model, batch if placed else batch_for(model, batch))
 
 
 def _eager() -> contextlib.AbstractContextManager[Any]:

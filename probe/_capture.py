@@ -58,9 +58,13 @@ class Capture:
 
 
 @contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Switch every submodule to eval mode, then restore each one's own ``training`` flag."""
-    modules = list(module.modules())
+def eval_mode(module: nn.Module, submodules: Sequence[nn.Module] | None = None) -> Iterator[None]:
+    """Switch every submodule to eval mode, then restore each one's own ``training`` flag.
+
+    ``submodules``: ``list(module.modules())`` kept by a caller that switches every step (walking the tree
+    costs more than setting the flags).
+    """
+    modules = list(module.modules()) if submodules is None else submodules
     flags = [(m, m.training) for m in modules]
     try:
         if type(module).eval is nn.Module.eval and all(type(m).train is nn.Module.train for m in modules):
@@ -87,9 +91,16 @@ def _device_of(model: nn.Module) -> torch.device:
 def forked_rng(device: torch.device) -> Iterator[None]:
     """Restore the random number generator of ``device`` (and the CPU's) on exit: an observation pass
     through a model that draws random numbers in eval mode leaves training's sequence where it was."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+    if device.type == "cuda":
+        with torch.random.fork_rng(devices=[device], device_type="cuda"):
+            yield
+        return
+    # The CPU's generator alone: what fork_rng does for it, without its per-call device bookkeeping.
+    state = torch.get_rng_state()
+    try:
         yield
+    finally:
+        torch.set_rng_state(state)
 
 
 def run_hooked(
@@ -100,6 +111,9 @@ def run_hooked(
     forward: ProbeForward | None = None,
     fork_rng: bool = True,
     modules: Mapping[str, tuple[nn.Module, str]] | None = None,
+    submodules: Sequence[nn.Module] | None = None,
+    device: torch.device | None = None,
+    placed: bool = False,
 ) -> Any:
     """One forward pass in eval mode under ``no_grad`` calling ``on_output(layer, tensor)`` once per layer.
 
@@ -108,8 +122,12 @@ def run_hooked(
 
     Hooks are registered inside ``try`` and removed in ``finally``; each submodule's ``training`` flag is
     restored; the CPU's and the model's device's random numbers are restored unless ``fork_rng`` is false
-    (a CUDA graph capture, which cannot read the generator). Returns the model's raw output. ``modules``:
-    :func:`modules_of` ``(model, layers)`` resolved beforehand by a caller that runs the pass every step.
+    (a CUDA graph capture, which cannot read the generator). Returns the model's raw output.
+
+    A caller that runs the pass every step resolves the rest beforehand: ``modules`` (:func:`modules_of`
+    ``(model, layers)``), ``submodules`` (``list(model.modules())``), ``device`` (the parameters' device), and
+    ``placed`` says ``images`` already is on the model's device in its dtype. Each of them otherwise walks
+    the module tree again, every pass.
 
     Raises:
         ProbeError: a layer produced nothing, ran more than once, or its output holds no tensor.
@@ -130,10 +148,10 @@ def run_hooked(
     try:
         for layer, (module, selector) in modules.items():
             handles.append(module.register_forward_hook(hook_for(layer, selector)))
-        forked = forked_rng(_device_of(model)) if fork_rng else nullcontext()
-        with eval_mode(model), torch.no_grad(), forked:
+        forked = forked_rng(device or _device_of(model)) if fork_rng else nullcontext()
+        with eval_mode(model, submodules), torch.no_grad(), forked:
             try:
-                output = run_forward(model, images, forward)
+                output = run_forward(model, images, forward, placed=placed)
             except ProbeError:
                 raise
             except (RuntimeError, TypeError, ValueError, IndexError) as error:

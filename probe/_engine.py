@@ -309,7 +309,15 @@ class ProbeEngine:
         """The pass as captured: no RNG fork (a graph cannot read the generator's state while capturing)."""
         with self._forward_context():
             output = run_hooked(
-                self.model, self.images, self.layers, self._store, self.forward, fork_rng=False, modules=self._modules
+                self.model,
+                self.images,
+                self.layers,
+                self._store,
+                self.forward,
+                fork_rng=False,
+                modules=self._modules,
+                submodules=self._watch.modules,
+                placed=True,
             )
         output = select_output(output, "", "the model's output")
         self.views["logits"].copy_(output.reshape(self.output_shape))
@@ -358,6 +366,7 @@ class ProbeEngine:
             return
         self.model_changes += 1
         self._param_targets = self._parameter_owners()
+        self.images = batch_for(self.model, self.images)  # a model cast to another dtype takes its probes along
         if self._replay is None:
             self._say_once(
                 "changed",

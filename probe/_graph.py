@@ -126,12 +126,13 @@ class ModelWatch:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self._modules = list(model.modules())
+        self.modules = list(model.modules())
+        """``list(model.modules())`` as of the last check (the probe pass switches their ``training`` flags)."""
         self._state = self._fingerprint()
         self._inventory = model_inventory(model)
 
     def _fingerprint(self) -> tuple[list[object], ...]:
-        modules = self._modules
+        modules = self.modules
         tensors = [t for m in modules for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
         return (
             [t.data_ptr() for t in tensors],
@@ -151,7 +152,7 @@ class ModelWatch:
         state = self._fingerprint()
         if state == self._state:
             return None
-        self._modules = list(self.model.modules())
+        self.modules = list(self.model.modules())
         self._state = self._fingerprint()
         inventory = model_inventory(self.model)
         change, self._inventory = describe_change(self._inventory, inventory), inventory

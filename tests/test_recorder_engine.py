@@ -443,3 +443,30 @@ def test_the_probe_pass_calls_a_modules_own_train_and_restores_every_flag() -> N
         assert not any(module.training for module in frozen.modules())
     assert _FrozenNorm.calls == [False]
     assert [module.training for module in frozen.modules()] == [True, True, False]
+
+
+def test_the_pass_follows_a_model_cast_or_given_a_new_child_after_setup() -> None:
+    # The engine keeps the probes on the model's device and dtype, and the module list whose flags it switches,
+    # instead of looking them up every pass: both must follow the model when it changes.
+    model = TinyNet()
+    images = torch.rand(3, 1, 6, 6)
+    engine = ProbeEngine(model, images, ["net.conv1"], dtype="float32")
+    model.double()
+    views = engine.host_views(engine.run().clone())
+    model.eval()
+    with torch.no_grad():
+        expected = model(images.double())
+    assert torch.equal(views["logits"], expected.float())
+
+    seen: list[bool] = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(self.training)
+            return x
+
+    model.train()
+    model.net.append(Probe().double())
+    engine.run()
+    assert seen == [False]  # switched to eval with the rest, and given its flag back after
+    assert model.net[-1].training
