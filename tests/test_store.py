@@ -145,6 +145,27 @@ def test_a_store_written_slower_than_a_chunk_a_second_is_compacted_when_closed(t
         assert reader.num_steps == 24
 
 
+def test_a_few_rewritten_chunks_are_compacted_too(tmp_path: Path) -> None:
+    # The quickstart's case: rows come a little slower than a chunk a second, so a few chunks are written partly
+    # filled and again; their dead space (here 6 rows' worth, ~9% of the data) would leave the file that much
+    # larger than what it holds.
+    layers = [LayerSpec("wide", (64, 32, 32), "Conv2d", "symmetric")]  # 3 x 64 KiB rows
+    rng = np.random.default_rng(0)
+    rows = [rng.normal(size=(3, 64, 32, 32)).astype(np.float16) for _ in range(64)]
+    path = tmp_path / "activations.h5"
+    with _create(path, layers=layers, compression="gzip", background=False, rows_per_chunk=8, flush_every=8) as writer:
+        for step, values in enumerate(rows):
+            # Rows 56, 57 and 58 are flushed one at a time: the last chunk is written with 1, 2, 3 and then 8 rows.
+            writer.flush_seconds = 0.0 if 56 <= step <= 58 else 3600.0
+            writer.append(StepRecord(step, 0, 1.0, 0.5, np.zeros((3, 3), np.float32), {"wide": values}, wall_time=0.0))
+    assert writer.rewritten_chunks == 3  # rows 57, 58 and 59-63 (at close) each began inside the last chunk
+    with h5py.File(path, "r") as file:
+        data = file["layers/wide/activations"].id.get_storage_size()
+    assert path.stat().st_size < data * 1.02 + (1 << 20)
+    with StoreReader(path) as reader:
+        np.testing.assert_array_equal(reader.activations("wide"), np.stack(rows))
+
+
 def test_rows_per_chunk_must_be_a_positive_whole_number(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"^rows_per_chunk must be a positive whole number, got 0\.$"):
         _create(tmp_path / "activations.h5", rows_per_chunk=0)
