@@ -569,3 +569,70 @@ def test_compressed_stores_shuffle_bytes_and_keep_it_through_a_resume(tmp_path: 
         assert store.global_steps().tolist() == list(range(10))
         expected = np.stack([_record(step).activations["net.conv1"] for step in range(10)]).astype(np.float16)
         np.testing.assert_array_equal(store.activations("net.conv1"), expected)
+
+
+def _hdf5s_chunk(tmp_path: Path, data: np.ndarray, **filters) -> bytes:
+    """The bytes HDF5's own pipeline stores for ``data`` written as one chunk (the oracle for ``_chunks``)."""
+    with h5py.File(tmp_path / "oracle.h5", "w") as file:
+        dataset = file.create_dataset("x", data=data, chunks=data.shape, **filters)
+        return dataset.id.read_direct_chunk((0,) * data.ndim)[1]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.frombuffer(b"\x00\x01", np.uint8),  # one word: s1 = s2 = 1
+        np.zeros(6, np.uint8),  # all zero: 0, not 0xffff
+        np.full(4, 0xFF, np.uint8),  # words of 0xffff: sums that are positive multiples of 65535 are 0xffff
+        np.full(7, 0xFF, np.uint8),  # odd: the last byte is a word's high byte
+        np.arange(1, 2, dtype=np.uint8),  # a single byte
+        np.random.default_rng(0).integers(0, 256, 8191, dtype=np.uint8),  # odd, below the short-chunk limit
+        np.random.default_rng(1).integers(0, 256, 2 * 2048 * 40, dtype=np.uint8),  # whole blocks only
+        np.random.default_rng(2).integers(0, 256, 2 * 2048 * 40 + 11, dtype=np.uint8),  # blocks, a tail, odd
+        np.where(np.random.default_rng(3).random(300_000) < 0.999, 0xFF, 0).astype(np.uint8),  # near 65535 a word
+    ],
+    ids=["one-word", "zeros", "ones", "ones-odd", "one-byte", "short-odd", "blocks", "blocks-tail-odd", "dense"],
+)
+def test_fletcher32_is_hdf5s_checksum_bit_for_bit(tmp_path: Path, data: np.ndarray) -> None:
+    from actrec.store._chunks import fletcher32
+
+    stored = _hdf5s_chunk(tmp_path, data, fletcher32=True)
+    assert stored[:-4] == data.tobytes()
+    expected = int.from_bytes(stored[-4:], "little")
+    assert fletcher32(data.reshape(1, -1)).tolist() == [expected]
+    # Rows of a strided buffer (a block's chunks, each followed by room for its checksum) give the same.
+    rows = np.zeros((3, data.size + 5), np.uint8)
+    rows[:, : data.size] = data
+    assert fletcher32(rows[:, : data.size]).tolist() == [expected] * 3
+
+
+def test_fletcher32_known_values() -> None:
+    from actrec.store._chunks import fletcher32
+
+    def one(data: bytes) -> int:
+        return int(fletcher32(np.frombuffer(data, np.uint8).reshape(1, -1))[0])
+
+    assert one(b"\x00\x01") == 0x0001_0001
+    assert one(b"\x00\x01\x00\x02") == (1 + 3) << 16 | 3  # s2 sums the running sums 1 and 3
+    assert one(b"\x01") == 0x0100_0100  # a lone byte is the high byte of a word
+    assert one(b"\x00" * 10) == 0
+    assert one(b"\xff\xff") == 0xFFFF_FFFF
+
+
+@pytest.mark.parametrize("itemsize", [2, 4])
+def test_shuffle_and_deflate_are_what_hdf5_stores(tmp_path: Path, itemsize: int) -> None:
+    from actrec.store._chunks import FILTER_DEFLATE, FILTER_FLETCHER32, FILTER_SHUFFLE, encode_chunk
+
+    data = np.random.default_rng(itemsize).normal(size=(5, 37)).astype(f"f{itemsize}")
+    raw = data.view(np.uint8).reshape(-1)
+    stored = _hdf5s_chunk(tmp_path, data, shuffle=True)
+    assert encode_chunk(raw, [(FILTER_SHUFFLE, (itemsize,))]).tobytes() == stored
+    # Deflate's bytes depend on the zlib build; what must hold is that HDF5 reads them back (checked on read).
+    encoded = encode_chunk(raw, [(FILTER_SHUFFLE, (itemsize,)), (FILTER_DEFLATE, (1,)), (FILTER_FLETCHER32, ())])
+    with h5py.File(tmp_path / "direct.h5", "w") as file:
+        dataset = file.create_dataset(
+            "x", shape=data.shape, dtype=data.dtype, chunks=data.shape, shuffle=True, compression="gzip",
+            compression_opts=1, fletcher32=True,
+        )  # fmt: skip
+        dataset.id.write_direct_chunk((0, 0), encoded)
+        np.testing.assert_array_equal(dataset[()], data)
