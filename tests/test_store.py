@@ -636,3 +636,114 @@ def test_shuffle_and_deflate_are_what_hdf5_stores(tmp_path: Path, itemsize: int)
         )  # fmt: skip
         dataset.id.write_direct_chunk((0, 0), encoded)
         np.testing.assert_array_equal(dataset[()], data)
+
+
+_BLOCKS = [16, 3, 5, 8, 16, 1, 11, 4]
+"""Rows per block: whole chunks, blocks that start or end inside one, and blocks inside a single chunk."""
+
+
+def _block_values(first_step: int, count: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(first_step)
+    return {
+        "layers/net.conv1/activations": rng.normal(0, 2, size=(count, 3, 2, 4, 4)).astype(np.float16),
+        "layers/net.conv2/activations": rng.normal(0, 2, size=(count, 3, 3, 2, 2)).astype(np.float16),
+        "layers/net.conv1/params/0.weight": rng.normal(size=(count, 2, 1, 3, 3)).astype(np.float32),
+        "layers/net.conv1/params/0.bias": rng.normal(size=(count, 2)).astype(np.float32),
+        "layers/net.conv1/abs_max": rng.random(count).astype(np.float32),
+        "layers/net.conv2/abs_max": rng.random(count).astype(np.float32),
+        "layers/net.conv1/nonfinite": np.zeros(count, np.int64),
+        "layers/net.conv2/nonfinite": np.zeros(count, np.int64),
+        "steps/logits": rng.normal(size=(count, 3, 3)).astype(np.float32),
+        "steps/batch_loss": rng.random(count).astype(np.float32),
+        "steps/batch_acc": rng.random(count).astype(np.float32),
+    }
+
+
+def _write_blocks(path: Path, compression: str, rows_per_chunk: int) -> dict[str, np.ndarray]:
+    """Write :data:`_BLOCKS` with ``append_block``, flushing each as the writer process does; return every column."""
+    written: dict[str, list[np.ndarray]] = {}
+    with _create(path, compression=compression, rows_per_chunk=rows_per_chunk, background=False) as writer:
+        step = 0
+        for count in _BLOCKS:
+            values = _block_values(step, count)
+            # Strided views, as the writer process hands over rows still in their shared-memory slots.
+            padded = {key: np.stack([array, array])[0] for key, array in values.items()}
+            writer.append_block(padded, list(range(step, step + count)), [0] * count, [0.0] * count)
+            writer.flush()
+            for key, array in values.items():
+                written.setdefault(key, []).append(array)
+            step += count
+    return {key: np.concatenate(arrays) for key, arrays in written.items()}
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "lzf"])
+@pytest.mark.parametrize("rows_per_chunk", [1, 2, 8])
+def test_rows_filling_whole_chunks_are_written_past_hdf5s_pipeline_and_read_back_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str, rows_per_chunk: int
+) -> None:
+    from actrec.store import writer as store_writer
+
+    direct_rows = []
+    write_chunks = store_writer._Column._write_chunks
+
+    def spy(column: store_writer._Column, values: np.ndarray, first_row: int, pipeline: tuple) -> None:
+        assert first_row % column.chunk_rows == 0
+        assert len(values) % column.chunk_rows == 0
+        direct_rows.append(len(values))
+        write_chunks(column, values, first_row, pipeline)
+
+    monkeypatch.setattr(store_writer._Column, "_write_chunks", spy)
+    path = tmp_path / "activations.h5"
+    expected = _write_blocks(path, compression, rows_per_chunk)
+
+    # Whole chunks of the four per-step columns went past HDF5, the rest through it (lzf only exists inside HDF5).
+    start = whole = 0
+    for count in _BLOCKS:
+        head = min(-start % rows_per_chunk, count)
+        whole += (count - head) // rows_per_chunk * rows_per_chunk
+        start += count
+    assert sum(direct_rows) == (0 if compression == "lzf" else 4 * whole)
+    # HDF5 reads every row back, verifying each chunk's Fletcher-32 checksum on the way.
+    with h5py.File(path, "r") as raw:
+        for key, values in expected.items():
+            np.testing.assert_array_equal(raw[key][()], values, err_msg=key)
+        np.testing.assert_array_equal(raw["steps/global_step"][()], np.arange(sum(_BLOCKS)))
+    with StoreReader(path) as store:
+        assert store.num_steps == sum(_BLOCKS)
+        np.testing.assert_array_equal(store.activations("net.conv2"), expected["layers/net.conv2/activations"])
+
+    # Uncompressed chunks are byte for byte what HDF5 itself stores (gzip's depend on the zlib build).
+    monkeypatch.setattr(store_writer, "_DIRECT_CHUNKS", False)
+    reference = tmp_path / "reference.h5"
+    _write_blocks(reference, compression, rows_per_chunk)
+    if compression == "none":
+        with h5py.File(path, "r") as ours, h5py.File(reference, "r") as theirs:
+            dataset, hdf5s = ours["layers/net.conv1/activations"], theirs["layers/net.conv1/activations"]
+            for row in range(0, dataset.shape[0], rows_per_chunk):
+                offset = (row, 0, 0, 0, 0)
+                assert dataset.id.read_direct_chunk(offset) == hdf5s.id.read_direct_chunk(offset), row
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_a_chunk_written_with_a_wrong_checksum_is_refused_on_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str
+) -> None:
+    # The round trip above can fail: HDF5 does check the checksum of a chunk written past its pipeline.
+    from actrec.store import _chunks
+    from actrec.store import writer as store_writer
+
+    fletcher32 = _chunks.fletcher32
+
+    def off_by_one(chunks: np.ndarray) -> np.ndarray:
+        return fletcher32(chunks) ^ np.uint32(1)
+
+    monkeypatch.setattr(store_writer, "fletcher32", off_by_one)
+    monkeypatch.setattr(_chunks, "fletcher32", off_by_one)
+    path = tmp_path / "activations.h5"
+    with _create(path, compression=compression, rows_per_chunk=8, background=False) as writer:
+        values = _block_values(0, 16)
+        writer.append_block(values, list(range(16)), [0] * 16, [0.0] * 16)
+    with h5py.File(path, "r") as raw:
+        np.testing.assert_array_equal(raw["steps/logits"][()], values["steps/logits"])  # written by HDF5: sound
+        with pytest.raises(OSError, match="filter returned failure during read"):
+            raw["layers/net.conv1/activations"][()]
