@@ -747,3 +747,24 @@ def test_a_chunk_written_with_a_wrong_checksum_is_refused_on_read(
         np.testing.assert_array_equal(raw["steps/logits"][()], values["steps/logits"])  # written by HDF5: sound
         with pytest.raises(OSError, match="filter returned failure during read"):
             raw["layers/net.conv1/activations"][()]
+
+
+def test_a_block_hands_over_its_rows_in_order_whether_or_not_the_ring_wrapped() -> None:
+    from actrec.store._process import _Block
+
+    memory = np.arange(4 * 12, dtype=np.uint8).reshape(4, 12)  # four slots of 12-byte rows
+    fields = [("a", np.dtype(np.uint16), (2,), 0), ("b", np.dtype(np.float32), (2,), 4)]
+    received: list[dict[str, np.ndarray]] = []
+
+    class Writer:
+        def append_block(self, values: dict, steps: list, epochs: list, walls: list) -> None:
+            received.append({key: np.array(value) for key, value in values.items()})  # copied, as columns do
+
+    block = _Block(memory, 4, fields)
+    for slots in ([1, 2], [3, 0, 1]):  # consecutive slots, then slots across the end of the ring
+        for slot in slots:
+            block.add(slot, slot, 0, 0.0, 0.0)
+        assert block.write_to(Writer()) == slots
+        rows = memory[slots]
+        np.testing.assert_array_equal(received[-1]["a"], rows[:, 0:4].view(np.uint16))
+        np.testing.assert_array_equal(received[-1]["b"], rows[:, 4:12].view(np.float32))
