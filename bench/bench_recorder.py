@@ -132,14 +132,17 @@ def _run(
     return measured, (recorder.store_path if recorder else None)
 
 
-def _writer_process_ms_per_row(data: ImageDataModule, compression: str, rows: int = 256, rounds: int = 3) -> float:
-    """CPU milliseconds the writer process spends per row, as the recorder runs it.
+def _writer_process_ms_per_row(
+    data: ImageDataModule, compression: str, rows: int = 256, rounds: int = 3
+) -> tuple[float, float | None]:
+    """CPU milliseconds the writer process spends per row, as the recorder runs it, and as it spends them when HDF5
+    filters and writes every row itself (``ACTREC_DIRECT_CHUNKS=0``; ``None`` for lzf, which only HDF5 applies).
 
     Packed rows of the six-conv net (its six conv blocks, ten probes, float16, the default weights) go through a
     real :class:`WriterProcess` (blocks of 16 rows, Fletcher-32 checksums, the given compression); the child's CPU
     time comes from ``getrusage(RUSAGE_CHILDREN)`` once it has exited. Its start-up (interpreter, numpy, h5py, the
     store opened) is taken out by running it twice, with 16 rows and with ``16 + rows``, and taking the
-    difference; the median over ``rounds``.
+    difference; the median over ``rounds``, the two ways of writing interleaved within each round.
     """
     model = ImageClassifier(init="article")
     images = torch.stack([data.val_dataset[index][0] for index in range(10)])
@@ -169,15 +172,27 @@ def _writer_process_ms_per_row(data: ImageDataModule, compression: str, rows: in
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
-    per_row, floor = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(rounds):
-            short = child_seconds(16, Path(tmp) / "short.h5")
-            long = child_seconds(16 + rows, Path(tmp) / "long.h5")
-            per_row.append((long - short) / rows * 1000)
-            floor.append(_file_write_ms_per_row(np.stack(packed[:16]).tobytes(), rows, Path(tmp) / "raw.bin"))
+    ways = ("1", "0") if compression != "lzf" else ("1",)
+    per_row: dict[str, list[float]] = {way: [] for way in ways}
+    floor = []
+    before = os.environ.get("ACTREC_DIRECT_CHUNKS")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for round_index in range(rounds):
+                for way in ways if round_index % 2 == 0 else ways[::-1]:  # neither way always goes first
+                    os.environ["ACTREC_DIRECT_CHUNKS"] = way  # read by the writer child at its start
+                    short = child_seconds(16, Path(tmp) / "short.h5")
+                    long = child_seconds(16 + rows, Path(tmp) / "long.h5")
+                    per_row[way].append((long - short) / rows * 1000)
+                floor.append(_file_write_ms_per_row(np.stack(packed[:16]).tobytes(), rows, Path(tmp) / "raw.bin"))
+    finally:
+        if before is None:
+            os.environ.pop("ACTREC_DIRECT_CHUNKS", None)
+        else:
+            os.environ["ACTREC_DIRECT_CHUNKS"] = before
     _FLOOR_MS[compression] = statistics.median(floor)
-    return statistics.median(per_row)
+    through_hdf5 = statistics.median(per_row["0"]) if "0" in per_row else None
+    return statistics.median(per_row["1"]), through_hdf5
 
 
 _FLOOR_MS: dict[str, float] = {}
@@ -237,7 +252,12 @@ def main() -> None:
     data.setup("fit")
     results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
     sizes: dict[str, tuple[float, float]] = {}
-    writer_ms = {name: _writer_process_ms_per_row(data, name) for name in ("none", "lzf", "gzip")}
+    # Uncompressed rows cost a tenth of compressed ones: 1024 of them keep the start-up's noise (+-20 ms of CPU,
+    # taken out by difference) below the differences measured; 256 do for the compressed.
+    writer_ms = {
+        name: _writer_process_ms_per_row(data, name, rows=1024 if name == "none" else 256)
+        for name in ("none", "lzf", "gzip")
+    }
     if args.writer_only:
         _print_writer(writer_ms)
         return
@@ -290,13 +310,14 @@ def main() -> None:
     _print_writer(writer_ms)
 
 
-def _print_writer(writer_ms: dict[str, float]) -> None:
+def _print_writer(writer_ms: dict[str, tuple[float, float | None]]) -> None:
     print(
         "\nthe writer process alone: CPU ms per row (its start-up taken out), blocks of 16 rows, Fletcher-32 on; "
         f"load average {os.getloadavg()[0]:.2f} (1 min)"
     )
-    for name, ms in writer_ms.items():
-        print(f"  {name:6s} {ms:6.3f} ms")
+    for name, (ms, through_hdf5) in writer_ms.items():
+        beside = "" if through_hdf5 is None else f"  ({through_hdf5:.3f} ms with HDF5 filtering every chunk itself)"
+        print(f"  {name:6s} {ms:6.3f} ms{beside}")
     floor = statistics.median(_FLOOR_MS.values())
     print(f"  floor  {floor:6.3f} ms  (os.write of the same uncompressed bytes to a new file, beside each round)")
 

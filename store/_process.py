@@ -486,7 +486,8 @@ def _child_main() -> None:
 class _Block:
     """Rows the parent handed over, still in their shared-memory slots, until they are written to the store together.
 
-    Each field is gathered from the held slots with one copy (the store wants it contiguous, row after row);
+    Each field goes to the store as a view of the held slots when they follow each other in the ring (the store
+    copies it once, into the chunk it writes), gathered with one copy when the block wraps round the ring's end;
     once the block is on disk its slots go back to the parent by raising the shared ``freed`` counter. A block
     is written once it has ``capacity`` rows or holds every slot the parent has (or when
     :func:`~actrec.store.writer.rows_due` says).
@@ -528,7 +529,11 @@ class _Block:
         count = len(self.slots) if count is None else min(count, len(self.slots))
         if not count:
             return []
-        held = np.asarray(self.slots[:count])
+        first = self.slots[0]
+        if self.slots[count - 1] == first + count - 1:  # consecutive slots (the ring did not wrap): views, no copy
+            held: slice | np.ndarray = slice(first, first + count)
+        else:
+            held = np.asarray(self.slots[:count])
         values = {
             key: self.memory[held, start:stop].view(dtype).reshape((count, *shape))
             for key, dtype, shape, start, stop in self.fields

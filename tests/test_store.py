@@ -590,3 +590,202 @@ def test_compressed_stores_shuffle_bytes_and_keep_it_through_a_resume(tmp_path: 
         assert store.global_steps().tolist() == list(range(10))
         expected = np.stack([_record(step).activations["net.conv1"] for step in range(10)]).astype(np.float16)
         np.testing.assert_array_equal(store.activations("net.conv1"), expected)
+
+
+def _hdf5s_chunk(tmp_path: Path, data: np.ndarray, **filters) -> bytes:
+    """The bytes HDF5's own pipeline stores for ``data`` written as one chunk (the oracle for ``_chunks``)."""
+    with h5py.File(tmp_path / "oracle.h5", "w") as file:
+        dataset = file.create_dataset("x", data=data, chunks=data.shape, **filters)
+        return dataset.id.read_direct_chunk((0,) * data.ndim)[1]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.frombuffer(b"\x00\x01", np.uint8),  # one word: s1 = s2 = 1
+        np.zeros(6, np.uint8),  # all zero: 0, not 0xffff
+        np.full(4, 0xFF, np.uint8),  # words of 0xffff: sums that are positive multiples of 65535 are 0xffff
+        np.full(7, 0xFF, np.uint8),  # odd: the last byte is a word's high byte
+        np.arange(1, 2, dtype=np.uint8),  # a single byte
+        np.random.default_rng(0).integers(0, 256, 8191, dtype=np.uint8),  # odd, below the short-chunk limit
+        np.random.default_rng(1).integers(0, 256, 2 * 2048 * 40, dtype=np.uint8),  # whole blocks only
+        np.random.default_rng(2).integers(0, 256, 2 * 2048 * 40 + 11, dtype=np.uint8),  # blocks, a tail, odd
+        np.where(np.random.default_rng(3).random(300_000) < 0.999, 0xFF, 0).astype(np.uint8),  # near 65535 a word
+    ],
+    ids=["one-word", "zeros", "ones", "ones-odd", "one-byte", "short-odd", "blocks", "blocks-tail-odd", "dense"],
+)
+def test_fletcher32_is_hdf5s_checksum_bit_for_bit(tmp_path: Path, data: np.ndarray) -> None:
+    from actrec.store._chunks import fletcher32
+
+    stored = _hdf5s_chunk(tmp_path, data, fletcher32=True)
+    assert stored[:-4] == data.tobytes()
+    expected = int.from_bytes(stored[-4:], "little")
+    assert fletcher32(data.reshape(1, -1)).tolist() == [expected]
+    # Rows of a strided buffer (a block's chunks, each followed by room for its checksum) give the same.
+    rows = np.zeros((3, data.size + 5), np.uint8)
+    rows[:, : data.size] = data
+    assert fletcher32(rows[:, : data.size]).tolist() == [expected] * 3
+
+
+def test_fletcher32_known_values() -> None:
+    from actrec.store._chunks import fletcher32
+
+    def one(data: bytes) -> int:
+        return int(fletcher32(np.frombuffer(data, np.uint8).reshape(1, -1))[0])
+
+    assert one(b"\x00\x01") == 0x0001_0001
+    assert one(b"\x00\x01\x00\x02") == (1 + 3) << 16 | 3  # s2 sums the running sums 1 and 3
+    assert one(b"\x01") == 0x0100_0100  # a lone byte is the high byte of a word
+    assert one(b"\x00" * 10) == 0
+    assert one(b"\xff\xff") == 0xFFFF_FFFF
+
+
+@pytest.mark.parametrize("itemsize", [2, 4])
+def test_shuffle_and_deflate_are_what_hdf5_stores(tmp_path: Path, itemsize: int) -> None:
+    from actrec.store._chunks import FILTER_DEFLATE, FILTER_FLETCHER32, FILTER_SHUFFLE, encode_chunk
+
+    data = np.random.default_rng(itemsize).normal(size=(5, 37)).astype(f"f{itemsize}")
+    raw = data.view(np.uint8).reshape(-1)
+    stored = _hdf5s_chunk(tmp_path, data, shuffle=True)
+    assert encode_chunk(raw, [(FILTER_SHUFFLE, (itemsize,))]).tobytes() == stored
+    # Deflate's bytes depend on the zlib build; what must hold is that HDF5 reads them back (checked on read).
+    encoded = encode_chunk(raw, [(FILTER_SHUFFLE, (itemsize,)), (FILTER_DEFLATE, (1,)), (FILTER_FLETCHER32, ())])
+    with h5py.File(tmp_path / "direct.h5", "w") as file:
+        dataset = file.create_dataset(
+            "x", shape=data.shape, dtype=data.dtype, chunks=data.shape, shuffle=True, compression="gzip",
+            compression_opts=1, fletcher32=True,
+        )  # fmt: skip
+        dataset.id.write_direct_chunk((0, 0), encoded)
+        np.testing.assert_array_equal(dataset[()], data)
+
+
+_BLOCKS = [16, 3, 5, 8, 16, 1, 11, 4]
+"""Rows per block: whole chunks, blocks that start or end inside one, and blocks inside a single chunk."""
+
+
+def _block_values(first_step: int, count: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(first_step)
+    return {
+        "layers/net.conv1/activations": rng.normal(0, 2, size=(count, 3, 2, 4, 4)).astype(np.float16),
+        "layers/net.conv2/activations": rng.normal(0, 2, size=(count, 3, 3, 2, 2)).astype(np.float16),
+        "layers/net.conv1/params/0.weight": rng.normal(size=(count, 2, 1, 3, 3)).astype(np.float32),
+        "layers/net.conv1/params/0.bias": rng.normal(size=(count, 2)).astype(np.float32),
+        "layers/net.conv1/abs_max": rng.random(count).astype(np.float32),
+        "layers/net.conv2/abs_max": rng.random(count).astype(np.float32),
+        "layers/net.conv1/nonfinite": np.zeros(count, np.int64),
+        "layers/net.conv2/nonfinite": np.zeros(count, np.int64),
+        "steps/logits": rng.normal(size=(count, 3, 3)).astype(np.float32),
+        "steps/batch_loss": rng.random(count).astype(np.float32),
+        "steps/batch_acc": rng.random(count).astype(np.float32),
+    }
+
+
+def _write_blocks(path: Path, compression: str, rows_per_chunk: int) -> dict[str, np.ndarray]:
+    """Write :data:`_BLOCKS` with ``append_block``, flushing each as the writer process does; return every column."""
+    written: dict[str, list[np.ndarray]] = {}
+    with _create(path, compression=compression, rows_per_chunk=rows_per_chunk, background=False) as writer:
+        step = 0
+        for count in _BLOCKS:
+            values = _block_values(step, count)
+            # Strided views, as the writer process hands over rows still in their shared-memory slots.
+            padded = {key: np.stack([array, array])[0] for key, array in values.items()}
+            writer.append_block(padded, list(range(step, step + count)), [0] * count, [0.0] * count)
+            writer.flush()
+            for key, array in values.items():
+                written.setdefault(key, []).append(array)
+            step += count
+    return {key: np.concatenate(arrays) for key, arrays in written.items()}
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "lzf"])
+@pytest.mark.parametrize("rows_per_chunk", [1, 2, 8])
+def test_rows_filling_whole_chunks_are_written_past_hdf5s_pipeline_and_read_back_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str, rows_per_chunk: int
+) -> None:
+    from actrec.store import writer as store_writer
+
+    direct_rows = []
+    write_chunks = store_writer._Column._write_chunks
+
+    def spy(column: store_writer._Column, values: np.ndarray, first_row: int, pipeline: tuple) -> None:
+        assert first_row % column.chunk_rows == 0
+        assert len(values) % column.chunk_rows == 0
+        direct_rows.append(len(values))
+        write_chunks(column, values, first_row, pipeline)
+
+    monkeypatch.setattr(store_writer._Column, "_write_chunks", spy)
+    path = tmp_path / "activations.h5"
+    expected = _write_blocks(path, compression, rows_per_chunk)
+
+    # Whole chunks of the four per-step columns went past HDF5, the rest through it (lzf only exists inside HDF5).
+    start = whole = 0
+    for count in _BLOCKS:
+        head = min(-start % rows_per_chunk, count)
+        whole += (count - head) // rows_per_chunk * rows_per_chunk
+        start += count
+    assert sum(direct_rows) == (0 if compression == "lzf" else 4 * whole)
+    # HDF5 reads every row back, verifying each chunk's Fletcher-32 checksum on the way.
+    with h5py.File(path, "r") as raw:
+        for key, values in expected.items():
+            np.testing.assert_array_equal(raw[key][()], values, err_msg=key)
+        np.testing.assert_array_equal(raw["steps/global_step"][()], np.arange(sum(_BLOCKS)))
+    with StoreReader(path) as store:
+        assert store.num_steps == sum(_BLOCKS)
+        np.testing.assert_array_equal(store.activations("net.conv2"), expected["layers/net.conv2/activations"])
+
+    # Uncompressed chunks are byte for byte what HDF5 itself stores (gzip's depend on the zlib build).
+    monkeypatch.setattr(store_writer, "_DIRECT_CHUNKS", False)
+    reference = tmp_path / "reference.h5"
+    _write_blocks(reference, compression, rows_per_chunk)
+    if compression == "none":
+        with h5py.File(path, "r") as ours, h5py.File(reference, "r") as theirs:
+            dataset, hdf5s = ours["layers/net.conv1/activations"], theirs["layers/net.conv1/activations"]
+            for row in range(0, dataset.shape[0], rows_per_chunk):
+                offset = (row, 0, 0, 0, 0)
+                assert dataset.id.read_direct_chunk(offset) == hdf5s.id.read_direct_chunk(offset), row
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_a_chunk_written_with_a_wrong_checksum_is_refused_on_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str
+) -> None:
+    # The round trip above can fail: HDF5 does check the checksum of a chunk written past its pipeline.
+    from actrec.store import _chunks
+    from actrec.store import writer as store_writer
+
+    fletcher32 = _chunks.fletcher32
+
+    def off_by_one(chunks: np.ndarray) -> np.ndarray:
+        return fletcher32(chunks) ^ np.uint32(1)
+
+    monkeypatch.setattr(store_writer, "fletcher32", off_by_one)
+    monkeypatch.setattr(_chunks, "fletcher32", off_by_one)
+    path = tmp_path / "activations.h5"
+    with _create(path, compression=compression, rows_per_chunk=8, background=False) as writer:
+        values = _block_values(0, 16)
+        writer.append_block(values, list(range(16)), [0] * 16, [0.0] * 16)
+    with h5py.File(path, "r") as raw:
+        np.testing.assert_array_equal(raw["steps/logits"][()], values["steps/logits"])  # written by HDF5: sound
+        with pytest.raises(OSError, match="filter returned failure during read"):
+            raw["layers/net.conv1/activations"][()]
+
+
+def test_a_block_hands_over_its_rows_in_order_whether_or_not_the_ring_wrapped() -> None:
+    from actrec.store._process import _Block
+
+    memory = np.arange(4 * 12, dtype=np.uint8).reshape(4, 12)  # four slots of 12-byte rows
+    fields = [("a", np.dtype(np.uint16), (2,), 0), ("b", np.dtype(np.float32), (2,), 4)]
+    received: list[dict[str, np.ndarray]] = []
+
+    class Writer:
+        def append_block(self, values: dict, steps: list, epochs: list, walls: list) -> None:
+            received.append({key: np.array(value) for key, value in values.items()})  # copied, as columns do
+
+    block = _Block(memory, 4, fields)
+    for slots in ([1, 2], [3, 0, 1]):  # consecutive slots, then slots across the end of the ring
+        for slot in slots:
+            block.add(slot, slot, 0, 0.0, 0.0)
+        assert block.write_to(Writer()) == slots
+        rows = memory[slots]
+        np.testing.assert_array_equal(received[-1]["a"], rows[:, 0:4].view(np.uint16))
+        np.testing.assert_array_equal(received[-1]["b"], rows[:, 4:12].view(np.float32))
