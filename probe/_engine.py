@@ -154,6 +154,8 @@ class ProbeEngine:
         self.device = parameter.device if parameter is not None else torch.device("cpu")
         # Any batch structure (tensor, tuple, dict), copied once to the device in the model's dtype.
         self.images = map_tensors(batch_for(model, images), lambda tensor: tensor.clone())
+        self._source_images = self.images
+        """The probes as first placed: a model cast to 16 bits and back gets copies of these, not of rounded ones."""
         self.num_probes = batch_size(self.images)
         self.forward = forward
         modules = modules_of(model, self.layers)
@@ -366,7 +368,8 @@ class ProbeEngine:
             return
         self.model_changes += 1
         self._param_targets = self._parameter_owners()
-        self.images = batch_for(self.model, self.images)  # a model cast to another dtype takes its probes along
+        # A model cast or moved takes its probes along: placed once here, not looked up every pass.
+        self.images = batch_for(self.model, self._source_images)
         if self._replay is None:
             self._say_once(
                 "changed",

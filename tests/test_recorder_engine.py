@@ -457,6 +457,13 @@ def test_the_pass_follows_a_model_cast_or_given_a_new_child_after_setup() -> Non
     with torch.no_grad():
         expected = model(images.double())
     assert torch.equal(views["logits"], expected.float())
+    # To 16 bits and back: the pass takes the probes as they were, not as a float16 copy rounded them.
+    model.half()
+    engine.run()
+    model.float()
+    views = engine.host_views(engine.run().clone())
+    with torch.no_grad():
+        assert torch.equal(views["logits"], model(images))
 
     seen: list[bool] = []
 
@@ -466,7 +473,7 @@ def test_the_pass_follows_a_model_cast_or_given_a_new_child_after_setup() -> Non
             return x
 
     model.train()
-    model.net.append(Probe().double())
+    model.net.append(Probe())
     engine.run()
     assert seen == [False]  # switched to eval with the rest, and given its flag back after
     assert model.net[-1].training
