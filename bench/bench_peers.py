@@ -66,6 +66,17 @@ class _Clock(pl.Callback):
             self.times["end"] = time.perf_counter()
 
 
+def _eval_forward(pl_module: pl.LightningModule, images: torch.Tensor) -> None:
+    """The probe images through the model in eval mode under ``no_grad``, its own ``training`` flag restored."""
+    was_training = pl_module.training
+    try:
+        pl_module.eval()
+        with torch.no_grad():
+            pl_module(images)
+    finally:
+        pl_module.train(was_training)
+
+
 class _ProbePass(pl.Callback):
     """A hand-written recorder: hooks on ``layers``, a probe pass every step, ``keep(step, {layer: tensor})``."""
 
@@ -82,13 +93,9 @@ class _ProbePass(pl.Callback):
             modules[name].register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o.detach()))
             for name in self.layers
         ]
-        was_training = pl_module.training
         try:
-            pl_module.eval()
-            with torch.no_grad():
-                pl_module(self.images)
+            _eval_forward(pl_module, self.images)
         finally:
-            pl_module.train(was_training)
             for handle in handles:
                 handle.remove()
         self.keep(trainer, outputs)
@@ -101,13 +108,7 @@ class _ForwardOnly(pl.Callback):
         self.images = images
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
-        was_training = pl_module.training
-        try:
-            pl_module.eval()
-            with torch.no_grad():
-                pl_module(self.images)
-        finally:
-            pl_module.train(was_training)
+        _eval_forward(pl_module, self.images)
 
 
 class _HooksH5py(_ProbePass):

@@ -112,7 +112,6 @@ def run_hooked(
     fork_rng: bool = True,
     modules: Mapping[str, tuple[nn.Module, str]] | None = None,
     submodules: Sequence[nn.Module] | None = None,
-    device: torch.device | None = None,
     placed: bool = False,
 ) -> Any:
     """One forward pass in eval mode under ``no_grad`` calling ``on_output(layer, tensor)`` once per layer.
@@ -125,9 +124,8 @@ def run_hooked(
     (a CUDA graph capture, which cannot read the generator). Returns the model's raw output.
 
     A caller that runs the pass every step resolves the rest beforehand: ``modules`` (:func:`modules_of`
-    ``(model, layers)``), ``submodules`` (``list(model.modules())``), ``device`` (the parameters' device), and
-    ``placed`` says ``images`` already is on the model's device in its dtype. Each of them otherwise walks
-    the module tree again, every pass.
+    ``(model, layers)``) and ``submodules`` (``list(model.modules())``), and ``placed`` says ``images`` already is
+    on the model's device in its dtype. Each of them otherwise walks the module tree again, every pass.
 
     Raises:
         ProbeError: a layer produced nothing, ran more than once, or its output holds no tensor.
@@ -148,7 +146,7 @@ def run_hooked(
     try:
         for layer, (module, selector) in modules.items():
             handles.append(module.register_forward_hook(hook_for(layer, selector)))
-        forked = forked_rng(device or _device_of(model)) if fork_rng else nullcontext()
+        forked = forked_rng(_device_of(model)) if fork_rng else nullcontext()
         with eval_mode(model, submodules), torch.no_grad(), forked:
             try:
                 output = run_forward(model, images, forward, placed=placed)

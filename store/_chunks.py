@@ -92,9 +92,8 @@ def fletcher32(chunks: np.ndarray) -> np.ndarray:
 def _finish(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
     """The checksums from the exact little-endian sums ``s1`` and the sums ``s2`` (exact or modulo 65535)."""
     checksums = []
-    for plain, running in zip(
-        s1.tolist(), s2.tolist(), strict=True
-    ):  # a few chunks: Python's integers beat numpy's calls
+    # A few chunks at a time: Python's integers beat numpy's calls.
+    for plain, running in zip(s1.tolist(), s2.tolist(), strict=True):
         if plain == 0:  # only all-zero data sums to 0; HDF5's folds write any other multiple of 65535 as 0xffff
             checksums.append(0)
             continue
