@@ -364,17 +364,37 @@ def step_of(checkpoint):
     return int(checkpoint.stem.rsplit("step=", 1)[1])
 
 
+def size_of(path):
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # a live run's ModelCheckpoint removed it after rglob listed it
+        return 0
+
+
 def newest_checkpoint():
-    checkpoints = [path for path in runs_dir.rglob("*.ckpt") if path.stat().st_size]
+    checkpoints = [path for path in runs_dir.rglob("*.ckpt") if size_of(path)]
     return max(checkpoints, key=step_of) if checkpoints else None
 
 
+def store_named_in(checkpoint):
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["callbacks"]
+    (recorder,) = [value for key, value in state.items() if "ActivationRecorder" in key]
+    return Path(recorder["store_path"])
+
+
 def current_store():
-    checkpoint = newest_checkpoint()
-    if checkpoint is not None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["callbacks"]
-        (recorder,) = [value for key, value in state.items() if "ActivationRecorder" in key]
-        return Path(recorder["store_path"])
+    # While a run is live, its newest checkpoint can be replaced (removed, or still being written) between
+    # listing and loading it: look again, a few times, before giving up.
+    for _ in range(20):
+        checkpoint = newest_checkpoint()
+        if checkpoint is None:
+            break
+        try:
+            return store_named_in(checkpoint)
+        except (OSError, EOFError, RuntimeError):
+            time.sleep(0.05)
+    else:
+        return store_named_in(newest_checkpoint())
     stores = sorted(runs_dir.rglob("activations.h5"), key=lambda path: int(path.parent.name.split("_")[1]))
     return stores[-1] if stores else None
 
