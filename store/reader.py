@@ -12,6 +12,7 @@ import numpy as np
 
 from actrec.names import STORE_FILENAME
 from actrec.store._integrity import (
+    _hdf5_reason,
     check_schema,
     format_version,
     json_attribute,
@@ -334,5 +335,13 @@ def _open(path: Path) -> h5py.File:
         # writing" by a killed run, with no h5clear step; open_swmr bounds HDF5's retries on damaged
         # metadata (which otherwise take ~40 minutes per object) and walks the structure once.
         return open_swmr(path)
-    except OSError:
-        return h5py.File(path, "r", locking=False)  # a foreign HDF5 file too old for SWMR; rejected later
+    except OSError as error:
+        try:
+            return h5py.File(path, "r", locking=False)  # a foreign HDF5 file too old for SWMR; rejected later
+        except OSError as plain:
+            if "already open" in str(plain):  # actrec's own writers are always in SWMR mode, so another program's
+                raise StoreError(
+                    f"{path} is marked open for writing by a program that does not share it (not in SWMR mode): "
+                    "wait for it to close the file, or, if it died, clear the mark with `h5clear -s`."
+                ) from None
+            raise StoreError(f"{path} cannot be read ({_hdf5_reason(error)}).") from None

@@ -443,8 +443,12 @@ class StoreWriter:
 
     @classmethod
     def _open_for_append(cls, path: Path, flush_every: int, background: bool) -> StoreWriter:
-        file = h5py.File(path, "r+", libver="latest")
-        file.swmr_mode = True
+        # Opened for writing and SWMR at once: h5py's "r+" then `swmr_mode = True` leaves a moment in which
+        # the file is open for plain writing, and a reader opening it then is refused ("already open").
+        fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+        fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+        flags = h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE
+        file = h5py.File(h5py.h5f.open(os.fsencode(path), flags, fapl=fapl))
         return cls(file, path, flush_every=flush_every, background=background)
 
     # -- writing ---------------------------------------------------------------------------------
@@ -464,8 +468,14 @@ class StoreWriter:
         self._submit(self._flush_now)
         self._wait()
 
-    def close(self) -> None:
-        """Write what is pending, flush and close the file. Safe to call twice."""
+    def close(self, *, compact_if_needed: bool = True) -> None:
+        """Write what is pending, flush and close the file. Safe to call twice.
+
+        Args:
+            compact_if_needed: rewrite the file without its dead chunk versions when they add up (see
+                :attr:`dead_bytes`). The writer of a killed run passes False: a resumed run may already have
+                replaced the store, and a compaction would put the old one back over it.
+        """
         if self._closed:
             return
         try:
@@ -484,7 +494,7 @@ class StoreWriter:
         self._raise_worker_error()
         # Judged by the dead bytes themselves, not by the file's size against its data: that gap also holds the
         # chunk indexes and headers, ~3% for a long store of small rows, which no copy removes.
-        if self.dead_bytes > _DEAD_SHARE * self.path.stat().st_size + (1 << 20):
+        if compact_if_needed and self.dead_bytes > _DEAD_SHARE * self.path.stat().st_size + (1 << 20):
             try:
                 compact(self.path)
             except StoreError as error:  # the store is whole, only larger than it need be
