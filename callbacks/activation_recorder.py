@@ -732,13 +732,7 @@ class ActivationRecorder(Callback):
             return
         if trainer.global_step != self._last_recorded_step:
             self._record(trainer, None, None)
-        if self._ring is not None:
-            self._ring.drain()
-        if self._process is not None:
-            self._process.flush()
-        elif self._writer is not None and not self._stopped:
-            self._writer.flush()
-        self._check_failure()
+        self._flush()
         # Only once a due step looked for them: a run shorter than every_n_steps records step 0 (no batch yet)
         # and its last step (from on_train_end, which sees no outputs), and logged them all the same.
         if self._last_recorded_step > 0 and self._batch_metrics_looked_up:
@@ -794,6 +788,28 @@ class ActivationRecorder(Callback):
                 writer.close()
             except StoreError as error:
                 self._stop(str(error))
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Put every recorded row on disk before the checkpoint that counts them is written.
+
+        A run resumed from this checkpoint keeps the store's rows through its step; rows still in the writer's
+        hands when training is killed would otherwise reach the disk only as its writer finishes, which can be
+        after the resumed run has copied the store.
+        """
+        if trainer.is_global_zero:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._ring is not None:
+            self._ring.drain()
+        if self._process is not None:
+            self._process.flush()
+        elif self._writer is not None and not self._stopped:
+            self._writer.flush()
+        self._check_failure()
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -424,6 +424,7 @@ def _child_main() -> None:
     _reply({"ready": 1, "last_global_step": writer.last_global_step})
     taken = written = 0
     clean = True
+    asked_to_close = False  # else the parent died (SIGKILL): its rows still go in, but the store is not compacted
     tick[0] = _POLL_SECONDS
 
     def write_block(count: int | None = None) -> None:
@@ -467,6 +468,7 @@ def _child_main() -> None:
                 write_block()
                 _reply({"flushed": message["id"]})
             elif op == "close":
+                asked_to_close = True
                 break
         take_rows()
         block.write_to(writer)  # the parent is gone or done: everything it handed over goes in
@@ -479,7 +481,9 @@ def _child_main() -> None:
         _reply({"error": f"writing {setup['path']} failed: {_first_line(error)}"})
     if not clean:
         os._exit(1)
-    writer.close()
+    # The run of a parent that died may be resumed while this child is still closing; the resume replaces the
+    # store with a fresh copy (compacted by the copy), which a compaction here would put the old file back over.
+    writer.close(compact_if_needed=asked_to_close)
     _reply({"closed": 1})
 
 
