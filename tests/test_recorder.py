@@ -158,6 +158,32 @@ def test_resume_continues_the_store_without_gaps_or_duplicates(tmp_path: Path) -
         assert store.scalars("val/acc")[0].tolist() == [6, 12, 18]
 
 
+class _ReadsTheStoreAfterEachSave(ModelCheckpoint):
+    """Writes checkpoints as usual, and after each one reads which steps the store has on disk."""
+
+    def __init__(self, store: Path, **options) -> None:
+        super().__init__(**options)
+        self.store = store
+        self.seen: list[tuple[int, list[int]]] = []
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        with StoreReader(self.store) as reader:
+            self.seen.append((trainer.global_step, reader.global_steps().tolist()))
+
+
+def test_the_rows_a_checkpoint_counts_are_on_disk_before_the_checkpoint_is(tmp_path: Path) -> None:
+    # A run killed just after a checkpoint is resumed from it keeping the store's rows through its step; a row
+    # still in the writer's hands (here it holds up to 64, or a second's worth) would reach the disk only when
+    # the killed run's writer finishes, perhaps after the resumed run has copied the store.
+    store = tmp_path / "activations.h5"
+    checkpoints = _ReadsTheStoreAfterEachSave(store, dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    _fit(tmp_path, ActivationRecorder(path=str(store), flush_every=64), max_epochs=3, also=(checkpoints,))
+    assert [step for step, _ in checkpoints.seen] == [6, 12, 18]
+    for step, on_disk in checkpoints.seen:
+        assert on_disk == list(range(step + 1)), step
+
+
 def test_resume_with_other_channel_settings_is_refused_and_keeps_the_store(tmp_path: Path) -> None:
     # The checkpoint's state still matches (same layers and path): only the store can tell the change.
     path = tmp_path / "activations.h5"

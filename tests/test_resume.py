@@ -88,8 +88,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, np.ndarray
     interrupted.wait(timeout=30)
     uninterrupted = _train(tmp_path / "a")  # after the kill: two trainings at once would slow the poll
 
-    # Lightning keeps the last epoch-end checkpoint: epoch 1's, or epoch 2's if the kill came late.
-    (checkpoint,) = (run_b / "checkpoints").iterdir()
+    # Lightning keeps the last epoch-end checkpoint: epoch 1's, or epoch 2's if the kill came late (between
+    # saving epoch 2's and removing epoch 1's, both are there: the newer is the one to resume from).
+    checkpoint = max((run_b / "checkpoints").glob("*.ckpt"), key=lambda path: int(path.stem.rsplit("=", 1)[1]))
     assert checkpoint.name in ("epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

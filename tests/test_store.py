@@ -795,3 +795,112 @@ def test_a_block_hands_over_its_rows_in_order_whether_or_not_the_ring_wrapped() 
         rows = memory[slots]
         np.testing.assert_array_equal(received[-1]["a"], rows[:, 0:4].view(np.uint16))
         np.testing.assert_array_equal(received[-1]["b"], rows[:, 4:12].view(np.float32))
+
+
+# -- writers that end, die or overlap with readers and resumes ---------------------------------------------------
+
+_DYING_PARENT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from pathlib import Path
+    from actrec.store import LayerSpec, WriterChild, WriterProcess
+    from test_store import _create
+
+    path = Path({path!r})
+    # Rows written one at a time into 8-row gzip chunks: each write leaves the chunk's earlier version dead.
+    _create(path, layers=[LayerSpec("wide", (64, 32, 32), "Conv2d", "symmetric")], compression="gzip",
+            rows_per_chunk=8).close()
+    wide = 3 * 64 * 32 * 32 * 2
+    fields = [("layers/wide/activations", "float16", (3, 64, 32, 32), 0), ("steps/logits", "float32", (3, 3), wide),
+              ("steps/batch_loss", "float32", (), wide + 40), ("steps/batch_acc", "float32", (), wide + 48)]
+    child = WriterChild()
+    writer = WriterProcess(path, fields, wide + 56, flush_every=1, flush_seconds=0.0, child=child)
+    rng = np.random.default_rng(0)
+    for step in range(24):
+        row = np.zeros(wide + 56, np.uint8)
+        row[:wide] = rng.normal(size=wide // 2).astype(np.float16).view(np.uint8)
+        writer.submit(row, step, 0, 0.0)
+        writer.flush()
+    print(child.process.pid, os.stat(path).st_ino, flush=True)
+    if {die}:
+        os.kill(os.getpid(), signal.SIGKILL)  # the child sees its input end without being asked to close
+    writer.close()
+    """
+)
+
+
+def _gone(pid: int, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("dies", [False, True], ids=["closed", "parent-killed"])
+def test_the_writer_of_a_killed_run_writes_its_rows_but_leaves_the_store_where_a_resume_may_have_put_another(
+    tmp_path: Path, dies: bool
+) -> None:
+    path = tmp_path / "activations.h5"
+    script = _DYING_PARENT.format(tests=str(Path(__file__).parent), path=str(path), die=dies)
+    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert parent.returncode == (-signal.SIGKILL if dies else 0), parent.stderr[-2000:]
+    child_pid, inode = (int(word) for word in parent.stdout.split())
+    assert _gone(child_pid), "the writer child did not finish"
+    with StoreReader(path) as store:
+        assert store.global_steps().tolist() == list(range(24))
+    # Asked to close, the writer compacts away the dead chunk versions: a new file takes the store's name. The
+    # writer of a killed run does not, since by then a resumed run may have replaced the store with its own.
+    assert (os.stat(path).st_ino == inode) is dies
+
+
+def test_a_reader_opening_the_store_as_a_writer_opens_it_is_never_refused(tmp_path: Path) -> None:
+    # h5py's "r+" then `swmr_mode = True` left a moment when the file was open for plain writing, and a reader
+    # opening then got HDF5's "file is already open for write" (about 1 open in 17 on this 2-core machine).
+    path = tmp_path / "activations.h5"
+    with _create(path) as writer:
+        writer.append(_record(0))
+    script = textwrap.dedent(
+        f"""
+        import time
+        from actrec.store import StoreWriter
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            StoreWriter.open_for_append({str(path)!r}, background=False).close()
+        """
+    )
+    opener = subprocess.Popen([sys.executable, "-c", script])
+    reads = 0
+    try:
+        while opener.poll() is None:
+            with StoreReader(path) as store:
+                assert store.num_steps == 1
+            reads += 1
+    finally:
+        opener.wait(timeout=60)
+    assert opener.returncode == 0
+    assert reads > 20
+
+
+def test_a_store_another_program_holds_open_for_plain_writing_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "activations.h5"
+    with _create(path) as writer:
+        writer.append(_record(0))
+    # Another process: not SWMR, so HDF5 marks the file open for writing until that program closes it.
+    script = f"import h5py, sys\nwith h5py.File({str(path)!r}, 'r+', libver='latest'):\n print(1)\n sys.stdin.read()"
+    holder = subprocess.Popen(
+        [sys.executable, "-u", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "1\n"
+        with pytest.raises(StoreError, match="open for writing by a program that does not share it"):
+            StoreReader(path)
+    finally:
+        holder.communicate("", timeout=60)
+    with StoreReader(path) as store:  # once that program closed it
+        assert store.num_steps == 1
