@@ -803,12 +803,20 @@ class ActivationRecorder(Callback):
             self._flush()
 
     def _flush(self) -> None:
+        """Put every row recorded so far on disk; a writer that fails stops recording, never training."""
         if self._ring is not None:
             self._ring.drain()
         if self._process is not None:
-            self._process.flush()
+            if not self._process.flush() and self._process.error is None and not self._stopped:
+                rank_zero_warn(
+                    f"ActivationRecorder: the store writer did not confirm its rows were on disk in {self._store_path} "
+                    "within two minutes (a very slow disk?); a checkpoint saved now may count rows the store lacks."
+                )
         elif self._writer is not None and not self._stopped:
-            self._writer.flush()
+            try:
+                self._writer.flush()
+            except (StoreError, OSError, RuntimeError) as error:
+                self._stop(str(error))
         self._check_failure()
 
     @override

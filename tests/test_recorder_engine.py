@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -359,6 +360,42 @@ def test_a_full_disk_stops_recording_cleanly_and_training_goes_on(
         whole = len(steps) if guard == "1" else max(1, len(steps) - recorder.flush_every)
         np.testing.assert_array_equal(steps[:whole], np.arange(whole))
         assert np.isfinite(store.activations("net.conv1", np.array([whole - 1]))).all()
+
+
+class _FillsTheDiskAfterTheFirstEpoch(pl.Callback):
+    """Leaves 1 MiB free on ``disk`` at the end of epoch 0, before that epoch's checkpoint is saved."""
+
+    def __init__(self, disk: Path) -> None:
+        self.disk = disk
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 0:
+            stats = os.statvfs(self.disk)
+            (self.disk / "filler").write_bytes(bytes(max(stats.f_bavail * stats.f_frsize - (1 << 20), 0)))
+
+
+@pytest.mark.slow  # a real mount and a two-epoch fit
+def test_a_full_disk_when_a_checkpoint_flushes_the_store_stops_recording_not_training(small_disk: Path) -> None:
+    # The synchronous writer holds up to 64 rows (or a second's worth); the checkpoint's flush meets the full disk.
+    recorder = ActivationRecorder(path=str(small_disk / "activations.h5"), flush_every=64, background_writes=False)
+    pl.seed_everything(0, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = quiet_trainer(
+            small_disk.parent,
+            callbacks=[recorder, _FillsTheDiskAfterTheFirstEpoch(small_disk)],
+            logger=False,
+            limit_val_batches=0,  # no validation: its scalars would flush the rows; the checkpoint comes at epoch end
+        )
+        trainer.fit(TinyNet(), TinyData())
+    assert trainer.global_step == 12  # training finished, its checkpoints saved (outside the full disk)
+    assert sorted(path.name for path in (small_disk.parent / "checkpoints").iterdir()) == ["epoch=1-step=12.ckpt"]
+    stops = [str(w.message) for w in caught if "stopped recording" in str(w.message)]
+    assert len(stops) == 1, stops
+    assert "is full" in stops[0]
+    with StoreReader(small_disk / "activations.h5") as store:
+        steps = store.global_steps()
+        np.testing.assert_array_equal(steps, np.arange(len(steps)))
 
 
 class _Fixed(torch.nn.Module):
