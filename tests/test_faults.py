@@ -385,16 +385,16 @@ def store_named_in(checkpoint):
 def current_store():
     # While a run is live, its newest checkpoint can be replaced (removed, or still being written) between
     # listing and loading it: look again, a few times, before giving up.
-    for _ in range(20):
+    for attempt in range(20):
         checkpoint = newest_checkpoint()
         if checkpoint is None:
             break
         try:
             return store_named_in(checkpoint)
         except (OSError, EOFError, RuntimeError):
+            if attempt == 19:
+                raise
             time.sleep(0.05)
-    else:
-        return store_named_in(newest_checkpoint())
     stores = sorted(runs_dir.rglob("activations.h5"), key=lambda path: int(path.parent.name.split("_")[1]))
     return stores[-1] if stores else None
 

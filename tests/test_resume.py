@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from actrec.store import StoreError, StoreReader
 
@@ -75,6 +76,17 @@ def _wait_for_row_in_epoch(store: Path, process: subprocess.Popen, epoch: int, t
     raise AssertionError(f"no row of epoch {epoch} within {timeout} s")
 
 
+def _newest_whole_checkpoint(folder: Path) -> Path:
+    """The checkpoint of the highest step that loads (Lightning does not write them atomically: a kill can cut one)."""
+    for path in sorted(folder.glob("*.ckpt"), key=lambda path: int(path.stem.rsplit("=", 1)[1]), reverse=True):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, EOFError, RuntimeError):
+            continue
+        return path
+    raise AssertionError(f"no whole checkpoint in {folder}")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(uninterrupted, resumed): the same tiny run, once straight through, once SIGKILLed in epoch 2 and resumed."""
@@ -89,8 +101,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, np.ndarray
     uninterrupted = _train(tmp_path / "a")  # after the kill: two trainings at once would slow the poll
 
     # Lightning keeps the last epoch-end checkpoint: epoch 1's, or epoch 2's if the kill came late (between
-    # saving epoch 2's and removing epoch 1's, both are there: the newer is the one to resume from).
-    checkpoint = max((run_b / "checkpoints").glob("*.ckpt"), key=lambda path: int(path.stem.rsplit("=", 1)[1]))
+    # saving epoch 2's and removing epoch 1's, both are there: the newer whole one is the one to resume from).
+    checkpoint = _newest_whole_checkpoint(run_b / "checkpoints")
     assert checkpoint.name in ("epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -822,7 +822,8 @@ _DYING_PARENT = textwrap.dedent(
         row = np.zeros(wide + 56, np.uint8)
         row[:wide] = rng.normal(size=wide // 2).astype(np.float16).view(np.uint8)
         writer.submit(row, step, 0, 0.0)
-        writer.flush()
+        if step < 21:  # the last three may still be in the child's hands when the parent dies
+            writer.flush()
     print(child.process.pid, os.stat(path).st_ino, flush=True)
     if {die}:
         os.kill(os.getpid(), signal.SIGKILL)  # the child sees its input end without being asked to close
@@ -866,7 +867,7 @@ def test_the_writer_of_a_killed_run_writes_its_rows_but_leaves_the_store_where_a
 
 def test_a_reader_opening_the_store_as_a_writer_opens_it_is_never_refused(tmp_path: Path) -> None:
     # h5py's "r+" then `swmr_mode = True` left a moment when the file was open for plain writing, and a reader
-    # opening then got HDF5's "file is already open for write" (about 1 open in 17 on this 2-core machine).
+    # opening then got HDF5's "file is already open for write" (1 read in 17 here; 0 to 8 in each 3 s).
     path = tmp_path / "activations.h5"
     with _create(path) as writer:
         writer.append(_record(0))
@@ -874,7 +875,7 @@ def test_a_reader_opening_the_store_as_a_writer_opens_it_is_never_refused(tmp_pa
         f"""
         import time
         from actrec.store import StoreWriter
-        end = time.monotonic() + 3
+        end = time.monotonic() + 5
         while time.monotonic() < end:
             StoreWriter.open_for_append({str(path)!r}, background=False).close()
         """
