@@ -79,14 +79,21 @@ class DamagedDataError(StoreError):
 # -- opening -------------------------------------------------------------------------------------
 
 
+def latest_format_access() -> h5py.h5p.PropFAID:
+    """File access properties for opening a store with the low-level API: the latest file format, which SWMR needs
+    (what h5py's ``libver="latest"`` sets)."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    return fapl
+
+
 def open_swmr(path: Path) -> h5py.File:
     """Open ``path`` for SWMR reading with a bounded metadata retry budget, and check its structure.
 
     Raises:
         StoreError: one sentence when the file's structure cannot be read in a few seconds.
     """
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    fapl = latest_format_access()
     # A reader's shared lock makes a writer's open fail ("unable to lock file") if it comes between the
     # writer creating (or resuming) the file and opening it to append: a viewer would end the training.
     # SWMR readers need no lock, so take none.

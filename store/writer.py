@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from actrec.store._chunks import DIRECT_FILTERS, FILTER_FLETCHER32, encode_chunk, fletcher32
-from actrec.store._integrity import _hdf5_reason, check_schema, open_swmr
+from actrec.store._integrity import _hdf5_reason, check_schema, latest_format_access, open_swmr
 from actrec.store._schema import (
     FIXED_SCALES,
     FORMAT_NAME,
@@ -445,10 +445,8 @@ class StoreWriter:
     def _open_for_append(cls, path: Path, flush_every: int, background: bool) -> StoreWriter:
         # Opened for writing and SWMR at once: h5py's "r+" then `swmr_mode = True` leaves a moment in which
         # the file is open for plain writing, and a reader opening it then is refused ("already open").
-        fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-        fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
         flags = h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE
-        file = h5py.File(h5py.h5f.open(os.fsencode(path), flags, fapl=fapl))
+        file = h5py.File(h5py.h5f.open(os.fsencode(path), flags, fapl=latest_format_access()))
         return cls(file, path, flush_every=flush_every, background=background)
 
     # -- writing ---------------------------------------------------------------------------------
